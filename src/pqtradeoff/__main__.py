@@ -1,0 +1,3 @@
+from pqtradeoff.cli import main
+
+main()

@@ -1,0 +1,231 @@
+"""Sampling adaptors: exactly the logits warpers that transformers' `generate` applies, in its order.
+
+A spec string names one configuration with GenerationConfig's parameter names, e.g. `ancestral`,
+`temperature=0.7`, `top_k=50`, `temperature=0.75,top_p=0.95`. `parse(spec)` returns an `Adaptor`; its
+canonical `str()` always states the temperature and lists the parameters in generate's order, so it can key
+outputs: `parse("top_p=0.9,temperature=0.5")` -> `temperature=0.5,top_p=0.9`.
+
+Two views of the adapted next-token distribution (see docs/scored-corpus.md):
+- `log_probs(logits)`: the locally normalized distribution that sampling uses (log_softmax of the processed
+  logits), -inf outside the kept support;
+- `log_weights(logits)`: the weights of the globally normalized adaptor before renormalizing,
+  `log_softmax(logits) / T` on the kept support. `logsumexp(log_weights)` is log Z_t, the log mass kept at
+  one step; the IMH correction is built on it.
+
+This module imports torch and transformers lazily, so the analysis side can parse spec strings without them.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING, NamedTuple
+
+from pqtradeoff.errors import PQError
+
+if TYPE_CHECKING:
+    import torch
+
+#: Parameters in the order transformers' generate applies the corresponding warpers.
+PARAMETER_ORDER = ("temperature", "top_k", "top_p", "min_p", "typical_p", "epsilon_cutoff", "eta_cutoff")
+TRUNCATIONS = PARAMETER_ORDER[1:]
+
+
+def _check_open_unit(name: str, value: float) -> None:
+    if not 0.0 < value < 1.0:
+        raise PQError(f"{name}={value!r} is out of range: need 0 < {name} < 1 (leave {name} out to turn it off)")
+
+
+@dataclass(frozen=True)
+class Adaptor:
+    """One sampling-adaptor configuration. Fields left as None are off (never set to a 'neutral' value)."""
+
+    temperature: float = 1.0
+    top_k: int | None = None
+    top_p: float | None = None
+    min_p: float | None = None
+    typical_p: float | None = None
+    epsilon_cutoff: float | None = None
+    eta_cutoff: float | None = None
+
+    def __post_init__(self) -> None:
+        t = self.temperature
+        if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) or t <= 0:
+            raise PQError(f"temperature={t!r} is out of range: need a finite temperature > 0")
+        object.__setattr__(self, "temperature", float(t))
+        if self.top_k is not None:
+            if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 1:
+                raise PQError(f"top_k={self.top_k!r} is out of range: need an integer top_k >= 1")
+        for name in ("top_p", "typical_p", "epsilon_cutoff", "eta_cutoff"):
+            value = getattr(self, name)
+            if value is not None:
+                _check_open_unit(name, float(value))
+                object.__setattr__(self, name, float(value))
+        if self.min_p is not None:
+            if not 0.0 < float(self.min_p) <= 1.0:
+                raise PQError(f"min_p={self.min_p!r} is out of range: need 0 < min_p <= 1 (leave min_p out to turn it off)")
+            object.__setattr__(self, "min_p", float(self.min_p))
+
+    # ----------------------------------------------------------------------------------------------- naming
+    def __str__(self) -> str:
+        parts = [f"temperature={self.temperature!r}"]
+        for name in TRUNCATIONS:
+            value = getattr(self, name)
+            if value is not None:
+                parts.append(f"{name}={value!r}")
+        return ",".join(parts)
+
+    @property
+    def family(self) -> str:
+        """The adaptor without its temperature: `ancestral`, `top_k=30`, `top_p=0.9,min_p=0.05`, ..."""
+        parts = [f"{name}={getattr(self, name)!r}" for name in TRUNCATIONS if getattr(self, name) is not None]
+        return ",".join(parts) if parts else "ancestral"
+
+    @property
+    def is_identity(self) -> bool:
+        """True for plain ancestral sampling: temperature 1 and no truncation (log_probs == log_softmax)."""
+        return self.temperature == 1.0 and all(getattr(self, n) is None for n in TRUNCATIONS)
+
+    @property
+    def truncates(self) -> bool:
+        return any(getattr(self, n) is not None for n in TRUNCATIONS)
+
+    def generation_kwargs(self) -> dict[str, float | int | None]:
+        """Every sampling parameter stated explicitly for `GenerationConfig` (off = None, never the model's default)."""
+        kwargs: dict[str, float | int | None] = {name: getattr(self, name) for name in PARAMETER_ORDER}
+        kwargs["do_sample"] = True
+        return kwargs
+
+    # ----------------------------------------------------------------------------------------- computation
+    def processors(self) -> list:
+        """transformers' own warpers for this configuration, in generate's order (min_tokens_to_keep=1)."""
+        from transformers.generation.logits_process import (
+            EpsilonLogitsWarper,
+            EtaLogitsWarper,
+            MinPLogitsWarper,
+            TemperatureLogitsWarper,
+            TopKLogitsWarper,
+            TopPLogitsWarper,
+            TypicalLogitsWarper,
+        )
+
+        procs: list = []
+        if self.temperature != 1.0:
+            procs.append(TemperatureLogitsWarper(self.temperature))
+        if self.top_k is not None:
+            procs.append(TopKLogitsWarper(top_k=self.top_k))
+        if self.top_p is not None:
+            procs.append(TopPLogitsWarper(top_p=self.top_p))
+        if self.min_p is not None:
+            procs.append(MinPLogitsWarper(min_p=self.min_p))
+        if self.typical_p is not None:
+            procs.append(TypicalLogitsWarper(mass=self.typical_p))
+        if self.epsilon_cutoff is not None:
+            procs.append(EpsilonLogitsWarper(epsilon=self.epsilon_cutoff))
+        if self.eta_cutoff is not None:
+            procs.append(EtaLogitsWarper(epsilon=self.eta_cutoff))
+        return procs
+
+    def support(self, logits: torch.Tensor) -> torch.Tensor:
+        """Boolean mask of the tokens the adaptor keeps, for logits of any shape [..., V]."""
+        import torch
+
+        logits = logits.float()
+        if not self.truncates:
+            return torch.isfinite(logits)
+        flat = logits.reshape(-1, logits.shape[-1])
+        processed = flat
+        for proc in self.processors():
+            processed = proc(None, processed)
+        return torch.isfinite(processed).reshape(logits.shape)
+
+    def adapt(self, logits: torch.Tensor) -> AdaptedStep:
+        """Everything one sampling or scoring step needs, from one pass over the logits [..., V] (float32).
+
+        Returns the T=1 log-probabilities, the adapted log-weights, log Z (over the last axis, keepdim) and
+        the locally normalized adapted log-probabilities. The input is never modified.
+        """
+        import torch
+
+        logp = torch.log_softmax(logits.float(), dim=-1)
+        if self.is_identity:
+            zero = torch.zeros(logp.shape[:-1] + (1,), dtype=logp.dtype, device=logp.device)
+            return AdaptedStep(logp, logp, zero, logp)
+        weights = logp / self.temperature if self.temperature != 1.0 else logp
+        if self.truncates:
+            weights = weights.masked_fill(~self.support(logits), float("-inf"))
+        log_z = torch.logsumexp(weights, dim=-1, keepdim=True)
+        return AdaptedStep(logp, weights, log_z, weights - log_z)
+
+    def log_weights(self, logits: torch.Tensor) -> torch.Tensor:
+        """Unnormalized adapted log-weights: log_softmax(logits)/T on the kept support, -inf elsewhere."""
+        return self.adapt(logits).log_weights
+
+    def log_probs(self, logits: torch.Tensor) -> torch.Tensor:
+        """Locally renormalized adapted log-probabilities (what sampling uses), -inf outside the support."""
+        return self.adapt(logits).log_probs
+
+
+class AdaptedStep(NamedTuple):
+    """The four views of one next-token distribution, all shaped like the logits except `log_z` (..., 1)."""
+
+    logp: torch.Tensor  # log_softmax(logits): the model itself, T=1, no truncation
+    log_weights: torch.Tensor  # globally normalized adaptor's weights before renormalizing
+    log_z: torch.Tensor  # logsumexp(log_weights): log mass kept at this step
+    log_probs: torch.Tensor  # log_weights - log_z: the locally normalized adapted distribution
+
+
+_FIELD_TYPES = {f.name: f.type for f in fields(Adaptor)}
+
+
+def parse(spec: str | Adaptor) -> Adaptor:
+    """Parse a spec string such as `ancestral` or `temperature=0.75,top_p=0.95` into an `Adaptor`."""
+    if isinstance(spec, Adaptor):
+        return spec
+    if not isinstance(spec, str) or not spec.strip():
+        raise PQError(f"adaptor spec {spec!r} is empty: use e.g. 'ancestral' or 'temperature=0.7,top_p=0.9'")
+    text = spec.strip()
+    if text == "ancestral":
+        return Adaptor()
+    values: dict[str, float | int] = {}
+    for part in text.split(","):
+        part = part.strip()
+        if part == "ancestral":
+            raise PQError(f"adaptor spec {spec!r}: 'ancestral' stands alone; drop it to combine parameters")
+        name, sep, raw = part.partition("=")
+        name, raw = name.strip(), raw.strip()
+        if not sep or not name or not raw:
+            raise PQError(f"adaptor spec {spec!r}: cannot read {part!r}; expected name=value, e.g. top_p=0.9")
+        if name not in _FIELD_TYPES:
+            raise PQError(
+                f"adaptor spec {spec!r}: unknown parameter {name!r}; known: ancestral, {', '.join(PARAMETER_ORDER)}"
+            )
+        if name in values:
+            raise PQError(f"adaptor spec {spec!r}: parameter {name!r} is given twice")
+        try:
+            value: float | int = int(raw) if name == "top_k" else float(raw)
+        except ValueError:
+            kind = "an integer" if name == "top_k" else "a number"
+            raise PQError(f"adaptor spec {spec!r}: {name}={raw!r} is not {kind}") from None
+        values[name] = value
+    return Adaptor(**values)  # type: ignore[arg-type]
+
+
+def parse_grid(specs: list[str], temperatures: list[float] | None = None) -> list[Adaptor]:
+    """Parse several specs; with `temperatures`, cross each spec (without a temperature) with each temperature."""
+    adaptors = [parse(s) for s in specs]
+    if temperatures:
+        crossed = []
+        for a in adaptors:
+            for t in temperatures:
+                kwargs = {n: getattr(a, n) for n in PARAMETER_ORDER}
+                kwargs["temperature"] = t
+                crossed.append(Adaptor(**kwargs))
+        adaptors = crossed
+    seen: set[str] = set()
+    unique = []
+    for a in adaptors:
+        if str(a) not in seen:
+            seen.add(str(a))
+            unique.append(a)
+    return unique

@@ -1,0 +1,40 @@
+"""The `pqtradeoff` command line: thin commands that parse, validate and call the library.
+
+Each command lives in its own module below and registers itself on `app`; heavy modules (torch,
+transformers, matplotlib) are imported inside the commands, so `pqtradeoff toy` never pays for torch.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from pqtradeoff.errors import PQError
+
+app = typer.Typer(
+    name="pqtradeoff",
+    help="The probability-quality trade-off in aligned language models and its relation to sampling adaptors.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+
+def fail(message: str) -> typer.Exit:
+    """Print a one-line error and return the exit to raise (code 2)."""
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(code=2)
+
+
+# Command modules register themselves on `app` when imported.
+from pqtradeoff.cli import toy as _toy  # noqa: E402,F401
+
+
+def main() -> None:
+    """Console-script entry point: bad input becomes `error: <one line>` and exit code 2, never a traceback."""
+    try:
+        app()
+    except PQError as err:
+        typer.echo(f"error: {err}", err=True)
+        sys.exit(2)

@@ -1,0 +1,97 @@
+"""Atomic writes and run metadata: no half-written output, every output folder says what made it."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import sys
+import tempfile
+from collections.abc import Callable
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+TRACKED_PACKAGES = (
+    "pqtradeoff", "numpy", "scipy", "pandas", "pyarrow", "pydantic", "matplotlib",
+    "torch", "transformers", "tokenizers", "vadersentiment",
+)
+
+
+def package_versions() -> dict[str, str | None]:
+    """Installed versions of the packages that can change our numbers (None where absent)."""
+    versions: dict[str, str | None] = {"python": platform.python_version()}
+    for name in TRACKED_PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
+    """Call `write(tmp_path)` on a hidden temporary file beside `path`, then rename it into place.
+
+    A reader (or a resumed run) therefore sees either the whole file or none of it. The temporary name
+    starts with '.', which pyarrow's dataset discovery ignores.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        write(tmp_path)
+        os.replace(tmp_path, path)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+    return path
+
+
+def _json_default(obj: Any) -> Any:
+    if hasattr(obj, "item"):  # numpy / torch scalars
+        return obj.item()
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    if hasattr(obj, "model_dump"):
+        return obj.model_dump(mode="json")
+    raise TypeError(f"cannot serialise {type(obj).__name__} to JSON")
+
+
+def _finite(obj: Any) -> Any:
+    """Replace NaN and infinities by None so the JSON is strict (readers in any language can load it)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    if hasattr(obj, "item") and getattr(obj, "ndim", 1) == 0:
+        return _finite(obj.item())
+    if hasattr(obj, "tolist"):
+        return _finite(obj.tolist())
+    return obj
+
+
+def to_json(obj: Any) -> str:
+    """Strict JSON in the order the caller built it; NaN/inf become null."""
+    return json.dumps(_finite(obj), indent=2, default=_json_default, allow_nan=False) + "\n"
+
+
+def write_json(path: str | Path, obj: Any) -> Path:
+    text = to_json(obj)
+    return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def run_record(command: str, settings: dict[str, Any]) -> dict[str, Any]:
+    """What made an output folder: the command, its full resolved settings, and package versions."""
+    return {
+        "command": command,
+        "argv": sys.argv,
+        "settings": settings,
+        "versions": package_versions(),
+    }

@@ -1,0 +1,1 @@
+"""Model implementations behind one interface (`base.LanguageModel`): Hugging Face (`hf`) and exact automata (`fsa`)."""

@@ -1,0 +1,62 @@
+"""The one model interface the pipeline sees, for Hugging Face models and exact finite-state automata alike.
+
+`generate` samples through `start`/`step` (incremental: KV cache or automaton state); `score` and the tests
+teacher-force through `continuation_logits`. Everything returned is float32 logits over the model's
+vocabulary; the pipeline applies adaptors and log_softmax itself, so both kinds of model are treated
+identically.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any
+
+import torch
+
+
+class LanguageModel(ABC):
+    """An autoregressive language model over token ids, with an end-of-string token."""
+
+    #: id of the end-of-string token; a continuation that emits it is `finished`.
+    eos_token_id: int
+    #: size of the last axis of the logits.
+    vocab_size: int
+    #: a string that is equal for two models exactly when they tokenize identically (scoring by token ids
+    #: is only valid then).
+    tokenizer_key: str
+    #: longest prompt + continuation the model accepts (None: unbounded).
+    max_length: int | None = None
+
+    # --------------------------------------------------------------------------------------- tokenization
+    @abstractmethod
+    def encode_prompt(self, prompt: str) -> list[int]:
+        """Token ids of a prompt as the model sees it (BOS and template included where the model uses them)."""
+
+    @abstractmethod
+    def encode_continuation(self, text: str) -> list[int]:
+        """Token ids of a continuation text that follows a prompt (no BOS); used to re-tokenize for scoring."""
+
+    @abstractmethod
+    def decode(self, token_ids: list[int]) -> str:
+        """Text of continuation token ids, special tokens (EOS) dropped."""
+
+    # ---------------------------------------------------------------------------------------- incremental
+    @abstractmethod
+    def start(self, prompts: list[list[int]]) -> tuple[torch.Tensor, Any]:
+        """Begin a batch: logits [B, V] (float32) for the first continuation token, and an opaque state."""
+
+    @abstractmethod
+    def step(self, state: Any, tokens: torch.Tensor) -> tuple[torch.Tensor, Any]:
+        """Feed one token per row ([B] long); return the next logits [B, V] (float32) and the new state."""
+
+    @abstractmethod
+    def keep(self, state: Any, rows: torch.Tensor) -> Any:
+        """Restrict the state to the rows indexed by `rows` ([B'] long), to stop computing finished strings."""
+
+    # ---------------------------------------------------------------------------------------- teacher-forced
+    @abstractmethod
+    def continuation_logits(self, prompts: list[list[int]], continuations: list[list[int]]) -> torch.Tensor:
+        """Teacher-forced logits [B, T, V] (float32), T = longest continuation: position t holds the logits
+        that predict `continuations[b][t]` given the prompt and `continuations[b][:t]`. Positions past a row's
+        length are padding and must be ignored by the caller. Results must not depend on the batch's other
+        rows or on padding (up to float rounding)."""
