@@ -33,6 +33,12 @@ class LanguageModel(ABC):
         """Token ids of a prompt as the model sees it (BOS and template included where the model uses them)."""
 
     @abstractmethod
+    def empty_context(self) -> list[int]:
+        """Token ids to condition on when a continuation is scored without its prompt (`--prior-context none`):
+        BOS for a Hugging Face model (EOS where it has no BOS, as GPT-2), the start state (no ids) for an
+        automaton. May be empty only for models whose `start`/`continuation_logits` accept an empty prompt."""
+
+    @abstractmethod
     def encode_continuation(self, text: str) -> list[int]:
         """Token ids of a continuation text that follows a prompt (no BOS); used to re-tokenize for scoring."""
 

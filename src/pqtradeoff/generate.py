@@ -1,0 +1,274 @@
+"""Generate corpora from the aligned model under a grid of adaptors, recording what the analysis needs.
+
+For every string, from the same logits that sampled it (no second pass):
+- `logq`: log-probability under the locally normalized adapted model (the sampling distribution);
+- `logp_aligned`: log-probability under the aligned model itself (T=1, no truncation);
+- `log_weight`: sum over steps of log Z_t, the log mass the adaptor keeps (IMH weight for the global target).
+
+Randomness is keyed by (seed, prompt_id, sample_id, adaptor): each row owns a stream of uniforms and samples
+by inverse CDF on its adapted distribution, so its tokens depend neither on the batch's other rows nor on
+resuming. Work is cut into shards (one adaptor, a contiguous block of rows), each written atomically; a rerun
+with the same settings skips the complete shards, so a killed run resumes and ends byte-for-byte equal.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from pqtradeoff.adaptors import Adaptor
+from pqtradeoff.corpus import GENERATED_SCHEMA, RUN_RECORD, write_shard
+from pqtradeoff.errors import PQError
+from pqtradeoff.io import run_record, write_json
+from pqtradeoff.models.base import LanguageModel
+
+TOKEN_COLUMNS = pa.schema([
+    ("token_logq", pa.list_(pa.float64())),
+    ("token_logp_aligned", pa.list_(pa.float64())),
+    ("token_log_z", pa.list_(pa.float64())),
+])
+
+
+@dataclass(frozen=True)
+class PromptRecord:
+    """A prompt as the aligned model sees it: its id (row in the prompt file), text and token ids."""
+
+    prompt_id: int
+    prompt: str
+    token_ids: list[int]
+
+
+# ------------------------------------------------------------------------------------------------ randomness
+def adaptor_key(adaptor: Adaptor | str) -> int:
+    """A stable 64-bit key for an adaptor's canonical string (Python's hash() is salted per process)."""
+    return int.from_bytes(hashlib.sha256(str(adaptor).encode()).digest()[:8], "little")
+
+
+def row_uniforms(seed: int, prompt_id: int, sample_id: int, adaptor: Adaptor | str, n: int) -> np.ndarray:
+    """The `n` uniforms in [0, 1) that drive one row's sampling, keyed by (seed, prompt, sample, adaptor)."""
+    key = adaptor_key(adaptor)
+    entropy = [seed, prompt_id, sample_id, key & 0xFFFFFFFF, key >> 32]
+    return np.random.default_rng(np.random.SeedSequence(entropy)).random(n)
+
+
+def sample_inverse_cdf(log_probs: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
+    """One token per row from log-probabilities [B, V]: the first index whose CDF exceeds u * total.
+
+    Tokens outside the support (probability 0) can never be chosen: their CDF equals their predecessor's.
+    Accumulated in float64 so that the choice is stable across batch shapes.
+    """
+    cdf = torch.cumsum(log_probs.double().exp(), dim=-1)
+    target = uniforms.double().unsqueeze(-1) * cdf[:, -1:]
+    tokens = torch.searchsorted(cdf, target, right=True).squeeze(-1)
+    return tokens.clamp_(max=log_probs.shape[-1] - 1)
+
+
+# ------------------------------------------------------------------------------------------------- sampling
+@dataclass
+class SampledRow:
+    token_ids: list[int]
+    finished: bool
+    logq: float
+    logp_aligned: float
+    log_weight: float
+    token_logq: list[float]
+    token_logp_aligned: list[float]
+    token_log_z: list[float]
+
+
+def sample_batch(
+    model: LanguageModel, adaptor: Adaptor, prompts: list[list[int]], uniforms: np.ndarray, max_new_tokens: int
+) -> list[SampledRow]:
+    """Sample one continuation per prompt under `adaptor`, recording its three log-scores per step.
+
+    `uniforms` is [B, max_new_tokens]: row b's step t uses uniforms[b, t]. Finished rows are dropped from the
+    model state (`model.keep`), so their cost stops when they emit EOS.
+    """
+    n = len(prompts)
+    rows = [SampledRow([], False, 0.0, 0.0, 0.0, [], [], []) for _ in range(n)]
+    u = torch.from_numpy(np.ascontiguousarray(uniforms, dtype=np.float64))
+    logits, state = model.start(prompts)
+    active = torch.arange(n)
+    for t in range(max_new_tokens):
+        step = adaptor.adapt(logits)
+        tokens = sample_inverse_cdf(step.log_probs, u[active, t].to(logits.device))
+        index = tokens.unsqueeze(-1)
+        logq = step.log_probs.gather(-1, index).squeeze(-1).double().tolist()
+        logp = step.logp.gather(-1, index).squeeze(-1).double().tolist()
+        log_z = step.log_z.squeeze(-1).double().tolist()
+        token_list = tokens.tolist()
+        for i, row_index in enumerate(active.tolist()):
+            row = rows[row_index]
+            row.token_ids.append(token_list[i])
+            row.token_logq.append(logq[i])
+            row.token_logp_aligned.append(logp[i])
+            row.token_log_z.append(log_z[i])
+        done = tokens == model.eos_token_id
+        for row_index in active[done.cpu()].tolist():
+            rows[row_index].finished = True
+        if t == max_new_tokens - 1:
+            break
+        if bool(done.any()):
+            alive = (~done).nonzero().squeeze(-1)
+            if alive.numel() == 0:
+                break
+            state = model.keep(state, alive)
+            active = active[alive.cpu()]
+            tokens = tokens[alive]
+        logits, state = model.step(state, tokens)
+    for row in rows:  # sums in float64, in token order: independent of batch composition
+        row.logq = float(np.sum(row.token_logq))
+        row.logp_aligned = float(np.sum(row.token_logp_aligned))
+        row.log_weight = float(np.sum(row.token_log_z))
+    return rows
+
+
+# --------------------------------------------------------------------------------------------------- shards
+def adaptor_slug(adaptor: Adaptor | str) -> str:
+    """A file-name-safe form of the canonical adaptor string (no '=' or ',' in shard names)."""
+    return re.sub(r"[^A-Za-z0-9_.]+", "-", str(adaptor).replace("=", "").replace(",", "__"))
+
+
+def plan_shards(
+    prompts: list[PromptRecord], adaptors: list[Adaptor], num_generations: int, shard_rows: int
+) -> Iterator[tuple[str, Adaptor, list[tuple[PromptRecord, int]]]]:
+    """Yield (shard name, adaptor, rows) with rows = (prompt, sample_id), adaptor by adaptor, in row order."""
+    rows = [(p, s) for p in prompts for s in range(num_generations)]
+    for adaptor in adaptors:
+        for index, start in enumerate(range(0, len(rows), shard_rows)):
+            yield f"{adaptor_slug(adaptor)}-{index:05d}.parquet", adaptor, rows[start:start + shard_rows]
+
+
+def check_resumable(out_dir: Path, record: dict[str, Any]) -> None:
+    """Refuse to mix two different runs in one folder: an existing `_run.json` must hold the same settings."""
+    path = out_dir / RUN_RECORD
+    if not path.exists():
+        return
+    import json
+
+    old = json.loads(path.read_text(encoding="utf-8")).get("settings", {})
+    for key, value in record["settings"].items():
+        if key in old and old[key] != value:
+            raise PQError(
+                f"--out {str(out_dir)!r} holds a run made with {key}={old[key]!r}, not {value!r}; "
+                "use a new --out folder or the same settings to resume"
+            )
+
+
+def rows_to_table(
+    model: LanguageModel, adaptor: Adaptor, rows: list[tuple[PromptRecord, int]], sampled: list[SampledRow],
+    save_token_logprobs: bool,
+) -> pa.Table:
+    columns: dict[str, list] = {
+        "prompt_id": [p.prompt_id for p, _ in rows],
+        "prompt": [p.prompt for p, _ in rows],
+        "sample_id": [s for _, s in rows],
+        "adaptor": [str(adaptor)] * len(rows),
+        "text": [model.decode(r.token_ids) for r in sampled],
+        "prompt_token_ids": [list(p.token_ids) for p, _ in rows],
+        "token_ids": [r.token_ids for r in sampled],
+        "finished": [r.finished for r in sampled],
+        "logq": [r.logq for r in sampled],
+        "logp_aligned": [r.logp_aligned for r in sampled],
+        "log_weight": [r.log_weight for r in sampled],
+    }
+    schema = GENERATED_SCHEMA
+    if save_token_logprobs:
+        columns["token_logq"] = [r.token_logq for r in sampled]
+        columns["token_logp_aligned"] = [r.token_logp_aligned for r in sampled]
+        columns["token_log_z"] = [r.token_log_z for r in sampled]
+        schema = pa.schema(list(GENERATED_SCHEMA) + list(TOKEN_COLUMNS))
+    return pa.table(columns, schema=schema)
+
+
+def generate_corpus(
+    model: LanguageModel,
+    prompts: list[PromptRecord],
+    adaptors: list[Adaptor],
+    *,
+    num_generations: int,
+    max_new_tokens: int,
+    seed: int,
+    batch_size: int,
+    out_dir: Path,
+    settings: dict[str, Any],
+    save_token_logprobs: bool = False,
+    progress: bool = True,
+    shard_rows: int = 256,
+) -> Path:
+    """Sample `num_generations` continuations per prompt under each adaptor into a sharded Parquet corpus.
+
+    `settings` is the caller's resolved configuration; it is recorded in `_run.json` with the pipeline's own
+    settings and package versions. A rerun into the same folder must use the same settings and resumes.
+    """
+    for name, value, low in (("num_generations", num_generations, 1), ("max_new_tokens", max_new_tokens, 1),
+                             ("batch_size", batch_size, 1), ("seed", seed, 0), ("shard_rows", shard_rows, 1)):
+        if not isinstance(value, int) or value < low:
+            raise PQError(f"{name}={value!r} is out of range: need an integer >= {low}")
+    if not prompts:
+        raise PQError("prompts is empty: nothing to generate")
+    if not adaptors:
+        raise PQError("no adaptor given: pass at least one --adaptor")
+    if model.max_length is not None:
+        for p in prompts:
+            if len(p.token_ids) + max_new_tokens > model.max_length:
+                raise PQError(
+                    f"prompt {p.prompt_id} has {len(p.token_ids)} tokens; with max_new_tokens={max_new_tokens} "
+                    f"it exceeds the model's context of {model.max_length} tokens"
+                )
+    out_dir = Path(out_dir)
+    resolved = dict(settings) | {
+        "adaptors": [str(a) for a in adaptors], "num_generations": num_generations,
+        "max_new_tokens": max_new_tokens, "seed": seed, "batch_size": batch_size, "shard_rows": shard_rows,
+        "save_token_logprobs": save_token_logprobs, "tokenizer_key": model.tokenizer_key,
+        "eos_token_id": model.eos_token_id, "num_prompts": len(prompts),
+    }
+    record = run_record("generate", resolved)
+    check_resumable(out_dir, record)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_json(out_dir / RUN_RECORD, record)
+
+    shards = list(plan_shards(prompts, adaptors, num_generations, shard_rows))
+    todo = [s for s in shards if not (out_dir / s[0]).exists()]
+    total_rows = sum(len(rows) for _, _, rows in todo)
+    with _progress(progress, total_rows, "generate") as advance:
+        for name, adaptor, rows in todo:
+            sampled: list[SampledRow] = []
+            for start in range(0, len(rows), batch_size):
+                batch = rows[start:start + batch_size]
+                uniforms = np.stack([row_uniforms(seed, p.prompt_id, s, adaptor, max_new_tokens) for p, s in batch])
+                with torch.inference_mode():
+                    sampled += sample_batch(model, adaptor, [p.token_ids for p, _ in batch], uniforms, max_new_tokens)
+                advance(len(batch))
+            write_shard(rows_to_table(model, adaptor, rows, sampled, save_token_logprobs), out_dir / name)
+    return out_dir
+
+
+class _progress:
+    """A rich progress bar with ETA (or nothing), used as `with _progress(on, total, label) as advance`."""
+
+    def __init__(self, enabled: bool, total: int, label: str) -> None:
+        self.enabled, self.total, self.label, self.bar = enabled, total, label, None
+
+    def __enter__(self):
+        if not self.enabled or self.total == 0:
+            return lambda n: None
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                            TimeRemainingColumn(), transient=False)
+        self.bar.start()
+        task = self.bar.add_task(self.label, total=self.total)
+        return lambda n: self.bar.advance(task, n)
+
+    def __exit__(self, *exc) -> None:
+        if self.bar is not None:
+            self.bar.stop()

@@ -1,0 +1,196 @@
+"""Score a generated corpus: `logp_prior` under the prior (teacher-forced) and `reward`, shard by shard.
+
+The prior scores the stored token ids when it tokenizes like the aligned model (same `tokenizer_key`);
+otherwise it scores the decoded text re-tokenized by its own tokenizer (EOS appended for finished strings).
+Which one was used is recorded per row in `prior_tokenization`. Log-probabilities are accumulated in float64
+from float32 logits, batch by batch under a token budget, so the result does not depend on batch size and
+memory stays bounded even for a 150k vocabulary. Output shards keep every input column and are written
+atomically; a rerun skips the shards already scored.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from pqtradeoff.corpus import GENERATED_COLUMNS, RUN_RECORD, shard_files, write_shard
+from pqtradeoff.errors import PQError
+from pqtradeoff.generate import _progress, check_resumable
+from pqtradeoff.io import run_record, write_json
+from pqtradeoff.models.base import LanguageModel
+from pqtradeoff.rewards import Reward
+
+PRIOR_CONTEXTS = ("prompt", "none")
+
+
+def continuation_logprobs(
+    model: LanguageModel, prompts: list[list[int]], continuations: list[list[int]], *,
+    batch_size: int = 8, max_batch_tokens: int = 4096,
+) -> list[np.ndarray]:
+    """Per-token log-probabilities (float64 arrays) of each continuation given its prompt, teacher-forced.
+
+    Rows are grouped into batches of at most `batch_size` rows and `max_batch_tokens` padded continuation
+    tokens, so the [B, T, V] logits held at once stay bounded. log p = logit[target] - logsumexp(logits):
+    no second [B, T, V] tensor is made. -inf (a token outside the model's support) is kept, never clamped.
+    """
+    out: list[np.ndarray | None] = [None] * len(continuations)
+    order = sorted(range(len(continuations)), key=lambda i: len(continuations[i]))
+    batch: list[int] = []
+
+    def flush() -> None:
+        if not batch:
+            return
+        conts = [continuations[i] for i in batch]
+        width = max(len(c) for c in conts)
+        if width == 0:
+            for i in batch:
+                out[i] = np.zeros(0)
+            batch.clear()
+            return
+        with torch.inference_mode():
+            logits = model.continuation_logits([prompts[i] for i in batch], conts)
+            targets = torch.zeros(len(batch), width, dtype=torch.long, device=logits.device)
+            for r, c in enumerate(conts):
+                targets[r, : len(c)] = torch.as_tensor(c, dtype=torch.long)
+            picked = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1).float()
+            logp = (picked - torch.logsumexp(logits.float(), dim=-1)).double().cpu().numpy()
+        for r, i in enumerate(batch):
+            out[i] = logp[r, : len(conts[r])].copy()
+        batch.clear()
+
+    for i in order:
+        longest = max([len(continuations[j]) for j in batch] + [len(continuations[i]), 1])
+        if batch and (len(batch) + 1 > batch_size or (len(batch) + 1) * longest > max_batch_tokens):
+            flush()
+        batch.append(i)
+    flush()
+    return [o if o is not None else np.zeros(0) for o in out]
+
+
+def _corpus_settings(corpus_dir: Path) -> dict[str, Any]:
+    path = corpus_dir / RUN_RECORD
+    if not path.exists():
+        return {}
+    return json.loads(path.read_text(encoding="utf-8")).get("settings", {})
+
+
+def prior_inputs(
+    prior: LanguageModel, df: pd.DataFrame, prior_context: str, same_tokenizer: bool
+) -> tuple[list[list[int]], list[list[int]]]:
+    """The (prompt ids, continuation ids) the prior scores for each row of a corpus shard."""
+    if same_tokenizer:
+        conts = [list(map(int, ids)) for ids in df["token_ids"]]
+    else:
+        conts = [prior.encode_continuation(text) + ([prior.eos_token_id] if fin else [])
+                 for text, fin in zip(df["text"], df["finished"], strict=True)]
+    if prior_context == "none":
+        prompts = [prior.empty_context()] * len(df)
+    elif same_tokenizer:
+        prompts = [list(map(int, ids)) for ids in df["prompt_token_ids"]]
+    else:
+        prompts = [prior.encode_prompt(p) for p in df["prompt"]]
+    return prompts, conts
+
+
+def score_corpus(
+    corpus_dir: Path,
+    out_dir: Path,
+    *,
+    prior: LanguageModel | None,
+    reward: Reward,
+    prior_context: str = "prompt",
+    batch_size: int = 8,
+    max_batch_tokens: int = 4096,
+    settings: dict[str, Any],
+    progress: bool = True,
+) -> Path:
+    """Add `logp_prior` and `reward` to every shard of `corpus_dir`, writing the scored corpus to `out_dir`.
+
+    With `prior=None` the corpus must already carry `logp_prior` (e.g. to re-score only the reward).
+    Non-finite rewards and -inf prior log-probabilities are counted and reported in `_score_report.json`
+    and on the console; they are kept in the table for the analysis to drop and count.
+    """
+    corpus_dir, out_dir = Path(corpus_dir), Path(out_dir)
+    if prior_context not in PRIOR_CONTEXTS:
+        raise PQError(f"prior_context={prior_context!r} is not one of {', '.join(PRIOR_CONTEXTS)}")
+    for name, value in (("batch_size", batch_size), ("max_batch_tokens", max_batch_tokens)):
+        if not isinstance(value, int) or value < 1:
+            raise PQError(f"{name}={value!r} is out of range: need an integer >= 1")
+    if corpus_dir.resolve() == out_dir.resolve():
+        raise PQError(f"--out {str(out_dir)!r} is the corpus folder itself: choose another folder")
+    files = shard_files(corpus_dir)
+    if not files:
+        raise PQError(f"corpus directory {str(corpus_dir)!r} holds no Parquet shards")
+    corpus_settings = _corpus_settings(corpus_dir)
+    aligned_key = corpus_settings.get("tokenizer_key")
+    same_tokenizer = prior is not None and aligned_key is not None and aligned_key == prior.tokenizer_key
+    resolved = dict(settings) | {
+        "corpus_dir": str(corpus_dir), "prior_context": prior_context, "batch_size": batch_size,
+        "max_batch_tokens": max_batch_tokens, "reward": reward.name,
+        "prior_tokenization": None if prior is None else ("token_ids" if same_tokenizer else "retokenized"),
+        "generate_settings": corpus_settings,
+    }
+    record = run_record("score", resolved)
+    check_resumable(out_dir, record)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_json(out_dir / RUN_RECORD, record)
+
+    todo = [f for f in files if not (out_dir / f.name).exists()]
+    total = sum(pq.read_metadata(f).num_rows for f in todo)
+    report: dict[str, Any] = {"shards": {}}
+    with _progress(progress, total, "score") as advance:
+        for path in todo:
+            table = pq.read_table(path)
+            missing = [c for c in GENERATED_COLUMNS if c not in table.column_names]
+            if missing:
+                raise PQError(f"shard {path.name!r} lacks required column(s) {', '.join(missing)}")
+            df = table.to_pandas()
+            if prior is not None:
+                prompts, conts = prior_inputs(prior, df, prior_context, same_tokenizer)
+                per_token = continuation_logprobs(prior, prompts, conts, batch_size=batch_size,
+                                                  max_batch_tokens=max_batch_tokens)
+                df["logp_prior"] = [float(np.sum(t)) for t in per_token]
+                df["prior_tokenization"] = "token_ids" if same_tokenizer else "retokenized"
+                df["prior_context"] = prior_context
+            elif "logp_prior" not in df.columns:
+                raise PQError(f"shard {path.name!r} has no logp_prior column and no --prior was given")
+            values = np.asarray(reward(df), dtype=np.float64)
+            if values.shape != (len(df),):
+                raise PQError(f"reward {reward.name!r} returned {values.shape} values for {len(df)} strings")
+            df["reward"] = values
+            counts = {"rows": len(df), "reward_nonfinite": int((~np.isfinite(values)).sum()),
+                      "logp_prior_neg_inf": int(np.isneginf(df["logp_prior"].to_numpy()).sum())}
+            report["shards"][path.name] = counts
+            for key in ("reward_nonfinite", "logp_prior_neg_inf"):
+                if counts[key]:
+                    _warn(f"{path.name}: {counts[key]} of {len(df)} rows have {key.replace('_', ' ')}")
+            write_shard(pa.Table.from_pandas(df, preserve_index=False), out_dir / path.name)
+            advance(len(df))
+    _merge_report(out_dir, report)
+    return out_dir
+
+
+def _warn(message: str) -> None:
+    import sys
+
+    print(f"warning: {message}", file=sys.stderr)
+
+
+def _merge_report(out_dir: Path, report: dict[str, Any]) -> None:
+    """Keep `_score_report.json` cumulative across resumed runs: counts of non-finite values per shard."""
+    path = out_dir / "_score_report.json"
+    old = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {"shards": {}}
+    shards = old.get("shards", {}) | report["shards"]
+    totals: dict[str, int] = {}
+    for counts in shards.values():
+        for key, value in counts.items():
+            totals[key] = totals.get(key, 0) + int(value)
+    write_json(path, {"totals": totals, "shards": shards})
+

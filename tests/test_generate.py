@@ -1,0 +1,147 @@
+"""The model-agnostic generate stage, on a tiny bigram model: records, sampling law, keys, resume."""
+
+from __future__ import annotations
+
+import collections
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from transformers.generation.logits_process import LogitsProcessorList
+
+from bigram import BigramModel
+from pqtradeoff import adaptors
+from pqtradeoff.errors import PQError
+from pqtradeoff.generate import (
+    PromptRecord,
+    adaptor_slug,
+    generate_corpus,
+    row_uniforms,
+    sample_inverse_cdf,
+)
+
+SPECS = ["ancestral", "temperature=0.5", "top_k=2", "temperature=1.5,top_p=0.8", "typical_p=0.9", "min_p=0.2"]
+
+
+def _prompts(model: BigramModel, n: int = 3) -> list[PromptRecord]:
+    texts = ["", "w1", "w2 w3"][:n]
+    return [PromptRecord(i, t, model.encode_prompt(t)) for i, t in enumerate(texts)]
+
+
+def _generate(tmp_path, model, specs=SPECS, **kw):
+    args = dict(num_generations=4, max_new_tokens=6, seed=7, batch_size=3, settings={"model": "bigram"},
+                progress=False, shard_rows=5)
+    args |= kw
+    out = generate_corpus(model, _prompts(model), [adaptors.parse(s) for s in specs], out_dir=tmp_path, **args)
+    return pd.read_parquet(out)
+
+
+def test_recorded_scores_equal_teacher_forced_transformers_processors(tmp_path):
+    model = BigramModel(seed=1)
+    df = _generate(tmp_path / "c", model)
+    assert len(df) == len(SPECS) * 3 * 4
+    for row in df.itertuples():
+        a = adaptors.parse(row.adaptor)
+        procs = LogitsProcessorList(a.processors())
+        ids = list(row.token_ids)
+        logits = model.continuation_logits([list(row.prompt_token_ids)], [ids])[0]
+        logq = logp = logw = 0.0
+        for t, tok in enumerate(ids):
+            processed = procs(None, logits[t:t + 1].clone())
+            logq += torch.log_softmax(processed, -1)[0, tok].item()
+            base = torch.log_softmax(logits[t], -1)
+            logp += base[tok].item()
+            kept = torch.isfinite(processed[0])
+            logw += torch.logsumexp(base[kept] / a.temperature, 0).item()
+        assert row.logq == pytest.approx(logq, abs=1e-4)
+        assert row.logp_aligned == pytest.approx(logp, abs=1e-4)
+        assert row.log_weight == pytest.approx(logw, abs=1e-4)
+        assert row.finished == (ids[-1] == model.eos_token_id)
+        assert row.finished or len(ids) == 6
+        assert model.eos_token_id not in ids[:-1]
+
+
+def test_sampling_law_matches_logq():
+    """Inverse-CDF sampling draws each string with probability exp(logq): compare frequencies, many draws."""
+    model = BigramModel(vocab_size=4, seed=3, eos_bias=1.0)
+    a = adaptors.parse("temperature=0.8,top_k=3")
+    n = 20000
+    u = np.random.default_rng(0).random((n, 2))
+    from pqtradeoff.generate import sample_batch
+
+    rows = sample_batch(model, a, [[model.bos]] * n, u, max_new_tokens=2)
+    counts = collections.Counter(tuple(r.token_ids) for r in rows)
+    logq = {tuple(r.token_ids): r.logq for r in rows}
+    for seq, c in counts.items():
+        p = math.exp(logq[seq])
+        assert abs(c / n - p) < 5 * math.sqrt(p * (1 - p) / n) + 1e-3
+    assert sum(math.exp(v) for v in logq.values()) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_inverse_cdf_never_picks_outside_support():
+    logp = torch.log(torch.tensor([[0.0, 0.5, 0.0, 0.5, 0.0]]).repeat(1000, 1))
+    u = torch.linspace(0, 1 - 1e-12, 1000, dtype=torch.float64)
+    tokens = sample_inverse_cdf(logp, u)
+    assert set(tokens.tolist()) == {1, 3}
+
+
+def test_rows_do_not_depend_on_batch_size(tmp_path):
+    model = BigramModel(seed=2)
+    a = _generate(tmp_path / "b1", model, batch_size=1)
+    b = _generate(tmp_path / "b7", model, batch_size=7)
+    assert a["token_ids"].map(tuple).tolist() == b["token_ids"].map(tuple).tolist()
+    np.testing.assert_allclose(a["logq"], b["logq"], atol=1e-9)
+
+
+def test_keys_are_stable_and_distinct():
+    u1 = row_uniforms(7, 0, 0, "temperature=1.0", 5)
+    assert np.array_equal(u1, row_uniforms(7, 0, 0, "temperature=1.0", 5))
+    for other in [(8, 0, 0, "temperature=1.0"), (7, 1, 0, "temperature=1.0"), (7, 0, 1, "temperature=1.0"),
+                  (7, 0, 0, "temperature=0.5")]:
+        assert not np.array_equal(u1, row_uniforms(*other, 5))
+    assert "=" not in adaptor_slug(adaptors.parse("temperature=0.75,top_p=0.95"))
+
+
+def test_resume_after_losing_shards_is_byte_identical(tmp_path):
+    model = BigramModel(seed=4)
+    _generate(tmp_path / "full", model)
+    _generate(tmp_path / "part", model)
+    shards = sorted((tmp_path / "part").glob("*.parquet"))
+    assert len(shards) > 3
+    for s in shards[1::2]:  # as if killed: some shards never written
+        s.unlink()
+    _generate(tmp_path / "part", model)
+    for s in sorted((tmp_path / "full").glob("*.parquet")):
+        assert s.read_bytes() == (tmp_path / "part" / s.name).read_bytes()
+
+
+def test_resume_with_other_settings_is_refused(tmp_path):
+    model = BigramModel(seed=4)
+    _generate(tmp_path / "c", model)
+    with pytest.raises(PQError, match="seed=7"):
+        _generate(tmp_path / "c", model, seed=8)
+
+
+@pytest.mark.parametrize("kw, field", [({"num_generations": 0}, "num_generations"),
+                                       ({"max_new_tokens": 0}, "max_new_tokens"),
+                                       ({"seed": -1}, "seed"), ({"batch_size": 0}, "batch_size")])
+def test_bad_settings(tmp_path, kw, field):
+    with pytest.raises(PQError, match=field):
+        _generate(tmp_path / "c", BigramModel(), **kw)
+
+
+def test_prompt_longer_than_context(tmp_path):
+    model = BigramModel()
+    model.max_length = 4
+    with pytest.raises(PQError, match="context of 4 tokens"):
+        _generate(tmp_path / "c", model)
+
+
+def test_token_logprob_columns(tmp_path):
+    df = _generate(tmp_path / "c", BigramModel(seed=5), specs=["top_k=3"], save_token_logprobs=True)
+    for row in df.itertuples():
+        assert len(row.token_logq) == len(row.token_ids)
+        assert sum(row.token_logq) == pytest.approx(row.logq)
+        assert sum(row.token_log_z) == pytest.approx(row.log_weight)
