@@ -29,6 +29,9 @@ if TYPE_CHECKING:
 #: Parameters in the order transformers' generate applies the corresponding warpers.
 PARAMETER_ORDER = ("temperature", "top_k", "top_p", "min_p", "typical_p", "epsilon_cutoff", "eta_cutoff")
 TRUNCATIONS = PARAMETER_ORDER[1:]
+#: Elements per call of transformers' warpers (rows of a [N, V] batch). Bounds their working memory (a full
+#: sort of [N, V] makes int64 indices) and keeps each pass cache-sized on CPU. See benchmarks/adaptors.py.
+CHUNK_ELEMENTS = 1 << 22
 
 
 def _check_open_unit(name: str, value: float) -> None:
@@ -91,8 +94,21 @@ class Adaptor:
         return any(getattr(self, n) is not None for n in TRUNCATIONS)
 
     def generation_kwargs(self) -> dict[str, float | int | None]:
-        """Every sampling parameter stated explicitly for `GenerationConfig` (off = None, never the model's default)."""
-        kwargs: dict[str, float | int | None] = {name: getattr(self, name) for name in PARAMETER_ORDER}
+        """Every sampling parameter stated explicitly for `GenerationConfig`, off ones by the value that disables them.
+
+        `generate` (transformers 5.x) treats None as "unset" and fills it from the model's generation_config and
+        then the global defaults (top_k=50!), so an adaptor that is off must be passed as the value that
+        `_get_logits_processor` skips: top_k=0, top_p=1.0, typical_p=1.0, epsilon_cutoff=0.0, eta_cutoff=0.0;
+        min_p has no skipped value, and min_p=0.0 is an exact no-op warper. tests/test_adaptors.py checks this
+        against a model whose own generation_config sets every one of them.
+        """
+        off: dict[str, float | int] = {
+            "top_k": 0, "top_p": 1.0, "min_p": 0.0, "typical_p": 1.0, "epsilon_cutoff": 0.0, "eta_cutoff": 0.0,
+        }
+        kwargs: dict[str, float | int | None] = {"temperature": self.temperature}
+        for name in TRUNCATIONS:
+            value = getattr(self, name)
+            kwargs[name] = off[name] if value is None else value
         kwargs["do_sample"] = True
         return kwargs
 
@@ -134,10 +150,15 @@ class Adaptor:
         if not self.truncates:
             return torch.isfinite(logits)
         flat = logits.reshape(-1, logits.shape[-1])
-        processed = flat
-        for proc in self.processors():
-            processed = proc(None, processed)
-        return torch.isfinite(processed).reshape(logits.shape)
+        if flat.shape[0] == 0:
+            return torch.zeros(logits.shape, dtype=torch.bool, device=logits.device)
+        procs = self.processors()
+        masks = []
+        for chunk in flat.split(max(1, CHUNK_ELEMENTS // flat.shape[-1])):
+            for proc in procs:
+                chunk = proc(None, chunk)
+            masks.append(torch.isfinite(chunk))
+        return torch.cat(masks).reshape(logits.shape)
 
     def adapt(self, logits: torch.Tensor) -> AdaptedStep:
         """Everything one sampling or scoring step needs, from one pass over the logits [..., V] (float32).
@@ -151,9 +172,9 @@ class Adaptor:
         if self.is_identity:
             zero = torch.zeros(logp.shape[:-1] + (1,), dtype=logp.dtype, device=logp.device)
             return AdaptedStep(logp, logp, zero, logp)
-        weights = logp / self.temperature if self.temperature != 1.0 else logp
+        weights = logp / self.temperature if self.temperature != 1.0 else logp.clone()
         if self.truncates:
-            weights = weights.masked_fill(~self.support(logits), float("-inf"))
+            weights.masked_fill_(~self.support(logits), float("-inf"))  # a fresh tensor: saves one [..., V] copy
         log_z = torch.logsumexp(weights, dim=-1, keepdim=True)
         return AdaptedStep(logp, weights, log_z, weights - log_z)
 

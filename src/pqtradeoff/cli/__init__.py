@@ -21,6 +21,12 @@ app = typer.Typer(
 )
 
 
+@app.callback()
+def _root() -> None:
+    # Keeps `pqtradeoff <command>` a command group even while only one command is registered.
+    pass
+
+
 def fail(message: str) -> typer.Exit:
     """Print a one-line error and return the exit to raise (code 2)."""
     typer.echo(f"error: {message}", err=True)
@@ -29,6 +35,10 @@ def fail(message: str) -> typer.Exit:
 
 # Command modules register themselves on `app` when imported.
 from pqtradeoff.cli import toy as _toy  # noqa: E402,F401
+from pqtradeoff.cli import generate as _generate  # noqa: E402,F401
+from pqtradeoff.cli import score as _score  # noqa: E402,F401
+from pqtradeoff.cli import analyze as _analyze  # noqa: E402,F401
+from pqtradeoff.cli import demo as _demo  # noqa: E402,F401
 
 
 def main() -> None:

@@ -1,1 +1,41 @@
 """`pqtradeoff toy`: the paper's toy experiment (registered on the app; implemented in pqtradeoff.toy)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from pqtradeoff.cli import app
+
+
+@app.command()
+def toy(
+    out: Path = typer.Option(Path("runs/toy"), "--out", help="Output folder: summary.json and the figures."),
+    n_strings: int = typer.Option(1000, "--n-strings", help="Number of strings (support size)."),
+    alpha: float = typer.Option(0.1, "--alpha", help="Dirichlet concentration of the aligned model p+."),
+    exponent: float = typer.Option(42.0, "--exponent", help="Prior p = softmax(p+ ** (1/exponent) + noise)."),
+    noise: float = typer.Option(0.42, "--noise", help="Prior noise ~ Uniform(-noise, noise)."),
+    n_corpora: int = typer.Option(1000, "--n-corpora", help="Number of corpora drawn from p+."),
+    corpus_size: int = typer.Option(100_000, "--corpus-size", help="Strings per corpus (iid draws from p+)."),
+    epsilon: float = typer.Option(0.001, "--epsilon", help="Typicality: |mean(-log p+) - H(p+)| < epsilon."),
+    seed: int = typer.Option(42, "--seed", help="Seed of every random draw."),
+    figures: bool = typer.Option(True, "--figures/--no-figures", help="Write the PNG figures."),
+) -> None:
+    """Reproduce the paper's toy experiment: string-level vs corpus-level correlation of log prior and reward."""
+    from pqtradeoff import toy as toy_lib
+
+    settings = toy_lib.ToySettings(
+        n_strings=n_strings, alpha=alpha, exponent=exponent, noise=noise, n_corpora=n_corpora,
+        corpus_size=corpus_size, epsilon=epsilon, seed=seed,
+    )
+    summary = toy_lib.run(settings, out, figures=figures)
+    fields = (
+        "posterior_entropy", "prior_entropy", "string_spearman", "string_pearson", "n_typical",
+        "typical_corpus_spearman", "typical_corpus_pearson", "atypical_corpus_spearman",
+        "atypical_corpus_pearson", "tradeoff_max_deviation",
+    )
+    for name in fields:
+        value = summary[name]
+        typer.echo(f"{name:26s} {value:.6g}" if isinstance(value, float) else f"{name:26s} {value}")
+    typer.echo(f"wrote {out / toy_lib.SUMMARY}")

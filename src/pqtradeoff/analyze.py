@@ -1,0 +1,372 @@
+"""The corpus analysis: scored corpus -> IMH-corrected estimates, bootstrapped corpora, correlations, trade-off.
+
+Public API (also used by the exact-model demo):
+
+- `AnalysisSettings`: the resolved settings (a pydantic model); `make_settings(**values)` builds one and turns a
+  bad value into a one-line PQError naming the field.
+- `clean_table(table, settings)`: validate and filter a scored-corpus DataFrame (missing columns -> PQError;
+  NaN/inf values and unfinished strings dropped, counted, and warned about by column).
+- `run_analysis(table, out_dir, settings, exact=None, exact_lines=None, notes=None, skipped=None)`: run
+  everything on a DataFrame with the scored-corpus columns and write summary.json, corpora.parquet, the
+  figures and report.html atomically under out_dir; returns the summary dict.
+- `analyze_dir(scored_dir, out_dir, settings)`: the same, reading a scored-corpus directory (the CLI).
+
+Nothing here imports torch or the model side.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from pqtradeoff import adaptors, correct, stats
+from pqtradeoff.corpus import ANALYSIS_COLUMNS, RUN_RECORD, read_corpus, write_shard
+from pqtradeoff.errors import PQError
+from pqtradeoff.io import run_record, write_json
+
+#: Columns whose values must be finite for a row to be used (the quantities analysed).
+VALUE_COLUMNS = ("reward", "logp_prior")
+#: Per target, the columns that build the log importance weight. NaN or +inf there drops the row; -inf in a
+#: log-probability of the target means weight zero, which is allowed (logq must be finite: the row was sampled).
+WEIGHT_COLUMNS = {"global": ("log_weight",), "aligned": ("logp_aligned", "logq"), "none": ()}
+SERIES = {"reward": "reward", "log_prior": "logp_prior"}
+
+
+class AnalysisSettings(BaseModel):
+    """Everything that changes the analysis's numbers; recorded in summary.json."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    target: Literal["global", "aligned", "none"] = "global"
+    corpora: int = Field(2000, ge=1, description="bootstrapped corpora per configuration")
+    corpus_size: int = Field(2000, ge=1, description="strings per bootstrapped corpus")
+    imh_steps: int = Field(200_000, ge=2, description="IMH chain length per configuration")
+    keep_unfinished: bool = False
+    seed: int = Field(0, ge=0)
+    confidence: float = Field(0.95, gt=0.0, lt=1.0)
+    min_importance_ess: float = Field(
+        10.0, ge=1.0, description="below this pool importance-sampling ESS a config's errors are flagged unreliable"
+    )
+    plots: bool = True
+
+
+def make_settings(**values: Any) -> AnalysisSettings:
+    """Build settings, turning a pydantic error into a one-line PQError naming the field and the value."""
+    try:
+        return AnalysisSettings(**values)
+    except ValidationError as err:
+        first = err.errors()[0]
+        field = ".".join(str(p) for p in first["loc"]) or "settings"
+        raise PQError(f"{field}={first.get('input')!r} is invalid: {first['msg']}") from None
+
+
+# --------------------------------------------------------------------------------------------- validation
+def _check_columns(table: pd.DataFrame) -> None:
+    missing = [c for c in ANALYSIS_COLUMNS if c not in table.columns]
+    if missing:
+        raise PQError(
+            f"scored corpus lacks required column(s) {', '.join(missing)}; need {', '.join(ANALYSIS_COLUMNS)}"
+        )
+    for col in ANALYSIS_COLUMNS:
+        if col in ("adaptor", "finished"):
+            continue
+        if not pd.api.types.is_numeric_dtype(table[col]) or pd.api.types.is_bool_dtype(table[col]):
+            raise PQError(f"column {col!r} has dtype {table[col].dtype}; need floating-point numbers")
+
+
+def _canonical_adaptors(column: pd.Series) -> pd.Series:
+    """Canonical spec strings (temperature included) for every row; PQError names a bad spec."""
+    mapping: dict[Any, Any] = {}
+    for raw in pd.unique(column.dropna()):
+        if not isinstance(raw, str):
+            raise PQError(f"column 'adaptor' holds {raw!r}; need adaptor spec strings such as 'temperature=0.5'")
+        mapping[raw] = str(adaptors.parse(raw))
+    return column.map(mapping)
+
+
+def clean_table(table: pd.DataFrame, settings: AnalysisSettings) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """Validate a scored-corpus table and keep the rows the analysis can use (the input is not modified).
+
+    Returns the kept rows (with a canonical `adaptor`) and a report: rows read, rows dropped per column (a
+    row bad in two columns counts in both; `dropped_total` counts it once), unfinished strings excluded, and
+    the warnings issued. Every drop is also a UserWarning naming the column and the count.
+    """
+    _check_columns(table)
+    data = table.loc[:, list(dict.fromkeys([*ANALYSIS_COLUMNS, *table.columns]))].copy()
+    data["adaptor"] = _canonical_adaptors(data["adaptor"])
+    bad: dict[str, np.ndarray] = {
+        "adaptor": data["adaptor"].isna().to_numpy(),
+        "finished": data["finished"].isna().to_numpy(),
+    }
+    for col in VALUE_COLUMNS:
+        bad[col] = ~np.isfinite(data[col].to_numpy(dtype=np.float64, na_value=np.nan))
+    for col in WEIGHT_COLUMNS[settings.target]:
+        v = data[col].to_numpy(dtype=np.float64, na_value=np.nan)
+        bad[col] = ~np.isfinite(v) if col == "logq" else (np.isnan(v) | (v == np.inf))
+    messages: list[str] = []
+    dropped: dict[str, int] = {}
+    for col, mask in bad.items():
+        count = int(mask.sum())
+        if count:
+            dropped[col] = count
+            kind = "missing" if col in ("adaptor", "finished") else "NaN or infinite"
+            if col in WEIGHT_COLUMNS[settings.target] and col != "logq":
+                kind = "NaN or +inf"
+            messages.append(f"dropped {count} row(s) with {kind} values in column {col!r}")
+    any_bad = np.logical_or.reduce(list(bad.values()))
+    finished_all = data["finished"].fillna(True).astype(bool).to_numpy()
+    # Why each row is left out, by its first bad column (so a config's reasons add up to its dropped rows).
+    why = np.full(len(data), "", dtype=object)
+    if not settings.keep_unfinished:
+        why[~finished_all] = "unfinished"
+    for col, mask in reversed(bad.items()):
+        why[mask] = f"missing {col}" if col in ("adaptor", "finished") else f"non-finite {col}"
+    reasons = pd.DataFrame({"adaptor": data["adaptor"].to_numpy(), "why": why})
+    by_config: dict[str, dict[str, int]] = {}
+    for (adaptor, reason), count in reasons[why != ""].value_counts(sort=False).items():
+        by_config.setdefault(adaptor, {})[reason] = int(count)  # rows without an adaptor fall out (NaN key)
+    data = data.loc[~any_bad]
+    finished = data["finished"].astype(bool).to_numpy()
+    unfinished = int((~finished).sum())
+    if unfinished and not settings.keep_unfinished:
+        messages.append(
+            f"excluded {unfinished} unfinished string(s) (column 'finished' is False; --keep-unfinished keeps them)"
+        )
+        data = data.loc[finished]
+    for message in messages:
+        warnings.warn(message, UserWarning, stacklevel=2)
+    report = {
+        "rows_read": int(len(table)),
+        "dropped_by_column": dropped,
+        "dropped_total": int(any_bad.sum()),
+        "unfinished": unfinished,
+        "unfinished_excluded": 0 if settings.keep_unfinished else unfinished,
+        "rows_used": int(len(data)),
+        "dropped_by_config": by_config,
+        "warnings": messages,
+    }
+    return data.reset_index(drop=True), report
+
+
+# ------------------------------------------------------------------------------------------- one config
+def _order_key(spec: str) -> tuple[str, float]:
+    a = adaptors.parse(spec)
+    return (a.family, a.temperature)
+
+
+def analyze_config(
+    adaptor: str, rows: pd.DataFrame, settings: AnalysisSettings
+) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """IMH-correct one configuration's pool and draw its corpora. Returns (summary entry, corpus means).
+
+    Raises PQError when the target gives every string zero weight (the caller reports the config as skipped).
+    """
+    spec = adaptors.parse(adaptor)
+    log_w = correct.log_importance_weights(
+        settings.target, rows["log_weight"].to_numpy(float), rows["logp_aligned"].to_numpy(float),
+        rows["logq"].to_numpy(float),
+    )
+    n = len(rows)
+    zero = int(np.sum(log_w == -np.inf))
+    if zero == n:
+        raise PQError(
+            f"all {n} importance weights are zero (log weight -inf) under target {settings.target!r}: "
+            "the target gives none of this configuration's strings any mass"
+        )
+    values = {name: rows[col].to_numpy(float) for name, col in SERIES.items()}
+    seeds = correct.chain_seed(settings.seed, adaptor).spawn(2)
+    chain = correct.run_chain(log_w, values, settings.imh_steps, np.random.default_rng(seeds[0]))
+    means = stats.corpus_means(
+        chain.visits, values, settings.corpora, settings.corpus_size, np.random.default_rng(seeds[1])
+    )
+    entry: dict[str, Any] = {
+        "adaptor": adaptor, "family": spec.family, "temperature": spec.temperature,
+        "n_strings": n, "n_zero_weight": zero,
+        "acceptance_rate": chain.acceptance_rate, "chain_steps": chain.steps,
+        "chain_ess": min(chain.ess(k) for k in SERIES), "importance_ess": correct.importance_ess(log_w),
+    }
+    for name in SERIES:
+        mu, pool_var, target_var = correct.snis_mean_and_variance(log_w, values[name])
+        se = correct.imh_standard_error(pool_var, target_var, chain.tau[name], chain.steps)
+        entry.update({
+            f"mean_{name}": chain.mean[name],
+            f"mean_{name}_se": se,
+            f"mean_{name}_se_pool": float(np.sqrt(pool_var)),
+            f"mean_{name}_se_chain": float(np.sqrt(target_var * chain.tau[name] / chain.steps)),
+            f"snis_mean_{name}": mu,
+            f"local_mean_{name}": float(values[name].mean()),
+            f"chain_ess_{name}": chain.ess(name),
+            f"tau_{name}": chain.tau[name],
+            f"lag1_{name}": chain.lag1[name],
+            f"corpus_mean_{name}_sd": float(np.std(means[name], ddof=1)) if settings.corpora > 1 else None,
+        })
+    entry["reliable"] = entry["importance_ess"] >= settings.min_importance_ess
+    entry["string_level"] = stats.correlations(values["log_prior"], values["reward"], settings.confidence)
+    entry["corpus_level"] = stats.correlations(means["log_prior"], means["reward"], settings.confidence)
+    return entry, means
+
+
+# --------------------------------------------------------------------------------------- exact comparison
+def _compare_exact(entry: dict[str, Any]) -> dict[str, Any] | None:
+    """z-scores of the IMH means against exact values given for this config (None when none are given)."""
+    out: dict[str, Any] = {}
+    for name in SERIES:
+        exact = entry.get(f"exact_mean_{name}")
+        if exact is None:
+            continue
+        se = entry[f"mean_{name}_se"]
+        diff = entry[f"mean_{name}"] - exact
+        out[f"z_{name}"] = diff / se if se > 0 else (0.0 if diff == 0 else float("inf"))
+    return out or None
+
+
+def _canonical_keys(mapping: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The same mapping keyed by canonical adaptor strings (PQError names an unreadable key)."""
+    result: dict[str, Any] = {}
+    for key, value in (mapping or {}).items():
+        result[str(adaptors.parse(key))] = value
+    return result
+
+
+# ------------------------------------------------------------------------------------------ orchestration
+def run_analysis(
+    table: pd.DataFrame,
+    out_dir: str | Path,
+    settings: AnalysisSettings,
+    exact: dict[str, dict[str, float]] | None = None,
+    exact_lines: list[dict[str, Any]] | None = None,
+    notes: list[str] | None = None,
+    skipped: dict[str, str] | None = None,
+    source: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Analyse a scored-corpus DataFrame and write every output under `out_dir`; return the summary.
+
+    - `exact`: canonical adaptor string (any spelling `adaptors.parse` reads) -> extra fields merged into that
+      config's summary entry, e.g. exact_mean_log_prior, exact_mean_reward, exact_entropy,
+      exact_local_mean_log_prior, exact_local_mean_reward. exact_mean_* become points on the corpus-level
+      panel and the frontier, and the report says how many standard errors the IMH means lie from them.
+    - `exact_lines`: trade-off lines to draw on the corpus-level panel, each {"slope", "intercept", "label"}.
+    - `notes`: sentences shown in the report and stored in summary.json.
+    - `skipped`: adaptor -> reason, for configurations the caller could not produce; listed with the ones
+      this analysis skips itself (all weights zero, no strings left).
+    - `source`: the producer's run record (the `_run.json` of the scored corpus), stored for provenance.
+
+    Raises PQError on a table it cannot use (missing columns, no usable rows, no config left).
+    """
+    from pqtradeoff import plots, report  # matplotlib only when we get this far
+
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise PQError(f"out={str(out_dir)!r} exists and is not a directory")
+    data, input_report = clean_table(table, settings)
+    if data.empty:
+        raise PQError("no usable rows: every row was dropped (" + "; ".join(input_report["warnings"]) + ")")
+    exact = _canonical_keys(exact)
+    skipped_list = [{"adaptor": a, "reason": r} for a, r in _canonical_keys(skipped).items()]
+    messages = list(input_report["warnings"])
+    configs: list[dict[str, Any]] = []
+    corpus_frames: list[pd.DataFrame] = []
+    read_counts = table.assign(adaptor=_canonical_adaptors(table["adaptor"]))["adaptor"].value_counts()
+    groups = dict(tuple(data.groupby("adaptor", sort=False)))
+    for adaptor in sorted(set(groups) | set(read_counts.index), key=_order_key):
+        rows = groups.get(adaptor)
+        if rows is None:
+            reason = f"no usable strings: all {int(read_counts[adaptor])} row(s) were dropped or unfinished"
+            skipped_list.append({"adaptor": adaptor, "reason": reason})
+            messages.append(f"skipped {adaptor}: {reason}")
+            continue
+        try:
+            entry, means = analyze_config(adaptor, rows, settings)
+        except PQError as err:
+            skipped_list.append({"adaptor": adaptor, "reason": str(err)})
+            messages.append(f"skipped {adaptor}: {err}")
+            warnings.warn(f"skipped {adaptor}: {err}", UserWarning, stacklevel=2)
+            continue
+        entry["n_rows"] = int(read_counts[adaptor])
+        entry["n_dropped"] = entry["n_rows"] - entry["n_strings"]
+        entry["dropped_why"] = input_report["dropped_by_config"].get(adaptor, {})
+        entry.update(exact.get(adaptor, {}))
+        entry["exact_comparison"] = _compare_exact(entry)
+        configs.append(entry)
+        corpus_frames.append(pd.DataFrame({
+            "adaptor": adaptor, "family": entry["family"], "temperature": entry["temperature"],
+            "corpus_id": np.arange(settings.corpora, dtype=np.int64),
+            "mean_reward": means["reward"], "mean_log_prior": means["log_prior"],
+        }))
+    if not configs:
+        raise PQError("no configuration could be analysed: " + "; ".join(s["reason"] for s in skipped_list))
+    unmatched = sorted(set(exact) - {c["adaptor"] for c in configs})
+    if unmatched:
+        messages.append(f"exact values were given for configuration(s) not analysed: {', '.join(unmatched)}")
+    corpora = pd.concat(corpus_frames, ignore_index=True)
+
+    x = np.array([c["mean_log_prior"] for c in configs])
+    y = np.array([c["mean_reward"] for c in configs])
+    frontier = stats.pareto_frontier(x, y)
+    for entry, on in zip(configs, frontier, strict=True):
+        entry["on_frontier"] = bool(on)
+    tradeoff = stats.tradeoff_fit(x, y, settings.confidence)
+    tradeoff["frontier"] = [c["adaptor"] for c in sorted(configs, key=lambda c: -c["mean_log_prior"]) if c["on_frontier"]]
+    if not tradeoff["defined"]:
+        messages.append(f"corpus-level trade-off: {tradeoff['note']}")
+    used = data[data["adaptor"].isin([c["adaptor"] for c in configs])]  # skipped configs' strings left out
+    corpus_level = stats.correlations(corpora["mean_log_prior"], corpora["mean_reward"], settings.confidence)
+    if len(configs) == 1:
+        corpus_level["note"] = (
+            (corpus_level["note"] + "; " if corpus_level["note"] else "")
+            + "one configuration only: these corpora vary by resampling noise alone, so this is not the trade-off across configurations"
+        )
+    summary: dict[str, Any] = {
+        "command": "analyze",
+        "settings": settings.model_dump(mode="json"),
+        "seeds": {"seed": settings.seed, "per_config": "numpy SeedSequence([seed, sha256(adaptor)[:16]]), spawned into chain and corpora streams"},
+        "input": {k: v for k, v in input_report.items() if k not in ("warnings", "dropped_by_config")},
+        "warnings": messages,
+        "notes": list(notes or []),
+        "configs": configs,
+        "skipped": skipped_list,
+        "string_level": stats.correlations(
+            used["logp_prior"].to_numpy(float), used["reward"].to_numpy(float), settings.confidence
+        ),
+        "corpus_level": corpus_level,
+        "config_level": stats.correlations(x, y, settings.confidence),
+        "tradeoff": tradeoff,
+        "exact_lines": list(exact_lines or []),
+        "source_run": source,
+        "run": run_record("analyze", settings.model_dump(mode="json")),
+        "outputs": {"summary": "summary.json", "corpora": "corpora.parquet", "report": "report.html", "figures": {}},
+    }
+    write_shard(pa.Table.from_pandas(corpora, preserve_index=False), out_dir / "corpora.parquet")
+    if settings.plots:
+        summary["outputs"]["figures"] = plots.draw_all(data, corpora, summary, out_dir)
+    write_json(out_dir / "summary.json", summary)
+    write_json(out_dir / RUN_RECORD, summary["run"])
+    report.write_report(summary, out_dir)
+    return summary
+
+
+def analyze_dir(scored_dir: str | Path, out_dir: str | Path, settings: AnalysisSettings) -> dict[str, Any]:
+    """Read a scored-corpus directory (with its `_run.json`, if any) and run the analysis on it."""
+    table = read_corpus(scored_dir, required=ANALYSIS_COLUMNS)
+    nested = (
+        pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_string(t) or pa.types.is_large_string(t)
+        for t in table.schema.types
+    )
+    keep = [c for c, skip in zip(table.column_names, nested, strict=True) if c == "adaptor" or not skip]
+    frame = table.select(keep).to_pandas()  # token lists and texts are never needed here
+    record_path = Path(scored_dir) / RUN_RECORD
+    source = None
+    if record_path.is_file():
+        try:
+            source = json.loads(record_path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as err:
+            raise PQError(f"{str(record_path)!r} is not valid JSON: {err.msg} at line {err.lineno}") from None
+    return run_analysis(frame, out_dir, settings, source=source)

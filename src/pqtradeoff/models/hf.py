@@ -1,0 +1,393 @@
+"""Hugging Face transformers models behind the pipeline's one model interface, and reward models.
+
+`HFModel` wraps an `AutoModelForCausalLM` (a hub id or a local folder) as a `LanguageModel`:
+- incremental decoding (`start`/`step`/`keep`) with a `DynamicCache`, prompts left-padded with an attention
+  mask and explicit position ids (as transformers' `generate` does), and logits computed for the last
+  position only (`logits_to_keep=1`): a prompt batch never materializes [B, L, V];
+- teacher forcing (`continuation_logits`) on a layout [left-padded prompt | right-padded continuation], so the
+  T positions that predict the continuation are the same columns in every row and `logits_to_keep=T` keeps
+  only them: [B, T, V], never [B, prompt + T, V].
+Everything returned is float32. We never call `model.generate`, so the checkpoint's `generation_config`
+(top_k=50 and friends) cannot leak into sampling: the pipeline applies the adaptors itself.
+
+`HFRewardModel` wraps an `AutoModelForSequenceClassification` reward model as a `rewards.Reward`: it scores
+prompt + completion at the last non-pad token, located from the attention mask (right padding), so a
+tokenizer whose pad token is its EOS token (common for Llama reward models) is handled correctly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from pqtradeoff.errors import PQError
+from pqtradeoff.models.base import LanguageModel
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DEVICES = ("auto", "cpu", "cuda")
+PROMPT_SLOT = "{prompt}"
+
+
+# --------------------------------------------------------------------------------------------- settings
+def resolve_device(device: str) -> torch.device:
+    """`auto` -> cuda when available, else cpu; `cuda` without a GPU is an error, not a silent fallback."""
+    if device not in DEVICES:
+        raise PQError(f"device={device!r} is not one of {', '.join(DEVICES)}")
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise PQError("device='cuda' was asked for but torch sees no CUDA device")
+    return torch.device(device)
+
+
+def resolve_dtype(dtype: str) -> torch.dtype:
+    if dtype not in DTYPES:
+        raise PQError(f"dtype={dtype!r} is not one of {', '.join(DTYPES)}")
+    return DTYPES[dtype]
+
+
+def check_template(template: str | None, chat_template: bool) -> None:
+    if template is not None and chat_template:
+        raise PQError("give either --template or --chat-template, not both")
+    if template is not None and PROMPT_SLOT not in template:
+        raise PQError(f"template={template!r} has no {PROMPT_SLOT} slot, e.g. 'Human: {{prompt}} Assistant:'")
+
+
+def apply_template(template: str, prompt: str) -> str:
+    """Put the prompt into the template's `{prompt}` slot (plain replacement: braces in either are kept)."""
+    return template.replace(PROMPT_SLOT, prompt)
+
+
+def _one_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return text[0] if text else type(err).__name__
+
+
+def load_tokenizer(name_or_path: str, trust_remote_code: bool = False) -> Any:
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError, KeyError) as err:
+        raise PQError(f"cannot load a tokenizer from {name_or_path!r}: {_one_line(err)}") from None
+
+
+def tokenizer_key(tokenizer: Any) -> str:
+    """A hash that is equal for two tokenizers exactly when they map text to the same ids.
+
+    Fast tokenizers: the backend's full definition (normalizer, pre-tokenizer, model with vocab and merges,
+    added tokens, post-processor), without its runtime padding/truncation settings, plus the class (some
+    classes add behaviour, e.g. Llama's prefix space). Slow tokenizers: class, vocab and special tokens.
+    """
+    parts: dict[str, Any] = {"class": type(tokenizer).__name__}
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        spec = json.loads(backend.to_str())
+        spec.pop("truncation", None)
+        spec.pop("padding", None)
+        parts["backend"] = spec
+    else:
+        parts["vocab"] = sorted(tokenizer.get_vocab().items())
+        parts["special"] = {k: str(v) for k, v in sorted(tokenizer.special_tokens_map.items())}
+    text = json.dumps(parts, sort_keys=True, ensure_ascii=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def _forward_parameters(model: Any) -> set[str]:
+    return set(inspect.signature(model.forward).parameters)
+
+
+# ----------------------------------------------------------------------------------------------- padding
+def left_pad(rows: list[list[int]], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Ids [B, L] and attention mask [B, L], each row right-aligned (left padding)."""
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for b, row in enumerate(rows):
+        if row:
+            ids[b, width - len(row):] = torch.as_tensor(row, dtype=torch.long)
+            mask[b, width - len(row):] = 1
+    return ids.to(device), mask.to(device)
+
+
+def right_pad(rows: list[list[int]], pad_id: int, device: torch.device, width: int | None = None
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Ids [B, W] and attention mask [B, W], each row left-aligned (right padding)."""
+    width = max((len(r) for r in rows), default=0) if width is None else width
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for b, row in enumerate(rows):
+        if row:
+            ids[b, : len(row)] = torch.as_tensor(row, dtype=torch.long)
+            mask[b, : len(row)] = 1
+    return ids.to(device), mask.to(device)
+
+
+def position_ids(mask: torch.Tensor) -> torch.Tensor:
+    """Positions counted over real tokens only (what `generate` uses with left padding); pads get 1."""
+    return (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1)
+
+
+# ---------------------------------------------------------------------------------------- language model
+@dataclass
+class HFState:
+    """Decoding state of a batch: the KV cache, the attention mask so far, and each row's next position.
+
+    `step` and `keep` update the cache in place (it is large); the state passed in must not be reused.
+    """
+
+    cache: Any
+    mask: torch.Tensor  # [B, L] long
+    next_position: torch.Tensor  # [B] long
+
+
+class HFModel(LanguageModel):
+    """An `AutoModelForCausalLM` checkpoint as a `LanguageModel` (float32 logits, KV-cached decoding)."""
+
+    def __init__(
+        self,
+        name_or_path: str,
+        *,
+        device: str = "auto",
+        dtype: str = "float32",
+        template: str | None = None,
+        chat_template: bool = False,
+        trust_remote_code: bool = False,
+    ) -> None:
+        from transformers import AutoModelForCausalLM
+
+        check_template(template, chat_template)
+        self.name = str(name_or_path)
+        self.device = resolve_device(device)
+        self.dtype = resolve_dtype(dtype)
+        self.template, self.chat_template = template, chat_template
+        self.tokenizer = load_tokenizer(self.name, trust_remote_code)
+        if chat_template and not getattr(self.tokenizer, "chat_template", None):
+            raise PQError(f"--chat-template: the tokenizer of {self.name!r} has no chat template; use --template")
+        try:
+            model = AutoModelForCausalLM.from_pretrained(self.name, dtype=self.dtype,
+                                                         trust_remote_code=trust_remote_code)
+        except (OSError, ValueError, KeyError) as err:
+            raise PQError(f"cannot load a causal language model from {self.name!r}: {_one_line(err)}") from None
+        self.model = model.to(self.device).eval()
+        self._params = _forward_parameters(self.model)
+        self._cache_arg = "cache" if "cache" in self._params else "past_key_values"
+        self._keep_arg = next((n for n in ("logits_to_keep", "num_logits_to_keep") if n in self._params), None)
+
+        tok = self.tokenizer
+        eos = tok.eos_token_id if tok.eos_token_id is not None else self.model.config.eos_token_id
+        if isinstance(eos, list):
+            eos = eos[0]
+        if eos is None:
+            raise PQError(f"model {self.name!r} has no EOS token: strings could never end")
+        self.eos_token_id = int(eos)
+        self.bos_token_id = tok.bos_token_id
+        self.pad_token_id = int(tok.pad_token_id) if tok.pad_token_id is not None else self.eos_token_id
+        head = self.model.get_output_embeddings()
+        self.vocab_size = int(head.weight.shape[0]) if head is not None else int(self.model.config.vocab_size)
+        self.tokenizer_key = tokenizer_key(tok)
+        self.max_length = self._context_length()
+
+    def _context_length(self) -> int | None:
+        config = self.model.config.get_text_config() if hasattr(self.model.config, "get_text_config") \
+            else self.model.config
+        for name in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+            value = getattr(config, name, None)
+            if isinstance(value, int) and value > 0:
+                return value
+        value = getattr(self.tokenizer, "model_max_length", None)
+        return value if isinstance(value, int) and 0 < value < 10**7 else None
+
+    # ------------------------------------------------------------------------------------ tokenization
+    def encode_prompt(self, prompt: str) -> list[int]:
+        """Template applied, BOS where the tokenizer adds one; never empty (BOS, or EOS without a BOS)."""
+        if self.chat_template:
+            text = self.tokenizer.apply_chat_template(
+                [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True)
+            ids = list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+        else:
+            text = apply_template(self.template, prompt) if self.template is not None else prompt
+            ids = list(self.tokenizer(text, add_special_tokens=True)["input_ids"])
+        return ids if ids else self.empty_context()
+
+    def empty_context(self) -> list[int]:
+        """The one-token context for scoring a continuation alone: BOS, or EOS where there is none (GPT-2)."""
+        return [int(self.bos_token_id) if self.bos_token_id is not None else self.eos_token_id]
+
+    def encode_continuation(self, text: str) -> list[int]:
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def decode(self, token_ids: list[int]) -> str:
+        return self.tokenizer.decode(list(token_ids), skip_special_tokens=True)
+
+    # ------------------------------------------------------------------------------------------ forward
+    def _forward(self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, keep: int,
+                 cache: Any = None) -> torch.Tensor:
+        """Logits [B, keep, V] (float32) for the last `keep` positions; updates `cache` in place if given."""
+        kwargs: dict[str, Any] = {"input_ids": ids, "attention_mask": mask, "position_ids": positions,
+                                  "use_cache": cache is not None}
+        if cache is not None:
+            kwargs[self._cache_arg] = cache
+        if self._keep_arg is not None:
+            kwargs[self._keep_arg] = keep
+        logits = self.model(**kwargs).logits
+        return logits[:, -keep:, :].float()
+
+    def _new_cache(self) -> Any:
+        from transformers import DynamicCache
+
+        try:
+            return DynamicCache(config=self.model.config)
+        except TypeError:  # transformers < 4.56
+            return DynamicCache()
+
+    @torch.inference_mode()
+    def start(self, prompts: list[list[int]]) -> tuple[torch.Tensor, HFState]:
+        if not prompts or any(len(p) == 0 for p in prompts):
+            raise PQError("start() needs at least one prompt and a token in each (use encode_prompt)")
+        ids, mask = left_pad(prompts, self.pad_token_id, self.device)
+        positions = position_ids(mask)
+        cache = self._new_cache()
+        logits = self._forward(ids, mask, positions, 1, cache)[:, -1, :]
+        return logits, HFState(cache, mask, positions[:, -1] + 1)
+
+    @torch.inference_mode()
+    def step(self, state: HFState, tokens: torch.Tensor) -> tuple[torch.Tensor, HFState]:
+        tokens = tokens.to(self.device, torch.long).view(-1, 1)
+        mask = torch.cat([state.mask, torch.ones_like(state.mask[:, :1])], dim=1)
+        logits = self._forward(tokens, mask, state.next_position.view(-1, 1), 1, state.cache)[:, -1, :]
+        return logits, HFState(state.cache, mask, state.next_position + 1)
+
+    @torch.inference_mode()
+    def keep(self, state: HFState, rows: torch.Tensor) -> HFState:
+        rows = rows.to(self.device, torch.long)
+        state.cache.batch_select_indices(rows)
+        return HFState(state.cache, state.mask[rows], state.next_position[rows])
+
+    @torch.inference_mode()
+    def continuation_logits(self, prompts: list[list[int]], continuations: list[list[int]]) -> torch.Tensor:
+        """Teacher-forced float32 logits [B, T, V]; only the T predicting positions reach the LM head.
+
+        Layout per row: [pads | prompt | continuation[:-1] | pads]. Column P-1+t (P = longest prompt)
+        predicts continuation[t] in every row, so the last T columns are exactly the ones we need.
+        """
+        if len(prompts) != len(continuations):
+            raise PQError(f"{len(prompts)} prompts but {len(continuations)} continuations")
+        if any(len(p) == 0 for p in prompts):
+            raise PQError("continuation_logits needs a token in each prompt (use empty_context() for none)")
+        width = max((len(c) for c in continuations), default=0)
+        if width == 0:
+            return torch.zeros((len(prompts), 0, self.vocab_size), dtype=torch.float32, device=self.device)
+        p_ids, p_mask = left_pad(prompts, self.pad_token_id, self.device)
+        c_ids, c_mask = right_pad([c[: width - 1] for c in continuations], self.pad_token_id, self.device, width - 1)
+        ids, mask = torch.cat([p_ids, c_ids], dim=1), torch.cat([p_mask, c_mask], dim=1)
+        return self._forward(ids, mask, position_ids(mask), width)
+
+    def __repr__(self) -> str:
+        return f"HFModel({self.name!r}, device={self.device.type!r}, dtype={str(self.dtype)[6:]!r})"
+
+
+# ------------------------------------------------------------------------------------------ reward model
+class HFRewardModel:
+    """A sequence-classification reward model as a `rewards.Reward`: one score per (prompt, completion).
+
+    The text scored is the prompt (through `template`, or the tokenizer's chat template as a user turn with
+    the completion as the assistant turn) followed by the completion. The score is read at the last real
+    token, found from the attention mask of a right-padded batch - never from `pad_token_id`, which breaks
+    when pad == EOS. Rows are batched by length; results are float64 from float32 logits.
+    """
+
+    def __init__(
+        self,
+        name_or_path: str,
+        *,
+        device: str = "auto",
+        dtype: str = "float32",
+        batch_size: int = 8,
+        template: str | None = None,
+        chat_template: bool = False,
+        label: int | None = None,
+        trust_remote_code: bool = False,
+    ) -> None:
+        from transformers import AutoModelForSequenceClassification
+
+        check_template(template, chat_template)
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise PQError(f"batch_size={batch_size!r} is out of range: need an integer >= 1")
+        self.path, self.batch_size = str(name_or_path), batch_size
+        self.template, self.chat_template = template, chat_template
+        self.device, self.dtype = resolve_device(device), resolve_dtype(dtype)
+        self.tokenizer = load_tokenizer(self.path, trust_remote_code)
+        if chat_template and not getattr(self.tokenizer, "chat_template", None):
+            raise PQError(f"the tokenizer of reward model {self.path!r} has no chat template")
+        try:
+            model = AutoModelForSequenceClassification.from_pretrained(
+                self.path, dtype=self.dtype, trust_remote_code=trust_remote_code)
+        except (OSError, ValueError, KeyError) as err:
+            raise PQError(f"cannot load a reward model from {self.path!r}: {_one_line(err)}") from None
+        self.model = model.to(self.device).eval()
+        num_labels = int(self.model.config.num_labels)
+        if label is None and num_labels != 1:
+            raise PQError(f"reward model {self.path!r} has {num_labels} labels: say which one is the reward")
+        self.label = 0 if label is None else int(label)
+        if not 0 <= self.label < num_labels:
+            raise PQError(f"label={label!r} is out of range: reward model {self.path!r} has {num_labels} labels")
+        tok = self.tokenizer
+        pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        self.pad_token_id = int(pad) if pad is not None else 0
+        config = self.model.config
+        limit = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+        self.max_length = int(limit) if isinstance(limit, int) and limit > 0 else None
+        self.name = f"reward_model({self.path})"
+        # Decoder reward models (a linear `score` head on the last token) are read at the last real token;
+        # encoder classifiers pool their first token and are called as they are.
+        self._head = getattr(self.model, "score", None)
+        self._base = getattr(self.model, self.model.base_model_prefix, None)
+
+    def texts(self, prompts: list[str], completions: list[str]) -> list[str]:
+        """The strings the reward model reads."""
+        if self.chat_template:
+            return [self.tokenizer.apply_chat_template(
+                [{"role": "user", "content": p}, {"role": "assistant", "content": c}], tokenize=False)
+                for p, c in zip(prompts, completions, strict=True)]
+        out = []
+        for p, c in zip(prompts, completions, strict=True):
+            head = apply_template(self.template, p) if self.template is not None else p
+            sep = "" if not c or c[0].isspace() or not head or head[-1].isspace() else " "
+            out.append(head + sep + c)
+        return out
+
+    def encode(self, texts: list[str]) -> list[list[int]]:
+        """Token ids per text (special tokens as the tokenizer adds them), cut from the left to the context."""
+        special = not self.chat_template  # a rendered chat template already holds its special tokens
+        rows = [list(self.tokenizer(t, add_special_tokens=special)["input_ids"]) for t in texts]
+        if any(len(r) == 0 for r in rows):
+            raise PQError(f"reward model {self.path!r}: a prompt + completion encodes to no tokens")
+        return [r[-self.max_length:] if self.max_length else r for r in rows]
+
+    @torch.inference_mode()
+    def score_ids(self, rows: list[list[int]]) -> np.ndarray:
+        """Scores of token-id rows, batched by length (right padding, last real token from the mask)."""
+        out = np.empty(len(rows), dtype=np.float64)
+        order = sorted(range(len(rows)), key=lambda i: len(rows[i]))
+        for start in range(0, len(order), self.batch_size):
+            chunk = order[start:start + self.batch_size]
+            ids, mask = right_pad([rows[i] for i in chunk], self.pad_token_id, self.device)
+            last = mask.sum(-1) - 1
+            arange = torch.arange(len(chunk), device=self.device)
+            if self._head is not None and self._base is not None:
+                hidden = self._base(input_ids=ids, attention_mask=mask).last_hidden_state
+                scores = self._head(hidden[arange, last]).float()
+            else:
+                scores = self.model(input_ids=ids, attention_mask=mask).logits.float()
+            out[chunk] = scores[:, self.label].double().cpu().numpy()
+        return out
+
+    def __call__(self, batch: Any) -> np.ndarray:
+        return self.score_ids(self.encode(self.texts(list(batch["prompt"]), list(batch["text"]))))

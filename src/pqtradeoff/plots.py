@@ -1,0 +1,162 @@
+"""The analysis figures (matplotlib, Agg backend): the paper's two panels and the Pareto frontier.
+
+- string_level.png: every string's (log prior, reward), one colour per adaptor family, with each config's
+  least-squares line;
+- corpus_level.png: every bootstrapped corpus's (mean log prior, mean reward), colour = family, marker =
+  temperature, the pooled least-squares line with Spearman's rho and Pearson's r in the legend, and exact
+  points / lines when the caller supplied them;
+- frontier.png: each config's IMH-corrected means with +-1 standard-error bars, the Pareto frontier joined.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from pqtradeoff.io import atomic_write  # noqa: E402
+
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">", "h", "p")
+#: Above this many points a scatter is drawn from a fixed, seeded subsample (the lines use every point).
+MAX_SCATTER = 20_000
+
+
+def _save(fig: plt.Figure, path: Path) -> str:
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110, metadata={"Software": None}))
+    plt.close(fig)
+    return path.name
+
+
+def _palette(families: list[str]) -> dict[str, Any]:
+    cmap = plt.get_cmap("tab10" if len(families) <= 10 else "tab20")
+    return {f: cmap(i % cmap.N) for i, f in enumerate(families)}
+
+
+def _markers(temperatures: list[float]) -> dict[float, str]:
+    return {t: MARKERS[i % len(MARKERS)] for i, t in enumerate(sorted(temperatures))}
+
+
+def _subsample(frame: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
+    if len(frame) <= MAX_SCATTER:
+        return frame
+    keep = np.random.default_rng(seed).choice(len(frame), MAX_SCATTER, replace=False)
+    return frame.iloc[np.sort(keep)]
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:+.3f}"
+
+
+def string_level(data: pd.DataFrame, summary: dict[str, Any], path: Path) -> str:
+    """Strings: reward against log prior, per-config regression lines."""
+    configs = summary["configs"]
+    families = sorted({c["family"] for c in configs})
+    colour = _palette(families)
+    fig, ax = plt.subplots(figsize=(7, 5))
+    shown = _subsample(data[data["adaptor"].isin([c["adaptor"] for c in configs])])
+    fam = shown["adaptor"].map({c["adaptor"]: c["family"] for c in configs})
+    ax.scatter(shown["logp_prior"], shown["reward"], s=3, alpha=0.25, c=[colour[f] for f in fam], rasterized=True)
+    for c in configs:
+        rows = data[data["adaptor"] == c["adaptor"]]
+        x, y = rows["logp_prior"].to_numpy(float), rows["reward"].to_numpy(float)
+        if len(x) >= 2 and np.ptp(x) > 0:
+            slope, intercept = np.polyfit(x, y, 1)
+            grid = np.array([x.min(), x.max()])
+            ax.plot(grid, slope * grid + intercept, color=colour[c["family"]], lw=1, alpha=0.8)
+    for f in families:
+        ax.plot([], [], color=colour[f], marker="o", ls="-", label=f)
+    s = summary["string_level"]
+    ax.set_title(f"String level: rho = {_fmt(s['spearman'])}, r = {_fmt(s['pearson'])} (n = {s['n']})")
+    ax.set_xlabel("log prior probability of the string, log p(y)")
+    ax.set_ylabel("reward r(y)")
+    ax.legend(fontsize=7, title="adaptor family", title_fontsize=7)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def corpus_level(corpora: pd.DataFrame, summary: dict[str, Any], path: Path) -> str:
+    """Corpora: mean reward against mean log prior; colour = family, marker = temperature, pooled line."""
+    configs = summary["configs"]
+    families = sorted({c["family"] for c in configs})
+    colour = _palette(families)
+    marker = _markers(list({c["temperature"] for c in configs}))
+    fig, ax = plt.subplots(figsize=(7, 5))
+    shown = _subsample(corpora)
+    for (fam, temp), rows in shown.groupby(["family", "temperature"], sort=True):
+        ax.scatter(rows["mean_log_prior"], rows["mean_reward"], s=6, alpha=0.35, color=colour[fam],
+                   marker=marker[temp], rasterized=True)
+    c = summary["corpus_level"]
+    x, y = corpora["mean_log_prior"].to_numpy(float), corpora["mean_reward"].to_numpy(float)
+    if len(x) >= 2 and np.ptp(x) > 0:
+        slope, intercept = np.polyfit(x, y, 1)
+        grid = np.array([x.min(), x.max()])
+        ax.plot(grid, slope * grid + intercept, color="black", lw=1.5,
+                label=f"pooled fit: rho = {_fmt(c['spearman'])}, r = {_fmt(c['pearson'])}")
+    exact = [e for e in configs if e.get("exact_mean_log_prior") is not None and e.get("exact_mean_reward") is not None]
+    if exact:
+        ax.scatter([e["exact_mean_log_prior"] for e in exact], [e["exact_mean_reward"] for e in exact],
+                   marker="*", s=90, facecolor="none", edgecolor="black", label="exact expectations")
+    for i, line in enumerate(summary.get("exact_lines", [])):
+        grid = np.array(ax.get_xlim())
+        ax.plot(grid, line["slope"] * grid + line["intercept"], ls=("--", "-.", ":")[i % 3], lw=1,
+                color="dimgray", label=line.get("label", "exact line"))
+    for f in families:
+        ax.scatter([], [], color=colour[f], marker="o", label=f)
+    for t, m in marker.items():
+        ax.scatter([], [], color="grey", marker=m, label=f"T = {t:g}")
+    ax.set_title("Corpus level: bootstrapped corpora from the IMH-corrected chains")
+    ax.set_xlabel("corpus mean log prior probability")
+    ax.set_ylabel("corpus mean reward")
+    ax.legend(fontsize=6, ncol=2)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def frontier(summary: dict[str, Any], path: Path) -> str:
+    """Config means with standard-error bars; the Pareto-optimal configs joined by a line."""
+    configs = summary["configs"]
+    families = sorted({c["family"] for c in configs})
+    colour = _palette(families)
+    marker = _markers(list({c["temperature"] for c in configs}))
+    fig, ax = plt.subplots(figsize=(7, 5))
+    for c in configs:
+        ax.errorbar(c["mean_log_prior"], c["mean_reward"], xerr=c["mean_log_prior_se"], yerr=c["mean_reward_se"],
+                    color=colour[c["family"]], marker=marker[c["temperature"]], ms=6, lw=0.8,
+                    mfc=colour[c["family"]] if c["on_frontier"] else "none")
+    front = sorted((c for c in configs if c["on_frontier"]), key=lambda c: c["mean_log_prior"])
+    ax.plot([c["mean_log_prior"] for c in front], [c["mean_reward"] for c in front], color="black", lw=1,
+            label="Pareto frontier (filled markers)")
+    exact = [e for e in configs if e.get("exact_mean_log_prior") is not None and e.get("exact_mean_reward") is not None]
+    if exact:
+        ax.scatter([e["exact_mean_log_prior"] for e in exact], [e["exact_mean_reward"] for e in exact],
+                   marker="*", s=90, facecolor="none", edgecolor="black", label="exact expectations")
+    t = summary["tradeoff"]
+    if t["defined"]:
+        grid = np.array(ax.get_xlim())
+        ax.plot(grid, t["slope"] * grid + t["intercept"], ls=":", color="grey", label=f"fit across configs: slope {t['slope']:+.3f}")
+    for f in families:
+        ax.scatter([], [], color=colour[f], marker="o", label=f)
+    for temp, m in marker.items():
+        ax.scatter([], [], color="grey", marker=m, label=f"T = {temp:g}")
+    ax.set_title("Trade-off across configurations (IMH-corrected means +- 1 s.e.)")
+    ax.set_xlabel("mean log prior probability")
+    ax.set_ylabel("mean reward")
+    ax.legend(fontsize=6, ncol=2)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def draw_all(data: pd.DataFrame, corpora: pd.DataFrame, summary: dict[str, Any], out_dir: Path) -> dict[str, str]:
+    """Draw the three figures into out_dir; return {figure: file name}."""
+    out_dir = Path(out_dir)
+    return {
+        "string_level": string_level(data, summary, out_dir / "string_level.png"),
+        "corpus_level": corpus_level(corpora, summary, out_dir / "corpus_level.png"),
+        "frontier": frontier(summary, out_dir / "frontier.png"),
+    }

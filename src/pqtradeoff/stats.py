@@ -1,0 +1,150 @@
+"""Bootstrapped corpora, correlations with confidence intervals, the trade-off fit and the Pareto frontier.
+
+A corpus of M strings drawn uniformly (with replacement) from a chain of length L is a multinomial count
+vector over the chain's states, and so over the distinct pool strings with the chain's visit frequencies; a
+corpus mean is the dot product of those counts with the per-string values, divided by M. We draw the counts
+and never build the M rows (2000 corpora x 200000 strings would be 400 million rows per config).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+from scipy import stats as sps
+
+from pqtradeoff.errors import PQError
+
+#: Counts drawn per numpy call are capped at about this many cells, so memory stays flat at any scale.
+_CHUNK_CELLS = 4_000_000
+
+
+# ------------------------------------------------------------------------------------------ bootstrap corpora
+def corpus_means(
+    visits: np.ndarray,
+    values: dict[str, np.ndarray],
+    corpora: int,
+    corpus_size: int,
+    rng: np.random.Generator,
+) -> dict[str, np.ndarray]:
+    """Means of `corpora` corpora of `corpus_size` strings each, drawn uniformly from a chain with `visits`.
+
+    `visits[i]` is how often the chain sat on pool string i; `values` maps a name to a per-string array. Only
+    the visited strings enter the multinomial (the others have probability zero).
+    """
+    if corpora < 1:
+        raise PQError(f"corpora={corpora!r} is out of range: need at least 1 corpus")
+    if corpus_size < 1:
+        raise PQError(f"corpus_size={corpus_size!r} is out of range: need at least 1 string per corpus")
+    visits = np.asarray(visits)
+    visited = np.flatnonzero(visits)
+    if visited.size == 0:
+        raise PQError("the chain visited no string: cannot draw corpora")
+    freq = visits[visited] / visits[visited].sum()
+    table = np.stack([np.asarray(v, dtype=np.float64)[visited] for v in values.values()], axis=1)
+    out = np.empty((corpora, table.shape[1]))
+    rows = max(1, _CHUNK_CELLS // visited.size)
+    for lo in range(0, corpora, rows):
+        hi = min(corpora, lo + rows)
+        counts = rng.multinomial(corpus_size, freq, size=hi - lo)
+        # einsum, not BLAS: single-threaded and summed in a fixed order, so the bytes never depend on threads.
+        for k in range(table.shape[1]):
+            out[lo:hi, k] = np.einsum("cs,s->c", counts, table[:, k]) / corpus_size
+    return {name: out[:, k].copy() for k, name in enumerate(values)}
+
+
+# ------------------------------------------------------------------------------------------------ correlation
+def _fisher_interval(r: float, se: float, confidence: float) -> tuple[float, float]:
+    """An interval for a correlation from the Fisher z-transform: tanh(atanh(r) -+ z_crit * se)."""
+    crit = sps.norm.ppf(0.5 + confidence / 2.0)
+    z = math.atanh(min(max(r, -1.0 + 1e-15), 1.0 - 1e-15))
+    return math.tanh(z - crit * se), math.tanh(z + crit * se)
+
+
+def correlations(x: np.ndarray, y: np.ndarray, confidence: float = 0.95) -> dict[str, Any]:
+    """Spearman's rho and Pearson's r of y against x, with p-values (scipy.stats) and confidence intervals.
+
+    Pearson's interval is scipy's (Fisher z with se 1/sqrt(n-3)); Spearman's uses the Fisher z with Fieller,
+    Hartley and Pearson's se sqrt(1.06/(n-3)) - analytic equivalents of a bootstrap interval that stay cheap
+    at 62,000 points. Both assume independent pairs. Undefined values (n < 4, a constant input) are None,
+    with a `note` saying why.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
+    n = int(x.size)
+    result: dict[str, Any] = {
+        "n": n, "confidence": confidence, "ci_method": "Fisher z (Spearman: Fieller se sqrt(1.06/(n-3)))",
+        "spearman": None, "spearman_ci": None, "spearman_p": None,
+        "pearson": None, "pearson_ci": None, "pearson_p": None, "note": None,
+    }
+    if n < 4:
+        result["note"] = f"undefined: {n} point(s), need at least 4 for a correlation with an interval"
+        return result
+    if np.ptp(x) == 0.0 or np.ptp(y) == 0.0:
+        which = "log prior" if np.ptp(x) == 0.0 else "reward"
+        result["note"] = f"undefined: the {which} is constant over the {n} points"
+        return result
+    pr = sps.pearsonr(x, y)
+    ci = pr.confidence_interval(confidence_level=confidence)
+    sr = sps.spearmanr(x, y)
+    rho = float(sr.statistic)
+    result.update(
+        pearson=float(pr.statistic), pearson_p=float(pr.pvalue), pearson_ci=[float(ci.low), float(ci.high)],
+        spearman=rho, spearman_p=float(sr.pvalue),
+        spearman_ci=list(_fisher_interval(rho, math.sqrt(1.06 / (n - 3)), confidence)),
+    )
+    return result
+
+
+# --------------------------------------------------------------------------------------------- trade-off fit
+def tradeoff_fit(log_prior: np.ndarray, reward: np.ndarray, confidence: float = 0.95) -> dict[str, Any]:
+    """Least-squares line reward = slope * log_prior + intercept across configs, slope with a t interval.
+
+    The slope is the "exchange rate": reward gained per nat of prior log-likelihood given up (the theory
+    predicts about -beta). With one config it is undefined; with two it has no interval. Inputs are the
+    configs' corpus-mean estimates; their own errors are not propagated (ordinary least squares).
+    """
+    x = np.asarray(log_prior, dtype=np.float64)
+    y = np.asarray(reward, dtype=np.float64)
+    n = int(x.size)
+    fit: dict[str, Any] = {
+        "n_configs": n, "confidence": confidence, "method": "ordinary least squares over config means",
+        "defined": False, "slope": None, "slope_se": None, "slope_ci": None, "intercept": None,
+        "r_squared": None, "p_value": None, "note": None,
+    }
+    if n < 2:
+        fit["note"] = (
+            f"undefined: the corpus-level trade-off needs at least 2 configurations, got {n}; "
+            "a single configuration gives one point, and a line through one point has no slope"
+        )
+        return fit
+    if np.ptp(x) == 0.0:
+        fit["note"] = f"undefined: all {n} configurations have the same mean log prior, so no slope can be fit"
+        return fit
+    lr = sps.linregress(x, y)
+    fit.update(defined=True, slope=float(lr.slope), intercept=float(lr.intercept))
+    if n == 2:
+        fit["note"] = "2 configurations: the line is exact, so it has no standard error or interval"
+        return fit
+    crit = float(sps.t.ppf(0.5 + confidence / 2.0, n - 2))
+    fit.update(
+        slope_se=float(lr.stderr), slope_ci=[float(lr.slope - crit * lr.stderr), float(lr.slope + crit * lr.stderr)],
+        r_squared=float(lr.rvalue**2), p_value=float(lr.pvalue),
+    )
+    return fit
+
+
+# --------------------------------------------------------------------------------------------- the frontier
+def pareto_frontier(log_prior: np.ndarray, reward: np.ndarray) -> np.ndarray:
+    """Which points no other point dominates (at least as high on both axes, strictly higher on one).
+
+    These configurations give the most reward for their prior likelihood: to gain reward from one of them
+    you must give up prior likelihood.
+    """
+    x = np.asarray(log_prior, dtype=np.float64)
+    y = np.asarray(reward, dtype=np.float64)
+    geq = (x[None, :] >= x[:, None]) & (y[None, :] >= y[:, None])
+    gt = (x[None, :] > x[:, None]) | (y[None, :] > y[:, None])
+    dominated = np.any(geq & gt, axis=1)
+    return ~dominated

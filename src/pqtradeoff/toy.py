@@ -1,0 +1,264 @@
+"""The paper's toy experiment: the probability-quality trade-off on a finite set of "strings".
+
+Setting (Tan et al., 2024, toy experiment): n strings; the aligned model p+ ~ Dirichlet(alpha * 1); the prior
+p = softmax(p+ ** (1/exponent) + Uniform(-noise, noise)); the reward r = log(p+ / p), so beta = 1 and Z = 1 and
+log p(y) + r(y) = log p+(y) for every string. Corpora are N iid draws from p+; a corpus is typical when its
+average of -log p+ is within epsilon of H(p+). Averaging the identity over a typical corpus puts it within
+epsilon of the line  mean r = -mean log p - H(p+):  more reward, less prior likelihood, corpus by corpus,
+while over single strings log p and r can correlate positively.
+
+A corpus of N iid draws from a finite distribution is summarised exactly by its count vector, which is
+Multinomial(N, p+); every corpus statistic used here is a mean of a per-string value, i.e. counts @ values / N.
+So we draw counts for all corpora at once instead of N * n_corpora single samples.
+
+numpy / scipy / matplotlib only (no torch), so `pqtradeoff toy` starts fast.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from scipy import special, stats
+
+from pqtradeoff.errors import PQError
+
+SUMMARY = "summary.json"
+FIGURES = ("distributions.png", "string_scatter.png", "corpus_scatter.png")
+
+
+@dataclass(frozen=True)
+class ToySettings:
+    """Every knob of the toy experiment, with the paper's values as defaults."""
+
+    n_strings: int = 1000
+    alpha: float = 0.1
+    exponent: float = 42.0
+    noise: float = 0.42
+    n_corpora: int = 1000
+    corpus_size: int = 100_000
+    epsilon: float = 0.001
+    seed: int = 42
+
+    def __post_init__(self) -> None:
+        for name in ("n_strings", "n_corpora", "corpus_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise PQError(f"{name}={value!r} is out of range: need an integer > 0")
+        if self.n_strings < 2:
+            raise PQError(f"n_strings={self.n_strings!r} is out of range: need at least 2 strings")
+        for name in ("alpha", "exponent", "epsilon"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+                raise PQError(f"{name}={value!r} is out of range: need a finite number > 0")
+        if not (isinstance(self.noise, (int, float)) and math.isfinite(self.noise) and self.noise >= 0):
+            raise PQError(f"noise={self.noise!r} is out of range: need a finite number >= 0")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise PQError(f"seed={self.seed!r} is out of range: need an integer >= 0")
+
+
+@dataclass(frozen=True)
+class ToyModel:
+    """The three per-string quantities: aligned p+, prior p, reward r = log(p+/p)."""
+
+    posterior: np.ndarray
+    prior: np.ndarray
+    reward: np.ndarray
+
+    @property
+    def log_posterior(self) -> np.ndarray:
+        return np.log(self.posterior)
+
+    @property
+    def log_prior(self) -> np.ndarray:
+        return np.log(self.prior)
+
+
+@dataclass(frozen=True)
+class CorpusMeans:
+    """Per-corpus averages of the per-string quantities, and which corpora are typical."""
+
+    neg_log_posterior: np.ndarray
+    log_prior: np.ndarray
+    reward: np.ndarray
+    typical: np.ndarray
+
+
+def streams(seed: int) -> tuple[np.random.Generator, np.random.Generator]:
+    """Independent generators for the model (Dirichlet + noise) and for the corpora, from one seed.
+
+    Separate streams keep the model fixed when only the corpus settings change."""
+    model_seq, corpus_seq = np.random.SeedSequence(seed).spawn(2)
+    return np.random.default_rng(model_seq), np.random.default_rng(corpus_seq)
+
+
+def make_model(settings: ToySettings, rng: np.random.Generator) -> ToyModel:
+    """Draw p+ ~ Dirichlet(alpha), p = softmax(p+^(1/exponent) + U(-noise, noise)), r = log(p+/p)."""
+    posterior = rng.dirichlet(np.full(settings.n_strings, float(settings.alpha)))
+    if not (posterior > 0).all():
+        raise PQError(
+            f"alpha={settings.alpha!r} is too small: the Dirichlet draw gave strings probability 0 "
+            "(their reward log(p+/p) is undefined); use a larger alpha"
+        )
+    noise = rng.uniform(-settings.noise, settings.noise, settings.n_strings)
+    prior = special.softmax(posterior ** (1.0 / settings.exponent) + noise)
+    reward = np.log(posterior) - np.log(prior)
+    return ToyModel(posterior=posterior, prior=prior, reward=reward)
+
+
+def draw_counts(probs: np.ndarray, n_corpora: int, corpus_size: int, rng: np.random.Generator) -> np.ndarray:
+    """Count vectors [n_corpora, n] of corpora of `corpus_size` iid draws from `probs` (exactly Multinomial)."""
+    return rng.multinomial(corpus_size, probs, size=n_corpora)
+
+
+def corpus_means(model: ToyModel, counts: np.ndarray, epsilon: float) -> CorpusMeans:
+    """Means over each corpus as counts @ values / N; typical when |mean(-log p+) - H(p+)| < epsilon."""
+    size = counts.sum(axis=1)
+    values = np.stack([-model.log_posterior, model.log_prior, model.reward], axis=1)  # [n, 3]
+    means = (counts @ values) / size[:, None]
+    entropy = float(stats.entropy(model.posterior))
+    typical = np.abs(means[:, 0] - entropy) < epsilon
+    return CorpusMeans(means[:, 0], means[:, 1], means[:, 2], typical)
+
+
+def correlations(x: np.ndarray, y: np.ndarray) -> tuple[float | None, float | None]:
+    """(Spearman, Pearson) of x and y with scipy; None where undefined (fewer than 3 points or constant)."""
+    if len(x) < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
+        return None, None
+    return float(stats.spearmanr(x, y).statistic), float(stats.pearsonr(x, y).statistic)
+
+
+def tradeoff_deviation(means: CorpusMeans, posterior_entropy: float) -> float | None:
+    """Largest |mean log p + mean r + H(p+)| over the typical corpora (beta = 1, log Z = 0); None if none."""
+    if not means.typical.any():
+        return None
+    gap = means.log_prior[means.typical] + means.reward[means.typical] + posterior_entropy
+    return float(np.abs(gap).max())
+
+
+def summarize(settings: ToySettings, model: ToyModel, means: CorpusMeans) -> dict[str, Any]:
+    """The summary fields of the experiment; checks the exact trade-off line on the typical corpora."""
+    h_post = float(stats.entropy(model.posterior))
+    s_spear, s_pear = correlations(model.log_prior, model.reward)
+    t_spear, t_pear = correlations(means.log_prior[means.typical], means.reward[means.typical])
+    a_spear, a_pear = correlations(means.log_prior[~means.typical], means.reward[~means.typical])
+    c_spear, c_pear = correlations(means.log_prior, means.reward)
+    deviation = tradeoff_deviation(means, h_post)
+    # Rounding slack: the gap is a sum of three means of size ~H, each exact to a few ulps.
+    slack = 64 * np.finfo(float).eps * max(1.0, h_post + float(np.abs(model.log_prior).max()))
+    holds = deviation is None or deviation <= settings.epsilon + slack
+    if not holds:
+        raise RuntimeError(
+            f"trade-off line violated: max |mean log p + mean r + H(p+)| = {deviation!r} > epsilon={settings.epsilon!r}"
+        )
+    n_typical = int(means.typical.sum())
+    return {
+        "posterior_entropy": h_post,
+        "prior_entropy": float(stats.entropy(model.prior)),
+        "string_spearman": s_spear,
+        "string_pearson": s_pear,
+        "n_corpora": settings.n_corpora,
+        "n_typical": n_typical,
+        "n_atypical": settings.n_corpora - n_typical,
+        "typical_corpus_spearman": t_spear,
+        "typical_corpus_pearson": t_pear,
+        "atypical_corpus_spearman": a_spear,
+        "atypical_corpus_pearson": a_pear,
+        "all_corpus_spearman": c_spear,
+        "all_corpus_pearson": c_pear,
+        "beta": 1.0,
+        "log_partition": 0.0,
+        "tradeoff_line": "mean_reward = -mean_log_prior - posterior_entropy",
+        "tradeoff_max_deviation": deviation,
+        "tradeoff_holds": bool(holds),
+        "epsilon": settings.epsilon,
+    }
+
+
+def simulate(settings: ToySettings) -> tuple[ToyModel, CorpusMeans, dict[str, Any]]:
+    """Model, corpus means and summary for one setting (no files)."""
+    model_rng, corpus_rng = streams(settings.seed)
+    model = make_model(settings, model_rng)
+    counts = draw_counts(model.posterior, settings.n_corpora, settings.corpus_size, corpus_rng)
+    means = corpus_means(model, counts, settings.epsilon)
+    return model, means, summarize(settings, model, means)
+
+
+# -------------------------------------------------------------------------------------------- figures
+def plot_distributions(model: ToyModel, path: Path) -> None:
+    """p+, p and r over the strings, ordered by decreasing p+."""
+    import matplotlib.pyplot as plt
+
+    order = np.argsort(-model.posterior, kind="stable")
+    rank = np.arange(1, len(order) + 1)
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    axes[0].plot(rank, model.posterior[order], color="tab:red")
+    axes[0].set(yscale="log", title="aligned p+(y) ~ Dirichlet", xlabel="string (by p+)", ylabel="probability")
+    axes[1].plot(rank, model.prior[order], color="tab:blue")
+    axes[1].set(title="prior p(y)", xlabel="string (by p+)", ylabel="probability")
+    axes[2].plot(rank, model.reward[order], color="tab:green")
+    axes[2].set(title="reward r(y) = log p+(y)/p(y)", xlabel="string (by p+)", ylabel="reward")
+    _save(fig, path)
+
+
+def plot_string_scatter(model: ToyModel, summary: dict[str, Any], path: Path) -> None:
+    """log p(y) against r(y), one point per string."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 4))
+    ax.scatter(model.log_prior, model.reward, s=6, alpha=0.6, color="tab:purple")
+    ax.set(xlabel="log prior  log p(y)", ylabel="reward  r(y)",
+           title=f"strings: Spearman {_fmt(summary['string_spearman'])}")
+    _save(fig, path)
+
+
+def plot_corpus_scatter(means: CorpusMeans, summary: dict[str, Any], path: Path) -> None:
+    """Corpus mean log p against corpus mean r; typical corpora highlighted; the line mean r = -mean log p - H."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 4.2))
+    typ = means.typical
+    ax.scatter(means.log_prior[~typ], means.reward[~typ], s=5, color="0.7", label=f"atypical ({int((~typ).sum())})")
+    ax.scatter(means.log_prior[typ], means.reward[typ], s=7, color="tab:red", label=f"typical ({int(typ.sum())})")
+    xs = np.linspace(means.log_prior.min(), means.log_prior.max(), 2)
+    ax.plot(xs, -xs - summary["posterior_entropy"], color="black", lw=1, label="mean r = -mean log p - H(p+)")
+    ax.set(xlabel="corpus mean log prior", ylabel="corpus mean reward",
+           title=f"corpora: typical Spearman {_fmt(summary['typical_corpus_spearman'])}")
+    ax.legend(fontsize=7, loc="best")
+    _save(fig, path)
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+def _save(fig: Any, path: Path) -> None:
+    """Write a PNG atomically; no timestamp metadata, so the same data gives the same bytes."""
+    import matplotlib.pyplot as plt
+
+    from pqtradeoff.io import atomic_write
+
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100, metadata={"Software": None}))
+    plt.close(fig)
+
+
+def run(settings: ToySettings, out: str | Path, figures: bool = True) -> dict[str, Any]:
+    """Run the toy experiment and write `out/summary.json` (with the run record) and the figures."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from pqtradeoff.io import run_record, write_json
+
+    out = Path(out)
+    model, means, summary = simulate(settings)
+    if figures:
+        plot_distributions(model, out / FIGURES[0])
+        plot_string_scatter(model, summary, out / FIGURES[1])
+        plot_corpus_scatter(means, summary, out / FIGURES[2])
+    record = run_record("toy", asdict(settings))
+    write_json(out / SUMMARY, {**summary, "seed": settings.seed, "run": record})
+    return summary

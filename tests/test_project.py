@@ -1,0 +1,34 @@
+"""The front door: the README's commands are the ones CI runs, and the CLI answers without torch."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _readme_commands() -> list[str]:
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    block = re.search(r"```bash\n(.*?)```", text, re.S)
+    assert block, "README.md must open with a bash block holding the two set-up commands"
+    return [line for line in block.group(1).splitlines() if line.strip() and not line.startswith("#")]
+
+
+def test_readme_has_two_setup_commands_and_ci_runs_the_test_one():
+    commands = _readme_commands()
+    assert len(commands) == 2
+    main_job, tests = commands
+    assert "pqtradeoff demo" in main_job and "pytest" in tests
+    assert "torch==2.13.0" in main_job and "torch==2.13.0" in tests  # never a bare CUDA-pulling `torch`
+    ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
+    assert tests in ci.splitlines()
+
+
+def test_cli_help_and_one_line_errors():
+    out = subprocess.run([sys.executable, "-m", "pqtradeoff", "--help"], capture_output=True, text=True)
+    assert out.returncode == 0
+    for command in ("toy", "analyze", "generate", "score", "demo"):
+        assert command in out.stdout

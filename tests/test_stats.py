@@ -1,0 +1,129 @@
+"""Bootstrapped corpora against naive row resampling, correlations against direct formulas, the trade-off
+fit against numpy's, the frontier against brute force."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy import stats as sps
+
+from pqtradeoff import stats
+from pqtradeoff.errors import PQError
+
+
+def _chain_path(rng, n=40, length=3000):
+    """A fake chain: a sticky path over n pool strings (runs of repeated states, as IMH produces)."""
+    runs = rng.integers(0, n, size=length // 5)
+    return np.repeat(runs, 5)[:length]
+
+
+def test_count_based_corpora_equal_naive_resampling_in_distribution():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=40) * 3.0
+    y = x + rng.normal(size=40)
+    path = _chain_path(rng)
+    visits = np.bincount(path, minlength=40)
+    corpora, size = 4000, 200
+    fast = stats.corpus_means(visits, {"x": x, "y": y}, corpora, size, np.random.default_rng(1))
+    naive_rng = np.random.default_rng(2)
+    naive = np.array([x[path[naive_rng.integers(len(path), size=size)]].mean() for _ in range(corpora)])
+    # Exact moments of a corpus mean: E = sum f_i x_i, Var = var_f(x) / M.
+    f = visits / visits.sum()
+    mean = f @ x
+    var = f @ (x - mean) ** 2 / size
+    for draws in (fast["x"], naive):
+        assert abs(draws.mean() - mean) < 4 * math.sqrt(var / corpora)
+        assert draws.var(ddof=1) / var == pytest.approx(1.0, abs=0.1)
+    # Two samples from one law: their variances agree (F test) and a KS test does not reject.
+    assert sps.ks_2samp(fast["x"], naive).pvalue > 0.001
+    assert fast["y"].mean() == pytest.approx(f @ y, abs=4 * math.sqrt(f @ (y - f @ y) ** 2 / size / corpora))
+
+
+def test_corpus_means_chunking_changes_nothing(monkeypatch):
+    rng = np.random.default_rng(4)
+    visits = rng.integers(0, 5, size=30)
+    x = rng.normal(size=30)
+    whole = stats.corpus_means(visits, {"x": x}, 50, 100, np.random.default_rng(9))["x"]
+    monkeypatch.setattr(stats, "_CHUNK_CELLS", 70)  # a few corpora per draw
+    chunked = stats.corpus_means(visits, {"x": x}, 50, 100, np.random.default_rng(9))["x"]
+    np.testing.assert_array_equal(whole, chunked)
+
+
+def test_corpus_means_bad_sizes():
+    with pytest.raises(PQError, match="corpora=0"):
+        stats.corpus_means(np.ones(3), {"x": np.ones(3)}, 0, 10, np.random.default_rng(0))
+    with pytest.raises(PQError, match="corpus_size=0"):
+        stats.corpus_means(np.ones(3), {"x": np.ones(3)}, 5, 0, np.random.default_rng(0))
+
+
+def test_correlations_equal_direct_formulas():
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=500)
+    y = 0.3 * x + rng.normal(size=500)
+    c = stats.correlations(x, y, confidence=0.9)
+    r = np.corrcoef(x, y)[0, 1]
+    rho = np.corrcoef(pd.Series(x).rank(), pd.Series(y).rank())[0, 1]
+    n = len(x)
+    assert c["pearson"] == pytest.approx(r, abs=1e-12)
+    assert c["spearman"] == pytest.approx(rho, abs=1e-12)
+    t = r * math.sqrt((n - 2) / (1 - r * r))
+    assert c["pearson_p"] == pytest.approx(2 * sps.t.sf(abs(t), n - 2), rel=1e-6)
+    z = sps.norm.ppf(0.95)
+    assert c["pearson_ci"] == pytest.approx([math.tanh(math.atanh(r) - z / math.sqrt(n - 3)),
+                                             math.tanh(math.atanh(r) + z / math.sqrt(n - 3))], abs=1e-9)
+    se = math.sqrt(1.06 / (n - 3))
+    assert c["spearman_ci"] == pytest.approx([math.tanh(math.atanh(rho) - z * se),
+                                              math.tanh(math.atanh(rho) + z * se)], abs=1e-9)
+
+
+def test_correlations_undefined_cases_say_why():
+    assert "at least 4" in stats.correlations([1, 2, 3], [1, 2, 3])["note"]
+    c = stats.correlations(np.ones(10), np.arange(10.0))
+    assert c["spearman"] is None and "constant" in c["note"]
+
+
+def test_tradeoff_fit_equals_polyfit_and_t_interval():
+    rng = np.random.default_rng(5)
+    x = rng.normal(-50, 5, size=12)
+    y = -0.8 * x + rng.normal(size=12)
+    fit = stats.tradeoff_fit(x, y, confidence=0.95)
+    slope, intercept = np.polyfit(x, y, 1)
+    resid = y - (slope * x + intercept)
+    se = math.sqrt(resid @ resid / (len(x) - 2) / np.sum((x - x.mean()) ** 2))
+    crit = sps.t.ppf(0.975, len(x) - 2)
+    assert fit["slope"] == pytest.approx(slope) and fit["intercept"] == pytest.approx(intercept)
+    assert fit["slope_ci"] == pytest.approx([slope - crit * se, slope + crit * se])
+
+
+def test_tradeoff_fit_degenerate_inputs():
+    one = stats.tradeoff_fit([1.0], [2.0])
+    assert not one["defined"] and "at least 2 configurations" in one["note"]
+    two = stats.tradeoff_fit([1.0, 2.0], [2.0, 1.0])
+    assert two["defined"] and two["slope"] == pytest.approx(-1.0) and two["slope_ci"] is None
+    flat = stats.tradeoff_fit([1.0, 1.0, 1.0], [1.0, 2.0, 3.0])
+    assert not flat["defined"] and "same mean log prior" in flat["note"]
+
+
+def _brute_frontier(x, y):
+    keep = []
+    for i in range(len(x)):
+        dominated = any(
+            x[j] >= x[i] and y[j] >= y[i] and (x[j] > x[i] or y[j] > y[i]) for j in range(len(x))
+        )
+        keep.append(not dominated)
+    return np.array(keep)
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.lists(st.tuples(st.integers(-5, 5), st.integers(-5, 5)), min_size=1, max_size=20))
+def test_pareto_frontier_equals_brute_force(points):
+    x = np.array([p[0] for p in points], dtype=float)
+    y = np.array([p[1] for p in points], dtype=float)
+    front = stats.pareto_frontier(x, y)
+    np.testing.assert_array_equal(front, _brute_frontier(x, y))
+    assert front.any()
