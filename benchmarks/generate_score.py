@@ -32,7 +32,6 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from hf_tiny import build_causal, word_tokenizer  # noqa: E402
 from transformers.generation.logits_process import LogitsProcessorList  # noqa: E402
 
 from pqtradeoff.adaptors import parse  # noqa: E402
@@ -40,6 +39,8 @@ from pqtradeoff.generate import PromptRecord, generate_corpus  # noqa: E402
 from pqtradeoff.models.hf import HFModel, left_pad, position_ids, right_pad  # noqa: E402
 from pqtradeoff.rewards import DPOReward  # noqa: E402
 from pqtradeoff.score import continuation_logprobs, score_corpus  # noqa: E402
+
+from hf_tiny import build_causal, word_tokenizer  # noqa: E402
 
 SPEC = "temperature=0.75,top_p=0.95"
 WORDS = "hello world tell me a story about the sun and the moon please how are you".split()

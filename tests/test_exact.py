@@ -251,8 +251,12 @@ def test_importance_ess_fraction_matches_enumeration(name, spec, request):
 
 
 def test_ess_fraction_is_zero_for_infinite_variance_and_one_for_the_proposal_itself(bounded3):
-    al = diverging_alignment()  # q at T=0.5 has lighter tails than p+: E_q[(p+/q)^2] diverges
+    # one state, p = (0.15, 0.15, EOS 0.7): q = p^2/Z at T=0.5, so E_q[(p/q)^2] sums the word weight
+    # p^2/q = Z = 0.535 per word per step: 2 * 0.535 > 1, the second moment diverges
+    prior = FiniteStateLM(["a", "b"], np.array([[0, 0, -1]]), np.log([[0.15, 0.15, 0.7]]))
+    al = align(prior, TransitionReward(prior, np.zeros((1, 3))), 1.0)
     assert exact.imh_target_expectations(al, "temperature=0.5", "aligned").ess_fraction == 0.0
+    assert 0 < exact.imh_target_expectations(al, "temperature=0.8", "aligned").ess_fraction < 1
     assert exact.global_expectations(bounded3, "ancestral").ess_fraction == pytest.approx(1.0, abs=1e-12)
     assert exact.aligned_expectations(bounded3).ess_fraction is None
 

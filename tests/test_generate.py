@@ -11,7 +11,6 @@ import pytest
 import torch
 from transformers.generation.logits_process import LogitsProcessorList
 
-from bigram import BigramModel
 from pqtradeoff import adaptors
 from pqtradeoff.errors import PQError
 from pqtradeoff.generate import (
@@ -21,6 +20,8 @@ from pqtradeoff.generate import (
     row_uniforms,
     sample_inverse_cdf,
 )
+
+from bigram import BigramModel
 
 SPECS = ["ancestral", "temperature=0.5", "top_k=2", "temperature=1.5,top_p=0.8", "typical_p=0.9", "min_p=0.2"]
 
@@ -68,10 +69,10 @@ def test_sampling_law_matches_logq():
     model = BigramModel(vocab_size=4, seed=3, eos_bias=1.0)
     a = adaptors.parse("temperature=0.8,top_k=3")
     n = 20000
-    u = np.random.default_rng(0).random((n, 2))
-    from pqtradeoff.generate import sample_batch
+    from pqtradeoff.generate import row_keys, sample_batch
 
-    rows = sample_batch(model, a, [[model.bos]] * n, u, max_new_tokens=2)
+    keys = row_keys(0, np.zeros(n, dtype=np.int64), np.arange(n), a)
+    rows = sample_batch(model, a, [[model.bos]] * n, keys, max_new_tokens=2)
     counts = collections.Counter(tuple(r.token_ids) for r in rows)
     logq = {tuple(r.token_ids): r.logq for r in rows}
     for seq, c in counts.items():
@@ -93,6 +94,20 @@ def test_rows_do_not_depend_on_batch_size(tmp_path):
     b = _generate(tmp_path / "b7", model, batch_size=7)
     assert a["token_ids"].map(tuple).tolist() == b["token_ids"].map(tuple).tolist()
     np.testing.assert_allclose(a["logq"], b["logq"], atol=1e-9)
+
+
+def test_step_uniforms_are_uniform_and_independent():
+    """The counter-based stream: uniform marginals (KS), no correlation between rows or between steps."""
+    from scipy import stats
+
+    from pqtradeoff.generate import row_keys, step_uniforms
+
+    keys = row_keys(3, np.arange(20000) // 7, np.arange(20000) % 7, "temperature=1.0")
+    u0, u1 = step_uniforms(keys, 0), step_uniforms(keys, 1)
+    assert stats.kstest(u0, "uniform").pvalue > 1e-3 and stats.kstest(u1, "uniform").pvalue > 1e-3
+    assert abs(np.corrcoef(u0, u1)[0, 1]) < 0.03
+    assert abs(np.corrcoef(u0[:-1], u0[1:])[0, 1]) < 0.03
+    assert len(np.unique(keys)) == len(keys)
 
 
 def test_keys_are_stable_and_distinct():

@@ -250,16 +250,17 @@ def test_kill_9_then_rerun_is_byte_identical_to_an_uninterrupted_run(tiny_hf, tm
     for s in specs:
         common += ["--adaptor", s]
     killed = tmp_path / "killed"
+    log = (tmp_path / "stderr.txt").open("w")
     proc = subprocess.Popen([sys.executable, "-m", "pqtradeoff", *map(str, common), "--out", str(killed)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            env=os.environ | {"OMP_NUM_THREADS": "1"})
+                            stdout=subprocess.DEVNULL, stderr=log, env=os.environ | {"OMP_NUM_THREADS": "1"})
     deadline = time.monotonic() + 120
     while not list(killed.glob("*.parquet")) and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.01)
     proc.kill()  # SIGKILL, as kill -9
     proc.wait()
+    log.close()
     written = sorted(p.name for p in killed.glob("*.parquet"))
-    assert 1 <= len(written) < len(specs), f"kill did not land mid-run: {written} {proc.stderr.read()!r}"
+    assert 1 <= len(written) < len(specs), f"kill did not land mid-run: {written} {log.name}"
 
     assert cli(monkeypatch, capsys, *common, "--out", killed)[0] == 0  # the same command resumes
     assert cli(monkeypatch, capsys, *common, "--out", tmp_path / "whole")[0] == 0

@@ -11,12 +11,13 @@ import pandas as pd
 import pytest
 import torch
 
-from bigram import BigramModel
 from pqtradeoff import adaptors
 from pqtradeoff.errors import PQError
 from pqtradeoff.generate import PromptRecord, generate_corpus
 from pqtradeoff.rewards import DPOReward, FunctionReward, VaderReward, make_reward
 from pqtradeoff.score import continuation_logprobs, score_corpus
+
+from bigram import BigramModel
 
 
 @pytest.fixture()

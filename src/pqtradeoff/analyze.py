@@ -246,6 +246,7 @@ def run_analysis(
     notes: list[str] | None = None,
     skipped: dict[str, str] | None = None,
     source: dict[str, Any] | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Analyse a scored-corpus DataFrame and write every output under `out_dir`; return the summary.
 
@@ -258,6 +259,7 @@ def run_analysis(
     - `skipped`: adaptor -> reason, for configurations the caller could not produce; listed with the ones
       this analysis skips itself (all weights zero, no strings left).
     - `source`: the producer's run record (the `_run.json` of the scored corpus), stored for provenance.
+    - `extra`: top-level fields added to summary.json (e.g. the demo's `identity_max_abs_error`).
 
     Raises PQError on a table it cannot use (missing columns, no usable rows, no config left).
     """
@@ -344,6 +346,7 @@ def run_analysis(
         "run": run_record("analyze", settings.model_dump(mode="json")),
         "outputs": {"summary": "summary.json", "corpora": "corpora.parquet", "report": "report.html", "figures": {}},
     }
+    summary.update(extra or {})
     write_shard(pa.Table.from_pandas(corpora, preserve_index=False), out_dir / "corpora.parquet")
     if settings.plots:
         summary["outputs"]["figures"] = plots.draw_all(data, corpora, summary, out_dir)

@@ -46,7 +46,7 @@ class DemoSettings(BaseModel):
     batch_size: int = Field(2000, ge=1)
     target: Literal["global", "aligned", "none"] = "global"
     imh_steps: int = Field(50_000, ge=2)
-    corpora: int = Field(1000, ge=1)
+    corpora: int = Field(500, ge=1)
     corpus_size: int = Field(2000, ge=1)
 
     @field_validator("temperatures")
@@ -149,12 +149,6 @@ def run_demo(
     Returns the summary (also in `out_dir/summary.json`, byte-identical for the same settings) and the wall
     time of each stage (printed, not stored, so that outputs stay reproducible).
     """
-    from pqtradeoff.analyze import make_settings as analysis_settings
-    from pqtradeoff.analyze import run_analysis
-    from pqtradeoff.generate import PromptRecord, generate_corpus
-    from pqtradeoff.io import write_json
-    from pqtradeoff.score import score_corpus
-
     import torch
 
     threads = torch.get_num_threads()
@@ -169,7 +163,6 @@ def _run(out_dir: Path, settings: DemoSettings, progress: bool) -> tuple[dict[st
     from pqtradeoff.analyze import make_settings as analysis_settings
     from pqtradeoff.analyze import run_analysis
     from pqtradeoff.generate import PromptRecord, generate_corpus
-    from pqtradeoff.io import write_json
     from pqtradeoff.score import score_corpus
 
     timings: dict[str, float] = {}
@@ -219,9 +212,7 @@ def _run(out_dir: Path, settings: DemoSettings, progress: bool) -> tuple[dict[st
     analysis = analysis_settings(target=settings.target, imh_steps=settings.imh_steps, corpora=settings.corpora,
                                  corpus_size=settings.corpus_size, seed=settings.seed)
     summary = run_analysis(table, out_dir, analysis, exact=exact_by_config, exact_lines=lines, notes=notes,
-                           skipped=skipped, source={"demo": record, "scored_dir": str(scored)})
+                           skipped=skipped, source={"demo": record, "scored_dir": str(scored)},
+                           extra={"identity_max_abs_error": identity_error, "log_z": models.alignment.log_z})
     timings["analyze_s"] = time.perf_counter() - t
-    summary["identity_max_abs_error"] = identity_error
-    summary["log_z"] = models.alignment.log_z
-    write_json(out_dir / "summary.json", summary)
     return summary, timings

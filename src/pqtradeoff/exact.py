@@ -18,10 +18,16 @@ for the aligned model, the locally normalized adapted model q_gamma, the globall
 p_gamma, and the target of the IMH correction. A distribution that does not normalize is reported as such
 (`ExactResult.normalizes` False with a message), never as a number. With `max_length` every distribution is
 conditioned on complete strings of at most `max_length` tokens (EOS included), which always normalizes.
+For IMH targets, `ExactResult.ess_fraction` is the exact importance-sampling efficiency of the proposals
+(its second moment is one more weighted automaton), which says whether a Monte Carlo correction can work.
+
+Convergence is decided by one LU solve (I - Q) x = 1 with x >= 1 (an M-matrix test), not by eigenvalues;
+the spectral radius is still reported.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
@@ -74,11 +80,43 @@ def transition_matrix(wa: WeightedAutomaton) -> np.ndarray:
     return q
 
 
+#: Above this many states the spectral radius is found by ARPACK (a few matrix products) instead of a full
+#: eigendecomposition, which takes seconds at 1000 states.
+DENSE_EIGEN_MAX = 400
+
+
 def spectral_radius(q: np.ndarray) -> float:
     """Largest |eigenvalue| of a square matrix (0 for an empty one)."""
     if q.size == 0:
         return 0.0
-    return float(np.max(np.abs(np.linalg.eigvals(q))))
+    if q.shape[0] <= DENSE_EIGEN_MAX:
+        return float(np.max(np.abs(np.linalg.eigvals(q))))
+    import scipy.sparse.linalg
+
+    try:
+        return float(np.abs(scipy.sparse.linalg.eigs(q, k=1, which="LM", return_eigenvectors=False)[0]))
+    except scipy.sparse.linalg.ArpackNoConvergence:
+        return float(np.max(np.abs(np.linalg.eigvals(q))))
+
+
+def _neumann_solve(q: np.ndarray) -> tuple[Any, bool]:
+    """LU of I - Q and whether sum_k Q^k converges, for a nonnegative Q.
+
+    Q has spectral radius < 1 exactly when (I - Q) x = 1 has a solution x >= 1 (then Qx = x - 1 < x, and
+    the Collatz-Wielandt bound gives rho <= 1 - 1/max x); max x >= 1/RADIUS_TOL counts as divergent.
+    This costs one LU factorization, far less than eigenvalues.
+    """
+    n = q.shape[0]
+    if n == 0:
+        return None, True
+    try:
+        with np.errstate(all="ignore"):
+            lu = scipy.linalg.lu_factor(np.eye(n) - q, check_finite=True)
+            x = scipy.linalg.lu_solve(lu, np.ones(n))
+    except (ValueError, scipy.linalg.LinAlgError):
+        return None, False
+    ok = bool(np.all(np.isfinite(x)) and np.all(x >= 1.0 - 1e-9) and np.max(x) < 1.0 / RADIUS_TOL)
+    return lu, ok
 
 
 def _closure(adjacency: np.ndarray, seeds: np.ndarray) -> np.ndarray:
@@ -117,14 +155,15 @@ def backward(wa: WeightedAutomaton, start: int | None = None) -> Backward:
     """Solve (I - Q) b = c over the live states (see `live_states`); b(s) = total weight of strings from s."""
     live = live_states(wa, start)
     log_b = np.full(wa.n_states, -np.inf)
-    q = transition_matrix(wa)[np.ix_(live, live)]
-    rho = spectral_radius(q)
     if not live.any():
-        return Backward(log_b, rho, False, "does not normalize: no complete string has positive weight")
-    if rho >= 1.0 - RADIUS_TOL:
+        return Backward(log_b, 0.0, False, "does not normalize: no complete string has positive weight")
+    q = transition_matrix(wa)[np.ix_(live, live)]
+    lu, converges = _neumann_solve(q)
+    rho = spectral_radius(q)
+    if not converges or rho >= 1.0 - RADIUS_TOL:
         return Backward(log_b, rho, False, _divergence_message(rho))
-    c = np.exp(wa.log_weights[live, wa.eos])
-    b = scipy.linalg.solve(np.eye(q.shape[0]) - q, c)
+    with np.errstate(all="ignore"):
+        b = scipy.linalg.lu_solve(lu, np.exp(wa.log_weights[live, wa.eos]))
     if not np.all(np.isfinite(b)) or np.any(b <= 0):
         return Backward(log_b, rho, False, "does not normalize: the backward values are not finite and positive")
     log_b[live] = np.log(b)
@@ -173,10 +212,10 @@ def expected_counts(wa: WeightedAutomaton, start: int, max_length: int | None = 
         return Counts(False, None, None, bw.spectral_radius, bw.message)
     live = np.isfinite(bw.log_backward)
     b = np.exp(bw.log_backward[live])
-    q = transition_matrix(wa)[np.ix_(live, live)]
+    lu, _ = _neumann_solve(transition_matrix(wa)[np.ix_(live, live)])
     e = (np.flatnonzero(live) == start).astype(np.float64)
     a = np.zeros(wa.n_states)
-    a[live] = scipy.linalg.solve((np.eye(q.shape[0]) - q).T, e)
+    a[live] = scipy.linalg.lu_solve(lu, e, trans=1)
     b_full = np.zeros(wa.n_states)
     b_full[live] = b
     b_next = np.where(np.arange(wa.log_weights.shape[1]) == wa.eos, 1.0, b_full[wa.next_state])
@@ -272,16 +311,24 @@ def adapted_tables(model: FiniteStateLM, adaptor: Adaptor | str) -> AdaptedTable
     The kept support comes from `Adaptor.support` on the same float32 logits the pipeline samples from, so
     truncation decisions match sampling exactly; the weights are then formed in float64.
     """
-    import torch
-
     from pqtradeoff.adaptors import parse
 
-    adaptor = parse(adaptor)
+    return _adapted_tables(model, parse(adaptor))
+
+
+@functools.lru_cache(maxsize=256)
+def _adapted_tables(model: FiniteStateLM, adaptor: Adaptor) -> AdaptedTables:
+    """Cached: the local, global and IMH computations of one configuration share the same tables."""
+    import torch
+
     logits = torch.from_numpy(model.log_probs.astype(np.float32))
     support = adaptor.support(logits).numpy()
     log_weights = np.where(support, model.log_probs / adaptor.temperature, -np.inf)
     log_z = logsumexp(log_weights, axis=1)
-    return AdaptedTables(support, log_weights, log_z, log_weights - log_z[:, None])
+    arrays = (support, log_weights, log_z, log_weights - log_z[:, None])
+    for array in arrays:
+        array.setflags(write=False)
+    return AdaptedTables(*arrays)
 
 
 # ----------------------------------------------------------------------------------------- expectations

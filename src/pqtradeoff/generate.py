@@ -14,6 +14,7 @@ with the same settings skips the complete shards, so a killed run resumes and en
 from __future__ import annotations
 
 import hashlib
+import math
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -47,16 +48,43 @@ class PromptRecord:
 
 
 # ------------------------------------------------------------------------------------------------ randomness
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+
+
+def _mix64(x: np.ndarray) -> np.ndarray:
+    """SplitMix64's finalizer on uint64 arrays (wrapping arithmetic): a fast, well-mixed counter hash."""
+    z = np.asarray(x, dtype=np.uint64) + _GOLDEN
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
 def adaptor_key(adaptor: Adaptor | str) -> int:
     """A stable 64-bit key for an adaptor's canonical string (Python's hash() is salted per process)."""
     return int.from_bytes(hashlib.sha256(str(adaptor).encode()).digest()[:8], "little")
 
 
+def row_keys(seed: int, prompt_ids: np.ndarray, sample_ids: np.ndarray, adaptor: Adaptor | str) -> np.ndarray:
+    """One 64-bit key per row from (seed, prompt_id, sample_id, adaptor): the row's own random stream."""
+    base = _mix64(np.array([seed], dtype=np.uint64) ^ np.array([adaptor_key(adaptor)], dtype=np.uint64))
+    keys = _mix64(base ^ np.asarray(prompt_ids, dtype=np.uint64))
+    return _mix64(keys ^ _mix64(np.asarray(sample_ids, dtype=np.uint64)))
+
+
+def step_uniforms(keys: np.ndarray, step: int) -> np.ndarray:
+    """Uniforms in [0, 1) for step `step` of the rows with these keys (53 random bits each).
+
+    Counter-based: the value for (row, step) is a hash of both, so a row draws the same numbers whatever the
+    batch it is in, whichever rows finished before it, and whether the run was resumed.
+    """
+    z = _mix64(keys ^ _mix64(np.array([step + 1], dtype=np.uint64) << np.uint64(32)))
+    return (z >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))
+
+
 def row_uniforms(seed: int, prompt_id: int, sample_id: int, adaptor: Adaptor | str, n: int) -> np.ndarray:
-    """The `n` uniforms in [0, 1) that drive one row's sampling, keyed by (seed, prompt, sample, adaptor)."""
-    key = adaptor_key(adaptor)
-    entropy = [seed, prompt_id, sample_id, key & 0xFFFFFFFF, key >> 32]
-    return np.random.default_rng(np.random.SeedSequence(entropy)).random(n)
+    """The first `n` uniforms of one row's stream (for inspection and tests)."""
+    key = row_keys(seed, np.array([prompt_id]), np.array([sample_id]), adaptor)
+    return np.array([step_uniforms(key, t)[0] for t in range(n)])
 
 
 def sample_inverse_cdf(log_probs: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
@@ -85,49 +113,48 @@ class SampledRow:
 
 
 def sample_batch(
-    model: LanguageModel, adaptor: Adaptor, prompts: list[list[int]], uniforms: np.ndarray, max_new_tokens: int
+    model: LanguageModel, adaptor: Adaptor, prompts: list[list[int]], keys: np.ndarray, max_new_tokens: int
 ) -> list[SampledRow]:
     """Sample one continuation per prompt under `adaptor`, recording its three log-scores per step.
 
-    `uniforms` is [B, max_new_tokens]: row b's step t uses uniforms[b, t]. Finished rows are dropped from the
-    model state (`model.keep`), so their cost stops when they emit EOS.
+    `keys` ([B] uint64, see `row_keys`) give each row its own stream of uniforms (`step_uniforms`). Finished
+    rows are dropped from the model state (`model.keep`), so their cost stops when they emit EOS.
     """
     n = len(prompts)
-    rows = [SampledRow([], False, 0.0, 0.0, 0.0, [], [], []) for _ in range(n)]
-    u = torch.from_numpy(np.ascontiguousarray(uniforms, dtype=np.float64))
+    keys = np.asarray(keys, dtype=np.uint64)
+    tokens_out = np.zeros((n, max_new_tokens), dtype=np.int64)
+    scores = np.zeros((3, n, max_new_tokens), dtype=np.float64)  # logq, logp_aligned, log_z per step
+    lengths = np.zeros(n, dtype=np.int64)
+    finished = np.zeros(n, dtype=bool)
     logits, state = model.start(prompts)
-    active = torch.arange(n)
+    active = np.arange(n)
     for t in range(max_new_tokens):
         step = adaptor.adapt(logits)
-        tokens = sample_inverse_cdf(step.log_probs, u[active, t].to(logits.device))
+        u = torch.from_numpy(step_uniforms(keys[active], t)).to(logits.device)
+        tokens = sample_inverse_cdf(step.log_probs, u)
         index = tokens.unsqueeze(-1)
-        logq = step.log_probs.gather(-1, index).squeeze(-1).double().tolist()
-        logp = step.logp.gather(-1, index).squeeze(-1).double().tolist()
-        log_z = step.log_z.squeeze(-1).double().tolist()
-        token_list = tokens.tolist()
-        for i, row_index in enumerate(active.tolist()):
-            row = rows[row_index]
-            row.token_ids.append(token_list[i])
-            row.token_logq.append(logq[i])
-            row.token_logp_aligned.append(logp[i])
-            row.token_log_z.append(log_z[i])
+        tokens_out[active, t] = tokens.cpu().numpy()
+        scores[0, active, t] = step.log_probs.gather(-1, index).squeeze(-1).double().cpu().numpy()
+        scores[1, active, t] = step.logp.gather(-1, index).squeeze(-1).double().cpu().numpy()
+        scores[2, active, t] = step.log_z.squeeze(-1).double().cpu().numpy()
+        lengths[active] += 1
         done = tokens == model.eos_token_id
-        for row_index in active[done.cpu()].tolist():
-            rows[row_index].finished = True
-        if t == max_new_tokens - 1:
+        done_np = done.cpu().numpy()
+        finished[active[done_np]] = True
+        if t == max_new_tokens - 1 or done_np.all():
             break
-        if bool(done.any()):
-            alive = (~done).nonzero().squeeze(-1)
-            if alive.numel() == 0:
-                break
-            state = model.keep(state, alive)
-            active = active[alive.cpu()]
-            tokens = tokens[alive]
+        if done_np.any():
+            alive = np.flatnonzero(~done_np)
+            state = model.keep(state, torch.from_numpy(alive).to(tokens.device))
+            active = active[alive]
+            tokens = tokens[~done]
         logits, state = model.step(state, tokens)
-    for row in rows:  # sums in float64, in token order: independent of batch composition
-        row.logq = float(np.sum(row.token_logq))
-        row.logp_aligned = float(np.sum(row.token_logp_aligned))
-        row.log_weight = float(np.sum(row.token_log_z))
+    rows = []
+    for i in range(n):  # correctly rounded float64 sums: independent of batch composition and order
+        length = int(lengths[i])
+        q, p, z = (scores[k, i, :length].tolist() for k in range(3))
+        rows.append(SampledRow(tokens_out[i, :length].tolist(), bool(finished[i]), math.fsum(q), math.fsum(p),
+                               math.fsum(z), q, p, z))
     return rows
 
 
@@ -244,9 +271,10 @@ def generate_corpus(
             sampled: list[SampledRow] = []
             for start in range(0, len(rows), batch_size):
                 batch = rows[start:start + batch_size]
-                uniforms = np.stack([row_uniforms(seed, p.prompt_id, s, adaptor, max_new_tokens) for p, s in batch])
+                keys = row_keys(seed, np.array([p.prompt_id for p, _ in batch]), np.array([s for _, s in batch]),
+                                adaptor)
                 with torch.inference_mode():
-                    sampled += sample_batch(model, adaptor, [p.token_ids for p, _ in batch], uniforms, max_new_tokens)
+                    sampled += sample_batch(model, adaptor, [p.token_ids for p, _ in batch], keys, max_new_tokens)
                 advance(len(batch))
             write_shard(rows_to_table(model, adaptor, rows, sampled, save_token_logprobs), out_dir / name)
     return out_dir

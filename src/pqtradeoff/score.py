@@ -65,8 +65,8 @@ def continuation_logprobs(
             out[i] = logp[r, : len(conts[r])].copy()
         batch.clear()
 
-    for i in order:
-        longest = max([len(continuations[j]) for j in batch] + [len(continuations[i]), 1])
+    for i in order:  # ascending length: the row being added is the batch's longest
+        longest = max(len(continuations[i]), 1)
         if batch and (len(batch) + 1 > batch_size or (len(batch) + 1) * longest > max_batch_tokens):
             flush()
         batch.append(i)

@@ -11,7 +11,10 @@ A corpus of N iid draws from a finite distribution is summarised exactly by its 
 Multinomial(N, p+); every corpus statistic used here is a mean of a per-string value, i.e. counts @ values / N.
 So we draw counts for all corpora at once instead of N * n_corpora single samples.
 
-numpy / scipy / matplotlib only (no torch), so `pqtradeoff toy` starts fast.
+numpy and matplotlib only (no torch, no scipy: importing scipy.stats costs about a second, more than the
+whole experiment), so `pqtradeoff toy` starts fast. The few statistics needed (softmax, entropy, Spearman,
+Pearson) are written in numpy with exactly scipy's operations, so they give scipy's values bit for bit
+(tests/test_toy.py checks this against scipy).
 """
 
 from __future__ import annotations
@@ -22,7 +25,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy import special, stats
 
 from pqtradeoff.errors import PQError
 
@@ -87,6 +89,46 @@ class CorpusMeans:
     typical: np.ndarray
 
 
+# ----------------------------------------------------------------------------------------- statistics
+def softmax(x: np.ndarray) -> np.ndarray:
+    """exp(x) / sum(exp(x)), shifted by max(x) for stability; scipy.special.softmax's exact operations."""
+    shifted = np.exp(x - np.max(x))
+    return shifted / np.sum(shifted)
+
+
+def entropy(probs: np.ndarray) -> float:
+    """Shannon entropy in nats of a positive probability vector; scipy.stats.entropy's exact operations."""
+    probs = probs / np.sum(probs)
+    return float(np.sum(-(probs * np.log(probs))))
+
+
+def rankdata(x: np.ndarray) -> np.ndarray:
+    """Ranks 1..n of x, ties given their average rank (scipy.stats.rankdata, method='average')."""
+    order = np.argsort(x, kind="stable")
+    ordered = x[order]
+    first = np.flatnonzero(np.concatenate([[True], ordered[:-1] != ordered[1:]]))  # start of each tie run
+    runs = np.diff(first, append=len(x))
+    ranks = np.empty(len(x))
+    ranks[order] = np.repeat((first + 1) + (runs - 1) / 2, runs)
+    return ranks
+
+
+def spearman(x: np.ndarray, y: np.ndarray) -> float:
+    """Spearman's rho: Pearson's r of the average ranks, as scipy.stats.spearmanr computes it."""
+    ranked = np.column_stack([rankdata(x), rankdata(y)])
+    return float(np.corrcoef(ranked, rowvar=False)[1, 0])
+
+
+def pearson(x: np.ndarray, y: np.ndarray) -> float:
+    """Pearson's r, centred and scaled before the dot product as scipy.stats.pearsonr does (no overflow)."""
+    xm, ym = x - np.mean(x), y - np.mean(y)
+    xmax, ymax = np.max(np.abs(xm)), np.max(np.abs(ym))
+    norm_x = xmax * np.linalg.norm(xm / xmax, axis=-1)
+    norm_y = ymax * np.linalg.norm(ym / ymax, axis=-1)
+    return float(np.clip(np.vecdot(xm / norm_x, ym / norm_y), -1.0, 1.0))
+
+
+# ---------------------------------------------------------------------------------------------- model
 def streams(seed: int) -> tuple[np.random.Generator, np.random.Generator]:
     """Independent generators for the model (Dirichlet + noise) and for the corpora, from one seed.
 
@@ -104,7 +146,7 @@ def make_model(settings: ToySettings, rng: np.random.Generator) -> ToyModel:
             "(their reward log(p+/p) is undefined); use a larger alpha"
         )
     noise = rng.uniform(-settings.noise, settings.noise, settings.n_strings)
-    prior = special.softmax(posterior ** (1.0 / settings.exponent) + noise)
+    prior = softmax(posterior ** (1.0 / settings.exponent) + noise)
     reward = np.log(posterior) - np.log(prior)
     return ToyModel(posterior=posterior, prior=prior, reward=reward)
 
@@ -119,16 +161,15 @@ def corpus_means(model: ToyModel, counts: np.ndarray, epsilon: float) -> CorpusM
     size = counts.sum(axis=1)
     values = np.stack([-model.log_posterior, model.log_prior, model.reward], axis=1)  # [n, 3]
     means = (counts @ values) / size[:, None]
-    entropy = float(stats.entropy(model.posterior))
-    typical = np.abs(means[:, 0] - entropy) < epsilon
+    typical = np.abs(means[:, 0] - entropy(model.posterior)) < epsilon
     return CorpusMeans(means[:, 0], means[:, 1], means[:, 2], typical)
 
 
 def correlations(x: np.ndarray, y: np.ndarray) -> tuple[float | None, float | None]:
-    """(Spearman, Pearson) of x and y with scipy; None where undefined (fewer than 3 points or constant)."""
+    """(Spearman, Pearson) of x and y; None where undefined (fewer than 3 points or constant)."""
     if len(x) < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
         return None, None
-    return float(stats.spearmanr(x, y).statistic), float(stats.pearsonr(x, y).statistic)
+    return spearman(x, y), pearson(x, y)
 
 
 def tradeoff_deviation(means: CorpusMeans, posterior_entropy: float) -> float | None:
@@ -141,7 +182,7 @@ def tradeoff_deviation(means: CorpusMeans, posterior_entropy: float) -> float | 
 
 def summarize(settings: ToySettings, model: ToyModel, means: CorpusMeans) -> dict[str, Any]:
     """The summary fields of the experiment; checks the exact trade-off line on the typical corpora."""
-    h_post = float(stats.entropy(model.posterior))
+    h_post = entropy(model.posterior)
     s_spear, s_pear = correlations(model.log_prior, model.reward)
     t_spear, t_pear = correlations(means.log_prior[means.typical], means.reward[means.typical])
     a_spear, a_pear = correlations(means.log_prior[~means.typical], means.reward[~means.typical])
@@ -157,7 +198,7 @@ def summarize(settings: ToySettings, model: ToyModel, means: CorpusMeans) -> dic
     n_typical = int(means.typical.sum())
     return {
         "posterior_entropy": h_post,
-        "prior_entropy": float(stats.entropy(model.prior)),
+        "prior_entropy": entropy(model.prior),
         "string_spearman": s_spear,
         "string_pearson": s_pear,
         "n_corpora": settings.n_corpora,
@@ -188,47 +229,72 @@ def simulate(settings: ToySettings) -> tuple[ToyModel, CorpusMeans, dict[str, An
 
 
 # -------------------------------------------------------------------------------------------- figures
+# Figures are built on bare Agg figures (no pyplot: its import and its global figure registry cost time) with
+# fixed margins in inches (tight_layout would lay out and measure every text once more before the real draw).
+DPI = 100
+
+
+def new_figure(width: float, height: float, left: float = 0.8, bottom: float = 0.55, right: float = 0.15,
+               top: float = 0.35, wspace: float = 0.0) -> Any:
+    """An Agg-backed figure of width x height inches, axes area inset by the given margins (inches)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), dpi=DPI)
+    FigureCanvasAgg(fig)
+    fig.subplots_adjust(left=left / width, right=1 - right / width, bottom=bottom / height, top=1 - top / height,
+                        wspace=wspace)
+    return fig
+
+
 def plot_distributions(model: ToyModel, path: Path) -> None:
     """p+, p and r over the strings, ordered by decreasing p+."""
-    import matplotlib.pyplot as plt
-
     order = np.argsort(-model.posterior, kind="stable")
     rank = np.arange(1, len(order) + 1)
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    from matplotlib.ticker import LogFormatter
+
+    fig = new_figure(13, 3.6, left=0.75, right=0.1, wspace=0.3)
+    axes = fig.subplots(1, 3)
     axes[0].plot(rank, model.posterior[order], color="tab:red")
-    axes[0].set(yscale="log", title="aligned p+(y) ~ Dirichlet", xlabel="string (by p+)", ylabel="probability")
+    axes[0].set_yscale("log")
+    axes[0].yaxis.set_major_formatter(LogFormatter())  # "1e-20": plain text, no mathtext parsing
+    _label(axes[0], "aligned p+(y) ~ Dirichlet", "string (by p+)", "probability")
     axes[1].plot(rank, model.prior[order], color="tab:blue")
-    axes[1].set(title="prior p(y)", xlabel="string (by p+)", ylabel="probability")
+    _label(axes[1], "prior p(y)", "string (by p+)", "probability")
     axes[2].plot(rank, model.reward[order], color="tab:green")
-    axes[2].set(title="reward r(y) = log p+(y)/p(y)", xlabel="string (by p+)", ylabel="reward")
+    _label(axes[2], "reward r(y) = log p+(y)/p(y)", "string (by p+)", "reward")
     _save(fig, path)
 
 
 def plot_string_scatter(model: ToyModel, summary: dict[str, Any], path: Path) -> None:
     """log p(y) against r(y), one point per string."""
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5, 4))
+    fig = new_figure(5, 4, left=0.65)
+    ax = fig.subplots()
     ax.scatter(model.log_prior, model.reward, s=6, alpha=0.6, color="tab:purple")
-    ax.set(xlabel="log prior  log p(y)", ylabel="reward  r(y)",
-           title=f"strings: Spearman {_fmt(summary['string_spearman'])}")
+    _label(ax, f"strings: Spearman {_fmt(summary['string_spearman'])}", "log prior  log p(y)", "reward  r(y)")
     _save(fig, path)
 
 
 def plot_corpus_scatter(means: CorpusMeans, summary: dict[str, Any], path: Path) -> None:
     """Corpus mean log p against corpus mean r; typical corpora highlighted; the line mean r = -mean log p - H."""
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5.5, 4.2))
+    fig = new_figure(5.5, 4.2, left=0.75)
+    ax = fig.subplots()
     typ = means.typical
     ax.scatter(means.log_prior[~typ], means.reward[~typ], s=5, color="0.7", label=f"atypical ({int((~typ).sum())})")
     ax.scatter(means.log_prior[typ], means.reward[typ], s=7, color="tab:red", label=f"typical ({int(typ.sum())})")
     xs = np.linspace(means.log_prior.min(), means.log_prior.max(), 2)
     ax.plot(xs, -xs - summary["posterior_entropy"], color="black", lw=1, label="mean r = -mean log p - H(p+)")
-    ax.set(xlabel="corpus mean log prior", ylabel="corpus mean reward",
-           title=f"corpora: typical Spearman {_fmt(summary['typical_corpus_spearman'])}")
+    _label(ax, f"corpora: typical Spearman {_fmt(summary['typical_corpus_spearman'])}", "corpus mean log prior",
+           "corpus mean reward")
     ax.legend(fontsize=7, loc="best")
     _save(fig, path)
+
+
+def _label(ax: Any, title: str, xlabel: str, ylabel: str) -> None:
+    """Title at a fixed height (skips matplotlib's search for where the title clears the tick labels)."""
+    ax.set_title(title, y=1.0)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
 
 
 def _fmt(value: float | None) -> str:
@@ -237,20 +303,13 @@ def _fmt(value: float | None) -> str:
 
 def _save(fig: Any, path: Path) -> None:
     """Write a PNG atomically; no timestamp metadata, so the same data gives the same bytes."""
-    import matplotlib.pyplot as plt
-
     from pqtradeoff.io import atomic_write
 
-    fig.tight_layout()
-    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100, metadata={"Software": None}))
-    plt.close(fig)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=DPI, metadata={"Software": None}))
 
 
 def run(settings: ToySettings, out: str | Path, figures: bool = True) -> dict[str, Any]:
     """Run the toy experiment and write `out/summary.json` (with the run record) and the figures."""
-    import matplotlib
-
-    matplotlib.use("Agg")
     from pqtradeoff.io import run_record, write_json
 
     out = Path(out)

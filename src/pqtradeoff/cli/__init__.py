@@ -34,11 +34,11 @@ def fail(message: str) -> typer.Exit:
 
 
 # Command modules register themselves on `app` when imported.
-from pqtradeoff.cli import toy as _toy  # noqa: E402,F401
-from pqtradeoff.cli import generate as _generate  # noqa: E402,F401
-from pqtradeoff.cli import score as _score  # noqa: E402,F401
 from pqtradeoff.cli import analyze as _analyze  # noqa: E402,F401
 from pqtradeoff.cli import demo as _demo  # noqa: E402,F401
+from pqtradeoff.cli import generate as _generate  # noqa: E402,F401
+from pqtradeoff.cli import score as _score  # noqa: E402,F401
+from pqtradeoff.cli import toy as _toy  # noqa: E402,F401
 
 
 def main() -> None:

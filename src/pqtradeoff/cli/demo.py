@@ -26,7 +26,7 @@ def demo(
     max_new_tokens: int = typer.Option(200, "--max-new-tokens"),
     target: str = typer.Option("global", help="IMH target: global | aligned | none"),
     imh_steps: int = typer.Option(50_000, "--imh-steps"),
-    corpora: int = typer.Option(1000, help="bootstrapped corpora per configuration"),
+    corpora: int = typer.Option(500, help="bootstrapped corpora per configuration"),
     corpus_size: int = typer.Option(2000, "--corpus-size"),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
 ) -> None:

@@ -99,6 +99,14 @@ def tokenizer_key(tokenizer: Any) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
+def dtype_kwarg(dtype: torch.dtype) -> dict[str, torch.dtype]:
+    """`from_pretrained`'s dtype argument: `dtype` since transformers 4.56, `torch_dtype` before."""
+    import transformers
+
+    major, minor = (int(x) for x in transformers.__version__.split(".")[:2])
+    return {"dtype": dtype} if (major, minor) >= (4, 56) else {"torch_dtype": dtype}
+
+
 def _forward_parameters(model: Any) -> set[str]:
     return set(inspect.signature(model.forward).parameters)
 
@@ -171,8 +179,8 @@ class HFModel(LanguageModel):
         if chat_template and not getattr(self.tokenizer, "chat_template", None):
             raise PQError(f"--chat-template: the tokenizer of {self.name!r} has no chat template; use --template")
         try:
-            model = AutoModelForCausalLM.from_pretrained(self.name, dtype=self.dtype,
-                                                         trust_remote_code=trust_remote_code)
+            model = AutoModelForCausalLM.from_pretrained(self.name, trust_remote_code=trust_remote_code,
+                                                         **dtype_kwarg(self.dtype))
         except (OSError, ValueError, KeyError) as err:
             raise PQError(f"cannot load a causal language model from {self.name!r}: {_one_line(err)}") from None
         self.model = model.to(self.device).eval()
@@ -229,7 +237,11 @@ class HFModel(LanguageModel):
     # ------------------------------------------------------------------------------------------ forward
     def _forward(self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, keep: int,
                  cache: Any = None) -> torch.Tensor:
-        """Logits [B, keep, V] (float32) for the last `keep` positions; updates `cache` in place if given."""
+        """Logits [B, keep, V] (float32) for the last `keep` positions; updates `cache` in place if given.
+
+        Only a model whose forward lacks `logits_to_keep` (transformers < 4.45 or a custom class) computes
+        every position's logits here before slicing; all current causal LMs take the argument.
+        """
         kwargs: dict[str, Any] = {"input_ids": ids, "attention_mask": mask, "position_ids": positions,
                                   "use_cache": cache is not None}
         if cache is not None:
@@ -328,7 +340,7 @@ class HFRewardModel:
             raise PQError(f"the tokenizer of reward model {self.path!r} has no chat template")
         try:
             model = AutoModelForSequenceClassification.from_pretrained(
-                self.path, dtype=self.dtype, trust_remote_code=trust_remote_code)
+                self.path, trust_remote_code=trust_remote_code, **dtype_kwarg(self.dtype))
         except (OSError, ValueError, KeyError) as err:
             raise PQError(f"cannot load a reward model from {self.path!r}: {_one_line(err)}") from None
         self.model = model.to(self.device).eval()
