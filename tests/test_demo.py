@@ -64,9 +64,24 @@ def test_imh_corrected_means_agree_with_exact_values(small_demo):
 
 
 def test_tradeoff_is_visible_at_corpus_level(small_demo):
+    """The paper's phenomenon: strings rank-correlate positively, corpora trade likelihood for reward."""
     _, summary = small_demo
+    assert summary["string_level"]["spearman"] > 0
     assert summary["corpus_level"]["pearson"] < -0.5
     assert summary["tradeoff"]["slope"] < 0
+
+
+def test_heavy_tailed_targets_are_skipped_with_a_reason():
+    from pqtradeoff.adaptors import parse
+    from pqtradeoff.demo import build_models, exact_values
+
+    models = build_models(make_settings())
+    values, reason = exact_values(models.alignment, parse("temperature=1.25,top_k=6"), "global")
+    assert values is None and "infinite variance" in reason
+    values, reason = exact_values(models.alignment, parse("temperature=1.25"), "global")
+    assert values is None and "diverges" in reason
+    values, reason = exact_values(models.alignment, parse("temperature=0.75,top_p=0.9"), "global")
+    assert reason is None and values["exact_imh_efficiency"] > 0.5
 
 
 def test_same_seed_same_bytes(tmp_path):

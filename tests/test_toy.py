@@ -8,7 +8,9 @@ import sys
 
 import numpy as np
 import pytest
-from scipy import stats
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy import special, stats
 
 from pqtradeoff import toy
 from pqtradeoff.cli import main
@@ -187,3 +189,87 @@ def test_python_m_toy_runs_without_torch_and_reports_errors(tmp_path) -> None:
     assert bad.returncode == 2
     assert bad.stderr.strip().splitlines() == [bad.stderr.strip()] and "alpha=0.0" in bad.stderr
     assert "Traceback" not in bad.stderr
+
+
+# ------------------------------------------------------------------------- numpy statistics vs scipy
+# pqtradeoff.toy avoids importing scipy (about a second at start-up); its statistics must be scipy's, bit for bit,
+# so the summary numbers are those scipy would give.
+finite = st.floats(-1e6, 1e6, allow_nan=False, allow_subnormal=False)
+
+
+@st.composite
+def paired_samples(draw: st.DrawFn) -> tuple[np.ndarray, np.ndarray]:
+    """Two equal-length samples, often with ties (values rounded to a few levels)."""
+    n = draw(st.integers(3, 60))
+    x = np.array(draw(st.lists(finite, min_size=n, max_size=n)))
+    y = np.array(draw(st.lists(finite, min_size=n, max_size=n)))
+    if draw(st.booleans()):
+        x, y = np.round(x / 2e5), np.round(y / 3e5)
+    return x, y
+
+
+@settings(max_examples=150, deadline=None)
+@given(paired_samples())
+def test_rank_correlations_equal_scipy_exactly(sample: tuple[np.ndarray, np.ndarray]) -> None:
+    x, y = sample
+    np.testing.assert_array_equal(toy.rankdata(x), stats.rankdata(x))
+    spear, pear = toy.correlations(x, y)
+    if np.ptp(x) == 0 or np.ptp(y) == 0:
+        assert spear is None and pear is None
+        return
+    assert spear == float(stats.spearmanr(x, y).statistic)
+    assert pear == float(stats.pearsonr(x, y).statistic)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.integers(2, 500), st.floats(0.05, 5.0), st.integers(0, 2**32 - 1))
+def test_softmax_and_entropy_equal_scipy_exactly(n: int, alpha: float, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    logits = rng.normal(size=n) * alpha * 10
+    np.testing.assert_array_equal(toy.softmax(logits), special.softmax(logits))
+    probs = rng.dirichlet(np.full(n, alpha))
+    probs = probs[probs > 0]
+    assert toy.entropy(probs) == float(stats.entropy(probs))
+
+
+def test_summary_equals_the_scipy_computation_exactly() -> None:
+    settings_ = toy.ToySettings(n_strings=300, n_corpora=400, corpus_size=3000, epsilon=0.01, seed=9)
+    model, means, summary = toy.simulate(settings_)
+    typ = means.typical
+    assert summary["posterior_entropy"] == float(stats.entropy(model.posterior))
+    assert summary["prior_entropy"] == float(stats.entropy(model.prior))
+    assert summary["string_spearman"] == float(stats.spearmanr(model.log_prior, model.reward).statistic)
+    assert summary["typical_corpus_pearson"] == float(stats.pearsonr(means.log_prior[typ], means.reward[typ]).statistic)
+    assert summary["all_corpus_spearman"] == float(stats.spearmanr(means.log_prior, means.reward).statistic)
+
+
+# ----------------------------------------------------------------------------------------------- figures
+@pytest.mark.parametrize("settings_", [toy.ToySettings(n_corpora=300, corpus_size=2000, epsilon=0.01),
+                                       toy.ToySettings(n_strings=40, n_corpora=50, corpus_size=500, seed=3)])
+def test_figures_keep_every_label_inside_the_canvas(monkeypatch, tmp_path, settings_) -> None:
+    """Fixed margins (no tight_layout) must still leave every title, label and tick label fully visible."""
+    figures = []
+    monkeypatch.setattr(toy, "_save", lambda fig, path: figures.append(fig))
+    toy.run(settings_, tmp_path)
+    assert len(figures) == 3
+    for fig in figures:
+        renderer = fig.canvas.get_renderer()
+        fig.canvas.draw()
+        canvas = fig.bbox
+        for ax in fig.axes:
+            box = ax.get_tightbbox(renderer)  # the axes with its title, labels and drawn tick labels
+            assert canvas.x0 <= box.x0 and box.x1 <= canvas.x1, (ax.get_title(), box.extents, canvas.extents)
+            assert canvas.y0 <= box.y0 and box.y1 <= canvas.y1, (ax.get_title(), box.extents, canvas.extents)
+
+
+def test_toy_run_imports_neither_scipy_nor_pyplot(tmp_path) -> None:
+    script = (
+        "import sys\n"
+        "from pqtradeoff import toy\n"
+        f"toy.run(toy.ToySettings(n_strings=30, n_corpora=20, corpus_size=300), {str(tmp_path)!r})\n"
+        "print(sorted(m for m in ('scipy', 'matplotlib.pyplot', 'torch') if m in sys.modules))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+    assert all((tmp_path / name).stat().st_size > 1000 for name in toy.FIGURES)

@@ -31,13 +31,16 @@ class DemoSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     seed: int = Field(0, ge=0, description="seed for sampling and the analysis")
-    model_seed: int = Field(1, ge=0, description="seed of the random prior and reward")
+    model_seed: int = Field(0, ge=0, description="seed of the random prior and reward")
     n_words: int = Field(12, ge=2, description="vocabulary size of the random prior (EOS not counted)")
     order: int = Field(2, ge=1, description="n-gram order of the prior")
     beta: float = Field(1.0, gt=0.0, description="KL strength: p+ = p exp(r / beta) / Z")
-    eos_prob: float = Field(0.35, gt=0.0, lt=1.0, description="prior's probability of ending after each word")
+    reward: Literal["rare-word", "rarity"] = Field(
+        "rare-word", description="rare-word: a lexicon that charges each word and prizes one rare word "
+        "(fsa.demo_models); rarity: pays for every word's rarity (rarity_reward)")
+    eos_prob: float = Field(0.35, gt=0.0, lt=1.0, description="rarity reward's prior: probability of ending")
     rarity: float = Field(0.8, ge=0.0, description="reward per nat of word rarity: phi = rarity * (top - log p)")
-    word_cost: float = Field(1.0, description="reward cost of each word (EOS costs nothing)")
+    word_cost: float = Field(1.0, description="rarity reward's cost of each word (EOS costs nothing)")
     text: Path | None = Field(None, description="estimate the prior from this text file instead (one string a line)")
     families: list[str] = Field(default_factory=lambda: list(DEFAULT_FAMILIES))
     temperatures: list[float] = Field(default_factory=lambda: list(DEFAULT_TEMPERATURES))
@@ -45,6 +48,8 @@ class DemoSettings(BaseModel):
     max_new_tokens: int = Field(200, ge=1)
     batch_size: int = Field(2000, ge=1)
     target: Literal["global", "aligned", "none"] = "global"
+    min_ess_fraction: float = Field(0.05, ge=0.0, le=1.0, description="skip configs whose exact IMH efficiency "
+                                    "(importance-sampling ESS fraction) is below this: their correction is unreliable")
     imh_steps: int = Field(50_000, ge=2)
     corpora: int = Field(500, ge=1)
     corpus_size: int = Field(2000, ge=1)
@@ -91,6 +96,8 @@ def build_models(settings: DemoSettings) -> Any:
     """The prior (random n-gram, or estimated from `text`), the rarity reward and the exact aligned model."""
     from pqtradeoff.models import fsa
 
+    if settings.text is None and settings.reward == "rare-word":
+        return fsa.demo_models(settings.model_seed, beta=settings.beta, order=settings.order)
     if settings.text is None:
         prior = fsa.random_ngram(settings.n_words, settings.order, seed=settings.model_seed, alpha=0.5,
                                  eos_prob=settings.eos_prob, zipf=1.0,
@@ -102,20 +109,28 @@ def build_models(settings: DemoSettings) -> Any:
     return fsa.DemoModels(prior, reward, fsa.align(prior, reward, settings.beta))
 
 
-def exact_values(alignment: Any, adaptor: Adaptor, target: str) -> tuple[dict[str, float] | None, str | None]:
+def exact_values(
+    alignment: Any, adaptor: Adaptor, target: str, min_ess_fraction: float = 0.05
+) -> tuple[dict[str, float] | None, str | None]:
     """Closed-form per-config values under the IMH target and under local q; or the reason there are none."""
     local = exact.local_expectations(alignment, adaptor)
     if not local.normalizes:
-        return None, f"the locally normalized adaptor does not terminate: {local.message}"
+        return None, f"the locally normalized adaptor (sampling) {local.message}"
     corrected = local if target == "none" else exact.imh_target_expectations(alignment, adaptor, target)
     if not corrected.normalizes:
-        return None, f"the {target} target does not normalize: {corrected.message}"
+        return None, f"the {target} target {corrected.message}"
+    if corrected.ess_fraction is not None and corrected.ess_fraction < min_ess_fraction:
+        return None, (f"the {target} target exists, but its importance weights under the sampling distribution "
+                      f"have {'infinite' if corrected.ess_fraction == 0 else 'near-infinite'} variance (exact "
+                      f"IMH efficiency {corrected.ess_fraction:.3g} < {min_ess_fraction:g}): no finite pool "
+                      "can correct towards it reliably")
     values = {
         "exact_mean_log_prior": corrected.mean_log_prior,
         "exact_mean_reward": corrected.mean_reward,
         "exact_entropy": corrected.entropy,
         "exact_mean_length": corrected.mean_length,
         "exact_log_normalizer": corrected.log_normalizer,
+        "exact_imh_efficiency": corrected.ess_fraction,
         "exact_local_mean_log_prior": local.mean_log_prior,
         "exact_local_mean_reward": local.mean_reward,
         "exact_local_entropy": local.entropy,
@@ -171,7 +186,7 @@ def _run(out_dir: Path, settings: DemoSettings, progress: bool) -> tuple[dict[st
     grid = parse_grid(settings.families, settings.temperatures)
     kept, exact_by_config, skipped = [], {}, {}
     for a in grid:
-        values, reason = exact_values(models.alignment, a, settings.target)
+        values, reason = exact_values(models.alignment, a, settings.target, settings.min_ess_fraction)
         if values is None:
             skipped[str(a)] = reason
         else:

@@ -13,7 +13,8 @@ from pqtradeoff.cli import app
 def demo(
     out: Path = typer.Option(Path("runs/demo"), "--out", help="output folder"),
     seed: int = typer.Option(0, help="seed for sampling and the analysis"),
-    model_seed: int = typer.Option(1, "--model-seed", help="seed of the random prior and reward"),
+    model_seed: int = typer.Option(0, "--model-seed", help="seed of the random prior and reward"),
+    reward: str = typer.Option("rare-word", help="demo reward: rare-word (one prized rare word) | rarity"),
     n_words: int = typer.Option(12, "--n-words", help="vocabulary size of the random prior (EOS not counted)"),
     order: int = typer.Option(2, help="n-gram order of the prior"),
     beta: float = typer.Option(1.0, help="KL strength beta: p+ = p exp(r/beta) / Z"),
@@ -34,7 +35,7 @@ def demo(
     from pqtradeoff.demo import DEFAULT_FAMILIES, DEFAULT_TEMPERATURES, make_settings, run_demo
 
     settings = make_settings(
-        seed=seed, model_seed=model_seed, n_words=n_words, order=order, beta=beta, text=text,
+        seed=seed, model_seed=model_seed, reward=reward, n_words=n_words, order=order, beta=beta, text=text,
         families=list(family) if family else list(DEFAULT_FAMILIES),
         temperatures=list(temperature) if temperature else list(DEFAULT_TEMPERATURES),
         num_generations=num_generations, max_new_tokens=max_new_tokens, target=target, imh_steps=imh_steps,

@@ -337,7 +337,8 @@ def random_ngram(
     Each context draws its word distribution from Dirichlet(alpha * n_words * base), base the Zipf law
     (rank+1)^-zipf (uniform for zipf=0), so the same words tend to be frequent everywhere; EOS gets
     probability `eos_prob` (mean length about 1/eos_prob words). The start state gets no EOS unless
-    `allow_empty` (or order is 1: the single state must end), so strings are not empty.
+    `allow_empty` (or order is 1: the single state must end), so strings are not empty. `words`, when
+    given, names the vocabulary and sets its size (`n_words` is then ignored); default names are w0, w1, ...
     """
     words = tuple(words) if words is not None else _default_words(_check_int("vocabulary size", n_words, 2))
     n_words = len(words)
