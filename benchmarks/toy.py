@@ -10,8 +10,8 @@ The naive pipeline is measured twice: in this (warm) process, against the fast i
 process of its own (interpreter, the same numpy/matplotlib/pqtradeoff imports, first-figure costs), against the
 fast fresh process. The fresh naive process skips the CLI's typer import, so that comparison slightly favours it.
 
-    .venv/bin/python benchmarks/toy.py            # naive on 50 corpora, extrapolated to 1,000
-    .venv/bin/python benchmarks/toy.py --quick    # naive on 10 corpora
+    .venv/bin/python benchmarks/toy.py            # naive on 20 corpora per repeat, extrapolated to 1,000
+    .venv/bin/python benchmarks/toy.py --quick    # naive on 5 corpora per repeat
 """
 
 from __future__ import annotations
@@ -65,33 +65,31 @@ def naive_run(settings: toy.ToySettings, out: Path, n_naive: int) -> tuple[float
     return t2 - t1, (t1 - t0) + (t3 - t2)
 
 
-def naive_process(out: Path, n_naive: int) -> tuple[float, float]:
-    """The naive pipeline as a fresh process on `n_naive` corpora: (process wall seconds, its sampling seconds)."""
+def naive_process(out: Path, n_naive: int) -> float:
+    """The naive pipeline as a fresh process on `n_naive` corpora, extrapolated to the paper's 1,000 corpora."""
     t = time.perf_counter()
     done = subprocess.run([sys.executable, __file__, "--naive-child", str(out), "--n-naive", str(n_naive)],
                           check=True, capture_output=True, text=True)
     wall = time.perf_counter() - t
-    return wall, json.loads(done.stdout.strip().splitlines()[-1])["sample_s"]
+    sample_s = json.loads(done.stdout.strip().splitlines()[-1])["sample_s"]
+    return wall + sample_s * (toy.ToySettings().n_corpora / n_naive - 1)
 
 
-def timed(runs: int, call) -> list[float]:
-    """Wall seconds of `runs` calls."""
-    times = []
-    for _ in range(runs):
-        t = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - t)
-    return times
+def timed(call) -> float:
+    """Wall seconds of one call."""
+    t = time.perf_counter()
+    call()
+    return time.perf_counter() - t
 
 
 def spread(times: list[float]) -> str:
-    return f"{min(times):8.3f} s  (spread {min(times):.3f}-{max(times):.3f}, {len(times)} runs)"
+    return f"{min(times):8.3f} s  (spread {min(times):.3f}-{max(times):.3f} over {len(times)} runs)"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="naive path on 10 corpora instead of 50")
-    parser.add_argument("--repeats", type=int, default=3, help="fast-path repeats (best is reported)")
+    parser.add_argument("--quick", action="store_true", help="naive path on 5 corpora per repeat instead of 20")
+    parser.add_argument("--repeats", type=int, default=3, help="repeats of every measurement (best is used)")
     parser.add_argument("--naive-child", type=Path, help=argparse.SUPPRESS)  # internal: one fresh naive process
     parser.add_argument("--n-naive", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -100,43 +98,43 @@ def main() -> None:
         sample_s, _ = naive_run(settings, args.naive_child, args.n_naive)
         print(json.dumps({"sample_s": sample_s}))
         return
-    n_naive = 10 if args.quick else 50
+    n_naive = 5 if args.quick else 20
     scale = settings.n_corpora / n_naive
 
+    # Fast and naive measurements alternate, so both see the same load on a shared machine; the best of each
+    # is compared.
+    fast, counts, naive_sampling, naive_rest, naive_total, cli, naive_fresh = [], [], [], [], [], [], []
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
         toy.run(toy.ToySettings(n_strings=20, n_corpora=5, corpus_size=100), out / "warm")  # fonts, caches
-
-        fast = timed(args.repeats, lambda: toy.run(settings, out / "fast"))
-        _, corpus_rng = toy.streams(settings.seed)
         model = toy.make_model(settings, toy.streams(settings.seed)[0])
-        counts = timed(1, lambda: toy.draw_counts(model.posterior, settings.n_corpora, settings.corpus_size,
-                                                  corpus_rng))
         command = [sys.executable, "-m", "pqtradeoff", "toy", "--out", str(out / "cli")]
-        cli = timed(args.repeats, lambda: subprocess.run(command, check=True, capture_output=True))
-
-        sample_s, rest_s = naive_run(settings, out / "naive", n_naive)
-        naive_sampling = sample_s * scale
-        naive_total = naive_sampling + rest_s
-        child_wall, child_sample_s = naive_process(out / "naive-process", n_naive)
-        naive_process_total = child_wall + child_sample_s * (scale - 1)
+        for _ in range(args.repeats):
+            fast.append(timed(lambda: toy.run(settings, out / "fast")))
+            counts.append(timed(lambda rng=toy.streams(settings.seed)[1]: toy.draw_counts(
+                model.posterior, settings.n_corpora, settings.corpus_size, rng)))
+            sample_s, rest_s = naive_run(settings, out / "naive", n_naive)
+            naive_sampling.append(sample_s * scale)
+            naive_rest.append(rest_s)
+            naive_total.append(sample_s * scale + rest_s)
+            cli.append(timed(lambda: subprocess.run(command, check=True, capture_output=True)))
+            naive_fresh.append(naive_process(out / "naive-process", n_naive))
 
     draws = settings.n_corpora * settings.corpus_size
     print(f"paper scale: {settings.n_strings} strings, {settings.n_corpora} corpora x {settings.corpus_size} draws "
-          f"= {draws:.0e} draws")
-    print(f"fast   corpora as counts (multinomial, all corpora at once): {counts[0]:8.3f} s")
-    print(f"fast   whole command in-process:                            {spread(fast)}")
-    print(f"fast   whole command as `python -m pqtradeoff toy` process: {spread(cli)}")
-    print(f"naive  sampling measured on {n_naive} corpora:                    {sample_s:8.3f} s")
-    print(f"naive  sampling extrapolated to {settings.n_corpora} corpora:              {naive_sampling:8.3f} s")
-    print(f"naive  everything else (model, stats, figures, json):        {rest_s:8.3f} s")
-    print(f"naive  whole command in-process (extrapolated):              {naive_total:8.3f} s")
-    print(f"naive  whole command as a fresh process (extrapolated):      {naive_process_total:8.3f} s  "
-          f"(measured {child_wall:.3f} s on {n_naive} corpora)")
-    print(f"ratio  corpora only (naive sampling / counts):               {naive_sampling / counts[0]:8.1f}x")
-    print(f"ratio  whole command in-process (goal >= 20x):               {naive_total / min(fast):8.1f}x")
-    print(f"ratio  whole command, fresh process vs fresh process:        {naive_process_total / min(cli):8.1f}x")
-    print(f"ratio  whole command, fast fresh process vs naive warm:      {naive_total / min(cli):8.1f}x")
+          f"= {draws:.0e} draws; naive sampling measured on {n_naive} corpora per run, extrapolated linearly")
+    print(f"{'fast   corpora as counts (multinomial, all corpora at once):':60s}{spread(counts)}")
+    print(f"{'fast   whole command in-process:':60s}{spread(fast)}")
+    print(f"{'fast   whole command as `python -m pqtradeoff toy` process:':60s}{spread(cli)}")
+    label = f"naive  sampling, extrapolated to {settings.n_corpora} corpora:"
+    print(f"{label:60s}{spread(naive_sampling)}")
+    print(f"{'naive  everything else (model, stats, figures, json):':60s}{spread(naive_rest)}")
+    print(f"{'naive  whole command in-process:':60s}{spread(naive_total)}")
+    print(f"{'naive  whole command as a fresh process:':60s}{spread(naive_fresh)}")
+    print(f"{'ratio  corpora only (naive sampling / counts):':60s}{min(naive_sampling) / min(counts):8.1f}x")
+    print(f"{'ratio  whole command in-process (goal >= 20x):':60s}{min(naive_total) / min(fast):8.1f}x")
+    print(f"{'ratio  whole command, fresh process vs fresh process:':60s}{min(naive_fresh) / min(cli):8.1f}x")
+    print(f"{'ratio  whole command, fast fresh process vs naive warm:':60s}{min(naive_total) / min(cli):8.1f}x")
 
 
 if __name__ == "__main__":

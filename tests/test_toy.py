@@ -260,6 +260,9 @@ def test_figures_keep_every_label_inside_the_canvas(monkeypatch, tmp_path, setti
             box = ax.get_tightbbox(renderer)  # the axes with its title, labels and drawn tick labels
             assert canvas.x0 <= box.x0 and box.x1 <= canvas.x1, (ax.get_title(), box.extents, canvas.extents)
             assert canvas.y0 <= box.y0 and box.y1 <= canvas.y1, (ax.get_title(), box.extents, canvas.extents)
+        boxes = [ax.get_tightbbox(renderer) for ax in fig.axes]
+        for left, right in zip(boxes, boxes[1:], strict=False):  # side-by-side panels must not overlap
+            assert left.x1 < right.x0, (left.extents, right.extents)
 
 
 def test_toy_run_imports_neither_scipy_nor_pyplot(tmp_path) -> None:

@@ -102,10 +102,13 @@ def corpus_level(corpora: pd.DataFrame, summary: dict[str, Any], path: Path) -> 
     if exact:
         ax.scatter([e["exact_mean_log_prior"] for e in exact], [e["exact_mean_reward"] for e in exact],
                    marker="*", s=90, facecolor="none", edgecolor="black", label="exact expectations")
+    xlim, ylim = ax.get_xlim(), ax.get_ylim()  # the data's view: exact lines are clipped to it
     for i, line in enumerate(summary.get("exact_lines", [])):
-        grid = np.array(ax.get_xlim())
+        grid = np.array(xlim)
         ax.plot(grid, line["slope"] * grid + line["intercept"], ls=("--", "-.", ":")[i % 3], lw=1,
                 color="dimgray", label=line.get("label", "exact line"))
+    ax.set_xlim(xlim)
+    ax.set_ylim(ylim)
     for f in families:
         ax.scatter([], [], color=colour[f], marker="o", label=f)
     for t, m in marker.items():
