@@ -25,11 +25,11 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from pqtradeoff import adaptors, correct, stats
 from pqtradeoff.corpus import ANALYSIS_COLUMNS, RUN_RECORD, read_corpus, write_shard
-from pqtradeoff.errors import PQError
+from pqtradeoff.errors import PQError, validated
 from pqtradeoff.io import run_record, write_json
 
 #: Columns whose values must be finite for a row to be used (the quantities analysed).
@@ -60,12 +60,7 @@ class AnalysisSettings(BaseModel):
 
 def make_settings(**values: Any) -> AnalysisSettings:
     """Build settings, turning a pydantic error into a one-line PQError naming the field and the value."""
-    try:
-        return AnalysisSettings(**values)
-    except ValidationError as err:
-        first = err.errors()[0]
-        field = ".".join(str(p) for p in first["loc"]) or "settings"
-        raise PQError(f"{field}={first.get('input')!r} is invalid: {first['msg']}") from None
+    return validated(AnalysisSettings, **values)
 
 
 # --------------------------------------------------------------------------------------------- validation

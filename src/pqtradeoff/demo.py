@@ -14,11 +14,11 @@ from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from pqtradeoff import exact
 from pqtradeoff.adaptors import Adaptor, parse_grid
-from pqtradeoff.errors import PQError
+from pqtradeoff.errors import PQError, validated
 
 DEFAULT_FAMILIES = ("ancestral", "top_k=3", "top_k=6", "top_p=0.9", "top_p=0.95", "typical_p=0.9",
                     "eta_cutoff=0.0009")
@@ -65,12 +65,7 @@ class DemoSettings(BaseModel):
 
 def make_settings(**values: Any) -> DemoSettings:
     """Build settings, turning a validation failure into a one-line PQError naming the field and value."""
-    try:
-        return DemoSettings(**values)
-    except ValidationError as err:
-        first = err.errors()[0]
-        field = ".".join(str(p) for p in first["loc"]) or "settings"
-        raise PQError(f"{field}={first.get('input')!r}: {first['msg']}") from None
+    return validated(DemoSettings, **values)
 
 
 def rarity_reward(prior: Any, rarity: float, word_cost: float, noise: float = 0.1, seed: int = 0) -> Any:

@@ -80,6 +80,22 @@ def string_level(data: pd.DataFrame, summary: dict[str, Any], path: Path) -> str
     return _save(fig, path)
 
 
+def _exact_stars(ax: plt.Axes, configs: list[dict[str, Any]]) -> None:
+    """Each config's exact expectations (when the producer knows them, e.g. the exact-model demo) as stars."""
+    exact = [e for e in configs if e.get("exact_mean_log_prior") is not None and e.get("exact_mean_reward") is not None]
+    if exact:
+        ax.scatter([e["exact_mean_log_prior"] for e in exact], [e["exact_mean_reward"] for e in exact],
+                   marker="*", s=90, facecolor="none", edgecolor="black", label="exact expectations")
+
+
+def _legend_keys(ax: plt.Axes, families: list[str], colour: dict[str, Any], marker: dict[float, str]) -> None:
+    """Legend entries for colour = adaptor family and marker = temperature (invisible proxy points)."""
+    for f in families:
+        ax.scatter([], [], color=colour[f], marker="o", label=f)
+    for t, m in marker.items():
+        ax.scatter([], [], color="grey", marker=m, label=f"T = {t:g}")
+
+
 def corpus_level(corpora: pd.DataFrame, summary: dict[str, Any], path: Path) -> str:
     """Corpora: mean reward against mean log prior; colour = family, marker = temperature, pooled line."""
     configs = summary["configs"]
@@ -98,10 +114,7 @@ def corpus_level(corpora: pd.DataFrame, summary: dict[str, Any], path: Path) -> 
         grid = np.array([x.min(), x.max()])
         ax.plot(grid, slope * grid + intercept, color="black", lw=1.5,
                 label=f"pooled fit: rho = {_fmt(c['spearman'])}, r = {_fmt(c['pearson'])}")
-    exact = [e for e in configs if e.get("exact_mean_log_prior") is not None and e.get("exact_mean_reward") is not None]
-    if exact:
-        ax.scatter([e["exact_mean_log_prior"] for e in exact], [e["exact_mean_reward"] for e in exact],
-                   marker="*", s=90, facecolor="none", edgecolor="black", label="exact expectations")
+    _exact_stars(ax, configs)
     xlim, ylim = ax.get_xlim(), ax.get_ylim()  # the data's view: exact lines are clipped to it
     for i, line in enumerate(summary.get("exact_lines", [])):
         grid = np.array(xlim)
@@ -109,10 +122,7 @@ def corpus_level(corpora: pd.DataFrame, summary: dict[str, Any], path: Path) -> 
                 color="dimgray", label=line.get("label", "exact line"))
     ax.set_xlim(xlim)
     ax.set_ylim(ylim)
-    for f in families:
-        ax.scatter([], [], color=colour[f], marker="o", label=f)
-    for t, m in marker.items():
-        ax.scatter([], [], color="grey", marker=m, label=f"T = {t:g}")
+    _legend_keys(ax, families, colour, marker)
     ax.set_title("Corpus level: bootstrapped corpora from the IMH-corrected chains")
     ax.set_xlabel("corpus mean log prior probability")
     ax.set_ylabel("corpus mean reward")
@@ -135,18 +145,12 @@ def frontier(summary: dict[str, Any], path: Path) -> str:
     front = sorted((c for c in configs if c["on_frontier"]), key=lambda c: c["mean_log_prior"])
     ax.plot([c["mean_log_prior"] for c in front], [c["mean_reward"] for c in front], color="black", lw=1,
             label="Pareto frontier (filled markers)")
-    exact = [e for e in configs if e.get("exact_mean_log_prior") is not None and e.get("exact_mean_reward") is not None]
-    if exact:
-        ax.scatter([e["exact_mean_log_prior"] for e in exact], [e["exact_mean_reward"] for e in exact],
-                   marker="*", s=90, facecolor="none", edgecolor="black", label="exact expectations")
+    _exact_stars(ax, configs)
     t = summary["tradeoff"]
     if t["defined"]:
         grid = np.array(ax.get_xlim())
         ax.plot(grid, t["slope"] * grid + t["intercept"], ls=":", color="grey", label=f"fit across configs: slope {t['slope']:+.3f}")
-    for f in families:
-        ax.scatter([], [], color=colour[f], marker="o", label=f)
-    for temp, m in marker.items():
-        ax.scatter([], [], color="grey", marker=m, label=f"T = {temp:g}")
+    _legend_keys(ax, families, colour, marker)
     ax.set_title("Trade-off across configurations (IMH-corrected means +- 1 s.e.)")
     ax.set_xlabel("mean log prior probability")
     ax.set_ylabel("mean reward")
