@@ -114,6 +114,19 @@ def test_missing_column_is_named(tmp_path):
         run_analysis(make_scored().drop(columns=["log_weight"]), tmp_path, _settings())
     with pytest.raises(PQError, match="column 'reward' has dtype"):
         run_analysis(make_scored().assign(reward="good"), tmp_path, _settings())
+    as_text = make_scored()
+    as_text["finished"] = as_text["finished"].map({True: "True", False: "False"})
+    with pytest.raises(PQError, match="column 'finished' has dtype .*; need booleans"):
+        run_analysis(as_text, tmp_path, _settings())
+
+
+def test_a_pool_dominated_by_few_strings_is_warned_about(tmp_path):
+    frame = make_scored()
+    frame["log_weight"] = frame["log_weight"] * 1000.0  # one string per config carries all the weight
+    with pytest.warns(UserWarning, match="importance-sampling ESS is 1"):
+        summary = run_analysis(frame, tmp_path, _settings())
+    assert not any(c["reliable"] for c in summary["configs"])
+    assert any("understate the uncertainty" in w for w in summary["warnings"])
 
 
 def test_weight_columns_checked_per_target():

@@ -160,3 +160,20 @@ def test_token_logprob_columns(tmp_path):
         assert len(row.token_logq) == len(row.token_ids)
         assert sum(row.token_logq) == pytest.approx(row.logq)
         assert sum(row.token_log_z) == pytest.approx(row.log_weight)
+
+
+def test_every_end_id_finishes_a_string(tmp_path):
+    model = BigramModel(seed=4)
+    model.eos_token_ids = (0, 3)
+    df = _generate(tmp_path / "c", model, specs=["ancestral"], max_new_tokens=12)
+    for ids, fin in zip(df["token_ids"], df["finished"], strict=True):
+        assert not {0, 3} & set(ids[:-1])
+        assert fin == (ids[-1] in (0, 3))
+    assert (df["token_ids"].map(lambda ids: ids[-1]) == 3).any()
+
+
+def test_nan_logits_are_an_error_not_a_token(tmp_path):
+    model = BigramModel(seed=4)
+    model.table[model.bos, 2] = float("nan")
+    with pytest.raises(PQError, match="NaN or infinite logits"):
+        _generate(tmp_path / "c", model, specs=["ancestral"])

@@ -168,3 +168,27 @@ def test_reward_model_text_format(tiny_hf):
         HFRewardModel(str(tiny_hf.reward), device="cpu", batch_size=0)
     with pytest.raises(PQError, match="labels"):
         HFRewardModel(str(tiny_hf.reward), device="cpu", label=3)
+
+
+def test_pad_id_outside_the_embedding_falls_back_to_eos(tmp_path):
+    """A `<pad>` added to a tokenizer without resizing the model must not crash padded batches."""
+    from pqtradeoff.models.hf import HFModel
+
+    from hf_tiny import build_causal, word_tokenizer
+
+    tok = word_tokenizer("gpt2")
+    path = build_causal(tmp_path / "m", "gpt2", tokenizer=tok)
+    tok.add_special_tokens({"pad_token": "<newpad>"})  # id == len(vocab): no embedding row
+    tok.save_pretrained(path)
+    model = HFModel(str(path), device="cpu", dtype="float32")
+    assert model.pad_token_id == model.eos_token_id
+    logits, _ = model.start([model.encode_prompt("a b c"), model.encode_prompt("a")])
+    assert torch.isfinite(logits).all()
+
+
+def test_every_end_of_string_id_is_collected(tiny_hf):
+    from pqtradeoff.models.hf import HFModel, end_of_string_ids
+
+    model = HFModel(str(tiny_hf.llama), device="cpu", dtype="float32")
+    model.model.generation_config.eos_token_id = [model.eos_token_id, 7]
+    assert end_of_string_ids(model.tokenizer, model.model) == [model.eos_token_id, 7]

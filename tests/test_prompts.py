@@ -110,6 +110,12 @@ def test_bad_files_of_other_formats(tmp_path):
     (tmp_path / "nothing").mkdir()
     with pytest.raises(PQError, match="no Parquet files"):
         load_prompts(tmp_path / "nothing")
+    (tmp_path / "latin1.jsonl").write_bytes(b'{"prompt": "ok"}\n{"prompt": "caf\xe9"}\n')
+    with pytest.raises(PQError, match="line 2: not UTF-8"):
+        load_prompts(tmp_path / "latin1.jsonl")
+    (tmp_path / "junk.parquet").write_bytes(b"this is not parquet")
+    with pytest.raises(PQError, match="not a readable Parquet file"):
+        load_prompts(tmp_path / "junk.parquet")
 
 
 def test_draw_needs_both_settings_and_enough_prompts(tmp_path):

@@ -61,7 +61,8 @@ def test_scores_do_not_depend_on_batch_size(corpus, tmp_path):
 
 def test_other_tokenizer_rescores_text_and_context_none(corpus, tmp_path):
     prior = BigramModel(seed=12, key="other-tokenizer")
-    df = pd.read_parquet(score_corpus(corpus, tmp_path / "s", prior=prior, reward=DPOReward(1.0),
+    reward = FunctionReward(lambda prompts, completions: [len(c) for c in completions], "python:test:len")
+    df = pd.read_parquet(score_corpus(corpus, tmp_path / "s", prior=prior, reward=reward,
                                       prior_context="none", settings={}, progress=False))
     assert (df["prior_tokenization"] == "retokenized").all()
     assert (df["prior_context"] == "none").all()
@@ -150,3 +151,33 @@ def test_score_bad_inputs(corpus, tmp_path):
     with pytest.raises(PQError, match="does not exist"):
         score_corpus(tmp_path / "nope", tmp_path / "s", prior=BigramModel(), reward=DPOReward(1.0), settings={},
                      progress=False)
+
+
+def test_dpo_reward_needs_the_prompt_context(corpus, tmp_path):
+    with pytest.raises(PQError, match="needs --prior-context prompt"):
+        score_corpus(corpus, tmp_path / "s", prior=BigramModel(seed=12), reward=DPOReward(1.0),
+                     prior_context="none", settings={}, progress=False)
+
+
+def test_prior_context_length_is_checked(corpus, tmp_path):
+    prior = BigramModel(seed=12)
+    prior.max_length = 3
+    with pytest.raises(PQError, match="longer than the prior's context of 3"):
+        score_corpus(corpus, tmp_path / "s", prior=prior, reward=DPOReward(1.0), settings={}, progress=False)
+
+
+def test_report_counts_shards_of_an_interrupted_run(corpus, tmp_path):
+    def all_nan(prompts, completions):
+        return [float("nan")] * len(completions)
+
+    reward = FunctionReward(all_nan, "python:test:all_nan")
+    out = score_corpus(corpus, tmp_path / "s", prior=BigramModel(seed=12), reward=reward, settings={},
+                       progress=False)
+    shards = sorted(out.glob("*.parquet"))
+    for s in shards[1:]:  # as if killed after the first shard
+        s.unlink()
+    (out / ".stale.parquet.abc.tmp").write_bytes(b"half")
+    score_corpus(corpus, out, prior=BigramModel(seed=12), reward=reward, settings={}, progress=False)
+    report = json.loads((out / "_score_report.json").read_text())
+    assert report["totals"]["reward_nonfinite"] == len(pd.read_parquet(out)) == report["totals"]["rows"]
+    assert not list(out.glob(".*.tmp"))

@@ -70,6 +70,10 @@ def _check_columns(table: pd.DataFrame) -> None:
         raise PQError(
             f"scored corpus lacks required column(s) {', '.join(missing)}; need {', '.join(ANALYSIS_COLUMNS)}"
         )
+    finished = table["finished"]
+    if not (pd.api.types.is_bool_dtype(finished) or pd.api.types.is_integer_dtype(finished)
+            or (finished.dtype == object and finished.dropna().map(lambda v: isinstance(v, (bool, np.bool_))).all())):
+        raise PQError(f"column 'finished' has dtype {finished.dtype}; need booleans (True when EOS was emitted)")
     for col in ANALYSIS_COLUMNS:
         if col in ("adaptor", "finished"):
             continue
@@ -287,6 +291,12 @@ def run_analysis(
             messages.append(f"skipped {adaptor}: {err}")
             warnings.warn(f"skipped {adaptor}: {err}", UserWarning, stacklevel=2)
             continue
+        if not entry["reliable"]:
+            message = (f"{adaptor}: the pool's importance-sampling ESS is {entry['importance_ess']:.3g} "
+                       f"(< {settings.min_importance_ess:g}): a few strings carry the weight, and its standard "
+                       "errors understate the uncertainty")
+            messages.append(message)
+            warnings.warn(message, UserWarning, stacklevel=2)
         entry["n_rows"] = int(read_counts[adaptor])
         entry["n_dropped"] = entry["n_rows"] - entry["n_strings"]
         entry["dropped_why"] = input_report["dropped_by_config"].get(adaptor, {})

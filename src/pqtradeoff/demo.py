@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from pqtradeoff import exact
 from pqtradeoff.adaptors import Adaptor, parse_grid
@@ -53,6 +53,17 @@ class DemoSettings(BaseModel):
     imh_steps: int = Field(50_000, ge=2)
     corpora: int = Field(500, ge=1)
     corpus_size: int = Field(2000, ge=1)
+
+    @model_validator(mode="after")
+    def _options_of_the_chosen_reward(self) -> DemoSettings:
+        """Refuse options the chosen reward would silently ignore."""
+        if self.reward == "rare-word":
+            rarity_only = {"n_words": 12, "eos_prob": 0.35, "rarity": 0.8, "word_cost": 1.0, "text": None}
+            changed = [k for k, default in rarity_only.items() if getattr(self, k) != default]
+            if changed:
+                raise ValueError(f"{changed[0]} applies to --reward rarity only (the rare-word lexicon has its own "
+                                 "12-word prior)")
+        return self
 
     @field_validator("temperatures")
     @classmethod
@@ -105,13 +116,24 @@ def build_models(settings: DemoSettings) -> Any:
 
 
 def exact_values(
-    alignment: Any, adaptor: Adaptor, target: str, min_ess_fraction: float = 0.05
+    alignment: Any, adaptor: Adaptor, target: str, min_ess_fraction: float = 0.05, max_length: int | None = None
 ) -> tuple[dict[str, float] | None, str | None]:
-    """Closed-form per-config values under the IMH target and under local q; or the reason there are none."""
-    local = exact.local_expectations(alignment, adaptor)
+    """Closed-form per-config values under the IMH target and under local q; or the reason there are none.
+
+    Whether a configuration is usable is decided on the unbounded distributions (a target whose sum over all
+    strings diverges, or whose importance weights have infinite variance, is skipped). The values compared
+    with the Monte Carlo estimates are then conditioned on finishing within `max_length` tokens, EOS
+    included, exactly as the analysis keeps only the strings that finished within `--max-new-tokens`.
+    """
+    def laws(bound: int | None) -> tuple[Any, Any]:
+        local = exact.local_expectations(alignment, adaptor, max_length=bound)
+        corrected = local if target == "none" else exact.imh_target_expectations(alignment, adaptor, target,
+                                                                                  max_length=bound)
+        return local, corrected
+
+    local, corrected = laws(None)
     if not local.normalizes:
         return None, f"the locally normalized adaptor (sampling) {local.message}"
-    corrected = local if target == "none" else exact.imh_target_expectations(alignment, adaptor, target)
     if not corrected.normalizes:
         return None, f"the {target} target {corrected.message}"
     if corrected.ess_fraction is not None and corrected.ess_fraction < min_ess_fraction:
@@ -119,13 +141,16 @@ def exact_values(
                       f"have {'infinite' if corrected.ess_fraction == 0 else 'near-infinite'} variance (exact "
                       f"IMH efficiency {corrected.ess_fraction:.3g} < {min_ess_fraction:g}): no finite pool "
                       "can correct towards it reliably")
+    efficiency = corrected.ess_fraction
+    if max_length is not None:
+        local, corrected = laws(max_length)
     values = {
         "exact_mean_log_prior": corrected.mean_log_prior,
         "exact_mean_reward": corrected.mean_reward,
         "exact_entropy": corrected.entropy,
         "exact_mean_length": corrected.mean_length,
         "exact_log_normalizer": corrected.log_normalizer,
-        "exact_imh_efficiency": corrected.ess_fraction,
+        "exact_imh_efficiency": efficiency,
         "exact_local_mean_log_prior": local.mean_log_prior,
         "exact_local_mean_reward": local.mean_reward,
         "exact_local_entropy": local.entropy,
@@ -181,7 +206,8 @@ def _run(out_dir: Path, settings: DemoSettings, progress: bool) -> tuple[dict[st
     grid = parse_grid(settings.families, settings.temperatures)
     kept, exact_by_config, skipped = [], {}, {}
     for a in grid:
-        values, reason = exact_values(models.alignment, a, settings.target, settings.min_ess_fraction)
+        values, reason = exact_values(models.alignment, a, settings.target, settings.min_ess_fraction,
+                                      max_length=settings.max_new_tokens)
         if values is None:
             skipped[str(a)] = reason
         else:
@@ -209,16 +235,20 @@ def _run(out_dir: Path, settings: DemoSettings, progress: bool) -> tuple[dict[st
     table = pd.read_parquet(scored)
     residual = (table["logp_prior"] + table["reward"] / models.beta - table["logp_aligned"]
                 - models.alignment.log_z)
-    finished = table["finished"].to_numpy()
-    identity_error = float(np.abs(residual[finished]).max()) if finished.any() else None
+    finished = table["finished"].to_numpy(bool)
+    if not finished.any():
+        raise PQError(f"no sampled string finished within max_new_tokens={settings.max_new_tokens}: raise it")
+    identity_error = float(np.abs(residual[finished]).max())
 
     t = time.perf_counter()
     notes = [
         f"Exact finite-state models: prior {models.prior.name}, reward {models.reward.name}, beta={models.beta:g}, "
         f"log Z = {models.alignment.log_z:.6f}. The identity log p(y) + r(y)/beta = log p+(y) + log Z holds on every "
-        f"sampled string up to {identity_error:.2e} (float32 logits).",
+        f"finished sampled string up to {identity_error:.2e} (float32 logits). Exact values are conditioned on "
+        f"finishing within max_new_tokens={settings.max_new_tokens}, as the analysis keeps finished strings only.",
     ]
-    lines = tradeoff_lines(models.alignment, kept, models.beta)
+    # The exact lines are those of the global temperature family: drawn only when that is the target.
+    lines = tradeoff_lines(models.alignment, kept, models.beta) if settings.target == "global" else []
     analysis = analysis_settings(target=settings.target, imh_steps=settings.imh_steps, corpora=settings.corpora,
                                  corpus_size=settings.corpus_size, seed=settings.seed)
     summary = run_analysis(table, out_dir, analysis, exact=exact_by_config, exact_lines=lines, notes=notes,

@@ -28,7 +28,7 @@ import torch
 from pqtradeoff.adaptors import Adaptor
 from pqtradeoff.corpus import GENERATED_SCHEMA, RUN_RECORD, write_shard
 from pqtradeoff.errors import PQError
-from pqtradeoff.io import run_record, write_json
+from pqtradeoff.io import remove_stale_temporaries, run_record, write_json
 from pqtradeoff.models.base import LanguageModel
 
 TOKEN_COLUMNS = pa.schema([
@@ -94,7 +94,11 @@ def sample_inverse_cdf(log_probs: torch.Tensor, uniforms: torch.Tensor) -> torch
     Accumulated in float64 so that the choice is stable across batch shapes.
     """
     cdf = torch.cumsum(log_probs.double().exp(), dim=-1)
-    target = uniforms.double().unsqueeze(-1) * cdf[:, -1:]
+    total = cdf[:, -1:]
+    if not bool(torch.isfinite(total).all()):
+        raise PQError("the model produced NaN or infinite logits while sampling (common with --dtype float16): "
+                      "use --dtype bfloat16 or float32")
+    target = uniforms.double().unsqueeze(-1) * total
     tokens = torch.searchsorted(cdf, target, right=True).squeeze(-1)
     return tokens.clamp_(max=log_probs.shape[-1] - 1)
 
@@ -127,6 +131,7 @@ def sample_batch(
     lengths = np.zeros(n, dtype=np.int64)
     finished = np.zeros(n, dtype=bool)
     logits, state = model.start(prompts)
+    end_ids = torch.tensor(model.end_ids(), dtype=torch.long, device=logits.device)
     active = np.arange(n)
     for t in range(max_new_tokens):
         step = adaptor.adapt(logits)
@@ -138,7 +143,7 @@ def sample_batch(
         scores[1, active, t] = step.logp.gather(-1, index).squeeze(-1).double().cpu().numpy()
         scores[2, active, t] = step.log_z.squeeze(-1).double().cpu().numpy()
         lengths[active] += 1
-        done = tokens == model.eos_token_id
+        done = torch.isin(tokens, end_ids)
         done_np = done.cpu().numpy()
         finished[active[done_np]] = True
         if t == max_new_tokens - 1 or done_np.all():
@@ -256,11 +261,12 @@ def generate_corpus(
         "adaptors": [str(a) for a in adaptors], "num_generations": num_generations,
         "max_new_tokens": max_new_tokens, "seed": seed, "batch_size": batch_size, "shard_rows": shard_rows,
         "save_token_logprobs": save_token_logprobs, "tokenizer_key": model.tokenizer_key,
-        "eos_token_id": model.eos_token_id, "num_prompts": len(prompts),
+        "eos_token_ids": list(model.end_ids()), "num_prompts": len(prompts),
     }
     record = run_record("generate", resolved)
     check_resumable(out_dir, record)
     out_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(out_dir)
     write_json(out_dir / RUN_RECORD, record)
 
     shards = list(plan_shards(prompts, adaptors, num_generations, shard_rows))

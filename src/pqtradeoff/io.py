@@ -57,6 +57,15 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
     return path
 
 
+def remove_stale_temporaries(directory: str | Path) -> int:
+    """Delete the hidden temporary files a killed run left in `directory` (one writer per folder is assumed)."""
+    removed = 0
+    for tmp in Path(directory).glob(".*.tmp"):
+        tmp.unlink(missing_ok=True)
+        removed += 1
+    return removed
+
+
 def _json_default(obj: Any) -> Any:
     if hasattr(obj, "item"):  # numpy / torch scalars
         return obj.item()

@@ -96,8 +96,12 @@ def read_field(path: Path, field: str) -> list[object]:
 def read_jsonl(path: Path, field: str) -> list[object]:
     """One JSON object per line; blank lines are skipped, a bad line is reported by its number."""
     values = []
-    with path.open(encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
+    with path.open("rb") as f:
+        for number, raw in enumerate(f, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                raise PQError(f"prompts file {str(path)!r} line {number}: not UTF-8 text") from None
             if not line.strip():
                 continue
             try:
@@ -131,10 +135,20 @@ def read_parquet(files: list[Path], field: str) -> list[object]:
     import pyarrow.parquet as pq
 
     values: list[object] = []
+    import pyarrow as pa
+
     for f in files:
-        names = pq.read_schema(f).names
-        values += column(f, field, names, lambda f=f: pq.read_table(f, columns=[field]).column(0).to_pylist())
+        try:
+            names = pq.read_schema(f).names
+            values += column(f, field, names, lambda f=f: pq.read_table(f, columns=[field]).column(0).to_pylist())
+        except (pa.ArrowInvalid, OSError) as err:
+            raise PQError(f"prompts file {str(f)!r}: not a readable Parquet file ({_first_line(err)})") from None
     return values
+
+
+def _first_line(err: Exception) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
 
 
 def read_arrow(files: list[Path], field: str) -> list[object]:

@@ -167,7 +167,9 @@ def _tradeoff(s: dict[str, Any], out_dir: Path) -> str:
     if t["defined"]:
         words = (f"Across the {t['n_configs']} configurations, each nat of prior log-probability given up buys "
                  f"{-t['slope']:.4g} units of reward on average (slope {t['slope']:.4g}, {t['confidence']:.0%} CI "
-                 f"{_ci(t['slope_ci'])}, R^2 {_num(t['r_squared'])}). The theory predicts a slope of about -beta.")
+                 f"{_ci(t['slope_ci'])}, R^2 {_num(t['r_squared'])}). This exchange rate across adaptors need not equal -beta: the theory's slope "
+                 f"-beta is that of the band on which one distribution's typical corpora lie, and each adaptor has its "
+                 f"own intercept (see the exact lines on the corpus-level panel, where a producer provides them).")
     else:
         words = "The trade-off fit is not available."
     note = f" {t['note']}." if t.get("note") else ""

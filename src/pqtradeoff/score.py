@@ -23,9 +23,9 @@ import torch
 from pqtradeoff.corpus import GENERATED_COLUMNS, RUN_RECORD, shard_files, write_shard
 from pqtradeoff.errors import PQError
 from pqtradeoff.generate import _progress, check_resumable
-from pqtradeoff.io import run_record, write_json
+from pqtradeoff.io import remove_stale_temporaries, run_record, write_json
 from pqtradeoff.models.base import LanguageModel
-from pqtradeoff.rewards import Reward
+from pqtradeoff.rewards import DPOReward, Reward
 
 PRIOR_CONTEXTS = ("prompt", "none")
 
@@ -60,7 +60,9 @@ def continuation_logprobs(
             for r, c in enumerate(conts):
                 targets[r, : len(c)] = torch.as_tensor(c, dtype=torch.long)
             picked = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1).float()
-            logp = (picked - torch.logsumexp(logits.float(), dim=-1)).double().cpu().numpy()
+            step = max(1, width // 8)  # logsumexp in slices of positions: its temporaries stay small
+            lse = torch.cat([torch.logsumexp(logits[:, t:t + step].float(), dim=-1) for t in range(0, width, step)], 1)
+            logp = (picked - lse).double().cpu().numpy()
         for r, i in enumerate(batch):
             out[i] = logp[r, : len(conts[r])].copy()
         batch.clear()
@@ -128,6 +130,9 @@ def score_corpus(
     files = shard_files(corpus_dir)
     if not files:
         raise PQError(f"corpus directory {str(corpus_dir)!r} holds no Parquet shards")
+    if isinstance(reward, DPOReward) and prior_context != "prompt":
+        raise PQError("reward='dpo' needs --prior-context prompt: the implicit DPO reward compares "
+                      "log pi(y|x) with log pi_ref(y|x), both given the prompt")
     corpus_settings = _corpus_settings(corpus_dir)
     aligned_key = corpus_settings.get("tokenizer_key")
     same_tokenizer = prior is not None and aligned_key is not None and aligned_key == prior.tokenizer_key
@@ -140,11 +145,11 @@ def score_corpus(
     record = run_record("score", resolved)
     check_resumable(out_dir, record)
     out_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(out_dir)
     write_json(out_dir / RUN_RECORD, record)
 
     todo = [f for f in files if not (out_dir / f.name).exists()]
     total = sum(pq.read_metadata(f).num_rows for f in todo)
-    report: dict[str, Any] = {"shards": {}}
     with _progress(progress, total, "score") as advance:
         for path in todo:
             table = pq.read_table(path)
@@ -154,6 +159,7 @@ def score_corpus(
             df = table.to_pandas()
             if prior is not None:
                 prompts, conts = prior_inputs(prior, df, prior_context, same_tokenizer)
+                _check_context(prior, prompts, conts, path.name)
                 per_token = continuation_logprobs(prior, prompts, conts, batch_size=batch_size,
                                                   max_batch_tokens=max_batch_tokens)
                 df["logp_prior"] = [float(np.sum(t)) for t in per_token]
@@ -161,19 +167,21 @@ def score_corpus(
                 df["prior_context"] = prior_context
             elif "logp_prior" not in df.columns:
                 raise PQError(f"shard {path.name!r} has no logp_prior column and no --prior was given")
+            elif isinstance(reward, DPOReward) and "prior_context" in df.columns and \
+                    (df["prior_context"] != "prompt").any():
+                raise PQError(f"shard {path.name!r}: its logp_prior was scored without the prompt; "
+                              "the DPO reward needs it scored with --prior-context prompt")
             values = np.asarray(reward(df), dtype=np.float64)
             if values.shape != (len(df),):
                 raise PQError(f"reward {reward.name!r} returned {values.shape} values for {len(df)} strings")
             df["reward"] = values
-            counts = {"rows": len(df), "reward_nonfinite": int((~np.isfinite(values)).sum()),
-                      "logp_prior_neg_inf": int(np.isneginf(df["logp_prior"].to_numpy()).sum())}
-            report["shards"][path.name] = counts
+            counts = _nonfinite_counts(df)
             for key in ("reward_nonfinite", "logp_prior_neg_inf"):
                 if counts[key]:
                     _warn(f"{path.name}: {counts[key]} of {len(df)} rows have {key.replace('_', ' ')}")
             write_shard(pa.Table.from_pandas(df, preserve_index=False), out_dir / path.name)
             advance(len(df))
-    _merge_report(out_dir, report)
+    _write_report(out_dir)
     return out_dir
 
 
@@ -183,14 +191,25 @@ def _warn(message: str) -> None:
     print(f"warning: {message}", file=sys.stderr)
 
 
-def _merge_report(out_dir: Path, report: dict[str, Any]) -> None:
-    """Keep `_score_report.json` cumulative across resumed runs: counts of non-finite values per shard."""
-    path = out_dir / "_score_report.json"
-    old = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {"shards": {}}
-    shards = old.get("shards", {}) | report["shards"]
-    totals: dict[str, int] = {}
-    for counts in shards.values():
-        for key, value in counts.items():
-            totals[key] = totals.get(key, 0) + int(value)
-    write_json(path, {"totals": totals, "shards": shards})
+def _nonfinite_counts(df: pd.DataFrame) -> dict[str, int]:
+    return {"rows": len(df), "reward_nonfinite": int((~np.isfinite(df["reward"].to_numpy(float))).sum()),
+            "logp_prior_neg_inf": int(np.isneginf(df["logp_prior"].to_numpy(float)).sum())}
 
+
+def _write_report(out_dir: Path) -> None:
+    """`_score_report.json`: counts of non-finite scores per shard, recounted from every scored shard on disk,
+    so a resumed run reports the shards an interrupted run wrote too."""
+    shards = {f.name: _nonfinite_counts(pq.read_table(f, columns=["reward", "logp_prior"]).to_pandas())
+              for f in shard_files(out_dir)}
+    totals = {key: sum(c[key] for c in shards.values()) for key in ("rows", "reward_nonfinite", "logp_prior_neg_inf")}
+    write_json(out_dir / "_score_report.json", {"totals": totals, "shards": shards})
+
+
+def _check_context(prior: LanguageModel, prompts: list[list[int]], conts: list[list[int]], shard: str) -> None:
+    """A prior cannot score past its context: refuse rather than crash or extrapolate positions silently."""
+    if prior.max_length is None:
+        return
+    for i, (p, c) in enumerate(zip(prompts, conts, strict=True)):
+        if len(p) + len(c) > prior.max_length:
+            raise PQError(f"shard {shard!r} row {i}: prompt + continuation is {len(p) + len(c)} tokens, longer "
+                          f"than the prior's context of {prior.max_length}")

@@ -52,7 +52,7 @@ def _print_summary(summary: dict, timings: dict[str, float], out: Path) -> None:
     console = Console()
     table = Table(title="IMH-corrected means (± standard error) against the exact values")
     for col in ("family", "T", "mean log prior", "exact", "mean reward", "exact"):
-        table.add_column(col, justify="left" if col == "family" else "right", no_wrap=True)
+        table.add_column(col, justify="left" if col == "family" else "right", no_wrap=col == "family")
     for c in summary["configs"]:
         table.add_row(c["family"], f"{c['temperature']:g}",
                       f"{c['mean_log_prior']:.3f} ± {c['mean_log_prior_se']:.3f}", f"{c['exact_mean_log_prior']:.3f}",

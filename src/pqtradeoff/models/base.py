@@ -19,6 +19,9 @@ class LanguageModel(ABC):
 
     #: id of the end-of-string token; a continuation that emits it is `finished`.
     eos_token_id: int
+    #: every id that ends a string, when there are several (chat models end a turn with their own token);
+    #: empty means just `eos_token_id`. Use `end_ids()`.
+    eos_token_ids: tuple[int, ...] = ()
     #: size of the last axis of the logits.
     vocab_size: int
     #: a string that is equal for two models exactly when they tokenize identically (scoring by token ids
@@ -26,6 +29,10 @@ class LanguageModel(ABC):
     tokenizer_key: str
     #: longest prompt + continuation the model accepts (None: unbounded).
     max_length: int | None = None
+
+    def end_ids(self) -> tuple[int, ...]:
+        """The ids that end a string (`eos_token_id` first)."""
+        return self.eos_token_ids or (self.eos_token_id,)
 
     # --------------------------------------------------------------------------------------- tokenization
     @abstractmethod

@@ -155,6 +155,20 @@ class HFState:
     next_position: torch.Tensor  # [B] long
 
 
+def end_of_string_ids(tokenizer: Any, model: Any) -> list[int]:
+    """Every id that ends a string: the tokenizer's EOS first, then those of the model config and its
+    generation_config (chat models end a turn with e.g. `<|eot_id|>` or `<end_of_turn>`). Sampling settings of
+    the generation_config are never read."""
+    ids: list[int] = []
+    sources = [tokenizer.eos_token_id, getattr(model.config, "eos_token_id", None),
+               getattr(getattr(model, "generation_config", None), "eos_token_id", None)]
+    for value in sources:
+        for i in (value if isinstance(value, (list, tuple)) else [value]):
+            if i is not None and int(i) not in ids:
+                ids.append(int(i))
+    return ids
+
+
 class HFModel(LanguageModel):
     """An `AutoModelForCausalLM` checkpoint as a `LanguageModel` (float32 logits, KV-cached decoding)."""
 
@@ -189,16 +203,17 @@ class HFModel(LanguageModel):
         self._keep_arg = next((n for n in ("logits_to_keep", "num_logits_to_keep") if n in self._params), None)
 
         tok = self.tokenizer
-        eos = tok.eos_token_id if tok.eos_token_id is not None else self.model.config.eos_token_id
-        if isinstance(eos, list):
-            eos = eos[0]
-        if eos is None:
+        eos_ids = end_of_string_ids(tok, self.model)
+        if not eos_ids:
             raise PQError(f"model {self.name!r} has no EOS token: strings could never end")
-        self.eos_token_id = int(eos)
+        self.eos_token_id, self.eos_token_ids = eos_ids[0], tuple(eos_ids)
         self.bos_token_id = tok.bos_token_id
-        self.pad_token_id = int(tok.pad_token_id) if tok.pad_token_id is not None else self.eos_token_id
         head = self.model.get_output_embeddings()
         self.vocab_size = int(head.weight.shape[0]) if head is not None else int(self.model.config.vocab_size)
+        pad = tok.pad_token_id
+        # Padding is masked, but still goes through the embedding: an id the embedding lacks (a `<pad>` added to
+        # the tokenizer without resizing the model) would crash, so pad with EOS then.
+        self.pad_token_id = int(pad) if pad is not None and 0 <= pad < self.vocab_size else self.eos_token_id
         self.tokenizer_key = tokenizer_key(tok)
         self.max_length = self._context_length()
 
@@ -351,8 +366,9 @@ class HFRewardModel:
         if not 0 <= self.label < num_labels:
             raise PQError(f"label={label!r} is out of range: reward model {self.path!r} has {num_labels} labels")
         tok = self.tokenizer
+        embeddings = self.model.get_input_embeddings().weight.shape[0]
         pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-        self.pad_token_id = int(pad) if pad is not None else 0
+        self.pad_token_id = int(pad) if pad is not None and 0 <= pad < embeddings else 0  # masked anyway
         config = self.model.config
         limit = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
         self.max_length = int(limit) if isinstance(limit, int) and limit > 0 else None
