@@ -145,6 +145,15 @@ def test_exact_values_condition_on_finishing_within_the_token_limit(tmp_path):
     """Strings cut at --max-new-tokens are dropped by the analysis; the exact values must match that law."""
     tiny = dict(families=["ancestral", "top_k=3"], temperatures=[0.5, 1.0], num_generations=600, batch_size=600,
                 imh_steps=8000, corpora=20, corpus_size=100, max_new_tokens=4)
-    summary, _ = run_demo(tmp_path, make_settings(**tiny), progress=False)
+    settings = make_settings(**tiny)
+    summary, _ = run_demo(tmp_path, settings, progress=False)
     assert summary["input"]["unfinished"] > 0
     assert np.abs(_z_scores(summary)).max() < 5
+    from pqtradeoff.adaptors import parse
+    from pqtradeoff.demo import build_models, cut_probability
+
+    alignment = build_models(settings).alignment
+    for c in summary["configs"]:  # the closed-form cut-off mass matches the fraction of strings cut
+        p = cut_probability(alignment, parse(c["adaptor"]), 4)
+        cut = c["dropped_why"].get("unfinished", 0) / c["n_rows"]
+        assert abs(cut - p) < 5 * np.sqrt(p * (1 - p) / c["n_rows"]) + 1e-9, (c["adaptor"], cut, p)

@@ -142,7 +142,7 @@ def exact_values(
                       f"IMH efficiency {corrected.ess_fraction:.3g} < {min_ess_fraction:g}): no finite pool "
                       "can correct towards it reliably")
     efficiency = corrected.ess_fraction
-    if max_length is not None:
+    if max_length is not None and cut_probability(alignment, adaptor, max_length) > 1e-12:
         local, corrected = laws(max_length)
     values = {
         "exact_mean_log_prior": corrected.mean_log_prior,
@@ -156,6 +156,18 @@ def exact_values(
         "exact_local_entropy": local.entropy,
     }
     return values, None
+
+
+def cut_probability(alignment: Any, adaptor: Adaptor, max_length: int) -> float:
+    """Probability that sampling (the local adaptor) has not emitted EOS after `max_length` tokens: the
+    mass `generate` cuts off. Where it is negligible, conditioning on finishing changes nothing measurable
+    and the (slower) bounded closed forms are not needed."""
+    tables = exact.adapted_tables(alignment.aligned, adaptor)
+    model = alignment.aligned
+    q = exact.transition_matrix(exact.WeightedAutomaton(model.next_state, tables.log_probs, model.eos_token_id))
+    start = np.zeros(q.shape[0])
+    start[model.start_state] = 1.0
+    return float((start @ np.linalg.matrix_power(q, max_length)).sum())
 
 
 def tradeoff_lines(alignment: Any, adaptors: list[Adaptor], beta: float) -> list[dict[str, Any]]:
