@@ -270,3 +270,12 @@ def test_kill_9_then_rerun_is_byte_identical_to_an_uninterrupted_run(tiny_hf, tm
         assert (killed / name).read_bytes() == (tmp_path / "whole" / name).read_bytes(), name
     df = pd.read_parquet(killed)
     assert len(df) == len(specs) * 12 * 2 and not df.duplicated(["adaptor", "prompt_id", "sample_id"]).any()
+
+
+def test_resume_with_other_settings_is_refused_before_loading_the_model(tiny_hf, tmp_path, monkeypatch, capsys):
+    prompts = write_prompts(tmp_path / "p.jsonl", ["hello world the", "a cat sat"])
+    common = ["generate", "--prompts", prompts, "--num-generations", 1, "--max-new-tokens", 4,
+              "--adaptor", "top_k=5", "--device", "cpu", "--no-progress", "--out", tmp_path / "c"]
+    assert cli(monkeypatch, capsys, *common, "--model", tiny_hf.llama, "--seed", 1)[0] == 0
+    code, _, err = cli(monkeypatch, capsys, *common, "--model", tmp_path / "no-such-model", "--seed", 2)
+    assert code == 2 and "holds a run made with model=" in err and "cannot load" not in err

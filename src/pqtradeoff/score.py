@@ -76,6 +76,13 @@ def continuation_logprobs(
     return [o if o is not None else np.zeros(0) for o in out]
 
 
+def check_dpo_context(is_dpo: bool, prior_context: str) -> None:
+    """The implicit DPO reward compares log pi(y|x) with log pi_ref(y|x): both must be given the prompt."""
+    if is_dpo and prior_context != "prompt":
+        raise PQError("reward='dpo' needs --prior-context prompt: the implicit DPO reward compares "
+                      "log pi(y|x) with log pi_ref(y|x), both given the prompt")
+
+
 def _corpus_settings(corpus_dir: Path) -> dict[str, Any]:
     path = corpus_dir / RUN_RECORD
     if not path.exists():
@@ -130,9 +137,7 @@ def score_corpus(
     files = shard_files(corpus_dir)
     if not files:
         raise PQError(f"corpus directory {str(corpus_dir)!r} holds no Parquet shards")
-    if isinstance(reward, DPOReward) and prior_context != "prompt":
-        raise PQError("reward='dpo' needs --prior-context prompt: the implicit DPO reward compares "
-                      "log pi(y|x) with log pi_ref(y|x), both given the prompt")
+    check_dpo_context(isinstance(reward, DPOReward), prior_context)
     corpus_settings = _corpus_settings(corpus_dir)
     aligned_key = corpus_settings.get("tokenizer_key")
     same_tokenizer = prior is not None and aligned_key is not None and aligned_key == prior.tokenizer_key

@@ -56,22 +56,26 @@ def generate(
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
-    from pqtradeoff.generate import PromptRecord, generate_corpus
+    from pqtradeoff.generate import PromptRecord, check_resumable, generate_corpus
     from pqtradeoff.models.hf import HFModel
 
+    digest = hashlib.sha256("\n".join(f"{i}\t{t}" for i, t in rows).encode()).hexdigest()
+    settings = {
+        "model": model, "prompts_file": str(Path(prompts).resolve()), "prompt_field": prompt_field,
+        "prompt_sample_size": num_prompts, "prompt_seed": prompt_seed, "max_prompt_chars": max_prompt_chars,
+        "prompts_sha256": digest, "template": template, "chat_template": chat_template,
+        "device": device, "dtype": dtype, "requested_batch_size": batch_size, "max_batch_tokens": max_batch_tokens,
+    }
+    # Refuse a resume with other settings before spending minutes loading a large model.
+    check_resumable(out, {"settings": settings | {
+        "adaptors": [str(a) for a in adaptors], "num_generations": num_generations,
+        "max_new_tokens": max_new_tokens, "seed": seed, "save_token_logprobs": save_token_logprobs}})
     lm = HFModel(model, device=device, dtype=dtype, template=template, chat_template=chat_template)
     records = [PromptRecord(i, text, lm.encode_prompt(text)) for i, text in rows]
     effective = batch_size
     if max_batch_tokens is not None:
         longest = max(len(r.token_ids) for r in records) + max_new_tokens
         effective = max(1, min(batch_size, max_batch_tokens // longest))
-    digest = hashlib.sha256("\n".join(f"{i}\t{t}" for i, t in rows).encode()).hexdigest()
-    settings = {
-        "model": model, "prompts_file": str(prompts), "prompt_field": prompt_field,
-        "prompt_sample_size": num_prompts, "prompt_seed": prompt_seed, "max_prompt_chars": max_prompt_chars,
-        "prompts_sha256": digest, "template": template, "chat_template": chat_template,
-        "device": device, "dtype": dtype, "requested_batch_size": batch_size, "max_batch_tokens": max_batch_tokens,
-    }
     path = generate_corpus(lm, records, adaptors, num_generations=num_generations, max_new_tokens=max_new_tokens,
                            seed=seed, batch_size=effective, out_dir=out, settings=settings,
                            save_token_logprobs=save_token_logprobs, progress=progress)

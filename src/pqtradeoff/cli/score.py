@@ -71,6 +71,15 @@ def score(
         raise PQError("give exactly one of --reward-model NAME_OR_PATH or --reward dpo|vader|python:module:function")
     made = corpus_settings(corpus_dir)
     template, chat = made.get("template"), bool(made.get("chat_template", False))
+    from pqtradeoff.generate import check_resumable
+    from pqtradeoff.score import check_dpo_context
+
+    check_dpo_context(reward == "dpo", prior_context)
+
+    # Refuse a resume with other settings before loading the prior and the reward model.
+    check_resumable(out, {"settings": {"prior": prior, "reward_model": reward_model, "reward_kind": reward,
+                                       "beta": beta, "prior_context": prior_context,
+                                       "corpus_dir": str(corpus_dir)}})
 
     if not progress:
         from transformers.utils import logging as hf_logging
