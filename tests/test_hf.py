@@ -192,3 +192,15 @@ def test_every_end_of_string_id_is_collected(tiny_hf):
     model = HFModel(str(tiny_hf.llama), device="cpu", dtype="float32")
     model.model.generation_config.eos_token_id = [model.eos_token_id, 7]
     assert end_of_string_ids(model.tokenizer, model.model) == [model.eos_token_id, 7]
+
+
+def test_reward_model_warns_when_it_cuts_a_long_text(tiny_hf, capsys):
+    import pandas as pd
+
+    from pqtradeoff.models.hf import HFRewardModel
+
+    rm = HFRewardModel(str(tiny_hf.reward), device="cpu", batch_size=2)
+    batch = pd.DataFrame({"prompt": ["hello", "hello"], "text": ["the cat sat", " ".join(["the cat sat"] * 80)]})
+    scores = rm(batch)
+    assert np.isfinite(scores).all() and rm.truncated == 1
+    assert "1 of 2 texts are longer than its context" in capsys.readouterr().err

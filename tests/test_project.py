@@ -32,3 +32,22 @@ def test_cli_help_and_one_line_errors():
     assert out.returncode == 0
     for command in ("toy", "analyze", "generate", "score", "demo"):
         assert command in out.stdout
+
+
+def test_out_of_memory_is_a_one_line_error(monkeypatch, capsys):
+    import pytest
+
+    from pqtradeoff import cli
+
+    class OutOfMemoryError(RuntimeError):  # the name torch.cuda uses
+        pass
+
+    def boom():
+        raise OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+    monkeypatch.setattr(cli, "app", boom)
+    with pytest.raises(SystemExit) as stop:
+        cli.main()
+    assert stop.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "ran out of memory" in err[0]

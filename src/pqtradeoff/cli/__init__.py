@@ -48,3 +48,9 @@ def main() -> None:
     except PQError as err:
         typer.echo(f"error: {err}", err=True)
         sys.exit(2)
+    except RuntimeError as err:
+        if type(err).__name__ != "OutOfMemoryError":  # torch.cuda.OutOfMemoryError, without importing torch
+            raise
+        typer.echo("error: the accelerator ran out of memory: lower --batch-size or --max-batch-tokens, or use "
+                   "--dtype bfloat16", err=True)
+        sys.exit(2)

@@ -373,6 +373,7 @@ class HFRewardModel:
         limit = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
         self.max_length = int(limit) if isinstance(limit, int) and limit > 0 else None
         self.name = f"reward_model({self.path})"
+        self.truncated = 0  # texts cut from the left to fit the context (warned about as it happens)
         # Decoder reward models (a linear `score` head on the last token) are read at the last real token;
         # encoder classifiers pool their first token and are called as they are.
         self._head = getattr(self.model, "score", None)
@@ -397,7 +398,16 @@ class HFRewardModel:
         rows = [list(self.tokenizer(t, add_special_tokens=special)["input_ids"]) for t in texts]
         if any(len(r) == 0 for r in rows):
             raise PQError(f"reward model {self.path!r}: a prompt + completion encodes to no tokens")
-        return [r[-self.max_length:] if self.max_length else r for r in rows]
+        if self.max_length:
+            cut = sum(len(r) > self.max_length for r in rows)
+            if cut:
+                import sys
+
+                print(f"warning: reward model {self.path!r}: {cut} of {len(rows)} texts are longer than its "
+                      f"context of {self.max_length} tokens; their beginnings were cut", file=sys.stderr)
+                self.truncated += cut
+            rows = [r[-self.max_length:] for r in rows]
+        return rows
 
     @torch.inference_mode()
     def score_ids(self, rows: list[list[int]]) -> np.ndarray:
