@@ -131,11 +131,13 @@ def test_generation_kwargs_build_the_same_processors_inside_generate() -> None:
     model = GPT2LMHeadModel(config)
     model.generation_config = GenerationConfig(
         do_sample=True, temperature=0.6, top_k=7, top_p=0.5, min_p=0.3, typical_p=0.5,
-        epsilon_cutoff=0.01, eta_cutoff=0.01, bos_token_id=0, eos_token_id=1,
+        epsilon_cutoff=0.01, eta_cutoff=0.01, bos_token_id=0, eos_token_id=1, repetition_penalty=1.3,
     )
     logits = lm_like_logits((5, vocab), seed=4)
     for spec in ["ancestral", "temperature=1.5", "top_k=30", "temperature=0.75,top_p=0.95", "min_p=0.05",
-                 "typical_p=0.9", "eta_cutoff=0.0009", "epsilon_cutoff=0.0003"]:
+                 "typical_p=0.9", "eta_cutoff=0.0009", "epsilon_cutoff=0.0003",
+                 # every warper at once: checks generate's order, not only each warper
+                 "temperature=0.8,top_k=20,top_p=0.9,min_p=0.02,typical_p=0.95,epsilon_cutoff=0.0001,eta_cutoff=0.0005"]:
         adaptor = parse(spec)
         prepared, _ = model._prepare_generation_config(GenerationConfig(**adaptor.generation_kwargs()))
         processors = model._get_logits_processor(generation_config=prepared, device="cpu")
@@ -189,7 +191,7 @@ def test_canonical_str_orders_as_generate_applies() -> None:
 
 
 def test_parse_grid_crosses_temperatures_and_drops_duplicates() -> None:
-    grid = parse_grid(["ancestral", "top_k=30", "temperature=0.5,top_k=30"], temperatures=[0.5, 1.0])
+    grid = parse_grid(["ancestral", "top_k=30", "top_k=30"], temperatures=[0.5, 1.0])
     assert [str(a) for a in grid] == [
         "temperature=0.5", "temperature=1.0", "temperature=0.5,top_k=30", "temperature=1.0,top_k=30",
     ]
@@ -305,3 +307,16 @@ def test_temperature_one_without_truncation_is_the_identity(logits: torch.Tensor
     assert torch.equal(adaptor.log_probs(logits), want)
     assert torch.equal(adaptor.log_weights(logits), want)
     assert bool(adaptor.support(logits).all())
+
+
+def test_tiny_temperature_with_truncation_keeps_the_top_token() -> None:
+    """logits / T can overflow to +inf: the kept token must stay kept (no NaN row)."""
+    out = parse("temperature=1e-39,top_k=2").log_probs(torch.tensor([5.0, 1.0, -2.0]))
+    assert out.tolist() == [0.0, float("-inf"), float("-inf")]
+
+
+def test_parse_grid_refuses_a_temperature_twice() -> None:
+    with pytest.raises(PQError, match="sets a temperature and temperatures are crossed"):
+        parse_grid(["temperature=0.5,top_k=30"], [1.0])
+    assert [str(a) for a in parse_grid(["top_k=30"], [0.5, 1.0])] == ["temperature=0.5,top_k=30",
+                                                                      "temperature=1.0,top_k=30"]

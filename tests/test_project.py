@@ -27,11 +27,14 @@ def test_readme_has_two_setup_commands_and_ci_runs_the_test_one():
     assert tests in ci.splitlines()
 
 
-def test_cli_help_and_one_line_errors():
+def test_cli_help_lists_every_command_and_bad_input_is_one_line():
     out = subprocess.run([sys.executable, "-m", "pqtradeoff", "--help"], capture_output=True, text=True)
     assert out.returncode == 0
     for command in ("toy", "analyze", "generate", "score", "demo"):
         assert command in out.stdout
+    bad = subprocess.run([sys.executable, "-m", "pqtradeoff", "demo", "--family", "top_k=0"], capture_output=True,
+                         text=True)
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "top_k=0" in bad.stderr, bad.stderr
 
 
 def test_out_of_memory_is_a_one_line_error(monkeypatch, capsys):

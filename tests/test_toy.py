@@ -154,6 +154,16 @@ def test_cli_bad_option_is_one_line_exit_2(monkeypatch, capsys, tmp_path, option
     assert not (tmp_path / "o" / toy.SUMMARY).exists()
 
 
+def test_cli_extreme_noise_and_out_that_is_a_file_are_one_line_errors(monkeypatch, capsys, tmp_path) -> None:
+    code = run_main(monkeypatch, ["toy", "--out", str(tmp_path / "o"), *SMALL, "--noise", "1000"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: noise=1000.0 is too large") and err.count("\n") == 1, err
+    (tmp_path / "afile").write_text("x")
+    code = run_main(monkeypatch, ["toy", "--out", str(tmp_path / "afile"), *SMALL])
+    err = capsys.readouterr().err
+    assert code == 2 and "is a file, not a folder" in err and err.count("\n") == 1, err
+
+
 def test_cli_same_seed_same_bytes_and_figures(monkeypatch, capsys, tmp_path) -> None:
     out = tmp_path / "toy"
     assert run_main(monkeypatch, ["toy", "--out", str(out), *SMALL, "--seed", "11"]) == 0

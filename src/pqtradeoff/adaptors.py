@@ -100,7 +100,10 @@ class Adaptor:
         then the global defaults (top_k=50!), so an adaptor that is off must be passed as the value that
         `_get_logits_processor` skips: top_k=0, top_p=1.0, typical_p=1.0, epsilon_cutoff=0.0, eta_cutoff=0.0;
         min_p has no skipped value, and min_p=0.0 is an exact no-op warper. tests/test_adaptors.py checks this
-        against a model whose own generation_config sets every one of them.
+        against a model whose own generation_config sets every one of them. repetition_penalty and
+        no_repeat_ngram_size are turned off too; `top_h` has no off value once a model's config sets it, so a
+        caller of `generate` should still check the processor list it builds. (The pipeline itself never calls
+        `generate`: it samples from `adapt`.)
         """
         off: dict[str, float | int] = {
             "top_k": 0, "top_p": 1.0, "min_p": 0.0, "typical_p": 1.0, "epsilon_cutoff": 0.0, "eta_cutoff": 0.0,
@@ -110,6 +113,8 @@ class Adaptor:
             value = getattr(self, name)
             kwargs[name] = off[name] if value is None else value
         kwargs["do_sample"] = True
+        kwargs["repetition_penalty"] = 1.0  # chat checkpoints ship e.g. 1.05 in their generation_config
+        kwargs["no_repeat_ngram_size"] = 0
         return kwargs
 
     # ----------------------------------------------------------------------------------------- computation
@@ -157,7 +162,7 @@ class Adaptor:
         for chunk in flat.split(max(1, CHUNK_ELEMENTS // flat.shape[-1])):
             for proc in procs:
                 chunk = proc(None, chunk)
-            masks.append(torch.isfinite(chunk))
+            masks.append(chunk > float("-inf"))  # kept: not filtered (+inf from a tiny T counts as kept)
         return torch.cat(masks).reshape(logits.shape)
 
     def adapt(self, logits: torch.Tensor) -> AdaptedStep:
@@ -188,7 +193,9 @@ class Adaptor:
 
 
 class AdaptedStep(NamedTuple):
-    """The four views of one next-token distribution, all shaped like the logits except `log_z` (..., 1)."""
+    """The four views of one next-token distribution, all shaped like the logits except `log_z` (..., 1).
+
+    Read-only: for plain ancestral sampling the three distributions are one and the same tensor."""
 
     logp: torch.Tensor  # log_softmax(logits): the model itself, T=1, no truncation
     log_weights: torch.Tensor  # globally normalized adaptor's weights before renormalizing
@@ -236,6 +243,10 @@ def parse_grid(specs: list[str], temperatures: list[float] | None = None) -> lis
     """Parse several specs; with `temperatures`, cross each spec (without a temperature) with each temperature."""
     adaptors = [parse(s) for s in specs]
     if temperatures:
+        for spec, a in zip(specs, adaptors, strict=True):
+            if a.temperature != 1.0:
+                raise PQError(f"adaptor spec {spec!r} sets a temperature and temperatures are crossed in too: "
+                              "give the spec without its temperature")
         crossed = []
         for a in adaptors:
             for t in temperatures:

@@ -13,6 +13,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from pqtradeoff.errors import PQError
+
 TRACKED_PACKAGES = (
     "pqtradeoff", "numpy", "scipy", "pandas", "pyarrow", "pydantic", "matplotlib",
     "torch", "transformers", "tokenizers", "vadersentiment",
@@ -43,7 +45,10 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
     starts with '.', which pyarrow's dataset discovery ignores.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise PQError(f"cannot write {str(path)!r}: {str(path.parent)!r} is a file, not a folder") from None
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)

@@ -147,6 +147,9 @@ def make_model(settings: ToySettings, rng: np.random.Generator) -> ToyModel:
         )
     noise = rng.uniform(-settings.noise, settings.noise, settings.n_strings)
     prior = softmax(posterior ** (1.0 / settings.exponent) + noise)
+    if not (prior > 0).all():
+        raise PQError(f"noise={settings.noise!r} is too large: the prior gives some strings probability 0 "
+                      "(their reward log(p+/p) is undefined); use a smaller noise")
     reward = np.log(posterior) - np.log(prior)
     return ToyModel(posterior=posterior, prior=prior, reward=reward)
 
