@@ -16,7 +16,8 @@ from __future__ import annotations
 import hashlib
 import math
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -106,6 +107,8 @@ def sample_inverse_cdf(log_probs: torch.Tensor, uniforms: torch.Tensor) -> torch
 # ------------------------------------------------------------------------------------------------- sampling
 @dataclass
 class SampledRow:
+    """One sampled continuation: its tokens (EOS included when emitted) and its per-step and summed scores."""
+
     token_ids: list[int]
     finished: bool
     logq: float
@@ -272,7 +275,7 @@ def generate_corpus(
     shards = list(plan_shards(prompts, adaptors, num_generations, shard_rows))
     todo = [s for s in shards if not (out_dir / s[0]).exists()]
     total_rows = sum(len(rows) for _, _, rows in todo)
-    with _progress(progress, total_rows, "generate") as advance:
+    with progress_bar(progress, total_rows, "generate") as advance:
         for name, adaptor, rows in todo:
             sampled: list[SampledRow] = []
             for start in range(0, len(rows), batch_size):
@@ -286,23 +289,14 @@ def generate_corpus(
     return out_dir
 
 
-class _progress:
-    """A rich progress bar with ETA (or nothing), used as `with _progress(on, total, label) as advance`."""
+@contextmanager
+def progress_bar(enabled: bool, total: int, label: str) -> Iterator[Callable[[int], None]]:
+    """A rich progress bar with ETA (or nothing): `with progress_bar(on, total, label) as advance: advance(n)`."""
+    if not enabled or total == 0:
+        yield lambda n: None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    def __init__(self, enabled: bool, total: int, label: str) -> None:
-        self.enabled, self.total, self.label, self.bar = enabled, total, label, None
-
-    def __enter__(self):
-        if not self.enabled or self.total == 0:
-            return lambda n: None
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-        self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                            TimeRemainingColumn(), transient=False)
-        self.bar.start()
-        task = self.bar.add_task(self.label, total=self.total)
-        return lambda n: self.bar.advance(task, n)
-
-    def __exit__(self, *exc) -> None:
-        if self.bar is not None:
-            self.bar.stop()
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()) as bar:
+        task = bar.add_task(label, total=total)
+        yield lambda n: bar.advance(task, n)

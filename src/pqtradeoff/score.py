@@ -22,7 +22,7 @@ import torch
 
 from pqtradeoff.corpus import GENERATED_COLUMNS, RUN_RECORD, shard_files, write_shard
 from pqtradeoff.errors import PQError
-from pqtradeoff.generate import _progress, check_resumable
+from pqtradeoff.generate import check_resumable, progress_bar
 from pqtradeoff.io import remove_stale_temporaries, run_record, write_json
 from pqtradeoff.models.base import LanguageModel
 from pqtradeoff.rewards import DPOReward, Reward
@@ -155,7 +155,7 @@ def score_corpus(
 
     todo = [f for f in files if not (out_dir / f.name).exists()]
     total = sum(pq.read_metadata(f).num_rows for f in todo)
-    with _progress(progress, total, "score") as advance:
+    with progress_bar(progress, total, "score") as advance:
         for path in todo:
             table = pq.read_table(path)
             missing = [c for c in GENERATED_COLUMNS if c not in table.column_names]
