@@ -96,6 +96,16 @@ def _legend_keys(ax: plt.Axes, families: list[str], colour: dict[str, Any], mark
         ax.scatter([], [], color="grey", marker=m, label=f"T = {t:g}")
 
 
+def _finish(fig: plt.Figure, ax: plt.Axes, title: str, xlabel: str, ylabel: str, path: Path) -> str:
+    """Title, axis labels and a compact two-column legend; save the figure."""
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.legend(fontsize=6, ncol=2)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
 def corpus_level(corpora: pd.DataFrame, summary: dict[str, Any], path: Path) -> str:
     """Corpora: mean reward against mean log prior; colour = family, marker = temperature, pooled line."""
     configs = summary["configs"]
@@ -123,12 +133,8 @@ def corpus_level(corpora: pd.DataFrame, summary: dict[str, Any], path: Path) -> 
     ax.set_xlim(xlim)
     ax.set_ylim(ylim)
     _legend_keys(ax, families, colour, marker)
-    ax.set_title("Corpus level: bootstrapped corpora from the IMH-corrected chains")
-    ax.set_xlabel("corpus mean log prior probability")
-    ax.set_ylabel("corpus mean reward")
-    ax.legend(fontsize=6, ncol=2)
-    fig.tight_layout()
-    return _save(fig, path)
+    return _finish(fig, ax, "Corpus level: bootstrapped corpora from the IMH-corrected chains",
+                   "corpus mean log prior probability", "corpus mean reward", path)
 
 
 def frontier(summary: dict[str, Any], path: Path) -> str:
@@ -151,12 +157,8 @@ def frontier(summary: dict[str, Any], path: Path) -> str:
         grid = np.array(ax.get_xlim())
         ax.plot(grid, t["slope"] * grid + t["intercept"], ls=":", color="grey", label=f"fit across configs: slope {t['slope']:+.3f}")
     _legend_keys(ax, families, colour, marker)
-    ax.set_title("Trade-off across configurations (IMH-corrected means +- 1 s.e.)")
-    ax.set_xlabel("mean log prior probability")
-    ax.set_ylabel("mean reward")
-    ax.legend(fontsize=6, ncol=2)
-    fig.tight_layout()
-    return _save(fig, path)
+    return _finish(fig, ax, "Trade-off across configurations (IMH-corrected means +- 1 s.e.)",
+                   "mean log prior probability", "mean reward", path)
 
 
 def draw_all(data: pd.DataFrame, corpora: pd.DataFrame, summary: dict[str, Any], out_dir: Path) -> dict[str, str]:
