@@ -146,7 +146,8 @@ def test_exact_values_condition_on_finishing_within_the_token_limit(tmp_path):
     tiny = dict(families=["ancestral", "top_k=3"], temperatures=[0.5, 1.0], num_generations=600, batch_size=600,
                 imh_steps=8000, corpora=20, corpus_size=100, max_new_tokens=4)
     settings = make_settings(**tiny)
-    summary, _ = run_demo(tmp_path, settings, progress=False)
+    with pytest.warns(UserWarning, match="excluded [0-9]+ unfinished string"):
+        summary, _ = run_demo(tmp_path, settings, progress=False)
     assert summary["input"]["unfinished"] > 0
     assert np.abs(_z_scores(summary)).max() < 5
     from pqtradeoff.adaptors import parse
