@@ -66,7 +66,7 @@ def make_prompts(lm: HFModel, n: int) -> list[PromptRecord]:
 def plain_generate(lm: HFModel, prompts: list[PromptRecord], new_tokens: int, batch: int) -> int:
     """transformers' generate with every sampling parameter stated; returns the number of new tokens."""
     kwargs = parse(SPEC).generation_kwargs() | {
-        "num_beams": 1, "repetition_penalty": 1.0, "no_repeat_ngram_size": 0, "min_new_tokens": 0,
+        "num_beams": 1, "min_new_tokens": 0,
         "max_new_tokens": new_tokens, "pad_token_id": lm.pad_token_id, "eos_token_id": lm.eos_token_id,
         "use_cache": True,
     }

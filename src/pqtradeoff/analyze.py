@@ -6,7 +6,8 @@ Public API (also used by the exact-model demo):
   bad value into a one-line PQError naming the field.
 - `clean_table(table, settings)`: validate and filter a scored-corpus DataFrame (missing columns -> PQError;
   NaN/inf values and unfinished strings dropped, counted, and warned about by column).
-- `run_analysis(table, out_dir, settings, exact=None, exact_lines=None, notes=None, skipped=None)`: run
+- `run_analysis(table, out_dir, settings, exact=None, exact_lines=None, notes=None, skipped=None, source=None,
+  extra=None)`: run
   everything on a DataFrame with the scored-corpus columns and write summary.json, corpora.parquet, the
   figures and report.html atomically under out_dir; returns the summary dict.
 - `analyze_dir(scored_dir, out_dir, settings)`: the same, reading a scored-corpus directory (the CLI).
@@ -20,7 +21,7 @@ import json
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -45,7 +46,7 @@ class AnalysisSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    target: Literal["global", "aligned", "none"] = "global"
+    target: correct.Target = "global"
     corpora: int = Field(2000, ge=1, description="bootstrapped corpora per configuration")
     corpus_size: int = Field(2000, ge=1, description="strings per bootstrapped corpus")
     imh_steps: int = Field(200_000, ge=2, description="IMH chain length per configuration")
@@ -275,7 +276,7 @@ def run_analysis(
     messages = list(input_report["warnings"])
     configs: list[dict[str, Any]] = []
     corpus_frames: list[pd.DataFrame] = []
-    read_counts = table.assign(adaptor=_canonical_adaptors(table["adaptor"]))["adaptor"].value_counts()
+    read_counts = _canonical_adaptors(table["adaptor"]).value_counts()
     groups = dict(tuple(data.groupby("adaptor", sort=False)))
     for adaptor in sorted(set(groups) | set(read_counts.index), key=_order_key):
         rows = groups.get(adaptor)

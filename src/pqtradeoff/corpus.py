@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pqtradeoff.errors import PQError
-from pqtradeoff.io import atomic_write
+from pqtradeoff.io import RUN_RECORD, atomic_write
 
 #: Columns written by `generate` (the corpus before scoring).
 GENERATED_SCHEMA = pa.schema([
@@ -39,11 +39,9 @@ SCORE_COLUMNS = pa.schema([
 SCORED_SCHEMA = pa.schema(list(GENERATED_SCHEMA) + list(SCORE_COLUMNS))
 
 GENERATED_COLUMNS = tuple(GENERATED_SCHEMA.names)
-SCORED_COLUMNS = tuple(SCORED_SCHEMA.names)
 #: What `analyze` needs at minimum.
 ANALYSIS_COLUMNS = ("adaptor", "finished", "logq", "logp_aligned", "log_weight", "logp_prior", "reward")
 
-RUN_RECORD = "_run.json"
 
 
 def write_shard(table: pa.Table, path: str | Path) -> Path:
@@ -59,11 +57,27 @@ def shard_files(directory: str | Path) -> list[Path]:
     return sorted(p for p in directory.glob("*.parquet") if not p.name.startswith((".", "_")))
 
 
-def read_corpus(directory: str | Path, required: tuple[str, ...] = ()) -> pa.Table:
-    """Read every shard of a corpus directory and check that the `required` columns are present."""
+def require_shards(directory: str | Path) -> list[Path]:
+    """`shard_files`, or a one-line PQError when the folder holds none."""
     files = shard_files(directory)
     if not files:
         raise PQError(f"corpus directory {str(directory)!r} holds no Parquet shards")
+    return files
+
+
+def run_settings(directory: str | Path) -> dict:
+    """The settings a stage recorded in a folder's `_run.json` (empty if absent or unreadable)."""
+    import json
+
+    try:
+        return json.loads((Path(directory) / RUN_RECORD).read_text(encoding="utf-8")).get("settings", {}) or {}
+    except (OSError, ValueError):
+        return {}
+
+
+def read_corpus(directory: str | Path, required: tuple[str, ...] = ()) -> pa.Table:
+    """Read every shard of a corpus directory and check that the `required` columns are present."""
+    files = require_shards(directory)
     table = pa.concat_tables([pq.read_table(f) for f in files], promote_options="default")
     missing = [c for c in required if c not in table.column_names]
     if missing:

@@ -18,14 +18,14 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, get_args
 
 import numpy as np
 
 from pqtradeoff.errors import PQError
 
 Target = Literal["global", "aligned", "none"]
-TARGETS: tuple[str, ...] = ("global", "aligned", "none")
+TARGETS: tuple[str, ...] = get_args(Target)
 
 
 # ------------------------------------------------------------------------------------------ importance weights

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from pqtradeoff import exact
 from pqtradeoff.adaptors import Adaptor, parse_grid
+from pqtradeoff.correct import Target
 from pqtradeoff.errors import PQError, validated
 
 DEFAULT_FAMILIES = ("ancestral", "top_k=3", "top_k=6", "top_p=0.9", "top_p=0.95", "typical_p=0.9",
@@ -47,7 +48,7 @@ class DemoSettings(BaseModel):
     num_generations: int = Field(2000, ge=2, description="strings sampled per configuration")
     max_new_tokens: int = Field(200, ge=1)
     batch_size: int = Field(2000, ge=1)
-    target: Literal["global", "aligned", "none"] = "global"
+    target: Target = "global"
     min_ess_fraction: float = Field(0.05, ge=0.0, le=1.0, description="skip configs whose exact IMH efficiency "
                                     "(importance-sampling ESS fraction) is below this: their correction is unreliable")
     imh_steps: int = Field(50_000, ge=2)
@@ -58,8 +59,8 @@ class DemoSettings(BaseModel):
     def _options_of_the_chosen_reward(self) -> DemoSettings:
         """Refuse options the chosen reward would silently ignore."""
         if self.reward == "rare-word":
-            rarity_only = {"n_words": 12, "eos_prob": 0.35, "rarity": 0.8, "word_cost": 1.0, "text": None}
-            changed = [k for k, default in rarity_only.items() if getattr(self, k) != default]
+            rarity_only = ("n_words", "eos_prob", "rarity", "word_cost", "text")
+            changed = [k for k in rarity_only if getattr(self, k) != type(self).model_fields[k].default]
             if changed:
                 raise ValueError(f"{changed[0]} applies to --reward rarity only (the rare-word lexicon has its own "
                                  "12-word prior)")

@@ -21,15 +21,15 @@ conditioned on complete strings of at most `max_length` tokens (EOS included), w
 For IMH targets, `ExactResult.ess_fraction` is the exact importance-sampling efficiency of the proposals
 (its second moment is one more weighted automaton), which says whether a Monte Carlo correction can work.
 
-Convergence is decided by one LU solve (I - Q) x = 1 with x >= 1 (an M-matrix test), not by eigenvalues;
-the spectral radius is still reported.
+Convergence needs both an LU solve (I - Q) x = 1 with x >= 1 (an M-matrix test) and a spectral radius below
+1 (dense eigenvalues up to DENSE_EIGEN_MAX states, ARPACK above); the radius is reported in every message.
 """
 
 from __future__ import annotations
 
 import functools
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -104,7 +104,7 @@ def _neumann_solve(q: np.ndarray) -> tuple[Any, bool]:
 
     Q has spectral radius < 1 exactly when (I - Q) x = 1 has a solution x >= 1 (then Qx = x - 1 < x, and
     the Collatz-Wielandt bound gives rho <= 1 - 1/max x); max x >= 1/RADIUS_TOL counts as divergent.
-    This costs one LU factorization, far less than eigenvalues.
+    The LU is reused for the backward values.
     """
     n = q.shape[0]
     if n == 0:
@@ -359,9 +359,6 @@ class ExactResult:
     mean_length: float | None = None
     mean_log_weight: float | None = None
     ess_fraction: float | None = None
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
     def require(self) -> ExactResult:
         """Return self, or raise PQError with the reason the distribution does not normalize."""

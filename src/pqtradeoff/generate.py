@@ -16,8 +16,7 @@ from __future__ import annotations
 import hashlib
 import math
 import re
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,7 +28,7 @@ import torch
 from pqtradeoff.adaptors import Adaptor
 from pqtradeoff.corpus import GENERATED_SCHEMA, RUN_RECORD, write_shard
 from pqtradeoff.errors import PQError
-from pqtradeoff.io import remove_stale_temporaries, run_record, write_json
+from pqtradeoff.io import check_resumable, progress_bar, remove_stale_temporaries, run_record, write_json
 from pqtradeoff.models.base import LanguageModel
 
 TOKEN_COLUMNS = pa.schema([
@@ -134,28 +133,29 @@ def sample_batch(
     lengths = np.zeros(n, dtype=np.int64)
     finished = np.zeros(n, dtype=bool)
     logits, state = model.start(prompts)
-    end_ids = torch.tensor(model.end_ids(), dtype=torch.long, device=logits.device)
+    end_ids = np.array(model.end_ids(), dtype=np.int64)
     active = np.arange(n)
     for t in range(max_new_tokens):
         step = adaptor.adapt(logits)
         u = torch.from_numpy(step_uniforms(keys[active], t)).to(logits.device)
         tokens = sample_inverse_cdf(step.log_probs, u)
         index = tokens.unsqueeze(-1)
-        tokens_out[active, t] = tokens.cpu().numpy()
-        scores[0, active, t] = step.log_probs.gather(-1, index).squeeze(-1).double().cpu().numpy()
-        scores[1, active, t] = step.logp.gather(-1, index).squeeze(-1).double().cpu().numpy()
-        scores[2, active, t] = step.log_z.squeeze(-1).double().cpu().numpy()
+        picked = torch.stack([tokens.double(), step.log_probs.gather(-1, index).squeeze(-1).double(),
+                              step.logp.gather(-1, index).squeeze(-1).double(), step.log_z.squeeze(-1).double()])
+        host = picked.cpu().numpy()  # one device-to-host copy per step
+        tokens_out[active, t] = host[0].astype(np.int64)
+        scores[:, active, t] = host[1:]
         lengths[active] += 1
-        done = torch.isin(tokens, end_ids)
-        done_np = done.cpu().numpy()
+        done_np = np.isin(tokens_out[active, t], end_ids)
         finished[active[done_np]] = True
         if t == max_new_tokens - 1 or done_np.all():
             break
         if done_np.any():
             alive = np.flatnonzero(~done_np)
-            state = model.keep(state, torch.from_numpy(alive).to(tokens.device))
+            alive_device = torch.from_numpy(alive).to(tokens.device)
+            state = model.keep(state, alive_device)
             active = active[alive]
-            tokens = tokens[~done]
+            tokens = tokens[alive_device]
         logits, state = model.step(state, tokens)
     rows = []
     for i in range(n):  # correctly rounded float64 sums: independent of batch composition and order
@@ -180,22 +180,6 @@ def plan_shards(
     for adaptor in adaptors:
         for index, start in enumerate(range(0, len(rows), shard_rows)):
             yield f"{adaptor_slug(adaptor)}-{index:05d}.parquet", adaptor, rows[start:start + shard_rows]
-
-
-def check_resumable(out_dir: Path, record: dict[str, Any]) -> None:
-    """Refuse to mix two different runs in one folder: an existing `_run.json` must hold the same settings."""
-    path = out_dir / RUN_RECORD
-    if not path.exists():
-        return
-    import json
-
-    old = json.loads(path.read_text(encoding="utf-8")).get("settings", {})
-    for key, value in record["settings"].items():
-        if key in old and old[key] != value:
-            raise PQError(
-                f"--out {str(out_dir)!r} holds a run made with {key}={old[key]!r}, not {value!r}; "
-                "use a new --out folder or the same settings to resume"
-            )
 
 
 def rows_to_table(
@@ -287,16 +271,3 @@ def generate_corpus(
                 advance(len(batch))
             write_shard(rows_to_table(model, adaptor, rows, sampled, save_token_logprobs), out_dir / name)
     return out_dir
-
-
-@contextmanager
-def progress_bar(enabled: bool, total: int, label: str) -> Iterator[Callable[[int], None]]:
-    """A rich progress bar with ETA (or nothing): `with progress_bar(on, total, label) as advance: advance(n)`."""
-    if not enabled or total == 0:
-        yield lambda n: None
-        return
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()) as bar:
-        task = bar.add_task(label, total=total)
-        yield lambda n: bar.advance(task, n)

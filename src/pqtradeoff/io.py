@@ -8,7 +8,8 @@ import os
 import platform
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -72,10 +73,7 @@ def remove_stale_temporaries(directory: str | Path) -> int:
 
 
 def _json_default(obj: Any) -> Any:
-    if hasattr(obj, "item"):  # numpy / torch scalars
-        return obj.item()
-    if hasattr(obj, "tolist"):
-        return obj.tolist()
+    """What json cannot write itself (numpy and torch values were already turned into Python by `_finite`)."""
     if isinstance(obj, Path):
         return str(obj)
     if hasattr(obj, "model_dump"):
@@ -116,3 +114,34 @@ def run_record(command: str, settings: dict[str, Any]) -> dict[str, Any]:
         "settings": settings,
         "versions": package_versions(),
     }
+
+
+#: The record every stage writes beside its outputs (a leading '_' keeps Parquet readers away from it).
+RUN_RECORD = "_run.json"
+
+
+def check_resumable(out_dir: Path, record: dict[str, Any]) -> None:
+    """Refuse to mix two different runs in one folder: an existing `_run.json` must hold the same settings."""
+    path = Path(out_dir) / RUN_RECORD
+    if not path.exists():
+        return
+    old = json.loads(path.read_text(encoding="utf-8")).get("settings", {})
+    for key, value in record["settings"].items():
+        if key in old and old[key] != value:
+            raise PQError(
+                f"--out {str(out_dir)!r} holds a run made with {key}={old[key]!r}, not {value!r}; "
+                "use a new --out folder or the same settings to resume"
+            )
+
+
+@contextmanager
+def progress_bar(enabled: bool, total: int, label: str) -> Iterator[Callable[[int], None]]:
+    """A rich progress bar with ETA (or nothing): `with progress_bar(on, total, label) as advance: advance(n)`."""
+    if not enabled or total == 0:
+        yield lambda n: None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()) as bar:
+        task = bar.add_task(label, total=total)
+        yield lambda n: bar.advance(task, n)

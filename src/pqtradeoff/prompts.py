@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pqtradeoff.errors import PQError
+from pqtradeoff.errors import PQError, first_line
 
 SUFFIXES = (".jsonl", ".json", ".csv", ".parquet", ".arrow")
 
@@ -126,29 +126,23 @@ def read_csv(path: Path, field: str) -> list[object]:
     except pd.errors.EmptyDataError:
         return []
     except (pd.errors.ParserError, UnicodeDecodeError) as err:
-        message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise PQError(f"prompts file {str(path)!r}: malformed CSV ({message})") from None
+        raise PQError(f"prompts file {str(path)!r}: malformed CSV ({first_line(err)})") from None
     return column(path, field, list(frame.columns), lambda: frame[field].tolist())
 
 
 def read_parquet(files: list[Path], field: str) -> list[object]:
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     values: list[object] = []
-    import pyarrow as pa
-
     for f in files:
         try:
             names = pq.read_schema(f).names
             values += column(f, field, names, lambda f=f: pq.read_table(f, columns=[field]).column(0).to_pylist())
         except (pa.ArrowInvalid, OSError) as err:
-            raise PQError(f"prompts file {str(f)!r}: not a readable Parquet file ({_first_line(err)})") from None
+            raise PQError(f"prompts file {str(f)!r}: not a readable Parquet file ({first_line(err)})") from None
     return values
 
-
-def _first_line(err: Exception) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
 
 
 def read_arrow(files: list[Path], field: str) -> list[object]:

@@ -21,6 +21,8 @@ import pandas as pd
 from pqtradeoff.errors import PQError
 
 REWARD_KINDS = ("dpo", "vader", "python:MODULE:FUNCTION")
+#: How the prior sees a continuation: after its prompt, or alone (after BOS), as the authors' code did.
+PRIOR_CONTEXTS = ("prompt", "none")
 
 
 class Reward(Protocol):
@@ -91,17 +93,18 @@ class FunctionReward:
         return out
 
 
-def make_reward(
-    kind: str | None, *, reward_model: str | None = None, beta: float | None = None,
-    device: str = "auto", dtype: str = "float32", batch_size: int = 8, template: str | None = None,
-) -> Reward:
-    """Build the reward named on the command line: exactly one of `kind` or `reward_model`."""
-    if (kind is None) == (reward_model is None):
-        raise PQError("give exactly one of --reward-model NAME_OR_PATH or --reward dpo|vader|python:module:function")
-    if reward_model is not None:
-        from pqtradeoff.models.hf import HFRewardModel
+def check_dpo_context(is_dpo: bool, prior_context: str) -> None:
+    """The implicit DPO reward compares log pi(y|x) with log pi_ref(y|x): both must be given the prompt."""
+    if is_dpo and prior_context != "prompt":
+        raise PQError("reward='dpo' needs --prior-context prompt: the implicit DPO reward compares "
+                      "log pi(y|x) with log pi_ref(y|x), both given the prompt")
 
-        return HFRewardModel(reward_model, device=device, dtype=dtype, batch_size=batch_size, template=template)
+
+def make_reward(kind: str | None, *, beta: float | None = None) -> Reward:
+    """The reward named by `--reward`: dpo (needs beta), vader, or python:module:function. A reward model is
+    `pqtradeoff.models.hf.HFRewardModel`, built by the CLI."""
+    if kind is None:
+        raise PQError("give exactly one of --reward-model NAME_OR_PATH or --reward dpo|vader|python:module:function")
     if kind == "dpo":
         if beta is None:
             raise PQError("reward='dpo' needs --beta (the DPO KL strength, e.g. 0.1)")
@@ -110,6 +113,6 @@ def make_reward(
         raise PQError(f"--beta={beta!r} only applies to --reward dpo, not {kind!r}")
     if kind == "vader":
         return VaderReward()
-    if kind is not None and kind.startswith("python:"):
+    if kind.startswith("python:"):
         return FunctionReward.from_spec(kind)
     raise PQError(f"reward={kind!r} is not one of {', '.join(REWARD_KINDS)}")

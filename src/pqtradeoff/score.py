@@ -10,7 +10,6 @@ atomically; a rerun skips the shards already scored.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -20,14 +19,18 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from pqtradeoff.corpus import GENERATED_COLUMNS, RUN_RECORD, shard_files, write_shard
+from pqtradeoff.corpus import (
+    GENERATED_COLUMNS,
+    RUN_RECORD,
+    require_shards,
+    run_settings,
+    shard_files,
+    write_shard,
+)
 from pqtradeoff.errors import PQError
-from pqtradeoff.generate import check_resumable, progress_bar
-from pqtradeoff.io import remove_stale_temporaries, run_record, write_json
+from pqtradeoff.io import check_resumable, progress_bar, remove_stale_temporaries, run_record, write_json
 from pqtradeoff.models.base import LanguageModel
-from pqtradeoff.rewards import DPOReward, Reward
-
-PRIOR_CONTEXTS = ("prompt", "none")
+from pqtradeoff.rewards import PRIOR_CONTEXTS, DPOReward, Reward, check_dpo_context
 
 
 def continuation_logprobs(
@@ -56,9 +59,10 @@ def continuation_logprobs(
             return
         with torch.inference_mode():
             logits = model.continuation_logits([prompts[i] for i in batch], conts)
-            targets = torch.zeros(len(batch), width, dtype=torch.long, device=logits.device)
+            padded = np.zeros((len(batch), width), dtype=np.int64)
             for r, c in enumerate(conts):
-                targets[r, : len(c)] = torch.as_tensor(c, dtype=torch.long)
+                padded[r, : len(c)] = c
+            targets = torch.from_numpy(padded).to(logits.device)  # one host-to-device copy
             picked = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1).float()
             step = max(1, width // 8)  # logsumexp in slices of positions: its temporaries stay small
             lse = torch.cat([torch.logsumexp(logits[:, t:t + step].float(), dim=-1) for t in range(0, width, step)], 1)
@@ -74,20 +78,6 @@ def continuation_logprobs(
         batch.append(i)
     flush()
     return [o if o is not None else np.zeros(0) for o in out]
-
-
-def check_dpo_context(is_dpo: bool, prior_context: str) -> None:
-    """The implicit DPO reward compares log pi(y|x) with log pi_ref(y|x): both must be given the prompt."""
-    if is_dpo and prior_context != "prompt":
-        raise PQError("reward='dpo' needs --prior-context prompt: the implicit DPO reward compares "
-                      "log pi(y|x) with log pi_ref(y|x), both given the prompt")
-
-
-def _corpus_settings(corpus_dir: Path) -> dict[str, Any]:
-    path = corpus_dir / RUN_RECORD
-    if not path.exists():
-        return {}
-    return json.loads(path.read_text(encoding="utf-8")).get("settings", {})
 
 
 def prior_inputs(
@@ -134,11 +124,9 @@ def score_corpus(
             raise PQError(f"{name}={value!r} is out of range: need an integer >= 1")
     if corpus_dir.resolve() == out_dir.resolve():
         raise PQError(f"--out {str(out_dir)!r} is the corpus folder itself: choose another folder")
-    files = shard_files(corpus_dir)
-    if not files:
-        raise PQError(f"corpus directory {str(corpus_dir)!r} holds no Parquet shards")
+    files = require_shards(corpus_dir)
     check_dpo_context(isinstance(reward, DPOReward), prior_context)
-    corpus_settings = _corpus_settings(corpus_dir)
+    corpus_settings = run_settings(corpus_dir)
     aligned_key = corpus_settings.get("tokenizer_key")
     same_tokenizer = prior is not None and aligned_key is not None and aligned_key == prior.tokenizer_key
     resolved = dict(settings) | {

@@ -23,14 +23,8 @@ app = typer.Typer(
 
 @app.callback()
 def _root() -> None:
-    # Keeps `pqtradeoff <command>` a command group even while only one command is registered.
+    # Makes `pqtradeoff` a command group whatever the number of commands (typer collapses a single one).
     pass
-
-
-def fail(message: str) -> typer.Exit:
-    """Print a one-line error and return the exit to raise (code 2)."""
-    typer.echo(f"error: {message}", err=True)
-    return typer.Exit(code=2)
 
 
 # Command modules register themselves on `app` when imported.

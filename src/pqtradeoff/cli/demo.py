@@ -32,14 +32,14 @@ def demo(
     progress: bool = typer.Option(True, "--progress/--no-progress"),
 ) -> None:
     """Run generate -> score -> analyze on exact finite-state models and compare with the closed forms."""
-    from pqtradeoff.demo import DEFAULT_FAMILIES, DEFAULT_TEMPERATURES, make_settings, run_demo
+    from pqtradeoff.demo import make_settings, run_demo
 
+    grid = {"families": list(family)} if family else {}
+    grid |= {"temperatures": list(temperature)} if temperature else {}
     settings = make_settings(
         seed=seed, model_seed=model_seed, reward=reward, n_words=n_words, order=order, beta=beta, text=text,
-        families=list(family) if family else list(DEFAULT_FAMILIES),
-        temperatures=list(temperature) if temperature else list(DEFAULT_TEMPERATURES),
         num_generations=num_generations, max_new_tokens=max_new_tokens, target=target, imh_steps=imh_steps,
-        corpora=corpora, corpus_size=corpus_size,
+        corpora=corpora, corpus_size=corpus_size, **grid,
     )
     summary, timings = run_demo(out, settings, progress=progress)
     _print_summary(summary, timings, out)

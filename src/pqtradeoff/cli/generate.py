@@ -56,7 +56,8 @@ def generate(
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
-    from pqtradeoff.generate import PromptRecord, check_resumable, generate_corpus
+    from pqtradeoff.generate import PromptRecord, generate_corpus
+    from pqtradeoff.io import check_resumable
     from pqtradeoff.models.hf import HFModel
 
     digest = hashlib.sha256("\n".join(f"{i}\t{t}" for i, t in rows).encode()).hexdigest()

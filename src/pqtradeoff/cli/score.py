@@ -8,22 +8,11 @@ is reused for the prior (when it re-tokenizes) and for the reward model.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import typer
 
 from pqtradeoff.cli import app
-
-
-def corpus_settings(corpus_dir: Path) -> dict:
-    """Settings recorded by `generate` in the corpus's `_run.json` (empty if absent or unreadable)."""
-    from pqtradeoff.corpus import RUN_RECORD
-
-    try:
-        return json.loads((corpus_dir / RUN_RECORD).read_text(encoding="utf-8")).get("settings", {}) or {}
-    except (OSError, ValueError):
-        return {}
 
 
 def with_chat_fallback(build, chat: bool, what: str):
@@ -59,21 +48,18 @@ def score(
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
 ) -> None:
     """Score a generated corpus: log-probability under the prior and the reward of every string."""
-    from pqtradeoff.corpus import shard_files
+    from pqtradeoff.corpus import require_shards, run_settings
     from pqtradeoff.errors import PQError
-    from pqtradeoff.score import PRIOR_CONTEXTS
+    from pqtradeoff.io import check_resumable
+    from pqtradeoff.rewards import PRIOR_CONTEXTS, check_dpo_context
 
-    if not shard_files(corpus_dir):
-        raise PQError(f"corpus directory {str(corpus_dir)!r} holds no Parquet shards")
+    require_shards(corpus_dir)
     if prior_context not in PRIOR_CONTEXTS:
         raise PQError(f"--prior-context={prior_context!r} is not one of {', '.join(PRIOR_CONTEXTS)}")
     if reward_model is not None and (reward is not None or beta is not None):
         raise PQError("give exactly one of --reward-model NAME_OR_PATH or --reward dpo|vader|python:module:function")
-    made = corpus_settings(corpus_dir)
+    made = run_settings(corpus_dir)
     template, chat = made.get("template"), bool(made.get("chat_template", False))
-    from pqtradeoff.generate import check_resumable
-    from pqtradeoff.score import check_dpo_context
-
     check_dpo_context(reward == "dpo", prior_context)
 
     # Refuse a resume with other settings before loading the prior and the reward model.
@@ -95,7 +81,7 @@ def score(
             lambda c: HFRewardModel(reward_model, device=device, dtype=dtype, batch_size=batch_size,
                                     template=template, chat_template=c), chat, f"the reward model {reward_model!r}")
     else:
-        scorer = make_reward(reward, beta=beta, device=device, dtype=dtype, batch_size=batch_size)
+        scorer = make_reward(reward, beta=beta)
     lm, prior_chat = None, None
     if prior is not None:
         lm, prior_chat = with_chat_fallback(

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from pqtradeoff.errors import PQError
+from pqtradeoff.errors import PQError, first_line
 from pqtradeoff.models.base import LanguageModel
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -64,18 +64,13 @@ def apply_template(template: str, prompt: str) -> str:
     return template.replace(PROMPT_SLOT, prompt)
 
 
-def _one_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return text[0] if text else type(err).__name__
-
-
 def load_tokenizer(name_or_path: str, trust_remote_code: bool = False) -> Any:
     from transformers import AutoTokenizer
 
     try:
         return AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
     except (OSError, ValueError, KeyError) as err:
-        raise PQError(f"cannot load a tokenizer from {name_or_path!r}: {_one_line(err)}") from None
+        raise PQError(f"cannot load a tokenizer from {name_or_path!r}: {first_line(err)}") from None
 
 
 def tokenizer_key(tokenizer: Any) -> str:
@@ -196,7 +191,7 @@ class HFModel(LanguageModel):
             model = AutoModelForCausalLM.from_pretrained(self.name, trust_remote_code=trust_remote_code,
                                                          **dtype_kwarg(self.dtype))
         except (OSError, ValueError, KeyError) as err:
-            raise PQError(f"cannot load a causal language model from {self.name!r}: {_one_line(err)}") from None
+            raise PQError(f"cannot load a causal language model from {self.name!r}: {first_line(err)}") from None
         self.model = model.to(self.device).eval()
         self._params = _forward_parameters(self.model)
         self._cache_arg = "cache" if "cache" in self._params else "past_key_values"
@@ -357,7 +352,7 @@ class HFRewardModel:
             model = AutoModelForSequenceClassification.from_pretrained(
                 self.path, trust_remote_code=trust_remote_code, **dtype_kwarg(self.dtype))
         except (OSError, ValueError, KeyError) as err:
-            raise PQError(f"cannot load a reward model from {self.path!r}: {_one_line(err)}") from None
+            raise PQError(f"cannot load a reward model from {self.path!r}: {first_line(err)}") from None
         self.model = model.to(self.device).eval()
         num_labels = int(self.model.config.num_labels)
         if label is None and num_labels != 1:
