@@ -158,3 +158,10 @@ def test_exact_values_condition_on_finishing_within_the_token_limit(tmp_path):
         p = cut_probability(alignment, parse(c["adaptor"]), 4)
         cut = c["dropped_why"].get("unfinished", 0) / c["n_rows"]
         assert abs(cut - p) < 5 * np.sqrt(p * (1 - p) / c["n_rows"]) + 1e-9, (c["adaptor"], cut, p)
+
+
+@pytest.mark.parametrize("field, value", [("n_words", 5), ("rarity", 0.3), ("word_cost", 0.5), ("eos_prob", 0.2)])
+def test_rarity_options_are_refused_with_the_rare_word_reward(field, value):
+    with pytest.raises(PQError, match=f"{field} applies to --reward rarity only"):
+        make_settings(**{field: value})
+    assert getattr(make_settings(reward="rarity", **{field: value}), field) == value
