@@ -95,7 +95,8 @@ def tokenizer_key(tokenizer: Any) -> str:
 
 
 def dtype_kwarg(dtype: torch.dtype) -> dict[str, torch.dtype]:
-    """`from_pretrained`'s dtype argument: `dtype` since transformers 4.56, `torch_dtype` before."""
+    """`from_pretrained`'s dtype argument: `dtype` since transformers 4.56, `torch_dtype` before. (No
+    `device_map`: it needs the accelerate package; the model is loaded, then moved to its device.)"""
     import transformers
 
     major, minor = (int(x) for x in transformers.__version__.split(".")[:2])
