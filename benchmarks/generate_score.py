@@ -16,6 +16,7 @@ The aligned model serves as the prior too (same cost as a second checkpoint of t
 
     .venv/bin/python benchmarks/generate_score.py            # 16 strings x 64 new tokens, best of 3
     .venv/bin/python benchmarks/generate_score.py --quick    # 8 strings x 32 new tokens, best of 2
+    python benchmarks/generate_score.py --device cuda --dtype bfloat16   # the GPU check, where one is lent
 """
 
 from __future__ import annotations
@@ -50,10 +51,18 @@ def best_of(repeats: int, fn) -> float:
     """Smallest wall time of `repeats` calls (the least disturbed by other processes)."""
     times = []
     for _ in range(repeats):
+        _sync()
         start = time.perf_counter()
         fn()
+        _sync()
         times.append(time.perf_counter() - start)
     return min(times)
+
+
+def _sync() -> None:
+    """Wait for queued GPU work, so wall times cover it (no-op on the CPU)."""
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
 
 
 def make_prompts(lm: HFModel, n: int) -> list[PromptRecord]:
@@ -134,6 +143,8 @@ def naive_rescore(lm: HFModel, prior: HFModel, df: pd.DataFrame) -> np.ndarray:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="8 strings x 32 new tokens, best of 2")
+    parser.add_argument("--device", default="cpu", help="cpu | cuda (the GPU check, where a GPU is lent)")
+    parser.add_argument("--dtype", default="float32", help="float32 | bfloat16 | float16")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1: on a shared machine, "
                         "spinning threads make every timing noisy)")
     args = parser.parse_args()
@@ -148,7 +159,7 @@ def main() -> None:
         hf_logging.disable_progress_bar()
         path = build_causal(tmp / "model", "llama", tokenizer=word_tokenizer("llama", vocab_size=32000),
                             layers=6, hidden=256, heads=4, max_positions=512, init=0.1)
-        lm = HFModel(str(path), device="cpu")
+        lm = HFModel(str(path), device=args.device, dtype=args.dtype)
         print(f"model: Llama 6 layers, 256 dims, vocab {lm.vocab_size}, {sum(p.numel() for p in lm.model.parameters()) / 1e6:.1f}M "
               f"params, random weights; torch threads {torch.get_num_threads()}; built in {time.perf_counter() - t0:.1f}s")
         print(f"work: {rows} strings, batch {batch}, {new_tokens} new tokens, adaptor {SPEC}, best of {repeats}\n")
