@@ -29,7 +29,7 @@ import torch
 from scipy.special import logsumexp
 
 from pqtradeoff.errors import PQError
-from pqtradeoff.exact import RADIUS_TOL, WeightedAutomaton, backward, locally_normalize
+from pqtradeoff.exact import WeightedAutomaton, backward, locally_normalize
 from pqtradeoff.models.base import LanguageModel
 
 EOS = "</s>"
@@ -140,7 +140,7 @@ class FiniteStateLM(LanguageModel):
     def _check_terminates(self) -> float:
         bw = backward(self.as_weighted())  # b(s) = P(the string from s ends) = 1 where it terminates
         rho = bw.spectral_radius
-        if not bw.normalizes or not np.all(np.isfinite(bw.log_backward)) or rho >= 1.0 - RADIUS_TOL:
+        if not bw.normalizes or not np.all(np.isfinite(bw.log_backward)):  # `backward` checks the radius too
             raise PQError(f"the automaton does not terminate: spectral radius {rho:.6g} of its word "
                           "transitions is not below 1 (give every state a path to EOS)")
         return rho
