@@ -17,6 +17,26 @@ def first_line(err: BaseException) -> str:
     return text[0] if text else type(err).__name__
 
 
+def validation_message(err: Any, where: str = "") -> str:
+    """One line from a pydantic ValidationError's first error: `field=value is invalid: why` for a field,
+    the validator's own sentence for a combination of fields (pydantic's 'Value error, ' prefix dropped)."""
+    first = err.errors()[0]
+    loc = [str(p) for p in first["loc"]]
+    message = str(first["msg"]).removeprefix("Value error, ").removeprefix("Assertion failed, ")
+    if first["type"] == "extra_forbidden":
+        return f"{where}unknown key {'.'.join(loc)!r}"
+    if first["type"] == "missing":
+        return f"{where}{'.'.join(loc)} is required"
+    if first["type"] == "value_error" or not loc:
+        section = ".".join(loc)
+        return f"{where}{section + ': ' if section else ''}{message}"
+    value = first.get("input")
+    text = repr(value)
+    if len(text) > 80:
+        text = text[:77] + "..."
+    return f"{where}{'.'.join(loc)}={text} is invalid: {message}"
+
+
 def validated(model: type[T], **values: Any) -> T:
     """Build a pydantic settings model, turning its first validation error into a one-line PQError that names
     the field and the value (pydantic's own message spans several lines)."""
@@ -25,6 +45,6 @@ def validated(model: type[T], **values: Any) -> T:
     try:
         return model(**values)
     except ValidationError as err:
-        first = err.errors()[0]
-        field = ".".join(str(p) for p in first["loc"]) or "settings"
-        raise PQError(f"{field}={first.get('input')!r} is invalid: {first['msg']}") from None
+        raise PQError(validation_message(err)) from None
+    except PQError:
+        raise

