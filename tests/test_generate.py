@@ -27,16 +27,16 @@ SPECS = ["ancestral", "temperature=0.5", "top_k=2", "temperature=1.5,top_p=0.8",
 
 
 def _prompts(model: BigramModel, n: int = 3) -> list[PromptRecord]:
-    texts = ["", "w1", "w2 w3"][:n]
+    texts = ["", "w1", "w2 w3", "w3"][:n]
     return [PromptRecord(i, t, model.encode_prompt(t)) for i, t in enumerate(texts)]
 
 
 def _generate(tmp_path, model, specs=SPECS, **kw):
     args = dict(num_generations=4, max_new_tokens=6, seed=7, batch_size=3, settings={"model": "bigram"},
-                progress=False, shard_rows=5)
+                progress=False, prompt_block=2)
     args |= kw
-    out = generate_corpus(model, _prompts(model), [adaptors.parse(s) for s in specs], out_dir=tmp_path, **args)
-    return pd.read_parquet(out)
+    result = generate_corpus(model, _prompts(model), [adaptors.parse(s) for s in specs], out_dir=tmp_path, **args)
+    return pd.read_parquet(result.out_dir)
 
 
 def test_recorded_scores_equal_teacher_forced_transformers_processors(tmp_path):
@@ -135,8 +135,9 @@ def test_resume_after_losing_shards_is_byte_identical(tmp_path):
 def test_resume_with_other_settings_is_refused(tmp_path):
     model = BigramModel(seed=4)
     _generate(tmp_path / "c", model)
-    with pytest.raises(PQError, match="seed=7"):
+    with pytest.raises(PQError, match="seed: 7 -> 8") as err:
         _generate(tmp_path / "c", model, seed=8)
+    assert "max_new_tokens" not in str(err.value)  # only the settings that differ are named
 
 
 @pytest.mark.parametrize("kw, field", [({"num_generations": 0}, "num_generations"),
@@ -177,3 +178,44 @@ def test_nan_logits_are_an_error_not_a_token(tmp_path):
     model.table[model.bos, 2] = float("nan")
     with pytest.raises(PQError, match="NaN or infinite logits"):
         _generate(tmp_path / "c", model, specs=["ancestral"])
+
+
+def _shards(folder):
+    return {p.name: p.read_bytes() for p in sorted(folder.glob("*.parquet"))}
+
+
+@pytest.mark.parametrize("grow", [
+    {"specs": SPECS[:3]},  # one adaptor more
+    {"num_generations": 2},  # more generations
+    {"prompts": 4},  # one prompt more: block 0 (ids 0-1) is reused, block 1 (id 2 -> ids 2-3) superseded
+])
+def test_growing_the_grid_writes_only_the_new_shards_and_ends_as_a_fresh_run(tmp_path, grow):
+    model = BigramModel(seed=4)
+    small = {"specs": SPECS[:2], "num_generations": 3 if "num_generations" in grow else 4,
+             "prompts": 3}
+    big = {"specs": SPECS[:3] if "specs" in grow else SPECS[:2], "num_generations": 4,
+           "prompts": 4 if "prompts" in grow else 3}
+
+    def run(folder, cfg):
+        args = dict(num_generations=cfg["num_generations"], max_new_tokens=6, seed=7, batch_size=3,
+                    settings={"model": "bigram"}, progress=False, prompt_block=2)
+        return generate_corpus(model, _prompts(model, cfg["prompts"]), [adaptors.parse(s) for s in cfg["specs"]],
+                               out_dir=folder, **args)
+
+    run(tmp_path / "grown", small)
+    before = _shards(tmp_path / "grown")
+    result = run(tmp_path / "grown", big)
+    fresh = run(tmp_path / "fresh", big)
+    assert _shards(tmp_path / "grown") == _shards(tmp_path / "fresh")  # same files, same bytes
+    assert result.written == fresh.written - result.reused and result.written < fresh.written
+    kept = set(before) & set(_shards(tmp_path / "grown"))
+    assert result.reused == len(kept) > 0
+    if "prompts" in grow:  # the block whose prompts changed was superseded, not mixed in
+        assert result.superseded and all((tmp_path / "grown" / "_superseded" / n).exists() for n in result.superseded)
+    again = run(tmp_path / "grown", big)
+    assert again.written == 0 and again.reused == fresh.shards
+
+
+def test_shard_names_do_not_collide():
+    a, b = adaptors.parse("temperature=1e+300"), adaptors.parse("temperature=1e-300")
+    assert adaptor_slug(a) != adaptor_slug(b)

@@ -26,7 +26,7 @@ def corpus(tmp_path):
     prompts = [PromptRecord(i, t, model.encode_prompt(t)) for i, t in enumerate(["", "w1 w2", "w3"])]
     generate_corpus(model, prompts, [adaptors.parse("ancestral"), adaptors.parse("temperature=0.5,top_k=3")],
                     num_generations=5, max_new_tokens=8, seed=3, batch_size=4, out_dir=tmp_path / "gen",
-                    settings={}, progress=False, shard_rows=6)
+                    settings={}, progress=False, prompt_block=2)
     return tmp_path / "gen"
 
 
@@ -41,7 +41,7 @@ def _direct_logprob(model: BigramModel, context: list[int], cont: list[int]) -> 
 def test_prior_logprobs_equal_direct_computation(corpus, tmp_path):
     prior = BigramModel(seed=12, key="bigram")  # same tokenizer as the aligned model: scores stored ids
     out = score_corpus(corpus, tmp_path / "s", prior=prior, reward=DPOReward(0.1), batch_size=3,
-                       max_batch_tokens=10, settings={}, progress=False)
+                       max_batch_tokens=10, settings={}, progress=False).out_dir
     df = pd.read_parquet(out)
     assert (df["prior_tokenization"] == "token_ids").all()
     for row in df.itertuples():
@@ -53,9 +53,9 @@ def test_prior_logprobs_equal_direct_computation(corpus, tmp_path):
 def test_scores_do_not_depend_on_batch_size(corpus, tmp_path):
     prior = BigramModel(seed=12)
     a = pd.read_parquet(score_corpus(corpus, tmp_path / "a", prior=prior, reward=DPOReward(1.0), batch_size=1,
-                                     settings={}, progress=False))
+                                     settings={}, progress=False).out_dir)
     b = pd.read_parquet(score_corpus(corpus, tmp_path / "b", prior=prior, reward=DPOReward(1.0), batch_size=8,
-                                     max_batch_tokens=64, settings={}, progress=False))
+                                     max_batch_tokens=64, settings={}, progress=False).out_dir)
     np.testing.assert_allclose(a["logp_prior"], b["logp_prior"], atol=1e-5)
 
 
@@ -63,7 +63,7 @@ def test_other_tokenizer_rescores_text_and_context_none(corpus, tmp_path):
     prior = BigramModel(seed=12, key="other-tokenizer")
     reward = FunctionReward(lambda prompts, completions: [len(c) for c in completions], "python:test:len")
     df = pd.read_parquet(score_corpus(corpus, tmp_path / "s", prior=prior, reward=reward,
-                                      prior_context="none", settings={}, progress=False))
+                                      prior_context="none", settings={}, progress=False).out_dir)
     assert (df["prior_tokenization"] == "retokenized").all()
     assert (df["prior_context"] == "none").all()
     for row in df.itertuples():
@@ -94,7 +94,7 @@ def test_nonfinite_rewards_are_counted_not_hidden(corpus, tmp_path, capsys):
 
     reward = FunctionReward(half_nan, "python:test:half_nan")
     out = score_corpus(corpus, tmp_path / "s", prior=BigramModel(seed=12), reward=reward, settings={},
-                       progress=False)
+                       progress=False).out_dir
     report = json.loads((out / "_score_report.json").read_text())
     df = pd.read_parquet(out)
     assert report["totals"]["reward_nonfinite"] == int(df["reward"].isna().sum()) > 0
@@ -103,8 +103,8 @@ def test_nonfinite_rewards_are_counted_not_hidden(corpus, tmp_path, capsys):
 
 def test_resume_skips_scored_shards_and_matches(corpus, tmp_path):
     prior = BigramModel(seed=12)
-    full = score_corpus(corpus, tmp_path / "full", prior=prior, reward=DPOReward(1.0), settings={}, progress=False)
-    part = score_corpus(corpus, tmp_path / "part", prior=prior, reward=DPOReward(1.0), settings={}, progress=False)
+    full = score_corpus(corpus, tmp_path / "full", prior=prior, reward=DPOReward(1.0), settings={}, progress=False).out_dir
+    part = score_corpus(corpus, tmp_path / "part", prior=prior, reward=DPOReward(1.0), settings={}, progress=False).out_dir
     shards = sorted(part.glob("*.parquet"))
     shards[0].unlink()
     score_corpus(corpus, part, prior=prior, reward=DPOReward(1.0), settings={}, progress=False)
@@ -172,7 +172,7 @@ def test_report_counts_shards_of_an_interrupted_run(corpus, tmp_path):
 
     reward = FunctionReward(all_nan, "python:test:all_nan")
     out = score_corpus(corpus, tmp_path / "s", prior=BigramModel(seed=12), reward=reward, settings={},
-                       progress=False)
+                       progress=False).out_dir
     shards = sorted(out.glob("*.parquet"))
     for s in shards[1:]:  # as if killed after the first shard
         s.unlink()

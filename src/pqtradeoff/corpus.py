@@ -12,7 +12,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pqtradeoff.errors import PQError
+from pqtradeoff.errors import PQError, first_line
 from pqtradeoff.io import RUN_RECORD, atomic_write
 
 #: Columns written by `generate` (the corpus before scoring).
@@ -65,20 +65,52 @@ def require_shards(directory: str | Path) -> list[Path]:
     return files
 
 
+def supersede(out_dir: Path, keep: set[str]) -> list[str]:
+    """Move the shards of `out_dir` that are not in `keep` into `out_dir/_superseded/` (out of the corpus,
+    still on disk): what is left is exactly what a fresh run of the current settings writes."""
+    moved = []
+    for path in shard_files(out_dir):
+        if path.name not in keep:
+            target = out_dir / "_superseded" / path.name
+            target.parent.mkdir(exist_ok=True)
+            path.replace(target)
+            moved.append(path.name)
+    return moved
+
+
+def read_shard(path: Path) -> pa.Table:
+    """One corpus shard, or a one-line PQError naming the file when it is truncated or not Parquet."""
+    try:
+        return pq.read_table(path)
+    except (OSError, pa.ArrowException) as err:
+        raise PQError(f"shard {str(path)!r} is not a readable Parquet file ({first_line(err)}): delete it and "
+                      "rerun the stage that wrote it") from None
+
+
 def run_settings(directory: str | Path) -> dict:
-    """The settings a stage recorded in a folder's `_run.json` (empty if absent or unreadable)."""
+    """The settings a stage recorded in a folder's `_run.json` (empty if absent; PQError if unreadable)."""
     import json
 
-    try:
-        return json.loads((Path(directory) / RUN_RECORD).read_text(encoding="utf-8")).get("settings", {}) or {}
-    except (OSError, ValueError):
+    path = Path(directory) / RUN_RECORD
+    if not path.is_file():
         return {}
+    try:
+        settings = json.loads(path.read_text(encoding="utf-8")).get("settings", {}) or {}
+    except (OSError, ValueError, AttributeError):
+        settings = None
+    if not isinstance(settings, dict):
+        raise PQError(f"{str(path)!r} is not a readable run record: the settings it should hold (prompt template, "
+                      "tokenizer) cannot be recovered; regenerate the corpus or restore the file")
+    return settings
 
 
 def read_corpus(directory: str | Path, required: tuple[str, ...] = ()) -> pa.Table:
     """Read every shard of a corpus directory and check that the `required` columns are present."""
     files = require_shards(directory)
-    table = pa.concat_tables([pq.read_table(f) for f in files], promote_options="default")
+    try:
+        table = pa.concat_tables([read_shard(f) for f in files], promote_options="default")
+    except pa.ArrowException as err:
+        raise PQError(f"the shards of {str(directory)!r} do not share one schema ({first_line(err)})") from None
     missing = [c for c in required if c not in table.column_names]
     if missing:
         raise PQError(f"corpus {str(directory)!r} lacks required column(s) {', '.join(missing)}")

@@ -236,13 +236,13 @@ def _run(out_dir: Path, settings: DemoSettings, progress: bool) -> tuple[dict[st
     corpus = generate_corpus(models.aligned, [prompt], kept, num_generations=settings.num_generations,
                              max_new_tokens=settings.max_new_tokens, seed=settings.seed,
                              batch_size=settings.batch_size, out_dir=out_dir / "corpus",
-                             shard_rows=settings.num_generations,
-                             settings={"model": models.aligned.name, "demo": record}, progress=progress)
+                             sample_block=settings.num_generations,
+                             settings={"model": models.aligned.name, "demo": record}, progress=progress).out_dir
     timings["generate_s"] = time.perf_counter() - t
     t = time.perf_counter()
     scored = score_corpus(corpus, out_dir / "scored", prior=models.prior, reward=models.reward,
                           batch_size=settings.batch_size, max_batch_tokens=settings.batch_size * 64,
-                          settings={"prior": models.prior.name, "demo": record}, progress=progress)
+                          settings={"prior": models.prior.name, "demo": record}, progress=progress).out_dir
     timings["score_s"] = time.perf_counter() - t
 
     table = pd.read_parquet(scored)

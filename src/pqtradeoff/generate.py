@@ -26,7 +26,7 @@ import pyarrow as pa
 import torch
 
 from pqtradeoff.adaptors import Adaptor
-from pqtradeoff.corpus import GENERATED_SCHEMA, RUN_RECORD, write_shard
+from pqtradeoff.corpus import GENERATED_SCHEMA, RUN_RECORD, supersede, write_shard
 from pqtradeoff.errors import PQError
 from pqtradeoff.io import check_resumable, progress_bar, remove_stale_temporaries, run_record, write_json
 from pqtradeoff.models.base import LanguageModel
@@ -168,18 +168,59 @@ def sample_batch(
 
 # --------------------------------------------------------------------------------------------------- shards
 def adaptor_slug(adaptor: Adaptor | str) -> str:
-    """A file-name-safe form of the canonical adaptor string (no '=' or ',' in shard names)."""
-    return re.sub(r"[^A-Za-z0-9_.]+", "-", str(adaptor).replace("=", "").replace(",", "__"))
+    """A file-name-safe, injective form of the canonical adaptor string: readable, plus a short hash (two specs
+    that read alike once '+', '-' and the like are dropped, e.g. 1e+300 and 1e-300, still get two names)."""
+    text = str(adaptor)
+    readable = re.sub(r"[^A-Za-z0-9_.]+", "-", text.replace("=", "").replace(",", "__"))
+    return f"{readable}-{hashlib.sha256(text.encode()).hexdigest()[:6]}"
+
+
+@dataclass(frozen=True)
+class Shard:
+    """One unit of work and one file: an adaptor, a sample id and a block of prompt ids.
+
+    Its name is derived from what determines its rows: `group` (adaptor, prompt-id block, sample id) plus a
+    digest of the block's prompts (ids, texts, token ids). Growing the grid or the number of generations adds
+    shards without touching the others; a block whose prompts change gets a new digest, so its old file is
+    superseded rather than silently reused.
+    """
+
+    name: str
+    group: str
+    adaptor: Adaptor
+    rows: list[tuple[PromptRecord, int]]
+
+
+def _block_digest(records: list[PromptRecord]) -> str:
+    h = hashlib.sha256()
+    for r in records:
+        h.update(f"{r.prompt_id}\t{r.prompt}\t{','.join(map(str, r.token_ids))}\n".encode())
+    return h.hexdigest()[:10]
 
 
 def plan_shards(
-    prompts: list[PromptRecord], adaptors: list[Adaptor], num_generations: int, shard_rows: int
-) -> Iterator[tuple[str, Adaptor, list[tuple[PromptRecord, int]]]]:
-    """Yield (shard name, adaptor, rows) with rows = (prompt, sample_id), adaptor by adaptor, in row order."""
-    rows = [(p, s) for p in prompts for s in range(num_generations)]
+    prompts: list[PromptRecord], adaptors: list[Adaptor], num_generations: int, prompt_block: int,
+    sample_block: int = 1,
+) -> Iterator[Shard]:
+    """Yield every shard: adaptor by adaptor, sample block by sample block, prompt-id block by block.
+
+    A shard holds the prompts whose ids fall in one block of `prompt_block` ids and the sample ids of one
+    block of `sample_block` (rows prompt-major, ids ascending). A partly filled sample block (num_generations
+    not a multiple of sample_block) grows into a new shard when num_generations grows.
+    """
+    blocks: dict[int, list[PromptRecord]] = {}
+    for p in sorted(prompts, key=lambda r: r.prompt_id):
+        blocks.setdefault(p.prompt_id // prompt_block, []).append(p)
+    digests = {b: _block_digest(records) for b, records in blocks.items()}
     for adaptor in adaptors:
-        for index, start in enumerate(range(0, len(rows), shard_rows)):
-            yield f"{adaptor_slug(adaptor)}-{index:05d}.parquet", adaptor, rows[start:start + shard_rows]
+        slug = adaptor_slug(adaptor)
+        for first in range(0, num_generations, sample_block):
+            samples = range(first, min(first + sample_block, num_generations))
+            for b, records in blocks.items():
+                group = f"{slug}-p{b * prompt_block:09d}-s{first:06d}"
+                digest = digests[b] if len(samples) == sample_block else f"{digests[b][:7]}n{len(samples)}"
+                yield Shard(f"{group}-{digest}.parquet", group, adaptor,
+                            [(r, s) for r in records for s in samples])
 
 
 def rows_to_table(
@@ -208,6 +249,34 @@ def rows_to_table(
     return pa.table(columns, schema=schema)
 
 
+#: Resume policy of the keys `generate_corpus` adds to the caller's settings (see `settings.resume_policy`).
+CORPUS_POLICY = {"adaptors": "grow", "num_generations": "grow", "num_prompts": "grow", "batch_size": "free"}
+
+
+@dataclass
+class GenerateResult:
+    """What a `generate` run did: shards planned, written now, found complete, and moved aside."""
+
+    out_dir: Path
+    shards: int
+    written: int
+    reused: int
+    superseded: list[str]
+    rows_written: int
+    tokens_generated: int
+    seconds: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {"out_dir": str(self.out_dir), "shards": self.shards, "written": self.written,
+                "reused": self.reused, "superseded": self.superseded, "rows_written": self.rows_written,
+                "tokens_generated": self.tokens_generated, "seconds": self.seconds}
+
+    def describe(self) -> str:
+        moved = f", {len(self.superseded)} superseded (moved to _superseded/)" if self.superseded else ""
+        rate = f", {self.tokens_generated / self.seconds:.0f} tokens/s" if self.written and self.seconds > 0 else ""
+        return f"{self.written} of {self.shards} shards written, {self.reused} reused{moved}{rate}"
+
+
 def generate_corpus(
     model: LanguageModel,
     prompts: list[PromptRecord],
@@ -221,15 +290,24 @@ def generate_corpus(
     settings: dict[str, Any],
     save_token_logprobs: bool = False,
     progress: bool = True,
-    shard_rows: int = 256,
-) -> Path:
+    prompt_block: int = 1024,
+    sample_block: int = 1,
+    policy: dict[str, str] | None = None,
+) -> GenerateResult:
     """Sample `num_generations` continuations per prompt under each adaptor into a sharded Parquet corpus.
 
     `settings` is the caller's resolved configuration; it is recorded in `_run.json` with the pipeline's own
-    settings and package versions. A rerun into the same folder must use the same settings and resumes.
+    settings and package versions. A rerun into the same folder resumes: complete shards are kept, missing
+    ones written. Settings that `policy` marks "grow" (the grid, how many prompts or generations) may change
+    between runs: only the new shards are sampled, and shards the new settings no longer plan are moved to
+    `_superseded/`, so the folder ends as a fresh run of the new settings would leave it. Any other change is
+    refused, naming the settings that differ.
     """
+    import time
+
     for name, value, low in (("num_generations", num_generations, 1), ("max_new_tokens", max_new_tokens, 1),
-                             ("batch_size", batch_size, 1), ("seed", seed, 0), ("shard_rows", shard_rows, 1)):
+                             ("batch_size", batch_size, 1), ("seed", seed, 0), ("prompt_block", prompt_block, 1),
+                             ("sample_block", sample_block, 1)):
         if not isinstance(value, int) or value < low:
             raise PQError(f"{name}={value!r} is out of range: need an integer >= {low}")
     if not prompts:
@@ -246,28 +324,35 @@ def generate_corpus(
     out_dir = Path(out_dir)
     resolved = dict(settings) | {
         "adaptors": [str(a) for a in adaptors], "num_generations": num_generations,
-        "max_new_tokens": max_new_tokens, "seed": seed, "batch_size": batch_size, "shard_rows": shard_rows,
-        "save_token_logprobs": save_token_logprobs, "tokenizer_key": model.tokenizer_key,
-        "eos_token_ids": list(model.end_ids()), "num_prompts": len(prompts),
+        "max_new_tokens": max_new_tokens, "seed": seed, "batch_size": batch_size, "prompt_block": prompt_block,
+        "sample_block": sample_block, "save_token_logprobs": save_token_logprobs,
+        "tokenizer_key": model.tokenizer_key, "eos_token_ids": list(model.end_ids()), "num_prompts": len(prompts),
     }
     record = run_record("generate", resolved)
-    check_resumable(out_dir, record)
+    check_resumable(out_dir, record, CORPUS_POLICY | (policy or {}))
     out_dir.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(out_dir)
-    write_json(out_dir / RUN_RECORD, record)
 
-    shards = list(plan_shards(prompts, adaptors, num_generations, shard_rows))
-    todo = [s for s in shards if not (out_dir / s[0]).exists()]
-    total_rows = sum(len(rows) for _, _, rows in todo)
+    shards = list(plan_shards(prompts, adaptors, num_generations, prompt_block, sample_block))
+    superseded = supersede(out_dir, {s.name for s in shards})
+    write_json(out_dir / RUN_RECORD, record)
+    todo = [s for s in shards if not (out_dir / s.name).exists()]
+    total_rows = sum(len(s.rows) for s in todo)
+    tokens = 0
+    began = time.perf_counter()
     with progress_bar(progress, total_rows, "generate") as advance:
-        for name, adaptor, rows in todo:
+        for shard in todo:
             sampled: list[SampledRow] = []
-            for start in range(0, len(rows), batch_size):
-                batch = rows[start:start + batch_size]
+            for start in range(0, len(shard.rows), batch_size):
+                batch = shard.rows[start:start + batch_size]
                 keys = row_keys(seed, np.array([p.prompt_id for p, _ in batch]), np.array([s for _, s in batch]),
-                                adaptor)
+                                shard.adaptor)
                 with torch.inference_mode():
-                    sampled += sample_batch(model, adaptor, [p.token_ids for p, _ in batch], keys, max_new_tokens)
+                    sampled += sample_batch(model, shard.adaptor, [p.token_ids for p, _ in batch], keys,
+                                            max_new_tokens)
                 advance(len(batch))
-            write_shard(rows_to_table(model, adaptor, rows, sampled, save_token_logprobs), out_dir / name)
-    return out_dir
+            tokens += sum(len(r.token_ids) for r in sampled)
+            write_shard(rows_to_table(model, shard.adaptor, shard.rows, sampled, save_token_logprobs),
+                        out_dir / shard.name)
+    return GenerateResult(out_dir, len(shards), len(todo), len(shards) - len(todo), superseded, total_rows, tokens,
+                          time.perf_counter() - began)

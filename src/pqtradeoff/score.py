@@ -10,6 +10,8 @@ atomically; a rerun skips the shards already scored.
 
 from __future__ import annotations
 
+import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,12 +24,14 @@ import torch
 from pqtradeoff.corpus import (
     GENERATED_COLUMNS,
     RUN_RECORD,
+    read_shard,
     require_shards,
     run_settings,
     shard_files,
+    supersede,
     write_shard,
 )
-from pqtradeoff.errors import PQError
+from pqtradeoff.errors import PQError, first_line
 from pqtradeoff.io import check_resumable, progress_bar, remove_stale_temporaries, run_record, write_json
 from pqtradeoff.models.base import LanguageModel
 from pqtradeoff.rewards import PRIOR_CONTEXTS, DPOReward, Reward, check_dpo_context
@@ -98,6 +102,11 @@ def prior_inputs(
     return prompts, conts
 
 
+#: Resume policy of the keys `score_corpus` records beside the caller's settings: the corpus may grow (more
+#: shards to score) and batching never changes which rows are written.
+SCORE_POLICY = {"generate_settings": "free", "batch_size": "free", "max_batch_tokens": "free"}
+
+
 def score_corpus(
     corpus_dir: Path,
     out_dir: Path,
@@ -109,7 +118,8 @@ def score_corpus(
     max_batch_tokens: int = 4096,
     settings: dict[str, Any],
     progress: bool = True,
-) -> Path:
+    policy: dict[str, str] | None = None,
+) -> ScoreResult:
     """Add `logp_prior` and `reward` to every shard of `corpus_dir`, writing the scored corpus to `out_dir`.
 
     With `prior=None` the corpus must already carry `logp_prior` (e.g. to re-score only the reward).
@@ -136,16 +146,19 @@ def score_corpus(
         "generate_settings": corpus_settings,
     }
     record = run_record("score", resolved)
-    check_resumable(out_dir, record)
+    check_resumable(out_dir, record, SCORE_POLICY | (policy or {}))
     out_dir.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(out_dir)
+    superseded = supersede(out_dir, {f.name for f in files})
     write_json(out_dir / RUN_RECORD, record)
 
     todo = [f for f in files if not (out_dir / f.name).exists()]
-    total = sum(pq.read_metadata(f).num_rows for f in todo)
+    total = sum(_num_rows(f) for f in todo)
+    began = time.perf_counter()
+    tokens = 0
     with progress_bar(progress, total, "score") as advance:
         for path in todo:
-            table = pq.read_table(path)
+            table = read_shard(path)
             missing = [c for c in GENERATED_COLUMNS if c not in table.column_names]
             if missing:
                 raise PQError(f"shard {path.name!r} lacks required column(s) {', '.join(missing)}")
@@ -155,6 +168,7 @@ def score_corpus(
                 _check_context(prior, prompts, conts, path.name)
                 per_token = continuation_logprobs(prior, prompts, conts, batch_size=batch_size,
                                                   max_batch_tokens=max_batch_tokens)
+                tokens += sum(len(c) for c in conts)
                 df["logp_prior"] = [float(np.sum(t)) for t in per_token]
                 df["prior_tokenization"] = "token_ids" if same_tokenizer else "retokenized"
                 df["prior_context"] = prior_context
@@ -175,7 +189,41 @@ def score_corpus(
             write_shard(pa.Table.from_pandas(df, preserve_index=False), out_dir / path.name)
             advance(len(df))
     _write_report(out_dir)
-    return out_dir
+    return ScoreResult(out_dir, len(files), len(todo), len(files) - len(todo), superseded, total, tokens,
+                       time.perf_counter() - began)
+
+
+def _num_rows(path: Path) -> int:
+    try:
+        return pq.read_metadata(path).num_rows
+    except (OSError, pa.ArrowException) as err:
+        raise PQError(f"shard {str(path)!r} is not a readable Parquet file ({first_line(err)}): delete it and "
+                      "rerun the stage that wrote it") from None
+
+
+@dataclass
+class ScoreResult:
+    """What a `score` run did: corpus shards, scored now, found scored, and scored shards moved aside."""
+
+    out_dir: Path
+    shards: int
+    written: int
+    reused: int
+    superseded: list[str]
+    rows_written: int
+    prior_tokens: int
+    seconds: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {"out_dir": str(self.out_dir), "shards": self.shards, "written": self.written,
+                "reused": self.reused, "superseded": self.superseded, "rows_written": self.rows_written,
+                "prior_tokens": self.prior_tokens, "seconds": self.seconds}
+
+    def describe(self) -> str:
+        moved = f", {len(self.superseded)} superseded (moved to _superseded/)" if self.superseded else ""
+        rate = f", prior {self.prior_tokens / self.seconds:.0f} tokens/s" if self.prior_tokens and self.seconds > 0 \
+            else ""
+        return f"{self.written} of {self.shards} shards scored, {self.reused} reused{moved}{rate}"
 
 
 def _warn(message: str) -> None:

@@ -297,11 +297,21 @@ def fixed_changes(old: dict[str, Any], new: dict[str, Any], policy: dict[str, st
     sets it; keys the policy does not know are compared too (conservative)."""
     changes = []
     for key in sorted(set(old) | set(new)):
-        if policy.get(key, "fixed") != "fixed":
+        if policy_of(key, policy) != "fixed":
             continue
         if old.get(key) != new.get(key):
             changes.append((key, old.get(key), new.get(key)))
     return changes
+
+
+def policy_of(key: str, policy: dict[str, str]) -> str:
+    """The policy of a dotted key: its own, else that of the nearest enclosing section, else "fixed"."""
+    while True:
+        if key in policy:
+            return policy[key]
+        if "." not in key:
+            return "fixed"
+        key = key.rsplit(".", 1)[0]
 
 
 def describe_changes(changes: list[tuple[str, Any, Any]]) -> str:
