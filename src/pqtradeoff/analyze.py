@@ -26,12 +26,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-from pydantic import BaseModel, ConfigDict, Field
 
 from pqtradeoff import adaptors, correct, stats
 from pqtradeoff.corpus import ANALYSIS_COLUMNS, RUN_RECORD, read_corpus, write_shard
 from pqtradeoff.errors import PQError, validated
 from pqtradeoff.io import run_record, write_json
+from pqtradeoff.settings import AnalysisSettings
 
 #: Columns whose values must be finite for a row to be used (the quantities analysed).
 VALUE_COLUMNS = ("reward", "logp_prior")
@@ -39,24 +39,6 @@ VALUE_COLUMNS = ("reward", "logp_prior")
 #: log-probability of the target means weight zero, which is allowed (logq must be finite: the row was sampled).
 WEIGHT_COLUMNS = {"global": ("log_weight",), "aligned": ("logp_aligned", "logq"), "none": ()}
 SERIES = {"reward": "reward", "log_prior": "logp_prior"}
-
-
-class AnalysisSettings(BaseModel):
-    """Everything that changes the analysis's numbers; recorded in summary.json."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    target: correct.Target = "global"
-    corpora: int = Field(2000, ge=1, description="bootstrapped corpora per configuration")
-    corpus_size: int = Field(2000, ge=1, description="strings per bootstrapped corpus")
-    imh_steps: int = Field(200_000, ge=2, description="IMH chain length per configuration")
-    keep_unfinished: bool = False
-    seed: int = Field(0, ge=0)
-    confidence: float = Field(0.95, gt=0.0, lt=1.0)
-    min_importance_ess: float = Field(
-        10.0, ge=1.0, description="below this pool importance-sampling ESS a config's errors are flagged unreliable"
-    )
-    plots: bool = True
 
 
 def make_settings(**values: Any) -> AnalysisSettings:

@@ -211,6 +211,21 @@ class ScoreSettings(Section):
     reward: RewardSettings
     compute: ComputeSettings = ComputeSettings()
 
+    @model_validator(mode="before")
+    @classmethod
+    def _reward_kind(cls, values: Any) -> Any:
+        """A reward model and no reward kind means kind 'model'; neither is an error worth one clear line."""
+        if isinstance(values, dict):
+            reward = values.get("reward")
+            reward = dict(reward) if isinstance(reward, dict) else ({} if reward is None else reward)
+            if isinstance(reward, dict) and "kind" not in reward:
+                if values.get("reward_model") is None:
+                    raise ValueError("no reward: give a reward model (--reward-model) or a reward kind "
+                                     "(--reward dpo|vader|python:MODULE:FUNCTION)")
+                reward["kind"] = "model"
+                values = dict(values) | {"reward": reward}
+        return values
+
     @model_validator(mode="after")
     def _check(self) -> ScoreSettings:
         if self.reward.kind == "model" and self.reward_model is None:

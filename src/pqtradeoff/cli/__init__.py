@@ -31,6 +31,7 @@ def _root() -> None:
 from pqtradeoff.cli import analyze as _analyze  # noqa: E402,F401
 from pqtradeoff.cli import demo as _demo  # noqa: E402,F401
 from pqtradeoff.cli import generate as _generate  # noqa: E402,F401
+from pqtradeoff.cli import run as _run  # noqa: E402,F401
 from pqtradeoff.cli import score as _score  # noqa: E402,F401
 from pqtradeoff.cli import toy as _toy  # noqa: E402,F401
 

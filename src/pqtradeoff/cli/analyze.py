@@ -1,4 +1,6 @@
-"""`pqtradeoff analyze SCORED_DIR --out DIR`: IMH correction, bootstrapped corpora, statistics, figures, report."""
+"""`pqtradeoff analyze SCORED_DIR --out DIR`: IMH correction, bootstrapped corpora, statistics, figures, report.
+
+The options come from `AnalysisSettings` (one option per field, named after it)."""
 
 from __future__ import annotations
 
@@ -7,32 +9,19 @@ from pathlib import Path
 import typer
 
 from pqtradeoff.cli import app
+from pqtradeoff.cli.options import argument, option, settings_command
+from pqtradeoff.settings import AnalysisSettings
+
+FLAGS = {f"--{name.replace('_', '-')}": name for name in AnalysisSettings.model_fields}
 
 
-@app.command()
-def analyze(
-    scored_dir: Path = typer.Argument(..., help="scored-corpus directory (Parquet shards; see docs/scored-corpus.md)"),
-    out: Path = typer.Option(..., "--out", help="output directory for summary.json, corpora.parquet, figures, report.html"),
-    target: str = typer.Option("global", help="IMH target: global (globally normalized adaptor), aligned, or none"),
-    corpora: int = typer.Option(2000, help="bootstrapped corpora per configuration"),
-    corpus_size: int = typer.Option(2000, help="strings per bootstrapped corpus"),
-    imh_steps: int = typer.Option(200_000, help="IMH chain length per configuration"),
-    keep_unfinished: bool = typer.Option(False, "--keep-unfinished", help="keep strings that never emitted EOS"),
-    seed: int = typer.Option(0, help="random seed (chains and corpora)"),
-    confidence: float = typer.Option(0.95, help="confidence level of every interval"),
-    min_importance_ess: float = typer.Option(10.0, help="flag configs whose pool importance-sampling ESS is below this"),
-    plots: bool = typer.Option(True, "--plots/--no-plots", help="draw the figures"),
-) -> None:
-    """Turn a scored corpus into the trade-off: per-config estimates, correlations, slope, frontier, report."""
+def _analyze(settings: AnalysisSettings, scored_dir: Path, out: Path) -> None:
     import warnings
 
-    from pqtradeoff.analyze import analyze_dir, make_settings
+    from pqtradeoff.analyze import analyze_dir
+    from pqtradeoff.stages import check_out
 
-    settings = make_settings(
-        target=target, corpora=corpora, corpus_size=corpus_size, imh_steps=imh_steps,
-        keep_unfinished=keep_unfinished, seed=seed, confidence=confidence,
-        min_importance_ess=min_importance_ess, plots=plots,
-    )
+    check_out(out)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # every warning is echoed below, once, and kept in summary.json
         summary = analyze_dir(scored_dir, out, settings)
@@ -44,3 +33,12 @@ def analyze(
         f"analyzed {len(summary['configs'])} configuration(s) ({len(summary['skipped'])} skipped), "
         f"{summary['input']['rows_used']} strings; trade-off slope {slope}; wrote {out}/report.html"
     )
+
+
+settings_command(app, "analyze", AnalysisSettings, FLAGS, _analyze,
+                 leading=[argument("scored_dir", help="Scored-corpus folder (Parquet shards; see "
+                                                      "docs/scored-corpus.md).")],
+                 trailing=[option("out", ..., "--out", help="Output folder for summary.json, corpora.parquet, "
+                                                            "figures and report.html.")],
+                 help="Turn a scored corpus into the trade-off: per-config estimates, correlations, slope, "
+                      "frontier, report.")

@@ -1,0 +1,42 @@
+"""Model backends found by name, resolved in one place (the settings' `backend` field, `--backend` on the CLI).
+
+A backend is a function `(spec, template, chat_template) -> LanguageModel`. Only `hf` (transformers) serves
+real models today; the exact finite-state models are built in memory by the demo, not named in a config.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from pqtradeoff.errors import PQError
+
+TORCH_HINT = ("pip install torch==2.13.0 (or the build for your CUDA from pytorch.org), then "
+              "pip install -e \".[models]\"")
+
+
+def require_model_packages() -> None:
+    """One line, not a 38-line ModuleNotFoundError, when the model side is not installed."""
+    import importlib.util
+
+    for module, what in (("torch", "PyTorch"), ("transformers", "transformers")):
+        if importlib.util.find_spec(module) is None:
+            raise PQError(f"{what} is not installed, and model stages need it: {TORCH_HINT}")
+
+
+def _hf(spec: Any, template: str | None, chat_template: bool) -> Any:
+    from pqtradeoff.models.hf import HFModel
+
+    return HFModel(spec.name, device=spec.device, dtype=spec.dtype, template=template, chat_template=chat_template,
+                   gguf_file=spec.gguf_file)
+
+
+BACKENDS: dict[str, Callable[..., Any]] = {"hf": _hf}
+
+
+def load_causal(spec: Any, template: str | None = None, chat_template: bool = False) -> Any:
+    """The causal language model a `ModelSpec` names, built by its backend."""
+    if spec.backend not in BACKENDS:
+        raise PQError(f"backend={spec.backend!r} is not one of {', '.join(BACKENDS)}")
+    require_model_packages()
+    return BACKENDS[spec.backend](spec, template, chat_template)

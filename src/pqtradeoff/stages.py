@@ -1,0 +1,196 @@
+"""The model stages as settings -> run function -> typed result, over real models.
+
+- `run_generate(settings, out)`: load the prompts and the aligned model, sample the corpus (`GenerateResult`).
+- `run_score(settings, corpus, out)`: load the prior and the reward, score the corpus (`ScoreResult`).
+Both check what can be checked before any model loads (prompts, the resume check), and take a `ModelCache`
+so that a process running several stages (`pqtradeoff run`) loads each model once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pqtradeoff.errors import PQError
+from pqtradeoff.io import RUN_RECORD, check_resumable, run_record
+from pqtradeoff.settings import GenerateSettings, ModelSpec, ScoreSettings, resume_policy
+
+#: Default batch sizes when the user gives none.
+GENERATE_BATCH = 8
+SCORE_BATCH = 8
+SCORE_BATCH_TOKENS = 4096
+
+
+@dataclass
+class ModelCache:
+    """Models loaded in this process, keyed by everything that makes them differ, so each loads once."""
+
+    loaded: dict[tuple, Any] = field(default_factory=dict)
+    quiet: bool = False
+
+    def causal(self, spec: ModelSpec, template: str | None = None, chat_template: bool = False) -> Any:
+        from pqtradeoff.models.registry import load_causal
+
+        key = ("causal", spec.model_dump_json(), template, chat_template)
+        if key not in self.loaded:
+            self.loaded[key] = load_causal(spec, template=template, chat_template=chat_template)
+        return self.loaded[key]
+
+    def reward_model(self, spec: ModelSpec, template: str | None, chat_template: bool, label: int | None,
+                     batch_size: int) -> Any:
+        from pqtradeoff.models.hf import HFRewardModel
+
+        key = ("reward", spec.model_dump_json(), template, chat_template, label, batch_size)
+        if key not in self.loaded:
+            self.loaded[key] = HFRewardModel(spec.name, device=spec.device, dtype=spec.dtype, batch_size=batch_size,
+                                             template=template, chat_template=chat_template, label=label,
+                                             gguf_file=spec.gguf_file)
+        return self.loaded[key]
+
+
+def _quiet_transformers(progress: bool) -> None:
+    if not progress:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+
+
+# ---------------------------------------------------------------------------------------------- generate
+def generate_record_settings(settings: GenerateSettings, prompts: list[tuple[int, str]]) -> dict[str, Any]:
+    """What `generate` records (and compares on resume): the settings, plus the prompts' digest."""
+    digest = hashlib.sha256("\n".join(f"{i}\t{t}" for i, t in prompts).encode()).hexdigest()
+    values = settings.model_dump(mode="json")
+    values["prompts"]["file"] = str(Path(settings.prompts.file).resolve())
+    return values | {"prompts_sha256": digest}
+
+
+GENERATE_POLICY = resume_policy(GenerateSettings) | {"prompts_sha256": "grow"}
+
+
+def run_generate(settings: GenerateSettings, out: Path, models: ModelCache | None = None) -> Any:
+    """Sample the corpus of `settings` into `out` (resumable; a grown grid adds only new shards)."""
+    from pqtradeoff.prompts import load_prompts
+
+    p = settings.prompts
+    out = check_out(out)
+    rows = load_prompts(p.file, field=p.field, num_prompts=p.num_prompts, prompt_seed=p.prompt_seed,
+                        max_chars=p.max_chars)
+    recorded = generate_record_settings(settings, rows)
+    check_resumable(out, {"settings": recorded}, GENERATE_POLICY)  # before minutes of model loading
+    _quiet_transformers(settings.compute.progress)
+    models = models or ModelCache()
+    lm = models.causal(settings.model, p.template, p.chat_template)
+
+    from pqtradeoff.generate import PromptRecord, generate_corpus
+
+    records = [PromptRecord(i, text, lm.encode_prompt(text)) for i, text in rows]
+    batch = settings.compute.batch_size or GENERATE_BATCH
+    if settings.compute.max_batch_tokens is not None:
+        longest = max(len(r.token_ids) for r in records) + settings.sampling.max_new_tokens
+        batch = max(1, min(batch, settings.compute.max_batch_tokens // longest))
+    s = settings.sampling
+    return generate_corpus(lm, records, s.grid(), num_generations=s.num_generations, max_new_tokens=s.max_new_tokens,
+                           seed=s.seed, batch_size=batch, out_dir=out, settings=recorded,
+                           save_token_logprobs=s.save_token_logprobs, progress=settings.compute.progress,
+                           prompt_block=s.prompt_block, policy=GENERATE_POLICY)
+
+
+# ------------------------------------------------------------------------------------------------- score
+SCORE_POLICY = resume_policy(ScoreSettings) | {"corpus_dir": "free", "prior_chat_template": "free",
+                                               "reward_chat_template": "free"}
+
+
+def score_record_settings(settings: ScoreSettings, corpus: Path) -> dict[str, Any]:
+    return settings.model_dump(mode="json") | {"corpus_dir": str(Path(corpus).resolve())}
+
+
+def run_score(settings: ScoreSettings, corpus: Path, out: Path, models: ModelCache | None = None) -> Any:
+    """Score the corpus in `corpus` into `out`: `logp_prior` from the prior, `reward` from the reward."""
+    from pqtradeoff.corpus import require_shards, run_settings
+
+    corpus, out = Path(corpus), check_out(out)
+    require_shards(corpus)
+    if corpus.resolve() == out.resolve() or corpus.resolve() in out.resolve().parents:
+        raise PQError(f"--out {str(out)!r} is, or is inside, the corpus folder: choose another folder")
+    made = run_settings(corpus)
+    prompts = made.get("prompts") if isinstance(made.get("prompts"), dict) else {}
+    template = prompts.get("template", made.get("template"))
+    chat = bool(prompts.get("chat_template", made.get("chat_template", False)))
+    recorded = score_record_settings(settings, corpus)
+    check_resumable(out, {"settings": recorded}, SCORE_POLICY)  # before loading the prior and the reward model
+    _quiet_transformers(settings.compute.progress)
+    models = models or ModelCache()
+    batch = settings.compute.batch_size or SCORE_BATCH
+    r = settings.reward
+
+    reward_chat = None
+    if r.kind == "model":
+        assert settings.reward_model is not None  # checked by ScoreSettings
+        scorer, reward_chat = with_chat_fallback(
+            lambda c: models.reward_model(settings.reward_model, template, c, r.label, batch), chat,
+            f"the reward model {settings.reward_model.name!r}")
+    else:
+        from pqtradeoff.rewards import make_reward
+
+        scorer = make_reward(r.kind, beta=r.beta)
+    lm, prior_chat = None, None
+    if settings.prior is not None:
+        lm, prior_chat = with_chat_fallback(lambda c: models.causal(settings.prior, template, c), chat,
+                                            f"the prior {settings.prior.name!r}")
+    from pqtradeoff.score import score_corpus
+
+    recorded |= {"prompt_template": template, "chat_template": chat, "prior_chat_template": prior_chat,
+                 "reward_chat_template": reward_chat}
+    return score_corpus(corpus, out, prior=lm, reward=scorer, prior_context=r.prior_context, batch_size=batch,
+                        max_batch_tokens=settings.compute.max_batch_tokens or SCORE_BATCH_TOKENS,
+                        settings=recorded, progress=settings.compute.progress, policy=SCORE_POLICY)
+
+
+def with_chat_fallback(build, chat: bool, what: str):
+    """`(build(chat), chat)`; a checkpoint without a chat template is built without one, with a warning,
+    since `score` has no option to choose its prompt format (it follows the corpus)."""
+    import logging
+
+    try:
+        return build(chat), chat
+    except PQError as err:
+        if not (chat and "no chat template" in str(err)):
+            raise
+    logging.getLogger("pqtradeoff").warning("%s has no chat template; it reads the raw prompt", what)
+    return build(False), False
+
+
+# ------------------------------------------------------------------------------------------------ output
+def check_out(out: Path | str) -> Path:
+    """An output location must be a folder (or not exist yet) under a writable parent: checked before any work."""
+    import os
+
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise PQError(f"--out {str(out)!r} is a file, not a folder")
+    parent = out
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise PQError(f"--out {str(out)!r} is under {str(parent)!r}, which is a file")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise PQError(f"--out {str(out)!r}: {str(parent)!r} is not writable")
+    return out
+
+
+def recorded_settings(folder: Path) -> dict[str, Any] | None:
+    """The settings recorded in a stage folder's `_run.json`, or None when there is none."""
+    import json
+
+    path = Path(folder) / RUN_RECORD
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8")).get("settings")
+    except (OSError, ValueError):
+        return None
+
+
+__all__ = ["ModelCache", "run_generate", "run_score", "check_out", "recorded_settings", "run_record"]
