@@ -141,7 +141,7 @@ def score_corpus(
     same_tokenizer = prior is not None and aligned_key is not None and aligned_key == prior.tokenizer_key
     resolved = dict(settings) | {
         "corpus_dir": str(corpus_dir), "prior_context": prior_context, "batch_size": batch_size,
-        "max_batch_tokens": max_batch_tokens, "reward": reward.name,
+        "max_batch_tokens": max_batch_tokens, "reward_name": reward.name,
         "prior_tokenization": None if prior is None else ("token_ids" if same_tokenizer else "retokenized"),
         "generate_settings": corpus_settings,
     }

@@ -42,14 +42,20 @@ def _print_results(summary: dict) -> None:
     table = Table(title="Per configuration: IMH-corrected means (± s.e.) and the sampled pool's means")
     for col in ("adaptor", "log prior", "reward", "pool log prior", "pool reward"):
         table.add_column(col, justify="left" if col == "adaptor" else "right", no_wrap=col == "adaptor")
+    def num(value, digits: int) -> str:
+        return "-" if value is None else f"{value:.{digits}f}"
+
     for c in summary["configs"]:
-        table.add_row(c["adaptor"], f"{c['mean_log_prior']:.2f} ± {c['mean_log_prior_se']:.2f}",
-                      f"{c['mean_reward']:.3f} ± {c['mean_reward_se']:.3f}", f"{c['local_mean_log_prior']:.2f}",
-                      f"{c['local_mean_reward']:.3f}")
+        table.add_row(c["adaptor"], f"{num(c['mean_log_prior'], 2)} ± {num(c['mean_log_prior_se'], 2)}",
+                      f"{num(c['mean_reward'], 3)} ± {num(c['mean_reward_se'], 3)}",
+                      num(c["local_mean_log_prior"], 2), num(c["local_mean_reward"], 3))
     console.print(table)
     s, k = summary["string_level"], summary["corpus_level"]
-    console.print(f"string level: spearman {s['spearman']:+.3f}, pearson {s['pearson']:+.3f}   "
-                  f"corpus level: spearman {k['spearman']:+.3f}, pearson {k['pearson']:+.3f}")
+    def r(value) -> str:
+        return "-" if value is None else f"{value:+.3f}"
+
+    console.print(f"string level: spearman {r(s['spearman'])}, pearson {r(s['pearson'])}   "
+                  f"corpus level: spearman {r(k['spearman'])}, pearson {r(k['pearson'])}")
     if summary["skipped"]:
         console.print(f"{len(summary['skipped'])} configuration(s) skipped (reasons in summary.json and the report)")
 

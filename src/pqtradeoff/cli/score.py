@@ -17,7 +17,7 @@ from pqtradeoff.settings import ScoreSettings
 FLAGS = {
     "--prior": "prior.name", "--prior-gguf-file": "prior.gguf_file",
     "--reward-model": "reward_model.name", "--reward-model-gguf-file": "reward_model.gguf_file",
-    "--backend": "prior.backend",
+    "--backend": ("prior.backend", "reward_model.backend"),
     "--device": ("prior.device", "reward_model.device"), "--dtype": ("prior.dtype", "reward_model.dtype"),
     "--reward": "reward.kind", "--beta": "reward.beta", "--label": "reward.label",
     "--prior-context": "reward.prior_context",

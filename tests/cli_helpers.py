@@ -1,0 +1,26 @@
+"""Run the CLI in this process (the one-line error path) and write small prompt files, for the tests."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+
+def cli(monkeypatch, capsys, *args) -> tuple[int, str, str]:
+    """Run `pqtradeoff ARGS` through main(); (exit code, stdout, stderr)."""
+    from pqtradeoff.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["pqtradeoff", *map(str, args)])
+    code = 0
+    try:
+        main()
+    except SystemExit as stop:
+        code = stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 1)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def write_prompts(path: Path, texts) -> Path:
+    path.write_text("".join(json.dumps({"prompt": t}) + "\n" for t in texts), encoding="utf-8")
+    return path
