@@ -12,20 +12,17 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from scipy.stats import spearmanr
 
-from pqtradeoff import exact
+from pqtradeoff import automata, exact
 from pqtradeoff.errors import PQError
 from pqtradeoff.models.fsa import (
     EOS,
     FiniteStateLM,
     TransitionReward,
     align,
-    demo_models,
     estimate_ngram,
     ngram_states,
     random_ngram,
-    with_rare_word,
 )
 
 
@@ -189,7 +186,7 @@ def test_aligned_model_is_exact_for_every_short_string(al):
     prior, reward = al.prior, al.reward
     w = prior.probs * np.exp(reward.phi / al.beta)
     with np.errstate(divide="ignore"):
-        q = exact.transition_matrix(prior.as_weighted(np.log(w)))
+        q = automata.transition_matrix(prior.as_weighted(np.log(w)))
     z_series = np.zeros(prior.n_states)
     term = w[:, prior.eos_token_id].copy()
     for _ in range(400):  # b = sum_k Q^k c
@@ -230,40 +227,6 @@ def test_identity_on_sampled_strings(seed, order, n_words, beta):
         assert abs(a.identity_residual(y)) < 1e-9
     e = exact.aligned_expectations(a)
     assert e.mean_log_prior + e.mean_reward / beta == pytest.approx(e.mean_log_aligned + a.log_z, abs=1e-9)
-
-
-def test_demo_models_show_the_phenomenon():
-    """Over the strings an adaptor grid generates, log p(y) and r(y) are positively rank-correlated, while
-    the exact means of the globally normalized adaptors trade prior likelihood for reward across
-    configurations; every configuration that normalizes is well conditioned for the IMH correction."""
-    demo = demo_models()
-    log_prior, reward, points = [], [], []
-    for family in ("", ",top_k=2", ",top_p=0.9", ",typical_p=0.9"):
-        for t in (0.5, 0.75, 1.0, 1.25, 1.5):
-            spec = f"temperature={t}{family}"
-            q = demo.aligned.with_log_probs(np.array(exact.adapted_tables(demo.aligned, spec).log_probs))
-            for y in q.sample(250, seed=int(10 * t), max_length=500):
-                log_prior.append(demo.prior.log_prob(y))
-                reward.append(demo.reward.score(y))
-            result = exact.global_expectations(demo.alignment, spec)
-            if result.normalizes:
-                assert result.spectral_radius < 0.85 and result.ess_fraction > 0.2, spec
-                points.append((result.mean_log_prior, result.mean_reward))
-    assert spearmanr(log_prior, reward).statistic > 0.08  # about 0.2, standard error about 0.02
-    assert len(points) >= 10
-    xs, ys = zip(*points, strict=True)
-    assert np.corrcoef(xs, ys)[0, 1] < -0.5
-
-
-def test_with_rare_word_sets_the_probability_everywhere():
-    base = random_ngram(4, 2, seed=1, eos_prob=0.3)
-    rare = with_rare_word(base, 3, 0.01)
-    assert np.allclose(rare.probs[:, 3], 0.01)
-    assert np.allclose(rare.probs[:, base.eos_token_id], base.probs[:, base.eos_token_id])
-    ratio = rare.probs[:, :3] / base.probs[:, :3]
-    assert np.allclose(ratio, ratio[:, :1])  # the other words keep their proportions
-    with pytest.raises(PQError, match="prob=1.5"):
-        with_rare_word(base, 3, 1.5)
 
 
 # ----------------------------------------------------------------------------------------- bad input
