@@ -14,6 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pqtradeoff import automata, exact
+from pqtradeoff.adaptors import parse
 from pqtradeoff.errors import PQError
 from pqtradeoff.models.fsa import (
     EOS,
@@ -39,12 +40,30 @@ def al():
 
 
 # ----------------------------------------------------------------------------------------- interface
-def test_start_logits_are_float32_log_probabilities(al):
+def test_start_logits_are_the_float64_log_probabilities(al):
     logits, state = al.prior.start([[], [1, 2]])
-    assert logits.dtype == torch.float32 and logits.shape == (2, al.prior.vocab_size)
-    assert torch.equal(logits[0], torch.from_numpy(al.prior.log_probs[al.prior.start_state].astype(np.float32)))
-    assert torch.equal(logits[1], torch.from_numpy(al.prior.log_probs[al.prior.state_after([1, 2])].astype(np.float32)))
-    assert torch.allclose(torch.logsumexp(logits.double(), -1), torch.zeros(2, dtype=torch.float64), atol=1e-6)
+    assert logits.dtype == torch.float64 and logits.shape == (2, al.prior.vocab_size)
+    assert torch.equal(logits[0], torch.tensor(al.prior.log_probs[al.prior.start_state]))
+    assert torch.equal(logits[1], torch.tensor(al.prior.log_probs[al.prior.state_after([1, 2])]))
+    assert torch.allclose(torch.logsumexp(logits, -1), torch.zeros(2, dtype=torch.float64), atol=1e-12)
+
+
+@pytest.mark.parametrize("spec", ["ancestral", "temperature=0.5", "top_k=2", "top_p=0.9", "min_p=0.2",
+                                  "typical_p=0.9", "epsilon_cutoff=0.05", "eta_cutoff=0.0009",
+                                  "temperature=1.5,top_k=3,top_p=0.95"])
+def test_float64_logits_go_through_the_adaptors_like_float32_ones(al, spec):
+    """transformers' warpers on the automata's float64 logits: the same kept support as on float32 logits
+    (no logit of this model sits on a truncation boundary), float64 results, equal up to float32 rounding."""
+    logits = torch.tensor(al.aligned.log_probs)
+    wide, narrow = parse(spec).adapt(logits), parse(spec).adapt(logits.float())
+    assert wide.log_probs.dtype == wide.log_weights.dtype == wide.log_z.dtype == torch.float64
+    assert torch.equal(torch.isfinite(wide.log_probs), torch.isfinite(narrow.log_probs))
+    kept = torch.isfinite(wide.log_probs)
+    assert torch.allclose(wide.log_probs[kept], narrow.log_probs[kept].double(), atol=1e-5)
+    assert torch.allclose(wide.log_z, narrow.log_z.double(), atol=1e-5)
+    # float64 end to end: the kept distribution is the model's own, renormalized, to float64 rounding
+    expected = torch.log_softmax(torch.where(kept, logits / parse(spec).temperature, -torch.inf), -1)
+    assert torch.allclose(wide.log_probs[kept], expected[kept], atol=1e-12, rtol=0)
 
 
 def test_impossible_tokens_get_minus_infinity():
@@ -62,7 +81,7 @@ def test_continuation_logits_agree_with_start_and_step(al, model_name):
     prompts = [[], [0], [3, 1, 2], []]
     conts = [list(rng.integers(0, 4, size=n)) + [model.eos_token_id] for n in (3, 0, 5)] + [[2, 2]]
     forced = model.continuation_logits(prompts, conts)
-    assert forced.shape == (4, 6, model.vocab_size) and forced.dtype == torch.float32
+    assert forced.shape == (4, 6, model.vocab_size) and forced.dtype == torch.float64
     for b, (p, c) in enumerate(zip(prompts, conts, strict=True)):
         logits, state = model.start([p])
         for t, tok in enumerate(c):

@@ -151,7 +151,7 @@ class Adaptor:
         """Boolean mask of the tokens the adaptor keeps, for logits of any shape [..., V]."""
         import torch
 
-        logits = logits.float()
+        logits = _working_precision(logits)
         if not self.truncates:
             return torch.isfinite(logits)
         flat = logits.reshape(-1, logits.shape[-1])
@@ -166,14 +166,15 @@ class Adaptor:
         return torch.cat(masks).reshape(logits.shape)
 
     def adapt(self, logits: torch.Tensor) -> AdaptedStep:
-        """Everything one sampling or scoring step needs, from one pass over the logits [..., V] (float32).
+        """Everything one sampling or scoring step needs, from one pass over the logits [..., V].
 
         Returns the T=1 log-probabilities, the adapted log-weights, log Z (over the last axis, keepdim) and
-        the locally normalized adapted log-probabilities. The input is never modified.
+        the locally normalized adapted log-probabilities, in float64 for float64 logits and float32 otherwise.
+        The input is never modified.
         """
         import torch
 
-        logp = torch.log_softmax(logits.float(), dim=-1)
+        logp = torch.log_softmax(_working_precision(logits), dim=-1)
         if self.is_identity:
             zero = torch.zeros(logp.shape[:-1] + (1,), dtype=logp.dtype, device=logp.device)
             return AdaptedStep(logp, logp, zero, logp)
@@ -190,6 +191,14 @@ class Adaptor:
     def log_probs(self, logits: torch.Tensor) -> torch.Tensor:
         """Locally renormalized adapted log-probabilities (what sampling uses), -inf outside the support."""
         return self.adapt(logits).log_probs
+
+
+def _working_precision(logits: torch.Tensor) -> torch.Tensor:
+    """The logits in the precision adaptors compute in: float64 stays float64 (the exact automata), anything
+    else becomes float32 (half-precision logits are too coarse for log_softmax and cumulative sums)."""
+    import torch
+
+    return logits.to(torch.promote_types(logits.dtype, torch.float32))
 
 
 class AdaptedStep(NamedTuple):

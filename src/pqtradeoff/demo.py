@@ -240,7 +240,7 @@ def _run(out_dir: Path, settings: DemoSettings, progress: bool) -> tuple[dict[st
     notes = [
         f"Exact finite-state models: prior {models.prior.name}, reward {models.reward.name}, beta={models.beta:g}, "
         f"log Z = {models.alignment.log_z:.6f}. The identity log p(y) + r(y)/beta = log p+(y) + log Z holds on every "
-        f"finished sampled string up to {identity_error:.2e} (float32 logits). Exact values are conditioned on "
+        f"finished sampled string up to {identity_error:.2e} (float64 throughout). Exact values are conditioned on "
         f"finishing within max_new_tokens={settings.max_new_tokens}, as the analysis keeps finished strings only.",
     ]
     # The exact lines are those of the global temperature family: drawn only when that is the target.

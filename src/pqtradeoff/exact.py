@@ -153,7 +153,7 @@ def importance_ess_fraction(
 class AdaptedTables:
     """An adaptor applied to every state's next-symbol distribution of a model (all [S, V] float64)."""
 
-    support: np.ndarray  # bool: tokens the adaptor keeps (decided on the float32 logits, as sampling does)
+    support: np.ndarray  # bool: tokens the adaptor keeps (decided on the logits sampling sees)
     log_weights: np.ndarray  # log p(v|s) / T on the support, -inf elsewhere: the global adaptor's weights
     log_z: np.ndarray  # [S] logsumexp of log_weights: log Z_t at each state
     log_probs: np.ndarray  # log_weights - log_z: the locally normalized adapted distribution q_gamma
@@ -162,8 +162,8 @@ class AdaptedTables:
 def adapted_tables(model: FiniteStateLM, adaptor: Adaptor | str) -> AdaptedTables:
     """Apply `adaptor` to each state's distribution of `model`.
 
-    The kept support comes from `Adaptor.support` on the same float32 logits the pipeline samples from, so
-    truncation decisions match sampling exactly; the weights are then formed in float64.
+    The kept support comes from `Adaptor.support` on the same float64 logits the pipeline samples from, so
+    truncation decisions match sampling exactly; the weights are formed in float64 too.
     """
     from pqtradeoff.adaptors import parse
 
@@ -175,7 +175,7 @@ def _adapted_tables(model: FiniteStateLM, adaptor: Adaptor) -> AdaptedTables:
     """Cached: the local, global and IMH computations of one configuration share the same tables."""
     import torch
 
-    logits = torch.from_numpy(model.log_probs.astype(np.float32))
+    logits = torch.tensor(model.log_probs)  # float64, exactly what `FiniteStateLM.start` gives (a copy: read-only)
     support = adaptor.support(logits).numpy()
     log_weights = np.where(support, model.log_probs / adaptor.temperature, -np.inf)
     log_z = logsumexp(log_weights, axis=1)

@@ -2,7 +2,8 @@
 
 - `FiniteStateLM`: a deterministic probabilistic automaton over a small word vocabulary plus EOS (the last
   token id), checked to terminate (spectral radius of the word-transition matrix < 1). It implements the
-  pipeline's `LanguageModel` interface: whitespace-separated words, float32 logits = log p(v | state).
+  pipeline's `LanguageModel` interface: whitespace-separated words, float64 logits = log p(v | state) (float64
+  end to end, so the pipeline's numbers agree with the closed forms to rounding, ~1e-12).
 - Builders: `random_ngram` (Dirichlet transitions, tunable EOS probability) and `estimate_ngram` (add-k
   counts from a text file, one string per line). States of an order-n model are the last n-1 symbols, the
   start state being all beginning-of-string padding.
@@ -96,7 +97,7 @@ class FiniteStateLM(LanguageModel):
         self.termination_radius = self._check_terminates()
         final = np.full((1, self.vocab_size), -np.inf)
         final[0, self.eos_token_id] = 0.0
-        self._logits = torch.from_numpy(np.vstack([self.log_probs, final]).astype(np.float32))
+        self._logits = torch.from_numpy(np.vstack([self.log_probs, final]))  # float64
         steps = np.where(self.next_state < 0, n, self.next_state)
         self._steps = np.vstack([steps, np.full((1, self.vocab_size), n)]).astype(np.int64)
         self._next = torch.from_numpy(self._steps)
