@@ -29,7 +29,7 @@ import matplotlib
 matplotlib.use("Agg")
 import numpy as np  # noqa: E402
 
-from pqtradeoff import toy  # noqa: E402
+from pqtradeoff import plots, toy  # noqa: E402
 
 
 def naive_corpus_means(model: toy.ToyModel, n_corpora: int, corpus_size: int, epsilon: float,
@@ -57,9 +57,9 @@ def naive_run(settings: toy.ToySettings, out: Path, n_naive: int) -> tuple[float
     t2 = time.perf_counter()
     small = toy.ToySettings(**{**settings.__dict__, "n_corpora": n_naive})
     summary = toy.summarize(small, model, means)
-    toy.plot_distributions(model, out / toy.FIGURES[0])
-    toy.plot_string_scatter(model, summary, out / toy.FIGURES[1])
-    toy.plot_corpus_scatter(means, summary, out / toy.FIGURES[2])
+    plots.toy_distributions(model, out / toy.FIGURES[0])
+    plots.toy_string_scatter(model, summary, out / toy.FIGURES[1])
+    plots.toy_corpus_scatter(means, summary, out / toy.FIGURES[2])
     write_json(out / toy.SUMMARY, {**summary, "run": run_record("toy-naive", small.__dict__)})
     t3 = time.perf_counter()
     return t2 - t1, (t1 - t0) + (t3 - t2)

@@ -1,6 +1,6 @@
 """Exact expectations against brute-force enumeration of strings, and against Monte Carlo sampling.
 
-The enumeration walks the model through the pipeline's interface (start/step, float32 logits, the adaptor
+The enumeration walks the model through the pipeline's interface (start/step, float64 logits, the adaptor
 applied per prefix) and sums over individual strings; the exact side uses linear solves over states. Prefixes
 are only dropped when the total mass they could still carry is bounded below 1e-12 (checked).
 """
@@ -76,7 +76,7 @@ def bounded3():
 # ----------------------------------------------------------------------------------------- enumeration
 def enumerate_strings(alignment, weight_fn, *, bound: float = 1.0, prompt=(), max_length=None, cap=64):
     """Every complete string with its log weight and its exact float64 log p, r, log p+, length and sum of
-    per-step log Z_t. `weight_fn(logits, states)` gets the aligned model's float32 logits and the automaton
+    per-step log Z_t. `weight_fn(logits, states)` gets the aligned model's float64 logits and the automaton
     states of the live prefixes and returns (log weights [B, V] float64, log Z_t [B] or None).
 
     `bound` bounds the total weight of any state's completions, so a dropped prefix of weight w carries at

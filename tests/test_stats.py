@@ -127,3 +127,55 @@ def test_pareto_frontier_equals_brute_force(points):
     front = stats.pareto_frontier(x, y)
     np.testing.assert_array_equal(front, _brute_frontier(x, y))
     assert front.any()
+
+
+# ------------------------------------------------------------------------- numpy-only statistics vs scipy
+# The toy avoids importing scipy (about a second at start-up); these statistics must be scipy's, bit for bit,
+# so its summary numbers are those scipy would give.
+finite = st.floats(-1e6, 1e6, allow_nan=False, allow_subnormal=False)
+
+
+@st.composite
+def paired_samples(draw: st.DrawFn) -> tuple[np.ndarray, np.ndarray]:
+    """Two equal-length samples, often with ties (values rounded to a few levels)."""
+    n = draw(st.integers(3, 60))
+    x = np.array(draw(st.lists(finite, min_size=n, max_size=n)))
+    y = np.array(draw(st.lists(finite, min_size=n, max_size=n)))
+    if draw(st.booleans()):
+        x, y = np.round(x / 2e5), np.round(y / 3e5)
+    return x, y
+
+
+@settings(max_examples=150, deadline=None)
+@given(paired_samples())
+def test_rank_correlations_equal_scipy_exactly(sample: tuple[np.ndarray, np.ndarray]) -> None:
+    x, y = sample
+    np.testing.assert_array_equal(stats.rankdata(x), sps.rankdata(x))
+    spear, pear = stats.spearman_pearson(x, y)
+    if np.ptp(x) == 0 or np.ptp(y) == 0:
+        assert spear is None and pear is None
+        return
+    assert spear == float(sps.spearmanr(x, y).statistic)
+    assert pear == float(sps.pearsonr(x, y).statistic)
+
+
+def test_two_points_or_a_constant_input_have_no_correlation():
+    assert stats.spearman_pearson(np.array([1.0, 2.0]), np.array([2.0, 1.0])) == (None, None)
+    assert stats.spearman_pearson(np.array([1.0, 2.0, 3.0]), np.ones(3)) == (None, None)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.integers(2, 500), st.floats(0.05, 5.0), st.integers(0, 2**32 - 1))
+def test_entropy_equals_scipy_exactly(n: int, alpha: float, seed: int) -> None:
+    probs = np.random.default_rng(seed).dirichlet(np.full(n, alpha))
+    probs = probs[probs > 0]
+    # scipy's entr is a C -x log x whose log may round differently from numpy's in the last bit
+    assert stats.entropy(probs) == pytest.approx(float(sps.entropy(probs)), rel=1e-15, abs=0)
+
+
+def test_count_means_equal_means_over_the_expanded_corpora():
+    rng = np.random.default_rng(3)
+    table = rng.normal(size=(7, 2))
+    counts = rng.multinomial(50, np.full(7, 1 / 7), size=4)
+    want = np.array([[table[np.repeat(np.arange(7), c), k].mean() for k in range(2)] for c in counts])
+    np.testing.assert_allclose(stats.count_means(counts, table), want, rtol=0, atol=1e-14)

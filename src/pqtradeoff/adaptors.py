@@ -12,62 +12,115 @@ Two views of the adapted next-token distribution (see docs/scored-corpus.md):
   `log_softmax(logits) / T` on the kept support. `logsumexp(log_weights)` is log Z_t, the log mass kept at
   one step; the IMH correction is built on it.
 
+Each parameter is declared once, as an `Adaptor` field carrying its check, its GenerationConfig off value and
+its transformers warper (`PARAMETERS`); validation, `str()`, `parse`, `generation_kwargs` and `processors` all
+read that declaration, so adding a warper is one field.
+
 This module imports torch and transformers lazily, so the analysis side can parse spec strings without them.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
-from typing import TYPE_CHECKING, NamedTuple
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from pqtradeoff.errors import PQError
 
 if TYPE_CHECKING:
     import torch
 
-#: Parameters in the order transformers' generate applies the corresponding warpers.
-PARAMETER_ORDER = ("temperature", "top_k", "top_p", "min_p", "typical_p", "epsilon_cutoff", "eta_cutoff")
-TRUNCATIONS = PARAMETER_ORDER[1:]
 #: Elements per call of transformers' warpers (rows of a [N, V] batch). Bounds their working memory (a full
 #: sort of [N, V] makes int64 indices) and keeps each pass cache-sized on CPU. See benchmarks/adaptors.py.
 CHUNK_ELEMENTS = 1 << 22
 
 
-def _check_open_unit(name: str, value: float) -> None:
+# ------------------------------------------------------------------------------------- parameter checks
+# Each returns the value to store, or raises PQError naming the parameter and the value (as transformers'
+# warpers check their own argument).
+def _finite_positive(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise PQError(f"{name}={value!r} is out of range: need a finite {name} > 0")
+    return float(value)
+
+
+def _positive_integer(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise PQError(f"{name}={value!r} is out of range: need an integer {name} >= 1")
+    return value
+
+
+def _open_unit(name: str, value: Any) -> float:
+    value = float(value)
     if not 0.0 < value < 1.0:
         raise PQError(f"{name}={value!r} is out of range: need 0 < {name} < 1 (leave {name} out to turn it off)")
+    return value
+
+
+def _half_open_unit(name: str, value: Any) -> float:
+    if not 0.0 < float(value) <= 1.0:
+        raise PQError(f"{name}={value!r} is out of range: need 0 < {name} <= 1 (leave {name} out to turn it off)")
+    return float(value)
+
+
+@dataclass(frozen=True)
+class Parameter:
+    """One sampling parameter, read from its `Adaptor` field: its name (GenerationConfig's), the type a spec
+    value is read as, its check, the value that turns it off in GenerationConfig, and transformers' warper that
+    applies it, built as `warper(**{keyword: value})`."""
+
+    name: str
+    default: float | int | None
+    kind: type
+    check: Callable[[str, Any], float | int]
+    off: float | int
+    warper: str  # a class of transformers.generation.logits_process
+    keyword: str
+
+    def is_on(self, value: float | int | None) -> bool:
+        """Whether the value changes the distribution (temperature 1.0 is off, as a missing truncation)."""
+        return value is not None and value != self.off
+
+    def build_warper(self, value: float | int) -> Any:
+        from transformers.generation import logits_process
+
+        return getattr(logits_process, self.warper)(**{self.keyword: value})
+
+
+def _parameter(default: float | int | None, kind: type, check: Callable[[str, Any], float | int], *,
+               off: float | int, warper: str, keyword: str) -> Any:
+    """An `Adaptor` field that declares a parameter once: its default, and the rest as field metadata."""
+    return field(default=default, metadata={"kind": kind, "check": check, "off": off, "warper": warper,
+                                            "keyword": keyword})
 
 
 @dataclass(frozen=True)
 class Adaptor:
-    """One sampling-adaptor configuration. Fields left as None are off (never set to a 'neutral' value)."""
+    """One sampling-adaptor configuration. Fields left as None are off (never set to a 'neutral' value).
 
-    temperature: float = 1.0
-    top_k: int | None = None
-    top_p: float | None = None
-    min_p: float | None = None
-    typical_p: float | None = None
-    epsilon_cutoff: float | None = None
-    eta_cutoff: float | None = None
+    Fields are declared in the order transformers' generate applies the corresponding warpers; each field is
+    the one declaration of its parameter (check, off value, warper), from which `PARAMETERS` derives.
+    """
+
+    temperature: float = _parameter(1.0, float, _finite_positive, off=1.0, warper="TemperatureLogitsWarper",
+                                    keyword="temperature")
+    top_k: int | None = _parameter(None, int, _positive_integer, off=0, warper="TopKLogitsWarper", keyword="top_k")
+    top_p: float | None = _parameter(None, float, _open_unit, off=1.0, warper="TopPLogitsWarper", keyword="top_p")
+    min_p: float | None = _parameter(None, float, _half_open_unit, off=0.0, warper="MinPLogitsWarper",
+                                     keyword="min_p")
+    typical_p: float | None = _parameter(None, float, _open_unit, off=1.0, warper="TypicalLogitsWarper",
+                                         keyword="mass")
+    epsilon_cutoff: float | None = _parameter(None, float, _open_unit, off=0.0, warper="EpsilonLogitsWarper",
+                                              keyword="epsilon")
+    eta_cutoff: float | None = _parameter(None, float, _open_unit, off=0.0, warper="EtaLogitsWarper",
+                                          keyword="epsilon")
 
     def __post_init__(self) -> None:
-        t = self.temperature
-        if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) or t <= 0:
-            raise PQError(f"temperature={t!r} is out of range: need a finite temperature > 0")
-        object.__setattr__(self, "temperature", float(t))
-        if self.top_k is not None:
-            if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 1:
-                raise PQError(f"top_k={self.top_k!r} is out of range: need an integer top_k >= 1")
-        for name in ("top_p", "typical_p", "epsilon_cutoff", "eta_cutoff"):
-            value = getattr(self, name)
-            if value is not None:
-                _check_open_unit(name, float(value))
-                object.__setattr__(self, name, float(value))
-        if self.min_p is not None:
-            if not 0.0 < float(self.min_p) <= 1.0:
-                raise PQError(f"min_p={self.min_p!r} is out of range: need 0 < min_p <= 1 (leave min_p out to turn it off)")
-            object.__setattr__(self, "min_p", float(self.min_p))
+        for p in PARAMETERS:
+            value = getattr(self, p.name)
+            if value is not None or p.default is not None:  # None turns a truncation off; temperature needs a value
+                object.__setattr__(self, p.name, p.check(p.name, value))
 
     # ----------------------------------------------------------------------------------------------- naming
     def __str__(self) -> str:
@@ -105,13 +158,10 @@ class Adaptor:
         caller of `generate` should still check the processor list it builds. (The pipeline itself never calls
         `generate`: it samples from `adapt`.)
         """
-        off: dict[str, float | int] = {
-            "top_k": 0, "top_p": 1.0, "min_p": 0.0, "typical_p": 1.0, "epsilon_cutoff": 0.0, "eta_cutoff": 0.0,
-        }
-        kwargs: dict[str, float | int | None] = {"temperature": self.temperature}
-        for name in TRUNCATIONS:
-            value = getattr(self, name)
-            kwargs[name] = off[name] if value is None else value
+        kwargs: dict[str, float | int | None] = {}
+        for p in PARAMETERS:
+            value = getattr(self, p.name)
+            kwargs[p.name] = p.off if value is None else value
         kwargs["do_sample"] = True
         kwargs["repetition_penalty"] = 1.0  # chat checkpoints ship e.g. 1.05 in their generation_config
         kwargs["no_repeat_ngram_size"] = 0
@@ -120,38 +170,13 @@ class Adaptor:
     # ----------------------------------------------------------------------------------------- computation
     def processors(self) -> list:
         """transformers' own warpers for this configuration, in generate's order (min_tokens_to_keep=1)."""
-        from transformers.generation.logits_process import (
-            EpsilonLogitsWarper,
-            EtaLogitsWarper,
-            MinPLogitsWarper,
-            TemperatureLogitsWarper,
-            TopKLogitsWarper,
-            TopPLogitsWarper,
-            TypicalLogitsWarper,
-        )
-
-        procs: list = []
-        if self.temperature != 1.0:
-            procs.append(TemperatureLogitsWarper(self.temperature))
-        if self.top_k is not None:
-            procs.append(TopKLogitsWarper(top_k=self.top_k))
-        if self.top_p is not None:
-            procs.append(TopPLogitsWarper(top_p=self.top_p))
-        if self.min_p is not None:
-            procs.append(MinPLogitsWarper(min_p=self.min_p))
-        if self.typical_p is not None:
-            procs.append(TypicalLogitsWarper(mass=self.typical_p))
-        if self.epsilon_cutoff is not None:
-            procs.append(EpsilonLogitsWarper(epsilon=self.epsilon_cutoff))
-        if self.eta_cutoff is not None:
-            procs.append(EtaLogitsWarper(epsilon=self.eta_cutoff))
-        return procs
+        return [p.build_warper(getattr(self, p.name)) for p in PARAMETERS if p.is_on(getattr(self, p.name))]
 
     def support(self, logits: torch.Tensor) -> torch.Tensor:
         """Boolean mask of the tokens the adaptor keeps, for logits of any shape [..., V]."""
         import torch
 
-        logits = logits.float()
+        logits = _working_precision(logits)
         if not self.truncates:
             return torch.isfinite(logits)
         flat = logits.reshape(-1, logits.shape[-1])
@@ -166,14 +191,15 @@ class Adaptor:
         return torch.cat(masks).reshape(logits.shape)
 
     def adapt(self, logits: torch.Tensor) -> AdaptedStep:
-        """Everything one sampling or scoring step needs, from one pass over the logits [..., V] (float32).
+        """Everything one sampling or scoring step needs, from one pass over the logits [..., V].
 
         Returns the T=1 log-probabilities, the adapted log-weights, log Z (over the last axis, keepdim) and
-        the locally normalized adapted log-probabilities. The input is never modified.
+        the locally normalized adapted log-probabilities, in float64 for float64 logits and float32 otherwise.
+        The input is never modified.
         """
         import torch
 
-        logp = torch.log_softmax(logits.float(), dim=-1)
+        logp = torch.log_softmax(_working_precision(logits), dim=-1)
         if self.is_identity:
             zero = torch.zeros(logp.shape[:-1] + (1,), dtype=logp.dtype, device=logp.device)
             return AdaptedStep(logp, logp, zero, logp)
@@ -192,6 +218,14 @@ class Adaptor:
         return self.adapt(logits).log_probs
 
 
+def _working_precision(logits: torch.Tensor) -> torch.Tensor:
+    """The logits in the precision adaptors compute in: float64 stays float64 (the exact automata), anything
+    else becomes float32 (half-precision logits are too coarse for log_softmax and cumulative sums)."""
+    import torch
+
+    return logits.to(torch.promote_types(logits.dtype, torch.float32))
+
+
 class AdaptedStep(NamedTuple):
     """The four views of one next-token distribution, all shaped like the logits except `log_z` (..., 1).
 
@@ -203,7 +237,11 @@ class AdaptedStep(NamedTuple):
     log_probs: torch.Tensor  # log_weights - log_z: the locally normalized adapted distribution
 
 
-_FIELD_TYPES = {f.name: f.type for f in fields(Adaptor)}
+#: Every parameter, in the order transformers' generate applies the corresponding warpers (Adaptor's fields).
+PARAMETERS: tuple[Parameter, ...] = tuple(Parameter(f.name, f.default, **f.metadata) for f in fields(Adaptor))
+PARAMETER_ORDER = tuple(p.name for p in PARAMETERS)
+TRUNCATIONS = tuple(p.name for p in PARAMETERS if p.default is None)
+_BY_NAME = {p.name: p for p in PARAMETERS}
 
 
 def parse(spec: str | Adaptor) -> Adaptor:
@@ -224,16 +262,17 @@ def parse(spec: str | Adaptor) -> Adaptor:
         name, raw = name.strip(), raw.strip()
         if not sep or not name or not raw:
             raise PQError(f"adaptor spec {spec!r}: cannot read {part!r}; expected name=value, e.g. top_p=0.9")
-        if name not in _FIELD_TYPES:
+        if name not in _BY_NAME:
             raise PQError(
                 f"adaptor spec {spec!r}: unknown parameter {name!r}; known: ancestral, {', '.join(PARAMETER_ORDER)}"
             )
         if name in values:
             raise PQError(f"adaptor spec {spec!r}: parameter {name!r} is given twice")
+        kind = _BY_NAME[name].kind
         try:
-            value: float | int = int(raw) if name == "top_k" else float(raw)
+            value: float | int = kind(raw)
         except ValueError:
-            kind = "an integer" if name == "top_k" else "a number"
+            kind = "an integer" if kind is int else "a number"
             raise PQError(f"adaptor spec {spec!r}: {name}={raw!r} is not {kind}") from None
         values[name] = value
     return Adaptor(**values)  # type: ignore[arg-type]

@@ -6,12 +6,9 @@ chain whose long-run law is pi restricted to the pool: a proposal y' is drawn un
 accepted over the current y with probability min(1, w(y')/w(y)), w = pi/q. On a finite pool this chain's
 stationary law is the self-normalized importance weights wbar_i = w_i / sum_j w_j.
 
-The chain is inherently sequential, but one step only asks "does s_t = log w(y'_t) + E_t reach log w(y)?"
-(E_t ~ Exp(1), i.e. log u_t = -E_t). So for every step a we find, vectorized over all steps at once, the first
-later step whose s reaches the level log w(y'_a) (a galloping search on a sparse table of range maxima);
-those "next acceptance" pointers form a forest, and the chain's acceptance times are the path from the first
-state, which binary lifting lists without a Python loop. Cost O(L log L) numpy work; the result equals the
-step-by-step loop (`imh_chain_naive`) exactly for the same random draws (tested).
+The chain is inherently sequential and runs as a plain loop over its pre-drawn randomness (`draw_proposals`:
+proposals and Exp(1) variates E_t, log u_t = -E_t); a vectorized search over all steps measured no faster
+(benchmarks/imh.py).
 """
 
 from __future__ import annotations
@@ -104,103 +101,21 @@ def draw_proposals(log_w: np.ndarray, steps: int, rng: np.random.Generator) -> P
 
 
 # ------------------------------------------------------------------------------------------------- the chain
-def imh_chain_naive(log_w: np.ndarray, proposals: Proposals) -> np.ndarray:
-    """The textbook IMH loop, one step at a time (the reference the vectorized chain is tested against)."""
+def imh_chain(log_w: np.ndarray, proposals: Proposals) -> np.ndarray:
+    """The IMH chain's states (pool indices), L = len(proposals.index) + 1 of them: the textbook loop.
+
+    Step t proposes j_t and accepts iff log w(j_t) + E_t >= log w(current), i.e. log u_t <= log w(j_t) -
+    log w(current) with log u_t = -E_t. A plain Python loop over lists: at the analysis' 200,000 steps it is
+    at least as fast as a vectorized search over all steps (benchmarks/imh.py), and far simpler.
+    """
     lw = np.asarray(log_w, dtype=np.float64).tolist()
     states = [proposals.start]
     current = proposals.start
     for j, e in zip(proposals.index.tolist(), proposals.exp.tolist(), strict=True):
-        if lw[j] + e >= lw[current]:  # log u <= log w(y') - log w(y), with log u = -e (same rounding as imh_chain)
+        if lw[j] + e >= lw[current]:
             current = j
         states.append(current)
     return np.asarray(states, dtype=np.int64)
-
-
-def _first_reaching(values: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
-    """For each position a, the first index t > a with values[t] >= thresholds[a] (len(values) if none).
-
-    Galloping search on a sparse table of range maxima (table[k][i] = max(values[i : i + 2^k]), +inf past the
-    end so every search stops): each search first doubles its block until the block reaches the threshold,
-    then descends inside the last doubling. Most searches end within a few steps (the next acceptance is
-    near), so the table is built only as deep as the slowest search needs.
-    """
-    n = len(values)
-    levels = max(1, int(np.ceil(np.log2(n + 2))))
-    size = n + 1 + (1 << levels)
-    table = [np.full(size, np.inf)]
-    table[0][:n] = values
-    start = np.arange(1, n + 1, dtype=np.int64)
-    active = np.arange(n, dtype=np.int64)
-    found_at: list[np.ndarray] = []  # per k: searches whose answer lies in [start + 2^(k-1), start + 2^k)
-    for k in range(levels + 1):
-        if k > 0:
-            prev, half = table[-1], 1 << (k - 1)
-            grown = np.full(size, np.inf)
-            np.maximum(prev[: size - half], prev[half:], out=grown[: size - half])
-            table.append(grown)
-        hit = table[k][start[active]] >= thresholds[active]
-        found_at.append(active[hit])
-        active = active[~hit]
-        if active.size == 0:
-            break
-    answer = np.full(n, n, dtype=np.int64)
-    for k, nodes in enumerate(found_at):
-        if nodes.size == 0:
-            continue
-        pos = start[nodes] + ((1 << (k - 1)) if k > 0 else 0)
-        thr = thresholds[nodes]
-        for j in range(k - 2, -1, -1):
-            pos = np.where(table[j][pos] < thr, pos + (1 << j), pos)
-        answer[nodes] = pos
-    return np.minimum(answer, n)
-
-
-def _path_from(pointer: np.ndarray, start: int, end: int) -> np.ndarray:
-    """The nodes start, pointer[start], pointer[pointer[start]], ... before reaching `end` (binary lifting).
-
-    `pointer` is strictly increasing along every path and `end` (= len(pointer) - 1) points to itself.
-    """
-    jumps = [pointer]
-    depth_bits = max(1, int(np.ceil(np.log2(len(pointer) + 1))))
-    for _ in range(depth_bits):
-        jumps.append(jumps[-1][jumps[-1]])
-    # Length of the path: descend the lifting table greedily from the start.
-    node, length = start, 0
-    for k in range(depth_bits, -1, -1):
-        ahead = jumps[k][node]
-        if ahead != end:
-            node, length = ahead, length + (1 << k)
-    hops = np.arange(length + 1, dtype=np.int64)
-    nodes = np.full(length + 1, start, dtype=np.int64)
-    for k in range(depth_bits + 1):
-        move = (hops >> k) & 1 == 1
-        nodes[move] = jumps[k][nodes[move]]
-    return nodes
-
-
-def imh_chain(log_w: np.ndarray, proposals: Proposals) -> np.ndarray:
-    """The IMH chain's states (pool indices), L = len(proposals.index) + 1 of them, vectorized.
-
-    Step t (1-based over the proposals) proposes j_t and accepts iff s_t = log w(j_t) + E_t >= log w(current).
-    The state entered at step a (the start is step 0) is left at the first later step whose s reaches
-    log w(state); these pointers are followed from step 0 to list the acceptance times, and the states are the
-    accepted proposals carried forward. Equals `imh_chain_naive` for the same draws.
-    """
-    lw = np.asarray(log_w, dtype=np.float64)
-    steps = len(proposals.index) + 1
-    entered = np.empty(steps, dtype=np.int64)  # the state a chain would enter at each step if it accepted
-    entered[0] = proposals.start
-    entered[1:] = proposals.index
-    s = np.empty(steps)
-    s[0] = -np.inf  # step 0 is the start, never "reached" by a later search
-    s[1:] = lw[proposals.index] + proposals.exp
-    nxt = _first_reaching(s, lw[entered])
-    pointer = np.append(nxt, steps)  # node `steps` is the end and points to itself
-    accepted_at = _path_from(pointer, 0, steps)
-    marks = np.zeros(steps, dtype=np.int64)
-    marks[accepted_at] = accepted_at
-    last_accept = np.maximum.accumulate(marks)
-    return entered[last_accept]
 
 
 # ------------------------------------------------------------------------------------------ chain diagnostics

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from pqtradeoff import exact
 from pqtradeoff.adaptors import Adaptor, parse_grid
+from pqtradeoff.automata import WeightedAutomaton, transition_matrix
 from pqtradeoff.correct import Target
 from pqtradeoff.errors import PQError, validated
 
@@ -38,7 +39,7 @@ class DemoSettings(BaseModel):
     beta: float = Field(1.0, gt=0.0, description="KL strength: p+ = p exp(r / beta) / Z")
     reward: Literal["rare-word", "rarity"] = Field(
         "rare-word", description="rare-word: a lexicon that charges each word and prizes one rare word "
-        "(fsa.demo_models); rarity: pays for every word's rarity (rarity_reward)")
+        "(demo_models.demo_models); rarity: pays for every word's rarity (demo_models.rarity_reward)")
     eos_prob: float = Field(0.35, gt=0.0, lt=1.0, description="rarity reward's prior: probability of ending")
     rarity: float = Field(0.8, ge=0.0, description="reward per nat of word rarity: phi = rarity * (top - log p)")
     word_cost: float = Field(1.0, description="rarity reward's cost of each word (EOS costs nothing)")
@@ -80,40 +81,22 @@ def make_settings(**values: Any) -> DemoSettings:
     return validated(DemoSettings, **values)
 
 
-def rarity_reward(prior: Any, rarity: float, word_cost: float, noise: float = 0.1, seed: int = 0) -> Any:
-    """A transition reward that pays for rare words and charges for length:
-    phi(s, v) = rarity * (max_w log p(w|s) - log p(v|s)) - word_cost + noise, and 0 for EOS.
-
-    Rare words earn reward the prior does not like, so raising likelihood (lower temperature, truncation)
-    costs reward: the paper's trade-off, in closed form.
-    """
-    from pqtradeoff.models import fsa
-
-    rng = np.random.default_rng(seed)
-    lp = np.where(np.isfinite(prior.log_probs), prior.log_probs, np.nan)
-    words = np.arange(prior.vocab_size) != prior.eos_token_id
-    top = np.nanmax(np.where(words, lp, np.nan), axis=1, keepdims=True)
-    phi = rarity * (top - lp) - word_cost + noise * rng.standard_normal(lp.shape)
-    phi = np.where(np.isnan(phi), 0.0, phi)
-    phi[:, prior.eos_token_id] = 0.0
-    return fsa.TransitionReward(prior, phi, name=f"rarity(rarity={rarity:g},word_cost={word_cost:g})")
-
-
 def build_models(settings: DemoSettings) -> Any:
     """The prior (random n-gram, or estimated from `text`), the rarity reward and the exact aligned model."""
+    from pqtradeoff import demo_models as dm  # torch (the backend) only when models are built
     from pqtradeoff.models import fsa
 
     if settings.text is None and settings.reward == "rare-word":
-        return fsa.demo_models(settings.model_seed, beta=settings.beta, order=settings.order)
+        return dm.demo_models(settings.model_seed, beta=settings.beta, order=settings.order)
     if settings.text is None:
         prior = fsa.random_ngram(settings.n_words, settings.order, seed=settings.model_seed, alpha=0.5,
                                  eos_prob=settings.eos_prob, zipf=1.0,
-                                 words=fsa.DEMO_WORDS[: settings.n_words] if settings.n_words <= len(fsa.DEMO_WORDS)
+                                 words=dm.DEMO_WORDS[: settings.n_words] if settings.n_words <= len(dm.DEMO_WORDS)
                                  else None)
     else:
         prior = fsa.estimate_ngram(settings.text, order=settings.order)
-    reward = rarity_reward(prior, settings.rarity, settings.word_cost, seed=settings.model_seed)
-    return fsa.DemoModels(prior, reward, fsa.align(prior, reward, settings.beta))
+    reward = dm.rarity_reward(prior, settings.rarity, settings.word_cost, seed=settings.model_seed)
+    return dm.DemoModels(prior, reward, fsa.align(prior, reward, settings.beta))
 
 
 def exact_values(
@@ -165,7 +148,7 @@ def cut_probability(alignment: Any, adaptor: Adaptor, max_length: int) -> float:
     and the (slower) bounded closed forms are not needed."""
     tables = exact.adapted_tables(alignment.aligned, adaptor)
     model = alignment.aligned
-    q = exact.transition_matrix(exact.WeightedAutomaton(model.next_state, tables.log_probs, model.eos_token_id))
+    q = transition_matrix(WeightedAutomaton(model.next_state, tables.log_probs, model.eos_token_id))
     start = np.zeros(q.shape[0])
     start[model.start_state] = 1.0
     return float((start @ np.linalg.matrix_power(q, max_length)).sum())
@@ -257,7 +240,7 @@ def _run(out_dir: Path, settings: DemoSettings, progress: bool) -> tuple[dict[st
     notes = [
         f"Exact finite-state models: prior {models.prior.name}, reward {models.reward.name}, beta={models.beta:g}, "
         f"log Z = {models.alignment.log_z:.6f}. The identity log p(y) + r(y)/beta = log p+(y) + log Z holds on every "
-        f"finished sampled string up to {identity_error:.2e} (float32 logits). Exact values are conditioned on "
+        f"finished sampled string up to {identity_error:.2e} (float64 throughout). Exact values are conditioned on "
         f"finishing within max_new_tokens={settings.max_new_tokens}, as the analysis keeps finished strings only.",
     ]
     # The exact lines are those of the global temperature family: drawn only when that is the target.

@@ -5,22 +5,37 @@
 - corpus_level.png: every bootstrapped corpus's (mean log prior, mean reward), colour = family, marker =
   temperature, the pooled least-squares line with Spearman's rho and Pearson's r in the legend, and exact
   points / lines when the caller supplied them;
-- frontier.png: each config's IMH-corrected means with +-1 standard-error bars, the Pareto frontier joined.
+- frontier.png: each config's IMH-corrected means with +-1 standard-error bars, the Pareto frontier joined;
+- the toy experiment's three figures (`toy_distributions`, `toy_string_scatter`, `toy_corpus_scatter`), drawn on
+  bare Agg figures without pyplot, whose import the toy does not pay.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
 
 from pqtradeoff.io import atomic_write  # noqa: E402
+
+if TYPE_CHECKING:
+    import pandas as pd  # annotations only: the toy's figures do not pay its import
+
+
+class _Pyplot:
+    """matplotlib.pyplot, imported on first use: the toy's figures never need it (its import costs ~0.3 s)."""
+
+    def __getattr__(self, name: str) -> Any:
+        import matplotlib.pyplot
+
+        return getattr(matplotlib.pyplot, name)
+
+
+plt = _Pyplot()
 
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">", "h", "p")
 #: Above this many points a scatter is drawn from a fixed, seeded subsample (the lines use every point).
@@ -49,8 +64,8 @@ def _subsample(frame: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
     return frame.iloc[np.sort(keep)]
 
 
-def _fmt(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:+.3f}"
+def _fmt(value: float | None, spec: str = "+.3f") -> str:
+    return "n/a" if value is None else format(value, spec)
 
 
 def string_level(data: pd.DataFrame, summary: dict[str, Any], path: Path) -> str:
@@ -169,3 +184,87 @@ def draw_all(data: pd.DataFrame, corpora: pd.DataFrame, summary: dict[str, Any],
         "corpus_level": corpus_level(corpora, summary, out_dir / "corpus_level.png"),
         "frontier": frontier(summary, out_dir / "frontier.png"),
     }
+
+
+# ------------------------------------------------------------------------------------------- toy figures
+# The toy's figures are built on bare Agg figures (no pyplot: its import and its global figure registry cost
+# time) with fixed margins in inches (tight_layout would lay out and measure every text once more before the
+# real draw), and PNGs compressed at zlib level 1 (about 10% larger files, faster to encode than level 6).
+TOY_DPI = 100
+TOY_PNG = {"format": "png", "dpi": TOY_DPI, "metadata": {"Software": None}, "pil_kwargs": {"compress_level": 1}}
+
+
+def bare_figure(width: float, height: float, left: float = 0.8, bottom: float = 0.55, right: float = 0.15,
+                top: float = 0.35, wspace: float = 0.0) -> Any:
+    """An Agg-backed figure of width x height inches, axes area inset by the given margins (inches)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), dpi=TOY_DPI)
+    FigureCanvasAgg(fig)
+    fig.subplots_adjust(left=left / width, right=1 - right / width, bottom=bottom / height, top=1 - top / height,
+                        wspace=wspace)
+    return fig
+
+
+def _fixed_label(ax: Any, title: str, xlabel: str, ylabel: str) -> None:
+    """Title at a fixed height (skips matplotlib's search for where it clears the tick labels), few ticks.
+
+    Ticks and their labels are most of the drawing time; four or five per axis read as well as eight."""
+    for axis in ("x", "y"):
+        if getattr(ax, f"get_{axis}scale")() == "linear":
+            ax.locator_params(axis=axis, nbins=4)
+    ax.set_title(title, y=1.0)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+
+
+def save_bare(fig: Any, path: Path) -> None:
+    """Write a bare figure's PNG atomically; no timestamp metadata, so the same data gives the same bytes."""
+    atomic_write(path, lambda tmp: fig.savefig(tmp, **TOY_PNG))
+
+
+def toy_distributions(model: Any, path: Path) -> None:
+    """The toy's p+, p and r over the strings (a `toy.ToyModel`), ordered by decreasing p+."""
+    from matplotlib.ticker import LogFormatter, LogLocator
+
+    order = np.argsort(-model.posterior, kind="stable")
+    rank = np.arange(1, len(order) + 1)
+    fig = bare_figure(13, 3.6, left=0.85, right=0.1, wspace=0.3)
+    axes = fig.subplots(1, 3)
+    axes[0].plot(rank, model.posterior[order], color="tab:red")
+    axes[0].set_yscale("log")
+    axes[0].yaxis.set_major_locator(LogLocator(numticks=6))
+    axes[0].yaxis.set_major_formatter(LogFormatter())  # "1e-20": plain text, no mathtext parsing
+    _fixed_label(axes[0], "aligned p+(y) ~ Dirichlet", "string (by p+)", "probability")
+    axes[1].plot(rank, model.prior[order], color="tab:blue")
+    _fixed_label(axes[1], "prior p(y)", "string (by p+)", "probability")
+    axes[2].plot(rank, model.reward[order], color="tab:green")
+    _fixed_label(axes[2], "reward r(y) = log p+(y)/p(y)", "string (by p+)", "reward")
+    save_bare(fig, path)
+
+
+def toy_string_scatter(model: Any, summary: dict[str, Any], path: Path) -> None:
+    """The toy's log p(y) against r(y), one point per string."""
+    fig = bare_figure(5, 4, left=0.65)
+    ax = fig.subplots()
+    ax.scatter(model.log_prior, model.reward, s=6, alpha=0.6, color="tab:purple")
+    _fixed_label(ax, f"strings: Spearman {_fmt(summary['string_spearman'], '.3f')}", "log prior  log p(y)",
+                 "reward  r(y)")
+    save_bare(fig, path)
+
+
+def toy_corpus_scatter(means: Any, summary: dict[str, Any], path: Path) -> None:
+    """The toy's corpus mean log p against corpus mean r (a `toy.CorpusMeans`); typical corpora highlighted;
+    the line mean r = -mean log p - H."""
+    fig = bare_figure(5.5, 4.2, left=0.75)
+    ax = fig.subplots()
+    typ = means.typical
+    ax.scatter(means.log_prior[~typ], means.reward[~typ], s=5, color="0.7", label=f"atypical ({int((~typ).sum())})")
+    ax.scatter(means.log_prior[typ], means.reward[typ], s=7, color="tab:red", label=f"typical ({int(typ.sum())})")
+    xs = np.linspace(means.log_prior.min(), means.log_prior.max(), 2)
+    ax.plot(xs, -xs - summary["posterior_entropy"], color="black", lw=1, label="mean r = -mean log p - H(p+)")
+    _fixed_label(ax, f"corpora: typical Spearman {_fmt(summary['typical_corpus_spearman'], '.3f')}",
+                 "corpus mean log prior", "corpus mean reward")
+    ax.legend(fontsize=7, loc="best")
+    save_bare(fig, path)

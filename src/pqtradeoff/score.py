@@ -3,7 +3,7 @@
 The prior scores the stored token ids when it tokenizes like the aligned model (same `tokenizer_key`);
 otherwise it scores the decoded text re-tokenized by its own tokenizer (EOS appended for finished strings).
 Which one was used is recorded per row in `prior_tokenization`. Log-probabilities are accumulated in float64
-from float32 logits, batch by batch under a token budget, so the result does not depend on batch size and
+from float32 logits (float64 where the backend gives float64), batch by batch under a token budget, so the result does not depend on batch size and
 memory stays bounded even for a 150k vocabulary. Output shards keep every input column and are written
 atomically; a rerun skips the shards already scored.
 """
@@ -67,9 +67,10 @@ def continuation_logprobs(
             for r, c in enumerate(conts):
                 padded[r, : len(c)] = c
             targets = torch.from_numpy(padded).to(logits.device)  # one host-to-device copy
-            picked = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1).float()
+            dtype = torch.promote_types(logits.dtype, torch.float32)  # half -> float32; float64 stays exact
+            picked = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1).to(dtype)
             step = max(1, width // 8)  # logsumexp in slices of positions: its temporaries stay small
-            lse = torch.cat([torch.logsumexp(logits[:, t:t + step].float(), dim=-1) for t in range(0, width, step)], 1)
+            lse = torch.cat([torch.logsumexp(logits[:, t:t + step].to(dtype), dim=-1) for t in range(0, width, step)], 1)
             logp = (picked - lse).double().cpu().numpy()
         for r, i in enumerate(batch):
             out[i] = logp[r, : len(conts[r])].copy()

@@ -4,6 +4,9 @@ A corpus of M strings drawn uniformly (with replacement) from a chain of length 
 vector over the chain's states, and so over the distinct pool strings with the chain's visit frequencies; a
 corpus mean is the dot product of those counts with the per-string values, divided by M. We draw the counts
 and never build the M rows (2000 corpora x 200000 strings would be 400 million rows per config).
+
+scipy is imported inside the functions that need it (importing scipy.stats takes about a second); the numpy-only
+statistics at the end equal scipy's (bit for bit but for entropy's last bit) and serve the toy, which must start fast.
 """
 
 from __future__ import annotations
@@ -12,7 +15,6 @@ import math
 from typing import Any
 
 import numpy as np
-from scipy import stats as sps
 
 from pqtradeoff.errors import PQError
 
@@ -47,16 +49,15 @@ def corpus_means(
     rows = max(1, _CHUNK_CELLS // visited.size)
     for lo in range(0, corpora, rows):
         hi = min(corpora, lo + rows)
-        counts = rng.multinomial(corpus_size, freq, size=hi - lo)
-        # einsum, not BLAS: single-threaded and summed in a fixed order, so the bytes never depend on threads.
-        for k in range(table.shape[1]):
-            out[lo:hi, k] = np.einsum("cs,s->c", counts, table[:, k]) / corpus_size
+        out[lo:hi] = count_means(rng.multinomial(corpus_size, freq, size=hi - lo), table)
     return {name: out[:, k].copy() for k, name in enumerate(values)}
 
 
 # ------------------------------------------------------------------------------------------------ correlation
 def _fisher_interval(r: float, se: float, confidence: float) -> tuple[float, float]:
     """An interval for a correlation from the Fisher z-transform: tanh(atanh(r) -+ z_crit * se)."""
+    from scipy import stats as sps
+
     crit = sps.norm.ppf(0.5 + confidence / 2.0)
     z = math.atanh(min(max(r, -1.0 + 1e-15), 1.0 - 1e-15))
     return math.tanh(z - crit * se), math.tanh(z + crit * se)
@@ -70,6 +71,8 @@ def correlations(x: np.ndarray, y: np.ndarray, confidence: float = 0.95) -> dict
     at 62,000 points. Both assume independent pairs. Undefined values (n < 4, a constant input) are None,
     with a `note` saying why.
     """
+    from scipy import stats as sps
+
     x = np.asarray(x, dtype=np.float64)
     y = np.asarray(y, dtype=np.float64)
     n = int(x.size)
@@ -105,6 +108,8 @@ def tradeoff_fit(log_prior: np.ndarray, reward: np.ndarray, confidence: float = 
     predicts about -beta). With one config it is undefined; with two it has no interval. Inputs are the
     configs' corpus-mean estimates; their own errors are not propagated (ordinary least squares).
     """
+    from scipy import stats as sps
+
     x = np.asarray(log_prior, dtype=np.float64)
     y = np.asarray(reward, dtype=np.float64)
     n = int(x.size)
@@ -148,3 +153,59 @@ def pareto_frontier(log_prior: np.ndarray, reward: np.ndarray) -> np.ndarray:
     gt = (x[None, :] > x[:, None]) | (y[None, :] > y[:, None])
     dominated = np.any(geq & gt, axis=1)
     return ~dominated
+
+
+# ------------------------------------------------------------------------------------ counts and numpy-only
+def count_means(counts: np.ndarray, table: np.ndarray) -> np.ndarray:
+    """Means [c, k] of per-string values `table` [n, k] over corpora given as count vectors `counts` [c, n].
+
+    einsum, not BLAS: single-threaded and summed in a fixed order, so the bytes never depend on threads.
+    """
+    size = counts.sum(axis=1)
+    out = np.empty((counts.shape[0], table.shape[1]))
+    for k in range(table.shape[1]):
+        out[:, k] = np.einsum("cs,s->c", counts, table[:, k]) / size
+    return out
+
+
+# The toy needs a few statistics without importing scipy; these are written with exactly scipy's operations,
+# so they give scipy's values bit for bit (entropy: to the last bit, as scipy's entr rounds its own log;
+# tests/test_stats.py checks this against scipy).
+def entropy(probs: np.ndarray) -> float:
+    """Shannon entropy in nats of a positive probability vector; scipy.stats.entropy's exact operations."""
+    probs = probs / np.sum(probs)
+    return float(np.sum(-(probs * np.log(probs))))
+
+
+def rankdata(x: np.ndarray) -> np.ndarray:
+    """Ranks 1..n of x, ties given their average rank (scipy.stats.rankdata, method='average')."""
+    order = np.argsort(x, kind="stable")
+    ordered = x[order]
+    first = np.flatnonzero(np.concatenate([[True], ordered[:-1] != ordered[1:]]))  # start of each tie run
+    runs = np.diff(first, append=len(x))
+    ranks = np.empty(len(x))
+    ranks[order] = np.repeat((first + 1) + (runs - 1) / 2, runs)
+    return ranks
+
+
+def spearman(x: np.ndarray, y: np.ndarray) -> float:
+    """Spearman's rho: Pearson's r of the average ranks, as scipy.stats.spearmanr computes it."""
+    ranked = np.column_stack([rankdata(x), rankdata(y)])
+    return float(np.corrcoef(ranked, rowvar=False)[1, 0])
+
+
+def pearson(x: np.ndarray, y: np.ndarray) -> float:
+    """Pearson's r, centred and scaled before the dot product as scipy.stats.pearsonr does (no overflow)."""
+    xm, ym = x - np.mean(x), y - np.mean(y)
+    xmax, ymax = np.max(np.abs(xm)), np.max(np.abs(ym))
+    norm_x = xmax * np.linalg.norm(xm / xmax, axis=-1)
+    norm_y = ymax * np.linalg.norm(ym / ymax, axis=-1)
+    return float(np.clip(np.vecdot(xm / norm_x, ym / norm_y), -1.0, 1.0))
+
+
+def spearman_pearson(x: np.ndarray, y: np.ndarray) -> tuple[float | None, float | None]:
+    """(Spearman, Pearson) of x and y without p-values or intervals; None where undefined (fewer than 3
+    points or a constant input). `correlations` is the full version, with scipy."""
+    if len(x) < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
+        return None, None
+    return spearman(x, y), pearson(x, y)

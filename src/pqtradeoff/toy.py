@@ -12,9 +12,9 @@ Multinomial(N, p+); every corpus statistic used here is a mean of a per-string v
 So we draw counts for all corpora at once instead of N * n_corpora single samples.
 
 numpy and matplotlib only (no torch, no scipy: importing scipy.stats costs about a second, more than the
-whole experiment), so `pqtradeoff toy` starts fast. The few statistics needed (softmax, entropy, Spearman,
-Pearson) are written in numpy with exactly scipy's operations, so they give scipy's values bit for bit
-(tests/test_toy.py checks this against scipy).
+whole experiment), so `pqtradeoff toy` starts fast. The statistics (entropy, Spearman, Pearson, means over
+count vectors) are `pqtradeoff.stats`'s numpy-only ones, which equal scipy's bit for bit; the figures are
+`pqtradeoff.plots`'s toy figures (bare Agg figures, no pyplot).
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from pqtradeoff import stats
 from pqtradeoff.errors import PQError
 
 SUMMARY = "summary.json"
@@ -89,46 +90,13 @@ class CorpusMeans:
     typical: np.ndarray
 
 
-# ----------------------------------------------------------------------------------------- statistics
+# ---------------------------------------------------------------------------------------------- model
 def softmax(x: np.ndarray) -> np.ndarray:
     """exp(x) / sum(exp(x)), shifted by max(x) for stability; scipy.special.softmax's exact operations."""
     shifted = np.exp(x - np.max(x))
     return shifted / np.sum(shifted)
 
 
-def entropy(probs: np.ndarray) -> float:
-    """Shannon entropy in nats of a positive probability vector; scipy.stats.entropy's exact operations."""
-    probs = probs / np.sum(probs)
-    return float(np.sum(-(probs * np.log(probs))))
-
-
-def rankdata(x: np.ndarray) -> np.ndarray:
-    """Ranks 1..n of x, ties given their average rank (scipy.stats.rankdata, method='average')."""
-    order = np.argsort(x, kind="stable")
-    ordered = x[order]
-    first = np.flatnonzero(np.concatenate([[True], ordered[:-1] != ordered[1:]]))  # start of each tie run
-    runs = np.diff(first, append=len(x))
-    ranks = np.empty(len(x))
-    ranks[order] = np.repeat((first + 1) + (runs - 1) / 2, runs)
-    return ranks
-
-
-def spearman(x: np.ndarray, y: np.ndarray) -> float:
-    """Spearman's rho: Pearson's r of the average ranks, as scipy.stats.spearmanr computes it."""
-    ranked = np.column_stack([rankdata(x), rankdata(y)])
-    return float(np.corrcoef(ranked, rowvar=False)[1, 0])
-
-
-def pearson(x: np.ndarray, y: np.ndarray) -> float:
-    """Pearson's r, centred and scaled before the dot product as scipy.stats.pearsonr does (no overflow)."""
-    xm, ym = x - np.mean(x), y - np.mean(y)
-    xmax, ymax = np.max(np.abs(xm)), np.max(np.abs(ym))
-    norm_x = xmax * np.linalg.norm(xm / xmax, axis=-1)
-    norm_y = ymax * np.linalg.norm(ym / ymax, axis=-1)
-    return float(np.clip(np.vecdot(xm / norm_x, ym / norm_y), -1.0, 1.0))
-
-
-# ---------------------------------------------------------------------------------------------- model
 def streams(seed: int) -> tuple[np.random.Generator, np.random.Generator]:
     """Independent generators for the model (Dirichlet + noise) and for the corpora, from one seed.
 
@@ -159,20 +127,12 @@ def draw_counts(probs: np.ndarray, n_corpora: int, corpus_size: int, rng: np.ran
     return rng.multinomial(corpus_size, probs, size=n_corpora)
 
 
-def corpus_means(model: ToyModel, counts: np.ndarray, epsilon: float) -> CorpusMeans:
-    """Means over each corpus as counts @ values / N; typical when |mean(-log p+) - H(p+)| < epsilon."""
-    size = counts.sum(axis=1)
+def measure_corpora(model: ToyModel, counts: np.ndarray, epsilon: float) -> CorpusMeans:
+    """Means over each corpus (count vectors [c, n]); typical when |mean(-log p+) - H(p+)| < epsilon."""
     values = np.stack([-model.log_posterior, model.log_prior, model.reward], axis=1)  # [n, 3]
-    means = (counts @ values) / size[:, None]
-    typical = np.abs(means[:, 0] - entropy(model.posterior)) < epsilon
+    means = stats.count_means(counts, values)
+    typical = np.abs(means[:, 0] - stats.entropy(model.posterior)) < epsilon
     return CorpusMeans(means[:, 0], means[:, 1], means[:, 2], typical)
-
-
-def correlations(x: np.ndarray, y: np.ndarray) -> tuple[float | None, float | None]:
-    """(Spearman, Pearson) of x and y; None where undefined (fewer than 3 points or constant)."""
-    if len(x) < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
-        return None, None
-    return spearman(x, y), pearson(x, y)
 
 
 def tradeoff_deviation(means: CorpusMeans, posterior_entropy: float) -> float | None:
@@ -185,11 +145,11 @@ def tradeoff_deviation(means: CorpusMeans, posterior_entropy: float) -> float | 
 
 def summarize(settings: ToySettings, model: ToyModel, means: CorpusMeans) -> dict[str, Any]:
     """The summary fields of the experiment; checks the exact trade-off line on the typical corpora."""
-    h_post = entropy(model.posterior)
-    s_spear, s_pear = correlations(model.log_prior, model.reward)
-    t_spear, t_pear = correlations(means.log_prior[means.typical], means.reward[means.typical])
-    a_spear, a_pear = correlations(means.log_prior[~means.typical], means.reward[~means.typical])
-    c_spear, c_pear = correlations(means.log_prior, means.reward)
+    h_post = stats.entropy(model.posterior)
+    s_spear, s_pear = stats.spearman_pearson(model.log_prior, model.reward)
+    t_spear, t_pear = stats.spearman_pearson(means.log_prior[means.typical], means.reward[means.typical])
+    a_spear, a_pear = stats.spearman_pearson(means.log_prior[~means.typical], means.reward[~means.typical])
+    c_spear, c_pear = stats.spearman_pearson(means.log_prior, means.reward)
     deviation = tradeoff_deviation(means, h_post)
     # Rounding slack: the gap is a sum of three means of size ~H, each exact to a few ulps.
     slack = 64 * np.finfo(float).eps * max(1.0, h_post + float(np.abs(model.log_prior).max()))
@@ -201,7 +161,7 @@ def summarize(settings: ToySettings, model: ToyModel, means: CorpusMeans) -> dic
     n_typical = int(means.typical.sum())
     return {
         "posterior_entropy": h_post,
-        "prior_entropy": entropy(model.prior),
+        "prior_entropy": stats.entropy(model.prior),
         "string_spearman": s_spear,
         "string_pearson": s_pear,
         "n_corpora": settings.n_corpora,
@@ -227,96 +187,8 @@ def simulate(settings: ToySettings) -> tuple[ToyModel, CorpusMeans, dict[str, An
     model_rng, corpus_rng = streams(settings.seed)
     model = make_model(settings, model_rng)
     counts = draw_counts(model.posterior, settings.n_corpora, settings.corpus_size, corpus_rng)
-    means = corpus_means(model, counts, settings.epsilon)
+    means = measure_corpora(model, counts, settings.epsilon)
     return model, means, summarize(settings, model, means)
-
-
-# -------------------------------------------------------------------------------------------- figures
-# Figures are built on bare Agg figures (no pyplot: its import and its global figure registry cost time) with
-# fixed margins in inches (tight_layout would lay out and measure every text once more before the real draw),
-# and PNGs compressed at zlib level 1 (about 10% larger files, faster to encode than the default level 6).
-DPI = 100
-PNG = {"format": "png", "dpi": DPI, "metadata": {"Software": None}, "pil_kwargs": {"compress_level": 1}}
-
-
-def new_figure(width: float, height: float, left: float = 0.8, bottom: float = 0.55, right: float = 0.15,
-               top: float = 0.35, wspace: float = 0.0) -> Any:
-    """An Agg-backed figure of width x height inches, axes area inset by the given margins (inches)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(width, height), dpi=DPI)
-    FigureCanvasAgg(fig)
-    fig.subplots_adjust(left=left / width, right=1 - right / width, bottom=bottom / height, top=1 - top / height,
-                        wspace=wspace)
-    return fig
-
-
-def plot_distributions(model: ToyModel, path: Path) -> None:
-    """p+, p and r over the strings, ordered by decreasing p+."""
-    from matplotlib.ticker import LogFormatter, LogLocator
-
-    order = np.argsort(-model.posterior, kind="stable")
-    rank = np.arange(1, len(order) + 1)
-    fig = new_figure(13, 3.6, left=0.85, right=0.1, wspace=0.3)
-    axes = fig.subplots(1, 3)
-    axes[0].plot(rank, model.posterior[order], color="tab:red")
-    axes[0].set_yscale("log")
-    axes[0].yaxis.set_major_locator(LogLocator(numticks=6))
-    axes[0].yaxis.set_major_formatter(LogFormatter())  # "1e-20": plain text, no mathtext parsing
-    _label(axes[0], "aligned p+(y) ~ Dirichlet", "string (by p+)", "probability")
-    axes[1].plot(rank, model.prior[order], color="tab:blue")
-    _label(axes[1], "prior p(y)", "string (by p+)", "probability")
-    axes[2].plot(rank, model.reward[order], color="tab:green")
-    _label(axes[2], "reward r(y) = log p+(y)/p(y)", "string (by p+)", "reward")
-    _save(fig, path)
-
-
-def plot_string_scatter(model: ToyModel, summary: dict[str, Any], path: Path) -> None:
-    """log p(y) against r(y), one point per string."""
-    fig = new_figure(5, 4, left=0.65)
-    ax = fig.subplots()
-    ax.scatter(model.log_prior, model.reward, s=6, alpha=0.6, color="tab:purple")
-    _label(ax, f"strings: Spearman {_fmt(summary['string_spearman'])}", "log prior  log p(y)", "reward  r(y)")
-    _save(fig, path)
-
-
-def plot_corpus_scatter(means: CorpusMeans, summary: dict[str, Any], path: Path) -> None:
-    """Corpus mean log p against corpus mean r; typical corpora highlighted; the line mean r = -mean log p - H."""
-    fig = new_figure(5.5, 4.2, left=0.75)
-    ax = fig.subplots()
-    typ = means.typical
-    ax.scatter(means.log_prior[~typ], means.reward[~typ], s=5, color="0.7", label=f"atypical ({int((~typ).sum())})")
-    ax.scatter(means.log_prior[typ], means.reward[typ], s=7, color="tab:red", label=f"typical ({int(typ.sum())})")
-    xs = np.linspace(means.log_prior.min(), means.log_prior.max(), 2)
-    ax.plot(xs, -xs - summary["posterior_entropy"], color="black", lw=1, label="mean r = -mean log p - H(p+)")
-    _label(ax, f"corpora: typical Spearman {_fmt(summary['typical_corpus_spearman'])}", "corpus mean log prior",
-           "corpus mean reward")
-    ax.legend(fontsize=7, loc="best")
-    _save(fig, path)
-
-
-def _label(ax: Any, title: str, xlabel: str, ylabel: str) -> None:
-    """Title at a fixed height (skips matplotlib's search for where it clears the tick labels), few ticks.
-
-    Ticks and their labels are most of the drawing time; four or five per axis read as well as eight."""
-    for axis in ("x", "y"):
-        if getattr(ax, f"get_{axis}scale")() == "linear":
-            ax.locator_params(axis=axis, nbins=4)
-    ax.set_title(title, y=1.0)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-
-
-def _fmt(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.3f}"
-
-
-def _save(fig: Any, path: Path) -> None:
-    """Write a PNG atomically; no timestamp metadata, so the same data gives the same bytes."""
-    from pqtradeoff.io import atomic_write
-
-    atomic_write(path, lambda tmp: fig.savefig(tmp, **PNG))
 
 
 def run(settings: ToySettings, out: str | Path, figures: bool = True) -> dict[str, Any]:
@@ -326,9 +198,11 @@ def run(settings: ToySettings, out: str | Path, figures: bool = True) -> dict[st
     out = Path(out)
     model, means, summary = simulate(settings)
     if figures:
-        plot_distributions(model, out / FIGURES[0])
-        plot_string_scatter(model, summary, out / FIGURES[1])
-        plot_corpus_scatter(means, summary, out / FIGURES[2])
+        from pqtradeoff import plots  # matplotlib only when figures are drawn
+
+        plots.toy_distributions(model, out / FIGURES[0])
+        plots.toy_string_scatter(model, summary, out / FIGURES[1])
+        plots.toy_corpus_scatter(means, summary, out / FIGURES[2])
     record = run_record("toy", asdict(settings))
     write_json(out / SUMMARY, {**summary, "seed": settings.seed, "run": record})
     return summary

@@ -1,9 +1,10 @@
 """The one model interface the pipeline sees, for Hugging Face models and exact finite-state automata alike.
 
 `generate` samples through `start`/`step` (incremental: KV cache or automaton state); `score` and the tests
-teacher-force through `continuation_logits`. Everything returned is float32 logits over the model's
-vocabulary; the pipeline applies adaptors and log_softmax itself, so both kinds of model are treated
-identically.
+teacher-force through `continuation_logits`. Everything returned is logits over the model's vocabulary, float32
+or float64 as the backend chooses (Hugging Face models: float32; automata: float64, so that exact values stay
+exact); the pipeline applies adaptors and log_softmax itself in that precision (half-precision logits are
+raised to float32), so both kinds of model are treated identically.
 """
 
 from __future__ import annotations
@@ -56,11 +57,11 @@ class LanguageModel(ABC):
     # ---------------------------------------------------------------------------------------- incremental
     @abstractmethod
     def start(self, prompts: list[list[int]]) -> tuple[torch.Tensor, Any]:
-        """Begin a batch: logits [B, V] (float32) for the first continuation token, and an opaque state."""
+        """Begin a batch: logits [B, V] (float32 or float64) for the first continuation token, and an opaque state."""
 
     @abstractmethod
     def step(self, state: Any, tokens: torch.Tensor) -> tuple[torch.Tensor, Any]:
-        """Feed one token per row ([B] long); return the next logits [B, V] (float32) and the new state."""
+        """Feed one token per row ([B] long); return the next logits [B, V] (float32 or float64) and the new state."""
 
     @abstractmethod
     def keep(self, state: Any, rows: torch.Tensor) -> Any:
@@ -69,7 +70,7 @@ class LanguageModel(ABC):
     # ---------------------------------------------------------------------------------------- teacher-forced
     @abstractmethod
     def continuation_logits(self, prompts: list[list[int]], continuations: list[list[int]]) -> torch.Tensor:
-        """Teacher-forced logits [B, T, V] (float32), T = longest continuation: position t holds the logits
+        """Teacher-forced logits [B, T, V] (float32 or float64), T = longest continuation: position t holds the logits
         that predict `continuations[b][t]` given the prompt and `continuations[b][:t]`. Positions past a row's
         length are padding and must be ignored by the caller. Results must not depend on the batch's other
         rows or on padding (up to float rounding)."""

@@ -2,16 +2,17 @@
 
 - `FiniteStateLM`: a deterministic probabilistic automaton over a small word vocabulary plus EOS (the last
   token id), checked to terminate (spectral radius of the word-transition matrix < 1). It implements the
-  pipeline's `LanguageModel` interface: whitespace-separated words, float32 logits = log p(v | state).
+  pipeline's `LanguageModel` interface: whitespace-separated words, float64 logits = log p(v | state) (float64
+  end to end, so the pipeline's numbers agree with the closed forms to rounding, ~1e-12).
 - Builders: `random_ngram` (Dirichlet transitions, tunable EOS probability) and `estimate_ngram` (add-k
   counts from a text file, one string per line). States of an order-n model are the last n-1 symbols, the
   start state being all beginning-of-string padding.
 - `TransitionReward`: r(y) = sum_t phi(state_t, y_t), e.g. a word-valence lexicon (`from_lexicon`).
 - `align(prior, reward, beta)`: the aligned model p+(y) = p(y) exp(r(y)/beta) / Z as a locally normalized
   automaton, p+(v|s) = p(v|s) exp(phi(s,v)/beta) b(next)/b(s), with b from one linear solve and Z = b(start).
-- `demo_models`: a prior and reward whose string-level correlation of log p(y) and r(y) is positive.
 
-Linear algebra is float64 numpy (see `pqtradeoff.exact`); torch appears only at the model interface.
+Linear algebra is float64 numpy (see `pqtradeoff.automata`); torch appears only at the model interface. The
+closed forms over these models live in `pqtradeoff.exact`, the demo's models in `pqtradeoff.demo_models`.
 """
 
 from __future__ import annotations
@@ -28,8 +29,8 @@ import numpy as np
 import torch
 from scipy.special import logsumexp
 
+from pqtradeoff.automata import WeightedAutomaton, backward, locally_normalize
 from pqtradeoff.errors import PQError
-from pqtradeoff.exact import WeightedAutomaton, backward, locally_normalize
 from pqtradeoff.models.base import LanguageModel
 
 EOS = "</s>"
@@ -96,7 +97,7 @@ class FiniteStateLM(LanguageModel):
         self.termination_radius = self._check_terminates()
         final = np.full((1, self.vocab_size), -np.inf)
         final[0, self.eos_token_id] = 0.0
-        self._logits = torch.from_numpy(np.vstack([self.log_probs, final]).astype(np.float32))
+        self._logits = torch.from_numpy(np.vstack([self.log_probs, final]))  # float64
         steps = np.where(self.next_state < 0, n, self.next_state)
         self._steps = np.vstack([steps, np.full((1, self.vocab_size), n)]).astype(np.int64)
         self._next = torch.from_numpy(self._steps)
@@ -510,72 +511,3 @@ def align(prior: FiniteStateLM, reward: TransitionReward, beta: float) -> Alignm
     log_probs = locally_normalize(prior.as_weighted(log_w), bw.log_backward)
     aligned = prior.with_log_probs(log_probs, name=f"aligned({prior.name},beta={beta!r})")
     return Alignment(prior, reward, beta, aligned, _frozen(bw.log_backward))
-
-
-# ------------------------------------------------------------------------------------------- demo
-#: The demo's words; the last one is the rare, highly valued word.
-DEMO_WORDS = ("the", "a", "day", "cat", "dog", "ran", "sat", "and", "fine", "nice", "odd", "superb")
-
-
-@dataclass(frozen=True, eq=False)
-class DemoModels:
-    prior: FiniteStateLM
-    reward: TransitionReward
-    alignment: Alignment
-
-    @property
-    def aligned(self) -> FiniteStateLM:
-        return self.alignment.aligned
-
-    @property
-    def beta(self) -> float:
-        return self.alignment.beta
-
-
-def with_rare_word(model: FiniteStateLM, word: int, prob: float) -> FiniteStateLM:
-    """The same automaton with p(word | s) = prob in every state that can emit words; the other words of
-    the state share the rest of its word mass in their old proportions (EOS unchanged)."""
-    if not isinstance(prob, (int, float)) or not 0.0 < prob < 1.0:
-        raise PQError(f"rare word prob={prob!r} is out of range: need 0 < prob < 1")
-    probs = model.probs
-    words = np.arange(model.vocab_size) != model.eos_token_id
-    mass = probs[:, words].sum(axis=1, keepdims=True)
-    others = np.where(words & (np.arange(model.vocab_size) != word), probs, 0.0)
-    scale = np.divide(np.maximum(mass - prob, 0.0), others.sum(axis=1, keepdims=True),
-                      out=np.zeros_like(mass), where=others.sum(axis=1, keepdims=True) > 0)
-    new = np.where(words, others * scale, probs)
-    new[:, word] = np.where(mass[:, 0] > prob, prob, probs[:, word])
-    with np.errstate(divide="ignore"):
-        return model.with_log_probs(np.log(new))
-
-
-def demo_models(
-    seed: int = 0,
-    *,
-    beta: float = 1.0,
-    order: int = 2,
-    rare_prob: float = 0.0025,
-    rare_value: float = 3.3,
-    word_value: float = -0.2,
-) -> DemoModels:
-    """The default demo: a random bigram prior over `DEMO_WORDS` and a word-valence lexicon.
-
-    The lexicon charges every ordinary word `word_value` (< 0) and values the rare last word ("superb",
-    probability `rare_prob` everywhere) at `rare_value`. Short plain strings are both likely and rewarded,
-    so over the strings an adaptor grid generates, log p(y) and r(y) have a positive rank correlation
-    (about +0.2 for the defaults; about 0 under p+ alone); the rare word makes a few strings unlikely but
-    highly rewarded, so across adaptors the exact means trade prior likelihood for reward (correlation
-    about -0.75 over the paper's grid): cold adaptors avoid the rare word, hot ones find it. Every
-    configuration of that grid whose global adaptor normalizes is well conditioned (spectral radius < 0.8,
-    IMH efficiency > 0.2); the hottest ones do not normalize. Tuned for seed 0 (see tests/test_fsa.py).
-
-    Why not simply a reward that favours likely words: with p+ proportional to p exp(r/beta) exactly, the
-    globally normalized temperature family moves as d E[f] / d(1/T) = Cov(f, log p+), so a reward whose
-    covariance with log p is positive everywhere makes colder corpora gain both likelihood and reward.
-    """
-    base = random_ngram(len(DEMO_WORDS), order, seed=seed, alpha=0.5, eos_prob=0.2, zipf=1.0, words=DEMO_WORDS)
-    rare = len(DEMO_WORDS) - 1
-    prior = with_rare_word(base, rare, rare_prob)
-    lexicon = {w: float(word_value) for w in DEMO_WORDS[:-1]} | {DEMO_WORDS[-1]: float(rare_value)}
-    reward = TransitionReward.from_lexicon(prior, lexicon, name="demo-lexicon")
-    return DemoModels(prior, reward, align(prior, reward, beta))
