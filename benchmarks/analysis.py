@@ -103,7 +103,7 @@ def main() -> None:
     print(f"fast (run_analysis end to end, figures and report included): {fast:.2f} s wall, {cpu:.2f} s CPU "
           f"(wall > CPU means other processes shared the cores); "
           f"peak RSS {peak_rss:.0f} MiB (before the run {base_rss:.0f} MiB); "
-          f"trade-off slope {summary['tradeoff']['slope']:+.4f}")
+          f"trade-off slope {summary.tradeoff.slope:+.4f}")
 
     small_steps, small_corpora, small_size = 2000, 2, 2000
     per_step, per_row = time_naive(frame, small_steps, small_size, small_corpora)

@@ -21,6 +21,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from pqtradeoff.io import atomic_write  # noqa: E402
+from pqtradeoff.results import ConfigResult, Summary  # noqa: E402
 
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">", "h", "p")
 #: Above this many points a scatter is drawn from a fixed, seeded subsample (the lines use every point).
@@ -53,26 +54,26 @@ def _fmt(value: float | None) -> str:
     return "n/a" if value is None else f"{value:+.3f}"
 
 
-def string_level(data: pd.DataFrame, summary: dict[str, Any], path: Path) -> str:
+def string_level(data: pd.DataFrame, summary: Summary, path: Path) -> str:
     """Strings: reward against log prior, per-config regression lines."""
-    configs = summary["configs"]
-    families = sorted({c["family"] for c in configs})
+    configs = summary.configs
+    families = sorted({c.family for c in configs})
     colour = _palette(families)
     fig, ax = plt.subplots(figsize=(7, 5))
-    shown = _subsample(data[data["adaptor"].isin([c["adaptor"] for c in configs])])
-    fam = shown["adaptor"].map({c["adaptor"]: c["family"] for c in configs})
+    shown = _subsample(data[data["adaptor"].isin([c.adaptor for c in configs])])
+    fam = shown["adaptor"].map({c.adaptor: c.family for c in configs})
     ax.scatter(shown["logp_prior"], shown["reward"], s=3, alpha=0.25, c=[colour[f] for f in fam], rasterized=True)
     for c in configs:
-        rows = data[data["adaptor"] == c["adaptor"]]
+        rows = data[data["adaptor"] == c.adaptor]
         x, y = rows["logp_prior"].to_numpy(float), rows["reward"].to_numpy(float)
         if len(x) >= 2 and np.ptp(x) > 0:
             slope, intercept = np.polyfit(x, y, 1)
             grid = np.array([x.min(), x.max()])
-            ax.plot(grid, slope * grid + intercept, color=colour[c["family"]], lw=1, alpha=0.8)
+            ax.plot(grid, slope * grid + intercept, color=colour[c.family], lw=1, alpha=0.8)
     for f in families:
         ax.plot([], [], color=colour[f], marker="o", ls="-", label=f)
-    s = summary["string_level"]
-    ax.set_title(f"String level: rho = {_fmt(s['spearman'])}, r = {_fmt(s['pearson'])} (n = {s['n']})")
+    s = summary.string_level
+    ax.set_title(f"String level: rho = {_fmt(s.spearman)}, r = {_fmt(s.pearson)} (n = {s.n})")
     ax.set_xlabel("log prior probability of the string, log p(y)")
     ax.set_ylabel("reward r(y)")
     ax.legend(fontsize=7, title="adaptor family", title_fontsize=7)
@@ -80,9 +81,10 @@ def string_level(data: pd.DataFrame, summary: dict[str, Any], path: Path) -> str
     return _save(fig, path)
 
 
-def _exact_stars(ax: plt.Axes, configs: list[dict[str, Any]]) -> None:
+def _exact_stars(ax: plt.Axes, configs: list[ConfigResult]) -> None:
     """Each config's exact expectations (when the producer knows them, e.g. the exact-model demo) as stars."""
-    exact = [e for e in configs if e.get("exact_mean_log_prior") is not None and e.get("exact_mean_reward") is not None]
+    exact = [c.exact for c in configs
+             if c.exact.get("exact_mean_log_prior") is not None and c.exact.get("exact_mean_reward") is not None]
     if exact:
         ax.scatter([e["exact_mean_log_prior"] for e in exact], [e["exact_mean_reward"] for e in exact],
                    marker="*", s=90, facecolor="none", edgecolor="black", label="exact expectations")
@@ -106,30 +108,30 @@ def _finish(fig: plt.Figure, ax: plt.Axes, title: str, xlabel: str, ylabel: str,
     return _save(fig, path)
 
 
-def corpus_level(corpora: pd.DataFrame, summary: dict[str, Any], path: Path) -> str:
+def corpus_level(corpora: pd.DataFrame, summary: Summary, path: Path) -> str:
     """Corpora: mean reward against mean log prior; colour = family, marker = temperature, pooled line."""
-    configs = summary["configs"]
-    families = sorted({c["family"] for c in configs})
+    configs = summary.configs
+    families = sorted({c.family for c in configs})
     colour = _palette(families)
-    marker = _markers(list({c["temperature"] for c in configs}))
+    marker = _markers(list({c.temperature for c in configs}))
     fig, ax = plt.subplots(figsize=(7, 5))
     shown = _subsample(corpora)
     for (fam, temp), rows in shown.groupby(["family", "temperature"], sort=True):
         ax.scatter(rows["mean_log_prior"], rows["mean_reward"], s=6, alpha=0.35, color=colour[fam],
                    marker=marker[temp], rasterized=True)
-    c = summary["corpus_level"]
+    c = summary.corpus_level
     x, y = corpora["mean_log_prior"].to_numpy(float), corpora["mean_reward"].to_numpy(float)
     if len(x) >= 2 and np.ptp(x) > 0:
         slope, intercept = np.polyfit(x, y, 1)
         grid = np.array([x.min(), x.max()])
         ax.plot(grid, slope * grid + intercept, color="black", lw=1.5,
-                label=f"pooled fit: rho = {_fmt(c['spearman'])}, r = {_fmt(c['pearson'])}")
+                label=f"pooled fit: rho = {_fmt(c.spearman)}, r = {_fmt(c.pearson)}")
     _exact_stars(ax, configs)
     xlim, ylim = ax.get_xlim(), ax.get_ylim()  # the data's view: exact lines are clipped to it
-    for i, line in enumerate(summary.get("exact_lines", [])):
+    for i, line in enumerate(summary.exact_lines):
         grid = np.array(xlim)
-        ax.plot(grid, line["slope"] * grid + line["intercept"], ls=("--", "-.", ":")[i % 3], lw=1,
-                color="dimgray", label=line.get("label", "exact line"))
+        ax.plot(grid, line.slope * grid + line.intercept, ls=("--", "-.", ":")[i % 3], lw=1,
+                color="dimgray", label=line.label)
     ax.set_xlim(xlim)
     ax.set_ylim(ylim)
     _legend_keys(ax, families, colour, marker)
@@ -137,31 +139,31 @@ def corpus_level(corpora: pd.DataFrame, summary: dict[str, Any], path: Path) -> 
                    "corpus mean log prior probability", "corpus mean reward", path)
 
 
-def frontier(summary: dict[str, Any], path: Path) -> str:
+def frontier(summary: Summary, path: Path) -> str:
     """Config means with standard-error bars; the Pareto-optimal configs joined by a line."""
-    configs = summary["configs"]
-    families = sorted({c["family"] for c in configs})
+    configs = summary.configs
+    families = sorted({c.family for c in configs})
     colour = _palette(families)
-    marker = _markers(list({c["temperature"] for c in configs}))
+    marker = _markers(list({c.temperature for c in configs}))
     fig, ax = plt.subplots(figsize=(7, 5))
     for c in configs:
-        ax.errorbar(c["mean_log_prior"], c["mean_reward"], xerr=c["mean_log_prior_se"], yerr=c["mean_reward_se"],
-                    color=colour[c["family"]], marker=marker[c["temperature"]], ms=6, lw=0.8,
-                    mfc=colour[c["family"]] if c["on_frontier"] else "none")
-    front = sorted((c for c in configs if c["on_frontier"]), key=lambda c: c["mean_log_prior"])
-    ax.plot([c["mean_log_prior"] for c in front], [c["mean_reward"] for c in front], color="black", lw=1,
+        ax.errorbar(c.log_prior.mean, c.reward.mean, xerr=c.log_prior.se, yerr=c.reward.se,
+                    color=colour[c.family], marker=marker[c.temperature], ms=6, lw=0.8,
+                    mfc=colour[c.family] if c.on_frontier else "none")
+    front = sorted((c for c in configs if c.on_frontier), key=lambda c: c.mean_log_prior)
+    ax.plot([c.mean_log_prior for c in front], [c.mean_reward for c in front], color="black", lw=1,
             label="Pareto frontier (filled markers)")
     _exact_stars(ax, configs)
-    t = summary["tradeoff"]
-    if t["defined"]:
+    t = summary.tradeoff
+    if t.defined:
         grid = np.array(ax.get_xlim())
-        ax.plot(grid, t["slope"] * grid + t["intercept"], ls=":", color="grey", label=f"fit across configs: slope {t['slope']:+.3f}")
+        ax.plot(grid, t.slope * grid + t.intercept, ls=":", color="grey", label=f"fit across configs: slope {t.slope:+.3f}")
     _legend_keys(ax, families, colour, marker)
     return _finish(fig, ax, "Trade-off across configurations (IMH-corrected means +- 1 s.e.)",
                    "mean log prior probability", "mean reward", path)
 
 
-def draw_all(data: pd.DataFrame, corpora: pd.DataFrame, summary: dict[str, Any], out_dir: Path) -> dict[str, str]:
+def draw_all(data: pd.DataFrame, corpora: pd.DataFrame, summary: Summary, out_dir: Path) -> dict[str, str]:
     """Draw the three figures into out_dir; return {figure: file name}."""
     out_dir = Path(out_dir)
     return {

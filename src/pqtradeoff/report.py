@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from pqtradeoff.io import atomic_write
+from pqtradeoff.results import Summary
+from pqtradeoff.stats import Correlation
 
 CSS = """
 body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;line-height:1.45;color:#222}
@@ -56,9 +58,9 @@ def _figure(out_dir: Path, name: str | None, caption: str) -> str:
     return f"<figure><img alt='{_e(caption)}' src='data:image/png;base64,{data}'><figcaption class='note'>{_e(caption)}</figcaption></figure>"
 
 
-def _correlation_rows(label: str, c: dict[str, Any]) -> list[str]:
-    return [_e(label), _num(c["n"]), _num(c["spearman"]), _ci(c["spearman_ci"]), _num(c["spearman_p"]),
-            _num(c["pearson"]), _ci(c["pearson_ci"]), _num(c["pearson_p"]), _e(c.get("note") or "")]
+def _correlation_rows(label: str, c: Correlation) -> list[str]:
+    return [_e(label), _num(c.n), _num(c.spearman), _ci(c.spearman_ci), _num(c.spearman_p),
+            _num(c.pearson), _ci(c.pearson_ci), _num(c.pearson_p), _e(c.note or "")]
 
 
 TARGET_WORDS = {
@@ -69,8 +71,8 @@ TARGET_WORDS = {
 }
 
 
-def _intro(s: dict[str, Any]) -> str:
-    st = s["settings"]
+def _intro(s: Summary) -> str:
+    st = s.settings
     return f"""
 <h1>Probability-quality trade-off: analysis report</h1>
 <p>An aligned language model was sampled with several <b>sampling adaptors</b> (temperature, top-k, top-p, ...).
@@ -80,40 +82,39 @@ strings), more average reward comes with less average prior log-probability - a 
 minus the alignment strength beta - even though across single <i>strings</i> the two can be positively
 correlated. The adaptor decides where on the trade-off a corpus lands.</p>
 <p>The strings of each configuration were drawn from the <i>locally normalized</i> adaptor. The theory speaks of a
-target distribution; here the target is <b>{_e(st['target'])}</b>: {_e(TARGET_WORDS[st['target']])}. An
-independent Metropolis-Hastings (IMH) chain of {st['imh_steps']:,} steps per configuration re-weights the sampled
-strings toward that target; {st['corpora']:,} corpora of {st['corpus_size']:,} strings are then drawn from each
-chain. Seed {st['seed']}; intervals are {st['confidence']:.0%} confidence intervals.</p>"""
+target distribution; here the target is <b>{_e(st.target)}</b>: {_e(TARGET_WORDS[st.target])}. An
+independent Metropolis-Hastings (IMH) chain of {st.imh_steps:,} steps per configuration re-weights the sampled
+strings toward that target; {st.corpora:,} corpora of {st.corpus_size:,} strings are then drawn from each
+chain. Seed {st.seed}; intervals are {st.confidence:.0%} confidence intervals.</p>"""
 
 
-def _input(s: dict[str, Any]) -> str:
-    i = s["input"]
-    parts = [f"<h2>Input</h2><p>{i['rows_read']:,} rows read; {i['rows_used']:,} used. "
-             f"{i['dropped_total']:,} dropped for missing or non-finite values; {i['unfinished']:,} strings did not "
-             f"finish (no end-of-sequence token) and {i['unfinished_excluded']:,} of those were excluded.</p>"]
-    if i["dropped_by_column"]:
-        parts.append(_table(["column", "rows dropped"], [[_e(k), _num(v)] for k, v in i["dropped_by_column"].items()]))
-    if s["warnings"]:
-        parts.append("<div class='warn'><b>Warnings</b><ul>" + "".join(f"<li>{_e(w)}</li>" for w in s["warnings"]) + "</ul></div>")
-    if s["skipped"]:
+def _input(s: Summary) -> str:
+    i = s.input
+    parts = [f"<h2>Input</h2><p>{i.rows_read:,} rows read; {i.rows_used:,} used. "
+             f"{i.dropped_total:,} dropped for missing or non-finite values; {i.unfinished:,} strings did not "
+             f"finish (no end-of-sequence token) and {i.unfinished_excluded:,} of those were excluded.</p>"]
+    if i.dropped_by_column:
+        parts.append(_table(["column", "rows dropped"], [[_e(k), _num(v)] for k, v in i.dropped_by_column.items()]))
+    if s.warnings:
+        parts.append("<div class='warn'><b>Warnings</b><ul>" + "".join(f"<li>{_e(w)}</li>" for w in s.warnings) + "</ul></div>")
+    if s.skipped:
         parts.append("<h3>Skipped configurations</h3>" + _table(
-            ["adaptor", "reason"], [[_e(k["adaptor"]), _e(k["reason"])] for k in s["skipped"]], left=2))
-    if s["notes"]:
-        parts.append("<h3>Notes</h3><ul>" + "".join(f"<li>{_e(n)}</li>" for n in s["notes"]) + "</ul>")
+            ["adaptor", "reason"], [[_e(k.adaptor), _e(k.reason)] for k in s.skipped], left=2))
+    if s.notes:
+        parts.append("<h3>Notes</h3><ul>" + "".join(f"<li>{_e(n)}</li>" for n in s.notes) + "</ul>")
     return "".join(parts)
 
 
-def _configs(s: dict[str, Any]) -> str:
+def _configs(s: Summary) -> str:
     rows = []
-    for c in s["configs"]:
+    for c in s.configs:
         rows.append([
-            _e(c["adaptor"]), _num(c["n_strings"]), _num(c["n_dropped"]),
-            _e("; ".join(f"{k}: {v}" for k, v in c.get("dropped_why", {}).items())),
-            _num(c["mean_reward"]), _num(c["mean_reward_se"]),
-            _num(c["mean_log_prior"]), _num(c["mean_log_prior_se"]), _num(c["local_mean_reward"]),
-            _num(c["local_mean_log_prior"]), _num(c["acceptance_rate"], 3), _num(c["chain_ess"], 4),
-            _num(c["importance_ess"], 4), _num(c["lag1_reward"], 3), _num(c["tau_reward"], 3),
-            "yes" if c["reliable"] else "<b>no</b>",
+            _e(c.adaptor), _num(c.n_strings), _num(c.n_dropped),
+            _e("; ".join(f"{k}: {v}" for k, v in c.dropped_why.items())),
+            _num(c.reward.mean), _num(c.reward.se), _num(c.log_prior.mean), _num(c.log_prior.se),
+            _num(c.reward.local_mean), _num(c.log_prior.local_mean), _num(c.acceptance_rate, 3),
+            _num(c.chain_ess, 4), _num(c.importance_ess, 4), _num(c.reward.lag1, 3), _num(c.reward.tau, 3),
+            "yes" if c.reliable else "<b>no</b>",
         ])
     return f"""
 <h2>Per configuration</h2>
@@ -128,19 +129,19 @@ length divided by the integrated autocorrelation time (the smaller of reward's a
 monotone sequence). <b>IS ESS</b>: the pool's importance-sampling effective sample size (sum w)^2 / sum w^2: how
 many equally weighted strings the weighted pool is worth; a few dominant weights make it small. <b>lag-1</b>
 and <b>tau</b>: the chain's lag-1 autocorrelation and integrated autocorrelation time for the reward series (1 means
-independent draws). <b>reliable</b>: "no" when the IS ESS is below {s['settings']['min_importance_ess']:g}; then the
+independent draws). <b>reliable</b>: "no" when the IS ESS is below {s.settings.min_importance_ess:g}; then the
 pool is dominated by a few strings and the standard errors understate the real uncertainty.</p>
 """ + _table(["adaptor", "strings", "dropped", "why dropped", "mean reward", "s.e.", "mean log prior", "s.e.", "local reward",
               "local log prior", "acceptance", "chain ESS", "IS ESS", "lag-1", "tau", "reliable"], rows)
 
 
-def _correlations(s: dict[str, Any], out_dir: Path) -> str:
-    figs = s["outputs"].get("figures", {})
-    rows = [_correlation_rows("all strings pooled", s["string_level"])]
-    rows += [_correlation_rows(c["adaptor"], c["string_level"]) for c in s["configs"]]
-    crow = [_correlation_rows("all corpora pooled", s["corpus_level"])]
-    crow += [_correlation_rows("configuration means (one point per config)", s["config_level"])]
-    crow += [_correlation_rows(c["adaptor"], c["corpus_level"]) for c in s["configs"]]
+def _correlations(s: Summary, out_dir: Path) -> str:
+    figs = s.outputs.get("figures", {})
+    rows = [_correlation_rows("all strings pooled", s.string_level)]
+    rows += [_correlation_rows(c.adaptor, c.string_level) for c in s.configs]
+    crow = [_correlation_rows("all corpora pooled", s.corpus_level)]
+    crow += [_correlation_rows("configuration means (one point per config)", s.config_level)]
+    crow += [_correlation_rows(c.adaptor, c.corpus_level) for c in s.configs]
     head = ["over", "n", "Spearman rho", "CI", "p", "Pearson r", "CI", "p", "note"]
     return f"""
 <h2>String level</h2>
@@ -161,22 +162,22 @@ uncertainty across configurations. Within one configuration, corpora differ only
 {_table(head, crow, left=1)}"""
 
 
-def _tradeoff(s: dict[str, Any], out_dir: Path) -> str:
-    t = s["tradeoff"]
-    figs = s["outputs"].get("figures", {})
-    if t["defined"]:
-        words = (f"Across the {t['n_configs']} configurations, each nat of prior log-probability given up buys "
-                 f"{-t['slope']:.4g} units of reward on average (slope {t['slope']:.4g}, {t['confidence']:.0%} CI "
-                 f"{_ci(t['slope_ci'])}, R^2 {_num(t['r_squared'])}). This exchange rate across adaptors need not equal -beta: the theory's slope "
+def _tradeoff(s: Summary, out_dir: Path) -> str:
+    t = s.tradeoff
+    figs = s.outputs.get("figures", {})
+    if t.defined:
+        words = (f"Across the {t.n_configs} configurations, each nat of prior log-probability given up buys "
+                 f"{-t.slope:.4g} units of reward on average (slope {t.slope:.4g}, {t.confidence:.0%} CI "
+                 f"{_ci(t.slope_ci)}, R^2 {_num(t.r_squared)}). This exchange rate across adaptors need not equal -beta: the theory's slope "
                  f"-beta is that of the band on which one distribution's typical corpora lie, and each adaptor has its "
                  f"own intercept (see the exact lines on the corpus-level panel, where a producer provides them).")
     else:
         words = "The trade-off fit is not available."
-    note = f" {t['note']}." if t.get("note") else ""
+    note = f" {t.note}." if t.note else ""
     rows = []
-    for c in sorted(s["configs"], key=lambda c: -c["mean_log_prior"]):
-        rows.append([_e(c["adaptor"]), _num(c["mean_log_prior"]), _num(c["mean_reward"]),
-                     "<b>yes</b>" if c["on_frontier"] else "no"])
+    for c in sorted(s.configs, key=lambda c: -c.mean_log_prior):
+        rows.append([_e(c.adaptor), _num(c.mean_log_prior), _num(c.mean_reward),
+                     "<b>yes</b>" if c.on_frontier else "no"])
     return f"""
 <h2>The trade-off</h2>
 <p class='note'>A straight line fit (ordinary least squares) of each configuration's mean reward against its mean
@@ -187,13 +188,13 @@ once (filled markers in the figure). Moving along it you can only gain reward by
 {_table(["adaptor (by mean log prior, high to low)", "mean log prior", "mean reward", "on frontier"], rows)}"""
 
 
-def _exact(s: dict[str, Any]) -> str:
-    with_exact = [c for c in s["configs"] if c.get("exact_comparison")]
+def _exact(s: Summary) -> str:
+    with_exact = [c for c in s.configs if c.exact_comparison]
     if not with_exact:
         return ""
     rows, within, total, outside, largest = [], 0, 0, [], 0.0
     for c in with_exact:
-        z = c["exact_comparison"]
+        z = c.exact_comparison or {}
         for name in ("reward", "log_prior"):
             if f"z_{name}" not in z:
                 continue
@@ -201,10 +202,11 @@ def _exact(s: dict[str, Any]) -> str:
             within += abs(z[f"z_{name}"]) <= 3
             largest = max(largest, abs(z[f"z_{name}"]))
             if abs(z[f"z_{name}"]) > 3:
-                outside.append(f"{c['adaptor']} ({name.replace('_', ' ')}, z = {z[f'z_{name}']:.2f})")
-            rows.append([_e(c["adaptor"]), _e(name.replace("_", " ")), _num(c[f"mean_{name}"]), _num(c[f"mean_{name}_se"]),
-                         _num(c[f"exact_mean_{name}"]), _num(z[f"z_{name}"], 3),
-                         _num(c.get(f"exact_local_mean_{name}")), _num(c[f"local_mean_{name}"])])
+                outside.append(f"{c.adaptor} ({name.replace('_', ' ')}, z = {z[f'z_{name}']:.2f})")
+            series = c.series(name)
+            rows.append([_e(c.adaptor), _e(name.replace("_", " ")), _num(series.mean), _num(series.se),
+                         _num(c.exact[f"exact_mean_{name}"]), _num(z[f"z_{name}"], 3),
+                         _num(c.exact.get(f"exact_local_mean_{name}")), _num(series.local_mean)])
     return f"""
 <h2>Against exact values</h2>
 <p>The exact expectations of the target are known for these models. {within} of {total} IMH-corrected means agree
@@ -215,16 +217,16 @@ correction removes.</p>
 {_table(["adaptor", "quantity", "IMH mean", "s.e.", "exact", "z", "exact local", "sampled local"], rows, left=2)}"""
 
 
-def render(summary: dict[str, Any], out_dir: Path) -> str:
+def render(summary: Summary, out_dir: Path) -> str:
     """The report as one HTML string (figures read from out_dir and embedded)."""
     body = (_intro(summary) + _input(summary) + _configs(summary) + _correlations(summary, out_dir)
             + _tradeoff(summary, out_dir) + _exact(summary))
-    versions = ", ".join(f"{k} {v}" for k, v in summary["run"]["versions"].items() if v)
+    versions = ", ".join(f"{k} {v}" for k, v in summary.run["versions"].items() if v)
     body += f"<h2>Provenance</h2><p class='note'>Settings and seeds are in summary.json. Versions: {_e(versions)}.</p>"
     return f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>pqtradeoff analysis</title><style>{CSS}</style></head><body>{body}</body></html>\n"
 
 
-def write_report(summary: dict[str, Any], out_dir: str | Path) -> Path:
+def write_report(summary: Summary, out_dir: str | Path) -> Path:
     """Write report.html atomically into out_dir."""
     out_dir = Path(out_dir)
     text = render(summary, out_dir)

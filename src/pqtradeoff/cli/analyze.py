@@ -36,11 +36,11 @@ def analyze(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # every warning is echoed below, once, and kept in summary.json
         summary = analyze_dir(scored_dir, out, settings)
-    for message in summary["warnings"]:
+    for message in summary.warnings:
         typer.echo(f"warning: {message}", err=True)
-    t = summary["tradeoff"]
-    slope = f"{t['slope']:+.4g}" if t["defined"] else "undefined"
+    t = summary.tradeoff
+    slope = f"{t.slope:+.4g}" if t.defined else "undefined"
     typer.echo(
-        f"analyzed {len(summary['configs'])} configuration(s) ({len(summary['skipped'])} skipped), "
-        f"{summary['input']['rows_used']} strings; trade-off slope {slope}; wrote {out}/report.html"
+        f"analyzed {len(summary.configs)} configuration(s) ({len(summary.skipped)} skipped), "
+        f"{summary.input.rows_used} strings; trade-off slope {slope}; wrote {out}/report.html"
     )
