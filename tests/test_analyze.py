@@ -47,6 +47,8 @@ def make_scored(seed: int = 0, families=("ancestral", "top_k=30"), temps=(0.5, 1
 def write_scored(frame: pd.DataFrame, directory: Path, shards: int = 2) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     schema = SCORED_SCHEMA if set(SCORED_SCHEMA.names) <= set(frame.columns) else None
+    if schema is not None and "prior_context" in frame.columns:
+        schema = schema.append(pa.field("prior_context", pa.string()))
     for k, part in enumerate(np.array_split(np.arange(len(frame)), shards)):
         table = pa.Table.from_pandas(frame.iloc[part].reset_index(drop=True), schema=schema, preserve_index=False)
         write_shard(table, directory / f"scored-{k:05d}.parquet")
@@ -297,3 +299,24 @@ def test_summary_json_keeps_the_documented_field_names(tmp_path):
     assert skipped["n_strings"] == len(rows)
     assert skipped["local_mean_reward"] == pytest.approx(rows["reward"].mean())
     assert skipped["local_mean_log_prior_se"] == pytest.approx(rows["logp_prior"].std(ddof=1) / np.sqrt(len(rows)))
+
+
+def test_alignment_block_from_a_scored_directory(tmp_path):
+    """analyze_dir keeps prompt_id and prior_context; a prompt-less prior is refused with the reason."""
+    frame = make_scored()
+    frame["reward"] = 0.5 * (frame["logp_aligned"] - frame["logp_prior"])  # an implicit-DPO-like reward
+    frame["prior_context"] = "prompt"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        summary = analyze_dir(write_scored(frame, tmp_path / "a"), tmp_path / "out_a", _settings(beta=0.5))
+    fit = summary.alignment
+    assert fit.defined and fit.beta_hat == pytest.approx(0.5, rel=1e-9) and fit.nominal_beta == 0.5
+    used = frame[frame["finished"]]
+    assert fit.n_strings == used.groupby("prompt_id").size().loc[lambda n: n >= 2].sum()
+    written = json.loads((tmp_path / "out_a" / "summary.json").read_text())["alignment"]
+    assert written["beta_hat"] == fit.beta_hat and written["defined"] is True
+    frame["prior_context"] = "none"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        summary = analyze_dir(write_scored(frame, tmp_path / "b"), tmp_path / "out_b", _settings())
+    assert not summary.alignment.defined and "without the prompt" in summary.alignment.reason

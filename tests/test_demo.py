@@ -167,3 +167,16 @@ def test_rarity_options_are_refused_with_the_rare_word_reward(field, value):
     with pytest.raises(PQError, match=f"{field} applies to --reward rarity only"):
         make_settings(**{field: value})
     assert getattr(make_settings(reward="rarity", **{field: value}), field) == value
+
+
+def test_alignment_fit_recovers_the_demo_beta_and_log_z(small_demo):
+    """p+ is exactly p exp(r / beta) / Z here: d = log p+ - log p is linear in r with slope 1/beta (= 1)."""
+    _, summary = small_demo
+    fit = summary.alignment
+    assert fit.defined and fit.n_prompts == 1 and fit.bootstrap_unit == "strings", fit.reason
+    assert fit.within_prompt_r > 0.999
+    # The identity is exact up to float32 logits (identity_max_abs_error ~ 1e-6): the bootstrap interval is
+    # then narrower than that rounding and may miss 1 by it, so compare at the rounding's scale.
+    assert fit.beta_hat_ci[0] - 1e-6 <= 1.0 <= fit.beta_hat_ci[1] + 1e-6, (fit.beta_hat, fit.beta_hat_ci)
+    assert fit.beta_hat_ci[0] <= fit.beta_hat <= fit.beta_hat_ci[1]
+    assert fit.prompts[0].log_z == pytest.approx(summary.extra["log_z"], abs=1e-3)

@@ -30,6 +30,7 @@ import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field
 
 from pqtradeoff import adaptors, correct, stats
+from pqtradeoff.alignment import AlignmentData, AlignmentFit, fit_alignment
 from pqtradeoff.corpus import ANALYSIS_COLUMNS, RUN_RECORD, read_corpus, write_shard
 from pqtradeoff.errors import PQError, validated
 from pqtradeoff.io import run_record, write_json
@@ -62,6 +63,10 @@ class AnalysisSettings(BaseModel):
         10.0, ge=1.0, description="below this pool importance-sampling ESS a config's errors are flagged unreliable"
     )
     plots: bool = True
+    beta: float | None = Field(
+        None, gt=0.0, description="nominal KL strength the aligned model was trained with: drawn on the alignment "
+        "panel and compared with the fitted beta (none: not drawn)"
+    )
 
 
 def make_settings(**values: Any) -> AnalysisSettings:
@@ -372,13 +377,21 @@ def _across_configs(data: pd.DataFrame, per: _PerConfig, settings: AnalysisSetti
     return _AcrossConfigs(string_level, corpus_level, stats.correlations(x, y, settings.confidence), tradeoff, messages)
 
 
-def _write(summary: Summary, data: pd.DataFrame, corpora: pd.DataFrame, out_dir: Path) -> None:
+def _alignment(data: pd.DataFrame, settings: AnalysisSettings, inputs: ExtraInputs
+               ) -> tuple[AlignmentFit, AlignmentData | None]:
+    """Step 3b: alignment fidelity and the effective beta, over every configuration's finished strings."""
+    rng = np.random.default_rng(correct.chain_seed(settings.seed, "alignment"))
+    return fit_alignment(data, inputs.source, settings.confidence, rng, nominal_beta=settings.beta)
+
+
+def _write(summary: Summary, data: pd.DataFrame, corpora: pd.DataFrame, aligned: AlignmentData | None,
+           out_dir: Path) -> None:
     """Step 4: corpora.parquet, the figures, summary.json, _run.json and report.html, each atomically."""
     from pqtradeoff import plots, report  # matplotlib only when we get this far
 
     write_shard(pa.Table.from_pandas(corpora, preserve_index=False), out_dir / "corpora.parquet")
     if summary.settings.plots:
-        summary.outputs["figures"] = plots.draw_all(data, corpora, summary, out_dir)
+        summary.outputs["figures"] = plots.draw_all(data, corpora, summary, out_dir, aligned)
     write_json(out_dir / "summary.json", summary.to_json())
     write_json(out_dir / RUN_RECORD, summary.run)
     report.write_report(summary, out_dir)
@@ -389,7 +402,8 @@ def run_analysis(
 ) -> Summary:
     """Analyse a scored-corpus DataFrame and write every output under `out_dir`; return the summary.
 
-    Four steps: clean the table, correct each configuration, compare across configurations, write.
+    Steps: clean the table, correct each configuration, compare across configurations (and fit the alignment
+    identity over all strings), write.
     `inputs` carries what a producer adds (exact values, lines, notes, skipped configs, provenance).
     Raises PQError on a table it cannot use (missing columns, no usable rows, no config left).
     """
@@ -402,18 +416,19 @@ def run_analysis(
         raise PQError("no usable rows: every row was dropped (" + "; ".join(input_report.warnings) + ")")
     per = _per_config(table, data, input_report, settings, inputs)
     across = _across_configs(data, per, settings)
+    alignment, aligned = _alignment(data, settings, inputs)
     summary = Summary(
         settings=settings,
         seeds={"seed": settings.seed, "per_config": "numpy SeedSequence([seed, sha256(adaptor)[:16]]), spawned into chain and corpora streams"},
         input=input_report, warnings=[*input_report.warnings, *per.messages, *across.messages],
         notes=list(inputs.notes), configs=per.configs, skipped=per.skipped,
         string_level=across.string_level, corpus_level=across.corpus_level, config_level=across.config_level,
-        tradeoff=across.tradeoff, exact_lines=list(inputs.exact_lines), source_run=inputs.source,
+        tradeoff=across.tradeoff, alignment=alignment, exact_lines=list(inputs.exact_lines), source_run=inputs.source,
         run=run_record("analyze", settings.model_dump(mode="json")),
         outputs={"summary": "summary.json", "corpora": "corpora.parquet", "report": "report.html", "figures": {}},
         extra=dict(inputs.extra),
     )
-    _write(summary, data, per.corpora, out_dir)
+    _write(summary, data, per.corpora, aligned, out_dir)
     return summary
 
 

@@ -20,6 +20,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from pqtradeoff.alignment import AlignmentData  # noqa: E402
 from pqtradeoff.io import atomic_write  # noqa: E402
 from pqtradeoff.results import ConfigResult, Summary  # noqa: E402
 
@@ -163,7 +164,8 @@ def frontier(summary: Summary, path: Path) -> str:
                    "mean log prior probability", "mean reward", path)
 
 
-def draw_all(data: pd.DataFrame, corpora: pd.DataFrame, summary: Summary, out_dir: Path) -> dict[str, str]:
+def draw_all(data: pd.DataFrame, corpora: pd.DataFrame, summary: Summary, out_dir: Path,
+             aligned: AlignmentData | None = None) -> dict[str, str]:
     """Draw the three figures into out_dir; return {figure: file name}."""
     out_dir = Path(out_dir)
     return {

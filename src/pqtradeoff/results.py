@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from pqtradeoff.alignment import AlignmentFit
 from pqtradeoff.stats import Correlation, TradeoffFit
 
 if TYPE_CHECKING:
@@ -170,6 +171,7 @@ class Summary:
     corpus_level: Correlation  # over all bootstrapped corpora
     config_level: Correlation  # over the configs' IMH means (one point per config)
     tradeoff: TradeoffFit  # the line across configs' IMH means
+    alignment: AlignmentFit  # how faithfully the aligned model is the reweighted prior; the effective beta
     exact_lines: list[ExactLine]
     source_run: dict[str, Any] | None  # the scored corpus's _run.json
     run: dict[str, Any]  # this analysis's run record
@@ -185,6 +187,7 @@ class Summary:
             "configs": [c.to_json() for c in self.configs], "skipped": [s.to_json() for s in self.skipped],
             "string_level": self.string_level.to_json(), "corpus_level": self.corpus_level.to_json(),
             "config_level": self.config_level.to_json(), "tradeoff": self.tradeoff.to_json(),
+            "alignment": self.alignment.to_json(),
             "exact_lines": [line.to_json() for line in self.exact_lines], "source_run": self.source_run,
             "run": self.run, "outputs": self.outputs,
         }

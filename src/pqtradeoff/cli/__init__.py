@@ -28,6 +28,7 @@ def _root() -> None:
 
 
 # Command modules register themselves on `app` when imported.
+from pqtradeoff.cli import advise as _advise  # noqa: E402,F401
 from pqtradeoff.cli import analyze as _analyze  # noqa: E402,F401
 from pqtradeoff.cli import demo as _demo  # noqa: E402,F401
 from pqtradeoff.cli import generate as _generate  # noqa: E402,F401

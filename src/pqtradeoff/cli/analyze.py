@@ -22,6 +22,8 @@ def analyze(
     confidence: float = typer.Option(0.95, help="confidence level of every interval"),
     min_importance_ess: float = typer.Option(10.0, help="flag configs whose pool importance-sampling ESS is below this"),
     plots: bool = typer.Option(True, "--plots/--no-plots", help="draw the figures"),
+    beta: float = typer.Option(None, help="nominal KL strength of the aligned model: drawn on the alignment panel "
+                               "and compared with the fitted beta"),
 ) -> None:
     """Turn a scored corpus into the trade-off: per-config estimates, correlations, slope, frontier, report."""
     import warnings
@@ -31,7 +33,7 @@ def analyze(
     settings = make_settings(
         target=target, corpora=corpora, corpus_size=corpus_size, imh_steps=imh_steps,
         keep_unfinished=keep_unfinished, seed=seed, confidence=confidence,
-        min_importance_ess=min_importance_ess, plots=plots,
+        min_importance_ess=min_importance_ess, plots=plots, beta=beta,
     )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # every warning is echoed below, once, and kept in summary.json
@@ -44,3 +46,10 @@ def analyze(
         f"analyzed {len(summary.configs)} configuration(s) ({len(summary.skipped)} skipped), "
         f"{summary.input.rows_used} strings; trade-off slope {slope}; wrote {out}/report.html"
     )
+    a = summary.alignment
+    if a.defined and a.beta_hat is not None:
+        ci = f" [{a.beta_hat_ci[0]:.4g}, {a.beta_hat_ci[1]:.4g}]" if a.beta_hat_ci else " (interval covers infinity)"
+        typer.echo(f"alignment: effective beta {a.beta_hat:.4g}{ci}, within-prompt r {a.within_prompt_r:+.4f} "
+                   f"({a.n_strings} strings, {a.n_prompts} prompt(s))")
+    else:
+        typer.echo(f"alignment: not fitted: {a.reason or a.note}")
