@@ -38,6 +38,7 @@ def synthetic(configs: int, strings: int, seed: int = 0) -> pd.DataFrame:
         base = rng.normal(size=strings)
         logq = -60.0 + 10.0 * rng.normal(size=strings)
         frames.append(pd.DataFrame({
+            "prompt_id": np.arange(strings) // 2,  # 2 generations per prompt, as in the paper
             "adaptor": spec, "finished": rng.random(strings) > 0.02, "logq": logq,
             "logp_aligned": logq + rng.normal(scale=2.0, size=strings),
             "log_weight": 1.5 * base + rng.normal(scale=1.0, size=strings),

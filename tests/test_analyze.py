@@ -94,10 +94,12 @@ def test_end_to_end_outputs_and_counts(tmp_path):
     corpora = pd.read_parquet(tmp_path / "out" / "corpora.parquet")
     assert len(corpora) == 6 * SMALL["corpora"]
     assert set(corpora.columns) >= {"adaptor", "corpus_id", "mean_reward", "mean_log_prior"}
-    for name in ("summary.json", "report.html", "string_level.png", "corpus_level.png", "frontier.png", "_run.json"):
+    for name in ("summary.json", "report.html", "string_level.png", "corpus_level.png", "frontier.png", "_run.json",
+                 "alignment.png", "hull.png"):
         assert (tmp_path / "out" / name).stat().st_size > 0, name
     html = (tmp_path / "out" / "report.html").read_text()
     assert "data:image/png;base64," in html and "Pareto frontier" in html and "column &#x27;reward&#x27;" in html
+    assert "At a glance" in html and "Alignment fidelity" in html and "reachable frontier" in html
 
 
 def test_chain_means_follow_the_target(tmp_path):

@@ -5,7 +5,10 @@
 - corpus_level.png: every bootstrapped corpus's (mean log prior, mean reward), colour = family, marker =
   temperature, the pooled least-squares line with Spearman's rho and Pearson's r in the legend, and exact
   points / lines when the caller supplied them;
-- frontier.png: each config's IMH-corrected means with +-1 standard-error bars, the Pareto frontier joined.
+- frontier.png: each config's IMH-corrected means with +-1 standard-error bars, the Pareto frontier joined;
+- alignment.png: log p+ - log p against the reward within prompts, the fitted slope 1/beta_hat, the nominal one;
+- hull.png: every sampled config's local means and the upper-right convex-hull boundary (what `advise` uses).
+The corpus-level panel also draws, through each config's corpora, a line of slope -beta_hat.
 """
 
 from __future__ import annotations
@@ -109,6 +112,23 @@ def _finish(fig: plt.Figure, ax: plt.Axes, title: str, xlabel: str, ylabel: str,
     return _save(fig, path)
 
 
+def _beta_lines(ax: plt.Axes, corpora: pd.DataFrame, summary: Summary, colour: dict[str, Any]) -> None:
+    """Through each config's corpora, a short line of slope -beta_hat (the fitted effective beta): the band
+    on which that adaptor's typical corpora lie, with its own intercept."""
+    beta = summary.alignment.beta_hat
+    if beta is None or beta <= 0:
+        return
+    spans = corpora.groupby("adaptor", sort=False)["mean_log_prior"].agg(["min", "max", "mean"])
+    centre_y = corpora.groupby("adaptor", sort=False)["mean_reward"].mean()
+    family = {c.adaptor: c.family for c in summary.configs}
+    for adaptor, row in spans.iterrows():
+        half = max(row["max"] - row["min"], 1e-12) * 0.5
+        grid = np.array([row["mean"] - half, row["mean"] + half])
+        ax.plot(grid, centre_y[adaptor] - beta * (grid - row["mean"]), color=colour[family[adaptor]], lw=0.8,
+                alpha=0.9)
+    ax.plot([], [], color="grey", lw=0.8, label=f"slope -beta_hat = {-beta:.3g} through each config")
+
+
 def corpus_level(corpora: pd.DataFrame, summary: Summary, path: Path) -> str:
     """Corpora: mean reward against mean log prior; colour = family, marker = temperature, pooled line."""
     configs = summary.configs
@@ -128,6 +148,7 @@ def corpus_level(corpora: pd.DataFrame, summary: Summary, path: Path) -> str:
         ax.plot(grid, slope * grid + intercept, color="black", lw=1.5,
                 label=f"pooled fit: rho = {_fmt(c.spearman)}, r = {_fmt(c.pearson)}")
     _exact_stars(ax, configs)
+    _beta_lines(ax, corpora, summary, colour)
     xlim, ylim = ax.get_xlim(), ax.get_ylim()  # the data's view: exact lines are clipped to it
     for i, line in enumerate(summary.exact_lines):
         grid = np.array(xlim)
@@ -164,6 +185,49 @@ def frontier(summary: Summary, path: Path) -> str:
                    "mean log prior probability", "mean reward", path)
 
 
+def alignment(aligned: AlignmentData, summary: Summary, path: Path) -> str:
+    """d = log p+ - log p against the reward, both minus their prompt's mean; fitted and nominal slopes."""
+    fit = summary.alignment
+    fig, ax = plt.subplots(figsize=(7, 5))
+    shown = _subsample(pd.DataFrame({"r": aligned.r_centered, "d": aligned.d_centered}))
+    ax.scatter(shown["r"], shown["d"], s=3, alpha=0.3, color="tab:blue", rasterized=True)
+    grid = np.array([aligned.r_centered.min(), aligned.r_centered.max()])
+    ax.plot(grid, fit.slope * grid, color="black", lw=1.5,
+            label=f"fit: slope 1/beta_hat = {fit.slope:.4g} (beta_hat = "
+            + (f"{fit.beta_hat:.4g})" if fit.beta_hat is not None else "undefined)"))
+    if fit.nominal_beta is not None:
+        ax.plot(grid, grid / fit.nominal_beta, color="tab:red", ls="--", lw=1,
+                label=f"nominal beta = {fit.nominal_beta:g}: slope {1 / fit.nominal_beta:.4g}")
+    ax.set_title(f"Alignment fidelity: within-prompt r = {_fmt(fit.within_prompt_r)} "
+                 f"({fit.n_strings} strings, {fit.n_prompts} prompt(s))")
+    ax.set_xlabel("reward minus its prompt's mean")
+    ax.set_ylabel("log p+(y|x) - log p(y|x), minus its prompt's mean")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def hull(summary: Summary, path: Path) -> str:
+    """Local (uncorrected) means of every sampled config, +-1 s.e., and the upper-right convex-hull boundary:
+    what sampling each adaptor, or mixing two, actually gives (the points `pqtradeoff advise` chooses from)."""
+    from pqtradeoff.advise import efficient_hull, points_from_summary
+
+    points, _ = points_from_summary(summary.to_json())
+    fig, ax = plt.subplots(figsize=(7, 5))
+    x = np.array([p.log_prior for p in points])
+    y = np.array([p.reward for p in points])
+    for p in points:
+        ax.errorbar(p.log_prior, p.reward, xerr=p.log_prior_se, yerr=p.reward_se, marker="s" if p.imh_skipped else "o",
+                    ms=5, lw=0.8, color="tab:grey" if p.imh_skipped else "tab:blue")
+    edge = efficient_hull(x, y)
+    ax.plot(x[edge], y[edge], color="black", lw=1.2, label="reachable frontier (mixtures of neighbours)")
+    for i in edge:
+        ax.annotate(points[i].adaptor, (x[i], y[i]), fontsize=6, xytext=(3, 3), textcoords="offset points")
+    ax.plot([], [], "s", color="tab:grey", label="skipped by the IMH analysis (local means)")
+    return _finish(fig, ax, "What sampling gives: local means +- 1 s.e. and the upper-right hull",
+                   "mean log prior (local, uncorrected)", "mean reward (local, uncorrected)", path)
+
+
 def draw_all(data: pd.DataFrame, corpora: pd.DataFrame, summary: Summary, out_dir: Path,
              aligned: AlignmentData | None = None) -> dict[str, str]:
     """Draw the three figures into out_dir; return {figure: file name}."""
@@ -172,4 +236,5 @@ def draw_all(data: pd.DataFrame, corpora: pd.DataFrame, summary: Summary, out_di
         "string_level": string_level(data, summary, out_dir / "string_level.png"),
         "corpus_level": corpus_level(corpora, summary, out_dir / "corpus_level.png"),
         "frontier": frontier(summary, out_dir / "frontier.png"),
-    }
+        "hull": hull(summary, out_dir / "hull.png"),
+    } | ({"alignment": alignment(aligned, summary, out_dir / "alignment.png")} if aligned is not None else {})

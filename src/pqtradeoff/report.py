@@ -88,6 +88,91 @@ strings toward that target; {st.corpora:,} corpora of {st.corpus_size:,} strings
 chain. Seed {st.seed}; intervals are {st.confidence:.0%} confidence intervals.</p>"""
 
 
+def _beta_words(s: Summary) -> str:
+    """One sentence on the effective beta (or why there is none)."""
+    a = s.alignment
+    if not a.defined:
+        return f"The effective beta could not be fitted: {a.reason}."
+    if a.beta_hat is None or a.beta_hat_ci is None:
+        return (f"The reward does not explain what alignment changed: within prompts, log p+ - log p and the reward "
+                f"correlate at r = {_num(a.within_prompt_r)} ({_ci(a.within_prompt_r_ci)}); no beta fits.")
+    nominal = ""
+    if a.nominal_beta is not None:
+        inside = a.beta_hat_ci[0] <= a.nominal_beta <= a.beta_hat_ci[1]
+        nominal = f" The nominal beta {a.nominal_beta:g} lies {'inside' if inside else 'outside'} that interval."
+    return (f"Effective beta {a.beta_hat:.4g} ({a.confidence:.0%} CI {_ci(a.beta_hat_ci)}; from r on d: "
+            f"{_num(a.beta_hat_reverse)}), within-prompt correlation of log p+ - log p with the reward "
+            f"{_num(a.within_prompt_r)} (1 = the aligned model is exactly the prior reweighted by this reward).{nominal}")
+
+
+def _overview(s: Summary) -> str:
+    """The findings in a few lines, before the detail."""
+    items = [
+        f"String level: Spearman {_num(s.string_level.spearman, 3)}, Pearson {_num(s.string_level.pearson, 3)} "
+        f"over {s.string_level.n:,} strings. Corpus level: Spearman {_num(s.corpus_level.spearman, 3)}, Pearson "
+        f"{_num(s.corpus_level.pearson, 3)} over {s.corpus_level.n:,} corpora.",
+        _beta_words(s),
+    ]
+    beta = s.alignment.beta_hat
+    if beta is not None and beta > 0:
+        intercepts = [c.mean_reward + beta * c.mean_log_prior for c in s.configs]
+        items.append(f"Per target: each configuration's corpora lie on a line of slope -beta_hat = {-beta:.4g}; the "
+                     f"intercepts (mean reward + beta_hat x mean log prior) run from {min(intercepts):.4g} to "
+                     f"{max(intercepts):.4g} across the {len(s.configs)} configurations (the short lines on the "
+                     "corpus-level panel).")
+    t = s.tradeoff
+    if t.defined:
+        items.append(f"Across configurations: mean reward = {t.slope:.4g} x mean log prior + {t.intercept:.4g} "
+                     f"(slope CI {_ci(t.slope_ci)}).")
+    items.append("Why the slopes differ: each adaptor's globally normalized target has its own typical set, on its "
+                 "own line of slope -beta with its own intercept; the fit across adaptors joins points from "
+                 "different lines, so it measures how the adaptors move the intercept, not beta.")
+    return "<h2>At a glance</h2><ul>" + "".join(f"<li>{_e(i)}</li>" for i in items) + "</ul>"
+
+
+def _alignment(s: Summary, out_dir: Path) -> str:
+    a = s.alignment
+    figs = s.outputs.get("figures", {})
+    head = f"""
+<h2>Alignment fidelity and the effective beta</h2>
+<p class='note'>If the aligned model were exactly the prior reweighted by the reward, p+(y|x) = p(y|x) exp(r/beta) /
+Z(x), every string would satisfy d = log p+(y|x) - log p(y|x) = r/beta - log Z(x): within a prompt, d is a straight
+line in r with slope 1/beta. We fit d on r with one intercept per prompt (prompts with at least 2 finished strings),
+pooling {_e(a.pooling)}. Intervals: percentile bootstrap over {_e(a.bootstrap_unit or 'prompts')}
+({a.bootstrap_replicates:,} replicates).</p><p>{_e(_beta_words(s))}{_e(' ' + a.note if a.note else '')}</p>"""
+    if not a.defined:
+        return head
+    rows = [[_e("slope of d on r (1/beta)"), _num(a.slope), _ci(a.slope_ci)],
+            [_e("beta_hat = 1/slope"), _num(a.beta_hat), _ci(a.beta_hat_ci)],
+            [_e("beta_hat_reverse (slope of r on d)"), _num(a.beta_hat_reverse), _ci(a.beta_hat_reverse_ci)],
+            [_e("within-prompt correlation"), _num(a.within_prompt_r), _ci(a.within_prompt_r_ci)],
+            [_e("residual sd of d"), _num(a.residual_sd), ""]]
+    log_z = [p.log_z for p in a.prompts]
+    spread = [p.log_z_sd for p in a.prompts if p.log_z_sd is not None]
+    z_words = ""
+    if log_z:
+        z_words = (f"<p>Estimated log Z(x) = mean of r/beta_hat - d over each prompt's strings, for {len(log_z):,} "
+                   f"prompt(s): from {min(log_z):.4g} to {max(log_z):.4g}"
+                   + (f"; its median spread within a prompt is {sorted(spread)[len(spread) // 2]:.3g}" if spread else "")
+                   + " (per prompt in summary.json).</p>")
+    return (head + _table(["quantity", "estimate", "interval"], rows) + z_words
+            + _figure(out_dir, figs.get("alignment"), "d against r, both minus their prompt's mean; black: fit; "
+                      "red dashed: the nominal beta (analyze --beta)."))
+
+
+def _hull(s: Summary, out_dir: Path) -> str:
+    figs = s.outputs.get("figures", {})
+    return f"""
+<h2>What sampling gives: the reachable frontier</h2>
+<p class='note'>The IMH-corrected means above describe the globally normalized targets; sampling an adaptor gives
+its local law, whose plain means are shown here for every sampled configuration (including those the correction
+skipped). Sampling from adaptor A with probability lambda, else from B, has expectations exactly lambda A + (1 -
+lambda) B, so the whole convex hull is reachable, and its upper-right boundary holds the useful choices.
+<code>pqtradeoff advise DIR --min-reward R</code> (or <code>--max-prior-loss L</code>) picks the cheapest point
+on it.</p>
+{_figure(out_dir, figs.get('hull'), 'Local means +- 1 s.e.; black: the upper-right hull boundary.')}"""
+
+
 def _input(s: Summary) -> str:
     i = s.input
     parts = [f"<h2>Input</h2><p>{i.rows_read:,} rows read; {i.rows_used:,} used. "
@@ -219,8 +304,9 @@ correction removes.</p>
 
 def render(summary: Summary, out_dir: Path) -> str:
     """The report as one HTML string (figures read from out_dir and embedded)."""
-    body = (_intro(summary) + _input(summary) + _configs(summary) + _correlations(summary, out_dir)
-            + _tradeoff(summary, out_dir) + _exact(summary))
+    body = (_intro(summary) + _overview(summary) + _input(summary) + _configs(summary)
+            + _correlations(summary, out_dir) + _tradeoff(summary, out_dir) + _alignment(summary, out_dir)
+            + _hull(summary, out_dir) + _exact(summary))
     versions = ", ".join(f"{k} {v}" for k, v in summary.run["versions"].items() if v)
     body += f"<h2>Provenance</h2><p class='note'>Settings and seeds are in summary.json. Versions: {_e(versions)}.</p>"
     return f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>pqtradeoff analysis</title><style>{CSS}</style></head><body>{body}</body></html>\n"
