@@ -117,3 +117,32 @@ def test_cli_text_and_json(tmp_path):
     assert parsed["choice"]["kind"] == "mixture" and parsed["choice"]["weights"] == pytest.approx([0.5, 0.5])
     bad = subprocess.run([*run], capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and bad.stderr.startswith("error:") and "exactly one target" in bad.stderr
+
+
+def test_advice_on_a_real_analysis_uses_local_means_of_every_sampled_config(tmp_path):
+    import warnings
+
+    from test_analyze import make_scored
+
+    from pqtradeoff.adaptors import parse
+    from pqtradeoff.analyze import make_settings, run_analysis
+    from pqtradeoff.io import to_json
+
+    frame = make_scored()
+    dead = "temperature=1.5,top_k=30"  # the IMH target gives it no mass; sampling it still works
+    frame.loc[frame["adaptor"] == dead, "log_weight"] = -np.inf
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        summary = run_analysis(frame, tmp_path, make_settings(corpora=20, corpus_size=20, imh_steps=500, plots=False))
+    used = frame[frame["finished"]].assign(adaptor=lambda d: d["adaptor"].map(lambda s: str(parse(s))))
+    means = used.groupby("adaptor")[["reward", "logp_prior"]].mean()
+    middle = float(means["reward"].median())
+    advice = advise(json.loads(to_json(summary.to_json())), min_reward=middle)
+    assert dead in advice.imh_skipped_used and set(advice.frontier) <= set(means.index)
+    c = advice.choice
+    expected = sum(w * means.loc[a, "reward"] for w, a in zip(c.weights, c.adaptors, strict=True))
+    assert c.mean_reward.mean == pytest.approx(expected) and expected >= middle - 1e-12
+    prior = sum(w * means.loc[a, "logp_prior"] for w, a in zip(c.weights, c.adaptors, strict=True))
+    assert c.mean_log_prior.mean == pytest.approx(prior)
+    # nothing reachable that meets the target keeps more prior log-probability than the choice
+    assert all(means.loc[a, "logp_prior"] <= prior + 1e-9 for a in means.index if means.loc[a, "reward"] >= middle)

@@ -317,6 +317,6 @@ def describe(advice: Advice) -> list[str]:
     if advice.imh_skipped_used:
         lines.append("included through their local means although the IMH analysis skipped them: "
                      + ", ".join(advice.imh_skipped_used))
-    for adaptor, why in advice.excluded.items():
-        lines.append(f"left out: {adaptor}: {why}")
+    if advice.excluded:
+        lines.append("left out, no sampled strings (reasons in summary.json): " + ", ".join(advice.excluded))
     return lines

@@ -264,7 +264,7 @@ def _run(out_dir: Path, settings: DemoSettings, progress: bool) -> tuple[Summary
     # The exact lines are those of the global temperature family: drawn only when that is the target.
     lines = tradeoff_lines(models.alignment, kept, models.beta) if settings.target == "global" else []
     analysis = analysis_settings(target=settings.target, imh_steps=settings.imh_steps, corpora=settings.corpora,
-                                 corpus_size=settings.corpus_size, seed=settings.seed)
+                                 corpus_size=settings.corpus_size, seed=settings.seed, beta=models.beta)
     inputs = ExtraInputs(exact=exact_by_config, exact_lines=lines, notes=notes, skipped=skipped,
                          source={"demo": record, "scored_dir": str(scored)},
                          extra={"identity_max_abs_error": identity_error, "log_z": models.alignment.log_z})

@@ -65,6 +65,10 @@ def _print_summary(summary: Summary, timings: dict[str, float], out: Path) -> No
     s, k = summary.string_level, summary.corpus_level
     console.print(f"string level: spearman {s.spearman:+.3f}, pearson {s.pearson:+.3f}   "
                   f"corpus level: spearman {k.spearman:+.3f}, pearson {k.pearson:+.3f}")
+    a = summary.alignment
+    if a.defined and a.beta_hat is not None:
+        console.print(f"alignment: effective beta {a.beta_hat:.6g} (nominal {a.nominal_beta:g}), within-prompt r "
+                      f"{a.within_prompt_r:.6f}")
     console.print(f"{len(summary.skipped)} configurations skipped (reasons in summary.json and the report)")
     console.print(f"identity max abs error: {summary.extra['identity_max_abs_error']:.2e}   "
                   f"time: {sum(timings.values()):.1f} s ({', '.join(f'{n} {v:.1f}' for n, v in timings.items())})")
