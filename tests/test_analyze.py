@@ -269,7 +269,8 @@ def test_cli_bad_input_is_one_line_exit_2(tmp_path, monkeypatch, capsys, case):
 
 
 def test_analysis_side_never_imports_the_model_side():
-    code = ("import sys, pqtradeoff.analyze, pqtradeoff.plots, pqtradeoff.report, pqtradeoff.cli.analyze; "
+    code = ("import sys, pqtradeoff.analyze, pqtradeoff.plots, pqtradeoff.report, pqtradeoff.cli.analyze, "
+            "pqtradeoff.alignment, pqtradeoff.advise, pqtradeoff.cli.advise; "
             "bad = [m for m in ('torch', 'transformers', 'pqtradeoff.models', 'pqtradeoff.generate') if m in sys.modules]; "
             "print(bad); sys.exit(1 if bad else 0)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
