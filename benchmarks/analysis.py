@@ -38,6 +38,7 @@ def synthetic(configs: int, strings: int, seed: int = 0) -> pd.DataFrame:
         base = rng.normal(size=strings)
         logq = -60.0 + 10.0 * rng.normal(size=strings)
         frames.append(pd.DataFrame({
+            "prompt_id": np.arange(strings) // 2,  # 2 generations per prompt, as in the paper
             "adaptor": spec, "finished": rng.random(strings) > 0.02, "logq": logq,
             "logp_aligned": logq + rng.normal(scale=2.0, size=strings),
             "log_weight": 1.5 * base + rng.normal(scale=1.0, size=strings),
@@ -103,7 +104,7 @@ def main() -> None:
     print(f"fast (run_analysis end to end, figures and report included): {fast:.2f} s wall, {cpu:.2f} s CPU "
           f"(wall > CPU means other processes shared the cores); "
           f"peak RSS {peak_rss:.0f} MiB (before the run {base_rss:.0f} MiB); "
-          f"trade-off slope {summary['tradeoff']['slope']:+.4f}")
+          f"trade-off slope {summary.tradeoff.slope:+.4f}")
 
     small_steps, small_corpora, small_size = 2000, 2, 2000
     per_step, per_row = time_naive(frame, small_steps, small_size, small_corpora)

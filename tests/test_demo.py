@@ -12,6 +12,8 @@ import pytest
 
 from pqtradeoff.demo import make_settings, run_demo
 from pqtradeoff.errors import PQError
+from pqtradeoff.io import to_json
+from pqtradeoff.results import Summary
 
 SMALL = dict(families=["ancestral", "top_k=3", "top_p=0.9", "eta_cutoff=0.0009"], temperatures=[0.5, 1.0, 1.5],
              num_generations=600, batch_size=600, imh_steps=20_000, corpora=200, corpus_size=600)
@@ -28,15 +30,15 @@ def test_outputs_and_exact_fields(small_demo):
     out, summary = small_demo
     for name in ("summary.json", "corpora.parquet", "report.html", "corpus_level.png", "string_level.png"):
         assert (out / name).is_file(), name
-    assert json.loads((out / "summary.json").read_text()) == json.loads(json.dumps(summary))
+    assert json.loads((out / "summary.json").read_text()) == json.loads(to_json(summary.to_json()))
     table = pd.read_parquet(out / "scored")
     assert {"logp_prior", "reward", "logq", "logp_aligned", "log_weight"} <= set(table.columns)
-    assert summary["identity_max_abs_error"] < 1e-4
-    assert len(summary["configs"]) + len(summary["skipped"]) == 12
-    for c in summary["configs"]:
+    assert summary.extra["identity_max_abs_error"] < 1e-4
+    assert len(summary.configs) + len(summary.skipped) == 12
+    for c in summary.configs:
         for key in ("exact_mean_log_prior", "exact_mean_reward", "exact_entropy", "exact_local_mean_log_prior",
                     "exact_local_mean_reward", "exact_local_entropy"):
-            assert np.isfinite(c[key]), (c["adaptor"], key)
+            assert np.isfinite(c.exact[key]), (c.adaptor, key)
 
 
 def test_exact_means_exact_through_the_pipeline(small_demo):
@@ -46,7 +48,7 @@ def test_exact_means_exact_through_the_pipeline(small_demo):
     from pqtradeoff.demo import build_models
 
     out, summary = small_demo
-    assert summary["identity_max_abs_error"] <= 1e-9
+    assert summary.extra["identity_max_abs_error"] <= 1e-9
     models = build_models(make_settings(**SMALL))
     table = pd.read_parquet(out / "scored").sample(300, random_state=0)
     for row in table.itertuples():
@@ -57,34 +59,34 @@ def test_exact_means_exact_through_the_pipeline(small_demo):
 
 def test_skipped_configs_are_reported_not_crashed(small_demo):
     out, summary = small_demo
-    skipped = {s["adaptor"]: s["reason"] for s in summary["skipped"]}
+    skipped = {s.adaptor: s.reason for s in summary.skipped}
     assert "temperature=1.5" in skipped and "normalize" in skipped["temperature=1.5"]
     report = (out / "report.html").read_text()
     assert "temperature=1.5" in report
-    assert "NaN" not in json.dumps(summary)
+    assert "NaN" not in json.dumps(summary.to_json())
 
 
 def test_imh_corrected_means_agree_with_exact_values(small_demo):
     """Within a few Monte Carlo standard errors, for every configuration: the errors are honest."""
     _, summary = small_demo
     z = []
-    for c in summary["configs"]:
-        for est, exact in (("mean_log_prior", "exact_mean_log_prior"), ("mean_reward", "exact_mean_reward")):
-            z.append((c[est] - c[exact]) / c[est + "_se"])
+    for c in summary.configs:
+        for name in ("log_prior", "reward"):
+            z.append((c.series(name).mean - c.exact[f"exact_mean_{name}"]) / c.series(name).se)
     z = np.abs(np.array(z))
     assert z.max() < 5, z
     # the uncorrected (local) means differ from the global target's where the adaptor truncates or tempers
-    differ = [abs(c["exact_local_mean_log_prior"] - c["exact_mean_log_prior"]) for c in summary["configs"]
-              if c["adaptor"] != "temperature=1.0"]
+    differ = [abs(c.exact["exact_local_mean_log_prior"] - c.exact["exact_mean_log_prior"]) for c in summary.configs
+              if c.adaptor != "temperature=1.0"]
     assert max(differ) > 0.1
 
 
 def test_tradeoff_is_visible_at_corpus_level(small_demo):
     """The paper's phenomenon: strings rank-correlate positively, corpora trade likelihood for reward."""
     _, summary = small_demo
-    assert summary["string_level"]["spearman"] > 0
-    assert summary["corpus_level"]["pearson"] < -0.5
-    assert summary["tradeoff"]["slope"] < 0
+    assert summary.string_level.spearman > 0
+    assert summary.corpus_level.pearson < -0.5
+    assert summary.tradeoff.slope < 0
 
 
 def test_heavy_tailed_targets_are_skipped_with_a_reason():
@@ -139,9 +141,9 @@ def test_cli_text_file_without_tokens(tmp_path):
     assert out.returncode == 2 and "no usable tokens" in out.stderr and len(out.stderr.strip().splitlines()) == 1
 
 
-def _z_scores(summary: dict) -> list[float]:
-    return [(c[est] - c["exact_" + est]) / c[est + "_se"] for c in summary["configs"]
-            for est in ("mean_log_prior", "mean_reward")]
+def _z_scores(summary: Summary) -> list[float]:
+    return [(c.series(name).mean - c.exact[f"exact_mean_{name}"]) / c.series(name).se for c in summary.configs
+            for name in ("log_prior", "reward")]
 
 
 def test_standard_errors_cover_the_exact_values_across_seeds(tmp_path):
@@ -164,16 +166,16 @@ def test_exact_values_condition_on_finishing_within_the_token_limit(tmp_path):
     settings = make_settings(**tiny)
     with pytest.warns(UserWarning, match="excluded [0-9]+ unfinished string"):
         summary, _ = run_demo(tmp_path, settings, progress=False)
-    assert summary["input"]["unfinished"] > 0
+    assert summary.input.unfinished > 0
     assert np.abs(_z_scores(summary)).max() < 5
     from pqtradeoff.adaptors import parse
     from pqtradeoff.demo import build_models, cut_probability
 
     alignment = build_models(settings).alignment
-    for c in summary["configs"]:  # the closed-form cut-off mass matches the fraction of strings cut
-        p = cut_probability(alignment, parse(c["adaptor"]), 4)
-        cut = c["dropped_why"].get("unfinished", 0) / c["n_rows"]
-        assert abs(cut - p) < 5 * np.sqrt(p * (1 - p) / c["n_rows"]) + 1e-9, (c["adaptor"], cut, p)
+    for c in summary.configs:  # the closed-form cut-off mass matches the fraction of strings cut
+        p = cut_probability(alignment, parse(c.adaptor), 4)
+        cut = c.dropped_why.get("unfinished", 0) / c.n_rows
+        assert abs(cut - p) < 5 * np.sqrt(p * (1 - p) / c.n_rows) + 1e-9, (c.adaptor, cut, p)
 
 
 @pytest.mark.parametrize("field, value", [("n_words", 5), ("rarity", 0.3), ("word_cost", 0.5), ("eos_prob", 0.2)])
@@ -181,3 +183,16 @@ def test_rarity_options_are_refused_with_the_rare_word_reward(field, value):
     with pytest.raises(PQError, match=f"{field} applies to --reward rarity only"):
         make_settings(**{field: value})
     assert getattr(make_settings(reward="rarity", **{field: value}), field) == value
+
+
+def test_alignment_fit_recovers_the_demo_beta_and_log_z(small_demo):
+    """p+ is exactly p exp(r / beta) / Z here: d = log p+ - log p is linear in r with slope 1/beta (= 1)."""
+    _, summary = small_demo
+    fit = summary.alignment
+    assert fit.defined and fit.n_prompts == 1 and fit.bootstrap_unit == "strings", fit.reason
+    assert fit.within_prompt_r > 0.999
+    # The identity is exact up to float64 rounding (identity_max_abs_error ~ 1e-14): the bootstrap interval is
+    # then as narrow as that rounding and may miss 1 by it, so compare at the rounding's scale.
+    assert fit.beta_hat_ci[0] - 1e-9 <= 1.0 <= fit.beta_hat_ci[1] + 1e-9, (fit.beta_hat, fit.beta_hat_ci)
+    assert fit.beta_hat_ci[0] - 1e-12 <= fit.beta_hat <= fit.beta_hat_ci[1] + 1e-12
+    assert fit.prompts[0].log_z == pytest.approx(summary.extra["log_z"], abs=1e-3)

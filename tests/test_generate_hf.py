@@ -161,7 +161,7 @@ def test_cli_generate_then_score_with_template_and_reward_model(tiny_hf, tmp_pat
     settings = json.loads((tmp_path / "gen" / "_run.json").read_text())["settings"]
     lm = HFModel(str(tiny_hf.llama), device="cpu", template=template)
     longest = max(len(lm.encode_prompt(t)) for t in ["hello world", "why", "tell me a story", "the cat sat"])
-    assert settings["template"] == template and settings["batch_size"] == max(1, 30 // (longest + 5))
+    assert settings["prompts"]["template"] == template and settings["batch_size"] == max(1, 30 // (longest + 5))
     gen = pd.read_parquet(tmp_path / "gen")
     assert gen["prompt_id"].nunique() == 3 and len(gen) == 3 * 2 * 2
     assert all(list(r.prompt_token_ids) == lm.encode_prompt(r.prompt) for r in gen.itertuples())
@@ -278,4 +278,4 @@ def test_resume_with_other_settings_is_refused_before_loading_the_model(tiny_hf,
               "--adaptor", "top_k=5", "--device", "cpu", "--no-progress", "--out", tmp_path / "c"]
     assert cli(monkeypatch, capsys, *common, "--model", tiny_hf.llama, "--seed", 1)[0] == 0
     code, _, err = cli(monkeypatch, capsys, *common, "--model", tmp_path / "no-such-model", "--seed", 2)
-    assert code == 2 and "holds a run made with model=" in err and "cannot load" not in err
+    assert code == 2 and "holds a run made with other settings (model.name:" in err and "does not exist" not in err

@@ -129,7 +129,7 @@ def test_model_facts_and_bad_settings(tiny_hf):
         HFModel(str(tiny_hf.llama), dtype="float8")
     with pytest.raises(PQError, match="device='tpu'"):
         HFModel(str(tiny_hf.llama), device="tpu")
-    with pytest.raises(PQError, match="cannot load"):
+    with pytest.raises(PQError, match="does not exist"):
         HFModel(str(tiny_hf.llama / "missing"), device="cpu")
 
 

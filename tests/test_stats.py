@@ -69,22 +69,22 @@ def test_correlations_equal_direct_formulas():
     r = np.corrcoef(x, y)[0, 1]
     rho = np.corrcoef(pd.Series(x).rank(), pd.Series(y).rank())[0, 1]
     n = len(x)
-    assert c["pearson"] == pytest.approx(r, abs=1e-12)
-    assert c["spearman"] == pytest.approx(rho, abs=1e-12)
+    assert c.pearson == pytest.approx(r, abs=1e-12)
+    assert c.spearman == pytest.approx(rho, abs=1e-12)
     t = r * math.sqrt((n - 2) / (1 - r * r))
-    assert c["pearson_p"] == pytest.approx(2 * sps.t.sf(abs(t), n - 2), rel=1e-6)
+    assert c.pearson_p == pytest.approx(2 * sps.t.sf(abs(t), n - 2), rel=1e-6)
     z = sps.norm.ppf(0.95)
-    assert c["pearson_ci"] == pytest.approx([math.tanh(math.atanh(r) - z / math.sqrt(n - 3)),
+    assert c.pearson_ci == pytest.approx([math.tanh(math.atanh(r) - z / math.sqrt(n - 3)),
                                              math.tanh(math.atanh(r) + z / math.sqrt(n - 3))], abs=1e-9)
     se = math.sqrt(1.06 / (n - 3))
-    assert c["spearman_ci"] == pytest.approx([math.tanh(math.atanh(rho) - z * se),
+    assert c.spearman_ci == pytest.approx([math.tanh(math.atanh(rho) - z * se),
                                               math.tanh(math.atanh(rho) + z * se)], abs=1e-9)
 
 
 def test_correlations_undefined_cases_say_why():
-    assert "at least 4" in stats.correlations([1, 2, 3], [1, 2, 3])["note"]
+    assert "at least 4" in stats.correlations([1, 2, 3], [1, 2, 3]).note
     c = stats.correlations(np.ones(10), np.arange(10.0))
-    assert c["spearman"] is None and "constant" in c["note"]
+    assert c.spearman is None and "constant" in c.note
 
 
 def test_tradeoff_fit_equals_polyfit_and_t_interval():
@@ -96,17 +96,17 @@ def test_tradeoff_fit_equals_polyfit_and_t_interval():
     resid = y - (slope * x + intercept)
     se = math.sqrt(resid @ resid / (len(x) - 2) / np.sum((x - x.mean()) ** 2))
     crit = sps.t.ppf(0.975, len(x) - 2)
-    assert fit["slope"] == pytest.approx(slope) and fit["intercept"] == pytest.approx(intercept)
-    assert fit["slope_ci"] == pytest.approx([slope - crit * se, slope + crit * se])
+    assert fit.slope == pytest.approx(slope) and fit.intercept == pytest.approx(intercept)
+    assert fit.slope_ci == pytest.approx([slope - crit * se, slope + crit * se])
 
 
 def test_tradeoff_fit_degenerate_inputs():
     one = stats.tradeoff_fit([1.0], [2.0])
-    assert not one["defined"] and "at least 2 configurations" in one["note"]
+    assert not one.defined and "at least 2 configurations" in one.note
     two = stats.tradeoff_fit([1.0, 2.0], [2.0, 1.0])
-    assert two["defined"] and two["slope"] == pytest.approx(-1.0) and two["slope_ci"] is None
+    assert two.defined and two.slope == pytest.approx(-1.0) and two.slope_ci is None
     flat = stats.tradeoff_fit([1.0, 1.0, 1.0], [1.0, 2.0, 3.0])
-    assert not flat["defined"] and "same mean log prior" in flat["note"]
+    assert not flat.defined and "same mean log prior" in flat.note
 
 
 def _brute_frontier(x, y):

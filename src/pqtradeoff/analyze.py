@@ -6,10 +6,10 @@ Public API (also used by the exact-model demo):
   bad value into a one-line PQError naming the field.
 - `clean_table(table, settings)`: validate and filter a scored-corpus DataFrame (missing columns -> PQError;
   NaN/inf values and unfinished strings dropped, counted, and warned about by column).
-- `run_analysis(table, out_dir, settings, exact=None, exact_lines=None, notes=None, skipped=None, source=None,
-  extra=None)`: run
-  everything on a DataFrame with the scored-corpus columns and write summary.json, corpora.parquet, the
-  figures and report.html atomically under out_dir; returns the summary dict.
+- `run_analysis(table, out_dir, settings, inputs=None)`: run everything on a DataFrame with the scored-corpus
+  columns (steps: clean -> per config -> across configs -> write) and write summary.json, corpora.parquet,
+  the figures and report.html atomically under out_dir; returns a typed `results.Summary`. `inputs`, an
+  `ExtraInputs`, carries what a producer such as the demo adds (exact values, lines, notes, skipped configs).
 - `analyze_dir(scored_dir, out_dir, settings)`: the same, reading a scored-corpus directory (the CLI).
 
 Nothing here imports torch or the model side.
@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import warnings
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,10 +29,13 @@ import pandas as pd
 import pyarrow as pa
 
 from pqtradeoff import adaptors, correct, stats
+from pqtradeoff.alignment import AlignmentData, AlignmentFit, fit_alignment
 from pqtradeoff.corpus import ANALYSIS_COLUMNS, RUN_RECORD, read_corpus, write_shard
 from pqtradeoff.errors import PQError, validated
 from pqtradeoff.io import run_record, write_json
+from pqtradeoff.results import ConfigResult, ExactLine, InputReport, SeriesEstimate, SkippedConfig, Summary
 from pqtradeoff.settings import AnalysisSettings
+from pqtradeoff.stats import Correlation, TradeoffFit
 
 #: Columns whose values must be finite for a row to be used (the quantities analysed).
 VALUE_COLUMNS = ("reward", "logp_prior")
@@ -39,6 +43,8 @@ VALUE_COLUMNS = ("reward", "logp_prior")
 #: log-probability of the target means weight zero, which is allowed (logq must be finite: the row was sampled).
 WEIGHT_COLUMNS = {"global": ("log_weight",), "aligned": ("logp_aligned", "logq"), "none": ()}
 SERIES = {"reward": "reward", "log_prior": "logp_prior"}
+#: String columns `analyze_dir` reads (other string and list columns, texts and tokens, are never needed).
+STRING_COLUMNS = ("adaptor", "prior_context")
 
 
 def make_settings(**values: Any) -> AnalysisSettings:
@@ -74,7 +80,7 @@ def _canonical_adaptors(column: pd.Series) -> pd.Series:
     return column.map(mapping)
 
 
-def clean_table(table: pd.DataFrame, settings: AnalysisSettings) -> tuple[pd.DataFrame, dict[str, Any]]:
+def clean_table(table: pd.DataFrame, settings: AnalysisSettings) -> tuple[pd.DataFrame, InputReport]:
     """Validate a scored-corpus table and keep the rows the analysis can use (the input is not modified).
 
     Returns the kept rows (with a canonical `adaptor`) and a report: rows read, rows dropped per column (a
@@ -125,16 +131,11 @@ def clean_table(table: pd.DataFrame, settings: AnalysisSettings) -> tuple[pd.Dat
         data = data.loc[finished]
     for message in messages:
         warnings.warn(message, UserWarning, stacklevel=2)
-    report = {
-        "rows_read": int(len(table)),
-        "dropped_by_column": dropped,
-        "dropped_total": int(any_bad.sum()),
-        "unfinished": unfinished,
-        "unfinished_excluded": 0 if settings.keep_unfinished else unfinished,
-        "rows_used": int(len(data)),
-        "dropped_by_config": by_config,
-        "warnings": messages,
-    }
+    report = InputReport(
+        rows_read=int(len(table)), dropped_by_column=dropped, dropped_total=int(any_bad.sum()),
+        unfinished=unfinished, unfinished_excluded=0 if settings.keep_unfinished else unfinished,
+        rows_used=int(len(data)), dropped_by_config=by_config, warnings=messages,
+    )
     return data.reset_index(drop=True), report
 
 
@@ -144,10 +145,16 @@ def _order_key(spec: str) -> tuple[str, float]:
     return (a.family, a.temperature)
 
 
+def _local_mean_and_se(values: np.ndarray) -> tuple[float, float | None]:
+    """Plain average of the sampled strings and its standard error sd / sqrt(n) (None with one string)."""
+    n = len(values)
+    return float(values.mean()), (float(np.std(values, ddof=1) / np.sqrt(n)) if n > 1 else None)
+
+
 def analyze_config(
     adaptor: str, rows: pd.DataFrame, settings: AnalysisSettings
-) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """IMH-correct one configuration's pool and draw its corpora. Returns (summary entry, corpus means).
+) -> tuple[ConfigResult, dict[str, np.ndarray]]:
+    """IMH-correct one configuration's pool and draw its corpora. Returns (config result, corpus means).
 
     Raises PQError when the target gives every string zero weight (the caller reports the config as skipped).
     """
@@ -169,44 +176,52 @@ def analyze_config(
     means = stats.corpus_means(
         chain.visits, values, settings.corpora, settings.corpus_size, np.random.default_rng(seeds[1])
     )
-    entry: dict[str, Any] = {
-        "adaptor": adaptor, "family": spec.family, "temperature": spec.temperature,
-        "n_strings": n, "n_zero_weight": zero,
-        "acceptance_rate": chain.acceptance_rate, "chain_steps": chain.steps,
-        "chain_ess": min(chain.ess(k) for k in SERIES), "importance_ess": correct.importance_ess(log_w),
-    }
+    series: dict[str, SeriesEstimate] = {}
     for name in SERIES:
         mu, pool_var, target_var = correct.snis_mean_and_variance(log_w, values[name])
-        se = correct.imh_standard_error(pool_var, target_var, chain.tau[name], chain.steps)
-        entry.update({
-            f"mean_{name}": chain.mean[name],
-            f"mean_{name}_se": se,
-            f"mean_{name}_se_pool": float(np.sqrt(pool_var)),
-            f"mean_{name}_se_chain": float(np.sqrt(target_var * chain.tau[name] / chain.steps)),
-            f"snis_mean_{name}": mu,
-            f"local_mean_{name}": float(values[name].mean()),
-            f"chain_ess_{name}": chain.ess(name),
-            f"tau_{name}": chain.tau[name],
-            f"lag1_{name}": chain.lag1[name],
-            f"corpus_mean_{name}_sd": float(np.std(means[name], ddof=1)) if settings.corpora > 1 else None,
-        })
-    entry["reliable"] = entry["importance_ess"] >= settings.min_importance_ess
-    entry["string_level"] = stats.correlations(values["log_prior"], values["reward"], settings.confidence)
-    entry["corpus_level"] = stats.correlations(means["log_prior"], means["reward"], settings.confidence)
-    return entry, means
+        local, local_se = _local_mean_and_se(values[name])
+        series[name] = SeriesEstimate(
+            mean=chain.mean[name],
+            se=correct.imh_standard_error(pool_var, target_var, chain.tau[name], chain.steps),
+            se_pool=float(np.sqrt(pool_var)),
+            se_chain=float(np.sqrt(target_var * chain.tau[name] / chain.steps)),
+            snis_mean=mu, local_mean=local, local_mean_se=local_se, chain_ess=chain.ess(name),
+            tau=chain.tau[name], lag1=chain.lag1[name],
+            corpus_mean_sd=float(np.std(means[name], ddof=1)) if settings.corpora > 1 else None,
+        )
+    importance_ess = correct.importance_ess(log_w)
+    result = ConfigResult(
+        adaptor=adaptor, family=spec.family, temperature=spec.temperature, n_strings=n, n_zero_weight=zero,
+        acceptance_rate=chain.acceptance_rate, chain_steps=chain.steps,
+        chain_ess=min(chain.ess(k) for k in SERIES), importance_ess=importance_ess,
+        reward=series["reward"], log_prior=series["log_prior"],
+        reliable=importance_ess >= settings.min_importance_ess,
+        string_level=stats.correlations(values["log_prior"], values["reward"], settings.confidence),
+        corpus_level=stats.correlations(means["log_prior"], means["reward"], settings.confidence),
+    )
+    return result, means
+
+
+def skipped_with_local_means(adaptor: str, reason: str, rows: pd.DataFrame | None) -> SkippedConfig:
+    """A skipped config; its usable strings' plain means are kept (sampling that adaptor still gives them)."""
+    if rows is None or rows.empty:
+        return SkippedConfig(adaptor, reason)
+    reward, reward_se = _local_mean_and_se(rows["reward"].to_numpy(float))
+    log_prior, log_prior_se = _local_mean_and_se(rows["logp_prior"].to_numpy(float))
+    return SkippedConfig(adaptor, reason, len(rows), reward, reward_se, log_prior, log_prior_se)
 
 
 # --------------------------------------------------------------------------------------- exact comparison
-def _compare_exact(entry: dict[str, Any]) -> dict[str, Any] | None:
+def _compare_exact(result: ConfigResult) -> dict[str, float] | None:
     """z-scores of the IMH means against exact values given for this config (None when none are given)."""
-    out: dict[str, Any] = {}
+    out: dict[str, float] = {}
     for name in SERIES:
-        exact = entry.get(f"exact_mean_{name}")
+        exact = result.exact.get(f"exact_mean_{name}")
         if exact is None:
             continue
-        se = entry[f"mean_{name}_se"]
-        diff = entry[f"mean_{name}"] - exact
-        out[f"z_{name}"] = diff / se if se > 0 else (0.0 if diff == 0 else float("inf"))
+        s = result.series(name)
+        diff = s.mean - exact
+        out[f"z_{name}"] = diff / s.se if s.se > 0 else (0.0 if diff == 0 else float("inf"))
     return out or None
 
 
@@ -219,44 +234,50 @@ def _canonical_keys(mapping: Mapping[str, Any] | None) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------------ orchestration
-def run_analysis(
-    table: pd.DataFrame,
-    out_dir: str | Path,
-    settings: AnalysisSettings,
-    exact: dict[str, dict[str, float]] | None = None,
-    exact_lines: list[dict[str, Any]] | None = None,
-    notes: list[str] | None = None,
-    skipped: dict[str, str] | None = None,
-    source: dict[str, Any] | None = None,
-    extra: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    """Analyse a scored-corpus DataFrame and write every output under `out_dir`; return the summary.
+@dataclass
+class ExtraInputs:
+    """What a producer (the exact-model demo) adds to an analysis beyond the scored table.
 
-    - `exact`: canonical adaptor string (any spelling `adaptors.parse` reads) -> extra fields merged into that
-      config's summary entry, e.g. exact_mean_log_prior, exact_mean_reward, exact_entropy,
-      exact_local_mean_log_prior, exact_local_mean_reward. exact_mean_* become points on the corpus-level
-      panel and the frontier, and the report says how many standard errors the IMH means lie from them.
-    - `exact_lines`: trade-off lines to draw on the corpus-level panel, each {"slope", "intercept", "label"}.
+    - `exact`: adaptor (any spelling `adaptors.parse` reads) -> exact_* fields merged into that config's result,
+      e.g. exact_mean_log_prior, exact_mean_reward, exact_entropy, exact_local_mean_log_prior. exact_mean_*
+      become points on the corpus-level panel and the frontier, and the report gives their z-scores.
+    - `exact_lines`: trade-off lines drawn on the corpus-level panel (`ExactLine`s, or dicts with slope,
+      intercept, label).
     - `notes`: sentences shown in the report and stored in summary.json.
-    - `skipped`: adaptor -> reason, for configurations the caller could not produce; listed with the ones
-      this analysis skips itself (all weights zero, no strings left).
-    - `source`: the producer's run record (the `_run.json` of the scored corpus), stored for provenance.
+    - `skipped`: adaptor -> reason, for configurations the producer could not sample; listed with the ones
+      the analysis skips itself.
+    - `source`: the producer's run record (the scored corpus's `_run.json`), stored for provenance.
     - `extra`: top-level fields added to summary.json (e.g. the demo's `identity_max_abs_error`).
-
-    Raises PQError on a table it cannot use (missing columns, no usable rows, no config left).
     """
-    from pqtradeoff import plots, report  # matplotlib only when we get this far
 
-    out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise PQError(f"out={str(out_dir)!r} exists and is not a directory")
-    data, input_report = clean_table(table, settings)
-    if data.empty:
-        raise PQError("no usable rows: every row was dropped (" + "; ".join(input_report["warnings"]) + ")")
-    exact = _canonical_keys(exact)
-    skipped_list = [{"adaptor": a, "reason": r} for a, r in _canonical_keys(skipped).items()]
-    messages = list(input_report["warnings"])
-    configs: list[dict[str, Any]] = []
+    exact: dict[str, dict[str, Any]] = field(default_factory=dict)
+    exact_lines: list[ExactLine] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)
+    source: dict[str, Any] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.exact_lines = [ExactLine(**line) if isinstance(line, dict) else line for line in self.exact_lines]
+
+
+@dataclass
+class _PerConfig:
+    """What the per-configuration step hands to the next ones."""
+
+    configs: list[ConfigResult]
+    skipped: list[SkippedConfig]
+    corpora: pd.DataFrame
+    messages: list[str]
+
+
+def _per_config(table: pd.DataFrame, data: pd.DataFrame, input_report: InputReport, settings: AnalysisSettings,
+                inputs: ExtraInputs) -> _PerConfig:
+    """Step 2: correct every configuration; skip (with the reason) those that cannot be corrected."""
+    exact = _canonical_keys(inputs.exact)
+    skipped = [SkippedConfig(a, r) for a, r in _canonical_keys(inputs.skipped).items()]
+    messages: list[str] = []
+    configs: list[ConfigResult] = []
     corpus_frames: list[pd.DataFrame] = []
     read_counts = _canonical_adaptors(table["adaptor"]).value_counts()
     groups = dict(tuple(data.groupby("adaptor", sort=False)))
@@ -264,94 +285,139 @@ def run_analysis(
         rows = groups.get(adaptor)
         if rows is None:
             reason = f"no usable strings: all {int(read_counts[adaptor])} row(s) were dropped or unfinished"
-            skipped_list.append({"adaptor": adaptor, "reason": reason})
+            skipped.append(SkippedConfig(adaptor, reason))
             messages.append(f"skipped {adaptor}: {reason}")
             continue
         try:
-            entry, means = analyze_config(adaptor, rows, settings)
+            result, means = analyze_config(adaptor, rows, settings)
         except PQError as err:
-            skipped_list.append({"adaptor": adaptor, "reason": str(err)})
+            skipped.append(skipped_with_local_means(adaptor, str(err), rows))
             messages.append(f"skipped {adaptor}: {err}")
-            warnings.warn(f"skipped {adaptor}: {err}", UserWarning, stacklevel=2)
+            warnings.warn(f"skipped {adaptor}: {err}", UserWarning, stacklevel=3)
             continue
-        if not entry["reliable"]:
-            message = (f"{adaptor}: the pool's importance-sampling ESS is {entry['importance_ess']:.3g} "
+        if not result.reliable:
+            message = (f"{adaptor}: the pool's importance-sampling ESS is {result.importance_ess:.3g} "
                        f"(< {settings.min_importance_ess:g}): a few strings carry the weight, and its standard "
                        "errors understate the uncertainty")
             messages.append(message)
-            warnings.warn(message, UserWarning, stacklevel=2)
-        entry["n_rows"] = int(read_counts[adaptor])
-        entry["n_dropped"] = entry["n_rows"] - entry["n_strings"]
-        entry["dropped_why"] = input_report["dropped_by_config"].get(adaptor, {})
-        entry.update(exact.get(adaptor, {}))
-        entry["exact_comparison"] = _compare_exact(entry)
-        configs.append(entry)
+            warnings.warn(message, UserWarning, stacklevel=3)
+        result.n_rows = int(read_counts[adaptor])
+        result.n_dropped = result.n_rows - result.n_strings
+        result.dropped_why = input_report.dropped_by_config.get(adaptor, {})
+        result.exact = dict(exact.get(adaptor, {}))
+        result.exact_comparison = _compare_exact(result)
+        configs.append(result)
         corpus_frames.append(pd.DataFrame({
-            "adaptor": adaptor, "family": entry["family"], "temperature": entry["temperature"],
+            "adaptor": adaptor, "family": result.family, "temperature": result.temperature,
             "corpus_id": np.arange(settings.corpora, dtype=np.int64),
             "mean_reward": means["reward"], "mean_log_prior": means["log_prior"],
         }))
     if not configs:
-        raise PQError("no configuration could be analysed: " + "; ".join(s["reason"] for s in skipped_list))
-    unmatched = sorted(set(exact) - {c["adaptor"] for c in configs})
+        raise PQError("no configuration could be analysed: " + "; ".join(s.reason for s in skipped))
+    unmatched = sorted(set(exact) - {c.adaptor for c in configs})
     if unmatched:
         messages.append(f"exact values were given for configuration(s) not analysed: {', '.join(unmatched)}")
-    corpora = pd.concat(corpus_frames, ignore_index=True)
+    return _PerConfig(configs, skipped, pd.concat(corpus_frames, ignore_index=True), messages)
 
-    x = np.array([c["mean_log_prior"] for c in configs])
-    y = np.array([c["mean_reward"] for c in configs])
-    frontier = stats.pareto_frontier(x, y)
-    for entry, on in zip(configs, frontier, strict=True):
-        entry["on_frontier"] = bool(on)
+
+@dataclass
+class _AcrossConfigs:
+    """Step 3's results: correlations at every level and the trade-off across configurations."""
+
+    string_level: Correlation
+    corpus_level: Correlation
+    config_level: Correlation
+    tradeoff: TradeoffFit
+    messages: list[str]
+
+
+def _across_configs(data: pd.DataFrame, per: _PerConfig, settings: AnalysisSettings) -> _AcrossConfigs:
+    """Step 3: the Pareto frontier (marked on the configs), the trade-off fit, pooled correlations."""
+    configs, messages = per.configs, []
+    x = np.array([c.mean_log_prior for c in configs])
+    y = np.array([c.mean_reward for c in configs])
+    for result, on in zip(configs, stats.pareto_frontier(x, y), strict=True):
+        result.on_frontier = bool(on)
     tradeoff = stats.tradeoff_fit(x, y, settings.confidence)
-    tradeoff["frontier"] = [c["adaptor"] for c in sorted(configs, key=lambda c: -c["mean_log_prior"]) if c["on_frontier"]]
-    if not tradeoff["defined"]:
-        messages.append(f"corpus-level trade-off: {tradeoff['note']}")
-    used = data[data["adaptor"].isin([c["adaptor"] for c in configs])]  # skipped configs' strings left out
-    corpus_level = stats.correlations(corpora["mean_log_prior"], corpora["mean_reward"], settings.confidence)
+    tradeoff.frontier = [c.adaptor for c in sorted(configs, key=lambda c: -c.mean_log_prior) if c.on_frontier]
+    if not tradeoff.defined:
+        messages.append(f"corpus-level trade-off: {tradeoff.note}")
+    used = data[data["adaptor"].isin([c.adaptor for c in configs])]  # skipped configs' strings left out
+    corpus_level = stats.correlations(per.corpora["mean_log_prior"], per.corpora["mean_reward"], settings.confidence)
     if len(configs) == 1:
-        corpus_level["note"] = (
-            (corpus_level["note"] + "; " if corpus_level["note"] else "")
+        corpus_level.note = (
+            (corpus_level.note + "; " if corpus_level.note else "")
             + "one configuration only: these corpora vary by resampling noise alone, so this is not the trade-off across configurations"
         )
-    summary: dict[str, Any] = {
-        "command": "analyze",
-        "settings": settings.model_dump(mode="json"),
-        "seeds": {"seed": settings.seed, "per_config": "numpy SeedSequence([seed, sha256(adaptor)[:16]]), spawned into chain and corpora streams"},
-        "input": {k: v for k, v in input_report.items() if k not in ("warnings", "dropped_by_config")},
-        "warnings": messages,
-        "notes": list(notes or []),
-        "configs": configs,
-        "skipped": skipped_list,
-        "string_level": stats.correlations(
-            used["logp_prior"].to_numpy(float), used["reward"].to_numpy(float), settings.confidence
-        ),
-        "corpus_level": corpus_level,
-        "config_level": stats.correlations(x, y, settings.confidence),
-        "tradeoff": tradeoff,
-        "exact_lines": list(exact_lines or []),
-        "source_run": source,
-        "run": run_record("analyze", settings.model_dump(mode="json")),
-        "outputs": {"summary": "summary.json", "corpora": "corpora.parquet", "report": "report.html", "figures": {}},
-    }
-    summary.update(extra or {})
+    string_level = stats.correlations(
+        used["logp_prior"].to_numpy(float), used["reward"].to_numpy(float), settings.confidence
+    )
+    return _AcrossConfigs(string_level, corpus_level, stats.correlations(x, y, settings.confidence), tradeoff, messages)
+
+
+def _alignment(data: pd.DataFrame, settings: AnalysisSettings, inputs: ExtraInputs
+               ) -> tuple[AlignmentFit, AlignmentData | None]:
+    """Step 3b: alignment fidelity and the effective beta, over every configuration's finished strings."""
+    rng = np.random.default_rng(correct.chain_seed(settings.seed, "alignment"))
+    return fit_alignment(data, inputs.source, settings.confidence, rng, nominal_beta=settings.beta)
+
+
+def _write(summary: Summary, data: pd.DataFrame, corpora: pd.DataFrame, aligned: AlignmentData | None,
+           out_dir: Path) -> None:
+    """Step 4: corpora.parquet, the figures, summary.json, _run.json and report.html, each atomically."""
+    from pqtradeoff import plots, report  # matplotlib only when we get this far
+
     write_shard(pa.Table.from_pandas(corpora, preserve_index=False), out_dir / "corpora.parquet")
-    if settings.plots:
-        summary["outputs"]["figures"] = plots.draw_all(data, corpora, summary, out_dir)
-    write_json(out_dir / "summary.json", summary)
-    write_json(out_dir / RUN_RECORD, summary["run"])
+    if summary.settings.plots:
+        summary.outputs["figures"] = plots.draw_all(data, corpora, summary, out_dir, aligned)
+    write_json(out_dir / "summary.json", summary.to_json())
+    write_json(out_dir / RUN_RECORD, summary.run)
     report.write_report(summary, out_dir)
+
+
+def run_analysis(
+    table: pd.DataFrame, out_dir: str | Path, settings: AnalysisSettings, inputs: ExtraInputs | None = None
+) -> Summary:
+    """Analyse a scored-corpus DataFrame and write every output under `out_dir`; return the summary.
+
+    Steps: clean the table, correct each configuration, compare across configurations (and fit the alignment
+    identity over all strings), write.
+    `inputs` carries what a producer adds (exact values, lines, notes, skipped configs, provenance).
+    Raises PQError on a table it cannot use (missing columns, no usable rows, no config left).
+    """
+    inputs = inputs or ExtraInputs()
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise PQError(f"out={str(out_dir)!r} exists and is not a directory")
+    data, input_report = clean_table(table, settings)
+    if data.empty:
+        raise PQError("no usable rows: every row was dropped (" + "; ".join(input_report.warnings) + ")")
+    per = _per_config(table, data, input_report, settings, inputs)
+    across = _across_configs(data, per, settings)
+    alignment, aligned = _alignment(data, settings, inputs)
+    summary = Summary(
+        settings=settings,
+        seeds={"seed": settings.seed, "per_config": "numpy SeedSequence([seed, sha256(adaptor)[:16]]), spawned into chain and corpora streams"},
+        input=input_report, warnings=[*input_report.warnings, *per.messages, *across.messages],
+        notes=list(inputs.notes), configs=per.configs, skipped=per.skipped,
+        string_level=across.string_level, corpus_level=across.corpus_level, config_level=across.config_level,
+        tradeoff=across.tradeoff, alignment=alignment, exact_lines=list(inputs.exact_lines), source_run=inputs.source,
+        run=run_record("analyze", settings.model_dump(mode="json")),
+        outputs={"summary": "summary.json", "corpora": "corpora.parquet", "report": "report.html", "figures": {}},
+        extra=dict(inputs.extra),
+    )
+    _write(summary, data, per.corpora, aligned, out_dir)
     return summary
 
 
-def analyze_dir(scored_dir: str | Path, out_dir: str | Path, settings: AnalysisSettings) -> dict[str, Any]:
+def analyze_dir(scored_dir: str | Path, out_dir: str | Path, settings: AnalysisSettings) -> Summary:
     """Read a scored-corpus directory (with its `_run.json`, if any) and run the analysis on it."""
     table = read_corpus(scored_dir, required=ANALYSIS_COLUMNS)
     nested = (
         pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_string(t) or pa.types.is_large_string(t)
         for t in table.schema.types
     )
-    keep = [c for c, skip in zip(table.column_names, nested, strict=True) if c == "adaptor" or not skip]
+    keep = [c for c, skip in zip(table.column_names, nested, strict=True) if c in STRING_COLUMNS or not skip]
     frame = table.select(keep).to_pandas()  # token lists and texts are never needed here
     record_path = Path(scored_dir) / RUN_RECORD
     source = None
@@ -360,4 +426,4 @@ def analyze_dir(scored_dir: str | Path, out_dir: str | Path, settings: AnalysisS
             source = json.loads(record_path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as err:
             raise PQError(f"{str(record_path)!r} is not valid JSON: {err.msg} at line {err.lineno}") from None
-    return run_analysis(frame, out_dir, settings, source=source)
+    return run_analysis(frame, out_dir, settings, ExtraInputs(source=source))

@@ -21,6 +21,7 @@ from pqtradeoff.adaptors import Adaptor, parse_grid
 from pqtradeoff.automata import WeightedAutomaton, transition_matrix
 from pqtradeoff.correct import Target
 from pqtradeoff.errors import PQError, validated
+from pqtradeoff.results import Summary
 
 DEFAULT_FAMILIES = ("ancestral", "top_k=3", "top_k=6", "top_p=0.9", "top_p=0.95", "typical_p=0.9",
                     "eta_cutoff=0.0009")
@@ -174,11 +175,11 @@ def tradeoff_lines(alignment: Any, adaptors: list[Adaptor], beta: float) -> list
 
 def run_demo(
     out_dir: str | Path, settings: DemoSettings, progress: bool = True
-) -> tuple[dict[str, Any], dict[str, float]]:
+) -> tuple[Summary, dict[str, float]]:
     """Run generate -> score -> analyze on the demo automata and write everything under `out_dir`.
 
-    Returns the summary (also in `out_dir/summary.json`, byte-identical for the same settings) and the wall
-    time of each stage (printed, not stored, so that outputs stay reproducible).
+    Returns the summary (its `to_json()` is `out_dir/summary.json`, byte-identical for the same settings) and
+    the wall time of each stage (printed, not stored, so that outputs stay reproducible).
     """
     import torch
 
@@ -190,9 +191,9 @@ def run_demo(
         torch.set_num_threads(threads)
 
 
-def _run(out_dir: Path, settings: DemoSettings, progress: bool) -> tuple[dict[str, Any], dict[str, float]]:
+def _run(out_dir: Path, settings: DemoSettings, progress: bool) -> tuple[Summary, dict[str, float]]:
+    from pqtradeoff.analyze import ExtraInputs, run_analysis
     from pqtradeoff.analyze import make_settings as analysis_settings
-    from pqtradeoff.analyze import run_analysis
     from pqtradeoff.generate import PromptRecord, generate_corpus
     from pqtradeoff.score import score_corpus
 
@@ -246,9 +247,10 @@ def _run(out_dir: Path, settings: DemoSettings, progress: bool) -> tuple[dict[st
     # The exact lines are those of the global temperature family: drawn only when that is the target.
     lines = tradeoff_lines(models.alignment, kept, models.beta) if settings.target == "global" else []
     analysis = analysis_settings(target=settings.target, imh_steps=settings.imh_steps, corpora=settings.corpora,
-                                 corpus_size=settings.corpus_size, seed=settings.seed)
-    summary = run_analysis(table, out_dir, analysis, exact=exact_by_config, exact_lines=lines, notes=notes,
-                           skipped=skipped, source={"demo": record, "scored_dir": str(scored)},
-                           extra={"identity_max_abs_error": identity_error, "log_z": models.alignment.log_z})
+                                 corpus_size=settings.corpus_size, seed=settings.seed, beta=models.beta)
+    inputs = ExtraInputs(exact=exact_by_config, exact_lines=lines, notes=notes, skipped=skipped,
+                         source={"demo": record, "scored_dir": str(scored)},
+                         extra={"identity_max_abs_error": identity_error, "log_z": models.alignment.log_z})
+    summary = run_analysis(table, out_dir, analysis, inputs)
     timings["analyze_s"] = time.perf_counter() - t
     return summary, timings

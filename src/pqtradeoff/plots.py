@@ -6,6 +6,9 @@
   temperature, the pooled least-squares line with Spearman's rho and Pearson's r in the legend, and exact
   points / lines when the caller supplied them;
 - frontier.png: each config's IMH-corrected means with +-1 standard-error bars, the Pareto frontier joined;
+- alignment.png: log p+ - log p against the reward within prompts, the fitted slope 1/beta_hat, the nominal one;
+- hull.png: every sampled config's local means and the upper-right convex-hull boundary (what `advise` uses).
+The corpus-level panel also draws, through each config's corpora, a line of slope -beta_hat.
 - the toy experiment's three figures (`toy_distributions`, `toy_string_scatter`, `toy_corpus_scatter`), drawn on
   bare Agg figures without pyplot, whose import the toy does not pay.
 """
@@ -20,7 +23,9 @@ import matplotlib
 matplotlib.use("Agg")
 import numpy as np  # noqa: E402
 
+from pqtradeoff.alignment import AlignmentData  # noqa: E402
 from pqtradeoff.io import atomic_write  # noqa: E402
+from pqtradeoff.results import ConfigResult, Summary  # noqa: E402
 
 if TYPE_CHECKING:
     import pandas as pd  # annotations only: the toy's figures do not pay its import
@@ -68,26 +73,26 @@ def _fmt(value: float | None, spec: str = "+.3f") -> str:
     return "n/a" if value is None else format(value, spec)
 
 
-def string_level(data: pd.DataFrame, summary: dict[str, Any], path: Path) -> str:
+def string_level(data: pd.DataFrame, summary: Summary, path: Path) -> str:
     """Strings: reward against log prior, per-config regression lines."""
-    configs = summary["configs"]
-    families = sorted({c["family"] for c in configs})
+    configs = summary.configs
+    families = sorted({c.family for c in configs})
     colour = _palette(families)
     fig, ax = plt.subplots(figsize=(7, 5))
-    shown = _subsample(data[data["adaptor"].isin([c["adaptor"] for c in configs])])
-    fam = shown["adaptor"].map({c["adaptor"]: c["family"] for c in configs})
+    shown = _subsample(data[data["adaptor"].isin([c.adaptor for c in configs])])
+    fam = shown["adaptor"].map({c.adaptor: c.family for c in configs})
     ax.scatter(shown["logp_prior"], shown["reward"], s=3, alpha=0.25, c=[colour[f] for f in fam], rasterized=True)
     for c in configs:
-        rows = data[data["adaptor"] == c["adaptor"]]
+        rows = data[data["adaptor"] == c.adaptor]
         x, y = rows["logp_prior"].to_numpy(float), rows["reward"].to_numpy(float)
         if len(x) >= 2 and np.ptp(x) > 0:
             slope, intercept = np.polyfit(x, y, 1)
             grid = np.array([x.min(), x.max()])
-            ax.plot(grid, slope * grid + intercept, color=colour[c["family"]], lw=1, alpha=0.8)
+            ax.plot(grid, slope * grid + intercept, color=colour[c.family], lw=1, alpha=0.8)
     for f in families:
         ax.plot([], [], color=colour[f], marker="o", ls="-", label=f)
-    s = summary["string_level"]
-    ax.set_title(f"String level: rho = {_fmt(s['spearman'])}, r = {_fmt(s['pearson'])} (n = {s['n']})")
+    s = summary.string_level
+    ax.set_title(f"String level: rho = {_fmt(s.spearman)}, r = {_fmt(s.pearson)} (n = {s.n})")
     ax.set_xlabel("log prior probability of the string, log p(y)")
     ax.set_ylabel("reward r(y)")
     ax.legend(fontsize=7, title="adaptor family", title_fontsize=7)
@@ -95,9 +100,10 @@ def string_level(data: pd.DataFrame, summary: dict[str, Any], path: Path) -> str
     return _save(fig, path)
 
 
-def _exact_stars(ax: plt.Axes, configs: list[dict[str, Any]]) -> None:
+def _exact_stars(ax: plt.Axes, configs: list[ConfigResult]) -> None:
     """Each config's exact expectations (when the producer knows them, e.g. the exact-model demo) as stars."""
-    exact = [e for e in configs if e.get("exact_mean_log_prior") is not None and e.get("exact_mean_reward") is not None]
+    exact = [c.exact for c in configs
+             if c.exact.get("exact_mean_log_prior") is not None and c.exact.get("exact_mean_reward") is not None]
     if exact:
         ax.scatter([e["exact_mean_log_prior"] for e in exact], [e["exact_mean_reward"] for e in exact],
                    marker="*", s=90, facecolor="none", edgecolor="black", label="exact expectations")
@@ -121,30 +127,48 @@ def _finish(fig: plt.Figure, ax: plt.Axes, title: str, xlabel: str, ylabel: str,
     return _save(fig, path)
 
 
-def corpus_level(corpora: pd.DataFrame, summary: dict[str, Any], path: Path) -> str:
+def _beta_lines(ax: plt.Axes, corpora: pd.DataFrame, summary: Summary, colour: dict[str, Any]) -> None:
+    """Through each config's corpora, a short line of slope -beta_hat (the fitted effective beta): the band
+    on which that adaptor's typical corpora lie, with its own intercept."""
+    beta = summary.alignment.beta_hat
+    if beta is None or beta <= 0:
+        return
+    spans = corpora.groupby("adaptor", sort=False)["mean_log_prior"].agg(["min", "max", "mean"])
+    centre_y = corpora.groupby("adaptor", sort=False)["mean_reward"].mean()
+    family = {c.adaptor: c.family for c in summary.configs}
+    for adaptor, row in spans.iterrows():
+        half = max(row["max"] - row["min"], 1e-12) * 0.5
+        grid = np.array([row["mean"] - half, row["mean"] + half])
+        ax.plot(grid, centre_y[adaptor] - beta * (grid - row["mean"]), color=colour[family[adaptor]], lw=0.8,
+                alpha=0.9)
+    ax.plot([], [], color="grey", lw=0.8, label=f"slope -beta_hat = {-beta:.3g} through each config")
+
+
+def corpus_level(corpora: pd.DataFrame, summary: Summary, path: Path) -> str:
     """Corpora: mean reward against mean log prior; colour = family, marker = temperature, pooled line."""
-    configs = summary["configs"]
-    families = sorted({c["family"] for c in configs})
+    configs = summary.configs
+    families = sorted({c.family for c in configs})
     colour = _palette(families)
-    marker = _markers(list({c["temperature"] for c in configs}))
+    marker = _markers(list({c.temperature for c in configs}))
     fig, ax = plt.subplots(figsize=(7, 5))
     shown = _subsample(corpora)
     for (fam, temp), rows in shown.groupby(["family", "temperature"], sort=True):
         ax.scatter(rows["mean_log_prior"], rows["mean_reward"], s=6, alpha=0.35, color=colour[fam],
                    marker=marker[temp], rasterized=True)
-    c = summary["corpus_level"]
+    c = summary.corpus_level
     x, y = corpora["mean_log_prior"].to_numpy(float), corpora["mean_reward"].to_numpy(float)
     if len(x) >= 2 and np.ptp(x) > 0:
         slope, intercept = np.polyfit(x, y, 1)
         grid = np.array([x.min(), x.max()])
         ax.plot(grid, slope * grid + intercept, color="black", lw=1.5,
-                label=f"pooled fit: rho = {_fmt(c['spearman'])}, r = {_fmt(c['pearson'])}")
+                label=f"pooled fit: rho = {_fmt(c.spearman)}, r = {_fmt(c.pearson)}")
     _exact_stars(ax, configs)
+    _beta_lines(ax, corpora, summary, colour)
     xlim, ylim = ax.get_xlim(), ax.get_ylim()  # the data's view: exact lines are clipped to it
-    for i, line in enumerate(summary.get("exact_lines", [])):
+    for i, line in enumerate(summary.exact_lines):
         grid = np.array(xlim)
-        ax.plot(grid, line["slope"] * grid + line["intercept"], ls=("--", "-.", ":")[i % 3], lw=1,
-                color="dimgray", label=line.get("label", "exact line"))
+        ax.plot(grid, line.slope * grid + line.intercept, ls=("--", "-.", ":")[i % 3], lw=1,
+                color="dimgray", label=line.label)
     ax.set_xlim(xlim)
     ax.set_ylim(ylim)
     _legend_keys(ax, families, colour, marker)
@@ -152,38 +176,85 @@ def corpus_level(corpora: pd.DataFrame, summary: dict[str, Any], path: Path) -> 
                    "corpus mean log prior probability", "corpus mean reward", path)
 
 
-def frontier(summary: dict[str, Any], path: Path) -> str:
+def frontier(summary: Summary, path: Path) -> str:
     """Config means with standard-error bars; the Pareto-optimal configs joined by a line."""
-    configs = summary["configs"]
-    families = sorted({c["family"] for c in configs})
+    configs = summary.configs
+    families = sorted({c.family for c in configs})
     colour = _palette(families)
-    marker = _markers(list({c["temperature"] for c in configs}))
+    marker = _markers(list({c.temperature for c in configs}))
     fig, ax = plt.subplots(figsize=(7, 5))
     for c in configs:
-        ax.errorbar(c["mean_log_prior"], c["mean_reward"], xerr=c["mean_log_prior_se"], yerr=c["mean_reward_se"],
-                    color=colour[c["family"]], marker=marker[c["temperature"]], ms=6, lw=0.8,
-                    mfc=colour[c["family"]] if c["on_frontier"] else "none")
-    front = sorted((c for c in configs if c["on_frontier"]), key=lambda c: c["mean_log_prior"])
-    ax.plot([c["mean_log_prior"] for c in front], [c["mean_reward"] for c in front], color="black", lw=1,
+        ax.errorbar(c.log_prior.mean, c.reward.mean, xerr=c.log_prior.se, yerr=c.reward.se,
+                    color=colour[c.family], marker=marker[c.temperature], ms=6, lw=0.8,
+                    mfc=colour[c.family] if c.on_frontier else "none")
+    front = sorted((c for c in configs if c.on_frontier), key=lambda c: c.mean_log_prior)
+    ax.plot([c.mean_log_prior for c in front], [c.mean_reward for c in front], color="black", lw=1,
             label="Pareto frontier (filled markers)")
     _exact_stars(ax, configs)
-    t = summary["tradeoff"]
-    if t["defined"]:
+    t = summary.tradeoff
+    if t.defined:
         grid = np.array(ax.get_xlim())
-        ax.plot(grid, t["slope"] * grid + t["intercept"], ls=":", color="grey", label=f"fit across configs: slope {t['slope']:+.3f}")
+        ax.plot(grid, t.slope * grid + t.intercept, ls=":", color="grey", label=f"fit across configs: slope {t.slope:+.3f}")
     _legend_keys(ax, families, colour, marker)
     return _finish(fig, ax, "Trade-off across configurations (IMH-corrected means +- 1 s.e.)",
                    "mean log prior probability", "mean reward", path)
 
 
-def draw_all(data: pd.DataFrame, corpora: pd.DataFrame, summary: dict[str, Any], out_dir: Path) -> dict[str, str]:
+def alignment(aligned: AlignmentData, summary: Summary, path: Path) -> str:
+    """d = log p+ - log p against the reward, both minus their prompt's mean; fitted and nominal slopes."""
+    fit = summary.alignment
+    fig, ax = plt.subplots(figsize=(7, 5))
+    import pandas as pd
+
+    shown = _subsample(pd.DataFrame({"r": aligned.r_centered, "d": aligned.d_centered}))
+    ax.scatter(shown["r"], shown["d"], s=3, alpha=0.3, color="tab:blue", rasterized=True)
+    grid = np.array([aligned.r_centered.min(), aligned.r_centered.max()])
+    ax.plot(grid, fit.slope * grid, color="black", lw=1.5,
+            label=f"fit: slope 1/beta_hat = {fit.slope:.4g} (beta_hat = "
+            + (f"{fit.beta_hat:.4g})" if fit.beta_hat is not None else "undefined)"))
+    if fit.nominal_beta is not None:
+        ax.plot(grid, grid / fit.nominal_beta, color="tab:red", ls="--", lw=1,
+                label=f"nominal beta = {fit.nominal_beta:g}: slope {1 / fit.nominal_beta:.4g}")
+    ax.set_title(f"Alignment fidelity: within-prompt r = {_fmt(fit.within_prompt_r)} "
+                 f"({fit.n_strings} strings, {fit.n_prompts} prompt(s))")
+    ax.set_xlabel("reward minus its prompt's mean")
+    ax.set_ylabel("log p+(y|x) - log p(y|x), minus its prompt's mean")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def hull(summary: Summary, path: Path) -> str:
+    """Local (uncorrected) means of every sampled config, +-1 s.e., and the upper-right convex-hull boundary:
+    what sampling each adaptor, or mixing two, actually gives (the points `pqtradeoff advise` chooses from)."""
+    from pqtradeoff.advise import efficient_hull, points_from_summary
+
+    points, _ = points_from_summary(summary.to_json())
+    fig, ax = plt.subplots(figsize=(7, 5))
+    x = np.array([p.log_prior for p in points])
+    y = np.array([p.reward for p in points])
+    for p in points:
+        ax.errorbar(p.log_prior, p.reward, xerr=p.log_prior_se, yerr=p.reward_se, marker="s" if p.imh_skipped else "o",
+                    ms=5, lw=0.8, color="tab:grey" if p.imh_skipped else "tab:blue")
+    edge = efficient_hull(x, y)
+    ax.plot(x[edge], y[edge], color="black", lw=1.2, label="reachable frontier (mixtures of neighbours)")
+    for i in edge:
+        ax.annotate(points[i].adaptor, (x[i], y[i]), fontsize=6, xytext=(3, 3), textcoords="offset points")
+    ax.plot([], [], "s", color="tab:grey", label="skipped by the IMH analysis (local means)")
+    return _finish(fig, ax, "What sampling gives: local means +- 1 s.e. and the upper-right hull",
+                   "mean log prior (local, uncorrected)", "mean reward (local, uncorrected)", path)
+
+
+def draw_all(data: pd.DataFrame, corpora: pd.DataFrame, summary: Summary, out_dir: Path,
+             aligned: AlignmentData | None = None) -> dict[str, str]:
     """Draw the three figures into out_dir; return {figure: file name}."""
     out_dir = Path(out_dir)
     return {
         "string_level": string_level(data, summary, out_dir / "string_level.png"),
         "corpus_level": corpus_level(corpora, summary, out_dir / "corpus_level.png"),
         "frontier": frontier(summary, out_dir / "frontier.png"),
-    }
+        "hull": hull(summary, out_dir / "hull.png"),
+    } | ({"alignment": alignment(aligned, summary, out_dir / "alignment.png")} if aligned is not None else {})
 
 
 # ------------------------------------------------------------------------------------------- toy figures

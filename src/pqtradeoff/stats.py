@@ -12,6 +12,7 @@ statistics at the end equal scipy's (bit for bit but for entropy's last bit) and
 from __future__ import annotations
 
 import math
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -63,7 +64,30 @@ def _fisher_interval(r: float, se: float, confidence: float) -> tuple[float, flo
     return math.tanh(z - crit * se), math.tanh(z + crit * se)
 
 
-def correlations(x: np.ndarray, y: np.ndarray, confidence: float = 0.95) -> dict[str, Any]:
+@dataclass
+class Correlation:
+    """Spearman's rho and Pearson's r of y against x, with p-values and confidence intervals.
+
+    Undefined values (n < 4, a constant input) are None, and `note` says why.
+    """
+
+    n: int  # number of (x, y) pairs
+    confidence: float  # level of the intervals
+    ci_method: str  # how the intervals were computed
+    spearman: float | None = None
+    spearman_ci: list[float] | None = None
+    spearman_p: float | None = None  # two-sided p-value against no correlation
+    pearson: float | None = None
+    pearson_ci: list[float] | None = None
+    pearson_p: float | None = None
+    note: str | None = None  # why a value is undefined, or a caveat
+
+    def to_json(self) -> dict[str, Any]:
+        """The summary.json object (same field names)."""
+        return asdict(self)
+
+
+def correlations(x: np.ndarray, y: np.ndarray, confidence: float = 0.95) -> Correlation:
     """Spearman's rho and Pearson's r of y against x, with p-values (scipy.stats) and confidence intervals.
 
     Pearson's interval is scipy's (Fisher z with se 1/sqrt(n-3)); Spearman's uses the Fisher z with Fieller,
@@ -76,32 +100,49 @@ def correlations(x: np.ndarray, y: np.ndarray, confidence: float = 0.95) -> dict
     x = np.asarray(x, dtype=np.float64)
     y = np.asarray(y, dtype=np.float64)
     n = int(x.size)
-    result: dict[str, Any] = {
-        "n": n, "confidence": confidence, "ci_method": "Fisher z (Spearman: Fieller se sqrt(1.06/(n-3)))",
-        "spearman": None, "spearman_ci": None, "spearman_p": None,
-        "pearson": None, "pearson_ci": None, "pearson_p": None, "note": None,
-    }
+    result = Correlation(n=n, confidence=confidence, ci_method="Fisher z (Spearman: Fieller se sqrt(1.06/(n-3)))")
     if n < 4:
-        result["note"] = f"undefined: {n} point(s), need at least 4 for a correlation with an interval"
+        result.note = f"undefined: {n} point(s), need at least 4 for a correlation with an interval"
         return result
     if np.ptp(x) == 0.0 or np.ptp(y) == 0.0:
         which = "log prior" if np.ptp(x) == 0.0 else "reward"
-        result["note"] = f"undefined: the {which} is constant over the {n} points"
+        result.note = f"undefined: the {which} is constant over the {n} points"
         return result
     pr = sps.pearsonr(x, y)
     ci = pr.confidence_interval(confidence_level=confidence)
     sr = sps.spearmanr(x, y)
     rho = float(sr.statistic)
-    result.update(
-        pearson=float(pr.statistic), pearson_p=float(pr.pvalue), pearson_ci=[float(ci.low), float(ci.high)],
-        spearman=rho, spearman_p=float(sr.pvalue),
-        spearman_ci=list(_fisher_interval(rho, math.sqrt(1.06 / (n - 3)), confidence)),
-    )
+    result.pearson, result.pearson_p = float(pr.statistic), float(pr.pvalue)
+    result.pearson_ci = [float(ci.low), float(ci.high)]
+    result.spearman, result.spearman_p = rho, float(sr.pvalue)
+    result.spearman_ci = list(_fisher_interval(rho, math.sqrt(1.06 / (n - 3)), confidence))
     return result
 
 
 # --------------------------------------------------------------------------------------------- trade-off fit
-def tradeoff_fit(log_prior: np.ndarray, reward: np.ndarray, confidence: float = 0.95) -> dict[str, Any]:
+@dataclass
+class TradeoffFit:
+    """The least-squares line mean reward = slope * mean log prior + intercept across configurations."""
+
+    n_configs: int
+    confidence: float
+    method: str
+    defined: bool = False  # False when no line can be fit (fewer than 2 configs, equal log priors)
+    slope: float | None = None  # reward gained per nat of prior log-likelihood (negative: a trade-off)
+    slope_se: float | None = None
+    slope_ci: list[float] | None = None  # t interval (None with 2 configs: the line is exact)
+    intercept: float | None = None
+    r_squared: float | None = None
+    p_value: float | None = None
+    note: str | None = None
+    frontier: list[str] = field(default_factory=list)  # Pareto-optimal configs, by mean log prior high to low
+
+    def to_json(self) -> dict[str, Any]:
+        """The summary.json object (same field names)."""
+        return asdict(self)
+
+
+def tradeoff_fit(log_prior: np.ndarray, reward: np.ndarray, confidence: float = 0.95) -> TradeoffFit:
     """Least-squares line reward = slope * log_prior + intercept across configs, slope with a t interval.
 
     The slope is the "exchange rate": reward gained per nat of prior log-likelihood given up (the theory
@@ -113,30 +154,25 @@ def tradeoff_fit(log_prior: np.ndarray, reward: np.ndarray, confidence: float = 
     x = np.asarray(log_prior, dtype=np.float64)
     y = np.asarray(reward, dtype=np.float64)
     n = int(x.size)
-    fit: dict[str, Any] = {
-        "n_configs": n, "confidence": confidence, "method": "ordinary least squares over config means",
-        "defined": False, "slope": None, "slope_se": None, "slope_ci": None, "intercept": None,
-        "r_squared": None, "p_value": None, "note": None,
-    }
+    fit = TradeoffFit(n_configs=n, confidence=confidence, method="ordinary least squares over config means")
     if n < 2:
-        fit["note"] = (
+        fit.note = (
             f"undefined: the corpus-level trade-off needs at least 2 configurations, got {n}; "
             "a single configuration gives one point, and a line through one point has no slope"
         )
         return fit
     if np.ptp(x) == 0.0:
-        fit["note"] = f"undefined: all {n} configurations have the same mean log prior, so no slope can be fit"
+        fit.note = f"undefined: all {n} configurations have the same mean log prior, so no slope can be fit"
         return fit
     lr = sps.linregress(x, y)
-    fit.update(defined=True, slope=float(lr.slope), intercept=float(lr.intercept))
+    fit.defined, fit.slope, fit.intercept = True, float(lr.slope), float(lr.intercept)
     if n == 2:
-        fit["note"] = "2 configurations: the line is exact, so it has no standard error or interval"
+        fit.note = "2 configurations: the line is exact, so it has no standard error or interval"
         return fit
     crit = float(sps.t.ppf(0.5 + confidence / 2.0, n - 2))
-    fit.update(
-        slope_se=float(lr.stderr), slope_ci=[float(lr.slope - crit * lr.stderr), float(lr.slope + crit * lr.stderr)],
-        r_squared=float(lr.rvalue**2), p_value=float(lr.pvalue),
-    )
+    fit.slope_se = float(lr.stderr)
+    fit.slope_ci = [float(lr.slope - crit * lr.stderr), float(lr.slope + crit * lr.stderr)]
+    fit.r_squared, fit.p_value = float(lr.rvalue**2), float(lr.pvalue)
     return fit
 
 

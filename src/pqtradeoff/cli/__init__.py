@@ -6,6 +6,7 @@ transformers, matplotlib) are imported inside the commands, so `pqtradeoff toy` 
 
 from __future__ import annotations
 
+import logging
 import sys
 
 import typer
@@ -28,6 +29,7 @@ def _root() -> None:
 
 
 # Command modules register themselves on `app` when imported.
+from pqtradeoff.cli import advise as _advise  # noqa: E402,F401
 from pqtradeoff.cli import analyze as _analyze  # noqa: E402,F401
 from pqtradeoff.cli import demo as _demo  # noqa: E402,F401
 from pqtradeoff.cli import generate as _generate  # noqa: E402,F401
@@ -36,8 +38,24 @@ from pqtradeoff.cli import score as _score  # noqa: E402,F401
 from pqtradeoff.cli import toy as _toy  # noqa: E402,F401
 
 
+class _StderrHandler(logging.Handler):
+    """The package logger's console output: `warning: <message>` on whatever sys.stderr is at the time."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        typer.echo(f"{record.levelname.lower()}: {record.getMessage()}", err=True)
+
+
+def _console_logging() -> None:
+    logger = logging.getLogger("pqtradeoff")
+    if not any(isinstance(h, _StderrHandler) for h in logger.handlers):
+        logger.addHandler(_StderrHandler())
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+
+
 def main() -> None:
     """Console-script entry point: bad input becomes `error: <one line>` and exit code 2, never a traceback."""
+    _console_logging()
     try:
         app()
     except PQError as err:

@@ -25,14 +25,24 @@ def _analyze(settings: AnalysisSettings, scored_dir: Path, out: Path) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # every warning is echoed below, once, and kept in summary.json
         summary = analyze_dir(scored_dir, out, settings)
-    for message in summary["warnings"]:
+    for message in summary.warnings:
         typer.echo(f"warning: {message}", err=True)
-    t = summary["tradeoff"]
-    slope = f"{t['slope']:+.4g}" if t["defined"] else "undefined"
+    t = summary.tradeoff
+    slope = f"{t.slope:+.4g}" if t.defined else "undefined"
     typer.echo(
-        f"analyzed {len(summary['configs'])} configuration(s) ({len(summary['skipped'])} skipped), "
-        f"{summary['input']['rows_used']} strings; trade-off slope {slope}; wrote {out}/report.html"
+        f"analyzed {len(summary.configs)} configuration(s) ({len(summary.skipped)} skipped), "
+        f"{summary.input.rows_used} strings; trade-off slope {slope}; wrote {out}/report.html"
     )
+    typer.echo(describe_alignment(summary.alignment))
+
+
+def describe_alignment(a) -> str:
+    """One line on the alignment fit (effective beta), or why it was not fitted."""
+    if a.defined and a.beta_hat is not None:
+        ci = f" [{a.beta_hat_ci[0]:.4g}, {a.beta_hat_ci[1]:.4g}]" if a.beta_hat_ci else " (interval covers infinity)"
+        return (f"alignment: effective beta {a.beta_hat:.4g}{ci}, within-prompt r {a.within_prompt_r:+.4f} "
+                f"({a.n_strings} strings, {a.n_prompts} prompt(s))")
+    return f"alignment: not fitted: {a.reason or a.note}"
 
 
 settings_command(app, "analyze", AnalysisSettings, FLAGS, _analyze,

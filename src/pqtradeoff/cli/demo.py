@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
 from pqtradeoff.cli import app
+
+if TYPE_CHECKING:
+    from pqtradeoff.results import Summary
 
 
 @app.command()
@@ -45,7 +49,7 @@ def demo(
     _print_summary(summary, timings, out)
 
 
-def _print_summary(summary: dict, timings: dict[str, float], out: Path) -> None:
+def _print_summary(summary: Summary, timings: dict[str, float], out: Path) -> None:
     from rich.console import Console
     from rich.table import Table
 
@@ -53,15 +57,19 @@ def _print_summary(summary: dict, timings: dict[str, float], out: Path) -> None:
     table = Table(title="IMH-corrected means (± standard error) against the exact values")
     for col in ("family", "T", "mean log prior", "exact", "mean reward", "exact"):
         table.add_column(col, justify="left" if col == "family" else "right", no_wrap=col == "family")
-    for c in summary["configs"]:
-        table.add_row(c["family"], f"{c['temperature']:g}",
-                      f"{c['mean_log_prior']:.3f} ± {c['mean_log_prior_se']:.3f}", f"{c['exact_mean_log_prior']:.3f}",
-                      f"{c['mean_reward']:.3f} ± {c['mean_reward_se']:.3f}", f"{c['exact_mean_reward']:.3f}")
+    for c in summary.configs:
+        table.add_row(c.family, f"{c.temperature:g}",
+                      f"{c.log_prior.mean:.3f} ± {c.log_prior.se:.3f}", f"{c.exact['exact_mean_log_prior']:.3f}",
+                      f"{c.reward.mean:.3f} ± {c.reward.se:.3f}", f"{c.exact['exact_mean_reward']:.3f}")
     console.print(table)
-    s, k = summary["string_level"], summary["corpus_level"]
-    console.print(f"string level: spearman {s['spearman']:+.3f}, pearson {s['pearson']:+.3f}   "
-                  f"corpus level: spearman {k['spearman']:+.3f}, pearson {k['pearson']:+.3f}")
-    console.print(f"{len(summary['skipped'])} configurations skipped (reasons in summary.json and the report)")
-    console.print(f"identity max abs error: {summary['identity_max_abs_error']:.2e}   "
+    s, k = summary.string_level, summary.corpus_level
+    console.print(f"string level: spearman {s.spearman:+.3f}, pearson {s.pearson:+.3f}   "
+                  f"corpus level: spearman {k.spearman:+.3f}, pearson {k.pearson:+.3f}")
+    a = summary.alignment
+    if a.defined and a.beta_hat is not None:
+        console.print(f"alignment: effective beta {a.beta_hat:.6g} (nominal {a.nominal_beta:g}), within-prompt r "
+                      f"{a.within_prompt_r:.6f}")
+    console.print(f"{len(summary.skipped)} configurations skipped (reasons in summary.json and the report)")
+    console.print(f"identity max abs error: {summary.extra['identity_max_abs_error']:.2e}   "
                   f"time: {sum(timings.values()):.1f} s ({', '.join(f'{n} {v:.1f}' for n, v in timings.items())})")
     console.print(f"report: {out / 'report.html'}")
