@@ -201,7 +201,7 @@ class FakeLLM:
     def generate(self, prompts, sampling_params, use_tqdm=True):
         assert use_tqdm is False and len(prompts) == len(sampling_params)
         self.calls.append(len(prompts))
-        return [self._one(i, p["prompt_token_ids"], sp) for i, (p, sp) in enumerate(zip(prompts, sampling_params))]
+        return [self._one(i, p["prompt_token_ids"], sp) for i, (p, sp) in enumerate(zip(prompts, sampling_params, strict=False))]
 
     def _decoyed(self, token: int, logprob: float) -> dict[int, Logprob]:
         return {token: Logprob(logprob, rank=1), (token + 1) % self.lm.vocab_size: Logprob(99.0, rank=2)}
@@ -210,13 +210,13 @@ class FakeLLM:
         if sp.prompt_logprobs is not None:
             assert sp.prompt_logprobs == 0 and sp.max_tokens == 1
             logp = continuation_logprobs(self.lm, [ids[:1]], [ids[1:]])[0]
-            entries = [None] + [self._decoyed(t, float(v)) for t, v in zip(ids[1:], logp)]
+            entries = [None] + [self._decoyed(t, float(v)) for t, v in zip(ids[1:], logp, strict=False)]
             done = CompletionOutput(0, "", [int(self.lm.eos_token_id)], None, None, "length")
             return RequestOutput(str(i), list(ids), entries, [done])
         assert sp.logprobs == 0 and sp.n == 1 and tuple(sp.stop_token_ids) == self.lm.end_ids()
         with torch.inference_mode():
             row = sample_batch(self.lm, _adaptor_of(sp), [ids], np.array([sp.seed], dtype=np.uint64), sp.max_tokens)[0]
-        logprobs = [self._decoyed(t, q) for t, q in zip(row.token_ids, row.token_logq)]
+        logprobs = [self._decoyed(t, q) for t, q in zip(row.token_ids, row.token_logq, strict=False)]
         reason = "stop" if row.finished else "length"
         return RequestOutput(str(i), list(ids), None, [CompletionOutput(0, "", row.token_ids, None, logprobs, reason)])
 
@@ -232,11 +232,11 @@ def test_vllm_model_rows_equal_the_hf_backend(tiny_hf):
     for spec in SUPPORTED:
         a = adaptors.parse(spec)
         keys = row_keys(9, np.arange(3), np.zeros(3, dtype=np.int64), a)
-        rows = model.sample([vb.SampleRequest(p, a, int(k), 7) for p, k in zip(prompts, keys)])
+        rows = model.sample([vb.SampleRequest(p, a, int(k), 7) for p, k in zip(prompts, keys, strict=False)])
         assert fake.calls[-2:] == [3, 3]  # one generate call, one scoring call, each batched
         with torch.inference_mode():
             expected = sample_batch(lm, a, prompts, np.array([vb.vllm_seed(k) for k in keys], dtype=np.uint64), 7)
-        for got, want in zip(rows, expected):
+        for got, want in zip(rows, expected, strict=False):
             assert got.token_ids == want.token_ids and got.finished == want.finished
             np.testing.assert_allclose(got.token_logq, want.token_logq, atol=1e-5)
             assert got.logq == math.fsum(got.token_logq)
@@ -257,7 +257,7 @@ def test_vllm_model_prior_scoring(tiny_hf):
     got = model.logprobs(prompts, conts)
     want = continuation_logprobs(lm, prompts, conts)
     assert [len(g) for g in got] == [3, 0, 3]
-    for g, w in zip(got, want):
+    for g, w in zip(got, want, strict=False):
         np.testing.assert_allclose(g, w, atol=1e-4)
     with pytest.raises(PQError, match="prompt 0 is empty"):
         model.logprobs([[]], [[5]])
