@@ -290,3 +290,19 @@ def test_output_shape_errors():
         vb.sample_logprobs(CompletionOutput(0, "", [5], None, None))
     with pytest.raises(PQError, match="1 logprobs for 2 tokens"):
         vb.sample_logprobs(CompletionOutput(0, "", [5, 6], None, [{5: Logprob(-1.0)}]))
+
+
+@pytest.mark.parametrize("which,template,chat", [("llama", None, False), ("llama", "Human: {prompt} Assistant:", False),
+                                                 ("llama", None, True), ("gpt2", None, False)])
+def test_tokenizer_front_tokenizes_as_the_hf_backend(tiny_hf, which, template, chat):
+    """vLLM gets the token ids the hf backend would give: same template, BOS, end ids, key and context."""
+    path = str(getattr(tiny_hf, which))
+    front = vb.TokenizerFront(path, template, chat)
+    lm = HFModel(path, device="cpu", template=template, chat_template=chat)
+    for text in ["hello world", "", "tell me a story"]:
+        assert front.encode_prompt(text) == lm.encode_prompt(text)
+        assert front.encode_continuation(text) == lm.encode_continuation(text)
+    ids = lm.encode_continuation("the cat sat") + [lm.eos_token_id]
+    assert front.decode(ids) == lm.decode(ids) and front.empty_context() == lm.empty_context()
+    assert front.eos_token_ids == lm.end_ids() and front.tokenizer_key == lm.tokenizer_key
+    assert front.vocab_size == lm.vocab_size and front.max_length == lm.max_length
