@@ -50,7 +50,8 @@ class ModelSpec(Section):
                                                     "safetensors folder; needs the gguf package).")
     dtype: DType = Field("float32", description="Weights and activations: float32 | bfloat16 | float16.")
     device: Device = Field("auto", description="auto | cpu | cuda (auto: cuda when torch sees one).")
-    backend: Literal["hf"] = Field("hf", description="Model backend (hf: transformers).")
+    backend: Literal["hf", "vllm"] = Field("hf", description="Model backend (hf: transformers; vllm: GPU, "
+                                                                   "the pqtradeoff[vllm] extra).")
 
     @model_validator(mode="after")
     def _check(self) -> ModelSpec:

@@ -31,7 +31,13 @@ def _hf(spec: Any, template: str | None, chat_template: bool) -> Any:
                    gguf_file=spec.gguf_file)
 
 
-BACKENDS: dict[str, Callable[..., Any]] = {"hf": _hf}
+def _vllm(spec: Any, template: str | None, chat_template: bool) -> Any:
+    from pqtradeoff.models.vllm_backend import load_vllm
+
+    return load_vllm(spec, template, chat_template)
+
+
+BACKENDS: dict[str, Callable[..., Any]] = {"hf": _hf, "vllm": _vllm}
 
 
 def load_causal(spec: Any, template: str | None = None, chat_template: bool = False) -> Any:
