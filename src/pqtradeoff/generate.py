@@ -71,13 +71,15 @@ def row_keys(seed: int, prompt_ids: np.ndarray, sample_ids: np.ndarray, adaptor:
     return _mix64(keys ^ _mix64(np.asarray(sample_ids, dtype=np.uint64)))
 
 
-def step_uniforms(keys: np.ndarray, step: int) -> np.ndarray:
-    """Uniforms in [0, 1) for step `step` of the rows with these keys (53 random bits each).
+def step_uniforms(keys: np.ndarray, step: int | np.ndarray) -> np.ndarray:
+    """Uniforms in [0, 1) for step `step` (one for all rows, or one per row) of the rows with these keys
+    (53 random bits each).
 
     Counter-based: the value for (row, step) is a hash of both, so a row draws the same numbers whatever the
     batch it is in, whichever rows finished before it, and whether the run was resumed.
     """
-    z = _mix64(keys ^ _mix64(np.array([step + 1], dtype=np.uint64) << np.uint64(32)))
+    counter = (np.atleast_1d(np.asarray(step, dtype=np.uint64)) + np.uint64(1)) << np.uint64(32)
+    z = _mix64(keys ^ _mix64(counter))
     return (z >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))
 
 
@@ -157,13 +159,98 @@ def sample_batch(
             active = active[alive]
             tokens = tokens[alive_device]
         logits, state = model.step(state, tokens)
-    rows = []
-    for i in range(n):  # correctly rounded float64 sums: independent of batch composition and order
-        length = int(lengths[i])
-        q, p, z = (scores[k, i, :length].tolist() for k in range(3))
-        rows.append(SampledRow(tokens_out[i, :length].tolist(), bool(finished[i]), math.fsum(q), math.fsum(p),
-                               math.fsum(z), q, p, z))
-    return rows
+    return [_sampled_row(tokens_out[i], scores[:, i], int(lengths[i]), bool(finished[i])) for i in range(n)]
+
+
+def sample_rows(
+    model: LanguageModel, adaptor: Adaptor, prompts: list[list[int]], keys: np.ndarray, max_new_tokens: int,
+    batch_size: int,
+) -> list[SampledRow]:
+    """`sample_batch` on each prompt alone, computed with up to `batch_size` rows decoding together.
+
+    Continuous batching: when strings finish, waiting prompts are prefilled and `join`ed into the running
+    state, so the batch stays full. Each row draws its uniforms at its own step, so its tokens are those of
+    `sample_batch` on that row alone (its scores up to float rounding: its logits come from other batches).
+    Refills wait until 1/8 of the places are free, so the cost of a prefill call is shared. A model that
+    cannot join states is sampled batch after batch.
+    """
+    n = len(prompts)
+    keys = np.asarray(keys, dtype=np.uint64)
+    if not model.can_join:
+        return [row for start in range(0, n, batch_size) for row in sample_batch(
+            model, adaptor, prompts[start:start + batch_size], keys[start:start + batch_size], max_new_tokens)]
+    tokens_out = np.zeros((n, max_new_tokens), dtype=np.int64)
+    scores = np.zeros((3, n, max_new_tokens), dtype=np.float64)  # logq, logp_aligned, log_z per step
+    lengths = np.zeros(n, dtype=np.int64)
+    finished = np.zeros(n, dtype=bool)
+    end_ids = np.array(model.end_ids(), dtype=np.int64)
+    refill_at = max(1, batch_size // 8)
+    admitted = min(n, batch_size)
+    logits, state = model.start(prompts[:admitted])
+    active = np.arange(admitted)
+    while active.size:
+        step = adaptor.adapt(logits)
+        t = lengths[active]
+        u = torch.from_numpy(step_uniforms(keys[active], t)).to(logits.device)
+        tokens = sample_inverse_cdf(step.log_probs, u)
+        index = tokens.unsqueeze(-1)
+        picked = torch.stack([tokens.double(), step.log_probs.gather(-1, index).squeeze(-1).double(),
+                              step.logp.gather(-1, index).squeeze(-1).double(), step.log_z.squeeze(-1).double()])
+        host = picked.cpu().numpy()  # one device-to-host copy per step
+        tokens_out[active, t] = host[0].astype(np.int64)
+        scores[:, active, t] = host[1:]
+        lengths[active] += 1
+        ended = np.isin(tokens_out[active, t], end_ids)
+        finished[active[ended]] = True
+        alive = np.flatnonzero(~ended & (lengths[active] < max_new_tokens))
+        if alive.size < active.size:
+            active = active[alive]
+            if alive.size:
+                alive_device = torch.from_numpy(alive).to(tokens.device)
+                state, tokens = model.keep(state, alive_device), tokens[alive_device]
+        if active.size:
+            logits, state = model.step(state, tokens)
+        free, waiting = batch_size - active.size, n - admitted
+        if waiting and free >= min(refill_at, waiting):
+            new = np.arange(admitted, admitted + min(free, waiting))
+            new_logits, new_state = model.start([prompts[i] for i in new])
+            if active.size:
+                state, logits = model.join(state, new_state), torch.cat([logits, new_logits])
+            else:
+                state, logits = new_state, new_logits
+            active, admitted = np.concatenate([active, new]), admitted + new.size
+    return [_sampled_row(tokens_out[i], scores[:, i], int(lengths[i]), bool(finished[i])) for i in range(n)]
+
+
+def _sampled_row(tokens: np.ndarray, scores: np.ndarray, length: int, finished: bool) -> SampledRow:
+    """A row from its recorded steps; correctly rounded float64 sums, independent of batch and order."""
+    q, p, z = (scores[k, :length].tolist() for k in range(3))
+    return SampledRow(tokens[:length].tolist(), finished, math.fsum(q), math.fsum(p), math.fsum(z), q, p, z)
+
+
+#: Memory a default batch may take (decoding state and per-row working tensors): fixed rather than read
+#: from the free memory, so that the chosen batch, which a resumed run must repeat, is reproducible.
+DEFAULT_MEMORY_BUDGET = 4 << 30
+#: Most rows a default batch holds: past ~128-256 rows a CPU step is compute-bound and bigger batches only
+#: lengthen the tail of a shard (see benchmarks/generation_roofline.py).
+MAX_DEFAULT_BATCH = 256
+#: Bytes per vocabulary entry a sampling step holds per row: float32 logits, log_softmax, adapted weights
+#: and log-probabilities, and the float64 exp and CDF of the sampler.
+STEP_BYTES_PER_ENTRY = 4 * 4 + 2 * 8
+
+
+def choose_batch_size(
+    model: LanguageModel, max_length: int, memory_bytes: int = DEFAULT_MEMORY_BUDGET, max_rows: int = MAX_DEFAULT_BATCH
+) -> int:
+    """The most rows (at most `max_rows`, at least 1) whose decoding state at `max_length` tokens and sampling
+    working memory fit in `memory_bytes`. The state is counted twice: a growing KV cache is copied as it grows.
+    """
+    if not isinstance(max_length, int) or max_length < 1:
+        raise PQError(f"max_length={max_length!r} is out of range: need an integer >= 1")
+    if not isinstance(memory_bytes, int) or memory_bytes < 1:
+        raise PQError(f"memory_bytes={memory_bytes!r} is out of range: need an integer >= 1")
+    per_row = 2 * model.state_bytes(max_length) + STEP_BYTES_PER_ENTRY * model.vocab_size
+    return max(1, min(max_rows, memory_bytes // max(per_row, 1)))
 
 
 # --------------------------------------------------------------------------------------------------- shards
@@ -216,7 +303,7 @@ def generate_corpus(
     num_generations: int,
     max_new_tokens: int,
     seed: int,
-    batch_size: int,
+    batch_size: int | None,
     out_dir: Path,
     settings: dict[str, Any],
     save_token_logprobs: bool = False,
@@ -227,7 +314,10 @@ def generate_corpus(
 
     `settings` is the caller's resolved configuration; it is recorded in `_run.json` with the pipeline's own
     settings and package versions. A rerun into the same folder must use the same settings and resumes.
+    `batch_size=None` takes `choose_batch_size` for the longest prompt + `max_new_tokens`.
     """
+    if batch_size is None:
+        batch_size = choose_batch_size(model, max((len(p.token_ids) for p in prompts), default=0) + max_new_tokens)
     for name, value, low in (("num_generations", num_generations, 1), ("max_new_tokens", max_new_tokens, 1),
                              ("batch_size", batch_size, 1), ("seed", seed, 0), ("shard_rows", shard_rows, 1)):
         if not isinstance(value, int) or value < low:
@@ -261,13 +351,9 @@ def generate_corpus(
     total_rows = sum(len(rows) for _, _, rows in todo)
     with progress_bar(progress, total_rows, "generate") as advance:
         for name, adaptor, rows in todo:
-            sampled: list[SampledRow] = []
-            for start in range(0, len(rows), batch_size):
-                batch = rows[start:start + batch_size]
-                keys = row_keys(seed, np.array([p.prompt_id for p, _ in batch]), np.array([s for _, s in batch]),
-                                adaptor)
-                with torch.inference_mode():
-                    sampled += sample_batch(model, adaptor, [p.token_ids for p, _ in batch], keys, max_new_tokens)
-                advance(len(batch))
+            keys = row_keys(seed, np.array([p.prompt_id for p, _ in rows]), np.array([s for _, s in rows]), adaptor)
+            with torch.inference_mode():
+                sampled = sample_rows(model, adaptor, [p.token_ids for p, _ in rows], keys, max_new_tokens, batch_size)
+            advance(len(rows))
             write_shard(rows_to_table(model, adaptor, rows, sampled, save_token_logprobs), out_dir / name)
     return out_dir
