@@ -24,7 +24,8 @@ def generate(
     max_new_tokens: int = typer.Option(..., "--max-new-tokens", help="Longest continuation, in tokens."),
     seed: int = typer.Option(..., "--seed", help="Sampling seed; rows are keyed by (seed, prompt, sample, adaptor)."),
     out: Path = typer.Option(..., "--out", help="Output folder (rerun the same command to resume)."),
-    batch_size: int = typer.Option(8, "--batch-size", help="Rows sampled together."),
+    batch_size: int | None = typer.Option(None, "--batch-size", help="Rows sampled together (default: as many as "
+                                          "a 4 GiB budget holds, at most 256)."),
     template: str | None = typer.Option(None, "--template", help="Prompt format, e.g. 'Human: {prompt} Assistant:'."),
     chat_template: bool = typer.Option(False, "--chat-template", help="Format prompts with the tokenizer's chat "
                                        "template (one user turn, generation prompt added)."),
@@ -56,7 +57,7 @@ def generate(
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
-    from pqtradeoff.generate import PromptRecord, generate_corpus
+    from pqtradeoff.generate import PromptRecord, choose_batch_size, generate_corpus
     from pqtradeoff.io import check_resumable
     from pqtradeoff.models.hf import HFModel
 
@@ -73,10 +74,10 @@ def generate(
         "max_new_tokens": max_new_tokens, "seed": seed, "save_token_logprobs": save_token_logprobs}})
     lm = HFModel(model, device=device, dtype=dtype, template=template, chat_template=chat_template)
     records = [PromptRecord(i, text, lm.encode_prompt(text)) for i, text in rows]
-    effective = batch_size
+    longest = max(len(r.token_ids) for r in records) + max_new_tokens
+    effective = batch_size if batch_size is not None else choose_batch_size(lm, longest)
     if max_batch_tokens is not None:
-        longest = max(len(r.token_ids) for r in records) + max_new_tokens
-        effective = max(1, min(batch_size, max_batch_tokens // longest))
+        effective = max(1, min(effective, max_batch_tokens // longest))
     path = generate_corpus(lm, records, adaptors, num_generations=num_generations, max_new_tokens=max_new_tokens,
                            seed=seed, batch_size=effective, out_dir=out, settings=settings,
                            save_token_logprobs=save_token_logprobs, progress=progress)
