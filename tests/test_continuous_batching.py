@@ -52,6 +52,20 @@ def assert_cases_covered(rows, max_new_tokens):
     assert any(not r.finished and len(r.token_ids) == max_new_tokens for r in rows), lengths
 
 
+def test_start_distinct_prefills_each_prompt_once():
+    from pqtradeoff.generate import start_distinct
+
+    model = BigramModel(vocab_size=6, seed=3)
+    calls = []
+    start = model.start
+    model.start = lambda prompts: calls.append(prompts) or start(prompts)
+    prompts = [[5, 1], [5, 1], [5, 2], [5, 1]]
+    logits, state = start_distinct(model, prompts)
+    assert calls == [[[5, 1], [5, 2]]]
+    want_logits, want_state = start(prompts)
+    assert torch.equal(logits, want_logits) and torch.equal(state, want_state)
+
+
 def test_step_uniforms_per_row_steps_equal_scalar_steps():
     keys = row_keys(1, np.arange(6), np.arange(6) % 2, "temperature=1.0")
     steps = np.array([0, 3, 1, 0, 7, 2])
@@ -65,7 +79,8 @@ def test_bigram_rows_are_identical_to_one_at_a_time(spec, batch_size):
     model = BigramModel(vocab_size=6, seed=3, eos_bias=-1.0)
     a = adaptors.parse(spec)
     rng = np.random.default_rng(0)
-    prompts = [[model.bos] + rng.integers(1, 5, size=int(rng.integers(0, 4))).tolist() for _ in range(40)]
+    prompts = [[model.bos] + rng.integers(1, 5, size=int(rng.integers(0, 4))).tolist() for _ in range(20)]
+    prompts = [p for p in prompts for _ in range(2)]  # repeated prompts, as in a corpus
     keys = row_keys(5, np.arange(40), np.zeros(40, dtype=np.int64), a)
     got = sample_rows(model, a, prompts, keys, max_new_tokens=5, batch_size=batch_size)
     want = one_at_a_time(model, a, prompts, keys, 5)
@@ -105,7 +120,8 @@ def test_hf_rows_are_the_same_as_one_at_a_time(tiny_lm, spec):
     a = adaptors.parse(spec)
     words = "hello world tell me a story about the moon please why".split()
     rng = np.random.default_rng(1)
-    texts = [" ".join(rng.choice(words, size=int(rng.integers(0, 9)))) for _ in range(24)]
+    texts = [" ".join(rng.choice(words, size=int(rng.integers(0, 9)))) for _ in range(12)]
+    texts = [t for t in texts for _ in range(2)]  # each prompt twice in a row, as in a corpus: prefilled once
     prompts = [tiny_lm.encode_prompt(t) for t in texts]
     keys = row_keys(9, np.arange(24), np.zeros(24, dtype=np.int64), a)
     want = one_at_a_time(tiny_lm, a, prompts, keys, 7)

@@ -176,8 +176,9 @@ def sample_rows(
     Continuous batching: when strings finish, waiting prompts are prefilled and `join`ed into the running
     state, so the batch stays full. Each row draws its uniforms at its own step, so its tokens are those of
     `sample_batch` on that row alone (its scores up to float rounding: its logits come from other batches).
-    Refills wait until 1/8 of the places are free, so the cost of a prefill call is shared. A model that
-    cannot join states is sampled batch after batch.
+    Rows with the same prompt are prefilled once (`start_distinct`). Refills wait until 1/8 of the places
+    are free, so the cost of a prefill call is shared. A model that cannot join states is sampled batch after
+    batch.
     """
     n = len(prompts)
     keys = np.asarray(keys, dtype=np.uint64)
@@ -191,7 +192,7 @@ def sample_rows(
     end_ids = np.array(model.end_ids(), dtype=np.int64)
     refill_at = max(1, batch_size // 8)
     admitted = min(n, batch_size)
-    logits, state = model.start(prompts[:admitted])
+    logits, state = start_distinct(model, prompts[:admitted])
     active = np.arange(admitted)
     while active.size:
         step = adaptor.adapt(logits)
@@ -218,13 +219,25 @@ def sample_rows(
         free, waiting = batch_size - active.size, n - admitted
         if waiting and free >= min(refill_at, waiting):
             new = np.arange(admitted, admitted + min(free, waiting))
-            new_logits, new_state = model.start([prompts[i] for i in new])
+            new_logits, new_state = start_distinct(model, [prompts[i] for i in new])
             if active.size:
                 state, logits = model.join(state, new_state), torch.cat([logits, new_logits])
             else:
                 state, logits = new_state, new_logits
             active, admitted = np.concatenate([active, new]), admitted + new.size
     return [_sampled_row(tokens_out[i], scores[:, i], int(lengths[i]), bool(finished[i])) for i in range(n)]
+
+
+def start_distinct(model: LanguageModel, prompts: list[list[int]]) -> tuple[torch.Tensor, Any]:
+    """`model.start(prompts)`, prefilling each distinct prompt once and copying its state to its rows (a
+    corpus samples every prompt `num_generations` times, in consecutive rows)."""
+    distinct: dict[tuple[int, ...], int] = {}
+    index = [distinct.setdefault(tuple(p), len(distinct)) for p in prompts]
+    if len(distinct) == len(prompts):
+        return model.start(prompts)
+    logits, state = model.start([list(p) for p in distinct])
+    rows = torch.tensor(index, device=logits.device)
+    return logits[rows], model.keep(state, rows)
 
 
 def _sampled_row(tokens: np.ndarray, scores: np.ndarray, length: int, finished: bool) -> SampledRow:

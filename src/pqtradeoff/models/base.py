@@ -64,7 +64,8 @@ class LanguageModel(ABC):
 
     @abstractmethod
     def keep(self, state: Any, rows: torch.Tensor) -> Any:
-        """Restrict the state to the rows indexed by `rows` ([B'] long), to stop computing finished strings."""
+        """Restrict the state to the rows indexed by `rows` ([B'] long), to stop computing finished strings.
+        An index may repeat: that row's state is copied (`generate.start_distinct` prefills a prompt once)."""
 
     #: whether `join` can append rows to a running state: `generate.sample_rows` then refills the places of
     #: finished strings with waiting ones (continuous batching); without it, it samples batch after batch.
