@@ -246,8 +246,7 @@ def main() -> None:
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
-    if args.device == "cpu":
-        ensure_model(args.model)
+    ensure_model(args.model)
     lm = HFModel(str(args.model), device=args.device, dtype=args.dtype, chat_template=True)
     weights = matmul_weights(lm)
     params = sum(w.numel() for w in weights)

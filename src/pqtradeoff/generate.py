@@ -249,9 +249,9 @@ def _sampled_row(tokens: np.ndarray, scores: np.ndarray, length: int, finished: 
 #: Memory a default batch may take (decoding state and per-row working tensors): fixed rather than read
 #: from the free memory, so that the chosen batch, which a resumed run must repeat, is reproducible.
 DEFAULT_MEMORY_BUDGET = 4 << 30
-#: Most rows a default batch holds: past ~128-256 rows a CPU step is compute-bound and bigger batches only
-#: lengthen the tail of a shard (see benchmarks/generation_roofline.py).
-MAX_DEFAULT_BATCH = 256
+#: Most rows a default batch holds: on a CPU a step is compute-bound by 128 rows, and 256 rows were slower
+#: (a longer tail per shard, more KV cache copied per step; benchmarks/generation_roofline.py).
+MAX_DEFAULT_BATCH = 128
 #: Bytes per vocabulary entry a sampling step holds per row: float32 logits, log_softmax, adapted weights
 #: and log-probabilities, and the float64 exp and CDF of the sampler.
 STEP_BYTES_PER_ENTRY = 4 * 4 + 2 * 8

@@ -25,7 +25,7 @@ def generate(
     seed: int = typer.Option(..., "--seed", help="Sampling seed; rows are keyed by (seed, prompt, sample, adaptor)."),
     out: Path = typer.Option(..., "--out", help="Output folder (rerun the same command to resume)."),
     batch_size: int | None = typer.Option(None, "--batch-size", help="Rows sampled together (default: as many as "
-                                          "a 4 GiB budget holds, at most 256)."),
+                                          "a 4 GiB budget holds, at most 128)."),
     template: str | None = typer.Option(None, "--template", help="Prompt format, e.g. 'Human: {prompt} Assistant:'."),
     chat_template: bool = typer.Option(False, "--chat-template", help="Format prompts with the tokenizer's chat "
                                        "template (one user turn, generation prompt added)."),
