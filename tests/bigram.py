@@ -43,6 +43,11 @@ class BigramModel(LanguageModel):
     def keep(self, state, rows):
         return state[rows]
 
+    can_join = True
+
+    def join(self, state, other):
+        return torch.cat([state, other])
+
     def continuation_logits(self, prompts, continuations):
         width = max(len(c) for c in continuations)
         out = torch.zeros(len(prompts), width, self.vocab_size)

@@ -205,7 +205,9 @@ class Adaptor:
             return AdaptedStep(logp, logp, zero, logp)
         weights = logp / self.temperature if self.temperature != 1.0 else logp.clone()
         if self.truncates:
-            weights.masked_fill_(~self.support(logits), float("-inf"))  # a fresh tensor: saves one [..., V] copy
+            from pqtradeoff.nucleus import support  # self.support, without top-p's index sort
+
+            weights.masked_fill_(~support(self, logits), float("-inf"))  # a fresh tensor: saves one [..., V] copy
         log_z = torch.logsumexp(weights, dim=-1, keepdim=True)
         return AdaptedStep(logp, weights, log_z, weights - log_z)
 

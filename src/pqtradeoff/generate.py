@@ -71,13 +71,15 @@ def row_keys(seed: int, prompt_ids: np.ndarray, sample_ids: np.ndarray, adaptor:
     return _mix64(keys ^ _mix64(np.asarray(sample_ids, dtype=np.uint64)))
 
 
-def step_uniforms(keys: np.ndarray, step: int) -> np.ndarray:
-    """Uniforms in [0, 1) for step `step` of the rows with these keys (53 random bits each).
+def step_uniforms(keys: np.ndarray, step: int | np.ndarray) -> np.ndarray:
+    """Uniforms in [0, 1) for step `step` (one for all rows, or one per row) of the rows with these keys
+    (53 random bits each).
 
     Counter-based: the value for (row, step) is a hash of both, so a row draws the same numbers whatever the
     batch it is in, whichever rows finished before it, and whether the run was resumed.
     """
-    z = _mix64(keys ^ _mix64(np.array([step + 1], dtype=np.uint64) << np.uint64(32)))
+    counter = (np.atleast_1d(np.asarray(step, dtype=np.uint64)) + np.uint64(1)) << np.uint64(32)
+    z = _mix64(keys ^ _mix64(counter))
     return (z >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))
 
 
@@ -91,9 +93,14 @@ def sample_inverse_cdf(log_probs: torch.Tensor, uniforms: torch.Tensor) -> torch
     """One token per row from log-probabilities [B, V]: the first index whose CDF exceeds u * total.
 
     Tokens outside the support (probability 0) can never be chosen: their CDF equals their predecessor's.
-    Accumulated in float64 so that the choice is stable across batch shapes.
+    Exponentiated and accumulated in float64 (one row at a time, in index order) so that the choice is stable
+    across batch shapes. On the CPU numpy does it in one buffer, ~3x faster than torch's three passes.
     """
-    cdf = torch.cumsum(log_probs.double().exp(), dim=-1)
+    if log_probs.device.type == "cpu":
+        cdf_np = np.exp(log_probs.float().numpy(), dtype=np.float64)
+        cdf = torch.from_numpy(np.cumsum(cdf_np, axis=-1, out=cdf_np))
+    else:
+        cdf = torch.cumsum(log_probs.double().exp(), dim=-1)
     total = cdf[:, -1:]
     if not bool(torch.isfinite(total).all()):
         raise PQError("the model produced NaN or infinite logits while sampling (common with --dtype float16): "
@@ -157,13 +164,111 @@ def sample_batch(
             active = active[alive]
             tokens = tokens[alive_device]
         logits, state = model.step(state, tokens)
-    rows = []
-    for i in range(n):  # correctly rounded float64 sums: independent of batch composition and order
-        length = int(lengths[i])
-        q, p, z = (scores[k, i, :length].tolist() for k in range(3))
-        rows.append(SampledRow(tokens_out[i, :length].tolist(), bool(finished[i]), math.fsum(q), math.fsum(p),
-                               math.fsum(z), q, p, z))
-    return rows
+    return [_sampled_row(tokens_out[i], scores[:, i], int(lengths[i]), bool(finished[i])) for i in range(n)]
+
+
+def sample_rows(
+    model: LanguageModel, adaptor: Adaptor, prompts: list[list[int]], keys: np.ndarray, max_new_tokens: int,
+    batch_size: int,
+) -> list[SampledRow]:
+    """`sample_batch` on each prompt alone, computed with up to `batch_size` rows decoding together.
+
+    Continuous batching: when strings finish, waiting prompts are prefilled and `join`ed into the running
+    state, so the batch stays full. Each row draws its uniforms at its own step, so its tokens are those of
+    `sample_batch` on that row alone (its scores up to float rounding: its logits come from other batches).
+    Rows with the same prompt are prefilled once (`start_distinct`). Refills wait until 1/8 of the places
+    are free, so the cost of a prefill call is shared. A model that cannot join states is sampled batch after
+    batch.
+    """
+    n = len(prompts)
+    keys = np.asarray(keys, dtype=np.uint64)
+    if not model.can_join:
+        return [row for start in range(0, n, batch_size) for row in sample_batch(
+            model, adaptor, prompts[start:start + batch_size], keys[start:start + batch_size], max_new_tokens)]
+    tokens_out = np.zeros((n, max_new_tokens), dtype=np.int64)
+    scores = np.zeros((3, n, max_new_tokens), dtype=np.float64)  # logq, logp_aligned, log_z per step
+    lengths = np.zeros(n, dtype=np.int64)
+    finished = np.zeros(n, dtype=bool)
+    end_ids = np.array(model.end_ids(), dtype=np.int64)
+    refill_at = max(1, batch_size // 8)
+    admitted = min(n, batch_size)
+    logits, state = start_distinct(model, prompts[:admitted])
+    active = np.arange(admitted)
+    while active.size:
+        step = adaptor.adapt(logits)
+        t = lengths[active]
+        u = torch.from_numpy(step_uniforms(keys[active], t)).to(logits.device)
+        tokens = sample_inverse_cdf(step.log_probs, u)
+        index = tokens.unsqueeze(-1)
+        picked = torch.stack([tokens.double(), step.log_probs.gather(-1, index).squeeze(-1).double(),
+                              step.logp.gather(-1, index).squeeze(-1).double(), step.log_z.squeeze(-1).double()])
+        host = picked.cpu().numpy()  # one device-to-host copy per step
+        tokens_out[active, t] = host[0].astype(np.int64)
+        scores[:, active, t] = host[1:]
+        lengths[active] += 1
+        ended = np.isin(tokens_out[active, t], end_ids)
+        finished[active[ended]] = True
+        alive = np.flatnonzero(~ended & (lengths[active] < max_new_tokens))
+        if alive.size < active.size:
+            active = active[alive]
+            if alive.size:
+                alive_device = torch.from_numpy(alive).to(tokens.device)
+                state, tokens = model.keep(state, alive_device), tokens[alive_device]
+        if active.size:
+            logits, state = model.step(state, tokens)
+        free, waiting = batch_size - active.size, n - admitted
+        if waiting and free >= min(refill_at, waiting):
+            new = np.arange(admitted, admitted + min(free, waiting))
+            new_logits, new_state = start_distinct(model, [prompts[i] for i in new])
+            if active.size:
+                state, logits = model.join(state, new_state), torch.cat([logits, new_logits])
+            else:
+                state, logits = new_state, new_logits
+            active, admitted = np.concatenate([active, new]), admitted + new.size
+    return [_sampled_row(tokens_out[i], scores[:, i], int(lengths[i]), bool(finished[i])) for i in range(n)]
+
+
+def start_distinct(model: LanguageModel, prompts: list[list[int]]) -> tuple[torch.Tensor, Any]:
+    """`model.start(prompts)`, prefilling each distinct prompt once and copying its state to its rows (a
+    corpus samples every prompt `num_generations` times, in consecutive rows)."""
+    distinct: dict[tuple[int, ...], int] = {}
+    index = [distinct.setdefault(tuple(p), len(distinct)) for p in prompts]
+    if len(distinct) == len(prompts):
+        return model.start(prompts)
+    logits, state = model.start([list(p) for p in distinct])
+    rows = torch.tensor(index, device=logits.device)
+    return logits[rows], model.keep(state, rows)
+
+
+def _sampled_row(tokens: np.ndarray, scores: np.ndarray, length: int, finished: bool) -> SampledRow:
+    """A row from its recorded steps; correctly rounded float64 sums, independent of batch and order."""
+    q, p, z = (scores[k, :length].tolist() for k in range(3))
+    return SampledRow(tokens[:length].tolist(), finished, math.fsum(q), math.fsum(p), math.fsum(z), q, p, z)
+
+
+#: Memory a default batch may take (decoding state and per-row working tensors): fixed rather than read
+#: from the free memory, so that the chosen batch, which a resumed run must repeat, is reproducible.
+DEFAULT_MEMORY_BUDGET = 4 << 30
+#: Most rows a default batch holds: on a CPU a step is compute-bound by 128 rows, and 256 rows were slower
+#: (a longer tail per shard, more KV cache copied per step; benchmarks/generation_roofline.py).
+MAX_DEFAULT_BATCH = 128
+#: Bytes per vocabulary entry a sampling step holds per row: float32 logits, log_softmax, adapted weights
+#: and log-probabilities, and the float64 exp and CDF of the sampler.
+STEP_BYTES_PER_ENTRY = 4 * 4 + 2 * 8
+
+
+def choose_batch_size(
+    model: LanguageModel, max_length: int, memory_bytes: int = DEFAULT_MEMORY_BUDGET, max_rows: int = MAX_DEFAULT_BATCH
+) -> int:
+    """The most rows (at most `max_rows`, at least 1) whose decoding state at `max_length` tokens and sampling
+    working memory fit in `memory_bytes`. The state is counted twice: a growing KV cache is copied as it grows.
+    """
+    if not isinstance(max_length, int) or max_length < 1:
+        raise PQError(f"max_length={max_length!r} is out of range: need an integer >= 1")
+    if not isinstance(memory_bytes, int) or memory_bytes < 1:
+        raise PQError(f"memory_bytes={memory_bytes!r} is out of range: need an integer >= 1")
+    per_row = 2 * model.state_bytes(max_length) + STEP_BYTES_PER_ENTRY * model.vocab_size
+    return max(1, min(max_rows, memory_bytes // max(per_row, 1)))
 
 
 # --------------------------------------------------------------------------------------------------- shards
@@ -285,7 +390,7 @@ def generate_corpus(
     num_generations: int,
     max_new_tokens: int,
     seed: int,
-    batch_size: int,
+    batch_size: int | None,
     out_dir: Path,
     settings: dict[str, Any],
     save_token_logprobs: bool = False,
@@ -301,7 +406,8 @@ def generate_corpus(
     ones written. Settings that `policy` marks "grow" (the grid, how many prompts or generations) may change
     between runs: only the new shards are sampled, and shards the new settings no longer plan are moved to
     `_superseded/`, so the folder ends as a fresh run of the new settings would leave it. Any other change is
-    refused, naming the settings that differ.
+    refused, naming the settings that differ. `batch_size=None` takes `choose_batch_size` for each shard's
+    longest prompt + `max_new_tokens`, so a shard's rows depend on that shard alone (not on other prompts).
     """
     import time
 
@@ -342,15 +448,13 @@ def generate_corpus(
     began = time.perf_counter()
     with progress_bar(progress, total_rows, "generate") as advance:
         for shard in todo:
-            sampled: list[SampledRow] = []
-            for start in range(0, len(shard.rows), batch_size):
-                batch = shard.rows[start:start + batch_size]
-                keys = row_keys(seed, np.array([p.prompt_id for p, _ in batch]), np.array([s for _, s in batch]),
-                                shard.adaptor)
-                with torch.inference_mode():
-                    sampled += sample_batch(model, shard.adaptor, [p.token_ids for p, _ in batch], keys,
-                                            max_new_tokens)
-                advance(len(batch))
+            keys = row_keys(seed, np.array([p.prompt_id for p, _ in shard.rows]),
+                            np.array([s for _, s in shard.rows]), shard.adaptor)
+            prompts_ids = [p.token_ids for p, _ in shard.rows]
+            batch = batch_size or choose_batch_size(model, max(len(p) for p in prompts_ids) + max_new_tokens)
+            with torch.inference_mode():
+                sampled = sample_rows(model, shard.adaptor, prompts_ids, keys, max_new_tokens, batch)
+            advance(len(shard.rows))
             tokens += sum(len(r.token_ids) for r in sampled)
             write_shard(rows_to_table(model, shard.adaptor, shard.rows, sampled, save_token_logprobs),
                         out_dir / shard.name)

@@ -17,8 +17,7 @@ from pqtradeoff.errors import PQError
 from pqtradeoff.io import RUN_RECORD, check_resumable, run_record
 from pqtradeoff.settings import GenerateSettings, ModelSpec, ScoreSettings, resume_policy
 
-#: Default batch sizes when the user gives none.
-GENERATE_BATCH = 8
+#: Default batch sizes of scoring when the user gives none (generation chooses its own: `choose_batch_size`).
 SCORE_BATCH = 8
 SCORE_BATCH_TOKENS = 4096
 
@@ -86,10 +85,10 @@ def run_generate(settings: GenerateSettings, out: Path, models: ModelCache | Non
     from pqtradeoff.generate import PromptRecord, generate_corpus
 
     records = [PromptRecord(i, text, lm.encode_prompt(text)) for i, text in rows]
-    batch = settings.compute.batch_size or GENERATE_BATCH
+    batch = settings.compute.batch_size  # None: each shard's batch is chosen from a memory budget
     if settings.compute.max_batch_tokens is not None:
         longest = max(len(r.token_ids) for r in records) + settings.sampling.max_new_tokens
-        batch = max(1, min(batch, settings.compute.max_batch_tokens // longest))
+        batch = max(1, min(batch or 10**9, settings.compute.max_batch_tokens // longest))
     s = settings.sampling
     return generate_corpus(lm, records, s.grid(), num_generations=s.num_generations, max_new_tokens=s.max_new_tokens,
                            seed=s.seed, batch_size=batch, out_dir=out, settings=recorded,

@@ -65,7 +65,22 @@ class LanguageModel(ABC):
 
     @abstractmethod
     def keep(self, state: Any, rows: torch.Tensor) -> Any:
-        """Restrict the state to the rows indexed by `rows` ([B'] long), to stop computing finished strings."""
+        """Restrict the state to the rows indexed by `rows` ([B'] long), to stop computing finished strings.
+        An index may repeat: that row's state is copied (`generate.start_distinct` prefills a prompt once)."""
+
+    #: whether `join` can append rows to a running state: `generate.sample_rows` then refills the places of
+    #: finished strings with waiting ones (continuous batching); without it, it samples batch after batch.
+    can_join: bool = False
+
+    def join(self, state: Any, other: Any) -> Any:
+        """One state holding `state`'s rows followed by `other`'s (both from this model's `start`/`step`/`keep`;
+        neither may be reused). Only where `can_join`."""
+        raise NotImplementedError(f"{type(self).__name__} cannot join decoding states (can_join is False)")
+
+    def state_bytes(self, length: int) -> int:
+        """Bytes of decoding state one row holds at `length` tokens (a KV cache grows with it), for choosing
+        the batch size from a memory budget. Default: nothing worth counting (an automaton's state id)."""
+        return 0
 
     # ---------------------------------------------------------------------------------------- teacher-forced
     @abstractmethod

@@ -205,6 +205,27 @@ def position_ids(mask: torch.Tensor) -> torch.Tensor:
     return (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1)
 
 
+def pad_left(x: torch.Tensor, width: int, dim: int) -> torch.Tensor:
+    """`x` with zeros prepended along `dim` up to `width` (left padding of a mask or of cached keys/values)."""
+    missing = width - x.shape[dim]
+    if missing <= 0:
+        return x
+    shape = list(x.shape)
+    shape[dim] = missing
+    return torch.cat([x.new_zeros(shape), x], dim=dim)
+
+
+def kv_cache_bytes(config: Any, length: int, dtype: torch.dtype) -> int:
+    """Bytes of keys and values one row caches at `length` tokens: layers x kv heads x head dim x 2 x length
+    in `dtype` (read from the text config; heads default to the attention heads, head dim to hidden/heads)."""
+    config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    layers, heads = config.num_hidden_layers, config.num_attention_heads  # GPT-2 maps n_layer, n_head here
+    kv_heads = getattr(config, "num_key_value_heads", None) or heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    itemsize = torch.tensor([], dtype=dtype).element_size()
+    return int(layers) * int(kv_heads) * int(head_dim) * 2 * int(length) * itemsize
+
+
 # ---------------------------------------------------------------------------------------- language model
 @dataclass
 class HFState:
@@ -278,6 +299,15 @@ class HFModel(LanguageModel):
         check_tokenizer(tok, int(self.model.get_input_embeddings().weight.shape[0]), self.name)
         self.tokenizer_key = tokenizer_key(tok)
         self.max_length = self._context_length()
+        self.can_join = self._plain_dynamic_cache()
+
+    def _plain_dynamic_cache(self) -> bool:
+        """True when every layer caches plain growing keys/values (no sliding window, no quantization), the
+        only layout `join` knows how to concatenate."""
+        from transformers.cache_utils import DynamicLayer
+
+        layers = getattr(self._new_cache(), "layers", None)
+        return bool(layers) and all(type(layer) is DynamicLayer for layer in layers)
 
     def _context_length(self) -> int | None:
         config = self.model.config.get_text_config() if hasattr(self.model.config, "get_text_config") \
@@ -355,9 +385,32 @@ class HFModel(LanguageModel):
 
     @torch.inference_mode()
     def keep(self, state: HFState, rows: torch.Tensor) -> HFState:
+        """The chosen rows; columns that are padding in all of them (the longest, now finished, strings') are
+        cut from the left, so attention stops paying for them."""
         rows = rows.to(self.device, torch.long)
         state.cache.batch_select_indices(rows)
-        return HFState(state.cache, state.mask[rows], state.next_position[rows])
+        mask = state.mask[rows]
+        first = int(mask.any(0).int().argmax()) if self.can_join else 0
+        if first:
+            for layer in state.cache.layers:
+                layer.keys, layer.values = layer.keys[:, :, first:], layer.values[:, :, first:]
+            mask = mask[:, first:]
+        return HFState(state.cache, mask, state.next_position[rows])
+
+    @torch.inference_mode()
+    def join(self, state: HFState, other: HFState) -> HFState:
+        """Rows of `other` after those of `state`: masks and cached keys/values left-padded to one width."""
+        if not self.can_join:
+            return super().join(state, other)
+        width = max(state.mask.shape[1], other.mask.shape[1])
+        for mine, theirs in zip(state.cache.layers, other.cache.layers, strict=True):
+            mine.keys = torch.cat([pad_left(mine.keys, width, 2), pad_left(theirs.keys, width, 2)])
+            mine.values = torch.cat([pad_left(mine.values, width, 2), pad_left(theirs.values, width, 2)])
+        mask = torch.cat([pad_left(state.mask, width, 1), pad_left(other.mask, width, 1)])
+        return HFState(state.cache, mask, torch.cat([state.next_position, other.next_position]))
+
+    def state_bytes(self, length: int) -> int:
+        return kv_cache_bytes(self.model.config, length, self.dtype)
 
     @torch.inference_mode()
     def continuation_logits(self, prompts: list[list[int]], continuations: list[list[int]]) -> torch.Tensor:
