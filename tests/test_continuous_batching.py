@@ -150,12 +150,20 @@ def test_choose_batch_size_fits_the_budget(tiny_hf):
         choose_batch_size(lm, 10, memory_bytes=0)
 
 
-def test_generate_corpus_without_batch_size_records_the_chosen_one(tmp_path):
+def test_generate_corpus_without_batch_size_chooses_per_shard(tmp_path):
+    """batch_size=None: each shard is sampled with the batch chosen for its own longest prompt, so its bytes
+    equal an explicit run with that batch (and do not depend on other shards' prompts)."""
     import json
 
     model = BigramModel(seed=2)
     prompts = [PromptRecord(0, "", model.encode_prompt("")), PromptRecord(1, "w1", model.encode_prompt("w1"))]
-    out = generate_corpus(model, prompts, [adaptors.parse("ancestral")], num_generations=3, max_new_tokens=4,
-                          seed=1, batch_size=None, out_dir=tmp_path / "c", settings={}, progress=False)
-    record = json.loads((out / "_run.json").read_text())
-    assert record["settings"]["batch_size"] == choose_batch_size(model, 2 + 4)
+    common = dict(num_generations=3, max_new_tokens=4, seed=1, settings={}, progress=False, prompt_block=1)
+    auto = generate_corpus(model, prompts, [adaptors.parse("ancestral")], batch_size=None, out_dir=tmp_path / "a",
+                           **common).out_dir
+    assert json.loads((auto / "_run.json").read_text())["settings"]["batch_size"] is None
+    for p in prompts:  # one shard per prompt block here: explicit batch = the one chosen for that shard
+        chosen = choose_batch_size(model, len(p.token_ids) + 4)
+        explicit = generate_corpus(model, [p], [adaptors.parse("ancestral")], batch_size=chosen,
+                                   out_dir=tmp_path / f"e{p.prompt_id}", **common).out_dir
+        for f in explicit.glob("*.parquet"):
+            assert f.read_bytes() == (auto / f.name).read_bytes()

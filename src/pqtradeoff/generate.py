@@ -414,6 +414,8 @@ def generate_corpus(
     for name, value, low in (("num_generations", num_generations, 1), ("max_new_tokens", max_new_tokens, 1),
                              ("batch_size", batch_size, 1), ("seed", seed, 0), ("prompt_block", prompt_block, 1),
                              ("sample_block", sample_block, 1)):
+        if value is None and name == "batch_size":
+            continue
         if not isinstance(value, int) or value < low:
             raise PQError(f"{name}={value!r} is out of range: need an integer >= {low}")
     if not prompts:
