@@ -34,7 +34,7 @@ from pqtradeoff.corpus import (
 from pqtradeoff.errors import PQError, first_line
 from pqtradeoff.io import check_resumable, progress_bar, remove_stale_temporaries, run_record, write_json
 from pqtradeoff.models.base import LanguageModel
-from pqtradeoff.rewards import PRIOR_CONTEXTS, DPOReward, Reward, check_dpo_context
+from pqtradeoff.rewards import PRIOR_CONTEXTS, Reward
 
 
 def continuation_logprobs(
@@ -136,7 +136,7 @@ def score_corpus(
     if corpus_dir.resolve() == out_dir.resolve():
         raise PQError(f"--out {str(out_dir)!r} is the corpus folder itself: choose another folder")
     files = require_shards(corpus_dir)
-    check_dpo_context(isinstance(reward, DPOReward), prior_context)
+    check_reward_needs(reward, prior_context)
     corpus_settings = run_settings(corpus_dir)
     aligned_key = corpus_settings.get("tokenizer_key")
     same_tokenizer = prior is not None and aligned_key is not None and aligned_key == prior.tokenizer_key
@@ -175,10 +175,14 @@ def score_corpus(
                 df["prior_context"] = prior_context
             elif "logp_prior" not in df.columns:
                 raise PQError(f"shard {path.name!r} has no logp_prior column and no --prior was given")
-            elif isinstance(reward, DPOReward) and "prior_context" in df.columns and \
+            elif reward.needs_prompt_context and "prior_context" in df.columns and \
                     (df["prior_context"] != "prompt").any():
                 raise PQError(f"shard {path.name!r}: its logp_prior was scored without the prompt; "
-                              "the DPO reward needs it scored with --prior-context prompt")
+                              f"reward {reward.name!r} needs it scored with --prior-context prompt")
+            missing = [c for c in reward.columns if c not in df.columns]
+            if missing:
+                raise PQError(f"shard {path.name!r} lacks column(s) {', '.join(missing)} that reward "
+                              f"{reward.name!r} reads")
             values = np.asarray(reward(df), dtype=np.float64)
             if values.shape != (len(df),):
                 raise PQError(f"reward {reward.name!r} returned {values.shape} values for {len(df)} strings")
@@ -192,6 +196,13 @@ def score_corpus(
     _write_report(out_dir)
     return ScoreResult(out_dir, len(files), len(todo), len(files) - len(todo), superseded, total, tokens,
                        time.perf_counter() - began)
+
+
+def check_reward_needs(reward: Reward, prior_context: str) -> None:
+    """A reward that reads log pi_ref(y|x) (it declares `needs_prompt_context`) needs the prior given the prompt."""
+    if reward.needs_prompt_context and prior_context != "prompt":
+        raise PQError(f"reward {reward.name!r} needs --prior-context prompt: it compares log pi(y|x) with "
+                      "log pi_ref(y|x), both given the prompt")
 
 
 def _num_rows(path: Path) -> int:

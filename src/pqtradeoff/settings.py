@@ -160,16 +160,20 @@ class RewardSettings(Section):
 
     @model_validator(mode="after")
     def _check(self) -> RewardSettings:
-        kinds = ("model", "dpo", "vader")
-        if self.kind not in kinds and not self.kind.startswith("python:"):
-            raise ValueError(f"kind={self.kind!r} is not one of model, dpo, vader, python:MODULE:FUNCTION")
-        if self.kind == "dpo" and self.beta is None:
-            raise ValueError("kind='dpo' needs beta (the DPO KL strength, e.g. 0.1)")
-        if self.kind != "dpo" and self.beta is not None:
-            raise ValueError(f"beta={self.beta!r} only applies to kind='dpo', not {self.kind!r}")
-        if self.kind == "dpo" and self.prior_context != "prompt":
-            raise ValueError("kind='dpo' needs prior_context='prompt': the implicit DPO reward compares "
-                             "log pi(y|x) with log pi_ref(y|x), both given the prompt")
+        from pqtradeoff.rewards import REWARD_KINDS, REWARD_REGISTRY, is_reward_kind  # lazy: numpy
+
+        if not is_reward_kind(self.kind):
+            raise ValueError(f"kind={self.kind!r} is not one of {', '.join(REWARD_KINDS)}")
+        builtin = REWARD_REGISTRY.get(self.kind)
+        takes_beta = builtin is not None and "beta" in builtin.parameters
+        if takes_beta and self.beta is None:
+            raise ValueError(f"kind={self.kind!r} needs beta (the DPO KL strength, e.g. 0.1)")
+        if not takes_beta and self.beta is not None:
+            users = " or ".join(repr(k) for k, c in REWARD_REGISTRY.items() if "beta" in c.parameters)
+            raise ValueError(f"beta={self.beta!r} only applies to kind={users}, not {self.kind!r}")
+        if builtin is not None and builtin.needs_prompt_context and self.prior_context != "prompt":
+            raise ValueError(f"kind={self.kind!r} needs prior_context='prompt': it compares log pi(y|x) "
+                             "with log pi_ref(y|x), both given the prompt")
         if self.label is not None and self.kind != "model":
             raise ValueError(f"label={self.label!r} only applies to kind='model'")
         return self

@@ -392,6 +392,9 @@ class HFRewardModel:
     when pad == EOS. Rows are batched by length; results are float64 from float32 logits.
     """
 
+    needs_prompt_context = False  # it reads the prompt text, never the prior's log-probabilities
+    columns = ("prompt", "text")
+
     def __init__(
         self,
         name_or_path: str,
