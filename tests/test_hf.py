@@ -194,7 +194,7 @@ def test_every_end_of_string_id_is_collected(tiny_hf):
     assert end_of_string_ids(model.tokenizer, model.model) == [model.eos_token_id, 7]
 
 
-def test_reward_model_warns_when_it_cuts_a_long_text(tiny_hf, capsys):
+def test_reward_model_warns_when_it_cuts_a_long_text(tiny_hf, pq_log):
     import pandas as pd
 
     from pqtradeoff.models.hf import HFRewardModel
@@ -203,4 +203,4 @@ def test_reward_model_warns_when_it_cuts_a_long_text(tiny_hf, capsys):
     batch = pd.DataFrame({"prompt": ["hello", "hello"], "text": ["the cat sat", " ".join(["the cat sat"] * 80)]})
     scores = rm(batch)
     assert np.isfinite(scores).all() and rm.truncated == 1
-    assert "1 of 2 texts are longer than its context" in capsys.readouterr().err
+    assert any("1 of 2 texts are longer than its context" in r.getMessage() for r in pq_log.records)

@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import re
 import resource
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +25,8 @@ from typing import Any
 
 from pqtradeoff.errors import PQError, validation_message
 from pqtradeoff.settings import ExperimentSettings, flatten
+
+log = logging.getLogger("pqtradeoff")
 
 EXAMPLES_DIR = Path(__file__).resolve().parent / "examples"
 STAGE_DIRS = {"generate": "corpus", "score": "scored", "analyze": "analysis"}
@@ -199,8 +201,9 @@ def _status(written: int, total: int) -> str:
     return "reused" if written == 0 else ("ran" if written == total else "partly reused")
 
 
-def run_experiment(settings: ExperimentSettings, out: str | Path, say=print) -> ExperimentResult:
-    """Run generate -> score -> analyze for one experiment into `out` (see the module docstring)."""
+def run_experiment(settings: ExperimentSettings, out: str | Path) -> ExperimentResult:
+    """Run generate -> score -> analyze for one experiment into `out` (see the module docstring); each stage
+    says what it did on the package logger (info)."""
     from pqtradeoff.io import run_record, write_json
     from pqtradeoff.stages import ModelCache, check_out, run_generate, run_score
 
@@ -214,21 +217,21 @@ def run_experiment(settings: ExperimentSettings, out: str | Path, say=print) -> 
     gen = run_generate(settings.generate_settings(), corpus, models)
     stages.append(StageReport("generate", _status(gen.written, gen.shards), time.perf_counter() - t,
                               gen.describe(), gen.to_json()))
-    say(f"generate: {stages[-1].status}: {gen.describe()}")
+    log.info("generate: %s: %s", stages[-1].status, gen.describe())
 
     t = time.perf_counter()
-    _reset_if_changed(scored, settings, say)
+    _reset_if_changed(scored, settings)
     sc = run_score(settings.score_settings(), corpus, scored, models)
     stages.append(StageReport("score", _status(sc.written, sc.shards), time.perf_counter() - t, sc.describe(),
                               sc.to_json()))
-    say(f"score: {stages[-1].status}: {sc.describe()}")
+    log.info("score: %s: %s", stages[-1].status, sc.describe())
 
     t = time.perf_counter()
     summary, reused = _analysis(settings, scored, analysis)
     detail = (f"{len(summary['configs'])} configuration(s) analysed, {len(summary['skipped'])} skipped, "
               f"{summary['input']['rows_used']} strings")
     stages.append(StageReport("analyze", "reused" if reused else "ran", time.perf_counter() - t, detail))
-    say(f"analyze: {stages[-1].status}: {detail}")
+    log.info("analyze: %s: %s", stages[-1].status, detail)
 
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
     result = ExperimentResult(out, stages, summary, peak, time.perf_counter() - began)
@@ -237,7 +240,7 @@ def run_experiment(settings: ExperimentSettings, out: str | Path, say=print) -> 
     return result
 
 
-def _reset_if_changed(scored: Path, settings: ExperimentSettings, say) -> None:
+def _reset_if_changed(scored: Path, settings: ExperimentSettings) -> None:
     """In a run the config is the truth: a changed reward or prior rescoring everything, rather than refusing."""
     import shutil
 
@@ -254,7 +257,7 @@ def _reset_if_changed(scored: Path, settings: ExperimentSettings, say) -> None:
     if changes:
         from pqtradeoff.settings import describe_changes
 
-        say(f"score: settings changed ({describe_changes(changes)}): scoring again")
+        log.info("score: settings changed (%s): scoring again", describe_changes(changes))
         shutil.rmtree(scored)
 
 
@@ -289,11 +292,3 @@ def _analysis(settings: ExperimentSettings, scored: Path, analysis: Path) -> tup
     summary = summary.to_json() if hasattr(summary, "to_json") else summary
     write_json(stamp, {"fingerprint": fingerprint})
     return summary, False
-
-
-def print_stage_table(result: ExperimentResult, file=sys.stdout) -> None:
-    """Stage, status, seconds and share of the run, for the console."""
-    total = sum(s.seconds for s in result.stages) or 1.0
-    for s in result.stages:
-        print(f"  {s.stage:<9} {s.status:<14} {s.seconds:7.1f} s  {100 * s.seconds / total:5.1f} %  {s.detail}",
-              file=file)

@@ -10,6 +10,7 @@ atomically; a rerun skips the shards already scored.
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +36,8 @@ from pqtradeoff.errors import PQError, first_line
 from pqtradeoff.io import check_resumable, progress_bar, remove_stale_temporaries, run_record, write_json
 from pqtradeoff.models.base import LanguageModel
 from pqtradeoff.rewards import PRIOR_CONTEXTS, Reward
+
+log = logging.getLogger("pqtradeoff")
 
 
 def continuation_logprobs(
@@ -190,7 +193,7 @@ def score_corpus(
             counts = _nonfinite_counts(df)
             for key in ("reward_nonfinite", "logp_prior_neg_inf"):
                 if counts[key]:
-                    _warn(f"{path.name}: {counts[key]} of {len(df)} rows have {key.replace('_', ' ')}")
+                    log.warning("%s: %d of %d rows have %s", path.name, counts[key], len(df), key.replace("_", " "))
             write_shard(pa.Table.from_pandas(df, preserve_index=False), out_dir / path.name)
             advance(len(df))
     _write_report(out_dir)
@@ -236,12 +239,6 @@ class ScoreResult:
         rate = f", prior {self.prior_tokens / self.seconds:.0f} tokens/s" if self.prior_tokens and self.seconds > 0 \
             else ""
         return f"{self.written} of {self.shards} shards scored, {self.reused} reused{moved}{rate}"
-
-
-def _warn(message: str) -> None:
-    import sys
-
-    print(f"warning: {message}", file=sys.stderr)
 
 
 def _nonfinite_counts(df: pd.DataFrame) -> dict[str, int]:

@@ -9,6 +9,7 @@ so that a process running several stages (`pqtradeoff run`) loads each model onc
 from __future__ import annotations
 
 import hashlib
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from pqtradeoff.errors import PQError
 from pqtradeoff.io import RUN_RECORD, check_resumable, run_record
 from pqtradeoff.settings import GenerateSettings, ModelSpec, ScoreSettings, resume_policy
 
+log = logging.getLogger("pqtradeoff")
 #: Default batch sizes when the user gives none.
 GENERATE_BATCH = 8
 SCORE_BATCH = 8
@@ -151,14 +153,12 @@ def run_score(settings: ScoreSettings, corpus: Path, out: Path, models: ModelCac
 def with_chat_fallback(build, chat: bool, what: str):
     """`(build(chat), chat)`; a checkpoint without a chat template is built without one, with a warning,
     since `score` has no option to choose its prompt format (it follows the corpus)."""
-    import logging
-
     try:
         return build(chat), chat
     except PQError as err:
         if not (chat and "no chat template" in str(err)):
             raise
-    logging.getLogger("pqtradeoff").warning("%s has no chat template; it reads the raw prompt", what)
+    log.warning("%s has no chat template; it reads the raw prompt", what)
     return build(False), False
 
 

@@ -39,10 +39,12 @@ from pqtradeoff.cli import toy as _toy  # noqa: E402,F401
 
 
 class _StderrHandler(logging.Handler):
-    """The package logger's console output: `warning: <message>` on whatever sys.stderr is at the time."""
+    """The package logger's console output on whatever sys.stderr is at the time: `warning: <message>`
+    (`error: ...`) for warnings and worse, the bare message for progress (info)."""
 
     def emit(self, record: logging.LogRecord) -> None:
-        typer.echo(f"{record.levelname.lower()}: {record.getMessage()}", err=True)
+        level = "" if record.levelno < logging.WARNING else f"{record.levelname.lower()}: "
+        typer.echo(f"{level}{record.getMessage()}", err=True)
 
 
 def _console_logging() -> None:

@@ -19,7 +19,7 @@ def run(
 ) -> None:
     """Run an experiment: generate -> score -> analyze, each stage reused when its inputs are unchanged."""
     from pqtradeoff.errors import PQError
-    from pqtradeoff.experiment import load_experiment, print_stage_table, resolved_config, run_experiment
+    from pqtradeoff.experiment import load_experiment, resolved_config, run_experiment
 
     settings = load_experiment(config)
     if print_config:
@@ -27,9 +27,9 @@ def run(
         return
     if out is None:
         raise PQError("--out is required (the folder the run writes to)")
-    result = run_experiment(settings, out, say=lambda line: typer.echo(line, err=True))
+    result = run_experiment(settings, out)  # each stage says what it did on the package logger (stderr)
     _print_results(result.summary)
-    print_stage_table(result)
+    _print_stage_table(result)
     typer.echo(f"time: {result.seconds:.1f} s, peak memory {result.peak_memory_mib:.0f} MiB   "
                f"report: {out / 'analysis' / 'report.html'}")
 
@@ -58,6 +58,13 @@ def _print_results(summary: dict) -> None:
                   f"corpus level: spearman {r(k['spearman'])}, pearson {r(k['pearson'])}")
     if summary["skipped"]:
         console.print(f"{len(summary['skipped'])} configuration(s) skipped (reasons in summary.json and the report)")
+
+
+def _print_stage_table(result) -> None:
+    """Stage, status, seconds and share of the run."""
+    total = sum(s.seconds for s in result.stages) or 1.0
+    for s in result.stages:
+        typer.echo(f"  {s.stage:<9} {s.status:<14} {s.seconds:7.1f} s  {100 * s.seconds / total:5.1f} %  {s.detail}")
 
 
 @app.command()

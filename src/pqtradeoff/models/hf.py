@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,7 @@ from pqtradeoff.models.base import LanguageModel
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 DEVICES = ("auto", "cpu", "cuda")
 PROMPT_SLOT = "{prompt}"
+log = logging.getLogger("pqtradeoff")
 
 
 # --------------------------------------------------------------------------------------------- settings
@@ -467,10 +469,8 @@ class HFRewardModel:
         if self.max_length:
             cut = sum(len(r) > self.max_length for r in rows)
             if cut:
-                import sys
-
-                print(f"warning: reward model {self.path!r}: {cut} of {len(rows)} texts are longer than its "
-                      f"context of {self.max_length} tokens; their beginnings were cut", file=sys.stderr)
+                log.warning("reward model %r: %d of %d texts are longer than its context of %d tokens; their "
+                            "beginnings were cut", self.path, cut, len(rows), self.max_length)
                 self.truncated += cut
             rows = [r[-self.max_length:] for r in rows]
         return rows
