@@ -22,7 +22,6 @@ The aligned model serves as the prior too (same cost as a second checkpoint of t
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -30,18 +29,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from transformers.generation.logits_process import LogitsProcessorList
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-
-from transformers.generation.logits_process import LogitsProcessorList  # noqa: E402
-
-from pqtradeoff.adaptors import parse  # noqa: E402
-from pqtradeoff.generate import PromptRecord, generate_corpus  # noqa: E402
-from pqtradeoff.models.hf import HFModel, left_pad, position_ids, right_pad  # noqa: E402
-from pqtradeoff.rewards import DPOReward  # noqa: E402
-from pqtradeoff.score import continuation_logprobs, score_corpus  # noqa: E402
-
-from hf_tiny import build_causal, word_tokenizer  # noqa: E402
+from pqtradeoff.adaptors import parse
+from pqtradeoff.generate import PromptRecord, generate_corpus
+from pqtradeoff.models.hf import HFModel, left_pad, position_ids, right_pad
+from pqtradeoff.rewards import DPOReward
+from pqtradeoff.score import continuation_logprobs, score_corpus
+from pqtradeoff.testing import build_causal, generation_kwargs, word_tokenizer
 
 SPEC = "temperature=0.75,top_p=0.95"
 WORDS = "hello world tell me a story about the sun and the moon please how are you".split()
@@ -74,7 +69,7 @@ def make_prompts(lm: HFModel, n: int) -> list[PromptRecord]:
 # ------------------------------------------------------------------------------------------- (a) generation
 def plain_generate(lm: HFModel, prompts: list[PromptRecord], new_tokens: int, batch: int) -> int:
     """transformers' generate with every sampling parameter stated; returns the number of new tokens."""
-    kwargs = parse(SPEC).generation_kwargs() | {
+    kwargs = generation_kwargs(parse(SPEC)) | {
         "num_beams": 1, "min_new_tokens": 0,
         "max_new_tokens": new_tokens, "pad_token_id": lm.pad_token_id, "eos_token_id": lm.eos_token_id,
         "use_cache": True,

@@ -12,7 +12,7 @@ import pytest
 def tiny_hf(tmp_path_factory) -> SimpleNamespace:
     """Folders of tiny random checkpoints: `llama` (aligned), `prior` (same tokenizer, other weights),
     `gpt2` (GPT-2 style tokenizer), `other` (a Llama whose vocabulary differs) and `reward` (pad == eos)."""
-    from hf_tiny import build_causal, build_reward, word_tokenizer
+    from pqtradeoff.testing import build_causal, build_reward, word_tokenizer
 
     root = tmp_path_factory.mktemp("hf")
     return SimpleNamespace(

@@ -20,6 +20,7 @@ from transformers.generation.logits_process import (
 
 from pqtradeoff.adaptors import PARAMETER_ORDER, Adaptor, parse, parse_grid
 from pqtradeoff.errors import PQError
+from pqtradeoff.testing import generation_kwargs
 
 SPECS = [
     "ancestral",
@@ -139,7 +140,7 @@ def test_generation_kwargs_build_the_same_processors_inside_generate() -> None:
                  # every warper at once: checks generate's order, not only each warper
                  "temperature=0.8,top_k=20,top_p=0.9,min_p=0.02,typical_p=0.95,epsilon_cutoff=0.0001,eta_cutoff=0.0005"]:
         adaptor = parse(spec)
-        prepared, _ = model._prepare_generation_config(GenerationConfig(**adaptor.generation_kwargs()))
+        prepared, _ = model._prepare_generation_config(GenerationConfig(**generation_kwargs(adaptor)))
         processors = model._get_logits_processor(generation_config=prepared, device="cpu")
         scores = processors(torch.zeros((5, 1), dtype=torch.long), logits.clone())
         assert_same_distribution(adaptor.log_probs(logits), torch.log_softmax(scores, dim=-1))

@@ -173,8 +173,7 @@ def test_reward_model_text_format(tiny_hf):
 def test_pad_id_outside_the_embedding_falls_back_to_eos(tmp_path):
     """A `<pad>` added to a tokenizer without resizing the model must not crash padded batches."""
     from pqtradeoff.models.hf import HFModel
-
-    from hf_tiny import build_causal, word_tokenizer
+    from pqtradeoff.testing import build_causal, word_tokenizer
 
     tok = word_tokenizer("gpt2")
     path = build_causal(tmp_path / "m", "gpt2", tokenizer=tok)

@@ -13,8 +13,8 @@ Two views of the adapted next-token distribution (see docs/scored-corpus.md):
   one step; the IMH correction is built on it.
 
 Each parameter is declared once, as an `Adaptor` field carrying its check, its GenerationConfig off value and
-its transformers warper (`PARAMETERS`); validation, `str()`, `parse`, `generation_kwargs` and `processors` all
-read that declaration, so adding a warper is one field.
+its transformers warper (`PARAMETERS`); validation, `str()`, `parse` and `processors` all read that
+declaration (as does `pqtradeoff.testing.generation_kwargs`), so adding a warper is one field.
 
 This module imports torch and transformers lazily, so the analysis side can parse spec strings without them.
 """
@@ -145,27 +145,6 @@ class Adaptor:
     @property
     def truncates(self) -> bool:
         return any(getattr(self, n) is not None for n in TRUNCATIONS)
-
-    def generation_kwargs(self) -> dict[str, float | int | None]:
-        """Every sampling parameter stated explicitly for `GenerationConfig`, off ones by the value that disables them.
-
-        `generate` (transformers 5.x) treats None as "unset" and fills it from the model's generation_config and
-        then the global defaults (top_k=50!), so an adaptor that is off must be passed as the value that
-        `_get_logits_processor` skips: top_k=0, top_p=1.0, typical_p=1.0, epsilon_cutoff=0.0, eta_cutoff=0.0;
-        min_p has no skipped value, and min_p=0.0 is an exact no-op warper. tests/test_adaptors.py checks this
-        against a model whose own generation_config sets every one of them. repetition_penalty and
-        no_repeat_ngram_size are turned off too; `top_h` has no off value once a model's config sets it, so a
-        caller of `generate` should still check the processor list it builds. (The pipeline itself never calls
-        `generate`: it samples from `adapt`.)
-        """
-        kwargs: dict[str, float | int | None] = {}
-        for p in PARAMETERS:
-            value = getattr(self, p.name)
-            kwargs[p.name] = p.off if value is None else value
-        kwargs["do_sample"] = True
-        kwargs["repetition_penalty"] = 1.0  # chat checkpoints ship e.g. 1.05 in their generation_config
-        kwargs["no_repeat_ngram_size"] = 0
-        return kwargs
 
     # ----------------------------------------------------------------------------------------- computation
     def processors(self) -> list:
