@@ -16,11 +16,13 @@ import pytest
 
 from pqtradeoff import adaptors
 from pqtradeoff.analyze import ExtraInputs, analyze_dir, clean_table, make_settings, run_analysis
-from pqtradeoff.corpus import SCORED_SCHEMA, write_shard
+from pqtradeoff.corpus import GENERATED_SCHEMA, SCORE_COLUMNS, write_shard
 from pqtradeoff.errors import PQError
 from pqtradeoff.io import to_json
 
 SMALL = dict(corpora=60, corpus_size=50, imh_steps=3000, seed=3, plots=False)
+
+SCORED_SCHEMA = pa.schema(list(GENERATED_SCHEMA) + list(SCORE_COLUMNS))
 
 
 def make_scored(seed: int = 0, families=("ancestral", "top_k=30"), temps=(0.5, 1.0, 1.5), n: int = 80) -> pd.DataFrame:

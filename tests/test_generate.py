@@ -17,8 +17,9 @@ from pqtradeoff.generate import (
     PromptRecord,
     adaptor_slug,
     generate_corpus,
-    row_uniforms,
+    row_keys,
     sample_inverse_cdf,
+    step_uniforms,
 )
 
 from bigram import BigramModel
@@ -108,6 +109,12 @@ def test_step_uniforms_are_uniform_and_independent():
     assert abs(np.corrcoef(u0, u1)[0, 1]) < 0.03
     assert abs(np.corrcoef(u0[:-1], u0[1:])[0, 1]) < 0.03
     assert len(np.unique(keys)) == len(keys)
+
+
+def row_uniforms(seed: int, prompt_id: int, sample_id: int, adaptor: str, n: int) -> np.ndarray:
+    """The first `n` uniforms of one row's stream."""
+    key = row_keys(seed, np.array([prompt_id]), np.array([sample_id]), adaptor)
+    return np.array([step_uniforms(key, t)[0] for t in range(n)])
 
 
 def test_keys_are_stable_and_distinct():

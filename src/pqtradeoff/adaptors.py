@@ -83,7 +83,7 @@ class Parameter:
         return value is not None and value != self.off
 
     def build_warper(self, value: float | int) -> Any:
-        from transformers.generation import logits_process
+        from transformers.generation import logits_process  # lazy: transformers
 
         return getattr(logits_process, self.warper)(**{self.keyword: value})
 
@@ -153,7 +153,7 @@ class Adaptor:
 
     def support(self, logits: torch.Tensor) -> torch.Tensor:
         """Boolean mask of the tokens the adaptor keeps, for logits of any shape [..., V]."""
-        import torch
+        import torch  # lazy: torch
 
         logits = _working_precision(logits)
         if not self.truncates:
@@ -176,7 +176,7 @@ class Adaptor:
         the locally normalized adapted log-probabilities, in float64 for float64 logits and float32 otherwise.
         The input is never modified.
         """
-        import torch
+        import torch  # lazy: torch
 
         logp = torch.log_softmax(_working_precision(logits), dim=-1)
         if self.is_identity:
@@ -200,7 +200,7 @@ class Adaptor:
 def _working_precision(logits: torch.Tensor) -> torch.Tensor:
     """The logits in the precision adaptors compute in: float64 stays float64 (the exact automata), anything
     else becomes float32 (half-precision logits are too coarse for log_softmax and cumulative sums)."""
-    import torch
+    import torch  # lazy: torch
 
     return logits.to(torch.promote_types(logits.dtype, torch.float32))
 

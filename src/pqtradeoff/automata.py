@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 import scipy.linalg
+import scipy.sparse.linalg
 
 #: A spectral radius at or above 1 - RADIUS_TOL counts as "does not normalize": the sums are then
 #: numerically indistinguishable from divergent ones.
@@ -70,7 +71,6 @@ def spectral_radius(q: np.ndarray) -> float:
         return 0.0
     if q.shape[0] <= DENSE_EIGEN_MAX:
         return float(np.max(np.abs(np.linalg.eigvals(q))))
-    import scipy.sparse.linalg
 
     try:
         return float(np.abs(scipy.sparse.linalg.eigs(q, k=1, which="LM", return_eigenvectors=False)[0]))

@@ -7,6 +7,7 @@ See docs/scored-corpus.md for the meaning of every column.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pyarrow as pa
@@ -35,8 +36,6 @@ SCORE_COLUMNS = pa.schema([
     ("logp_prior", pa.float64()),
     ("reward", pa.float64()),
 ])
-
-SCORED_SCHEMA = pa.schema(list(GENERATED_SCHEMA) + list(SCORE_COLUMNS))
 
 GENERATED_COLUMNS = tuple(GENERATED_SCHEMA.names)
 #: What `analyze` needs at minimum.
@@ -89,8 +88,6 @@ def read_shard(path: Path) -> pa.Table:
 
 def run_settings(directory: str | Path) -> dict:
     """The settings a stage recorded in a folder's `_run.json` (empty if absent; PQError if unreadable)."""
-    import json
-
     path = Path(directory) / RUN_RECORD
     if not path.is_file():
         return {}

@@ -18,6 +18,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from pqtradeoff import exact
 from pqtradeoff.adaptors import Adaptor, parse_grid
+from pqtradeoff.analyze import ExtraInputs, run_analysis
+from pqtradeoff.analyze import make_settings as analysis_settings
 from pqtradeoff.automata import WeightedAutomaton, transition_matrix
 from pqtradeoff.correct import Target
 from pqtradeoff.errors import PQError, validated
@@ -84,8 +86,8 @@ def make_settings(**values: Any) -> DemoSettings:
 
 def build_models(settings: DemoSettings) -> Any:
     """The prior (random n-gram, or estimated from `text`), the rarity reward and the exact aligned model."""
-    from pqtradeoff import demo_models as dm  # torch (the backend) only when models are built
-    from pqtradeoff.models import fsa
+    from pqtradeoff import demo_models as dm  # lazy: torch
+    from pqtradeoff.models import fsa  # lazy: torch
 
     if settings.text is None and settings.reward == "rare-word":
         return dm.demo_models(settings.model_seed, beta=settings.beta, order=settings.order)
@@ -181,7 +183,7 @@ def run_demo(
     Returns the summary (its `to_json()` is `out_dir/summary.json`, byte-identical for the same settings) and
     the wall time of each stage (printed, not stored, so that outputs stay reproducible).
     """
-    import torch
+    import torch  # lazy: torch
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the automata's tensors are tiny: more threads only add synchronisation
@@ -192,10 +194,8 @@ def run_demo(
 
 
 def _run(out_dir: Path, settings: DemoSettings, progress: bool) -> tuple[Summary, dict[str, float]]:
-    from pqtradeoff.analyze import ExtraInputs, run_analysis
-    from pqtradeoff.analyze import make_settings as analysis_settings
-    from pqtradeoff.generate import PromptRecord, generate_corpus
-    from pqtradeoff.score import score_corpus
+    from pqtradeoff.generate import PromptRecord, generate_corpus  # lazy: torch
+    from pqtradeoff.score import score_corpus  # lazy: torch
 
     timings: dict[str, float] = {}
     t0 = time.perf_counter()

@@ -18,13 +18,31 @@ import json
 import logging
 import re
 import resource
+import shutil
 import time
+import typing
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import tomllib
+from pydantic import BaseModel, ValidationError
+
+from pqtradeoff.analyze import analyze_dir
+from pqtradeoff.corpus import shard_files
 from pqtradeoff.errors import PQError, validation_message
-from pqtradeoff.settings import ExperimentSettings, flatten
+from pqtradeoff.io import run_record, write_json
+from pqtradeoff.settings import ExperimentSettings, describe_changes, fixed_changes, flatten
+from pqtradeoff.stages import (
+    SCORE_POLICY,
+    ModelCache,
+    check_out,
+    recorded_settings,
+    run_generate,
+    run_score,
+    score_record_settings,
+)
 
 log = logging.getLogger("pqtradeoff")
 
@@ -35,9 +53,6 @@ STAGE_DIRS = {"generate": "corpus", "score": "scored", "analyze": "analysis"}
 # ------------------------------------------------------------------------------------------------- reading
 def load_experiment(path: str | Path) -> ExperimentSettings:
     """Read and validate an experiment file."""
-    import tomllib
-    from pydantic import ValidationError
-
     path = Path(path)
     if not path.is_file():
         raise PQError(f"config {str(path)!r} does not exist" if not path.exists() else
@@ -128,10 +143,6 @@ def _toml_value(value: Any) -> str:
 
 def descriptions_of(model: Any, prefix: str = "") -> dict[str, str]:
     """Dotted key -> help text, from the settings models' field descriptions."""
-    import typing
-
-    from pydantic import BaseModel
-
     out: dict[str, str] = {}
     for name, info in model.model_fields.items():
         path = f"{prefix}{name}"
@@ -204,9 +215,6 @@ def _status(written: int, total: int) -> str:
 def run_experiment(settings: ExperimentSettings, out: str | Path) -> ExperimentResult:
     """Run generate -> score -> analyze for one experiment into `out` (see the module docstring); each stage
     says what it did on the package logger (info)."""
-    from pqtradeoff.io import run_record, write_json
-    from pqtradeoff.stages import ModelCache, check_out, run_generate, run_score
-
     began = time.perf_counter()
     out = check_out(out)
     models = ModelCache()
@@ -242,11 +250,6 @@ def run_experiment(settings: ExperimentSettings, out: str | Path) -> ExperimentR
 
 def _reset_if_changed(scored: Path, settings: ExperimentSettings) -> None:
     """In a run the config is the truth: a changed reward or prior rescoring everything, rather than refusing."""
-    import shutil
-
-    from pqtradeoff.settings import fixed_changes
-    from pqtradeoff.stages import SCORE_POLICY, recorded_settings, score_record_settings
-
     old = recorded_settings(scored)
     if old is None:
         return
@@ -255,15 +258,11 @@ def _reset_if_changed(scored: Path, settings: ExperimentSettings) -> None:
     changes = [c for c in fixed_changes({k: v for k, v in old.items() if k in new}, new, SCORE_POLICY)
                if c[0] in old]
     if changes:
-        from pqtradeoff.settings import describe_changes
-
         log.info("score: settings changed (%s): scoring again", describe_changes(changes))
         shutil.rmtree(scored)
 
 
 def _fingerprint(settings: ExperimentSettings, scored: Path) -> str:
-    from pqtradeoff.corpus import shard_files
-
     files = [(p.name, p.stat().st_size) for p in shard_files(scored)]
     payload = json.dumps({"analysis": settings.analysis.model_dump(mode="json"), "files": files}, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()
@@ -271,10 +270,6 @@ def _fingerprint(settings: ExperimentSettings, scored: Path) -> str:
 
 def _analysis(settings: ExperimentSettings, scored: Path, analysis: Path) -> tuple[dict[str, Any], bool]:
     """Analyse the scored corpus unless the same settings already analysed the same shards."""
-    import warnings
-
-    from pqtradeoff.io import write_json
-
     fingerprint = _fingerprint(settings, scored)
     stamp, summary_path = analysis / "_inputs.json", analysis / "summary.json"
     if stamp.is_file() and summary_path.is_file():
@@ -283,7 +278,6 @@ def _analysis(settings: ExperimentSettings, scored: Path, analysis: Path) -> tup
                 return json.loads(summary_path.read_text(encoding="utf-8")), True
         except ValueError:
             pass
-    from pqtradeoff.analyze import analyze_dir
 
     stamp.unlink(missing_ok=True)
     with warnings.catch_warnings():

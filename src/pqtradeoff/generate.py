@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import math
 import re
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -79,12 +80,6 @@ def step_uniforms(keys: np.ndarray, step: int) -> np.ndarray:
     """
     z = _mix64(keys ^ _mix64(np.array([step + 1], dtype=np.uint64) << np.uint64(32)))
     return (z >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))
-
-
-def row_uniforms(seed: int, prompt_id: int, sample_id: int, adaptor: Adaptor | str, n: int) -> np.ndarray:
-    """The first `n` uniforms of one row's stream (for inspection and tests)."""
-    key = row_keys(seed, np.array([prompt_id]), np.array([sample_id]), adaptor)
-    return np.array([step_uniforms(key, t)[0] for t in range(n)])
 
 
 def sample_inverse_cdf(log_probs: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
@@ -303,8 +298,6 @@ def generate_corpus(
     `_superseded/`, so the folder ends as a fresh run of the new settings would leave it. Any other change is
     refused, naming the settings that differ.
     """
-    import time
-
     for name, value, low in (("num_generations", num_generations, 1), ("max_new_tokens", max_new_tokens, 1),
                              ("batch_size", batch_size, 1), ("seed", seed, 0), ("prompt_block", prompt_block, 1),
                              ("sample_block", sample_block, 1)):

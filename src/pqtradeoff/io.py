@@ -127,7 +127,7 @@ def check_resumable(out_dir: Path, record: dict[str, Any], policy: dict[str, str
     except the keys `policy` marks "grow" (they only add or remove whole shards) or "free" (they cannot change
     any output). A record beside no output at all (a run that failed before writing anything) never blocks.
     """
-    from pqtradeoff.settings import describe_changes, fixed_changes, flatten, policy_of
+    from pqtradeoff.settings import describe_changes, fixed_changes, flatten, policy_of  # lazy: pydantic
 
     path = Path(out_dir) / RUN_RECORD
     if not path.exists():
@@ -157,7 +157,13 @@ def progress_bar(enabled: bool, total: int, label: str) -> Iterator[Callable[[in
     if not enabled or total == 0:
         yield lambda n: None
         return
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    from rich.progress import (  # lazy: rich
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
 
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()) as bar:
         task = bar.add_task(label, total=total)

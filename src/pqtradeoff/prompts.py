@@ -16,6 +16,9 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from pqtradeoff.errors import PQError, first_line
 
@@ -119,8 +122,6 @@ def read_jsonl(path: Path, field: str) -> list[object]:
 
 
 def read_csv(path: Path, field: str) -> list[object]:
-    import pandas as pd
-
     try:
         frame = pd.read_csv(path, dtype=str, keep_default_na=False)
     except pd.errors.EmptyDataError:
@@ -131,9 +132,6 @@ def read_csv(path: Path, field: str) -> list[object]:
 
 
 def read_parquet(files: list[Path], field: str) -> list[object]:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
     values: list[object] = []
     for f in files:
         try:
@@ -147,8 +145,6 @@ def read_parquet(files: list[Path], field: str) -> list[object]:
 
 def read_arrow(files: list[Path], field: str) -> list[object]:
     """Arrow IPC files as `datasets` writes them (stream format), or the IPC file format."""
-    import pyarrow as pa
-
     values: list[object] = []
     for f in files:
         try:

@@ -75,7 +75,7 @@ class VaderReward:
 
     def __init__(self) -> None:
         try:
-            from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer  # lazy: optional package
+            from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer  # lazy: optional
         except ImportError:
             raise PQError("reward='vader' needs the vaderSentiment package: pip install vadersentiment") from None
         self._analyzer = SentimentIntensityAnalyzer()

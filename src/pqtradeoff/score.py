@@ -25,6 +25,7 @@ import torch
 from pqtradeoff.corpus import (
     GENERATED_COLUMNS,
     RUN_RECORD,
+    SCORE_COLUMNS,
     read_shard,
     require_shards,
     run_settings,
@@ -249,7 +250,7 @@ def _nonfinite_counts(df: pd.DataFrame) -> dict[str, int]:
 def _write_report(out_dir: Path) -> None:
     """`_score_report.json`: counts of non-finite scores per shard, recounted from every scored shard on disk,
     so a resumed run reports the shards an interrupted run wrote too."""
-    shards = {f.name: _nonfinite_counts(pq.read_table(f, columns=["reward", "logp_prior"]).to_pandas())
+    shards = {f.name: _nonfinite_counts(pq.read_table(f, columns=SCORE_COLUMNS.names).to_pandas())
               for f in shard_files(out_dir)}
     totals = {key: sum(c[key] for c in shards.values()) for key in ("rows", "reward_nonfinite", "logp_prior_neg_inf")}
     write_json(out_dir / "_score_report.json", {"totals": totals, "shards": shards})

@@ -17,11 +17,13 @@ combinations are checked in one validator per model. This module is light (pydan
 
 from __future__ import annotations
 
+import typing
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from pqtradeoff.adaptors import parse, parse_grid
 from pqtradeoff.errors import PQError
 
 DType = Literal["float32", "bfloat16", "float16"]
@@ -121,8 +123,6 @@ class SamplingSettings(Section):
 
     def grid(self) -> list[Any]:
         """The adaptor configurations: `adaptors`, then `families` x `temperatures`, each exactly once."""
-        from pqtradeoff.adaptors import parse, parse_grid
-
         configs = [parse(s) for s in self.adaptors]
         if self.families:
             configs += parse_grid(self.families, list(self.temperatures))
@@ -292,8 +292,6 @@ def resume_policy(model: type[BaseModel], prefix: str = "") -> dict[str, str]:
 
 def _section_type(annotation: Any) -> type[BaseModel] | None:
     """The Section class inside `X` or `X | None`, else None."""
-    import typing
-
     candidates = [annotation, *typing.get_args(annotation)]
     for c in candidates:
         if isinstance(c, type) and issubclass(c, BaseModel):

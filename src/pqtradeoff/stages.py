@@ -9,7 +9,9 @@ so that a process running several stages (`pqtradeoff run`) loads each model onc
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,7 +35,7 @@ class ModelCache:
     quiet: bool = False
 
     def causal(self, spec: ModelSpec, template: str | None = None, chat_template: bool = False) -> Any:
-        from pqtradeoff.models.registry import load_causal
+        from pqtradeoff.models.registry import load_causal  # lazy: torch
 
         key = ("causal", spec.model_dump_json(), template, chat_template)
         if key not in self.loaded:
@@ -42,7 +44,7 @@ class ModelCache:
 
     def reward_model(self, spec: ModelSpec, template: str | None, chat_template: bool, label: int | None,
                      batch_size: int) -> Any:
-        from pqtradeoff.models.hf import HFRewardModel
+        from pqtradeoff.models.hf import HFRewardModel  # lazy: torch
 
         key = ("reward", spec.model_dump_json(), template, chat_template, label, batch_size)
         if key not in self.loaded:
@@ -54,7 +56,7 @@ class ModelCache:
 
 def _quiet_transformers(progress: bool) -> None:
     if not progress:
-        from transformers.utils import logging as hf_logging
+        from transformers.utils import logging as hf_logging  # lazy: transformers
 
         hf_logging.disable_progress_bar()
 
@@ -73,7 +75,7 @@ GENERATE_POLICY = resume_policy(GenerateSettings) | {"prompts_sha256": "grow"}
 
 def run_generate(settings: GenerateSettings, out: Path, models: ModelCache | None = None) -> Any:
     """Sample the corpus of `settings` into `out` (resumable; a grown grid adds only new shards)."""
-    from pqtradeoff.prompts import load_prompts
+    from pqtradeoff.prompts import load_prompts  # lazy: pandas
 
     p = settings.prompts
     out = check_out(out)
@@ -85,7 +87,7 @@ def run_generate(settings: GenerateSettings, out: Path, models: ModelCache | Non
     models = models or ModelCache()
     lm = models.causal(settings.model, p.template, p.chat_template)
 
-    from pqtradeoff.generate import PromptRecord, generate_corpus
+    from pqtradeoff.generate import PromptRecord, generate_corpus  # lazy: torch
 
     records = [PromptRecord(i, text, lm.encode_prompt(text)) for i, text in rows]
     batch = settings.compute.batch_size or GENERATE_BATCH
@@ -110,7 +112,7 @@ def score_record_settings(settings: ScoreSettings, corpus: Path) -> dict[str, An
 
 def run_score(settings: ScoreSettings, corpus: Path, out: Path, models: ModelCache | None = None) -> Any:
     """Score the corpus in `corpus` into `out`: `logp_prior` from the prior, `reward` from the reward."""
-    from pqtradeoff.corpus import require_shards, run_settings
+    from pqtradeoff.corpus import require_shards, run_settings  # lazy: pyarrow
 
     corpus, out = Path(corpus), check_out(out)
     require_shards(corpus)
@@ -134,14 +136,14 @@ def run_score(settings: ScoreSettings, corpus: Path, out: Path, models: ModelCac
             lambda c: models.reward_model(settings.reward_model, template, c, r.label, batch), chat,
             f"the reward model {settings.reward_model.name!r}")
     else:
-        from pqtradeoff.rewards import make_reward
+        from pqtradeoff.rewards import make_reward  # lazy: numpy
 
         scorer = make_reward(r.kind, beta=r.beta)
     lm, prior_chat = None, None
     if settings.prior is not None:
         lm, prior_chat = with_chat_fallback(lambda c: models.causal(settings.prior, template, c), chat,
                                             f"the prior {settings.prior.name!r}")
-    from pqtradeoff.score import score_corpus
+    from pqtradeoff.score import score_corpus  # lazy: torch
 
     recorded |= {"prompt_template": template, "chat_template": chat, "prior_chat_template": prior_chat,
                  "reward_chat_template": reward_chat}
@@ -165,8 +167,6 @@ def with_chat_fallback(build, chat: bool, what: str):
 # ------------------------------------------------------------------------------------------------ output
 def check_out(out: Path | str) -> Path:
     """An output location must be a folder (or not exist yet) under a writable parent: checked before any work."""
-    import os
-
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise PQError(f"--out {str(out)!r} is a file, not a folder")
@@ -182,8 +182,6 @@ def check_out(out: Path | str) -> Path:
 
 def recorded_settings(folder: Path) -> dict[str, Any] | None:
     """The settings recorded in a stage folder's `_run.json`, or None when there is none."""
-    import json
-
     path = Path(folder) / RUN_RECORD
     if not path.is_file():
         return None

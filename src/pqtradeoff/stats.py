@@ -57,7 +57,7 @@ def corpus_means(
 # ------------------------------------------------------------------------------------------------ correlation
 def _fisher_interval(r: float, se: float, confidence: float) -> tuple[float, float]:
     """An interval for a correlation from the Fisher z-transform: tanh(atanh(r) -+ z_crit * se)."""
-    from scipy import stats as sps
+    from scipy import stats as sps  # lazy: scipy
 
     crit = sps.norm.ppf(0.5 + confidence / 2.0)
     z = math.atanh(min(max(r, -1.0 + 1e-15), 1.0 - 1e-15))
@@ -95,7 +95,7 @@ def correlations(x: np.ndarray, y: np.ndarray, confidence: float = 0.95) -> Corr
     at 62,000 points. Both assume independent pairs. Undefined values (n < 4, a constant input) are None,
     with a `note` saying why.
     """
-    from scipy import stats as sps
+    from scipy import stats as sps  # lazy: scipy
 
     x = np.asarray(x, dtype=np.float64)
     y = np.asarray(y, dtype=np.float64)
@@ -149,7 +149,7 @@ def tradeoff_fit(log_prior: np.ndarray, reward: np.ndarray, confidence: float = 
     predicts about -beta). With one config it is undefined; with two it has no interval. Inputs are the
     configs' corpus-mean estimates; their own errors are not propagated (ordinary least squares).
     """
-    from scipy import stats as sps
+    from scipy import stats as sps  # lazy: scipy
 
     x = np.asarray(log_prior, dtype=np.float64)
     y = np.asarray(reward, dtype=np.float64)

@@ -28,6 +28,7 @@ import numpy as np
 
 from pqtradeoff import stats
 from pqtradeoff.errors import PQError
+from pqtradeoff.io import run_record, write_json
 
 SUMMARY = "summary.json"
 FIGURES = ("distributions.png", "string_scatter.png", "corpus_scatter.png")
@@ -193,12 +194,10 @@ def simulate(settings: ToySettings) -> tuple[ToyModel, CorpusMeans, dict[str, An
 
 def run(settings: ToySettings, out: str | Path, figures: bool = True) -> dict[str, Any]:
     """Run the toy experiment and write `out/summary.json` (with the run record) and the figures."""
-    from pqtradeoff.io import run_record, write_json
-
     out = Path(out)
     model, means, summary = simulate(settings)
     if figures:
-        from pqtradeoff import plots  # matplotlib only when figures are drawn
+        from pqtradeoff import plots  # lazy: matplotlib
 
         plots.toy_distributions(model, out / FIGURES[0])
         plots.toy_string_scatter(model, summary, out / FIGURES[1])

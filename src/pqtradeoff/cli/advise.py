@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from pqtradeoff.cli import app
+from pqtradeoff.io import to_json
 
 
 @app.command()
@@ -20,9 +21,8 @@ def advise(
     as_json: bool = typer.Option(False, "--json", help="print the advice as JSON"),
 ) -> None:
     """Cheapest way to a reward target: a frontier configuration, or a mixture of two neighbouring ones."""
-    from pqtradeoff.advise import advise as make_advice
-    from pqtradeoff.advise import describe, read_summary
-    from pqtradeoff.io import to_json
+    from pqtradeoff.advise import advise as make_advice  # lazy: scipy
+    from pqtradeoff.advise import describe, read_summary  # lazy: scipy
 
     advice = make_advice(read_summary(analysis_dir), min_reward=min_reward, max_prior_loss=max_prior_loss,
                          reference=reference, confidence=confidence)

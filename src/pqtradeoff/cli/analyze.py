@@ -4,6 +4,7 @@ The options come from `AnalysisSettings` (one option per field, named after it).
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import typer
@@ -11,15 +12,13 @@ import typer
 from pqtradeoff.cli import app
 from pqtradeoff.cli.options import argument, option, settings_command
 from pqtradeoff.settings import AnalysisSettings
+from pqtradeoff.stages import check_out
 
 FLAGS = {f"--{name.replace('_', '-')}": name for name in AnalysisSettings.model_fields}
 
 
 def _analyze(settings: AnalysisSettings, scored_dir: Path, out: Path) -> None:
-    import warnings
-
-    from pqtradeoff.analyze import analyze_dir
-    from pqtradeoff.stages import check_out
+    from pqtradeoff.analyze import analyze_dir  # lazy: pandas
 
     check_out(out)
     with warnings.catch_warnings():

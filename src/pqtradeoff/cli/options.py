@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import typer
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 from pydantic_core import PydanticUndefined
 
 from pqtradeoff.errors import PQError, validation_message
@@ -111,8 +111,6 @@ def _is_model_section(key: str) -> bool:
 def settings_from_options(model: type[BaseModel], flags: dict[str, Paths], values: dict[str, Any],
                           extra: dict[str, Any] | None = None) -> Any:
     """Build and validate the settings; a bad value is a one-line PQError naming the option."""
-    from pydantic import ValidationError
-
     nested = nested_values(flags, values)
     for key, value in (extra or {}).items():
         nested.setdefault(key, {}).update(value) if isinstance(value, dict) else nested.__setitem__(key, value)

@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from pqtradeoff.cli import app
+from pqtradeoff.errors import PQError
 
 
 @app.command()
@@ -18,8 +19,7 @@ def run(
                                                                     "in, and stop."),
 ) -> None:
     """Run an experiment: generate -> score -> analyze, each stage reused when its inputs are unchanged."""
-    from pqtradeoff.errors import PQError
-    from pqtradeoff.experiment import load_experiment, resolved_config, run_experiment
+    from pqtradeoff.experiment import load_experiment, resolved_config, run_experiment  # lazy: pandas
 
     settings = load_experiment(config)
     if print_config:
@@ -35,8 +35,8 @@ def run(
 
 
 def _print_results(summary: dict) -> None:
-    from rich.console import Console
-    from rich.table import Table
+    from rich.console import Console  # lazy: rich
+    from rich.table import Table  # lazy: rich
 
     console = Console()
     table = Table(title="Per configuration: IMH-corrected means (± s.e.) and the sampled pool's means")
@@ -73,6 +73,6 @@ def init(
                                                         "(offline, CPU), paper-rlhf, paper-dpo (GPU, hub)."),
 ) -> None:
     """Print a commented starting config: `pqtradeoff init > my.toml`."""
-    from pqtradeoff.experiment import example_config
+    from pqtradeoff.experiment import example_config  # lazy: pandas
 
     typer.echo(example_config(example), nl=False)

@@ -209,27 +209,6 @@ class FiniteStateLM(LanguageModel):
         """log p(y | x) of the given tokens (EOS included if present), exactly, in float64."""
         return self.path_sum(self.log_probs, token_ids, prompt_ids)
 
-    def sample(self, n: int, seed: int, max_length: int = 10_000, prompt_ids: Sequence[int] = ()) -> list[list[int]]:
-        """`n` ancestral samples (token ids, EOS last when finished) by inverse CDF; for tests and checks."""
-        n = _check_int("n", n, 1)
-        max_length = _check_int("max_length", max_length, 1)
-        rng = np.random.default_rng(seed)
-        cdf = np.cumsum(self.probs, axis=1)
-        states = np.full(n, self.state_after(prompt_ids))
-        out: list[list[int]] = [[] for _ in range(n)]
-        alive = np.arange(n)
-        for _ in range(max_length):
-            u = rng.random(len(alive))
-            tokens = np.minimum((u[:, None] >= cdf[states[alive]]).sum(axis=1), self.vocab_size - 1)
-            for row, tok in zip(alive, tokens, strict=True):
-                out[row].append(int(tok))
-            going = tokens != self.eos_token_id
-            states[alive[going]] = self.next_state[states[alive[going]], tokens[going]]
-            alive = alive[going]
-            if not alive.size:
-                break
-        return out
-
     # ------------------------------------------------------------------------------------- tokenization
     def _encode(self, text: str, field: str) -> list[int]:
         if not isinstance(text, str):
@@ -477,22 +456,6 @@ class Alignment:
 
     def log_z_at(self, prompt_ids: Sequence[int] = ()) -> float:
         return float(self.log_backward[self.prior.state_after(prompt_ids)])
-
-    def identity_residual(self, token_ids: Sequence[int], prompt_ids: Sequence[int] = ()) -> float:
-        """log p(y) + r(y)/beta - log p+(y) - log Z(x), which is 0 for every finished string.
-
-        For an unfinished prefix the identity carries the backward value of its last state; it is added,
-        so the residual is 0 up to rounding in both cases (and exactly 0 for an impossible string).
-        """
-        ids = list(token_ids)
-        log_p, log_aligned = self.prior.log_prob(ids, prompt_ids), self.aligned.log_prob(ids, prompt_ids)
-        if log_p == log_aligned == -math.inf:
-            return 0.0  # an impossible string: both sides are -inf
-        residual = (log_p + self.reward.score(ids, prompt_ids) / self.beta - log_aligned
-                    - self.log_z_at(prompt_ids))
-        if not ids or ids[-1] != self.prior.eos_token_id:
-            residual += float(self.log_backward[self.prior.state_after(list(prompt_ids) + ids)])
-        return residual
 
 
 def align(prior: FiniteStateLM, reward: TransitionReward, beta: float) -> Alignment:

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from pqtradeoff.errors import PQError, first_line
+from pqtradeoff.models import sources
 from pqtradeoff.models.base import LanguageModel
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -68,7 +69,7 @@ def apply_template(template: str, prompt: str) -> str:
 
 
 def load_tokenizer(name_or_path: str, trust_remote_code: bool = False, gguf_file: str | None = None) -> Any:
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer  # lazy: transformers
 
     extra = {"gguf_file": gguf_file} if gguf_file else {}
     try:
@@ -98,8 +99,6 @@ def load_pretrained(auto_class: Any, spec_name: str, gguf_file: str | None, dtyp
     model is de-quantized once and cached as a safetensors folder; every load, the first included, then reads
     that folder, so the first run and later runs compute with identical weights.
     """
-    from pqtradeoff.models import sources
-
     path, gguf = sources.resolve(spec_name, gguf_file, what=what)
     if gguf is not None:
         tokenizer = load_tokenizer(path, trust_remote_code, gguf)
@@ -150,7 +149,7 @@ def tokenizer_key(tokenizer: Any) -> str:
 def dtype_kwarg(dtype: torch.dtype) -> dict[str, torch.dtype]:
     """`from_pretrained`'s dtype argument: `dtype` since transformers 4.56, `torch_dtype` before. (No
     `device_map`: it needs the accelerate package; the model is loaded, then moved to its device.)"""
-    import transformers
+    import transformers  # lazy: transformers
 
     major, minor = (int(x) for x in transformers.__version__.split(".")[:2])
     return {"dtype": dtype} if (major, minor) >= (4, 56) else {"torch_dtype": dtype}
@@ -248,7 +247,7 @@ class HFModel(LanguageModel):
         trust_remote_code: bool = False,
         gguf_file: str | None = None,
     ) -> None:
-        from transformers import AutoModelForCausalLM
+        from transformers import AutoModelForCausalLM  # lazy: transformers
 
         check_template(template, chat_template)
         self.name = str(name_or_path)
@@ -331,7 +330,7 @@ class HFModel(LanguageModel):
         return logits[:, -keep:, :].float()
 
     def _new_cache(self) -> Any:
-        from transformers import DynamicCache
+        from transformers import DynamicCache  # lazy: transformers
 
         try:
             return DynamicCache(config=self.model.config)
@@ -410,7 +409,7 @@ class HFRewardModel:
         trust_remote_code: bool = False,
         gguf_file: str | None = None,
     ) -> None:
-        from transformers import AutoModelForSequenceClassification
+        from transformers import AutoModelForSequenceClassification  # lazy: transformers
 
         check_template(template, chat_template)
         if not isinstance(batch_size, int) or batch_size < 1:

