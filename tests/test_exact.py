@@ -240,7 +240,8 @@ def test_global_adapted_matches_enumeration(name, spec, request):
         assert log_z > 0  # weights summing above 1: a genuinely unnormalized automaton
 
 
-@pytest.mark.parametrize(("name", "spec"), [("bounded3", "temperature=0.5"), ("bounded3", "temperature=1.5,top_p=0.7"),
+@pytest.mark.parametrize(("name", "spec"),
+                         [("bounded3", "temperature=0.5"), ("bounded3", "temperature=1.5,top_p=0.7"),
                                          ("bounded3", "eta_cutoff=0.2"), ("bigram2", "temperature=0.5")])
 def test_importance_ess_fraction_matches_enumeration(name, spec, request):
     """ESS fraction (sum A)^2 / sum A^2/q, with q(y) = A(y) / prod_t Z_t for the global adaptor."""
@@ -383,7 +384,8 @@ def test_adapted_sampling_through_the_interface_matches_local_expectations():
             tokens_so_far[row].append(t)
         going = tok != al.aligned.eos_token_id
         logits, state = al.aligned.step(state, tok)
-        logits, state, alive = logits[going], al.aligned.keep(state, torch.nonzero(going).squeeze(1)), alive[going]
+        logits, state, alive = logits[going], al.aligned.keep(state,
+                                                              torch.nonzero(going).squeeze(1)), alive[going]
     result = exact.local_expectations(al, adaptor)
     lp = np.array([al.prior.log_prob(y) for y in tokens_so_far])
     r = np.array([al.reward.score(y) for y in tokens_so_far])

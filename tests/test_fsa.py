@@ -159,7 +159,8 @@ def test_estimate_ngram_matches_naive_counts(tmp_path, order):
     path.write_text("\n".join(lines) + "\n")
     model = estimate_ngram(path, order, k=0.5)
     prob = naive_ngram([ln for ln in lines if ln], order, 0.5, list(model.words))
-    assert model.words == ("cat", "sat", "the", "a", "dog", "down", "ran")  # by frequency, ties alphabetically
+    # by frequency, ties alphabetically
+    assert model.words == ("cat", "sat", "the", "a", "dog", "down", "ran")
     symbols = list(model.words) + [EOS]
     for name, row in zip(model.state_names, model.probs, strict=True):
         context = tuple(name.split()) if order > 1 else ()
@@ -282,7 +283,8 @@ def test_bad_automata():
     one_line_error(FiniteStateLM, ["a", "a"], nxt, np.log([[0.4, 0.4, 0.2]]), match="appears twice")
     one_line_error(FiniteStateLM, ["a"], np.array([[0, -1]]), np.log([[0.5, 0.5]]), match="vocabulary size 1")
     one_line_error(FiniteStateLM, ["a", "b c"], nxt, np.log([[0.4, 0.4, 0.2]]), match="'b c'")
-    one_line_error(FiniteStateLM, ["a", "b"], np.array([[0, 5, -1]]), np.log([[0.4, 0.4, 0.2]]), match="next_state")
+    one_line_error(FiniteStateLM, ["a", "b"], np.array([[0, 5, -1]]), np.log([[0.4, 0.4, 0.2]]),
+                   match="next_state")
     model = FiniteStateLM(["a", "b"], nxt, np.log([[0.4, 0.4, 0.2]]))
     one_line_error(model.state_after, [model.eos_token_id], match="EOS")
     one_line_error(model.decode, [7], match="token id 7")

@@ -159,7 +159,8 @@ def test_reward_model_reads_the_last_real_token_when_pad_is_eos(tiny_hf):
 
 def test_reward_model_text_format(tiny_hf):
     rm = HFRewardModel(str(tiny_hf.reward), device="cpu", template="Human : {prompt} Assistant :")
-    assert rm.texts(["hi", "hi"], ["yes", " no"]) == ["Human : hi Assistant : yes", "Human : hi Assistant : no"]
+    assert rm.texts(["hi", "hi"], ["yes", " no"]) == ["Human : hi Assistant : yes",
+                                                      "Human : hi Assistant : no"]
     chat = HFRewardModel(str(tiny_hf.reward), device="cpu", chat_template=True)
     assert chat.texts(["hi"], ["yes"]) == ["<s>user : hi . assistant : yes . "]
     vocab = chat.tokenizer.get_vocab()
@@ -199,7 +200,8 @@ def test_reward_model_warns_when_it_cuts_a_long_text(tiny_hf, pq_log):
     from pqtradeoff.models.hf import HFRewardModel
 
     rm = HFRewardModel(str(tiny_hf.reward), device="cpu", batch_size=2)
-    batch = pd.DataFrame({"prompt": ["hello", "hello"], "text": ["the cat sat", " ".join(["the cat sat"] * 80)]})
+    batch = pd.DataFrame({"prompt": ["hello", "hello"],
+                          "text": ["the cat sat", " ".join(["the cat sat"] * 80)]})
     scores = rm(batch)
     assert np.isfinite(scores).all() and rm.truncated == 1
     assert any("1 of 2 texts are longer than its context" in r.getMessage() for r in pq_log.records)

@@ -50,7 +50,8 @@ def test_registry_builds_each_kind_and_settings_accept_it(kind):
 
 def test_registry_kinds_are_what_the_settings_accept():
     assert REWARD_KINDS == ("model", "dpo", "vader", "python:MODULE:FUNCTION")
-    assert RewardSettings(kind="model").kind == "model" and RewardSettings(kind="python:m:f").kind == "python:m:f"
+    assert RewardSettings(kind="model").kind == "model"
+    assert RewardSettings(kind="python:m:f").kind == "python:m:f"
     for bad in ("banana", "DPO", "python"):
         assert not is_reward_kind(bad)
         with pytest.raises(ValueError, match=f"kind='{bad}' is not one of model, dpo, vader"):
@@ -76,7 +77,8 @@ def test_each_reward_declares_what_it_reads():
     vader = VaderReward()
     assert not vader.needs_prompt_context
     np.testing.assert_array_equal(vader(batch[list(vader.columns)]), vader(batch))
-    fn = FunctionReward(lambda prompts, completions: [len(p + c) for p, c in zip(prompts, completions, strict=True)],
+    fn = FunctionReward(lambda prompts,
+                        completions: [len(p + c) for p, c in zip(prompts, completions, strict=True)],
                         "f")
     assert not fn.needs_prompt_context
     assert fn(batch[list(fn.columns)]).tolist() == [15.0, 12.0, 3.0]
@@ -172,5 +174,6 @@ def test_wrong_length_or_type_is_refused(values, message):
 
 
 def test_vader_reward_orders_sentiment():
-    values = VaderReward()(pd.DataFrame({"text": ["I love this, wonderful!", "the table", "awful, I hate it"]}))
+    values = VaderReward()(pd.DataFrame({"text": ["I love this, wonderful!", "the table",
+                                                  "awful, I hate it"]}))
     assert values[0] > values[1] > values[2]

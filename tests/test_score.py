@@ -101,8 +101,10 @@ def test_nonfinite_rewards_are_counted_not_hidden(corpus, tmp_path, pq_log):
 
 def test_resume_skips_scored_shards_and_matches(corpus, tmp_path):
     prior = BigramModel(seed=12)
-    full = score_corpus(corpus, tmp_path / "full", prior=prior, reward=DPOReward(1.0), settings={}, progress=False).out_dir
-    part = score_corpus(corpus, tmp_path / "part", prior=prior, reward=DPOReward(1.0), settings={}, progress=False).out_dir
+    full = score_corpus(corpus, tmp_path / "full", prior=prior, reward=DPOReward(1.0), settings={},
+                        progress=False).out_dir
+    part = score_corpus(corpus, tmp_path / "part", prior=prior, reward=DPOReward(1.0), settings={},
+                        progress=False).out_dir
     shards = sorted(part.glob("*.parquet"))
     shards[0].unlink()
     score_corpus(corpus, part, prior=prior, reward=DPOReward(1.0), settings={}, progress=False)
@@ -117,7 +119,8 @@ def test_score_bad_inputs(corpus, tmp_path):
     with pytest.raises(PQError, match="is the corpus folder itself"):
         score_corpus(corpus, corpus, prior=BigramModel(), reward=DPOReward(1.0), settings={}, progress=False)
     with pytest.raises(PQError, match="does not exist"):
-        score_corpus(tmp_path / "nope", tmp_path / "s", prior=BigramModel(), reward=DPOReward(1.0), settings={},
+        score_corpus(tmp_path / "nope", tmp_path / "s", prior=BigramModel(), reward=DPOReward(1.0),
+                     settings={},
                      progress=False)
 
 

@@ -40,7 +40,8 @@ CHUNK_ELEMENTS = 1 << 22
 # Each returns the value to store, or raises PQError naming the parameter and the value (as transformers'
 # warpers check their own argument).
 def _finite_positive(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+    if isinstance(value, bool) or not isinstance(value,
+                                                 (int, float)) or not math.isfinite(value) or value <= 0:
         raise PQError(f"{name}={value!r} is out of range: need a finite {name} > 0")
     return float(value)
 
@@ -54,21 +55,23 @@ def _positive_integer(name: str, value: Any) -> int:
 def _open_unit(name: str, value: Any) -> float:
     value = float(value)
     if not 0.0 < value < 1.0:
-        raise PQError(f"{name}={value!r} is out of range: need 0 < {name} < 1 (leave {name} out to turn it off)")
+        raise PQError(f"{name}={value!r} is out of range: need 0 < {name} < 1 (leave {name} out to turn it "
+                      "off)")
     return value
 
 
 def _half_open_unit(name: str, value: Any) -> float:
     if not 0.0 < float(value) <= 1.0:
-        raise PQError(f"{name}={value!r} is out of range: need 0 < {name} <= 1 (leave {name} out to turn it off)")
+        raise PQError(f"{name}={value!r} is out of range: need 0 < {name} <= 1 (leave {name} out to turn it "
+                      "off)")
     return float(value)
 
 
 @dataclass(frozen=True)
 class Parameter:
     """One sampling parameter, read from its `Adaptor` field: its name (GenerationConfig's), the type a spec
-    value is read as, its check, the value that turns it off in GenerationConfig, and transformers' warper that
-    applies it, built as `warper(**{keyword: value})`."""
+    value is read as, its check, the value that turns it off in GenerationConfig, and transformers' warper
+    that applies it, built as `warper(**{keyword: value})`."""
 
     name: str
     default: float | int | None
@@ -105,8 +108,10 @@ class Adaptor:
 
     temperature: float = _parameter(1.0, float, _finite_positive, off=1.0, warper="TemperatureLogitsWarper",
                                     keyword="temperature")
-    top_k: int | None = _parameter(None, int, _positive_integer, off=0, warper="TopKLogitsWarper", keyword="top_k")
-    top_p: float | None = _parameter(None, float, _open_unit, off=1.0, warper="TopPLogitsWarper", keyword="top_p")
+    top_k: int | None = _parameter(None, int, _positive_integer, off=0, warper="TopKLogitsWarper",
+                                   keyword="top_k")
+    top_p: float | None = _parameter(None, float, _open_unit, off=1.0, warper="TopPLogitsWarper",
+                                     keyword="top_p")
     min_p: float | None = _parameter(None, float, _half_open_unit, off=0.0, warper="MinPLogitsWarper",
                                      keyword="min_p")
     typical_p: float | None = _parameter(None, float, _open_unit, off=1.0, warper="TypicalLogitsWarper",
@@ -119,7 +124,8 @@ class Adaptor:
     def __post_init__(self) -> None:
         for p in PARAMETERS:
             value = getattr(self, p.name)
-            if value is not None or p.default is not None:  # None turns a truncation off; temperature needs a value
+            # None turns a truncation off; temperature needs a value
+            if value is not None or p.default is not None:
                 object.__setattr__(self, p.name, p.check(p.name, value))
 
     # ----------------------------------------------------------------------------------------------- naming
@@ -184,7 +190,8 @@ class Adaptor:
             return AdaptedStep(logp, logp, zero, logp)
         weights = logp / self.temperature if self.temperature != 1.0 else logp.clone()
         if self.truncates:
-            weights.masked_fill_(~self.support(logits), float("-inf"))  # a fresh tensor: saves one [..., V] copy
+            # a fresh tensor: saves one [..., V] copy
+            weights.masked_fill_(~self.support(logits), float("-inf"))
         log_z = torch.logsumexp(weights, dim=-1, keepdim=True)
         return AdaptedStep(logp, weights, log_z, weights - log_z)
 
@@ -243,7 +250,8 @@ def parse(spec: str | Adaptor) -> Adaptor:
             raise PQError(f"adaptor spec {spec!r}: cannot read {part!r}; expected name=value, e.g. top_p=0.9")
         if name not in _BY_NAME:
             raise PQError(
-                f"adaptor spec {spec!r}: unknown parameter {name!r}; known: ancestral, {', '.join(PARAMETER_ORDER)}"
+                f"adaptor spec {spec!r}: unknown parameter {name!r}; known: ancestral, "
+                f"{', '.join(PARAMETER_ORDER)}"
             )
         if name in values:
             raise PQError(f"adaptor spec {spec!r}: parameter {name!r} is given twice")
@@ -258,13 +266,14 @@ def parse(spec: str | Adaptor) -> Adaptor:
 
 
 def parse_grid(specs: list[str], temperatures: list[float] | None = None) -> list[Adaptor]:
-    """Parse several specs; with `temperatures`, cross each spec (without a temperature) with each temperature."""
+    """Parse several specs; with `temperatures`, cross each spec (without a temperature) with each
+    temperature."""
     adaptors = [parse(s) for s in specs]
     if temperatures:
         for spec, a in zip(specs, adaptors, strict=True):
             if a.temperature != 1.0:
-                raise PQError(f"adaptor spec {spec!r} sets a temperature and temperatures are crossed in too: "
-                              "give the spec without its temperature")
+                raise PQError(f"adaptor spec {spec!r} sets a temperature and temperatures are crossed in "
+                              "too: give the spec without its temperature")
         crossed = []
         for a in adaptors:
             for t in temperatures:

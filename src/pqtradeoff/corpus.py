@@ -82,8 +82,8 @@ def read_shard(path: Path) -> pa.Table:
     try:
         return pq.read_table(path)
     except (OSError, pa.ArrowException) as err:
-        raise PQError(f"shard {str(path)!r} is not a readable Parquet file ({first_line(err)}): delete it and "
-                      "rerun the stage that wrote it") from None
+        raise PQError(f"shard {str(path)!r} is not a readable Parquet file ({first_line(err)}): delete it "
+                      "and rerun the stage that wrote it") from None
 
 
 def run_settings(directory: str | Path) -> dict:
@@ -96,8 +96,8 @@ def run_settings(directory: str | Path) -> dict:
     except (OSError, ValueError, AttributeError):
         settings = None
     if not isinstance(settings, dict):
-        raise PQError(f"{str(path)!r} is not a readable run record: the settings it should hold (prompt template, "
-                      "tokenizer) cannot be recovered; regenerate the corpus or restore the file")
+        raise PQError(f"{str(path)!r} is not a readable run record: the settings it should hold (prompt "
+                      "template, tokenizer) cannot be recovered; regenerate the corpus or restore the file")
     return settings
 
 
@@ -107,7 +107,8 @@ def read_corpus(directory: str | Path, required: tuple[str, ...] = ()) -> pa.Tab
     try:
         table = pa.concat_tables([read_shard(f) for f in files], promote_options="default")
     except pa.ArrowException as err:
-        raise PQError(f"the shards of {str(directory)!r} do not share one schema ({first_line(err)})") from None
+        raise PQError(f"the shards of {str(directory)!r} do not share one schema "
+                      f"({first_line(err)})") from None
     missing = [c for c in required if c not in table.column_names]
     if missing:
         raise PQError(f"corpus {str(directory)!r} lacks required column(s) {', '.join(missing)}")

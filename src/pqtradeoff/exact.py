@@ -94,7 +94,8 @@ def _bounded_counts(wa: WeightedAutomaton, start: int, max_length: int) -> Count
     log_z = betas[max_length][start]
     if not np.isfinite(log_z):
         return Counts(False, None, None, None,
-                      f"does not normalize: no complete string of at most {max_length} tokens has positive weight")
+                      f"does not normalize: no complete string of at most {max_length} tokens has positive "
+                      "weight")
     alpha = np.full(n, -np.inf)
     alpha[start] = 0.0
     counts = np.zeros((n, v))
@@ -175,7 +176,8 @@ def _adapted_tables(model: FiniteStateLM, adaptor: Adaptor) -> AdaptedTables:
     """Cached: the local, global and IMH computations of one configuration share the same tables."""
     import torch  # lazy: torch
 
-    logits = torch.tensor(model.log_probs)  # float64, exactly what `FiniteStateLM.start` gives (a copy: read-only)
+    # float64, exactly what `FiniteStateLM.start` gives (a copy: read-only)
+    logits = torch.tensor(model.log_probs)
     support = adaptor.support(logits).numpy()
     log_weights = np.where(support, model.log_probs / adaptor.temperature, -np.inf)
     log_z = logsumexp(log_weights, axis=1)
@@ -273,7 +275,8 @@ def law_expectations(
 
 
 def local_expectations(
-    alignment: Alignment, adaptor: Adaptor | str, *, prompt_ids: Sequence[int] = (), max_length: int | None = None
+    alignment: Alignment, adaptor: Adaptor | str, *, prompt_ids: Sequence[int] = (),
+    max_length: int | None = None
 ) -> ExactResult:
     """(b) Expectations under q_gamma, the adaptor applied to p+ and renormalized at every step (what
     `generate` samples). It may fail to terminate (e.g. a truncation that removes EOS everywhere)."""
@@ -283,14 +286,16 @@ def local_expectations(
 
 
 def global_expectations(
-    alignment: Alignment, adaptor: Adaptor | str, *, prompt_ids: Sequence[int] = (), max_length: int | None = None
+    alignment: Alignment, adaptor: Adaptor | str, *, prompt_ids: Sequence[int] = (),
+    max_length: int | None = None
 ) -> ExactResult:
     """(c) Expectations under p_gamma(y) proportional to prod_t gamma~(y_t | s_t), the globally normalized
     adaptor; `log_normalizer` is log Z_gamma. Reports `normalizes=False` where the sum diverges.
     `ess_fraction` tells how well proposals from q_gamma (the pool `generate` makes) cover p_gamma."""
     adaptor = parse(adaptor)
     t = adapted_tables(alignment.aligned, adaptor)
-    return law_expectations(alignment, t.log_weights, "global", adaptor, prompt_ids, max_length, t.log_z, t.log_probs)
+    return law_expectations(alignment, t.log_weights, "global", adaptor, prompt_ids, max_length, t.log_z,
+                            t.log_probs)
 
 
 IMH_TARGETS = ("global", "aligned")
@@ -317,4 +322,5 @@ def imh_target_expectations(
         raise PQError(f"target={target!r} is not one of {', '.join(IMH_TARGETS)}")
     t = adapted_tables(alignment.aligned, adaptor)
     log_weights = np.where(t.support, alignment.aligned.log_probs, -np.inf)
-    return law_expectations(alignment, log_weights, "imh-aligned", adaptor, prompt_ids, max_length, t.log_z, t.log_probs)
+    return law_expectations(alignment, log_weights, "imh-aligned", adaptor, prompt_ids, max_length, t.log_z,
+                            t.log_probs)

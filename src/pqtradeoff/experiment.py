@@ -1,8 +1,8 @@
 """An experiment as one file: read, write and run a TOML config (`pqtradeoff run`, `init`, `--print-config`).
 
 `load_experiment(path)` reads a TOML file (stdlib `tomllib`) into `ExperimentSettings`: a syntax error, an
-unknown key or a bad value is a one-line PQError naming the file, the key and, where it can be found, the line.
-Relative paths in the file (the prompts file, local model folders) are relative to the file.
+unknown key or a bad value is a one-line PQError naming the file, the key and, where it can be found, the
+line. Relative paths in the file (the prompts file, local model folders) are relative to the file.
 
 `run_experiment(settings, out)` runs generate -> score -> analyze into `out/corpus`, `out/scored`,
 `out/analysis`, loading each model once. Stages are cached by content: a stage whose settings and inputs are
@@ -77,7 +77,8 @@ def _resolve_paths(raw: dict[str, Any], base: Path) -> dict[str, Any]:
     """Make the prompts file and local model folders relative to the config file's folder."""
     raw = json.loads(json.dumps(raw))  # a deep copy of plain data
     prompts = raw.get("prompts")
-    if isinstance(prompts, dict) and isinstance(prompts.get("file"), str) and not Path(prompts["file"]).is_absolute():
+    if isinstance(prompts, dict) and isinstance(prompts.get("file"),
+                                                str) and not Path(prompts["file"]).is_absolute():
         prompts["file"] = str((base / prompts["file"]).resolve())
     for spec in (raw.get("models") or {}).values() if isinstance(raw.get("models"), dict) else []:
         name = spec.get("name") if isinstance(spec, dict) else None
@@ -249,7 +250,8 @@ def run_experiment(settings: ExperimentSettings, out: str | Path) -> ExperimentR
 
 
 def _reset_if_changed(scored: Path, settings: ExperimentSettings) -> None:
-    """In a run the config is the truth: a changed reward or prior rescoring everything, rather than refusing."""
+    """In a run the config is the truth: a changed reward or prior rescoring everything, rather than
+    refusing."""
     old = recorded_settings(scored)
     if old is None:
         return
@@ -264,7 +266,8 @@ def _reset_if_changed(scored: Path, settings: ExperimentSettings) -> None:
 
 def _fingerprint(settings: ExperimentSettings, scored: Path) -> str:
     files = [(p.name, p.stat().st_size) for p in shard_files(scored)]
-    payload = json.dumps({"analysis": settings.analysis.model_dump(mode="json"), "files": files}, sort_keys=True)
+    payload = json.dumps({"analysis": settings.analysis.model_dump(mode="json"), "files": files},
+                         sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()
 
 

@@ -91,8 +91,8 @@ def sample_inverse_cdf(log_probs: torch.Tensor, uniforms: torch.Tensor) -> torch
     cdf = torch.cumsum(log_probs.double().exp(), dim=-1)
     total = cdf[:, -1:]
     if not bool(torch.isfinite(total).all()):
-        raise PQError("the model produced NaN or infinite logits while sampling (common with --dtype float16): "
-                      "use --dtype bfloat16 or float32")
+        raise PQError("the model produced NaN or infinite logits while sampling (common with --dtype "
+                      "float16): use --dtype bfloat16 or float32")
     target = uniforms.double().unsqueeze(-1) * total
     tokens = torch.searchsorted(cdf, target, right=True).squeeze(-1)
     return tokens.clamp_(max=log_probs.shape[-1] - 1)
@@ -136,7 +136,8 @@ def sample_batch(
         tokens = sample_inverse_cdf(step.log_probs, u)
         index = tokens.unsqueeze(-1)
         picked = torch.stack([tokens.double(), step.log_probs.gather(-1, index).squeeze(-1).double(),
-                              step.logp.gather(-1, index).squeeze(-1).double(), step.log_z.squeeze(-1).double()])
+                              step.logp.gather(-1, index).squeeze(-1).double(),
+                              step.log_z.squeeze(-1).double()])
         host = picked.cpu().numpy()  # one device-to-host copy per step
         tokens_out[active, t] = host[0].astype(np.int64)
         scores[:, active, t] = host[1:]
@@ -163,8 +164,9 @@ def sample_batch(
 
 # --------------------------------------------------------------------------------------------------- shards
 def adaptor_slug(adaptor: Adaptor | str) -> str:
-    """A file-name-safe, injective form of the canonical adaptor string: readable, plus a short hash (two specs
-    that read alike once '+', '-' and the like are dropped, e.g. 1e+300 and 1e-300, still get two names)."""
+    """A file-name-safe, injective form of the canonical adaptor string: readable, plus a short hash (two
+    specs that read alike once '+', '-' and the like are dropped, e.g. 1e+300 and 1e-300, still get two
+    names)."""
     text = str(adaptor)
     readable = re.sub(r"[^A-Za-z0-9_.]+", "-", text.replace("=", "").replace(",", "__"))
     return f"{readable}-{hashlib.sha256(text.encode()).hexdigest()[:6]}"
@@ -268,7 +270,8 @@ class GenerateResult:
 
     def describe(self) -> str:
         moved = f", {len(self.superseded)} superseded (moved to _superseded/)" if self.superseded else ""
-        rate = f", {self.tokens_generated / self.seconds:.0f} tokens/s" if self.written and self.seconds > 0 else ""
+        rate = (f", {self.tokens_generated / self.seconds:.0f} tokens/s" if self.written and self.seconds > 0
+                else "")
         return f"{self.written} of {self.shards} shards written, {self.reused} reused{moved}{rate}"
 
 
@@ -299,7 +302,8 @@ def generate_corpus(
     refused, naming the settings that differ.
     """
     for name, value, low in (("num_generations", num_generations, 1), ("max_new_tokens", max_new_tokens, 1),
-                             ("batch_size", batch_size, 1), ("seed", seed, 0), ("prompt_block", prompt_block, 1),
+                             ("batch_size", batch_size, 1), ("seed", seed, 0),
+                             ("prompt_block", prompt_block, 1),
                              ("sample_block", sample_block, 1)):
         if not isinstance(value, int) or value < low:
             raise PQError(f"{name}={value!r} is out of range: need an integer >= {low}")
@@ -311,15 +315,18 @@ def generate_corpus(
         for p in prompts:
             if len(p.token_ids) + max_new_tokens > model.max_length:
                 raise PQError(
-                    f"prompt {p.prompt_id} has {len(p.token_ids)} tokens; with max_new_tokens={max_new_tokens} "
-                    f"it exceeds the model's context of {model.max_length} tokens"
+                    f"prompt {p.prompt_id} has {len(p.token_ids)} tokens; with "
+                    f"max_new_tokens={max_new_tokens} it exceeds the model's context of {model.max_length} "
+                    "tokens"
                 )
     out_dir = Path(out_dir)
     resolved = dict(settings) | {
         "adaptors": [str(a) for a in adaptors], "num_generations": num_generations,
-        "max_new_tokens": max_new_tokens, "seed": seed, "batch_size": batch_size, "prompt_block": prompt_block,
+        "max_new_tokens": max_new_tokens, "seed": seed, "batch_size": batch_size,
+        "prompt_block": prompt_block,
         "sample_block": sample_block, "save_token_logprobs": save_token_logprobs,
-        "tokenizer_key": model.tokenizer_key, "eos_token_ids": list(model.end_ids()), "num_prompts": len(prompts),
+        "tokenizer_key": model.tokenizer_key, "eos_token_ids": list(model.end_ids()),
+        "num_prompts": len(prompts),
     }
     record = run_record("generate", resolved)
     check_resumable(out_dir, record, CORPUS_POLICY | (policy or {}))
@@ -338,7 +345,8 @@ def generate_corpus(
             sampled: list[SampledRow] = []
             for start in range(0, len(shard.rows), batch_size):
                 batch = shard.rows[start:start + batch_size]
-                keys = row_keys(seed, np.array([p.prompt_id for p, _ in batch]), np.array([s for _, s in batch]),
+                keys = row_keys(seed, np.array([p.prompt_id for p, _ in batch]),
+                                np.array([s for _, s in batch]),
                                 shard.adaptor)
                 with torch.inference_mode():
                     sampled += sample_batch(model, shard.adaptor, [p.token_ids for p, _ in batch], keys,
@@ -347,5 +355,6 @@ def generate_corpus(
             tokens += sum(len(r.token_ids) for r in sampled)
             write_shard(rows_to_table(model, shard.adaptor, shard.rows, sampled, save_token_logprobs),
                         out_dir / shard.name)
-    return GenerateResult(out_dir, len(shards), len(todo), len(shards) - len(todo), superseded, total_rows, tokens,
+    return GenerateResult(out_dir, len(shards), len(todo), len(shards) - len(todo), superseded, total_rows,
+                          tokens,
                           time.perf_counter() - began)

@@ -64,7 +64,8 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
 
 
 def remove_stale_temporaries(directory: str | Path) -> int:
-    """Delete the hidden temporary files a killed run left in `directory` (one writer per folder is assumed)."""
+    """Delete the hidden temporary files a killed run left in `directory` (one writer per folder is
+    assumed)."""
     removed = 0
     for tmp in Path(directory).glob(".*.tmp"):
         tmp.unlink(missing_ok=True)
@@ -135,7 +136,8 @@ def check_resumable(out_dir: Path, record: dict[str, Any], policy: dict[str, str
     try:
         old = json.loads(path.read_text(encoding="utf-8")).get("settings", {}) or {}
     except (OSError, ValueError, AttributeError):
-        raise PQError(f"{str(path)!r} is not a readable run record: delete it or use a new --out folder") from None
+        raise PQError(f"{str(path)!r} is not a readable run record: delete it or use a new --out "
+                      "folder") from None
     if not any(p.suffix in (".parquet", ".json") and not p.name.startswith((".", "_"))
                for p in Path(out_dir).iterdir()):
         return []
@@ -145,15 +147,16 @@ def check_resumable(out_dir: Path, record: dict[str, Any], policy: dict[str, str
     changes = fixed_changes(shared, new, policy or {})
     changes = [c for c in changes if c[0] in old]
     if changes:
-        raise PQError(f"--out {str(out_dir)!r} holds a run made with other settings ({describe_changes(changes)}); "
-                      "use a new --out folder, or the old settings to resume")
+        raise PQError(f"--out {str(out_dir)!r} holds a run made with other settings "
+                      f"({describe_changes(changes)}); use a new --out folder, or the old settings to resume")
     policy = policy or {}
     return [k for k in new if k in old and old[k] != new[k] and policy_of(k, policy) == "grow"]
 
 
 @contextmanager
 def progress_bar(enabled: bool, total: int, label: str) -> Iterator[Callable[[int], None]]:
-    """A rich progress bar with ETA (or nothing): `with progress_bar(on, total, label) as advance: advance(n)`."""
+    """A rich progress bar with ETA (or nothing):
+    `with progress_bar(on, total, label) as advance: advance(n)`."""
     if not enabled or total == 0:
         yield lambda n: None
         return
@@ -165,6 +168,7 @@ def progress_bar(enabled: bool, total: int, label: str) -> Iterator[Callable[[in
         TimeRemainingColumn,
     )
 
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()) as bar:
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TimeRemainingColumn()) as bar:
         task = bar.add_task(label, total=total)
         yield lambda n: bar.advance(task, n)

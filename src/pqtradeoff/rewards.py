@@ -62,7 +62,8 @@ class DPOReward:
         self.name = f"dpo(beta={self.beta!r})"
 
     def __call__(self, batch: pd.DataFrame) -> np.ndarray:
-        return self.beta * (batch["logp_aligned"].to_numpy(np.float64) - batch["logp_prior"].to_numpy(np.float64))
+        return self.beta * (batch["logp_aligned"].to_numpy(np.float64)
+                            - batch["logp_prior"].to_numpy(np.float64))
 
 
 class VaderReward:
@@ -77,11 +78,13 @@ class VaderReward:
         try:
             from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer  # lazy: optional
         except ImportError:
-            raise PQError("reward='vader' needs the vaderSentiment package: pip install vadersentiment") from None
+            raise PQError("reward='vader' needs the vaderSentiment package: "
+                          "pip install vadersentiment") from None
         self._analyzer = SentimentIntensityAnalyzer()
 
     def __call__(self, batch: pd.DataFrame) -> np.ndarray:
-        return np.array([self._analyzer.polarity_scores(t)["compound"] for t in batch["text"]], dtype=np.float64)
+        return np.array([self._analyzer.polarity_scores(t)["compound"] for t in batch["text"]],
+                        dtype=np.float64)
 
 
 #: What each parameter of a built-in reward means, for the message that asks for it.
@@ -154,8 +157,8 @@ class FunctionReward:
         if len(self._required) == 2:  # the earlier convention f(prompts, completions), other names
             return self.fn(kwargs["prompts"], kwargs["completions"])
         missing = [name for name in self._required if name not in kwargs]
-        raise PQError(f"reward {self.name!r} takes argument(s) {', '.join(missing)} that are not corpus columns: "
-                      "write it as f(prompts, completions, **kwargs)")
+        raise PQError(f"reward {self.name!r} takes argument(s) {', '.join(missing)} that are not corpus "
+                      "columns: write it as f(prompts, completions, **kwargs)")
 
 
 def _parameters(fn: Callable[..., Any]) -> tuple[bool, tuple[str, ...], tuple[str, ...]]:
@@ -190,7 +193,8 @@ def make_reward(kind: str | None, *, beta: float | None = None) -> Reward:
     """The reward named by `--reward`: a kind of `REWARD_REGISTRY` (dpo needs beta) or python:module:function.
     A reward model is `pqtradeoff.models.hf.HFRewardModel`, built by the score stage."""
     if kind is None:
-        raise PQError("give exactly one of --reward-model NAME_OR_PATH or --reward dpo|vader|python:module:function")
+        raise PQError("give exactly one of --reward-model NAME_OR_PATH or --reward "
+                      "dpo|vader|python:module:function")
     given = {name: value for name, value in {"beta": beta}.items() if value is not None}
     builtin = REWARD_REGISTRY.get(kind)
     takes = builtin.parameters if builtin is not None else ()

@@ -3,9 +3,9 @@
 The prior scores the stored token ids when it tokenizes like the aligned model (same `tokenizer_key`);
 otherwise it scores the decoded text re-tokenized by its own tokenizer (EOS appended for finished strings).
 Which one was used is recorded per row in `prior_tokenization`. Log-probabilities are accumulated in float64
-from float32 logits (float64 where the backend gives float64), batch by batch under a token budget, so the result does not depend on batch size and
-memory stays bounded even for a 150k vocabulary. Output shards keep every input column and are written
-atomically; a rerun skips the shards already scored.
+from float32 logits (float64 where the backend gives float64), batch by batch under a token budget, so the
+result does not depend on batch size and memory stays bounded even for a 150k vocabulary. Output shards keep
+every input column and are written atomically; a rerun skips the shards already scored.
 """
 
 from __future__ import annotations
@@ -74,7 +74,8 @@ def continuation_logprobs(
             dtype = torch.promote_types(logits.dtype, torch.float32)  # half -> float32; float64 stays exact
             picked = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1).to(dtype)
             step = max(1, width // 8)  # logsumexp in slices of positions: its temporaries stay small
-            lse = torch.cat([torch.logsumexp(logits[:, t:t + step].to(dtype), dim=-1) for t in range(0, width, step)], 1)
+            lse = torch.cat([torch.logsumexp(logits[:, t:t + step].to(dtype), dim=-1)
+                             for t in range(0, width, step)], 1)
             logp = (picked - lse).double().cpu().numpy()
         for r, i in enumerate(batch):
             out[i] = logp[r, : len(conts[r])].copy()
@@ -194,7 +195,8 @@ def score_corpus(
             counts = _nonfinite_counts(df)
             for key in ("reward_nonfinite", "logp_prior_neg_inf"):
                 if counts[key]:
-                    log.warning("%s: %d of %d rows have %s", path.name, counts[key], len(df), key.replace("_", " "))
+                    log.warning("%s: %d of %d rows have %s", path.name, counts[key], len(df),
+                                key.replace("_", " "))
             write_shard(pa.Table.from_pandas(df, preserve_index=False), out_dir / path.name)
             advance(len(df))
     _write_report(out_dir)
@@ -203,7 +205,8 @@ def score_corpus(
 
 
 def check_reward_needs(reward: Reward, prior_context: str) -> None:
-    """A reward that reads log pi_ref(y|x) (it declares `needs_prompt_context`) needs the prior given the prompt."""
+    """A reward that reads log pi_ref(y|x) (it declares `needs_prompt_context`) needs the prior given the
+    prompt."""
     if reward.needs_prompt_context and prior_context != "prompt":
         raise PQError(f"reward {reward.name!r} needs --prior-context prompt: it compares log pi(y|x) with "
                       "log pi_ref(y|x), both given the prompt")
@@ -213,8 +216,8 @@ def _num_rows(path: Path) -> int:
     try:
         return pq.read_metadata(path).num_rows
     except (OSError, pa.ArrowException) as err:
-        raise PQError(f"shard {str(path)!r} is not a readable Parquet file ({first_line(err)}): delete it and "
-                      "rerun the stage that wrote it") from None
+        raise PQError(f"shard {str(path)!r} is not a readable Parquet file ({first_line(err)}): delete it "
+                      "and rerun the stage that wrote it") from None
 
 
 @dataclass
@@ -237,8 +240,8 @@ class ScoreResult:
 
     def describe(self) -> str:
         moved = f", {len(self.superseded)} superseded (moved to _superseded/)" if self.superseded else ""
-        rate = f", prior {self.prior_tokens / self.seconds:.0f} tokens/s" if self.prior_tokens and self.seconds > 0 \
-            else ""
+        rate = (f", prior {self.prior_tokens / self.seconds:.0f} tokens/s"
+                if self.prior_tokens and self.seconds > 0 else "")
         return f"{self.written} of {self.shards} shards scored, {self.reused} reused{moved}{rate}"
 
 
@@ -252,15 +255,17 @@ def _write_report(out_dir: Path) -> None:
     so a resumed run reports the shards an interrupted run wrote too."""
     shards = {f.name: _nonfinite_counts(pq.read_table(f, columns=SCORE_COLUMNS.names).to_pandas())
               for f in shard_files(out_dir)}
-    totals = {key: sum(c[key] for c in shards.values()) for key in ("rows", "reward_nonfinite", "logp_prior_neg_inf")}
+    totals = {key: sum(c[key] for c in shards.values())
+              for key in ("rows", "reward_nonfinite", "logp_prior_neg_inf")}
     write_json(out_dir / "_score_report.json", {"totals": totals, "shards": shards})
 
 
-def _check_context(prior: LanguageModel, prompts: list[list[int]], conts: list[list[int]], shard: str) -> None:
+def _check_context(prior: LanguageModel, prompts: list[list[int]], conts: list[list[int]],
+                   shard: str) -> None:
     """A prior cannot score past its context: refuse rather than crash or extrapolate positions silently."""
     if prior.max_length is None:
         return
     for i, (p, c) in enumerate(zip(prompts, conts, strict=True)):
         if len(p) + len(c) > prior.max_length:
-            raise PQError(f"shard {shard!r} row {i}: prompt + continuation is {len(p) + len(c)} tokens, longer "
-                          f"than the prior's context of {prior.max_length}")
+            raise PQError(f"shard {shard!r} row {i}: prompt + continuation is {len(p) + len(c)} tokens, "
+                          f"longer than the prior's context of {prior.max_length}")

@@ -12,7 +12,8 @@ Every field has a resume policy, declared beside it (`json_schema_extra={"resume
 - "free": it cannot change any output (batch size, progress bar), so it never blocks a resume.
 
 Like TRL's config dataclasses: every option is a field with its default and help in one place, and
-combinations are checked in one validator per model. This module is light (pydantic only) so the CLI starts fast.
+combinations are checked in one validator per model. This module is light (pydantic only) so the CLI starts
+fast.
 """
 
 from __future__ import annotations
@@ -71,14 +72,16 @@ class PromptSettings(Section):
     field: str = Field("prompt", description="Column/field holding the prompt text.")
     template: str | None = Field(None, description="Prompt format with a {prompt} slot, e.g. "
                                                    "'Human: {prompt} Assistant:'.")
-    chat_template: bool = Field(False, description="Format prompts with the tokenizer's chat template (one user "
+    chat_template: bool = Field(False,
+                                description="Format prompts with the tokenizer's chat template (one user "
                                                    "turn, generation prompt added).")
     num_prompts: int | None = Field(None, ge=1, le=100_000_000, json_schema_extra=GROW,
                                     description="Draw this many prompts (needs prompt_seed); default all.")
     prompt_seed: int | None = Field(None, ge=0, le=2**63 - 1, json_schema_extra=GROW,
                                     description="Seed of the prompt draw.")
-    max_chars: int | None = Field(None, ge=1, json_schema_extra=GROW,
-                                  description="Keep prompts of at most this many characters (before drawing).")
+    max_chars: int | None = Field(
+        None, ge=1, json_schema_extra=GROW,
+        description="Keep prompts of at most this many characters (before drawing).")
 
     @model_validator(mode="after")
     def _check(self) -> PromptSettings:
@@ -97,8 +100,8 @@ class SamplingSettings(Section):
     """What is sampled: the adaptor grid, how many strings, how long, with which seed."""
 
     adaptors: list[str] = Field(default_factory=list, json_schema_extra=GROW,
-                                description="Adaptor specs with GenerationConfig names, e.g. ancestral, top_k=50, "
-                                            "temperature=0.75,top_p=0.95.")
+                                description="Adaptor specs with GenerationConfig names, e.g. ancestral, "
+                                            "top_k=50, temperature=0.75,top_p=0.95.")
     families: list[str] = Field(default_factory=list, json_schema_extra=GROW,
                                 description="Adaptors without a temperature, crossed with every temperature.")
     temperatures: list[float] = Field(default_factory=list, json_schema_extra=GROW,
@@ -108,8 +111,10 @@ class SamplingSettings(Section):
     max_new_tokens: int = Field(ge=1, le=1_000_000, description="Longest continuation, in tokens.")
     seed: int = Field(ge=0, le=2**63 - 1, description="Sampling seed; each row's stream is keyed by "
                                                       "(seed, prompt, sample, adaptor).")
-    save_token_logprobs: bool = Field(False, description="Also store per-token logq, logp_aligned, log Z arrays.")
-    prompt_block: int = Field(1024, ge=1, le=2**31, description="Prompt ids per shard (a shard = one adaptor, "
+    save_token_logprobs: bool = Field(False,
+                                      description="Also store per-token logq, logp_aligned, log Z arrays.")
+    prompt_block: int = Field(1024, ge=1, le=2**31,
+                              description="Prompt ids per shard (a shard = one adaptor, "
                                                                 "one sample id, one block of prompt ids).")
 
     @model_validator(mode="after")
@@ -150,13 +155,15 @@ class ComputeSettings(Section):
 class RewardSettings(Section):
     """The reward r(x, y) added by `score`."""
 
-    kind: str = Field(description="model (a sequence-classification reward model) | dpo (implicit DPO reward, "
-                                  "needs beta) | vader | python:MODULE:FUNCTION (imports and runs that code).")
+    kind: str = Field(description="model (a sequence-classification reward model) | dpo (implicit DPO "
+                                  "reward, needs beta) | vader | python:MODULE:FUNCTION (imports and runs "
+                                  "that code).")
     beta: float | None = Field(None, gt=0, allow_inf_nan=False,
                                description="KL strength of the implicit DPO reward.")
     label: int | None = Field(None, ge=0, description="Output index of a reward model with several labels.")
     prior_context: PriorContext = Field("prompt", description="prompt: condition the prior on the prompt; "
-                                                              "none: score the continuation alone (after BOS).")
+                                                              "none: score the continuation alone (after "
+                                                              "BOS).")
 
     @model_validator(mode="after")
     def _check(self) -> RewardSettings:
@@ -195,8 +202,9 @@ class AnalysisSettings(Section):
                                                                 "ESS is below this.")
     plots: bool = Field(True, description="Draw the figures.")
     beta: float | None = Field(None, gt=0.0, allow_inf_nan=False,
-                               description="Nominal KL strength the aligned model was trained with: drawn on the "
-                                           "alignment panel and compared with the fitted beta (unset: not drawn).")
+                               description="Nominal KL strength the aligned model was trained with: drawn on "
+                                           "the alignment panel and compared with the fitted beta (unset: "
+                                           "not drawn).")
 
 
 # ------------------------------------------------------------------------------------------------ stages
@@ -310,7 +318,8 @@ def flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def fixed_changes(old: dict[str, Any], new: dict[str, Any], policy: dict[str, str]) -> list[tuple[str, Any, Any]]:
+def fixed_changes(old: dict[str, Any], new: dict[str, Any],
+                  policy: dict[str, str]) -> list[tuple[str, Any, Any]]:
     """The (key, old, new) of every "fixed" setting that differs between two flattened settings dicts.
 
     A key under a section that is absent on one side (e.g. no prior) counts as changed when the other side

@@ -48,7 +48,8 @@ class ModelCache:
 
         key = ("reward", spec.model_dump_json(), template, chat_template, label, batch_size)
         if key not in self.loaded:
-            self.loaded[key] = HFRewardModel(spec.name, device=spec.device, dtype=spec.dtype, batch_size=batch_size,
+            self.loaded[key] = HFRewardModel(spec.name, device=spec.device, dtype=spec.dtype,
+                                             batch_size=batch_size,
                                              template=template, chat_template=chat_template, label=label,
                                              gguf_file=spec.gguf_file)
         return self.loaded[key]
@@ -95,7 +96,8 @@ def run_generate(settings: GenerateSettings, out: Path, models: ModelCache | Non
         longest = max(len(r.token_ids) for r in records) + settings.sampling.max_new_tokens
         batch = max(1, min(batch, settings.compute.max_batch_tokens // longest))
     s = settings.sampling
-    return generate_corpus(lm, records, s.grid(), num_generations=s.num_generations, max_new_tokens=s.max_new_tokens,
+    return generate_corpus(lm, records, s.grid(), num_generations=s.num_generations,
+                           max_new_tokens=s.max_new_tokens,
                            seed=s.seed, batch_size=batch, out_dir=out, settings=recorded,
                            save_token_logprobs=s.save_token_logprobs, progress=settings.compute.progress,
                            prompt_block=s.prompt_block, policy=GENERATE_POLICY)
@@ -123,7 +125,8 @@ def run_score(settings: ScoreSettings, corpus: Path, out: Path, models: ModelCac
     template = prompts.get("template", made.get("template"))
     chat = bool(prompts.get("chat_template", made.get("chat_template", False)))
     recorded = score_record_settings(settings, corpus)
-    check_resumable(out, {"settings": recorded}, SCORE_POLICY)  # before loading the prior and the reward model
+    # before loading the prior and the reward model
+    check_resumable(out, {"settings": recorded}, SCORE_POLICY)
     _quiet_transformers(settings.compute.progress)
     models = models or ModelCache()
     batch = settings.compute.batch_size or SCORE_BATCH
@@ -166,7 +169,8 @@ def with_chat_fallback(build, chat: bool, what: str):
 
 # ------------------------------------------------------------------------------------------------ output
 def check_out(out: Path | str) -> Path:
-    """An output location must be a folder (or not exist yet) under a writable parent: checked before any work."""
+    """An output location must be a folder (or not exist yet) under a writable parent: checked before any
+    work."""
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise PQError(f"--out {str(out)!r} is a file, not a folder")

@@ -5,8 +5,9 @@ vector over the chain's states, and so over the distinct pool strings with the c
 corpus mean is the dot product of those counts with the per-string values, divided by M. We draw the counts
 and never build the M rows (2000 corpora x 200000 strings would be 400 million rows per config).
 
-scipy is imported inside the functions that need it (importing scipy.stats takes about a second); the numpy-only
-statistics at the end equal scipy's (bit for bit but for entropy's last bit) and serve the toy, which must start fast.
+scipy is imported inside the functions that need it (importing scipy.stats takes about a second); the
+numpy-only statistics at the end equal scipy's (bit for bit but for entropy's last bit) and serve the toy,
+which must start fast.
 """
 
 from __future__ import annotations
@@ -100,7 +101,8 @@ def correlations(x: np.ndarray, y: np.ndarray, confidence: float = 0.95) -> Corr
     x = np.asarray(x, dtype=np.float64)
     y = np.asarray(y, dtype=np.float64)
     n = int(x.size)
-    result = Correlation(n=n, confidence=confidence, ci_method="Fisher z (Spearman: Fieller se sqrt(1.06/(n-3)))")
+    result = Correlation(n=n, confidence=confidence,
+                         ci_method="Fisher z (Spearman: Fieller se sqrt(1.06/(n-3)))")
     if n < 4:
         result.note = f"undefined: {n} point(s), need at least 4 for a correlation with an interval"
         return result

@@ -78,7 +78,8 @@ def word_tokenizer(style: str = "llama", vocab_size: int | None = None, extra: i
 
 def build_causal(path: Path, arch: str = "llama", *, tokenizer=None, seed: int = 0, layers: int = 2,
                  hidden: int = 32, heads: int = 4, max_positions: int = 64, init: float = 0.2) -> Path:
-    """Save a randomly initialized GPT-2 or Llama causal LM with `tokenizer` (default: word-level) to `path`."""
+    """Save a randomly initialized GPT-2 or Llama causal LM with `tokenizer` (default: word-level) to
+    `path`."""
     import torch  # lazy: torch
     from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM  # lazy: transformers
 

@@ -15,7 +15,8 @@ from pqtradeoff.errors import PQError
 
 app = typer.Typer(
     name="pqtradeoff",
-    help="The probability-quality trade-off in aligned language models and its relation to sampling adaptors.",
+    help="The probability-quality trade-off in aligned language models and its relation to sampling "
+         "adaptors.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
@@ -56,7 +57,8 @@ def _console_logging() -> None:
 
 
 def main() -> None:
-    """Console-script entry point: bad input becomes `error: <one line>` and exit code 2, never a traceback."""
+    """Console-script entry point: bad input becomes `error: <one line>` and exit code 2, never a
+    traceback."""
     _console_logging()
     try:
         app()
@@ -66,6 +68,6 @@ def main() -> None:
     except RuntimeError as err:
         if type(err).__name__ != "OutOfMemoryError":  # torch.cuda.OutOfMemoryError, without importing torch
             raise
-        typer.echo("error: the accelerator ran out of memory: lower --batch-size or --max-batch-tokens, or use "
-                   "--dtype bfloat16", err=True)
+        typer.echo("error: the accelerator ran out of memory: lower --batch-size or --max-batch-tokens, or "
+                   "use --dtype bfloat16", err=True)
         sys.exit(2)

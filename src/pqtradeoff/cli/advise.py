@@ -12,9 +12,11 @@ from pqtradeoff.io import to_json
 
 @app.command()
 def advise(
-    analysis_dir: Path = typer.Argument(..., help="output folder of `pqtradeoff analyze` (holds summary.json)"),
+    analysis_dir: Path = typer.Argument(...,
+                                        help="output folder of `pqtradeoff analyze` (holds summary.json)"),
     min_reward: float = typer.Option(None, "--min-reward", help="target: mean reward at least this"),
-    max_prior_loss: float = typer.Option(None, "--max-prior-loss", help="target: mean log prior at most this many "
+    max_prior_loss: float = typer.Option(None, "--max-prior-loss",
+                                         help="target: mean log prior at most this many "
                                          "nats below the reference configuration's"),
     reference: str = typer.Option("temperature=1.0", help="reference configuration for --max-prior-loss"),
     confidence: float = typer.Option(0.95, help="confidence level of the intervals"),

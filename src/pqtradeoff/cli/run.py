@@ -13,9 +13,11 @@ from pqtradeoff.errors import PQError
 @app.command()
 def run(
     config: Path = typer.Argument(..., help="Experiment file (TOML); `pqtradeoff init` writes one."),
-    out: Path = typer.Option(None, "--out", help="Output folder: corpus/, scored/, analysis/ (rerun to resume "
+    out: Path = typer.Option(None, "--out",
+                             help="Output folder: corpus/, scored/, analysis/ (rerun to resume "
                                                  "or to grow the grid)."),
-    print_config: bool = typer.Option(False, "--print-config", help="Print the config with every default filled "
+    print_config: bool = typer.Option(False, "--print-config",
+                                      help="Print the config with every default filled "
                                                                     "in, and stop."),
 ) -> None:
     """Run an experiment: generate -> score -> analyze, each stage reused when its inputs are unchanged."""
@@ -57,14 +59,16 @@ def _print_results(summary: dict) -> None:
     console.print(f"string level: spearman {r(s['spearman'])}, pearson {r(s['pearson'])}   "
                   f"corpus level: spearman {r(k['spearman'])}, pearson {r(k['pearson'])}")
     if summary["skipped"]:
-        console.print(f"{len(summary['skipped'])} configuration(s) skipped (reasons in summary.json and the report)")
+        console.print(f"{len(summary['skipped'])} configuration(s) skipped (reasons in summary.json and the "
+                      "report)")
 
 
 def _print_stage_table(result) -> None:
     """Stage, status, seconds and share of the run."""
     total = sum(s.seconds for s in result.stages) or 1.0
     for s in result.stages:
-        typer.echo(f"  {s.stage:<9} {s.status:<14} {s.seconds:7.1f} s  {100 * s.seconds / total:5.1f} %  {s.detail}")
+        typer.echo(f"  {s.stage:<9} {s.status:<14} {s.seconds:7.1f} s  {100 * s.seconds / total:5.1f} %  "
+                   f"{s.detail}")
 
 
 @app.command()

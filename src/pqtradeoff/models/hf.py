@@ -80,7 +80,8 @@ def load_tokenizer(name_or_path: str, trust_remote_code: bool = False, gguf_file
 
 def check_tokenizer(tokenizer: Any, embeddings: int, name: str) -> None:
     """Refuse a tokenizer that cannot be the model's: one that encodes text to nothing or to a single id (a
-    folder without tokenizer files loads an empty tokenizer in transformers 5) or has ids past the embedding."""
+    folder without tokenizer files loads an empty tokenizer in transformers 5) or has ids past the
+    embedding."""
     size = len(tokenizer)
     probe = list(tokenizer("Hello world, how are you?", add_special_tokens=False)["input_ids"])
     if size < 2 or len(set(probe)) < 2:
@@ -117,7 +118,8 @@ def _from_pretrained(auto_class: Any, path: str, what: str, name: str, dtype: to
                      trust_remote_code: bool, gguf: str | None) -> tuple[Any, dict[str, Any]]:
     extra: dict[str, Any] = {"gguf_file": gguf} if gguf else {"output_loading_info": True}
     try:
-        loaded = auto_class.from_pretrained(path, trust_remote_code=trust_remote_code, **dtype_kwarg(dtype), **extra)
+        loaded = auto_class.from_pretrained(path, trust_remote_code=trust_remote_code, **dtype_kwarg(dtype),
+                                            **extra)
     except ImportError as err:
         raise PQError(f"cannot load {what} {name!r}: {first_line(err)}") from None
     except (OSError, ValueError, KeyError, TypeError) as err:
@@ -258,11 +260,13 @@ class HFModel(LanguageModel):
                                                       "the causal language model", trust_remote_code)
         check_lm_head(model, info, self.name)
         if chat_template and not getattr(self.tokenizer, "chat_template", None):
-            raise PQError(f"--chat-template: the tokenizer of {self.name!r} has no chat template; use --template")
+            raise PQError(f"--chat-template: the tokenizer of {self.name!r} has no chat template; use "
+                          "--template")
         self.model = model.to(self.device).eval()
         self._params = _forward_parameters(self.model)
         self._cache_arg = "cache" if "cache" in self._params else "past_key_values"
-        self._keep_arg = next((n for n in ("logits_to_keep", "num_logits_to_keep") if n in self._params), None)
+        self._keep_arg = next((n for n in ("logits_to_keep", "num_logits_to_keep") if n in self._params),
+                              None)
 
         tok = self.tokenizer
         eos_ids = end_of_string_ids(tok, self.model)
@@ -273,7 +277,8 @@ class HFModel(LanguageModel):
         head = self.model.get_output_embeddings()
         self.vocab_size = int(head.weight.shape[0]) if head is not None else int(self.model.config.vocab_size)
         pad = tok.pad_token_id
-        # Padding is masked, but still goes through the embedding: an id the embedding lacks (a `<pad>` added to
+        # Padding is masked, but still goes through the embedding: an id the embedding lacks (a `<pad>` added
+        # to
         # the tokenizer without resizing the model) would crash, so pad with EOS then.
         self.pad_token_id = int(pad) if pad is not None and 0 <= pad < self.vocab_size else self.eos_token_id
         check_tokenizer(tok, int(self.model.get_input_embeddings().weight.shape[0]), self.name)
@@ -375,7 +380,8 @@ class HFModel(LanguageModel):
         if width == 0:
             return torch.zeros((len(prompts), 0, self.vocab_size), dtype=torch.float32, device=self.device)
         p_ids, p_mask = left_pad(prompts, self.pad_token_id, self.device)
-        c_ids, c_mask = right_pad([c[: width - 1] for c in continuations], self.pad_token_id, self.device, width - 1)
+        c_ids, c_mask = right_pad([c[: width - 1] for c in continuations], self.pad_token_id, self.device,
+                                  width - 1)
         ids, mask = torch.cat([p_ids, c_ids], dim=1), torch.cat([p_mask, c_mask], dim=1)
         return self._forward(ids, mask, position_ids(mask), width)
 
@@ -417,12 +423,13 @@ class HFRewardModel:
         self.path, self.batch_size = str(name_or_path), batch_size
         self.template, self.chat_template = template, chat_template
         self.device, self.dtype = resolve_device(device), resolve_dtype(dtype)
-        model, self.tokenizer, info = load_pretrained(AutoModelForSequenceClassification, self.path, gguf_file,
+        model, self.tokenizer, info = load_pretrained(AutoModelForSequenceClassification, self.path,
+                                                      gguf_file,
                                                       self.dtype, "the reward model", trust_remote_code)
         missing = [k for k in info.get("missing_keys", []) if k.split(".")[0] in ("score", "classifier")]
         if missing:
-            raise PQError(f"the reward model {self.path!r} has no trained reward head ({missing[0]} was not in "
-                          "the checkpoint): give a sequence-classification reward model")
+            raise PQError(f"the reward model {self.path!r} has no trained reward head ({missing[0]} was not "
+                          "in the checkpoint): give a sequence-classification reward model")
         if chat_template and not getattr(self.tokenizer, "chat_template", None):
             raise PQError(f"the tokenizer of reward model {self.path!r} has no chat template")
         self.model = model.to(self.device).eval()
@@ -431,7 +438,8 @@ class HFRewardModel:
             raise PQError(f"reward model {self.path!r} has {num_labels} labels: say which one is the reward")
         self.label = 0 if label is None else int(label)
         if not 0 <= self.label < num_labels:
-            raise PQError(f"label={label!r} is out of range: reward model {self.path!r} has {num_labels} labels")
+            raise PQError(f"label={label!r} is out of range: reward model {self.path!r} has {num_labels} "
+                          "labels")
         tok = self.tokenizer
         embeddings = self.model.get_input_embeddings().weight.shape[0]
         pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
@@ -460,7 +468,8 @@ class HFRewardModel:
         return out
 
     def encode(self, texts: list[str]) -> list[list[int]]:
-        """Token ids per text (special tokens as the tokenizer adds them), cut from the left to the context."""
+        """Token ids per text (special tokens as the tokenizer adds them), cut from the left to the
+        context."""
         special = not self.chat_template  # a rendered chat template already holds its special tokens
         rows = [list(self.tokenizer(t, add_special_tokens=special)["input_ids"]) for t in texts]
         if any(len(r) == 0 for r in rows):

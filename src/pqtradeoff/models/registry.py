@@ -1,4 +1,5 @@
-"""Model backends found by name, resolved in one place (the settings' `backend` field, `--backend` on the CLI).
+"""Model backends found by name, resolved in one place (the settings' `backend` field, `--backend` on the
+CLI).
 
 A backend is a function `(spec, template, chat_template) -> LanguageModel`. Only `hf` (transformers) serves
 real models today; the exact finite-state models are built in memory by the demo, not named in a config.
@@ -26,7 +27,8 @@ def require_model_packages() -> None:
 def _hf(spec: Any, template: str | None, chat_template: bool) -> Any:
     from pqtradeoff.models.hf import HFModel  # lazy: torch
 
-    return HFModel(spec.name, device=spec.device, dtype=spec.dtype, template=template, chat_template=chat_template,
+    return HFModel(spec.name, device=spec.device, dtype=spec.dtype, template=template,
+                   chat_template=chat_template,
                    gguf_file=spec.gguf_file)
 
 
