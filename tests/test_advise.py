@@ -73,8 +73,8 @@ def test_max_prior_loss_relative_to_the_reference():
     advice = advise(summary(), max_prior_loss=2.0)  # reference temperature=1.0 at -5: threshold -7
     c = advice.choice
     assert advice.target["min_mean_log_prior"] == pytest.approx(-7.0)
-    assert c.adaptors == ["temperature=1.25",
-                          "temperature=1.0"] and c.weights == pytest.approx([2 / 3, 1 / 3])
+    assert c.adaptors == ["temperature=1.25", "temperature=1.0"]
+    assert c.weights == pytest.approx([2 / 3, 1 / 3])
     assert c.mean_log_prior.mean == pytest.approx(-7.0) and c.mean_reward.mean == pytest.approx(10 / 3)
     assert advice.best_single.adaptors == ["temperature=1.0,top_p=0.9"]  # G: above -7 with more reward than C
     assert advise(summary(), max_prior_loss=0.0).choice.adaptors == ["temperature=1.0"]

@@ -86,8 +86,7 @@ def test_end_to_end_outputs_and_counts(tmp_path):
     first = summary.configs[0]
     for value in (first.reward.mean, first.reward.se, first.log_prior.mean, first.log_prior.se,
                   first.acceptance_rate, first.chain_ess, first.importance_ess, first.n_strings,
-                  first.n_dropped,
-                  first.reward.lag1, first.reward.tau):
+                  first.n_dropped, first.reward.lag1, first.reward.tau):
         assert value is not None
     assert first.n_rows - first.n_dropped == first.n_strings
     assert first.dropped_why["non-finite reward"] == 3 and first.dropped_why["non-finite logp_prior"] == 1
@@ -102,8 +101,7 @@ def test_end_to_end_outputs_and_counts(tmp_path):
     assert len(corpora) == 6 * SMALL["corpora"]
     assert set(corpora.columns) >= {"adaptor", "corpus_id", "mean_reward", "mean_log_prior"}
     for name in ("summary.json", "report.html", "string_level.png", "corpus_level.png", "frontier.png",
-                 "_run.json",
-                 "alignment.png", "hull.png"):
+                 "_run.json", "alignment.png", "hull.png"):
         assert (tmp_path / "out" / name).stat().st_size > 0, name
     html = (tmp_path / "out" / "report.html").read_text()
     assert "data:image/png;base64," in html and "Pareto frontier" in html

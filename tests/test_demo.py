@@ -38,8 +38,7 @@ def test_outputs_and_exact_fields(small_demo):
     assert len(summary.configs) + len(summary.skipped) == 12
     for c in summary.configs:
         for key in ("exact_mean_log_prior", "exact_mean_reward", "exact_entropy",
-                    "exact_local_mean_log_prior",
-                    "exact_local_mean_reward", "exact_local_entropy"):
+                    "exact_local_mean_log_prior", "exact_local_mean_reward", "exact_local_entropy"):
             assert np.isfinite(c.exact[key]), (c.adaptor, key)
 
 

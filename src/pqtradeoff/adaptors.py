@@ -39,9 +39,9 @@ CHUNK_ELEMENTS = 1 << 22
 # ------------------------------------------------------------------------------------- parameter checks
 # Each returns the value to store, or raises PQError naming the parameter and the value (as transformers'
 # warpers check their own argument).
-def _finite_positive(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value,
-                                                 (int, float)) or not math.isfinite(value) or value <= 0:
+def _positive_real(name: str, value: Any) -> float:
+    if (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
+            or value <= 0):
         raise PQError(f"{name}={value!r} is out of range: need a finite {name} > 0")
     return float(value)
 
@@ -91,7 +91,7 @@ class Parameter:
         return getattr(logits_process, self.warper)(**{self.keyword: value})
 
 
-def _parameter(default: float | int | None, kind: type, check: Callable[[str, Any], float | int], *,
+def _parameter(default: float | int | None, kind: type, check: Callable[[str, Any], float | int],
                off: float | int, warper: str, keyword: str) -> Any:
     """An `Adaptor` field that declares a parameter once: its default, and the rest as field metadata."""
     return field(default=default, metadata={"kind": kind, "check": check, "off": off, "warper": warper,
@@ -106,20 +106,14 @@ class Adaptor:
     the one declaration of its parameter (check, off value, warper), from which `PARAMETERS` derives.
     """
 
-    temperature: float = _parameter(1.0, float, _finite_positive, off=1.0, warper="TemperatureLogitsWarper",
-                                    keyword="temperature")
-    top_k: int | None = _parameter(None, int, _positive_integer, off=0, warper="TopKLogitsWarper",
-                                   keyword="top_k")
-    top_p: float | None = _parameter(None, float, _open_unit, off=1.0, warper="TopPLogitsWarper",
-                                     keyword="top_p")
-    min_p: float | None = _parameter(None, float, _half_open_unit, off=0.0, warper="MinPLogitsWarper",
-                                     keyword="min_p")
-    typical_p: float | None = _parameter(None, float, _open_unit, off=1.0, warper="TypicalLogitsWarper",
-                                         keyword="mass")
-    epsilon_cutoff: float | None = _parameter(None, float, _open_unit, off=0.0, warper="EpsilonLogitsWarper",
-                                              keyword="epsilon")
-    eta_cutoff: float | None = _parameter(None, float, _open_unit, off=0.0, warper="EtaLogitsWarper",
-                                          keyword="epsilon")
+    # name: type = _parameter(default, spec type, check, off value, transformers warper, its keyword)
+    temperature: float = _parameter(1.0, float, _positive_real, 1.0, "TemperatureLogitsWarper", "temperature")
+    top_k: int | None = _parameter(None, int, _positive_integer, 0, "TopKLogitsWarper", "top_k")
+    top_p: float | None = _parameter(None, float, _open_unit, 1.0, "TopPLogitsWarper", "top_p")
+    min_p: float | None = _parameter(None, float, _half_open_unit, 0.0, "MinPLogitsWarper", "min_p")
+    typical_p: float | None = _parameter(None, float, _open_unit, 1.0, "TypicalLogitsWarper", "mass")
+    epsilon_cutoff: float | None = _parameter(None, float, _open_unit, 0.0, "EpsilonLogitsWarper", "epsilon")
+    eta_cutoff: float | None = _parameter(None, float, _open_unit, 0.0, "EtaLogitsWarper", "epsilon")
 
     def __post_init__(self) -> None:
         for p in PARAMETERS:

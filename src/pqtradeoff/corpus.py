@@ -14,7 +14,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pqtradeoff.errors import PQError, first_line
-from pqtradeoff.io import RUN_RECORD, atomic_write
+from pqtradeoff.io import (
+    RUN_RECORD,
+    atomic_write,
+    check_resumable,
+    remove_stale_temporaries,
+    run_record,
+    write_json,
+)
 
 #: Columns written by `generate` (the corpus before scoring).
 GENERATED_SCHEMA = pa.schema([
@@ -75,6 +82,21 @@ def supersede(out_dir: Path, keep: set[str]) -> list[str]:
             path.replace(target)
             moved.append(path.name)
     return moved
+
+
+def begin_run(
+    out_dir: Path, command: str, settings: dict, policy: dict[str, str], keep: set[str]
+) -> list[str]:
+    """Make `out_dir` ready for `command` run with `settings`: refuse a resume whose recorded settings differ
+    where `policy` forbids it, delete half-written temporaries, move aside the shards not in `keep` (the
+    ones this run plans), and record the run. Returns the names of the shards moved aside."""
+    record = run_record(command, settings)
+    check_resumable(out_dir, record, policy)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(out_dir)
+    superseded = supersede(out_dir, keep)
+    write_json(out_dir / RUN_RECORD, record)
+    return superseded
 
 
 def read_shard(path: Path) -> pa.Table:

@@ -206,6 +206,7 @@ def _run(out_dir: Path, settings: DemoSettings, progress: bool) -> tuple[Summary
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     models = build_models(settings)
+    beta = models.alignment.beta
     grid = parse_grid(settings.families, settings.temperatures)
     kept, exact_by_config, skipped = [], {}, {}
     for a in grid:
@@ -237,7 +238,7 @@ def _run(out_dir: Path, settings: DemoSettings, progress: bool) -> tuple[Summary
     timings["score_s"] = time.perf_counter() - t
 
     table = pd.read_parquet(scored)
-    residual = (table["logp_prior"] + table["reward"] / models.beta - table["logp_aligned"]
+    residual = (table["logp_prior"] + table["reward"] / beta - table["logp_aligned"]
                 - models.alignment.log_z)
     finished = table["finished"].to_numpy(bool)
     if not finished.any():
@@ -247,16 +248,16 @@ def _run(out_dir: Path, settings: DemoSettings, progress: bool) -> tuple[Summary
     t = time.perf_counter()
     notes = [
         f"Exact finite-state models: prior {models.prior.name}, reward {models.reward.name}, "
-        f"beta={models.beta:g}, log Z = {models.alignment.log_z:.6f}. The identity log p(y) + r(y)/beta = "
+        f"beta={beta:g}, log Z = {models.alignment.log_z:.6f}. The identity log p(y) + r(y)/beta = "
         f"log p+(y) + log Z holds on every finished sampled string up to {identity_error:.2e} (float64 "
         "throughout). Exact values are conditioned on finishing within "
         f"max_new_tokens={settings.max_new_tokens}, as the analysis keeps finished strings only.",
     ]
     # The exact lines are those of the global temperature family: drawn only when that is the target.
-    lines = tradeoff_lines(models.alignment, kept, models.beta) if settings.target == "global" else []
+    lines = tradeoff_lines(models.alignment, kept, beta) if settings.target == "global" else []
     analysis = analysis_settings(target=settings.target, imh_steps=settings.imh_steps,
                                  corpora=settings.corpora,
-                                 corpus_size=settings.corpus_size, seed=settings.seed, beta=models.beta)
+                                 corpus_size=settings.corpus_size, seed=settings.seed, beta=beta)
     inputs = ExtraInputs(exact=exact_by_config, exact_lines=lines, notes=notes, skipped=skipped,
                          source={"demo": record, "scored_dir": str(scored)},
                          extra={"identity_max_abs_error": identity_error, "log_z": models.alignment.log_z})

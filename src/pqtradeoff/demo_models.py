@@ -29,10 +29,6 @@ class DemoModels:
     def aligned(self) -> FiniteStateLM:
         return self.alignment.aligned
 
-    @property
-    def beta(self) -> float:
-        return self.alignment.beta
-
 
 def with_rare_word(model: FiniteStateLM, word: int, prob: float) -> FiniteStateLM:
     """The same automaton with p(word | s) = prob in every state that can emit words; the other words of
@@ -52,13 +48,8 @@ def with_rare_word(model: FiniteStateLM, word: int, prob: float) -> FiniteStateL
 
 
 def demo_models(
-    seed: int = 0,
-    *,
-    beta: float = 1.0,
-    order: int = 2,
-    rare_prob: float = 0.0025,
-    rare_value: float = 3.3,
-    word_value: float = -0.2,
+    seed: int = 0, *, beta: float = 1.0, order: int = 2,
+    rare_prob: float = 0.0025, rare_value: float = 3.3, word_value: float = -0.2,
 ) -> DemoModels:
     """The default demo: a random bigram prior over `DEMO_WORDS` and a word-valence lexicon.
 

@@ -77,8 +77,8 @@ def _resolve_paths(raw: dict[str, Any], base: Path) -> dict[str, Any]:
     """Make the prompts file and local model folders relative to the config file's folder."""
     raw = json.loads(json.dumps(raw))  # a deep copy of plain data
     prompts = raw.get("prompts")
-    if isinstance(prompts, dict) and isinstance(prompts.get("file"),
-                                                str) and not Path(prompts["file"]).is_absolute():
+    if (isinstance(prompts, dict) and isinstance(prompts.get("file"), str)
+            and not Path(prompts["file"]).is_absolute()):
         prompts["file"] = str((base / prompts["file"]).resolve())
     for spec in (raw.get("models") or {}).values() if isinstance(raw.get("models"), dict) else []:
         name = spec.get("name") if isinstance(spec, dict) else None

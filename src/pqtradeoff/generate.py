@@ -27,9 +27,9 @@ import pyarrow as pa
 import torch
 
 from pqtradeoff.adaptors import Adaptor
-from pqtradeoff.corpus import GENERATED_SCHEMA, RUN_RECORD, supersede, write_shard
+from pqtradeoff.corpus import GENERATED_SCHEMA, begin_run, write_shard
 from pqtradeoff.errors import PQError
-from pqtradeoff.io import check_resumable, progress_bar, remove_stale_temporaries, run_record, write_json
+from pqtradeoff.io import StageResult, progress_bar
 from pqtradeoff.models.base import LanguageModel
 
 TOKEN_COLUMNS = pa.schema([
@@ -250,29 +250,10 @@ def rows_to_table(
 CORPUS_POLICY = {"adaptors": "grow", "num_generations": "grow", "num_prompts": "grow", "batch_size": "free"}
 
 
-@dataclass
-class GenerateResult:
-    """What a `generate` run did: shards planned, written now, found complete, and moved aside."""
+class GenerateResult(StageResult):
+    """What a `generate` run did (`tokens`: the tokens sampled now)."""
 
-    out_dir: Path
-    shards: int
-    written: int
-    reused: int
-    superseded: list[str]
-    rows_written: int
-    tokens_generated: int
-    seconds: float
-
-    def to_json(self) -> dict[str, Any]:
-        return {"out_dir": str(self.out_dir), "shards": self.shards, "written": self.written,
-                "reused": self.reused, "superseded": self.superseded, "rows_written": self.rows_written,
-                "tokens_generated": self.tokens_generated, "seconds": self.seconds}
-
-    def describe(self) -> str:
-        moved = f", {len(self.superseded)} superseded (moved to _superseded/)" if self.superseded else ""
-        rate = (f", {self.tokens_generated / self.seconds:.0f} tokens/s" if self.written and self.seconds > 0
-                else "")
-        return f"{self.written} of {self.shards} shards written, {self.reused} reused{moved}{rate}"
+    TOKENS_KEY = "tokens_generated"
 
 
 def generate_corpus(
@@ -328,14 +309,9 @@ def generate_corpus(
         "tokenizer_key": model.tokenizer_key, "eos_token_ids": list(model.end_ids()),
         "num_prompts": len(prompts),
     }
-    record = run_record("generate", resolved)
-    check_resumable(out_dir, record, CORPUS_POLICY | (policy or {}))
-    out_dir.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(out_dir)
-
     shards = list(plan_shards(prompts, adaptors, num_generations, prompt_block, sample_block))
-    superseded = supersede(out_dir, {s.name for s in shards})
-    write_json(out_dir / RUN_RECORD, record)
+    superseded = begin_run(out_dir, "generate", resolved, CORPUS_POLICY | (policy or {}),
+                           {s.name for s in shards})
     todo = [s for s in shards if not (out_dir / s.name).exists()]
     total_rows = sum(len(s.rows) for s in todo)
     tokens = 0
@@ -356,5 +332,4 @@ def generate_corpus(
             write_shard(rows_to_table(model, shard.adaptor, shard.rows, sampled, save_token_logprobs),
                         out_dir / shard.name)
     return GenerateResult(out_dir, len(shards), len(todo), len(shards) - len(todo), superseded, total_rows,
-                          tokens,
-                          time.perf_counter() - began)
+                          tokens, time.perf_counter() - began)

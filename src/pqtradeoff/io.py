@@ -10,9 +10,10 @@ import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from pqtradeoff.errors import PQError
 
@@ -151,6 +152,37 @@ def check_resumable(out_dir: Path, record: dict[str, Any], policy: dict[str, str
                       f"({describe_changes(changes)}); use a new --out folder, or the old settings to resume")
     policy = policy or {}
     return [k for k in new if k in old and old[k] != new[k] and policy_of(k, policy) == "grow"]
+
+
+@dataclass
+class StageResult:
+    """What a sharded stage (`generate`, `score`) did: shards planned, written now, found done and moved
+    aside; the rows and tokens it processed now, and the seconds it took."""
+
+    out_dir: Path
+    shards: int
+    written: int
+    reused: int
+    superseded: list[str]
+    rows_written: int
+    tokens: int
+    seconds: float
+
+    #: How a subclass names what it did to a shard, its token count (in `to_json`) and its throughput.
+    VERB: ClassVar[str] = "written"
+    TOKENS_KEY: ClassVar[str] = "tokens"
+    RATE_LABEL: ClassVar[str] = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return {"out_dir": str(self.out_dir), "shards": self.shards, "written": self.written,
+                "reused": self.reused, "superseded": self.superseded, "rows_written": self.rows_written,
+                self.TOKENS_KEY: self.tokens, "seconds": self.seconds}
+
+    def describe(self) -> str:
+        moved = f", {len(self.superseded)} superseded (moved to _superseded/)" if self.superseded else ""
+        rate = (f", {self.RATE_LABEL}{self.tokens / self.seconds:.0f} tokens/s"
+                if self.tokens and self.seconds > 0 else "")
+        return f"{self.written} of {self.shards} shards {self.VERB}, {self.reused} reused{moved}{rate}"
 
 
 @contextmanager

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,17 +23,16 @@ import torch
 
 from pqtradeoff.corpus import (
     GENERATED_COLUMNS,
-    RUN_RECORD,
     SCORE_COLUMNS,
+    begin_run,
     read_shard,
     require_shards,
     run_settings,
     shard_files,
-    supersede,
     write_shard,
 )
 from pqtradeoff.errors import PQError, first_line
-from pqtradeoff.io import check_resumable, progress_bar, remove_stale_temporaries, run_record, write_json
+from pqtradeoff.io import StageResult, progress_bar, write_json
 from pqtradeoff.models.base import LanguageModel
 from pqtradeoff.rewards import PRIOR_CONTEXTS, Reward
 
@@ -151,12 +149,7 @@ def score_corpus(
         "prior_tokenization": None if prior is None else ("token_ids" if same_tokenizer else "retokenized"),
         "generate_settings": corpus_settings,
     }
-    record = run_record("score", resolved)
-    check_resumable(out_dir, record, SCORE_POLICY | (policy or {}))
-    out_dir.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(out_dir)
-    superseded = supersede(out_dir, {f.name for f in files})
-    write_json(out_dir / RUN_RECORD, record)
+    superseded = begin_run(out_dir, "score", resolved, SCORE_POLICY | (policy or {}), {f.name for f in files})
 
     todo = [f for f in files if not (out_dir / f.name).exists()]
     total = sum(_num_rows(f) for f in todo)
@@ -220,29 +213,12 @@ def _num_rows(path: Path) -> int:
                       "and rerun the stage that wrote it") from None
 
 
-@dataclass
-class ScoreResult:
-    """What a `score` run did: corpus shards, scored now, found scored, and scored shards moved aside."""
+class ScoreResult(StageResult):
+    """What a `score` run did (`tokens`: the tokens the prior scored now)."""
 
-    out_dir: Path
-    shards: int
-    written: int
-    reused: int
-    superseded: list[str]
-    rows_written: int
-    prior_tokens: int
-    seconds: float
-
-    def to_json(self) -> dict[str, Any]:
-        return {"out_dir": str(self.out_dir), "shards": self.shards, "written": self.written,
-                "reused": self.reused, "superseded": self.superseded, "rows_written": self.rows_written,
-                "prior_tokens": self.prior_tokens, "seconds": self.seconds}
-
-    def describe(self) -> str:
-        moved = f", {len(self.superseded)} superseded (moved to _superseded/)" if self.superseded else ""
-        rate = (f", prior {self.prior_tokens / self.seconds:.0f} tokens/s"
-                if self.prior_tokens and self.seconds > 0 else "")
-        return f"{self.written} of {self.shards} shards scored, {self.reused} reused{moved}{rate}"
+    VERB = "scored"
+    TOKENS_KEY = "prior_tokens"
+    RATE_LABEL = "prior "
 
 
 def _nonfinite_counts(df: pd.DataFrame) -> dict[str, int]:

@@ -46,8 +46,8 @@ def _check_int(name: str, value: Any, low: int) -> int:
 
 
 def _check_positive(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value,
-                                                 (int, float)) or not math.isfinite(value) or value <= 0:
+    if (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
+            or value <= 0):
         raise PQError(f"{name}={value!r} is out of range: need a finite {name} > 0")
     return float(value)
 

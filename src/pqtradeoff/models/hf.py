@@ -424,8 +424,8 @@ class HFRewardModel:
         self.template, self.chat_template = template, chat_template
         self.device, self.dtype = resolve_device(device), resolve_dtype(dtype)
         model, self.tokenizer, info = load_pretrained(AutoModelForSequenceClassification, self.path,
-                                                      gguf_file,
-                                                      self.dtype, "the reward model", trust_remote_code)
+                                                      gguf_file, self.dtype, "the reward model",
+                                                      trust_remote_code)
         missing = [k for k in info.get("missing_keys", []) if k.split(".")[0] in ("score", "classifier")]
         if missing:
             raise PQError(f"the reward model {self.path!r} has no trained reward head ({missing[0]} was not "
