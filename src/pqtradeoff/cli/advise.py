@@ -7,7 +7,6 @@ from pathlib import Path
 import typer
 
 from pqtradeoff.cli import app
-from pqtradeoff.io import to_json
 
 
 @app.command()
@@ -25,6 +24,7 @@ def advise(
     """Cheapest way to a reward target: a frontier configuration, or a mixture of two neighbouring ones."""
     from pqtradeoff.advise import advise as make_advice  # lazy: scipy
     from pqtradeoff.advise import describe, read_summary  # lazy: scipy
+    from pqtradeoff.io import to_json  # lazy: startup
 
     advice = make_advice(read_summary(analysis_dir), min_reward=min_reward, max_prior_loss=max_prior_loss,
                          reference=reference, confidence=confidence)

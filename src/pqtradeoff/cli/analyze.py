@@ -13,13 +13,13 @@ import typer
 from pqtradeoff.cli import app
 from pqtradeoff.cli.options import argument, option, settings_command
 from pqtradeoff.settings import AnalysisSettings
-from pqtradeoff.stages import check_out
 
 FLAGS = {f"--{name.replace('_', '-')}": name for name in AnalysisSettings.model_fields}
 
 
 def _analyze(settings: AnalysisSettings, scored_dir: Path, out: Path) -> None:
     from pqtradeoff.analyze import analyze_dir  # lazy: pandas
+    from pqtradeoff.stages import check_out  # lazy: startup
 
     check_out(out)
     with warnings.catch_warnings():

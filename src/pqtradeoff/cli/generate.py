@@ -13,7 +13,6 @@ import typer
 from pqtradeoff.cli import app
 from pqtradeoff.cli.options import option, settings_command
 from pqtradeoff.settings import GenerateSettings
-from pqtradeoff.stages import run_generate
 
 FLAGS = {
     "--model": "model.name", "--gguf-file": "model.gguf_file", "--backend": "model.backend",
@@ -32,6 +31,8 @@ FLAGS = {
 
 
 def _generate(settings: GenerateSettings, out: Path) -> None:
+    from pqtradeoff.stages import run_generate  # lazy: startup
+
     result = run_generate(settings, out)
     typer.echo(f"corpus: {result.out_dir} ({result.describe()})")
 

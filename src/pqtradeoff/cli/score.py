@@ -13,7 +13,6 @@ import typer
 from pqtradeoff.cli import app
 from pqtradeoff.cli.options import argument, option, settings_command
 from pqtradeoff.settings import ScoreSettings
-from pqtradeoff.stages import run_score
 
 FLAGS = {
     "--prior": "prior.name", "--prior-gguf-file": "prior.gguf_file",
@@ -28,6 +27,8 @@ FLAGS = {
 
 
 def _score(settings: ScoreSettings, corpus_dir: Path, out: Path) -> None:
+    from pqtradeoff.stages import run_score  # lazy: startup
+
     result = run_score(settings, corpus_dir, out)
     typer.echo(f"scored corpus: {result.out_dir} ({result.describe()})")
 
