@@ -11,7 +11,8 @@ entropies this gives are printed (real LM next-token entropies range from ~0 to 
 
     .venv/bin/python benchmarks/adaptors.py            # [8, 256, 50000], 2,048 positions
     .venv/bin/python benchmarks/adaptors.py --quick    # [8, 32, 50000], 256 positions
-    python benchmarks/adaptors.py --device cuda         # on a GPU machine: per-position calls pay launch latency
+    python benchmarks/adaptors.py --device cuda         # on a GPU machine: per-position calls pay launch
+    latency
 
 On a 2-core CPU the ratio is about 1x: each 50k-wide row already fills the vector units, so batching only
 saves Python dispatch (measured: geometric mean 1.1x). On a GPU, where a per-position call pays kernel-launch
@@ -34,7 +35,8 @@ SPECS = ("ancestral", "temperature=0.5", "top_k=30", "top_p=0.9", "typical_p=0.9
 
 
 def zipf_logits(batch: int, steps: int, vocab: int, seed: int = 0) -> torch.Tensor:
-    """LM-like logits [batch, steps, vocab]: a Zipf law per position with exponent ~ U(1.0, 2.2), plus noise."""
+    """LM-like logits [batch, steps, vocab]: a Zipf law per position with exponent ~ U(1.0, 2.2), plus
+    noise."""
     g = torch.Generator().manual_seed(seed)
     s = torch.empty(batch, steps, 1).uniform_(1.0, 2.2, generator=g)
     logits = torch.rand(batch, steps, vocab, generator=g).mul_(vocab).log1p_().mul_(-s)

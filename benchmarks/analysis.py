@@ -2,8 +2,8 @@
 
 Paper scale: 31 configurations x 2000 strings, 200,000 IMH steps per configuration, 2000 corpora of 200,000
 strings each. The fast path is `pqtradeoff.analyze.run_analysis` end to end (chains, corpora, statistics,
-figures, report). The baseline walks the chain and builds every corpus one pandas row at a time; it is timed at a
-small scale and extrapolated linearly in the number of chain steps and of corpus rows.
+figures, report). The baseline walks the chain and builds every corpus one pandas row at a time; it is timed
+at a small scale and extrapolated linearly in the number of chain steps and of corpus rows.
 
     .venv/bin/python benchmarks/analysis.py            # paper scale
     .venv/bin/python benchmarks/analysis.py --quick    # 10x fewer steps and corpora
@@ -42,7 +42,8 @@ def synthetic(configs: int, strings: int, seed: int = 0) -> pd.DataFrame:
             "adaptor": spec, "finished": rng.random(strings) > 0.02, "logq": logq,
             "logp_aligned": logq + rng.normal(scale=2.0, size=strings),
             "log_weight": 1.5 * base + rng.normal(scale=1.0, size=strings),
-            "logp_prior": -80.0 - 40.0 * t + 15.0 * base, "reward": 1.5 * t + 0.5 * base + rng.normal(size=strings),
+            "logp_prior": -80.0 - 40.0 * t + 15.0 * base,
+            "reward": 1.5 * t + 0.5 * base + rng.normal(size=strings),
         }))
     return pd.concat(frames, ignore_index=True)
 
@@ -85,7 +86,8 @@ def time_naive(frame: pd.DataFrame, steps: int, corpus_size: int, corpora: int) 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="10x fewer chain steps and corpora")
     args = parser.parse_args()
     configs, strings = 31, 2000
@@ -109,10 +111,11 @@ def main() -> None:
     small_steps, small_corpora, small_size = 2000, 2, 2000
     per_step, per_row = time_naive(frame, small_steps, small_size, small_corpora)
     naive = per_step * steps * configs + per_row * corpus_size * corpora * configs
-    print(f"naive row-by-row pandas, measured on {small_steps} steps and {small_corpora} x {small_size} corpus rows: "
-          f"{per_step * 1e6:.1f} us/step, {per_row * 1e6:.1f} us/corpus row")
+    print(f"naive row-by-row pandas, measured on {small_steps} steps and {small_corpora} x {small_size} "
+          f"corpus rows: {per_step * 1e6:.1f} us/step, {per_row * 1e6:.1f} us/corpus row")
     print(f"naive extrapolated linearly to the same scale: {naive:,.0f} s "
-          f"(chains {per_step * steps * configs:,.0f} s + corpora {per_row * corpus_size * corpora * configs:,.0f} s)")
+          f"(chains {per_step * steps * configs:,.0f} s + corpora "
+          f"{per_row * corpus_size * corpora * configs:,.0f} s)")
     print(f"ratio naive / fast: {naive / fast:,.0f}x (wall), {naive / cpu:,.0f}x (CPU)")
 
 

@@ -1,4 +1,5 @@
-"""Wall time of `pqtradeoff demo` with its defaults, as a user runs it (a fresh process), against the 20 s goal.
+"""Wall time of `pqtradeoff demo` with its defaults, as a user runs it (a fresh process), against the 20 s
+goal.
 
     .venv/bin/python benchmarks/demo.py            # default demo, fresh process, plus per-stage timings
     .venv/bin/python benchmarks/demo.py --repeat 3
@@ -38,7 +39,8 @@ def main() -> None:
     print(f"pqtradeoff demo (fresh process): best of {len(walls)}: {best:.1f} s  (goal < {GOAL_S:.0f} s: "
           f"{'met' if best < GOAL_S else 'NOT met'})")
     print("in-process stages: " + ", ".join(f"{k} {v:.2f} s" for k, v in timings.items())
-          + f"; total {sum(timings.values()):.1f} s; start-up and printing {best - sum(timings.values()):.1f} s")
+          + f"; total {sum(timings.values()):.1f} s; start-up and printing "
+            f"{best - sum(timings.values()):.1f} s")
 
 
 if __name__ == "__main__":

@@ -22,7 +22,6 @@ The aligned model serves as the prior too (same cost as a second checkpoint of t
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -30,18 +29,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from transformers.generation.logits_process import LogitsProcessorList
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-
-from transformers.generation.logits_process import LogitsProcessorList  # noqa: E402
-
-from pqtradeoff.adaptors import parse  # noqa: E402
-from pqtradeoff.generate import PromptRecord, generate_corpus  # noqa: E402
-from pqtradeoff.models.hf import HFModel, left_pad, position_ids, right_pad  # noqa: E402
-from pqtradeoff.rewards import DPOReward  # noqa: E402
-from pqtradeoff.score import continuation_logprobs, score_corpus  # noqa: E402
-
-from hf_tiny import build_causal, word_tokenizer  # noqa: E402
+from pqtradeoff.adaptors import parse
+from pqtradeoff.generate import PromptRecord, generate_corpus
+from pqtradeoff.models.hf import HFModel, left_pad, position_ids, right_pad
+from pqtradeoff.rewards import DPOReward
+from pqtradeoff.score import continuation_logprobs, score_corpus
+from pqtradeoff.testing import build_causal, generation_kwargs, word_tokenizer
 
 SPEC = "temperature=0.75,top_p=0.95"
 WORDS = "hello world tell me a story about the sun and the moon please how are you".split()
@@ -74,7 +69,7 @@ def make_prompts(lm: HFModel, n: int) -> list[PromptRecord]:
 # ------------------------------------------------------------------------------------------- (a) generation
 def plain_generate(lm: HFModel, prompts: list[PromptRecord], new_tokens: int, batch: int) -> int:
     """transformers' generate with every sampling parameter stated; returns the number of new tokens."""
-    kwargs = parse(SPEC).generation_kwargs() | {
+    kwargs = generation_kwargs(parse(SPEC)) | {
         "num_beams": 1, "min_new_tokens": 0,
         "max_new_tokens": new_tokens, "pad_token_id": lm.pad_token_id, "eos_token_id": lm.eos_token_id,
         "use_cache": True,
@@ -110,7 +105,8 @@ def bare_forward_inputs(lm: HFModel, prompts: list[list[int]], conts: list[list[
 def bare_forward(lm: HFModel, batches, keep_all: bool) -> None:
     with torch.inference_mode():
         for ids, mask, pos, width in batches:
-            lm.model(input_ids=ids, attention_mask=mask, position_ids=pos, logits_to_keep=0 if keep_all else width)
+            lm.model(input_ids=ids, attention_mask=mask, position_ids=pos,
+                     logits_to_keep=0 if keep_all else width)
 
 
 # ------------------------------------------------------------------------------------------ (c) naive
@@ -132,20 +128,23 @@ def naive_rescore(lm: HFModel, prior: HFModel, df: pd.DataFrame) -> np.ndarray:
                 lsm = torch.log_softmax(raw, -1)
                 logq += torch.log_softmax(processed, -1)[0, token].item()
                 logp += lsm[0, token].item()
-                logw += torch.logsumexp((lsm / adaptor.temperature).masked_fill(~torch.isfinite(processed), -torch.inf),
-                                        -1).item()
+                kept = (lsm / adaptor.temperature).masked_fill(~torch.isfinite(processed), -torch.inf)
+                logw += torch.logsumexp(kept, -1).item()
             prior_logits = prior.model(ids).logits[0, len(prompt) - 1: -1].float()
-            lp = torch.log_softmax(prior_logits, -1)[torch.arange(len(tokens)), torch.tensor(tokens)].sum().item()
+            lp = torch.log_softmax(prior_logits, -1)[torch.arange(len(tokens)),
+                                                     torch.tensor(tokens)].sum().item()
             out.append((logq, logp, logw, lp))
     return np.array(out)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="8 strings x 32 new tokens, best of 2")
     parser.add_argument("--device", default="cpu", help="cpu | cuda (the GPU check, where a GPU is lent)")
     parser.add_argument("--dtype", default="float32", help="float32 | bfloat16 | float16")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1: on a shared machine, "
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads (default 1: on a shared machine, "
                         "spinning threads make every timing noisy)")
     args = parser.parse_args()
     rows, new_tokens, repeats, batch = (8, 32, 2, 8) if args.quick else (16, 64, 3, 8)
@@ -160,21 +159,25 @@ def main() -> None:
         path = build_causal(tmp / "model", "llama", tokenizer=word_tokenizer("llama", vocab_size=32000),
                             layers=6, hidden=256, heads=4, max_positions=512, init=0.1)
         lm = HFModel(str(path), device=args.device, dtype=args.dtype)
-        print(f"model: Llama 6 layers, 256 dims, vocab {lm.vocab_size}, {sum(p.numel() for p in lm.model.parameters()) / 1e6:.1f}M "
-              f"params, random weights; torch threads {torch.get_num_threads()}; built in {time.perf_counter() - t0:.1f}s")
-        print(f"work: {rows} strings, batch {batch}, {new_tokens} new tokens, adaptor {SPEC}, best of {repeats}\n")
+        print(f"model: Llama 6 layers, 256 dims, vocab {lm.vocab_size}, "
+              f"{sum(p.numel() for p in lm.model.parameters()) / 1e6:.1f}M params, random weights; torch "
+              f"threads {torch.get_num_threads()}; built in {time.perf_counter() - t0:.1f}s")
+        print(f"work: {rows} strings, batch {batch}, {new_tokens} new tokens, adaptor {SPEC}, best of "
+              f"{repeats}\n")
         prompts = make_prompts(lm, rows)
 
         # (a)
         plain_generate(lm, prompts[:batch], 4, batch)  # warm-up
         counter = iter(range(10**6))
         t_plain = best_of(repeats, lambda: plain_generate(lm, prompts, new_tokens, batch))
-        t_ours = best_of(repeats, lambda: ours_generate(lm, prompts, new_tokens, batch, tmp / f"gen{next(counter)}"))
+        t_ours = best_of(repeats,
+                         lambda: ours_generate(lm, prompts, new_tokens, batch, tmp / f"gen{next(counter)}"))
         corpus = tmp / "gen0"
         df = pd.read_parquet(corpus)
         print("(a) generation (sampling + recording logq, logp_aligned, log_weight)")
         print(f"    plain model.generate          {t_plain:8.3f} s")
-        print(f"    ours generate_corpus          {t_ours:8.3f} s   ({df['token_ids'].map(len).sum()} tokens)")
+        tokens = df["token_ids"].map(len).sum()
+        print(f"    ours generate_corpus          {t_ours:8.3f} s   ({tokens} tokens)")
         print(f"    overhead                      {100 * (t_ours / t_plain - 1):+7.1f} %   (goal <= +10%)\n")
 
         # (b)
@@ -194,7 +197,8 @@ def main() -> None:
 
         # (c)
         reward = DPOReward(0.1)
-        t_score = best_of(repeats, lambda: score_corpus(corpus, tmp / f"score{next(counter)}", prior=lm, reward=reward,
+        t_score = best_of(repeats,
+                          lambda: score_corpus(corpus, tmp / f"score{next(counter)}", prior=lm, reward=reward,
                                                         batch_size=batch, max_batch_tokens=batch * new_tokens,
                                                         settings={}, progress=False))
         t_naive = best_of(repeats, lambda: naive_rescore(lm, lm, df))

@@ -52,13 +52,26 @@ from pqtradeoff.score import continuation_logprobs
 
 FIGURE = Path(__file__).resolve().parent.parent / "docs" / "img" / "generation_speed.png"
 INSTRUCTIONS = [
-    "Write a short poem about the sea.", "Explain photosynthesis to a child.", "Give me three tips for sleeping well.",
-    "What is the capital of Australia?", "Tell me a story about a brave mouse.", "How do I boil an egg?",
-    "Summarize the plot of Romeo and Juliet.", "Why is the sky blue?", "List five fruits that are red.",
-    "Describe your ideal weekend.", "What is a prime number?", "Write a haiku about autumn leaves.",
-    "How does a bicycle work?", "Give advice to a new programmer.", "What causes rain?",
-    "Write a thank-you note to a teacher.", "Explain what a computer virus is.", "Name three famous painters.",
-    "How can I save money each month?", "Describe the taste of chocolate.",
+    "Write a short poem about the sea.",
+    "Explain photosynthesis to a child.",
+    "Give me three tips for sleeping well.",
+    "What is the capital of Australia?",
+    "Tell me a story about a brave mouse.",
+    "How do I boil an egg?",
+    "Summarize the plot of Romeo and Juliet.",
+    "Why is the sky blue?",
+    "List five fruits that are red.",
+    "Describe your ideal weekend.",
+    "What is a prime number?",
+    "Write a haiku about autumn leaves.",
+    "How does a bicycle work?",
+    "Give advice to a new programmer.",
+    "What causes rain?",
+    "Write a thank-you note to a teacher.",
+    "Explain what a computer virus is.",
+    "Name three famous painters.",
+    "How can I save money each month?",
+    "Describe the taste of chocolate.",
 ]
 
 
@@ -114,8 +127,12 @@ def gemm_rate(weights: list[torch.Tensor], rows: int, repeats: int) -> float:
 def prompts_for(lm: HFModel, n: int, per_prompt: int) -> list[PromptRecord]:
     """`n` rows laid out as a corpus shard: each instruction (chat template) `per_prompt` times in a row."""
     ids = [i // per_prompt for i in range(n)]
-    return [PromptRecord(i, INSTRUCTIONS[i % len(INSTRUCTIONS)], lm.encode_prompt(INSTRUCTIONS[i % len(INSTRUCTIONS)]))
-            for i in ids]
+    return [
+        PromptRecord(
+            i, INSTRUCTIONS[i % len(INSTRUCTIONS)], lm.encode_prompt(INSTRUCTIONS[i % len(INSTRUCTIONS)])
+        )
+        for i in ids
+    ]
 
 
 # ---------------------------------------------------------------------------------------------- runners
@@ -123,14 +140,21 @@ def hf_generate(lm: HFModel, prompts: list[PromptRecord], new_tokens: int, batch
     """transformers' generate, every sampling parameter stated; returns the tokens of the strings (EOS
     included, the padding after it excluded)."""
     kwargs = parse("ancestral").generation_kwargs() | {
-        "num_beams": 1, "min_new_tokens": 0, "max_new_tokens": new_tokens, "pad_token_id": lm.pad_token_id,
-        "eos_token_id": list(lm.end_ids()), "use_cache": True}
+        "num_beams": 1,
+        "min_new_tokens": 0,
+        "max_new_tokens": new_tokens,
+        "pad_token_id": lm.pad_token_id,
+        "eos_token_id": list(lm.end_ids()),
+        "use_cache": True,
+    }
     produced = 0
     end_ids = torch.tensor(lm.end_ids())
     for start in range(0, len(prompts), batch):
-        ids, mask = left_pad([p.token_ids for p in prompts[start:start + batch]], lm.pad_token_id, lm.device)
+        ids, mask = left_pad(
+            [p.token_ids for p in prompts[start : start + batch]], lm.pad_token_id, lm.device
+        )
         with torch.inference_mode():
-            out = lm.model.generate(input_ids=ids, attention_mask=mask, **kwargs)[:, ids.shape[1]:].cpu()
+            out = lm.model.generate(input_ids=ids, attention_mask=mask, **kwargs)[:, ids.shape[1] :].cpu()
         for row in out:
             ends = torch.isin(row, end_ids).nonzero()
             produced += int(ends[0, 0]) + 1 if len(ends) else len(row)
@@ -159,8 +183,9 @@ class TimedAdaptor:
         self.adapt = Timed(adaptor.adapt, "adaptor", totals, device)
 
 
-def ours(lm: HFModel, prompts: list[PromptRecord], new_tokens: int, batch: int, spec: str
-         ) -> tuple[dict[str, float], list[gen.SampledRow]]:
+def ours(
+    lm: HFModel, prompts: list[PromptRecord], new_tokens: int, batch: int, spec: str
+) -> tuple[dict[str, float], list[gen.SampledRow]]:
     """Run `sample_rows` with its model calls, adaptor and sampler timed; returns the seconds spent in each
     (and in all, `total`) and the rows."""
     totals: dict[str, float] = defaultdict(float)
@@ -170,12 +195,20 @@ def ours(lm: HFModel, prompts: list[PromptRecord], new_tokens: int, batch: int, 
         for name, fn in model_calls.items():
             setattr(lm, name, Timed(fn, "prefill" if name == "start" else name, totals, lm.device))
         gen.sample_inverse_cdf = Timed(sampler, "sampling", totals, lm.device)
-        keys = gen.row_keys(0, np.arange(len(prompts)), np.zeros(len(prompts), dtype=np.int64), spec)  # one per row
+        keys = gen.row_keys(
+            0, np.arange(len(prompts)), np.zeros(len(prompts), dtype=np.int64), spec
+        )  # one per row
         sync(lm.device)
         start = time.perf_counter()
         with torch.inference_mode():
-            rows = gen.sample_rows(lm, TimedAdaptor(parse(spec), totals, lm.device), [p.token_ids for p in prompts],
-                                   keys, new_tokens, batch)
+            rows = gen.sample_rows(
+                lm,
+                TimedAdaptor(parse(spec), totals, lm.device),
+                [p.token_ids for p in prompts],
+                keys,
+                new_tokens,
+                batch,
+            )
         sync(lm.device)
         totals["total"] = time.perf_counter() - start
     finally:
@@ -190,12 +223,17 @@ def split_line(split: dict[str, float], roofline: float) -> str:
     total = split["total"]
     named = ("step", "prefill", "join", "keep", "adaptor", "sampling")
     rest = total - sum(split[k] for k in named)
-    return (f"{split['tokens'] / total:.1f} tokens/s in {total:.1f} s; " + ", ".join(
-        f"{k} {100 * split[k] / total:.1f}%" for k in named) + f", rest {100 * rest / total:.1f}%")
+    return (
+        f"{split['tokens'] / total:.1f} tokens/s in {total:.1f} s; "
+        + ", ".join(f"{k} {100 * split[k] / total:.1f}%" for k in named)
+        + f", rest {100 * rest / total:.1f}%"
+    )
 
 
 # ------------------------------------------------------------------------------------------------ report
-def save_figure(batches: list[int], hf: dict[int, float], mine: dict[int, float], roofline: float, path: Path) -> None:
+def save_figure(
+    batches: list[int], hf: dict[int, float], mine: dict[int, float], roofline: float, path: Path
+) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -221,20 +259,37 @@ def save_figure(batches: list[int], hf: dict[int, float], mine: dict[int, float]
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--model", type=Path, default=Path("/tmp/smollm2-st"), help="float32 model folder")
     parser.add_argument("--device", default="cpu", help="cpu | cuda (untested: written without a GPU)")
     parser.add_argument("--dtype", default="float32", help="float32 | bfloat16 | float16")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (see above)")
     parser.add_argument("--batches", default="8,32,64,128,256", help="batch sizes, comma-separated")
     parser.add_argument("--new-tokens", type=int, default=64, help="max_new_tokens")
-    parser.add_argument("--rows", type=int, default=0, help="strings per run (default: 2 x batch, at least 64)")
-    parser.add_argument("--hf-max-batch", type=int, default=64, help="largest batch transformers' generate runs at "
-                        "(the slow baseline; its rate has flattened by then)")
-    parser.add_argument("--adaptor", default="temperature=0.75,top_p=0.95", help="truncating adaptor, timed at the "
-                        "largest batch")
-    parser.add_argument("--samples-per-prompt", type=int, default=4, help="rows per distinct prompt (a corpus "
-                        "samples each prompt several times; ours prefills it once, generate once per row)")
+    parser.add_argument(
+        "--rows", type=int, default=0, help="strings per run (default: 2 x batch, at least 64)"
+    )
+    parser.add_argument(
+        "--hf-max-batch",
+        type=int,
+        default=64,
+        help="largest batch transformers' generate runs at "
+        "(the slow baseline; its rate has flattened by then)",
+    )
+    parser.add_argument(
+        "--adaptor",
+        default="temperature=0.75,top_p=0.95",
+        help="truncating adaptor, timed at the largest batch",
+    )
+    parser.add_argument(
+        "--samples-per-prompt",
+        type=int,
+        default=4,
+        help="rows per distinct prompt (a corpus "
+        "samples each prompt several times; ours prefills it once, generate once per row)",
+    )
     parser.add_argument("--quick", action="store_true", help="batches 8, 64, 256; 32 new tokens")
     parser.add_argument("--figure", type=Path, default=FIGURE)
     args = parser.parse_args()
@@ -252,10 +307,15 @@ def main() -> None:
     params = sum(w.numel() for w in weights)
     head = lm.model.get_output_embeddings().weight.numel()
     rate_before = max(gemm_rate(weights, m, 3) for m in (256, 512))
-    print(f"model: {args.model} on {lm.device.type} ({args.dtype}), torch threads {torch.get_num_threads()}, "
-          f"{sum(p.numel() for p in lm.model.parameters()) / 1e6:.1f}M parameters")
-    print(f"matmul parameters P = {params / 1e6:.1f}M (decoder blocks' linear layers {(params - head) / 1e6:.1f}M "
-          f"+ LM head {head / 1e6:.1f}M; input embedding and norms not counted)")
+    print(
+        f"model: {args.model} on {lm.device.type} ({args.dtype}), torch threads {torch.get_num_threads()}, "
+        f"{sum(p.numel() for p in lm.model.parameters()) / 1e6:.1f}M parameters"
+    )
+    print(
+        f"matmul parameters P = {params / 1e6:.1f}M (decoder blocks' linear layers "
+        f"{(params - head) / 1e6:.1f}M "
+        f"+ LM head {head / 1e6:.1f}M; input embedding and norms not counted)"
+    )
     print(f"GEMM rate (model shapes, 256-512 rows) before: {rate_before / 1e9:.1f} GFLOP/s", flush=True)
 
     def rows_for(batch: int) -> int:
@@ -276,8 +336,11 @@ def main() -> None:
             produced = hf_generate(lm, prompts, new_tokens, batch)
             sync(lm.device)
             hf_rate[batch] = produced / (time.perf_counter() - start)
-        print(f"  batch {batch:4d} ({len(prompts)} strings): ours {split_line(splits[batch], 1.0)}"
-              + (f"; generate {hf_rate[batch]:.1f} tokens/s" if batch in hf_rate else ""), flush=True)
+        print(
+            f"  batch {batch:4d} ({len(prompts)} strings): ours {split_line(splits[batch], 1.0)}"
+            + (f"; generate {hf_rate[batch]:.1f} tokens/s" if batch in hf_rate else ""),
+            flush=True,
+        )
     our_rate = {b: splits[b]["tokens"] / splits[b]["total"] for b in batches}
 
     largest = batches[-1]
@@ -298,32 +361,46 @@ def main() -> None:
     print(f"\nGEMM rate after: {rate_after / 1e9:.1f} GFLOP/s; used: {rate / 1e9:.1f} GFLOP/s")
     print(f"roofline: {rate / 1e9:.1f} GFLOP/s / (2 x {params / 1e6:.1f}M) = {roofline:.0f} tokens/s\n")
     print(f"generation, ancestral, max_new_tokens={new_tokens}, chat-template prompts:")
-    print(f"  {'batch':>5} {'strings':>7} {'generate tok/s':>15} {'% roofline':>10} {'ours tok/s':>11} "
-          f"{'% roofline':>10} {'ours/generate':>13}")
+    print(
+        f"  {'batch':>5} {'strings':>7} {'generate tok/s':>15} {'% roofline':>10} {'ours tok/s':>11} "
+        f"{'% roofline':>10} {'ours/generate':>13}"
+    )
     for batch in batches:
         h = hf_rate.get(batch)
         hf_text = f"{h:15.1f} {100 * h / roofline:9.1f}%" if h else f"{'-':>15} {'-':>10}"
         ratio = f"{our_rate[batch] / h:12.2f}x" if h else f"{'-':>13}"
-        print(f"  {batch:5d} {rows_for(batch):7d} {hf_text} {our_rate[batch]:11.1f} "
-              f"{100 * our_rate[batch] / roofline:9.1f}% {ratio}")
+        print(
+            f"  {batch:5d} {rows_for(batch):7d} {hf_text} {our_rate[batch]:11.1f} "
+            f"{100 * our_rate[batch] / roofline:9.1f}% {ratio}"
+        )
     prompt_len = np.mean([len(p.token_ids) for p in prompts_for(lm, 64, per)])
-    print(f"  (prompts: {prompt_len:.0f} tokens on average, {per} rows each; the roofline counts "
-          "generated tokens only, prefill FLOPs come on top)")
+    print(
+        f"  (prompts: {prompt_len:.0f} tokens on average, {per} rows each; the roofline counts "
+        "generated tokens only, prefill FLOPs come on top)"
+    )
     best = max(our_rate, key=our_rate.get)
-    print(f"  best: ours at batch {best}: {100 * our_rate[best] / roofline:.1f}% of the roofline (goal >= 50%)\n")
+    print(
+        f"  best: ours at batch {best}: {100 * our_rate[best] / roofline:.1f}% of the roofline "
+        f"(goal >= 50%)\n"
+    )
     print("time split of ours (share of wall time):")
     for batch in batches:
         print(f"  batch {batch:4d}, ancestral: {split_line(splits[batch], roofline)}")
-    print(f"  batch {largest:4d}, {args.adaptor}: {split_line(truncated, roofline)}; "
-          f"{100 * truncated['tokens'] / truncated['total'] / roofline:.1f}% of the roofline")
+    print(
+        f"  batch {largest:4d}, {args.adaptor}: {split_line(truncated, roofline)}; "
+        f"{100 * truncated['tokens'] / truncated['total'] / roofline:.1f}% of the roofline"
+    )
 
     cont = sum(len(c) for c in c_ids)
     positions = sum(len(p) + len(c) - 1 for p, c in zip(p_ids, c_ids, strict=True))
     flops = 2 * (params - head) * positions + 2 * head * cont
-    print(f"\nteacher-forced scoring (continuation_logprobs, batch 64) of the {len(c_ids)} strings: "
-          f"{cont / t_score:.1f} continuation tokens/s = {100 * cont / t_score / roofline:.1f}% of the roofline "
-          f"(goal >= 75%); counting the prompt positions too: {flops / t_score / 1e9:.1f} GFLOP/s = "
-          f"{100 * flops / t_score / rate:.1f}% of the GEMM rate")
+    print(
+        f"\nteacher-forced scoring (continuation_logprobs, batch 64) of the {len(c_ids)} strings: "
+        f"{cont / t_score:.1f} continuation tokens/s = {100 * cont / t_score / roofline:.1f}% of "
+        f"the roofline "
+        f"(goal >= 75%); counting the prompt positions too: {flops / t_score / 1e9:.1f} GFLOP/s = "
+        f"{100 * flops / t_score / rate:.1f}% of the GEMM rate"
+    )
 
     save_figure(batches, hf_rate, our_rate, roofline, args.figure)
     print(f"figure: {args.figure}")

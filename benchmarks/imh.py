@@ -1,11 +1,11 @@
 """Benchmark the IMH chain: the plain loop the package uses (`correct.imh_chain`) against a vectorized search.
 
-The vectorized chain lived in `pqtradeoff.correct` until this benchmark showed it no faster than the loop (about
-0.34-1.24x of the loop's speed at 200,000 steps on a 2-core CPU); it is kept here as the measured alternative. For
-every step a it finds, vectorized over all steps, the first later step whose s_t = log w(y'_t) + E_t reaches the
-level log w(y'_a) (a galloping search on a sparse table of range maxima); those "next acceptance" pointers form
-a forest, and the chain's acceptance times are the path from the first state, listed by binary lifting. Cost
-O(L log L) numpy work against the loop's L Python steps.
+The vectorized chain lived in `pqtradeoff.correct` until this benchmark showed it no faster than the loop
+(about 0.34-1.24x of the loop's speed at 200,000 steps on a 2-core CPU); it is kept here as the measured
+alternative. For every step a it finds, vectorized over all steps, the first later step whose s_t = log
+w(y'_t) + E_t reaches the level log w(y'_a) (a galloping search on a sparse table of range maxima); those
+"next acceptance" pointers form a forest, and the chain's acceptance times are the path from the first state,
+listed by binary lifting. Cost O(L log L) numpy work against the loop's L Python steps.
 
 Both run the same chain on the same random draws (`draw_proposals`) and must return the same states (checked
 here). Pools of several sizes and weight spreads: log w ~ N(0, sigma^2), so sigma = 0 accepts every step
@@ -93,7 +93,8 @@ def _path_from(pointer: np.ndarray, start: int, end: int) -> np.ndarray:
 
 
 def vectorized_chain(log_w: np.ndarray, proposals: correct.Proposals) -> np.ndarray:
-    """The IMH chain's states (pool indices), L = len(proposals.index) + 1 of them, vectorized (the alternative).
+    """The IMH chain's states (pool indices), L = len(proposals.index) + 1 of them, vectorized (the
+    alternative).
 
     Step t (1-based over the proposals) proposes j_t and accepts iff s_t = log w(j_t) + E_t >= log w(current).
     The state entered at step a (the start is step 0) is left at the first later step whose s reaches
@@ -128,7 +129,8 @@ def best_time(fn, repeats: int) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=200_000)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
@@ -147,7 +149,8 @@ def main() -> None:
             loop = best_time(lambda: correct.imh_chain(log_w, proposals), args.repeats)  # noqa: B023
             vector = best_time(lambda: vectorized_chain(log_w, proposals), args.repeats)  # noqa: B023
             ratios.append(loop / vector)
-            print(f"{n:>7} {sigma:>6g} {accept:>7.3f} {1e3 * loop:>9.1f} {1e3 * vector:>10.1f} {loop / vector:>11.2f}x")
+            print(f"{n:>7} {sigma:>6g} {accept:>7.3f} {1e3 * loop:>9.1f} {1e3 * vector:>10.1f} "
+                  f"{loop / vector:>11.2f}x")
     print(f"geometric mean loop/vector: {float(np.exp(np.mean(np.log(ratios)))):.2f}x "
           f"(min {min(ratios):.2f}x, max {max(ratios):.2f}x)")
 

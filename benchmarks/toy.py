@@ -1,14 +1,15 @@
 """Benchmark `pqtradeoff toy`: corpora as multinomial counts versus drawing every string of every corpus.
 
 Fast path: the whole command in-process (`pqtradeoff.toy.run`: model, 1,000 count vectors, statistics, three
-figures, summary.json), and also as a fresh `python -m pqtradeoff toy` process (interpreter and imports included).
-Naive path: the same pipeline, but each corpus is built as the straightforward code does it,
-`rng.choice(n, size=corpus_size, p=p_plus)` followed by per-sample look-ups and means (1e8 draws at paper scale).
-The naive sampling runs on a reduced number of corpora and is extrapolated linearly (its cost is exactly
-proportional to the number of corpora); the non-sampling part (model, statistics, figures, JSON) is measured.
-The naive pipeline is measured twice: in this (warm) process, against the fast in-process time, and as a fresh
-process of its own (interpreter, the same numpy/matplotlib/pqtradeoff imports, first-figure costs), against the
-fast fresh process. The fresh naive process skips the CLI's typer import, so that comparison slightly favours it.
+figures, summary.json), and also as a fresh `python -m pqtradeoff toy` process (interpreter and imports
+included). Naive path: the same pipeline, but each corpus is built as the straightforward code does it,
+`rng.choice(n, size=corpus_size, p=p_plus)` followed by per-sample look-ups and means (1e8 draws at paper
+scale). The naive sampling runs on a reduced number of corpora and is extrapolated linearly (its cost is
+exactly proportional to the number of corpora); the non-sampling part (model, statistics, figures, JSON) is
+measured. The naive pipeline is measured twice: in this (warm) process, against the fast in-process time, and
+as a fresh process of its own (interpreter, the same numpy/matplotlib/pqtradeoff imports, first-figure costs),
+against the fast fresh process. The fresh naive process skips the CLI's typer import, so that comparison
+slightly favours it.
 
     .venv/bin/python benchmarks/toy.py            # naive on 20 corpora per repeat, extrapolated to 1,000
     .venv/bin/python benchmarks/toy.py --quick    # naive on 5 corpora per repeat
@@ -46,7 +47,8 @@ def naive_corpus_means(model: toy.ToyModel, n_corpora: int, corpus_size: int, ep
 
 
 def naive_run(settings: toy.ToySettings, out: Path, n_naive: int) -> tuple[float, float]:
-    """The toy pipeline with naive corpora on `n_naive` corpora: (sampling seconds, everything-else seconds)."""
+    """The toy pipeline with naive corpora on `n_naive` corpora: (sampling seconds, everything-else
+    seconds)."""
     from pqtradeoff.io import run_record, write_json
 
     t0 = time.perf_counter()
@@ -66,7 +68,8 @@ def naive_run(settings: toy.ToySettings, out: Path, n_naive: int) -> tuple[float
 
 
 def naive_process(out: Path, n_naive: int) -> float:
-    """The naive pipeline as a fresh process on `n_naive` corpora, extrapolated to the paper's 1,000 corpora."""
+    """The naive pipeline as a fresh process on `n_naive` corpora, extrapolated to the paper's 1,000
+    corpora."""
     t = time.perf_counter()
     done = subprocess.run([sys.executable, __file__, "--naive-child", str(out), "--n-naive", str(n_naive)],
                           check=True, capture_output=True, text=True)
@@ -88,9 +91,11 @@ def spread(times: list[float]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="naive path on 5 corpora per repeat instead of 20")
+    parser.add_argument("--quick", action="store_true",
+                        help="naive path on 5 corpora per repeat instead of 20")
     parser.add_argument("--repeats", type=int, default=3, help="repeats of every measurement (best is used)")
-    parser.add_argument("--naive-child", type=Path, help=argparse.SUPPRESS)  # internal: one fresh naive process
+    # internal: one fresh naive process
+    parser.add_argument("--naive-child", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--n-naive", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     settings = toy.ToySettings()  # the paper's scale: 1,000 strings, 1,000 corpora of 100,000 draws
@@ -121,8 +126,9 @@ def main() -> None:
             naive_fresh.append(naive_process(out / "naive-process", n_naive))
 
     draws = settings.n_corpora * settings.corpus_size
-    print(f"paper scale: {settings.n_strings} strings, {settings.n_corpora} corpora x {settings.corpus_size} draws "
-          f"= {draws:.0e} draws; naive sampling measured on {n_naive} corpora per run, extrapolated linearly")
+    print(f"paper scale: {settings.n_strings} strings, {settings.n_corpora} corpora x {settings.corpus_size} "
+          f"draws = {draws:.0e} draws; naive sampling measured on {n_naive} corpora per run, extrapolated "
+          "linearly")
     print(f"{'fast   corpora as counts (multinomial, all corpora at once):':60s}{spread(counts)}")
     print(f"{'fast   whole command in-process:':60s}{spread(fast)}")
     print(f"{'fast   whole command as `python -m pqtradeoff toy` process:':60s}{spread(cli)}")
@@ -134,7 +140,8 @@ def main() -> None:
     print(f"{'ratio  corpora only (naive sampling / counts):':60s}{min(naive_sampling) / min(counts):8.1f}x")
     print(f"{'ratio  whole command in-process (goal >= 20x):':60s}{min(naive_total) / min(fast):8.1f}x")
     print(f"{'ratio  whole command, fresh process vs fresh process:':60s}{min(naive_fresh) / min(cli):8.1f}x")
-    print(f"{'ratio  whole command, fast fresh process vs naive warm:':60s}{min(naive_total) / min(cli):8.1f}x")
+    label = "ratio  whole command, fast fresh process vs naive warm:"
+    print(f"{label:60s}{min(naive_total) / min(cli):8.1f}x")
 
 
 if __name__ == "__main__":

@@ -10,7 +10,8 @@ from pqtradeoff.models.base import LanguageModel
 class BigramModel(LanguageModel):
     """Next-token logits depend on the last token only; token 0 is EOS, token `bos` starts an empty prompt."""
 
-    def __init__(self, vocab_size: int = 6, seed: int = 0, eos_bias: float = 0.0, key: str = "bigram") -> None:
+    def __init__(self, vocab_size: int = 6, seed: int = 0, eos_bias: float = 0.0,
+                 key: str = "bigram") -> None:
         g = torch.Generator().manual_seed(seed)
         self.table = torch.randn(vocab_size, vocab_size, generator=g, dtype=torch.float32) * 2.0
         self.table[:, 0] += eos_bias

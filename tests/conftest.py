@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from types import SimpleNamespace
 
 import pytest
@@ -11,7 +12,7 @@ import pytest
 def tiny_hf(tmp_path_factory) -> SimpleNamespace:
     """Folders of tiny random checkpoints: `llama` (aligned), `prior` (same tokenizer, other weights),
     `gpt2` (GPT-2 style tokenizer), `other` (a Llama whose vocabulary differs) and `reward` (pad == eos)."""
-    from hf_tiny import build_causal, build_reward, word_tokenizer
+    from pqtradeoff.testing import build_causal, build_reward, word_tokenizer
 
     root = tmp_path_factory.mktemp("hf")
     return SimpleNamespace(
@@ -21,6 +22,18 @@ def tiny_hf(tmp_path_factory) -> SimpleNamespace:
         other=build_causal(root / "other", "llama", tokenizer=word_tokenizer("llama", extra=3), seed=3),
         reward=build_reward(root / "reward", seed=4),
     )
+
+
+@pytest.fixture()
+def pq_log(caplog, monkeypatch):
+    """What the package logger ("pqtradeoff") said during the test, as `caplog`: its handler is put on the
+    package logger itself, since a CLI test earlier in the session stops the logger's propagation."""
+    logger = logging.getLogger("pqtradeoff")
+    monkeypatch.setattr(logger, "propagate", False)
+    logger.addHandler(caplog.handler)
+    caplog.set_level(logging.INFO, logger="pqtradeoff")
+    yield caplog
+    logger.removeHandler(caplog.handler)
 
 
 @pytest.fixture(scope="module")

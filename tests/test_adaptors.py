@@ -20,6 +20,7 @@ from transformers.generation.logits_process import (
 
 from pqtradeoff.adaptors import PARAMETER_ORDER, Adaptor, parse, parse_grid
 from pqtradeoff.errors import PQError
+from pqtradeoff.testing import generation_kwargs
 
 SPECS = [
     "ancestral",
@@ -75,7 +76,8 @@ def reference_log_probs(spec: str, logits: torch.Tensor) -> torch.Tensor:
 
 
 def lm_like_logits(shape: tuple[int, ...], seed: int, ties: bool = False) -> torch.Tensor:
-    """Zipf-shaped logits (p ~ rank^-s, s varying by row) with noise; `ties` rounds them to create exact ties."""
+    """Zipf-shaped logits (p ~ rank^-s, s varying by row) with noise; `ties` rounds them to create exact
+    ties."""
     g = torch.Generator().manual_seed(seed)
     s = torch.empty(shape[:-1] + (1,)).uniform_(0.6, 2.5, generator=g)
     u = torch.rand(shape, generator=g)
@@ -112,7 +114,8 @@ def test_log_probs_equal_transformers_on_peaked_and_flat_rows(spec: str) -> None
     assert_same_distribution(parse(spec).log_probs(logits), reference_log_probs(spec, logits))
 
 
-@pytest.mark.parametrize("spec", ["temperature=0.5", "top_k=30", "temperature=0.75,top_p=0.95", "typical_p=0.9"])
+@pytest.mark.parametrize("spec",
+                         ["temperature=0.5", "top_k=30", "temperature=0.75,top_p=0.95", "typical_p=0.9"])
 def test_half_precision_logits_are_scored_in_float32(spec: str) -> None:
     logits = lm_like_logits((4, 300), seed=3)
     half = logits.to(torch.bfloat16)
@@ -127,7 +130,8 @@ def test_generation_kwargs_build_the_same_processors_inside_generate() -> None:
     from transformers import GenerationConfig, GPT2Config, GPT2LMHeadModel
 
     vocab = 120
-    config = GPT2Config(n_layer=1, n_head=1, n_embd=4, vocab_size=vocab, n_positions=8, bos_token_id=0, eos_token_id=1)
+    config = GPT2Config(n_layer=1, n_head=1, n_embd=4, vocab_size=vocab, n_positions=8, bos_token_id=0,
+                        eos_token_id=1)
     model = GPT2LMHeadModel(config)
     model.generation_config = GenerationConfig(
         do_sample=True, temperature=0.6, top_k=7, top_p=0.5, min_p=0.3, typical_p=0.5,
@@ -139,7 +143,7 @@ def test_generation_kwargs_build_the_same_processors_inside_generate() -> None:
                  # every warper at once: checks generate's order, not only each warper
                  "temperature=0.8,top_k=20,top_p=0.9,min_p=0.02,typical_p=0.95,epsilon_cutoff=0.0001,eta_cutoff=0.0005"]:
         adaptor = parse(spec)
-        prepared, _ = model._prepare_generation_config(GenerationConfig(**adaptor.generation_kwargs()))
+        prepared, _ = model._prepare_generation_config(GenerationConfig(**generation_kwargs(adaptor)))
         processors = model._get_logits_processor(generation_config=prepared, device="cpu")
         scores = processors(torch.zeros((5, 1), dtype=torch.long), logits.clone())
         assert_same_distribution(adaptor.log_probs(logits), torch.log_softmax(scores, dim=-1))

@@ -1,4 +1,5 @@
-"""`advise`: hull frontier, mixtures and their intervals on synthetic summaries whose answers are known by hand."""
+"""`advise`: hull frontier, mixtures and their intervals on synthetic summaries whose answers are known by
+hand."""
 
 from __future__ import annotations
 
@@ -47,7 +48,8 @@ def test_min_reward_between_vertices_mixes_the_two_neighbours():
     assert c.adaptors == ["temperature=1.25", "temperature=1.0"] and c.weights == pytest.approx([0.5, 0.5])
     assert c.mean_reward.mean == pytest.approx(3.0) and c.mean_log_prior.mean == pytest.approx(-6.5)
     se = math.sqrt(0.25 * SE**2 * 2)
-    assert c.mean_reward.se == pytest.approx(se) and c.mean_reward.ci == pytest.approx([3 - CRIT * se, 3 + CRIT * se])
+    assert c.mean_reward.se == pytest.approx(se)
+    assert c.mean_reward.ci == pytest.approx([3 - CRIT * se, 3 + CRIT * se])
     assert advice.best_single.adaptors == ["temperature=1.25"]  # B: E reaches 3 too but keeps less log prior
     assert advice.indistinguishable == ["temperature=1.0,top_p=0.9"]
     assert advice.frontier == ["temperature=0.5", "temperature=1.0", "temperature=1.25", "temperature=1.5"]
@@ -71,7 +73,8 @@ def test_max_prior_loss_relative_to_the_reference():
     advice = advise(summary(), max_prior_loss=2.0)  # reference temperature=1.0 at -5: threshold -7
     c = advice.choice
     assert advice.target["min_mean_log_prior"] == pytest.approx(-7.0)
-    assert c.adaptors == ["temperature=1.25", "temperature=1.0"] and c.weights == pytest.approx([2 / 3, 1 / 3])
+    assert c.adaptors == ["temperature=1.25", "temperature=1.0"]
+    assert c.weights == pytest.approx([2 / 3, 1 / 3])
     assert c.mean_log_prior.mean == pytest.approx(-7.0) and c.mean_reward.mean == pytest.approx(10 / 3)
     assert advice.best_single.adaptors == ["temperature=1.0,top_p=0.9"]  # G: above -7 with more reward than C
     assert advise(summary(), max_prior_loss=0.0).choice.adaptors == ["temperature=1.0"]
@@ -90,7 +93,8 @@ def test_bad_targets_are_refused():
 
 
 def test_efficient_hull_against_brute_force_directions():
-    """A point is on the upper-right hull iff it maximises w . p for some direction w in the open positive quadrant."""
+    """A point is on the upper-right hull iff it maximises w . p for some direction w in the open positive
+    quadrant."""
     rng = np.random.default_rng(0)
     angles = np.linspace(0, np.pi / 2, 20001)[1:-1]
     for _ in range(30):
@@ -133,7 +137,8 @@ def test_advice_on_a_real_analysis_uses_local_means_of_every_sampled_config(tmp_
     frame.loc[frame["adaptor"] == dead, "log_weight"] = -np.inf
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        summary = run_analysis(frame, tmp_path, make_settings(corpora=20, corpus_size=20, imh_steps=500, plots=False))
+        summary = run_analysis(frame, tmp_path,
+                               make_settings(corpora=20, corpus_size=20, imh_steps=500, plots=False))
     used = frame[frame["finished"]].assign(adaptor=lambda d: d["adaptor"].map(lambda s: str(parse(s))))
     means = used.groupby("adaptor")[["reward", "logp_prior"]].mean()
     middle = float(means["reward"].median())
@@ -145,4 +150,5 @@ def test_advice_on_a_real_analysis_uses_local_means_of_every_sampled_config(tmp_
     prior = sum(w * means.loc[a, "logp_prior"] for w, a in zip(c.weights, c.adaptors, strict=True))
     assert c.mean_log_prior.mean == pytest.approx(prior)
     # nothing reachable that meets the target keeps more prior log-probability than the choice
-    assert all(means.loc[a, "logp_prior"] <= prior + 1e-9 for a in means.index if means.loc[a, "reward"] >= middle)
+    assert all(means.loc[a, "logp_prior"] <= prior + 1e-9 for a in means.index
+               if means.loc[a, "reward"] >= middle)

@@ -30,7 +30,8 @@ def test_implicit_dpo_reward_is_recovered_to_float_precision():
     fit, _ = _fit(frame, nominal_beta=beta)
     assert fit.defined and fit.bootstrap_unit == "prompts" and fit.n_prompts == 40 and fit.n_strings == 200
     assert fit.within_prompt_r == pytest.approx(1.0, abs=1e-12)
-    assert fit.beta_hat == pytest.approx(beta, rel=1e-12) and fit.beta_hat_reverse == pytest.approx(beta, rel=1e-12)
+    assert fit.beta_hat == pytest.approx(beta, rel=1e-12)
+    assert fit.beta_hat_reverse == pytest.approx(beta, rel=1e-12)
     assert fit.beta_hat_ci == pytest.approx([beta, beta], rel=1e-10)
     assert fit.residual_sd == pytest.approx(0.0, abs=1e-10)
     assert all(abs(p.log_z) < 1e-10 and p.log_z_sd < 1e-10 for p in fit.prompts)  # DPO: log Z(x) = 0
@@ -43,14 +44,16 @@ def test_slopes_equal_ols_with_one_dummy_per_prompt_and_log_z_is_recovered():
     beta, log_z = 2.0, rng.normal(scale=3.0, size=30)
     codes = np.repeat(np.arange(30), 6)
     reward = 4.0 * rng.normal(size=len(frame))
-    frame["logp_aligned"] = frame["logp_prior"] + reward / beta - log_z[codes] + 0.05 * rng.normal(size=len(frame))
+    noise = 0.05 * rng.normal(size=len(frame))
+    frame["logp_aligned"] = frame["logp_prior"] + reward / beta - log_z[codes] + noise
     frame["reward"] = reward
     fit, data = _fit(frame)
     d = (frame["logp_aligned"] - frame["logp_prior"]).to_numpy()
     dummies = np.eye(30)[codes]
     slope = np.linalg.lstsq(np.column_stack([reward, dummies]), d, rcond=None)[0][0]
     reverse = np.linalg.lstsq(np.column_stack([d, dummies]), reward, rcond=None)[0][0]
-    assert fit.slope == pytest.approx(slope, rel=1e-10) and fit.beta_hat_reverse == pytest.approx(reverse, rel=1e-10)
+    assert fit.slope == pytest.approx(slope, rel=1e-10)
+    assert fit.beta_hat_reverse == pytest.approx(reverse, rel=1e-10)
     assert fit.beta_hat_ci[0] < beta < fit.beta_hat_ci[1] and fit.within_prompt_r > 0.99
     assert fit.beta_hat_reverse_ci[0] < beta < fit.beta_hat_reverse_ci[1]
     estimated = np.array([p.log_z for p in fit.prompts])
@@ -94,7 +97,8 @@ def test_vectorized_bootstrap_equals_refitting_each_resample():
 
 def test_single_prompt_has_one_intercept_and_resamples_strings():
     frame = strings(prompts=1, per_prompt=200, seed=9)
-    frame["reward"] = 0.5 * (frame["logp_aligned"] - frame["logp_prior"]) + 0.01 * np.random.default_rng(1).normal(size=200)
+    frame["reward"] = 0.5 * (frame["logp_aligned"]
+                             - frame["logp_prior"]) + 0.01 * np.random.default_rng(1).normal(size=200)
     fit, _ = _fit(frame)
     assert fit.defined and fit.n_prompts == 1 and fit.bootstrap_unit == "strings" and "one prompt" in fit.note
     assert fit.beta_hat_ci[0] < 0.5 < fit.beta_hat_ci[1]

@@ -16,15 +16,19 @@ import pytest
 
 from pqtradeoff import adaptors
 from pqtradeoff.analyze import ExtraInputs, analyze_dir, clean_table, make_settings, run_analysis
-from pqtradeoff.corpus import SCORED_SCHEMA, write_shard
+from pqtradeoff.corpus import GENERATED_SCHEMA, SCORE_COLUMNS, write_shard
 from pqtradeoff.errors import PQError
 from pqtradeoff.io import to_json
 
 SMALL = dict(corpora=60, corpus_size=50, imh_steps=3000, seed=3, plots=False)
 
+SCORED_SCHEMA = pa.schema(list(GENERATED_SCHEMA) + list(SCORE_COLUMNS))
 
-def make_scored(seed: int = 0, families=("ancestral", "top_k=30"), temps=(0.5, 1.0, 1.5), n: int = 80) -> pd.DataFrame:
-    """A scored corpus whose strings correlate positively within a config while configs trade off negatively."""
+
+def make_scored(seed: int = 0, families=("ancestral", "top_k=30"), temps=(0.5, 1.0, 1.5),
+                n: int = 80) -> pd.DataFrame:
+    """A scored corpus whose strings correlate positively within a config while configs trade off
+    negatively."""
     rng = np.random.default_rng(seed)
     frames = []
     for f_index, fam in enumerate(families):
@@ -33,7 +37,8 @@ def make_scored(seed: int = 0, families=("ancestral", "top_k=30"), temps=(0.5, 1
             base = rng.normal(size=n)
             logq = -30.0 + rng.normal(size=n)
             frames.append(pd.DataFrame({
-                "prompt_id": np.arange(n) // 2, "prompt": "Human: hi Assistant:", "sample_id": np.arange(n) % 2,
+                "prompt_id": np.arange(n) // 2, "prompt": "Human: hi Assistant:",
+                "sample_id": np.arange(n) % 2,
                 "adaptor": spec, "text": "x", "prompt_token_ids": [[1, 2]] * n, "token_ids": [[3, 4, 0]] * n,
                 "finished": rng.random(n) > 0.05,
                 "logq": logq, "logp_aligned": logq + rng.normal(scale=0.5, size=n),
@@ -50,7 +55,8 @@ def write_scored(frame: pd.DataFrame, directory: Path, shards: int = 2) -> Path:
     if schema is not None and "prior_context" in frame.columns:
         schema = schema.append(pa.field("prior_context", pa.string()))
     for k, part in enumerate(np.array_split(np.arange(len(frame)), shards)):
-        table = pa.Table.from_pandas(frame.iloc[part].reset_index(drop=True), schema=schema, preserve_index=False)
+        table = pa.Table.from_pandas(frame.iloc[part].reset_index(drop=True), schema=schema,
+                                     preserve_index=False)
         write_shard(table, directory / f"scored-{k:05d}.parquet")
     (directory / "_run.json").write_text(json.dumps({"command": "score", "settings": {"x": 1}}))
     return directory
@@ -79,8 +85,8 @@ def test_end_to_end_outputs_and_counts(tmp_path):
     assert len(summary.configs) == 6 and summary.skipped == []
     first = summary.configs[0]
     for value in (first.reward.mean, first.reward.se, first.log_prior.mean, first.log_prior.se,
-                  first.acceptance_rate, first.chain_ess, first.importance_ess, first.n_strings, first.n_dropped,
-                  first.reward.lag1, first.reward.tau):
+                  first.acceptance_rate, first.chain_ess, first.importance_ess, first.n_strings,
+                  first.n_dropped, first.reward.lag1, first.reward.tau):
         assert value is not None
     assert first.n_rows - first.n_dropped == first.n_strings
     assert first.dropped_why["non-finite reward"] == 3 and first.dropped_why["non-finite logp_prior"] == 1
@@ -94,11 +100,12 @@ def test_end_to_end_outputs_and_counts(tmp_path):
     corpora = pd.read_parquet(tmp_path / "out" / "corpora.parquet")
     assert len(corpora) == 6 * SMALL["corpora"]
     assert set(corpora.columns) >= {"adaptor", "corpus_id", "mean_reward", "mean_log_prior"}
-    for name in ("summary.json", "report.html", "string_level.png", "corpus_level.png", "frontier.png", "_run.json",
-                 "alignment.png", "hull.png"):
+    for name in ("summary.json", "report.html", "string_level.png", "corpus_level.png", "frontier.png",
+                 "_run.json", "alignment.png", "hull.png"):
         assert (tmp_path / "out" / name).stat().st_size > 0, name
     html = (tmp_path / "out" / "report.html").read_text()
-    assert "data:image/png;base64," in html and "Pareto frontier" in html and "column &#x27;reward&#x27;" in html
+    assert "data:image/png;base64," in html and "Pareto frontier" in html
+    assert "column &#x27;reward&#x27;" in html
     assert "At a glance" in html and "Alignment fidelity" in html and "reachable frontier" in html
 
 
@@ -157,7 +164,8 @@ def test_config_with_all_zero_weights_is_skipped_and_said(tmp_path):
     dead = str(adaptors.parse("temperature=0.5,top_k=30"))
     frame.loc[frame["adaptor"].map(lambda s: str(adaptors.parse(s))) == dead, "log_weight"] = -np.inf
     with pytest.warns(UserWarning) as record:
-        summary = run_analysis(frame, tmp_path, _settings(), ExtraInputs(skipped={"temperature=2.0": "generation failed"}))
+        summary = run_analysis(frame, tmp_path, _settings(),
+                               ExtraInputs(skipped={"temperature=2.0": "generation failed"}))
     assert any(re.search(r"all \d+ importance weights are zero", str(w.message)) for w in record)
     assert {s.adaptor for s in summary.skipped} == {dead, "temperature=2.0"}
     assert dead not in {c.adaptor for c in summary.configs} and len(summary.configs) == 5
@@ -205,7 +213,8 @@ def test_exact_values_are_merged_drawn_and_compared(tmp_path):
     for c in summary.configs:
         assert c.exact["exact_entropy"] == 12.0
         assert c.exact_comparison["z_reward"] == pytest.approx(-0.5)
-        assert c.exact_comparison["z_log_prior"] == pytest.approx(10.0 if c.adaptor == "temperature=0.5" else 0.0)
+        assert c.exact_comparison["z_log_prior"] == pytest.approx(10.0 if c.adaptor == "temperature=0.5"
+                                                                  else 0.0)
     html = (tmp_path / "b" / "report.html").read_text()
     assert "3 of 4 IMH-corrected means agree" in html and "demo run" in html
     assert "Outside: temperature=0.5 (log prior, z = 10.00)" in html
@@ -233,7 +242,8 @@ def test_bad_settings_name_the_field():
 
 
 def _cli(*args):
-    return subprocess.run([sys.executable, "-m", "pqtradeoff", "analyze", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "pqtradeoff", "analyze", *args], capture_output=True,
+                          text=True,
                           timeout=120)
 
 
@@ -246,7 +256,8 @@ def test_cli_success(tmp_path):
     assert json.loads((tmp_path / "out" / "summary.json").read_text())["settings"]["imh_steps"] == 500
 
 
-@pytest.mark.parametrize("case", ["missing_dir", "bad_target", "bad_confidence", "missing_column", "out_is_a_file"])
+@pytest.mark.parametrize("case",
+                         ["missing_dir", "bad_target", "bad_confidence", "missing_column", "out_is_a_file"])
 def test_cli_bad_input_is_one_line_exit_2(tmp_path, monkeypatch, capsys, case):
     from pqtradeoff.cli import main
 
@@ -255,7 +266,8 @@ def test_cli_bad_input_is_one_line_exit_2(tmp_path, monkeypatch, capsys, case):
         "missing_dir": ([str(tmp_path / "nowhere")], "does not exist"),
         "bad_target": ([str(scored), "--target", "prior"], "target='prior'"),
         "bad_confidence": ([str(scored), "--confidence", "1.5"], "confidence=1.5"),
-        "missing_column": ([str(write_scored(make_scored().drop(columns=["reward"]), tmp_path / "nr"))], "reward"),
+        "missing_column": ([str(write_scored(make_scored().drop(columns=["reward"]), tmp_path / "nr"))],
+                           "reward"),
         "out_is_a_file": ([str(scored)], "is a file, not a folder"),
     }[case]
     (tmp_path / "file").write_text("x")
@@ -271,8 +283,8 @@ def test_cli_bad_input_is_one_line_exit_2(tmp_path, monkeypatch, capsys, case):
 def test_analysis_side_never_imports_the_model_side():
     code = ("import sys, pqtradeoff.analyze, pqtradeoff.plots, pqtradeoff.report, pqtradeoff.cli.analyze, "
             "pqtradeoff.alignment, pqtradeoff.advise, pqtradeoff.cli.advise; "
-            "bad = [m for m in ('torch', 'transformers', 'pqtradeoff.models', 'pqtradeoff.generate') if m in sys.modules]; "
-            "print(bad); sys.exit(1 if bad else 0)")
+            "bad = [m for m in ('torch', 'transformers', 'pqtradeoff.models', 'pqtradeoff.generate') if m in "
+            "sys.modules]; print(bad); sys.exit(1 if bad else 0)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stdout + done.stderr
 
@@ -290,18 +302,21 @@ def test_summary_json_keeps_the_documented_field_names(tmp_path):
     assert list(written)[:4] == ["command", "settings", "seeds", "input"]
     config = written["configs"][0]
     for name in ("reward", "log_prior"):
-        for key in ("mean_{}", "mean_{}_se", "mean_{}_se_pool", "mean_{}_se_chain", "snis_mean_{}", "local_mean_{}",
+        for key in ("mean_{}", "mean_{}_se", "mean_{}_se_pool", "mean_{}_se_chain", "snis_mean_{}",
+                    "local_mean_{}",
                     "local_mean_{}_se", "chain_ess_{}", "tau_{}", "lag1_{}", "corpus_mean_{}_sd"):
             assert key.format(name) in config, key.format(name)
     typed = summary.configs[0]
-    assert config["mean_reward_se"] == typed.reward.se and config["local_mean_log_prior"] == typed.log_prior.local_mean
+    assert config["mean_reward_se"] == typed.reward.se
+    assert config["local_mean_log_prior"] == typed.log_prior.local_mean
     assert config["string_level"]["spearman"] == typed.string_level.spearman
     # A skipped config with usable strings keeps their plain means, equal to a direct computation.
     rows = frame[(frame["adaptor"] == dead) & frame["finished"]]
     skipped = next(s for s in written["skipped"] if s["adaptor"] == dead)
     assert skipped["n_strings"] == len(rows)
     assert skipped["local_mean_reward"] == pytest.approx(rows["reward"].mean())
-    assert skipped["local_mean_log_prior_se"] == pytest.approx(rows["logp_prior"].std(ddof=1) / np.sqrt(len(rows)))
+    assert skipped["local_mean_log_prior_se"] == pytest.approx(rows["logp_prior"].std(ddof=1)
+                                                               / np.sqrt(len(rows)))
 
 
 def test_alignment_block_from_a_scored_directory(tmp_path):

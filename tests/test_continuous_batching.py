@@ -30,15 +30,18 @@ SPECS = ["ancestral", "temperature=0.7,top_k=3", "temperature=1.3,top_p=0.8"]
 
 
 def one_at_a_time(model, adaptor, prompts, keys, max_new_tokens):
-    return [sample_batch(model, adaptor, [p], keys[i:i + 1], max_new_tokens)[0] for i, p in enumerate(prompts)]
+    return [
+        sample_batch(model, adaptor, [p], keys[i : i + 1], max_new_tokens)[0] for i, p in enumerate(prompts)
+    ]
 
 
 def assert_same_rows(got, want, atol):
     assert [r.token_ids for r in got] == [r.token_ids for r in want]
     assert [r.finished for r in got] == [r.finished for r in want]
     for name in ("logq", "logp_aligned", "log_weight"):
-        np.testing.assert_allclose([getattr(r, name) for r in got], [getattr(r, name) for r in want], atol=atol,
-                                   rtol=0)
+        np.testing.assert_allclose(
+            [getattr(r, name) for r in got], [getattr(r, name) for r in want], atol=atol, rtol=0
+        )
     for name in ("token_logq", "token_logp_aligned", "token_log_z"):
         for g, w in zip(got, want, strict=True):
             np.testing.assert_allclose(getattr(g, name), getattr(w, name), atol=atol, rtol=0)
@@ -69,7 +72,7 @@ def test_start_distinct_prefills_each_prompt_once():
 def test_step_uniforms_per_row_steps_equal_scalar_steps():
     keys = row_keys(1, np.arange(6), np.arange(6) % 2, "temperature=1.0")
     steps = np.array([0, 3, 1, 0, 7, 2])
-    want = [step_uniforms(keys[i:i + 1], int(s))[0] for i, s in enumerate(steps)]
+    want = [step_uniforms(keys[i : i + 1], int(s))[0] for i, s in enumerate(steps)]
     assert step_uniforms(keys, steps).tolist() == want
 
 
@@ -95,8 +98,11 @@ def test_a_model_that_cannot_join_is_sampled_batch_after_batch():
     a = adaptors.parse("temperature=0.7,top_k=3")
     prompts = [[model.bos, 1 + i % 4] for i in range(11)]
     keys = row_keys(2, np.arange(11), np.zeros(11, dtype=np.int64), a)
-    assert_same_rows(sample_rows(model, a, prompts, keys, 6, batch_size=4), one_at_a_time(model, a, prompts, keys, 6),
-                     atol=0)
+    assert_same_rows(
+        sample_rows(model, a, prompts, keys, 6, batch_size=4),
+        one_at_a_time(model, a, prompts, keys, 6),
+        atol=0,
+    )
 
 
 def eos_prone(path: str) -> HFModel:
@@ -136,7 +142,13 @@ def test_hf_rows_are_the_same_as_one_at_a_time(tiny_lm, spec):
 def test_choose_batch_size_fits_the_budget(tiny_hf):
     lm = HFModel(str(tiny_hf.llama), device="cpu")
     config = lm.model.config
-    per_token = config.num_hidden_layers * config.num_key_value_heads * (config.hidden_size // config.num_attention_heads) * 2 * 4
+    per_token = (
+        config.num_hidden_layers
+        * config.num_key_value_heads
+        * (config.hidden_size // config.num_attention_heads)
+        * 2
+        * 4
+    )
     assert kv_cache_bytes(config, 10, torch.float32) == 10 * per_token
     assert lm.state_bytes(10) == 10 * per_token
     per_row = 2 * 40 * per_token + 32 * lm.vocab_size
@@ -158,12 +170,19 @@ def test_generate_corpus_without_batch_size_chooses_per_shard(tmp_path):
     model = BigramModel(seed=2)
     prompts = [PromptRecord(0, "", model.encode_prompt("")), PromptRecord(1, "w1", model.encode_prompt("w1"))]
     common = dict(num_generations=3, max_new_tokens=4, seed=1, settings={}, progress=False, prompt_block=1)
-    auto = generate_corpus(model, prompts, [adaptors.parse("ancestral")], batch_size=None, out_dir=tmp_path / "a",
-                           **common).out_dir
+    auto = generate_corpus(
+        model, prompts, [adaptors.parse("ancestral")], batch_size=None, out_dir=tmp_path / "a", **common
+    ).out_dir
     assert json.loads((auto / "_run.json").read_text())["settings"]["batch_size"] is None
     for p in prompts:  # one shard per prompt block here: explicit batch = the one chosen for that shard
         chosen = choose_batch_size(model, len(p.token_ids) + 4)
-        explicit = generate_corpus(model, [p], [adaptors.parse("ancestral")], batch_size=chosen,
-                                   out_dir=tmp_path / f"e{p.prompt_id}", **common).out_dir
+        explicit = generate_corpus(
+            model,
+            [p],
+            [adaptors.parse("ancestral")],
+            batch_size=chosen,
+            out_dir=tmp_path / f"e{p.prompt_id}",
+            **common,
+        ).out_dir
         for f in explicit.glob("*.parquet"):
             assert f.read_bytes() == (auto / f.name).read_bytes()

@@ -1,5 +1,6 @@
 """IMH correction: every step of the chain against the IMH acceptance rule, its long-run law against the exact
-self-normalized weights (for each target), the autocorrelation diagnostics, and the standard errors' coverage."""
+self-normalized weights (for each target), the autocorrelation diagnostics, and the standard errors'
+coverage."""
 
 from __future__ import annotations
 
@@ -19,7 +20,8 @@ def _chain(log_w, steps, seed=0):
 
 def assert_follows_the_imh_rule(log_w, p, states):
     """Every transition, checked at once: step t moves to its proposal j_t exactly when
-    log w(j_t) + E_t >= log w(s_{t-1}) (log u_t = -E_t <= log w(j_t) - log w(s_{t-1})), and stays otherwise."""
+    log w(j_t) + E_t >= log w(s_{t-1}) (log u_t = -E_t <= log w(j_t) - log w(s_{t-1})), and stays
+    otherwise."""
     assert states[0] == p.start and len(states) == len(p.index) + 1
     accept = log_w[p.index] + p.exp >= log_w[states[:-1]]
     np.testing.assert_array_equal(states[1:], np.where(accept, p.index, states[:-1]))
@@ -69,7 +71,8 @@ def test_long_run_law_is_self_normalized_weights(target):
     rng = np.random.default_rng(7)
     n = 6
     logq = rng.normal(-10, 1, size=n)
-    log_w = correct.log_importance_weights(target, rng.normal(0, 1, size=n), logq + rng.normal(0, 1, size=n), logq)
+    log_w = correct.log_importance_weights(target, rng.normal(0, 1, size=n), logq + rng.normal(0, 1, size=n),
+                                           logq)
     wbar = correct.normalized_weights(log_w)
     np.testing.assert_allclose(wbar, _exact_stationary(log_w), atol=1e-10)
     _, states = _chain(log_w, 200_000, seed=11)

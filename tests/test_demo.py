@@ -15,7 +15,8 @@ from pqtradeoff.errors import PQError
 from pqtradeoff.io import to_json
 from pqtradeoff.results import Summary
 
-SMALL = dict(families=["ancestral", "top_k=3", "top_p=0.9", "eta_cutoff=0.0009"], temperatures=[0.5, 1.0, 1.5],
+SMALL = dict(families=["ancestral", "top_k=3", "top_p=0.9", "eta_cutoff=0.0009"],
+             temperatures=[0.5, 1.0, 1.5],
              num_generations=600, batch_size=600, imh_steps=20_000, corpora=200, corpus_size=600)
 
 
@@ -36,8 +37,8 @@ def test_outputs_and_exact_fields(small_demo):
     assert summary.extra["identity_max_abs_error"] < 1e-4
     assert len(summary.configs) + len(summary.skipped) == 12
     for c in summary.configs:
-        for key in ("exact_mean_log_prior", "exact_mean_reward", "exact_entropy", "exact_local_mean_log_prior",
-                    "exact_local_mean_reward", "exact_local_entropy"):
+        for key in ("exact_mean_log_prior", "exact_mean_reward", "exact_entropy",
+                    "exact_local_mean_log_prior", "exact_local_mean_reward", "exact_local_entropy"):
             assert np.isfinite(c.exact[key]), (c.adaptor, key)
 
 
@@ -76,7 +77,8 @@ def test_imh_corrected_means_agree_with_exact_values(small_demo):
     z = np.abs(np.array(z))
     assert z.max() < 5, z
     # the uncorrected (local) means differ from the global target's where the adaptor truncates or tempers
-    differ = [abs(c.exact["exact_local_mean_log_prior"] - c.exact["exact_mean_log_prior"]) for c in summary.configs
+    differ = [abs(c.exact["exact_local_mean_log_prior"] - c.exact["exact_mean_log_prior"])
+              for c in summary.configs
               if c.adaptor != "temperature=1.0"]
     assert max(differ) > 0.1
 
@@ -136,9 +138,11 @@ def test_cli_bad_options_one_line(tmp_path, args, message):
 def test_cli_text_file_without_tokens(tmp_path):
     empty = tmp_path / "empty.txt"
     empty.write_text("\n  \n")
-    out = subprocess.run([sys.executable, "-m", "pqtradeoff", "demo", "--out", str(tmp_path / "o"), "--reward", "rarity", "--text",
+    out = subprocess.run([sys.executable, "-m", "pqtradeoff", "demo", "--out", str(tmp_path / "o"),
+                          "--reward", "rarity", "--text",
                           str(empty)], capture_output=True, text=True)
-    assert out.returncode == 2 and "no usable tokens" in out.stderr and len(out.stderr.strip().splitlines()) == 1
+    assert out.returncode == 2 and "no usable tokens" in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1
 
 
 def _z_scores(summary: Summary) -> list[float]:
@@ -148,7 +152,8 @@ def _z_scores(summary: Summary) -> list[float]:
 
 def test_standard_errors_cover_the_exact_values_across_seeds(tmp_path):
     """Coverage, not one lucky seed: about 95% of |z| should be below 2 if the errors are honest."""
-    tiny = dict(families=["ancestral", "top_k=3"], temperatures=[0.5, 1.0], num_generations=400, batch_size=400,
+    tiny = dict(families=["ancestral", "top_k=3"], temperatures=[0.5, 1.0], num_generations=400,
+                batch_size=400,
                 imh_steps=8000, corpora=20, corpus_size=100)
     z = []
     for seed in range(1, 6):
@@ -161,7 +166,8 @@ def test_standard_errors_cover_the_exact_values_across_seeds(tmp_path):
 
 def test_exact_values_condition_on_finishing_within_the_token_limit(tmp_path):
     """Strings cut at --max-new-tokens are dropped by the analysis; the exact values must match that law."""
-    tiny = dict(families=["ancestral", "top_k=3"], temperatures=[0.5, 1.0], num_generations=600, batch_size=600,
+    tiny = dict(families=["ancestral", "top_k=3"], temperatures=[0.5, 1.0], num_generations=600,
+                batch_size=600,
                 imh_steps=8000, corpora=20, corpus_size=100, max_new_tokens=4)
     settings = make_settings(**tiny)
     with pytest.warns(UserWarning, match="excluded [0-9]+ unfinished string"):
@@ -178,7 +184,8 @@ def test_exact_values_condition_on_finishing_within_the_token_limit(tmp_path):
         assert abs(cut - p) < 5 * np.sqrt(p * (1 - p) / c.n_rows) + 1e-9, (c.adaptor, cut, p)
 
 
-@pytest.mark.parametrize("field, value", [("n_words", 5), ("rarity", 0.3), ("word_cost", 0.5), ("eos_prob", 0.2)])
+@pytest.mark.parametrize("field, value",
+                         [("n_words", 5), ("rarity", 0.3), ("word_cost", 0.5), ("eos_prob", 0.2)])
 def test_rarity_options_are_refused_with_the_rare_word_reward(field, value):
     with pytest.raises(PQError, match=f"{field} applies to --reward rarity only"):
         make_settings(**{field: value})

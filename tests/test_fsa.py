@@ -13,7 +13,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pqtradeoff import automata, exact
+from pqtradeoff import automata
 from pqtradeoff.adaptors import parse
 from pqtradeoff.errors import PQError
 from pqtradeoff.models.fsa import (
@@ -25,6 +25,8 @@ from pqtradeoff.models.fsa import (
     ngram_states,
     random_ngram,
 )
+
+from automata_helpers import aligned_expectations, identity_residual, prior_expectations, sample
 
 
 def random_alignment(seed: int, order: int = 2, n_words: int = 4, beta: float = 1.0):
@@ -157,7 +159,8 @@ def test_estimate_ngram_matches_naive_counts(tmp_path, order):
     path.write_text("\n".join(lines) + "\n")
     model = estimate_ngram(path, order, k=0.5)
     prob = naive_ngram([ln for ln in lines if ln], order, 0.5, list(model.words))
-    assert model.words == ("cat", "sat", "the", "a", "dog", "down", "ran")  # by frequency, ties alphabetically
+    # by frequency, ties alphabetically
+    assert model.words == ("cat", "sat", "the", "a", "dog", "down", "ran")
     symbols = list(model.words) + [EOS]
     for name, row in zip(model.state_names, model.probs, strict=True):
         context = tuple(name.split()) if order > 1 else ()
@@ -185,7 +188,7 @@ def test_random_ngram_shape_eos_and_determinism():
     assert np.array_equal(a.log_probs, b.log_probs)
     assert a.probs[0, a.eos_token_id] == 0  # no empty string by default
     assert np.allclose(a.probs[1:, a.eos_token_id], 0.3)
-    assert exact.prior_expectations(align(a, TransitionReward(a, np.zeros(a.log_probs.shape)), 1.0)).mean_length \
+    assert prior_expectations(align(a, TransitionReward(a, np.zeros(a.log_probs.shape)), 1.0)).mean_length \
         == pytest.approx(1 + 1 / 0.3)
 
 
@@ -216,10 +219,10 @@ def test_aligned_model_is_exact_for_every_short_string(al):
     for n in range(5):
         for words in itertools.product(range(4), repeat=n):
             ids = list(words) + [prior.eos_token_id]
-            assert abs(al.identity_residual(ids)) < 1e-10
-            assert abs(al.identity_residual(ids[:-1])) < 1e-10  # unfinished prefixes too
+            assert abs(identity_residual(al, ids)) < 1e-10
+            assert abs(identity_residual(al, ids[:-1])) < 1e-10  # unfinished prefixes too
     assert prior.log_prob([prior.eos_token_id]) == -math.inf  # the empty string is impossible ...
-    assert al.identity_residual([prior.eos_token_id]) == 0.0  # ... and the identity reads -inf = -inf
+    assert identity_residual(al, [prior.eos_token_id]) == 0.0  # ... and the identity reads -inf = -inf
 
 
 def test_align_rejects_diverging_rewards_and_bad_beta(al):
@@ -242,9 +245,9 @@ def test_identity_on_sampled_strings(seed, order, n_words, beta):
     """For random automata: p+ rows are distributions, and the identity holds on samples from p+ and p."""
     a = random_alignment(seed, order, n_words, beta)
     assert np.allclose(a.aligned.probs.sum(axis=1), 1.0, atol=1e-12)
-    for y in a.aligned.sample(30, seed=seed) + a.prior.sample(30, seed=seed + 1):
-        assert abs(a.identity_residual(y)) < 1e-9
-    e = exact.aligned_expectations(a)
+    for y in sample(a.aligned, 30, seed=seed) + sample(a.prior, 30, seed=seed + 1):
+        assert abs(identity_residual(a, y)) < 1e-9
+    e = aligned_expectations(a)
     assert e.mean_log_prior + e.mean_reward / beta == pytest.approx(e.mean_log_aligned + a.log_z, abs=1e-9)
 
 
@@ -280,7 +283,8 @@ def test_bad_automata():
     one_line_error(FiniteStateLM, ["a", "a"], nxt, np.log([[0.4, 0.4, 0.2]]), match="appears twice")
     one_line_error(FiniteStateLM, ["a"], np.array([[0, -1]]), np.log([[0.5, 0.5]]), match="vocabulary size 1")
     one_line_error(FiniteStateLM, ["a", "b c"], nxt, np.log([[0.4, 0.4, 0.2]]), match="'b c'")
-    one_line_error(FiniteStateLM, ["a", "b"], np.array([[0, 5, -1]]), np.log([[0.4, 0.4, 0.2]]), match="next_state")
+    one_line_error(FiniteStateLM, ["a", "b"], np.array([[0, 5, -1]]), np.log([[0.4, 0.4, 0.2]]),
+                   match="next_state")
     model = FiniteStateLM(["a", "b"], nxt, np.log([[0.4, 0.4, 0.2]]))
     one_line_error(model.state_after, [model.eos_token_id], match="EOS")
     one_line_error(model.decode, [7], match="token id 7")

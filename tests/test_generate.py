@@ -17,8 +17,9 @@ from pqtradeoff.generate import (
     PromptRecord,
     adaptor_slug,
     generate_corpus,
-    row_uniforms,
+    row_keys,
     sample_inverse_cdf,
+    step_uniforms,
 )
 
 from bigram import BigramModel
@@ -35,7 +36,8 @@ def _generate(tmp_path, model, specs=SPECS, **kw):
     args = dict(num_generations=4, max_new_tokens=6, seed=7, batch_size=3, settings={"model": "bigram"},
                 progress=False, prompt_block=2)
     args |= kw
-    result = generate_corpus(model, _prompts(model), [adaptors.parse(s) for s in specs], out_dir=tmp_path, **args)
+    result = generate_corpus(model, _prompts(model), [adaptors.parse(s) for s in specs], out_dir=tmp_path,
+                             **args)
     return pd.read_parquet(result.out_dir)
 
 
@@ -108,6 +110,12 @@ def test_step_uniforms_are_uniform_and_independent():
     assert abs(np.corrcoef(u0, u1)[0, 1]) < 0.03
     assert abs(np.corrcoef(u0[:-1], u0[1:])[0, 1]) < 0.03
     assert len(np.unique(keys)) == len(keys)
+
+
+def row_uniforms(seed: int, prompt_id: int, sample_id: int, adaptor: str, n: int) -> np.ndarray:
+    """The first `n` uniforms of one row's stream."""
+    key = row_keys(seed, np.array([prompt_id]), np.array([sample_id]), adaptor)
+    return np.array([step_uniforms(key, t)[0] for t in range(n)])
 
 
 def test_keys_are_stable_and_distinct():
@@ -199,7 +207,8 @@ def test_growing_the_grid_writes_only_the_new_shards_and_ends_as_a_fresh_run(tmp
     def run(folder, cfg):
         args = dict(num_generations=cfg["num_generations"], max_new_tokens=6, seed=7, batch_size=3,
                     settings={"model": "bigram"}, progress=False, prompt_block=2)
-        return generate_corpus(model, _prompts(model, cfg["prompts"]), [adaptors.parse(s) for s in cfg["specs"]],
+        return generate_corpus(model, _prompts(model, cfg["prompts"]),
+                               [adaptors.parse(s) for s in cfg["specs"]],
                                out_dir=folder, **args)
 
     run(tmp_path / "grown", small)
@@ -211,7 +220,8 @@ def test_growing_the_grid_writes_only_the_new_shards_and_ends_as_a_fresh_run(tmp
     kept = set(before) & set(_shards(tmp_path / "grown"))
     assert result.reused == len(kept) > 0
     if "prompts" in grow:  # the block whose prompts changed was superseded, not mixed in
-        assert result.superseded and all((tmp_path / "grown" / "_superseded" / n).exists() for n in result.superseded)
+        assert result.superseded and all((tmp_path / "grown" / "_superseded" / n).exists()
+                                         for n in result.superseded)
     again = run(tmp_path / "grown", big)
     assert again.written == 0 and again.reused == fresh.shards
 

@@ -83,7 +83,8 @@ def test_recorded_scores_equal_teacher_forced_transformers_processors(aligned, c
         np.testing.assert_allclose(row.token_logq, want[:, 0], atol=1e-4, rtol=0)
         np.testing.assert_allclose(row.token_logp_aligned, want[:, 1], atol=1e-4, rtol=0)
         np.testing.assert_allclose(row.token_log_z, want[:, 2], atol=1e-4, rtol=0)
-        np.testing.assert_allclose([row.logq, row.logp_aligned, row.log_weight], want.sum(0), atol=5e-4, rtol=0)
+        np.testing.assert_allclose([row.logq, row.logp_aligned, row.log_weight], want.sum(0), atol=5e-4,
+                                   rtol=0)
         assert row.finished == (tokens[-1] == aligned.eos_token_id)
         assert row.finished or len(tokens) == 8
         assert aligned.eos_token_id not in tokens[:-1]
@@ -116,7 +117,8 @@ def test_prior_scores_match_direct_computation_for_any_batching(tiny_hf, corpus,
     for name, bs, mbt in (("one", 1, 4096), ("eight", 8, 20)):
         out = score_corpus(path, tmp_path / name, prior=prior, reward=VaderReward(), batch_size=bs,
                            max_batch_tokens=mbt, settings={}, progress=False).out_dir
-        runs[name] = pd.read_parquet(out).sort_values(["adaptor", "prompt_id", "sample_id"], ignore_index=True)
+        runs[name] = pd.read_parquet(out).sort_values(["adaptor", "prompt_id", "sample_id"],
+                                                      ignore_index=True)
     np.testing.assert_allclose(runs["one"]["logp_prior"], runs["eight"]["logp_prior"], atol=1e-5, rtol=0)
     df = runs["eight"]
     assert (df["prior_tokenization"] == "token_ids").all()
@@ -156,12 +158,14 @@ def test_cli_generate_then_score_with_template_and_reward_model(tiny_hf, tmp_pat
     code, _, err = cli(monkeypatch, capsys, "generate", "--model", tiny_hf.llama, "--prompts", prompts,
                        "--adaptor", "top_k=5", "--adaptor", "temperature=0.5", "--num-generations", 2,
                        "--max-new-tokens", 5, "--seed", 3, "--template", template, "--num-prompts", 3,
-                       "--prompt-seed", 42, "--max-batch-tokens", 30, "--out", tmp_path / "gen", "--no-progress")
+                       "--prompt-seed", 42, "--max-batch-tokens", 30, "--out", tmp_path / "gen",
+                       "--no-progress")
     assert code == 0, err
     settings = json.loads((tmp_path / "gen" / "_run.json").read_text())["settings"]
     lm = HFModel(str(tiny_hf.llama), device="cpu", template=template)
     longest = max(len(lm.encode_prompt(t)) for t in ["hello world", "why", "tell me a story", "the cat sat"])
-    assert settings["prompts"]["template"] == template and settings["batch_size"] == max(1, 30 // (longest + 5))
+    assert settings["prompts"]["template"] == template
+    assert settings["batch_size"] == max(1, 30 // (longest + 5))
     gen = pd.read_parquet(tmp_path / "gen")
     assert gen["prompt_id"].nunique() == 3 and len(gen) == 3 * 2 * 2
     assert all(list(r.prompt_token_ids) == lm.encode_prompt(r.prompt) for r in gen.itertuples())
@@ -181,10 +185,13 @@ def test_cli_generate_then_score_with_template_and_reward_model(tiny_hf, tmp_pat
     assert code == 0, err
     retok = pd.read_parquet(tmp_path / "retok")
     assert (retok["prior_tokenization"] == "retokenized").all()
-    np.testing.assert_allclose(retok["reward"], 0.1 * (retok["logp_aligned"] - retok["logp_prior"]), rtol=1e-12)
+    np.testing.assert_allclose(retok["reward"], 0.1 * (retok["logp_aligned"] - retok["logp_prior"]),
+                               rtol=1e-12)
 
 
-def test_cli_chat_template_corpus_scored_by_models_with_and_without_one(tiny_hf, tmp_path, monkeypatch, capsys):
+def test_cli_chat_template_corpus_scored_by_models_with_and_without_one(
+    tiny_hf, tmp_path, monkeypatch, capsys
+):
     prompts = write_prompts(tmp_path / "p.jsonl", ["hello world", "why"])
     code, _, err = cli(monkeypatch, capsys, "generate", "--model", tiny_hf.llama, "--prompts", prompts,
                        "--adaptor", "ancestral", "--num-generations", 2, "--max-new-tokens", 4, "--seed", 1,
@@ -193,7 +200,8 @@ def test_cli_chat_template_corpus_scored_by_models_with_and_without_one(tiny_hf,
     gen = pd.read_parquet(tmp_path / "gen")
     chat = HFModel(str(tiny_hf.llama), device="cpu", chat_template=True)
     assert all(list(r.prompt_token_ids) == chat.encode_prompt(r.prompt) for r in gen.itertuples())
-    # the GPT-2 prior has no chat template (and another tokenizer): it re-tokenizes, warns, reads the raw prompt
+    # the GPT-2 prior has no chat template (and another tokenizer): it re-tokenizes, warns, reads the raw
+    # prompt
     code, _, err = cli(monkeypatch, capsys, "score", tmp_path / "gen", "--prior", tiny_hf.gpt2,
                        "--reward-model", tiny_hf.reward, "--out", tmp_path / "scored", "--no-progress")
     assert code == 0 and "warning: the prior" in err and "no chat template" in err, err
@@ -203,7 +211,8 @@ def test_cli_chat_template_corpus_scored_by_models_with_and_without_one(tiny_hf,
     gpt2 = HFModel(str(tiny_hf.gpt2), device="cpu")
     for row in scored.itertuples():
         tokens = gpt2.encode_continuation(row.text) + ([gpt2.eos_token_id] if row.finished else [])
-        assert row.logp_prior == pytest.approx(prior_oracle(gpt2, gpt2.encode_prompt(row.prompt), tokens), abs=1e-4)
+        assert row.logp_prior == pytest.approx(prior_oracle(gpt2, gpt2.encode_prompt(row.prompt), tokens),
+                                               abs=1e-4)
     rm = HFRewardModel(str(tiny_hf.reward), device="cpu", chat_template=True)
     np.testing.assert_allclose(scored["reward"], rm(scored), atol=1e-5, rtol=0)
 
@@ -220,7 +229,8 @@ def test_cli_chat_template_corpus_scored_by_models_with_and_without_one(tiny_hf,
 def test_cli_bad_inputs_are_one_line_errors(tiny_hf, tmp_path, monkeypatch, capsys, content, extra, pattern):
     (tmp_path / "p.jsonl").write_text(content, encoding="utf-8")
     adaptor = [] if "--adaptor" in extra else ["--adaptor", "ancestral"]
-    code, _, err = cli(monkeypatch, capsys, "generate", "--model", tiny_hf.llama, "--prompts", tmp_path / "p.jsonl",
+    code, _, err = cli(monkeypatch, capsys, "generate", "--model", tiny_hf.llama, "--prompts",
+                       tmp_path / "p.jsonl",
                        *adaptor, "--num-generations", 1, "--max-new-tokens", 4, "--seed", 0,
                        "--out", tmp_path / "out", "--no-progress", *extra)
     assert code == 2
@@ -233,7 +243,8 @@ def test_cli_score_bad_inputs(tiny_hf, corpus, tmp_path, monkeypatch, capsys):
     for args, pattern in (
         ([tmp_path / "nowhere", "--reward", "vader"], "does not exist"),
         ([path, "--reward", "vader", "--reward-model", tiny_hf.reward], "exactly one of"),
-        ([path, "--prior", tiny_hf.prior, "--reward", "vader", "--prior-context", "all"], "--prior-context='all'"),
+        ([path, "--prior", tiny_hf.prior, "--reward", "vader", "--prior-context", "all"],
+         "--prior-context='all'"),
         ([path, "--prior", tmp_path / "no-model", "--reward", "vader"], "does not exist"),
     ):
         code, _, err = cli(monkeypatch, capsys, "score", *args, "--out", tmp_path / "s", "--no-progress")
@@ -243,7 +254,8 @@ def test_cli_score_bad_inputs(tiny_hf, corpus, tmp_path, monkeypatch, capsys):
 
 # ---------------------------------------------------------------------------------------------- resume
 def test_kill_9_then_rerun_is_byte_identical_to_an_uninterrupted_run(tiny_hf, tmp_path, monkeypatch, capsys):
-    prompts = write_prompts(tmp_path / "p.jsonl", [f"hello world {w}" for w in "the a cat dog sat ran".split()] * 2)
+    prompts = write_prompts(tmp_path / "p.jsonl",
+                            [f"hello world {w}" for w in "the a cat dog sat ran".split()] * 2)
     specs = ["ancestral", "top_k=5", "temperature=0.5,top_p=0.9", "typical_p=0.8"]
     common = ["generate", "--model", tiny_hf.llama, "--prompts", prompts, "--num-generations", 2,
               "--max-new-tokens", 16, "--seed", 5, "--batch-size", 4, "--device", "cpu", "--no-progress"]
@@ -272,10 +284,13 @@ def test_kill_9_then_rerun_is_byte_identical_to_an_uninterrupted_run(tiny_hf, tm
     assert len(df) == len(specs) * 12 * 2 and not df.duplicated(["adaptor", "prompt_id", "sample_id"]).any()
 
 
-def test_resume_with_other_settings_is_refused_before_loading_the_model(tiny_hf, tmp_path, monkeypatch, capsys):
+def test_resume_with_other_settings_is_refused_before_loading_the_model(
+    tiny_hf, tmp_path, monkeypatch, capsys
+):
     prompts = write_prompts(tmp_path / "p.jsonl", ["hello world the", "a cat sat"])
     common = ["generate", "--prompts", prompts, "--num-generations", 1, "--max-new-tokens", 4,
               "--adaptor", "top_k=5", "--device", "cpu", "--no-progress", "--out", tmp_path / "c"]
     assert cli(monkeypatch, capsys, *common, "--model", tiny_hf.llama, "--seed", 1)[0] == 0
     code, _, err = cli(monkeypatch, capsys, *common, "--model", tmp_path / "no-such-model", "--seed", 2)
-    assert code == 2 and "holds a run made with other settings (model.name:" in err and "does not exist" not in err
+    assert code == 2 and "holds a run made with other settings (model.name:" in err
+    assert "does not exist" not in err

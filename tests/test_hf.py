@@ -159,7 +159,8 @@ def test_reward_model_reads_the_last_real_token_when_pad_is_eos(tiny_hf):
 
 def test_reward_model_text_format(tiny_hf):
     rm = HFRewardModel(str(tiny_hf.reward), device="cpu", template="Human : {prompt} Assistant :")
-    assert rm.texts(["hi", "hi"], ["yes", " no"]) == ["Human : hi Assistant : yes", "Human : hi Assistant : no"]
+    assert rm.texts(["hi", "hi"], ["yes", " no"]) == ["Human : hi Assistant : yes",
+                                                      "Human : hi Assistant : no"]
     chat = HFRewardModel(str(tiny_hf.reward), device="cpu", chat_template=True)
     assert chat.texts(["hi"], ["yes"]) == ["<s>user : hi . assistant : yes . "]
     vocab = chat.tokenizer.get_vocab()
@@ -173,8 +174,7 @@ def test_reward_model_text_format(tiny_hf):
 def test_pad_id_outside_the_embedding_falls_back_to_eos(tmp_path):
     """A `<pad>` added to a tokenizer without resizing the model must not crash padded batches."""
     from pqtradeoff.models.hf import HFModel
-
-    from hf_tiny import build_causal, word_tokenizer
+    from pqtradeoff.testing import build_causal, word_tokenizer
 
     tok = word_tokenizer("gpt2")
     path = build_causal(tmp_path / "m", "gpt2", tokenizer=tok)
@@ -194,13 +194,14 @@ def test_every_end_of_string_id_is_collected(tiny_hf):
     assert end_of_string_ids(model.tokenizer, model.model) == [model.eos_token_id, 7]
 
 
-def test_reward_model_warns_when_it_cuts_a_long_text(tiny_hf, capsys):
+def test_reward_model_warns_when_it_cuts_a_long_text(tiny_hf, pq_log):
     import pandas as pd
 
     from pqtradeoff.models.hf import HFRewardModel
 
     rm = HFRewardModel(str(tiny_hf.reward), device="cpu", batch_size=2)
-    batch = pd.DataFrame({"prompt": ["hello", "hello"], "text": ["the cat sat", " ".join(["the cat sat"] * 80)]})
+    batch = pd.DataFrame({"prompt": ["hello", "hello"],
+                          "text": ["the cat sat", " ".join(["the cat sat"] * 80)]})
     scores = rm(batch)
     assert np.isfinite(scores).all() and rm.truncated == 1
-    assert "1 of 2 texts are longer than its context" in capsys.readouterr().err
+    assert any("1 of 2 texts are longer than its context" in r.getMessage() for r in pq_log.records)

@@ -94,7 +94,8 @@ def test_to_json_refuses_what_it_cannot_write():
 def test_check_resumable_allows_same_or_new_settings_and_refuses_changed_ones(tmp_path):
     check_resumable(tmp_path, {"settings": {"seed": 0}})  # no record yet: a fresh folder
     write_json(tmp_path / RUN_RECORD, {"settings": {"seed": 0, "model": "gpt2"}})
-    check_resumable(tmp_path, {"settings": {"seed": 1, "model": "gpt2"}})  # a record beside no output: replaceable
+    # a record beside no output: replaceable
+    check_resumable(tmp_path, {"settings": {"seed": 1, "model": "gpt2"}})
     (tmp_path / "shard.parquet").write_bytes(b"")
     check_resumable(tmp_path, {"settings": {"seed": 0, "model": "gpt2"}})
     check_resumable(tmp_path, {"settings": {"seed": 0, "batch": 8}})  # a key the old run did not record

@@ -1,4 +1,5 @@
-"""The index-free top-p warp equals transformers' TopPLogitsWarper bit for bit, ties and edge rows included."""
+"""The index-free top-p warp equals transformers' TopPLogitsWarper bit for bit, ties and edge rows
+included."""
 
 from __future__ import annotations
 
@@ -16,13 +17,20 @@ def lm_like(rows: int, vocab: int, seed: int, step: float | None = None) -> torc
     """Zipf-shaped logits with noise; `step` rounds them to a grid so that many values tie exactly."""
     g = torch.Generator().manual_seed(seed)
     s = torch.empty(rows, 1).uniform_(0.6, 2.5, generator=g)
-    logits = -s * torch.log1p(torch.rand(rows, vocab, generator=g) * vocab) + 0.3 * torch.randn(rows, vocab, generator=g)
+    logits = -s * torch.log1p(torch.rand(rows, vocab, generator=g) * vocab) + 0.3 * torch.randn(
+        rows, vocab, generator=g
+    )
     return torch.round(logits / step) * step if step else logits
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.integers(0, 2**31 - 1), st.floats(0.001, 0.999), st.sampled_from([None, 0.5, 0.05, 1e-3]),
-       st.sampled_from([1, 3]), st.none() | st.integers(1, 300))
+@given(
+    st.integers(0, 2**31 - 1),
+    st.floats(0.001, 0.999),
+    st.sampled_from([None, 0.5, 0.05, 1e-3]),
+    st.sampled_from([1, 3]),
+    st.none() | st.integers(1, 300),
+)
 def test_top_p_warp_equals_the_warper(seed, top_p, step, keep, top_k):
     scores = lm_like(6, 500, seed, step)
     if top_k is not None:  # -inf entries, as after a top-k warper
@@ -51,9 +59,16 @@ def test_edge_rows():
         assert torch.equal(top_p_warp(warper, scores), warper(None, scores.clone()))
 
 
-@pytest.mark.parametrize("spec", ["top_p=0.9", "temperature=0.75,top_p=0.95", "temperature=1.5,top_k=40,top_p=0.8",
-                                  "top_k=20,top_p=0.9,min_p=0.02,typical_p=0.95,epsilon_cutoff=0.0001",
-                                  "temperature=0.5,min_p=0.1"])
+@pytest.mark.parametrize(
+    "spec",
+    [
+        "top_p=0.9",
+        "temperature=0.75,top_p=0.95",
+        "temperature=1.5,top_k=40,top_p=0.8",
+        "top_k=20,top_p=0.9,min_p=0.02,typical_p=0.95,epsilon_cutoff=0.0001",
+        "temperature=0.5,min_p=0.1",
+    ],
+)
 def test_support_equals_the_adaptors_own(spec):
     logits = torch.cat([lm_like(40, 2000, 1), lm_like(40, 2000, 2, step=0.05)]).reshape(2, 40, 2000)
     a = parse(spec)

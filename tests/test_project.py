@@ -32,7 +32,8 @@ def test_cli_help_lists_every_command_and_bad_input_is_one_line():
     assert out.returncode == 0
     for command in ("toy", "analyze", "generate", "score", "demo"):
         assert command in out.stdout
-    bad = subprocess.run([sys.executable, "-m", "pqtradeoff", "demo", "--family", "top_k=0"], capture_output=True,
+    bad = subprocess.run([sys.executable, "-m", "pqtradeoff", "demo", "--family", "top_k=0"],
+                         capture_output=True,
                          text=True)
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "top_k=0" in bad.stderr, bad.stderr
 

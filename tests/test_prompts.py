@@ -31,7 +31,8 @@ def write_datasets_folder(path, texts, chunks=2):
     names = []
     step = -(-len(texts) // chunks)
     for k in range(chunks):
-        table = pa.table({"prompt": texts[k * step:(k + 1) * step], "other": list(range(len(texts[k * step:(k + 1) * step])))})
+        table = pa.table({"prompt": texts[k * step:(k + 1) * step],
+                          "other": list(range(len(texts[k * step:(k + 1) * step])))})
         name = f"data-{k:05d}-of-{chunks:05d}.arrow"
         with pa.ipc.new_stream(path / name, table.schema) as writer:
             writer.write_table(table)
@@ -43,7 +44,8 @@ def write_datasets_folder(path, texts, chunks=2):
 
 def test_every_format_gives_the_same_rows(tmp_path):
     want = list(enumerate(TEXTS))
-    jsonl = write_jsonl(tmp_path / "p.jsonl", [{"prompt": t, "id": i} for i, t in enumerate(TEXTS)], blank_after=2)
+    jsonl = write_jsonl(tmp_path / "p.jsonl", [{"prompt": t, "id": i} for i, t in enumerate(TEXTS)],
+                        blank_after=2)
     csv = tmp_path / "p.csv"
     pd.DataFrame({"id": range(len(TEXTS)), "prompt": TEXTS}).to_csv(csv, index=False)
     parquet = tmp_path / "p.parquet"

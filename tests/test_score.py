@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
-import types
 
 import numpy as np
 import pandas as pd
@@ -14,7 +12,7 @@ import torch
 from pqtradeoff import adaptors
 from pqtradeoff.errors import PQError
 from pqtradeoff.generate import PromptRecord, generate_corpus
-from pqtradeoff.rewards import DPOReward, FunctionReward, VaderReward, make_reward
+from pqtradeoff.rewards import DPOReward, FunctionReward
 from pqtradeoff.score import continuation_logprobs, score_corpus
 
 from bigram import BigramModel
@@ -88,7 +86,7 @@ def test_token_budget_bounds_batches():
     assert [len(x) for x in logps] == [4] * 10 + [9]
 
 
-def test_nonfinite_rewards_are_counted_not_hidden(corpus, tmp_path, capsys):
+def test_nonfinite_rewards_are_counted_not_hidden(corpus, tmp_path, pq_log):
     def half_nan(prompts, completions):
         return [float("nan") if i % 2 else 1.0 for i in range(len(completions))]
 
@@ -98,48 +96,20 @@ def test_nonfinite_rewards_are_counted_not_hidden(corpus, tmp_path, capsys):
     report = json.loads((out / "_score_report.json").read_text())
     df = pd.read_parquet(out)
     assert report["totals"]["reward_nonfinite"] == int(df["reward"].isna().sum()) > 0
-    assert "reward nonfinite" in capsys.readouterr().err
+    assert any(r.levelname == "WARNING" and "reward nonfinite" in r.getMessage() for r in pq_log.records)
 
 
 def test_resume_skips_scored_shards_and_matches(corpus, tmp_path):
     prior = BigramModel(seed=12)
-    full = score_corpus(corpus, tmp_path / "full", prior=prior, reward=DPOReward(1.0), settings={}, progress=False).out_dir
-    part = score_corpus(corpus, tmp_path / "part", prior=prior, reward=DPOReward(1.0), settings={}, progress=False).out_dir
+    full = score_corpus(corpus, tmp_path / "full", prior=prior, reward=DPOReward(1.0), settings={},
+                        progress=False).out_dir
+    part = score_corpus(corpus, tmp_path / "part", prior=prior, reward=DPOReward(1.0), settings={},
+                        progress=False).out_dir
     shards = sorted(part.glob("*.parquet"))
     shards[0].unlink()
     score_corpus(corpus, part, prior=prior, reward=DPOReward(1.0), settings={}, progress=False)
     for s in sorted(full.glob("*.parquet")):
         assert s.read_bytes() == (part / s.name).read_bytes()
-
-
-def test_function_reward_from_spec(monkeypatch):
-    mod = types.ModuleType("my_rewards")
-    mod.length = lambda prompts, completions: [len(c) for c in completions]
-    monkeypatch.setitem(sys.modules, "my_rewards", mod)
-    reward = make_reward("python:my_rewards:length")
-    batch = pd.DataFrame({"prompt": ["a", "b"], "text": ["xyz", ""]})
-    assert reward(batch).tolist() == [3.0, 0.0]
-    with pytest.raises(PQError, match="no function 'nope'"):
-        make_reward("python:my_rewards:nope")
-    with pytest.raises(PQError, match="cannot import module"):
-        make_reward("python:no_such_module_xyz:f")
-    mod.bad = lambda prompts, completions: [1.0]
-    with pytest.raises(PQError, match="returned 1 values for 2"):
-        make_reward("python:my_rewards:bad")(batch)
-
-
-def test_vader_reward_orders_sentiment():
-    values = VaderReward()(pd.DataFrame({"text": ["I love this, wonderful!", "the table", "awful, I hate it"]}))
-    assert values[0] > values[1] > values[2]
-
-
-@pytest.mark.parametrize("kind, kw, message", [
-    ("dpo", {}, "needs --beta"), ("dpo", {"beta": 0.0}, "beta=0.0"), ("vader", {"beta": 1.0}, "only applies"),
-    ("banana", {}, "'banana' is not one of"), (None, {}, "exactly one"),
-])
-def test_make_reward_errors(kind, kw, message):
-    with pytest.raises(PQError, match=message):
-        make_reward(kind, **kw)
 
 
 def test_score_bad_inputs(corpus, tmp_path):
@@ -149,7 +119,8 @@ def test_score_bad_inputs(corpus, tmp_path):
     with pytest.raises(PQError, match="is the corpus folder itself"):
         score_corpus(corpus, corpus, prior=BigramModel(), reward=DPOReward(1.0), settings={}, progress=False)
     with pytest.raises(PQError, match="does not exist"):
-        score_corpus(tmp_path / "nope", tmp_path / "s", prior=BigramModel(), reward=DPOReward(1.0), settings={},
+        score_corpus(tmp_path / "nope", tmp_path / "s", prior=BigramModel(), reward=DPOReward(1.0),
+                     settings={},
                      progress=False)
 
 
@@ -157,6 +128,28 @@ def test_dpo_reward_needs_the_prompt_context(corpus, tmp_path):
     with pytest.raises(PQError, match="needs --prior-context prompt"):
         score_corpus(corpus, tmp_path / "s", prior=BigramModel(seed=12), reward=DPOReward(1.0),
                      prior_context="none", settings={}, progress=False)
+
+
+class _Declared:
+    """A reward known only by what it declares (not a DPOReward)."""
+
+    def __init__(self, needs_prompt_context: bool, columns: tuple[str, ...]) -> None:
+        self.name, self.needs_prompt_context, self.columns = "declared", needs_prompt_context, columns
+
+    def __call__(self, batch: pd.DataFrame) -> np.ndarray:
+        return np.zeros(len(batch))
+
+
+def test_score_goes_by_what_the_reward_declares(corpus, tmp_path):
+    with pytest.raises(PQError, match="reward 'declared' needs --prior-context prompt"):
+        score_corpus(corpus, tmp_path / "a", prior=BigramModel(seed=12), reward=_Declared(True, ("text",)),
+                     prior_context="none", settings={}, progress=False)
+    with pytest.raises(PQError, match="lacks column\\(s\\) answer that reward 'declared' reads"):
+        score_corpus(corpus, tmp_path / "b", prior=BigramModel(seed=12), reward=_Declared(False, ("answer",)),
+                     settings={}, progress=False)
+    out = score_corpus(corpus, tmp_path / "c", prior=BigramModel(seed=12), reward=_Declared(False, ("text",)),
+                       prior_context="none", settings={}, progress=False).out_dir
+    assert (pd.read_parquet(out)["reward"] == 0.0).all()
 
 
 def test_prior_context_length_is_checked(corpus, tmp_path):

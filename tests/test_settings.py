@@ -89,12 +89,14 @@ def test_the_grid_is_checked(sampling, message):
 
 @pytest.mark.parametrize("field, value", [("num_generations", 10**9), ("seed", 2**64), ("max_new_tokens", 0)])
 def test_huge_or_negative_values_are_refused_before_any_work(field, value):
-    sampling = {"num_generations": 1, "max_new_tokens": 4, "seed": 0, "adaptors": ["ancestral"]} | {field: value}
+    sampling = {"num_generations": 1, "max_new_tokens": 4, "seed": 0,
+                "adaptors": ["ancestral"]} | {field: value}
     with pytest.raises(PQError, match=f"sampling.{field}="):
         validated(GenerateSettings, model={"name": "m"}, prompts={"file": "p.jsonl"}, sampling=sampling)
 
 
 def test_template_without_prompt_slot():
     with pytest.raises(PQError, match="has no {prompt} slot"):
-        validated(GenerateSettings, model={"name": "m"}, prompts={"file": "p", "template": "Human: Assistant:"},
+        validated(GenerateSettings, model={"name": "m"},
+                  prompts={"file": "p", "template": "Human: Assistant:"},
                   sampling={"num_generations": 1, "max_new_tokens": 4, "seed": 0, "adaptors": ["ancestral"]})

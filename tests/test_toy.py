@@ -194,7 +194,8 @@ def test_python_m_toy_runs_without_torch_and_reports_errors(tmp_path) -> None:
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().endswith("NO-TORCH")
-    bad = subprocess.run([sys.executable, "-m", "pqtradeoff", "toy", "--out", str(tmp_path / "b"), "--alpha", "0"],
+    bad = subprocess.run([sys.executable, "-m", "pqtradeoff", "toy", "--out", str(tmp_path / "b"), "--alpha",
+                          "0"],
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2
     assert bad.stderr.strip().splitlines() == [bad.stderr.strip()] and "alpha=0.0" in bad.stderr
@@ -202,7 +203,8 @@ def test_python_m_toy_runs_without_torch_and_reports_errors(tmp_path) -> None:
 
 
 # ----------------------------------------------------------------------------------- numpy vs scipy
-# pqtradeoff.toy avoids importing scipy (about a second at start-up); its statistics (pqtradeoff.stats's numpy-only
+# pqtradeoff.toy avoids importing scipy (about a second at start-up); its statistics (pqtradeoff.stats's
+# numpy-only
 # ones, tested against scipy in tests/test_stats.py) and its softmax must be scipy's, bit for bit.
 @settings(max_examples=100, deadline=None)
 @given(st.integers(2, 500), st.floats(0.05, 5.0), st.integers(0, 2**32 - 1))
@@ -218,7 +220,8 @@ def test_summary_equals_the_scipy_computation_exactly() -> None:
     assert summary["posterior_entropy"] == float(stats.entropy(model.posterior))
     assert summary["prior_entropy"] == float(stats.entropy(model.prior))
     assert summary["string_spearman"] == float(stats.spearmanr(model.log_prior, model.reward).statistic)
-    assert summary["typical_corpus_pearson"] == float(stats.pearsonr(means.log_prior[typ], means.reward[typ]).statistic)
+    assert summary["typical_corpus_pearson"] == float(stats.pearsonr(means.log_prior[typ],
+                                                                     means.reward[typ]).statistic)
     assert summary["all_corpus_spearman"] == float(stats.spearmanr(means.log_prior, means.reward).statistic)
 
 

@@ -25,13 +25,31 @@ from pqtradeoff.models.hf import HFModel
 from pqtradeoff.score import continuation_logprobs
 from pqtradeoff.settings import ModelSpec
 
-PAPER_FAMILIES = ["ancestral", "top_k=30", "top_k=50", "top_p=0.9", "top_p=0.95", "typical_p=0.9",
-                  "eta_cutoff=0.0009"]
+PAPER_FAMILIES = [
+    "ancestral",
+    "top_k=30",
+    "top_k=50",
+    "top_p=0.9",
+    "top_p=0.95",
+    "typical_p=0.9",
+    "eta_cutoff=0.0009",
+]
 PAPER_TEMPERATURES = [0.5, 0.75, 1.0, 1.25, 1.5]
-SUPPORTED = ["ancestral", "temperature=0.7,top_k=5", "temperature=1.3,top_p=0.8", "min_p=0.1",
-             "temperature=0.8,top_k=7,top_p=0.9", "temperature=1.2,top_k=6,min_p=0.05"]
-TRUNCATING = SUPPORTED + ["typical_p=0.9", "eta_cutoff=0.01", "epsilon_cutoff=0.02", "top_p=0.9,min_p=0.1",
-                          "temperature=0.6,top_k=9,typical_p=0.8"]
+SUPPORTED = [
+    "ancestral",
+    "temperature=0.7,top_k=5",
+    "temperature=1.3,top_p=0.8",
+    "min_p=0.1",
+    "temperature=0.8,top_k=7,top_p=0.9",
+    "temperature=1.2,top_k=6,min_p=0.05",
+]
+TRUNCATING = SUPPORTED + [
+    "typical_p=0.9",
+    "eta_cutoff=0.01",
+    "epsilon_cutoff=0.02",
+    "top_p=0.9,min_p=0.1",
+    "temperature=0.6,top_k=9,typical_p=0.8",
+]
 
 
 # ----------------------------------------------------------------------------------- translation
@@ -51,8 +69,11 @@ def test_paper_grid_translation(spec):
     assert kw["min_p"] == 0.0
     assert kw["logprobs"] == 0 and kw["max_tokens"] == 256 and kw["stop_token_ids"] == [2, 7]
     assert kw["seed"] == ((1 << 64) - 5) & ((1 << 63) - 1) and 0 <= kw["seed"] < 1 << 63
-    assert kw["repetition_penalty"] == 1.0 and kw["ignore_eos"] is False and kw["extra_args"] == {
-        vb.EXTRA_ARGS_KEY: str(a)}
+    assert (
+        kw["repetition_penalty"] == 1.0
+        and kw["ignore_eos"] is False
+        and kw["extra_args"] == {vb.EXTRA_ARGS_KEY: str(a)}
+    )
 
 
 def test_paper_grid_counts():
@@ -60,12 +81,19 @@ def test_paper_grid_counts():
     assert sum(vb.refusal(a) is None for a in grid) == 25 and len(grid) == 35  # typical and eta: 10 refused
 
 
-@pytest.mark.parametrize("spec,word", [
-    ("typical_p=0.9", "typical_p"), ("eta_cutoff=0.0009", "eta_cutoff"), ("epsilon_cutoff=0.001", "epsilon_cutoff"),
-    ("temperature=0.5,top_k=30,typical_p=0.9", "typical_p"), ("top_p=0.9,min_p=0.1", "min_p before top_p"),
-    ("top_k=5,top_p=0.9,min_p=0.1", "min_p before top_p"), ("temperature=2.5", "temperature"),
-    ("temperature=1e-06", "temperature"),
-])
+@pytest.mark.parametrize(
+    "spec,word",
+    [
+        ("typical_p=0.9", "typical_p"),
+        ("eta_cutoff=0.0009", "eta_cutoff"),
+        ("epsilon_cutoff=0.001", "epsilon_cutoff"),
+        ("temperature=0.5,top_k=30,typical_p=0.9", "typical_p"),
+        ("top_p=0.9,min_p=0.1", "min_p before top_p"),
+        ("top_k=5,top_p=0.9,min_p=0.1", "min_p before top_p"),
+        ("temperature=2.5", "temperature"),
+        ("temperature=1e-06", "temperature"),
+    ],
+)
 def test_refusals_are_one_line_and_point_to_hf(spec, word):
     with pytest.raises(PQError) as err:
         vb.check_supported(spec)
@@ -89,7 +117,9 @@ def test_scoring_params_and_engine_kwargs():
     assert kw["prompt_logprobs"] == 0 and kw["max_tokens"] == 1 and kw["flat_logprobs"] is False
     engine = vb.engine_kwargs("bfloat16", 4096, 3, 0.8)
     assert engine["logprobs_mode"] == "processed_logprobs" and engine["generation_config"] == "vllm"
-    assert engine["max_model_len"] == 4096 and "max_model_len" not in vb.engine_kwargs("bfloat16", None, 3, 0.8)
+    assert engine["max_model_len"] == 4096 and "max_model_len" not in vb.engine_kwargs(
+        "bfloat16", None, 3, 0.8
+    )
 
 
 def test_batch_invariance_env(monkeypatch):
@@ -127,19 +157,34 @@ def test_module_imports_and_translates_with_vllm_blocked(monkeypatch):
 # ------------------------------------------------------------------------------ the identity on hf
 @pytest.mark.usefixtures("one_thread")
 def test_log_weight_identity_on_the_hf_backend(tmp_path, tiny_hf):
-    """log Z_t == log p_t(y_t)/T - log q_t(y_t) per token and per string, for every family (truncations too)."""
+    """log Z_t == log p_t(y_t)/T - log q_t(y_t) per token and per string, for every family (truncations
+    too)."""
     lm = HFModel(str(tiny_hf.llama), device="cpu")
-    prompts = [PromptRecord(i, t, lm.encode_prompt(t)) for i, t in enumerate(["hello world", "tell me a story"])]
+    prompts = [
+        PromptRecord(i, t, lm.encode_prompt(t)) for i, t in enumerate(["hello world", "tell me a story"])
+    ]
     grid = [adaptors.parse(s) for s in TRUNCATING]
-    result = generate_corpus(lm, prompts, grid, num_generations=3, max_new_tokens=8, seed=5, batch_size=4,
-                             out_dir=tmp_path / "c", settings={}, save_token_logprobs=True, progress=False)
+    result = generate_corpus(
+        lm,
+        prompts,
+        grid,
+        num_generations=3,
+        max_new_tokens=8,
+        seed=5,
+        batch_size=4,
+        out_dir=tmp_path / "c",
+        settings={},
+        save_token_logprobs=True,
+        progress=False,
+    )
     df = pd.read_parquet(result.out_dir)
     assert len(df) == len(grid) * 2 * 3
     truncated_steps = 0
     for row in df.itertuples():
         t = adaptors.parse(row.adaptor).temperature
-        logq, logp, logz = (np.asarray(x, dtype=np.float64) for x in (row.token_logq, row.token_logp_aligned,
-                                                                        row.token_log_z))
+        logq, logp, logz = (
+            np.asarray(x, dtype=np.float64) for x in (row.token_logq, row.token_logp_aligned, row.token_log_z)
+        )
         assert np.all(np.isfinite(logq))  # the sampled token is always in the kept support
         gap = np.abs(logz - (logp / t - logq))
         assert np.all(gap <= 2e-5 * (1 + np.abs(logp / t))), (row.adaptor, gap.max())
@@ -179,20 +224,35 @@ class FakeSamplingParams(SimpleNamespace):
     """vllm.SamplingParams: the given keywords over vLLM 0.33.0's defaults for the fields the fake reads."""
 
     def __init__(self, **kwargs):
-        defaults = dict(n=1, temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, seed=None, max_tokens=16,
-                        stop_token_ids=None, logprobs=None, prompt_logprobs=None)
+        defaults = dict(
+            n=1,
+            temperature=1.0,
+            top_k=0,
+            top_p=1.0,
+            min_p=0.0,
+            seed=None,
+            max_tokens=16,
+            stop_token_ids=None,
+            logprobs=None,
+            prompt_logprobs=None,
+        )
         super().__init__(**(defaults | kwargs))
 
 
 def _adaptor_of(params) -> adaptors.Adaptor:
-    """The adaptor a vLLM SamplingParams samples, read back from its fields (independent of our translation)."""
-    return adaptors.Adaptor(temperature=params.temperature, top_k=params.top_k or None,
-                            top_p=None if params.top_p == 1.0 else params.top_p,
-                            min_p=None if params.min_p == 0.0 else params.min_p)
+    """The adaptor a vLLM SamplingParams samples, read back from its fields (independent of our
+    translation)."""
+    return adaptors.Adaptor(
+        temperature=params.temperature,
+        top_k=params.top_k or None,
+        top_p=None if params.top_p == 1.0 else params.top_p,
+        min_p=None if params.min_p == 0.0 else params.min_p,
+    )
 
 
 class FakeLLM:
-    """`vllm.LLM.generate` on a tiny transformers model: sampling requests go through our own sampler (keyed by
+    """`vllm.LLM.generate` on a tiny transformers model: sampling requests go through our own sampler
+    (keyed by
     the request's seed) and report the processed logprob of the chosen token; prompt_logprobs requests report
     the raw log-probability of every prompt token after the first. Each logprob dict also carries a decoy
     entry for another token, as vLLM's top-k entries would."""
@@ -204,7 +264,10 @@ class FakeLLM:
     def generate(self, prompts, sampling_params, use_tqdm=True):
         assert use_tqdm is False and len(prompts) == len(sampling_params)
         self.calls.append(len(prompts))
-        return [self._one(i, p["prompt_token_ids"], sp) for i, (p, sp) in enumerate(zip(prompts, sampling_params, strict=False))]
+        return [
+            self._one(i, p["prompt_token_ids"], sp)
+            for i, (p, sp) in enumerate(zip(prompts, sampling_params, strict=False))
+        ]
 
     def _decoyed(self, token: int, logprob: float) -> dict[int, Logprob]:
         return {token: Logprob(logprob, rank=1), (token + 1) % self.lm.vocab_size: Logprob(99.0, rank=2)}
@@ -218,10 +281,14 @@ class FakeLLM:
             return RequestOutput(str(i), list(ids), entries, [done])
         assert sp.logprobs == 0 and sp.n == 1 and tuple(sp.stop_token_ids) == self.lm.end_ids()
         with torch.inference_mode():
-            row = sample_batch(self.lm, _adaptor_of(sp), [ids], np.array([sp.seed], dtype=np.uint64), sp.max_tokens)[0]
+            row = sample_batch(
+                self.lm, _adaptor_of(sp), [ids], np.array([sp.seed], dtype=np.uint64), sp.max_tokens
+            )[0]
         logprobs = [self._decoyed(t, q) for t, q in zip(row.token_ids, row.token_logq, strict=False)]
         reason = "stop" if row.finished else "length"
-        return RequestOutput(str(i), list(ids), None, [CompletionOutput(0, "", row.token_ids, None, logprobs, reason)])
+        return RequestOutput(
+            str(i), list(ids), None, [CompletionOutput(0, "", row.token_ids, None, logprobs, reason)]
+        )
 
 
 @pytest.mark.usefixtures("one_thread")
@@ -238,7 +305,9 @@ def test_vllm_model_rows_equal_the_hf_backend(tiny_hf):
         rows = model.sample([vb.SampleRequest(p, a, int(k), 7) for p, k in zip(prompts, keys, strict=False)])
         assert fake.calls[-2:] == [3, 3]  # one generate call, one scoring call, each batched
         with torch.inference_mode():
-            expected = sample_batch(lm, a, prompts, np.array([vb.vllm_seed(k) for k in keys], dtype=np.uint64), 7)
+            expected = sample_batch(
+                lm, a, prompts, np.array([vb.vllm_seed(k) for k in keys], dtype=np.uint64), 7
+            )
         for got, want in zip(rows, expected, strict=False):
             assert got.token_ids == want.token_ids and got.finished == want.finished
             np.testing.assert_allclose(got.token_logq, want.token_logq, atol=1e-5)
@@ -254,7 +323,9 @@ def test_vllm_model_rows_equal_the_hf_backend(tiny_hf):
 @pytest.mark.usefixtures("one_thread")
 def test_vllm_model_prior_scoring(tiny_hf):
     lm = HFModel(str(tiny_hf.prior), device="cpu")
-    model = vb.VLLMModel(FakeLLM(lm), end_ids=lm.end_ids(), make_params=FakeSamplingParams, tokenizer_front=lm)
+    model = vb.VLLMModel(
+        FakeLLM(lm), end_ids=lm.end_ids(), make_params=FakeSamplingParams, tokenizer_front=lm
+    )
     prompts = [lm.encode_prompt("hello"), lm.encode_prompt("tell me"), lm.empty_context()]
     conts = [lm.encode_continuation("the cat sat"), [], lm.encode_continuation("a dog") + [lm.eos_token_id]]
     got = model.logprobs(prompts, conts)
@@ -292,8 +363,15 @@ def test_output_shape_errors():
         vb.sample_logprobs(CompletionOutput(0, "", [5, 6], None, [{5: Logprob(-1.0)}]))
 
 
-@pytest.mark.parametrize("which,template,chat", [("llama", None, False), ("llama", "Human: {prompt} Assistant:", False),
-                                                 ("llama", None, True), ("gpt2", None, False)])
+@pytest.mark.parametrize(
+    "which,template,chat",
+    [
+        ("llama", None, False),
+        ("llama", "Human: {prompt} Assistant:", False),
+        ("llama", None, True),
+        ("gpt2", None, False),
+    ],
+)
 def test_tokenizer_front_tokenizes_as_the_hf_backend(tiny_hf, which, template, chat):
     """vLLM gets the token ids the hf backend would give: same template, BOS, end ids, key and context."""
     path = str(getattr(tiny_hf, which))

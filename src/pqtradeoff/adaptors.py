@@ -13,8 +13,8 @@ Two views of the adapted next-token distribution (see docs/scored-corpus.md):
   one step; the IMH correction is built on it.
 
 Each parameter is declared once, as an `Adaptor` field carrying its check, its GenerationConfig off value and
-its transformers warper (`PARAMETERS`); validation, `str()`, `parse`, `generation_kwargs` and `processors` all
-read that declaration, so adding a warper is one field.
+its transformers warper (`PARAMETERS`); validation, `str()`, `parse` and `processors` all read that
+declaration (as does `pqtradeoff.testing.generation_kwargs`), so adding a warper is one field.
 
 This module imports torch and transformers lazily, so the analysis side can parse spec strings without them.
 """
@@ -39,8 +39,9 @@ CHUNK_ELEMENTS = 1 << 22
 # ------------------------------------------------------------------------------------- parameter checks
 # Each returns the value to store, or raises PQError naming the parameter and the value (as transformers'
 # warpers check their own argument).
-def _finite_positive(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+def _positive_real(name: str, value: Any) -> float:
+    if (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
+            or value <= 0):
         raise PQError(f"{name}={value!r} is out of range: need a finite {name} > 0")
     return float(value)
 
@@ -54,21 +55,23 @@ def _positive_integer(name: str, value: Any) -> int:
 def _open_unit(name: str, value: Any) -> float:
     value = float(value)
     if not 0.0 < value < 1.0:
-        raise PQError(f"{name}={value!r} is out of range: need 0 < {name} < 1 (leave {name} out to turn it off)")
+        raise PQError(f"{name}={value!r} is out of range: need 0 < {name} < 1 (leave {name} out to turn it "
+                      "off)")
     return value
 
 
 def _half_open_unit(name: str, value: Any) -> float:
     if not 0.0 < float(value) <= 1.0:
-        raise PQError(f"{name}={value!r} is out of range: need 0 < {name} <= 1 (leave {name} out to turn it off)")
+        raise PQError(f"{name}={value!r} is out of range: need 0 < {name} <= 1 (leave {name} out to turn it "
+                      "off)")
     return float(value)
 
 
 @dataclass(frozen=True)
 class Parameter:
     """One sampling parameter, read from its `Adaptor` field: its name (GenerationConfig's), the type a spec
-    value is read as, its check, the value that turns it off in GenerationConfig, and transformers' warper that
-    applies it, built as `warper(**{keyword: value})`."""
+    value is read as, its check, the value that turns it off in GenerationConfig, and transformers' warper
+    that applies it, built as `warper(**{keyword: value})`."""
 
     name: str
     default: float | int | None
@@ -83,12 +86,12 @@ class Parameter:
         return value is not None and value != self.off
 
     def build_warper(self, value: float | int) -> Any:
-        from transformers.generation import logits_process
+        from transformers.generation import logits_process  # lazy: transformers
 
         return getattr(logits_process, self.warper)(**{self.keyword: value})
 
 
-def _parameter(default: float | int | None, kind: type, check: Callable[[str, Any], float | int], *,
+def _parameter(default: float | int | None, kind: type, check: Callable[[str, Any], float | int],
                off: float | int, warper: str, keyword: str) -> Any:
     """An `Adaptor` field that declares a parameter once: its default, and the rest as field metadata."""
     return field(default=default, metadata={"kind": kind, "check": check, "off": off, "warper": warper,
@@ -103,23 +106,20 @@ class Adaptor:
     the one declaration of its parameter (check, off value, warper), from which `PARAMETERS` derives.
     """
 
-    temperature: float = _parameter(1.0, float, _finite_positive, off=1.0, warper="TemperatureLogitsWarper",
-                                    keyword="temperature")
-    top_k: int | None = _parameter(None, int, _positive_integer, off=0, warper="TopKLogitsWarper", keyword="top_k")
-    top_p: float | None = _parameter(None, float, _open_unit, off=1.0, warper="TopPLogitsWarper", keyword="top_p")
-    min_p: float | None = _parameter(None, float, _half_open_unit, off=0.0, warper="MinPLogitsWarper",
-                                     keyword="min_p")
-    typical_p: float | None = _parameter(None, float, _open_unit, off=1.0, warper="TypicalLogitsWarper",
-                                         keyword="mass")
-    epsilon_cutoff: float | None = _parameter(None, float, _open_unit, off=0.0, warper="EpsilonLogitsWarper",
-                                              keyword="epsilon")
-    eta_cutoff: float | None = _parameter(None, float, _open_unit, off=0.0, warper="EtaLogitsWarper",
-                                          keyword="epsilon")
+    # name: type = _parameter(default, spec type, check, off value, transformers warper, its keyword)
+    temperature: float = _parameter(1.0, float, _positive_real, 1.0, "TemperatureLogitsWarper", "temperature")
+    top_k: int | None = _parameter(None, int, _positive_integer, 0, "TopKLogitsWarper", "top_k")
+    top_p: float | None = _parameter(None, float, _open_unit, 1.0, "TopPLogitsWarper", "top_p")
+    min_p: float | None = _parameter(None, float, _half_open_unit, 0.0, "MinPLogitsWarper", "min_p")
+    typical_p: float | None = _parameter(None, float, _open_unit, 1.0, "TypicalLogitsWarper", "mass")
+    epsilon_cutoff: float | None = _parameter(None, float, _open_unit, 0.0, "EpsilonLogitsWarper", "epsilon")
+    eta_cutoff: float | None = _parameter(None, float, _open_unit, 0.0, "EtaLogitsWarper", "epsilon")
 
     def __post_init__(self) -> None:
         for p in PARAMETERS:
             value = getattr(self, p.name)
-            if value is not None or p.default is not None:  # None turns a truncation off; temperature needs a value
+            # None turns a truncation off; temperature needs a value
+            if value is not None or p.default is not None:
                 object.__setattr__(self, p.name, p.check(p.name, value))
 
     # ----------------------------------------------------------------------------------------------- naming
@@ -146,27 +146,6 @@ class Adaptor:
     def truncates(self) -> bool:
         return any(getattr(self, n) is not None for n in TRUNCATIONS)
 
-    def generation_kwargs(self) -> dict[str, float | int | None]:
-        """Every sampling parameter stated explicitly for `GenerationConfig`, off ones by the value that disables them.
-
-        `generate` (transformers 5.x) treats None as "unset" and fills it from the model's generation_config and
-        then the global defaults (top_k=50!), so an adaptor that is off must be passed as the value that
-        `_get_logits_processor` skips: top_k=0, top_p=1.0, typical_p=1.0, epsilon_cutoff=0.0, eta_cutoff=0.0;
-        min_p has no skipped value, and min_p=0.0 is an exact no-op warper. tests/test_adaptors.py checks this
-        against a model whose own generation_config sets every one of them. repetition_penalty and
-        no_repeat_ngram_size are turned off too; `top_h` has no off value once a model's config sets it, so a
-        caller of `generate` should still check the processor list it builds. (The pipeline itself never calls
-        `generate`: it samples from `adapt`.)
-        """
-        kwargs: dict[str, float | int | None] = {}
-        for p in PARAMETERS:
-            value = getattr(self, p.name)
-            kwargs[p.name] = p.off if value is None else value
-        kwargs["do_sample"] = True
-        kwargs["repetition_penalty"] = 1.0  # chat checkpoints ship e.g. 1.05 in their generation_config
-        kwargs["no_repeat_ngram_size"] = 0
-        return kwargs
-
     # ----------------------------------------------------------------------------------------- computation
     def processors(self) -> list:
         """transformers' own warpers for this configuration, in generate's order (min_tokens_to_keep=1)."""
@@ -174,7 +153,7 @@ class Adaptor:
 
     def support(self, logits: torch.Tensor) -> torch.Tensor:
         """Boolean mask of the tokens the adaptor keeps, for logits of any shape [..., V]."""
-        import torch
+        import torch  # lazy: torch
 
         logits = _working_precision(logits)
         if not self.truncates:
@@ -197,7 +176,7 @@ class Adaptor:
         the locally normalized adapted log-probabilities, in float64 for float64 logits and float32 otherwise.
         The input is never modified.
         """
-        import torch
+        import torch  # lazy: torch
 
         logp = torch.log_softmax(_working_precision(logits), dim=-1)
         if self.is_identity:
@@ -205,9 +184,10 @@ class Adaptor:
             return AdaptedStep(logp, logp, zero, logp)
         weights = logp / self.temperature if self.temperature != 1.0 else logp.clone()
         if self.truncates:
-            from pqtradeoff.nucleus import support  # self.support, without top-p's index sort
+            from pqtradeoff.nucleus import support  # lazy: torch; self.support without top-p's index sort
 
-            weights.masked_fill_(~support(self, logits), float("-inf"))  # a fresh tensor: saves one [..., V] copy
+            # a fresh tensor: saves one [..., V] copy
+            weights.masked_fill_(~support(self, logits), float("-inf"))
         log_z = torch.logsumexp(weights, dim=-1, keepdim=True)
         return AdaptedStep(logp, weights, log_z, weights - log_z)
 
@@ -223,7 +203,7 @@ class Adaptor:
 def _working_precision(logits: torch.Tensor) -> torch.Tensor:
     """The logits in the precision adaptors compute in: float64 stays float64 (the exact automata), anything
     else becomes float32 (half-precision logits are too coarse for log_softmax and cumulative sums)."""
-    import torch
+    import torch  # lazy: torch
 
     return logits.to(torch.promote_types(logits.dtype, torch.float32))
 
@@ -266,7 +246,8 @@ def parse(spec: str | Adaptor) -> Adaptor:
             raise PQError(f"adaptor spec {spec!r}: cannot read {part!r}; expected name=value, e.g. top_p=0.9")
         if name not in _BY_NAME:
             raise PQError(
-                f"adaptor spec {spec!r}: unknown parameter {name!r}; known: ancestral, {', '.join(PARAMETER_ORDER)}"
+                f"adaptor spec {spec!r}: unknown parameter {name!r}; known: ancestral, "
+                f"{', '.join(PARAMETER_ORDER)}"
             )
         if name in values:
             raise PQError(f"adaptor spec {spec!r}: parameter {name!r} is given twice")
@@ -281,13 +262,14 @@ def parse(spec: str | Adaptor) -> Adaptor:
 
 
 def parse_grid(specs: list[str], temperatures: list[float] | None = None) -> list[Adaptor]:
-    """Parse several specs; with `temperatures`, cross each spec (without a temperature) with each temperature."""
+    """Parse several specs; with `temperatures`, cross each spec (without a temperature) with each
+    temperature."""
     adaptors = [parse(s) for s in specs]
     if temperatures:
         for spec, a in zip(specs, adaptors, strict=True):
             if a.temperature != 1.0:
-                raise PQError(f"adaptor spec {spec!r} sets a temperature and temperatures are crossed in too: "
-                              "give the spec without its temperature")
+                raise PQError(f"adaptor spec {spec!r} sets a temperature and temperatures are crossed in "
+                              "too: give the spec without its temperature")
         crossed = []
         for a in adaptors:
             for t in temperatures:

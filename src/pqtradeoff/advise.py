@@ -97,11 +97,13 @@ def _se(value: Any) -> float:
 
 
 def points_from_summary(summary: dict[str, Any]) -> tuple[list[Point], dict[str, str]]:
-    """Every sampled configuration's local means (analysed and skipped), and the configs left out, with why."""
+    """Every sampled configuration's local means (analysed and skipped), and the configs left out, with
+    why."""
     points, excluded = [], {}
     for c in summary.get("configs", []):
         if "local_mean_reward_se" not in c:
-            raise PQError("summary.json has no local_mean_reward_se: it was written by an older analyze; rerun analyze")
+            raise PQError("summary.json has no local_mean_reward_se: it was written by an older analyze; "
+                          "rerun analyze")
         points.append(Point(c["adaptor"], int(c["n_strings"]), float(c["local_mean_log_prior"]),
                             _se(c["local_mean_log_prior_se"]), float(c["local_mean_reward"]),
                             _se(c["local_mean_reward_se"])))
@@ -193,11 +195,12 @@ def _direction(points: list[Point], best: Point) -> str:
         return words + "; its family was sampled at one temperature only, so the data show no direction"
     slope = float(np.polyfit([t for t, _ in family], [r for _, r in family], 1)[0])
     if slope > 0 and spec.temperature == temps[-1]:
-        return words + (f"; in family {spec.family} mean reward rises with temperature ({slope:+.3g} per unit), "
-                        f"so temperatures above {temps[-1]:g} may reach it (at a further loss of prior likelihood)")
+        return words + (f"; in family {spec.family} mean reward rises with temperature ({slope:+.3g} per "
+                        f"unit), so temperatures above {temps[-1]:g} may reach it (at a further loss of "
+                        "prior likelihood)")
     if slope < 0 and spec.temperature == temps[0]:
-        return words + (f"; in family {spec.family} mean reward falls with temperature ({slope:+.3g} per unit), "
-                        f"so temperatures below {temps[0]:g} may reach it")
+        return words + (f"; in family {spec.family} mean reward falls with temperature ({slope:+.3g} per "
+                        f"unit), so temperatures below {temps[0]:g} may reach it")
     return words + (f"; within family {spec.family} it peaks inside the sampled temperatures: no sampled "
                     "direction promises more (a different adaptor family, or a more strongly aligned model)")
 
@@ -247,7 +250,8 @@ def advise(summary: dict[str, Any], min_reward: float | None = None, max_prior_l
 
 def _for_min_reward(points: list[Point], hull: list[int], x: np.ndarray, y: np.ndarray, level: float,
                     crit: float) -> tuple[Choice | None, Choice | None]:
-    """Frontier point with mean reward = level (or the highest-log-prior vertex when it already gives more)."""
+    """Frontier point with mean reward = level (or the highest-log-prior vertex when it already gives
+    more)."""
     if level > y[hull[0]]:
         return None, None
     j = max(k for k, i in enumerate(hull) if y[i] >= level)

@@ -1,12 +1,12 @@
 """Alignment fidelity and the effective beta, from the scored strings alone.
 
-If the aligned model were exactly the RLHF-optimal policy for the reward, p+(y|x) = p(y|x) exp(r(x,y)/beta) / Z(x),
-every finished string would satisfy
+If the aligned model were exactly the RLHF-optimal policy for the reward, p+(y|x) = p(y|x) exp(r(x,y)/beta) /
+Z(x), every finished string would satisfy
 
     d(x, y) := log p+(y|x) - log p(y|x) = r(x, y) / beta - log Z(x):
 
-within one prompt x, d is an exact linear function of r with slope 1/beta. We fit d on r with one intercept per
-prompt (OLS on values demeaned within each prompt) and r on d likewise, and report
+within one prompt x, d is an exact linear function of r with slope 1/beta. We fit d on r with one intercept
+per prompt (OLS on values demeaned within each prompt) and r on d likewise, and report
 
 - `beta_hat` = 1 / (slope of d on r), `beta_hat_reverse` = slope of r on d (they agree when the fit is exact;
   with noise in r or d they bracket beta from the two sides, regression dilution),
@@ -54,7 +54,8 @@ class PromptLogZ:
 
 @dataclass
 class AlignmentFit:
-    """How faithfully the aligned model is the prior reweighted by exp(r / beta), and the beta that fits best."""
+    """How faithfully the aligned model is the prior reweighted by exp(r / beta), and the beta that fits
+    best."""
 
     defined: bool
     reason: str | None = None  # why the fit is undefined
@@ -94,7 +95,8 @@ class AlignmentData:
 
 
 def prior_without_prompt(data: pd.DataFrame, source_run: dict[str, Any] | None) -> bool:
-    """Whether the prior was scored without the prompt (column `prior_context`, or the scoring run's settings)."""
+    """Whether the prior was scored without the prompt (column `prior_context`, or the scoring run's
+    settings)."""
     if "prior_context" in data.columns:
         return bool((data["prior_context"].astype(str) == "none").any())
     settings = (source_run or {}).get("settings") or {}
@@ -128,7 +130,9 @@ def prepare(data: pd.DataFrame, source_run: dict[str, Any] | None) -> AlignmentD
     return AlignmentData(prompt_ids[fit_ids], fit_codes, d, r, d_centered, r_centered)
 
 
-def _ratios(s_rr: np.ndarray, s_dd: np.ndarray, s_rd: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _ratios(
+    s_rr: np.ndarray, s_dd: np.ndarray, s_rd: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(slope of d on r, slope of r on d, correlation) from demeaned sums; NaN where a variance is zero."""
     with np.errstate(divide="ignore", invalid="ignore"):
         return s_rd / s_rr, s_rd / s_dd, s_rd / np.sqrt(s_rr * s_dd)
@@ -147,7 +151,8 @@ def replicate_sums(data: AlignmentData, counts: np.ndarray) -> np.ndarray:
                                for w in (r * r, d * d, r * d)], axis=1)
         return np.einsum("bg,gk->bk", counts, per_prompt)
     moments = np.stack([np.ones_like(r), r, d, r * r, d * d, r * d], axis=1)
-    m = np.einsum("bs,sk->bk", counts, moments)  # einsum: summed in a fixed order, bytes never depend on threads
+    # einsum: summed in a fixed order, bytes never depend on threads
+    m = np.einsum("bs,sk->bk", counts, moments)
     total = m[:, 0]
     return np.stack([m[:, 3] - m[:, 1] ** 2 / total, m[:, 4] - m[:, 2] ** 2 / total,
                      m[:, 5] - m[:, 1] * m[:, 2] / total], axis=1)
@@ -182,7 +187,8 @@ def prompt_log_normalizers(data: pd.DataFrame, beta_hat: float) -> list[PromptLo
     frame = pd.DataFrame({"prompt_id": data["prompt_id"].to_numpy()[keep], "v": v[keep]})
     grouped = frame.groupby("prompt_id", sort=True)["v"].agg(["size", "mean", "std"])
     return [PromptLogZ(int(pid), int(n), float(mean), None if n < 2 else float(sd))
-            for pid, n, mean, sd in zip(grouped.index, grouped["size"], grouped["mean"], grouped["std"], strict=True)]
+            for pid, n, mean,
+            sd in zip(grouped.index, grouped["size"], grouped["mean"], grouped["std"], strict=True)]
 
 
 def fit_alignment(data: pd.DataFrame, source_run: dict[str, Any] | None, confidence: float,
@@ -224,8 +230,8 @@ def fit_alignment(data: pd.DataFrame, source_run: dict[str, Any] | None, confide
     if fit.slope_ci is not None and (fit.slope_ci[0] > 0 or fit.slope_ci[1] < 0):
         fit.beta_hat_ci = sorted([1.0 / fit.slope_ci[1], 1.0 / fit.slope_ci[0]])
     elif fit.slope_ci is not None:
-        fit.note = ("the interval of the slope of d on r covers 0: the reward does not explain what alignment "
-                    "changed, and beta is not identified")
+        fit.note = ("the interval of the slope of d on r covers 0: the reward does not explain what "
+                    "alignment changed, and beta is not identified")
     residual = prepared.d_centered - prepared.r_centered * slope
     fit.residual_sd = float(np.sqrt(np.sum(residual * residual) / max(1, len(residual) - fit.n_prompts - 1)))
     fit.prompts = prompt_log_normalizers(data, fit.beta_hat)

@@ -2,9 +2,9 @@
 
 A *weighted automaton* has, for each state s and symbol v, a weight W(s, v) >= 0 and (for v != EOS) a next
 state; the weight of a complete string (ending with EOS) is the product of its transition weights. Backward
-values b(s) = W(s, EOS) + sum_v W(s, v) b(next(s, v)) solve (I - Q) b = c, where Q[s, s'] = sum of W(s, v) over
-the words v leading to s' and c = W(:, EOS); Z = b(start). The sum over all strings is finite exactly when
-the spectral radius of Q (over the states that matter) is below 1.
+values b(s) = W(s, EOS) + sum_v W(s, v) b(next(s, v)) solve (I - Q) b = c, where Q[s, s'] = sum of W(s, v)
+over the words v leading to s' and c = W(:, EOS); Z = b(start). The sum over all strings is finite exactly
+when the spectral radius of Q (over the states that matter) is below 1.
 
 Convergence needs both an LU solve (I - Q) x = 1 with x >= 1 (an M-matrix test) and a spectral radius below
 1 (dense eigenvalues up to DENSE_EIGEN_MAX states, ARPACK above); the radius is reported in every message.
@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 import scipy.linalg
+import scipy.sparse.linalg
 
 #: A spectral radius at or above 1 - RADIUS_TOL counts as "does not normalize": the sums are then
 #: numerically indistinguishable from divergent ones.
@@ -70,7 +71,6 @@ def spectral_radius(q: np.ndarray) -> float:
         return 0.0
     if q.shape[0] <= DENSE_EIGEN_MAX:
         return float(np.max(np.abs(np.linalg.eigvals(q))))
-    import scipy.sparse.linalg
 
     try:
         return float(np.abs(scipy.sparse.linalg.eigs(q, k=1, which="LM", return_eigenvectors=False)[0]))
@@ -144,7 +144,8 @@ def backward(wa: WeightedAutomaton, start: int | None = None) -> Backward:
     with np.errstate(all="ignore"):
         b = scipy.linalg.lu_solve(lu, np.exp(wa.log_weights[live, wa.eos]))
     if not np.all(np.isfinite(b)) or np.any(b <= 0):
-        return Backward(log_b, rho, False, "does not normalize: the backward values are not finite and positive")
+        return Backward(log_b, rho, False,
+                        "does not normalize: the backward values are not finite and positive")
     log_b[live] = np.log(b)
     return Backward(log_b, rho, True, "")
 

@@ -7,13 +7,21 @@ See docs/scored-corpus.md for the meaning of every column.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pqtradeoff.errors import PQError, first_line
-from pqtradeoff.io import RUN_RECORD, atomic_write
+from pqtradeoff.io import (
+    RUN_RECORD,
+    atomic_write,
+    check_resumable,
+    remove_stale_temporaries,
+    run_record,
+    write_json,
+)
 
 #: Columns written by `generate` (the corpus before scoring).
 GENERATED_SCHEMA = pa.schema([
@@ -35,8 +43,6 @@ SCORE_COLUMNS = pa.schema([
     ("logp_prior", pa.float64()),
     ("reward", pa.float64()),
 ])
-
-SCORED_SCHEMA = pa.schema(list(GENERATED_SCHEMA) + list(SCORE_COLUMNS))
 
 GENERATED_COLUMNS = tuple(GENERATED_SCHEMA.names)
 #: What `analyze` needs at minimum.
@@ -78,19 +84,32 @@ def supersede(out_dir: Path, keep: set[str]) -> list[str]:
     return moved
 
 
+def begin_run(
+    out_dir: Path, command: str, settings: dict, policy: dict[str, str], keep: set[str]
+) -> list[str]:
+    """Make `out_dir` ready for `command` run with `settings`: refuse a resume whose recorded settings differ
+    where `policy` forbids it, delete half-written temporaries, move aside the shards not in `keep` (the
+    ones this run plans), and record the run. Returns the names of the shards moved aside."""
+    record = run_record(command, settings)
+    check_resumable(out_dir, record, policy)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(out_dir)
+    superseded = supersede(out_dir, keep)
+    write_json(out_dir / RUN_RECORD, record)
+    return superseded
+
+
 def read_shard(path: Path) -> pa.Table:
     """One corpus shard, or a one-line PQError naming the file when it is truncated or not Parquet."""
     try:
         return pq.read_table(path)
     except (OSError, pa.ArrowException) as err:
-        raise PQError(f"shard {str(path)!r} is not a readable Parquet file ({first_line(err)}): delete it and "
-                      "rerun the stage that wrote it") from None
+        raise PQError(f"shard {str(path)!r} is not a readable Parquet file ({first_line(err)}): delete it "
+                      "and rerun the stage that wrote it") from None
 
 
 def run_settings(directory: str | Path) -> dict:
     """The settings a stage recorded in a folder's `_run.json` (empty if absent; PQError if unreadable)."""
-    import json
-
     path = Path(directory) / RUN_RECORD
     if not path.is_file():
         return {}
@@ -99,8 +118,8 @@ def run_settings(directory: str | Path) -> dict:
     except (OSError, ValueError, AttributeError):
         settings = None
     if not isinstance(settings, dict):
-        raise PQError(f"{str(path)!r} is not a readable run record: the settings it should hold (prompt template, "
-                      "tokenizer) cannot be recovered; regenerate the corpus or restore the file")
+        raise PQError(f"{str(path)!r} is not a readable run record: the settings it should hold (prompt "
+                      "template, tokenizer) cannot be recovered; regenerate the corpus or restore the file")
     return settings
 
 
@@ -110,7 +129,8 @@ def read_corpus(directory: str | Path, required: tuple[str, ...] = ()) -> pa.Tab
     try:
         table = pa.concat_tables([read_shard(f) for f in files], promote_options="default")
     except pa.ArrowException as err:
-        raise PQError(f"the shards of {str(directory)!r} do not share one schema ({first_line(err)})") from None
+        raise PQError(f"the shards of {str(directory)!r} do not share one schema "
+                      f"({first_line(err)})") from None
     missing = [c for c in required if c not in table.column_names]
     if missing:
         raise PQError(f"corpus {str(directory)!r} lacks required column(s) {', '.join(missing)}")

@@ -25,7 +25,8 @@ Target = Literal["global", "aligned", "none"]
 TARGETS: tuple[str, ...] = get_args(Target)
 
 
-# ------------------------------------------------------------------------------------------ importance weights
+# ------------------------------------------------------------------------------------------ importance
+# weights
 def log_importance_weights(
     target: str, log_weight: np.ndarray, logp_aligned: np.ndarray, logq: np.ndarray
 ) -> np.ndarray:
@@ -49,7 +50,8 @@ def _checked(log_w: np.ndarray) -> np.ndarray:
     log_w = np.asarray(log_w, dtype=np.float64)
     bad = np.isnan(log_w) | (log_w == np.inf)
     if bad.any():
-        raise PQError(f"log importance weights must be finite or -inf; got {float(log_w[bad][0])!r} at index {int(np.flatnonzero(bad)[0])}")
+        raise PQError(f"log importance weights must be finite or -inf; got {float(log_w[bad][0])!r} at index "
+                      f"{int(np.flatnonzero(bad)[0])}")
     return log_w
 
 
@@ -71,7 +73,8 @@ def importance_ess(log_w: np.ndarray) -> float:
 
 # ---------------------------------------------------------------------------------------------- random draws
 def chain_seed(seed: int, key: str) -> np.random.SeedSequence:
-    """A seed stream per (run seed, configuration): results never depend on the order configs are processed."""
+    """A seed stream per (run seed, configuration): results never depend on the order configs are
+    processed."""
     digest = hashlib.sha256(key.encode("utf-8")).digest()
     words = [int.from_bytes(digest[i : i + 4], "little") for i in range(0, 16, 4)]
     return np.random.SeedSequence([int(seed), *words])
@@ -79,7 +82,8 @@ def chain_seed(seed: int, key: str) -> np.random.SeedSequence:
 
 @dataclass(frozen=True)
 class Proposals:
-    """The random draws of one chain: an initial state, then per step a proposed index and an Exp(1) variate."""
+    """The random draws of one chain: an initial state, then per step a proposed index and an Exp(1)
+    variate."""
 
     start: int
     index: np.ndarray  # int64 [L-1]: proposed pool index at steps 1..L-1
@@ -120,7 +124,8 @@ def imh_chain(log_w: np.ndarray, proposals: Proposals) -> np.ndarray:
 
 # ------------------------------------------------------------------------------------------ chain diagnostics
 def autocorrelation(x: np.ndarray) -> np.ndarray:
-    """Normalized autocorrelation rho_0..rho_{L-1} of a series (FFT, zero-padded); all zeros if x is constant."""
+    """Normalized autocorrelation rho_0..rho_{L-1} of a series (FFT, zero-padded); all zeros if x is
+    constant."""
     x = np.asarray(x, dtype=np.float64)
     centred = x - x.mean()
     n = len(x)
@@ -137,7 +142,8 @@ def integrated_autocorrelation_time(x: np.ndarray, rho: np.ndarray | None = None
     """tau = 1 + 2 sum_t rho_t by Geyer's initial monotone sequence estimator (tau >= 1 is not enforced:
     an antithetic chain may have tau < 1). A constant series has tau = 1 by convention.
 
-    Pair sums Gamma_k = rho_2k + rho_2k+1 are kept while positive, then made non-increasing; tau = -1 + 2 sum Gamma.
+    Pair sums Gamma_k = rho_2k + rho_2k+1 are kept while positive, then made non-increasing; tau = -1 + 2 sum
+    Gamma.
     `rho` may pass the series' autocorrelation when the caller already has it.
     """
     rho = autocorrelation(x) if rho is None else rho
@@ -168,7 +174,8 @@ class ChainSummary:
         return self.steps / self.tau[name]
 
 
-def run_chain(log_w: np.ndarray, series: dict[str, np.ndarray], steps: int, rng: np.random.Generator) -> ChainSummary:
+def run_chain(log_w: np.ndarray, series: dict[str, np.ndarray], steps: int,
+              rng: np.random.Generator) -> ChainSummary:
     """Draw and run one IMH chain over a pool, and summarize it for each named per-string series."""
     proposals = draw_proposals(log_w, steps, rng)
     states = imh_chain(log_w, proposals)

@@ -18,6 +18,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from pqtradeoff import exact
 from pqtradeoff.adaptors import Adaptor, parse_grid
+from pqtradeoff.analyze import ExtraInputs, run_analysis
+from pqtradeoff.analyze import make_settings as analysis_settings
 from pqtradeoff.automata import WeightedAutomaton, transition_matrix
 from pqtradeoff.correct import Target
 from pqtradeoff.errors import PQError, validated
@@ -42,17 +44,21 @@ class DemoSettings(BaseModel):
         "rare-word", description="rare-word: a lexicon that charges each word and prizes one rare word "
         "(demo_models.demo_models); rarity: pays for every word's rarity (demo_models.rarity_reward)")
     eos_prob: float = Field(0.35, gt=0.0, lt=1.0, description="rarity reward's prior: probability of ending")
-    rarity: float = Field(0.8, ge=0.0, description="reward per nat of word rarity: phi = rarity * (top - log p)")
+    rarity: float = Field(0.8, ge=0.0,
+                          description="reward per nat of word rarity: phi = rarity * (top - log p)")
     word_cost: float = Field(1.0, description="rarity reward's cost of each word (EOS costs nothing)")
-    text: Path | None = Field(None, description="estimate the prior from this text file instead (one string a line)")
+    text: Path | None = Field(
+        None, description="estimate the prior from this text file instead (one string a line)")
     families: list[str] = Field(default_factory=lambda: list(DEFAULT_FAMILIES))
     temperatures: list[float] = Field(default_factory=lambda: list(DEFAULT_TEMPERATURES))
     num_generations: int = Field(2000, ge=2, description="strings sampled per configuration")
     max_new_tokens: int = Field(200, ge=1)
     batch_size: int = Field(2000, ge=1)
     target: Target = "global"
-    min_ess_fraction: float = Field(0.05, ge=0.0, le=1.0, description="skip configs whose exact IMH efficiency "
-                                    "(importance-sampling ESS fraction) is below this: their correction is unreliable")
+    min_ess_fraction: float = Field(0.05, ge=0.0, le=1.0,
+                                    description="skip configs whose exact IMH efficiency "
+                                    "(importance-sampling ESS fraction) is below this: their correction is "
+                                    "unreliable")
     imh_steps: int = Field(50_000, ge=2)
     corpora: int = Field(500, ge=1)
     corpus_size: int = Field(2000, ge=1)
@@ -64,8 +70,8 @@ class DemoSettings(BaseModel):
             rarity_only = ("n_words", "eos_prob", "rarity", "word_cost", "text")
             changed = [k for k in rarity_only if getattr(self, k) != type(self).model_fields[k].default]
             if changed:
-                raise ValueError(f"{changed[0]} applies to --reward rarity only (the rare-word lexicon has its own "
-                                 "12-word prior)")
+                raise ValueError(f"{changed[0]} applies to --reward rarity only (the rare-word lexicon has "
+                                 "its own 12-word prior)")
         return self
 
     @field_validator("temperatures")
@@ -84,15 +90,16 @@ def make_settings(**values: Any) -> DemoSettings:
 
 def build_models(settings: DemoSettings) -> Any:
     """The prior (random n-gram, or estimated from `text`), the rarity reward and the exact aligned model."""
-    from pqtradeoff import demo_models as dm  # torch (the backend) only when models are built
-    from pqtradeoff.models import fsa
+    from pqtradeoff import demo_models as dm  # lazy: torch
+    from pqtradeoff.models import fsa  # lazy: torch
 
     if settings.text is None and settings.reward == "rare-word":
         return dm.demo_models(settings.model_seed, beta=settings.beta, order=settings.order)
     if settings.text is None:
         prior = fsa.random_ngram(settings.n_words, settings.order, seed=settings.model_seed, alpha=0.5,
                                  eos_prob=settings.eos_prob, zipf=1.0,
-                                 words=dm.DEMO_WORDS[: settings.n_words] if settings.n_words <= len(dm.DEMO_WORDS)
+                                 words=dm.DEMO_WORDS[: settings.n_words]
+                                 if settings.n_words <= len(dm.DEMO_WORDS)
                                  else None)
     else:
         prior = fsa.estimate_ngram(settings.text, order=settings.order)
@@ -101,7 +108,8 @@ def build_models(settings: DemoSettings) -> Any:
 
 
 def exact_values(
-    alignment: Any, adaptor: Adaptor, target: str, min_ess_fraction: float = 0.05, max_length: int | None = None
+    alignment: Any, adaptor: Adaptor, target: str, min_ess_fraction: float = 0.05,
+    max_length: int | None = None
 ) -> tuple[dict[str, float] | None, str | None]:
     """Closed-form per-config values under the IMH target and under local q; or the reason there are none.
 
@@ -122,10 +130,10 @@ def exact_values(
     if not corrected.normalizes:
         return None, f"the {target} target {corrected.message}"
     if corrected.ess_fraction is not None and corrected.ess_fraction < min_ess_fraction:
-        return None, (f"the {target} target exists, but its importance weights under the sampling distribution "
-                      f"have {'infinite' if corrected.ess_fraction == 0 else 'near-infinite'} variance (exact "
-                      f"IMH efficiency {corrected.ess_fraction:.3g} < {min_ess_fraction:g}): no finite pool "
-                      "can correct towards it reliably")
+        return None, (f"the {target} target exists, but its importance weights under the sampling "
+                      f"distribution have {'infinite' if corrected.ess_fraction == 0 else 'near-infinite'} "
+                      f"variance (exact IMH efficiency {corrected.ess_fraction:.3g} < {min_ess_fraction:g}): "
+                      "no finite pool can correct towards it reliably")
     efficiency = corrected.ess_fraction
     if max_length is not None and cut_probability(alignment, adaptor, max_length) > 1e-12:
         local, corrected = laws(max_length)
@@ -181,7 +189,7 @@ def run_demo(
     Returns the summary (its `to_json()` is `out_dir/summary.json`, byte-identical for the same settings) and
     the wall time of each stage (printed, not stored, so that outputs stay reproducible).
     """
-    import torch
+    import torch  # lazy: torch
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the automata's tensors are tiny: more threads only add synchronisation
@@ -192,14 +200,13 @@ def run_demo(
 
 
 def _run(out_dir: Path, settings: DemoSettings, progress: bool) -> tuple[Summary, dict[str, float]]:
-    from pqtradeoff.analyze import ExtraInputs, run_analysis
-    from pqtradeoff.analyze import make_settings as analysis_settings
-    from pqtradeoff.generate import PromptRecord, generate_corpus
-    from pqtradeoff.score import score_corpus
+    from pqtradeoff.generate import PromptRecord, generate_corpus  # lazy: torch
+    from pqtradeoff.score import score_corpus  # lazy: torch
 
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     models = build_models(settings)
+    beta = models.alignment.beta
     grid = parse_grid(settings.families, settings.temperatures)
     kept, exact_by_config, skipped = [], {}, {}
     for a in grid:
@@ -221,7 +228,8 @@ def _run(out_dir: Path, settings: DemoSettings, progress: bool) -> tuple[Summary
                              max_new_tokens=settings.max_new_tokens, seed=settings.seed,
                              batch_size=settings.batch_size, out_dir=out_dir / "corpus",
                              sample_block=settings.num_generations,
-                             settings={"model": models.aligned.name, "demo": record}, progress=progress).out_dir
+                             settings={"model": models.aligned.name, "demo": record},
+                             progress=progress).out_dir
     timings["generate_s"] = time.perf_counter() - t
     t = time.perf_counter()
     scored = score_corpus(corpus, out_dir / "scored", prior=models.prior, reward=models.reward,
@@ -230,7 +238,7 @@ def _run(out_dir: Path, settings: DemoSettings, progress: bool) -> tuple[Summary
     timings["score_s"] = time.perf_counter() - t
 
     table = pd.read_parquet(scored)
-    residual = (table["logp_prior"] + table["reward"] / models.beta - table["logp_aligned"]
+    residual = (table["logp_prior"] + table["reward"] / beta - table["logp_aligned"]
                 - models.alignment.log_z)
     finished = table["finished"].to_numpy(bool)
     if not finished.any():
@@ -239,15 +247,17 @@ def _run(out_dir: Path, settings: DemoSettings, progress: bool) -> tuple[Summary
 
     t = time.perf_counter()
     notes = [
-        f"Exact finite-state models: prior {models.prior.name}, reward {models.reward.name}, beta={models.beta:g}, "
-        f"log Z = {models.alignment.log_z:.6f}. The identity log p(y) + r(y)/beta = log p+(y) + log Z holds on every "
-        f"finished sampled string up to {identity_error:.2e} (float64 throughout). Exact values are conditioned on "
-        f"finishing within max_new_tokens={settings.max_new_tokens}, as the analysis keeps finished strings only.",
+        f"Exact finite-state models: prior {models.prior.name}, reward {models.reward.name}, "
+        f"beta={beta:g}, log Z = {models.alignment.log_z:.6f}. The identity log p(y) + r(y)/beta = "
+        f"log p+(y) + log Z holds on every finished sampled string up to {identity_error:.2e} (float64 "
+        "throughout). Exact values are conditioned on finishing within "
+        f"max_new_tokens={settings.max_new_tokens}, as the analysis keeps finished strings only.",
     ]
     # The exact lines are those of the global temperature family: drawn only when that is the target.
-    lines = tradeoff_lines(models.alignment, kept, models.beta) if settings.target == "global" else []
-    analysis = analysis_settings(target=settings.target, imh_steps=settings.imh_steps, corpora=settings.corpora,
-                                 corpus_size=settings.corpus_size, seed=settings.seed, beta=models.beta)
+    lines = tradeoff_lines(models.alignment, kept, beta) if settings.target == "global" else []
+    analysis = analysis_settings(target=settings.target, imh_steps=settings.imh_steps,
+                                 corpora=settings.corpora,
+                                 corpus_size=settings.corpus_size, seed=settings.seed, beta=beta)
     inputs = ExtraInputs(exact=exact_by_config, exact_lines=lines, notes=notes, skipped=skipped,
                          source={"demo": record, "scored_dir": str(scored)},
                          extra={"identity_max_abs_error": identity_error, "log_z": models.alignment.log_z})

@@ -29,10 +29,6 @@ class DemoModels:
     def aligned(self) -> FiniteStateLM:
         return self.alignment.aligned
 
-    @property
-    def beta(self) -> float:
-        return self.alignment.beta
-
 
 def with_rare_word(model: FiniteStateLM, word: int, prob: float) -> FiniteStateLM:
     """The same automaton with p(word | s) = prob in every state that can emit words; the other words of
@@ -52,13 +48,8 @@ def with_rare_word(model: FiniteStateLM, word: int, prob: float) -> FiniteStateL
 
 
 def demo_models(
-    seed: int = 0,
-    *,
-    beta: float = 1.0,
-    order: int = 2,
-    rare_prob: float = 0.0025,
-    rare_value: float = 3.3,
-    word_value: float = -0.2,
+    seed: int = 0, *, beta: float = 1.0, order: int = 2,
+    rare_prob: float = 0.0025, rare_value: float = 3.3, word_value: float = -0.2,
 ) -> DemoModels:
     """The default demo: a random bigram prior over `DEMO_WORDS` and a word-valence lexicon.
 
@@ -69,13 +60,15 @@ def demo_models(
     highly rewarded, so across adaptors the exact means trade prior likelihood for reward (correlation
     about -0.75 over the paper's grid): cold adaptors avoid the rare word, hot ones find it. Every
     configuration of that grid whose global adaptor normalizes is well conditioned (spectral radius < 0.8,
-    IMH efficiency > 0.2); the hottest ones do not normalize. Tuned for seed 0 (see tests/test_demo_models.py).
+    IMH efficiency > 0.2); the hottest ones do not normalize. Tuned for seed 0 (see
+    tests/test_demo_models.py).
 
     Why not simply a reward that favours likely words: with p+ proportional to p exp(r/beta) exactly, the
     globally normalized temperature family moves as d E[f] / d(1/T) = Cov(f, log p+), so a reward whose
     covariance with log p is positive everywhere makes colder corpora gain both likelihood and reward.
     """
-    base = random_ngram(len(DEMO_WORDS), order, seed=seed, alpha=0.5, eos_prob=0.2, zipf=1.0, words=DEMO_WORDS)
+    base = random_ngram(len(DEMO_WORDS), order, seed=seed, alpha=0.5, eos_prob=0.2, zipf=1.0,
+                        words=DEMO_WORDS)
     rare = len(DEMO_WORDS) - 1
     prior = with_rare_word(base, rare, rare_prob)
     lexicon = {w: float(word_value) for w in DEMO_WORDS[:-1]} | {DEMO_WORDS[-1]: float(rare_value)}

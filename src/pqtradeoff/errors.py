@@ -40,7 +40,7 @@ def validation_message(err: Any, where: str = "") -> str:
 def validated(model: type[T], /, **values: Any) -> T:
     """Build a pydantic settings model, turning its first validation error into a one-line PQError that names
     the field and the value (pydantic's own message spans several lines)."""
-    from pydantic import ValidationError
+    from pydantic import ValidationError  # lazy: pydantic
 
     try:
         return model(**values)

@@ -8,11 +8,12 @@ algebra of `pqtradeoff.automata` (backward values b, normalizer Z = b(start), co
 - any transition-additive quantity f(y) = sum_t f(s_t, y_t) then has E[f] = sum_{s,v} counts(s, v) f(s, v);
   the entropy is log Z - E[log W].
 
-On top of that, `aligned_expectations`, `local_expectations`, `global_expectations` and
-`imh_target_expectations` give the quantities the paper's plots need (E[log p], E[r], E[log p+], H, length)
-for the aligned model, the locally normalized adapted model q_gamma, the globally normalized adaptor
-p_gamma, and the target of the IMH correction. A distribution that does not normalize is reported as such
-(`ExactResult.normalizes` False with a message), never as a number. With `max_length` every distribution is
+On top of that, `law_expectations` gives the quantities the paper's plots need (E[log p], E[r], E[log p+], H,
+length) under the law with given per-step log weights, and `local_expectations`, `global_expectations` and
+`imh_target_expectations` apply it to the locally normalized adapted model q_gamma, the globally normalized
+adaptor p_gamma, and the target of the IMH correction (the aligned model itself is q_gamma for `ancestral`).
+A distribution that does not normalize is reported as such (`ExactResult.normalizes` False with a message),
+never as a number. With `max_length` every distribution is
 conditioned on complete strings of at most `max_length` tokens (EOS included), which always normalizes.
 For IMH targets, `ExactResult.ess_fraction` is the exact importance-sampling efficiency of the proposals
 (its second moment is one more weighted automaton), which says whether a Monte Carlo correction can work.
@@ -31,6 +32,7 @@ import numpy as np
 import scipy.linalg
 from scipy.special import logsumexp
 
+from pqtradeoff.adaptors import parse
 from pqtradeoff.automata import WeightedAutomaton, backward, neumann_solve, transition_matrix
 from pqtradeoff.errors import PQError
 
@@ -92,7 +94,8 @@ def _bounded_counts(wa: WeightedAutomaton, start: int, max_length: int) -> Count
     log_z = betas[max_length][start]
     if not np.isfinite(log_z):
         return Counts(False, None, None, None,
-                      f"does not normalize: no complete string of at most {max_length} tokens has positive weight")
+                      f"does not normalize: no complete string of at most {max_length} tokens has positive "
+                      "weight")
     alpha = np.full(n, -np.inf)
     alpha[start] = 0.0
     counts = np.zeros((n, v))
@@ -165,17 +168,16 @@ def adapted_tables(model: FiniteStateLM, adaptor: Adaptor | str) -> AdaptedTable
     The kept support comes from `Adaptor.support` on the same float64 logits the pipeline samples from, so
     truncation decisions match sampling exactly; the weights are formed in float64 too.
     """
-    from pqtradeoff.adaptors import parse
-
     return _adapted_tables(model, parse(adaptor))
 
 
 @functools.lru_cache(maxsize=256)
 def _adapted_tables(model: FiniteStateLM, adaptor: Adaptor) -> AdaptedTables:
     """Cached: the local, global and IMH computations of one configuration share the same tables."""
-    import torch
+    import torch  # lazy: torch
 
-    logits = torch.tensor(model.log_probs)  # float64, exactly what `FiniteStateLM.start` gives (a copy: read-only)
+    # float64, exactly what `FiniteStateLM.start` gives (a copy: read-only)
+    logits = torch.tensor(model.log_probs)
     support = adaptor.support(logits).numpy()
     log_weights = np.where(support, model.log_probs / adaptor.temperature, -np.inf)
     log_z = logsumexp(log_weights, axis=1)
@@ -214,13 +216,6 @@ class ExactResult:
     mean_log_weight: float | None = None
     ess_fraction: float | None = None
 
-    def require(self) -> ExactResult:
-        """Return self, or raise PQError with the reason the distribution does not normalize."""
-        if not self.normalizes:
-            name = self.distribution + (f" adaptor={self.adaptor}" if self.adaptor else "")
-            raise PQError(f"{name}: {self.message}")
-        return self
-
 
 def expectations(
     wa: WeightedAutomaton, start: int, tables: Mapping[str, np.ndarray], max_length: int | None = None
@@ -235,7 +230,7 @@ def expectations(
     return counts, values
 
 
-def _result(
+def law_expectations(
     alignment: Alignment,
     log_weights: np.ndarray,
     distribution: str,
@@ -245,6 +240,9 @@ def _result(
     log_step_z: np.ndarray | None = None,
     log_proposal: np.ndarray | None = None,
 ) -> ExactResult:
+    """Expectations under the law W(y)/Z with per-step log weights `log_weights` [S, V] on the aligned model's
+    automaton, named `distribution`. `log_step_z` (log Z_t per state) adds E[sum_t log Z_t]; `log_proposal`
+    adds the importance-sampling efficiency of proposals from that locally normalized model."""
     model = alignment.aligned
     wa = WeightedAutomaton(model.next_state, log_weights, model.eos_token_id)
     start = model.state_after(prompt_ids)
@@ -276,43 +274,28 @@ def _result(
     )
 
 
-def prior_expectations(
-    alignment: Alignment, *, prompt_ids: Sequence[int] = (), max_length: int | None = None
-) -> ExactResult:
-    """Expectations under the prior p itself."""
-    return _result(alignment, alignment.prior.log_probs, "prior", None, prompt_ids, max_length)
-
-
-def aligned_expectations(
-    alignment: Alignment, *, prompt_ids: Sequence[int] = (), max_length: int | None = None
-) -> ExactResult:
-    """(a) Expectations under the aligned model p+ (ancestral sampling at temperature 1)."""
-    return _result(alignment, alignment.aligned.log_probs, "aligned", None, prompt_ids, max_length)
-
-
 def local_expectations(
-    alignment: Alignment, adaptor: Adaptor | str, *, prompt_ids: Sequence[int] = (), max_length: int | None = None
+    alignment: Alignment, adaptor: Adaptor | str, *, prompt_ids: Sequence[int] = (),
+    max_length: int | None = None
 ) -> ExactResult:
     """(b) Expectations under q_gamma, the adaptor applied to p+ and renormalized at every step (what
     `generate` samples). It may fail to terminate (e.g. a truncation that removes EOS everywhere)."""
-    from pqtradeoff.adaptors import parse
-
     adaptor = parse(adaptor)
     t = adapted_tables(alignment.aligned, adaptor)
-    return _result(alignment, t.log_probs, "local", adaptor, prompt_ids, max_length, t.log_z)
+    return law_expectations(alignment, t.log_probs, "local", adaptor, prompt_ids, max_length, t.log_z)
 
 
 def global_expectations(
-    alignment: Alignment, adaptor: Adaptor | str, *, prompt_ids: Sequence[int] = (), max_length: int | None = None
+    alignment: Alignment, adaptor: Adaptor | str, *, prompt_ids: Sequence[int] = (),
+    max_length: int | None = None
 ) -> ExactResult:
     """(c) Expectations under p_gamma(y) proportional to prod_t gamma~(y_t | s_t), the globally normalized
     adaptor; `log_normalizer` is log Z_gamma. Reports `normalizes=False` where the sum diverges.
     `ess_fraction` tells how well proposals from q_gamma (the pool `generate` makes) cover p_gamma."""
-    from pqtradeoff.adaptors import parse
-
     adaptor = parse(adaptor)
     t = adapted_tables(alignment.aligned, adaptor)
-    return _result(alignment, t.log_weights, "global", adaptor, prompt_ids, max_length, t.log_z, t.log_probs)
+    return law_expectations(alignment, t.log_weights, "global", adaptor, prompt_ids, max_length, t.log_z,
+                            t.log_probs)
 
 
 IMH_TARGETS = ("global", "aligned")
@@ -332,8 +315,6 @@ def imh_target_expectations(
     strings q_gamma can propose (every token inside the adaptor's support) - p+ itself when the adaptor does
     not truncate - since the chain can only visit proposals.
     """
-    from pqtradeoff.adaptors import parse
-
     adaptor = parse(adaptor)
     if target == "global":
         return global_expectations(alignment, adaptor, prompt_ids=prompt_ids, max_length=max_length)
@@ -341,4 +322,5 @@ def imh_target_expectations(
         raise PQError(f"target={target!r} is not one of {', '.join(IMH_TARGETS)}")
     t = adapted_tables(alignment.aligned, adaptor)
     log_weights = np.where(t.support, alignment.aligned.log_probs, -np.inf)
-    return _result(alignment, log_weights, "imh-aligned", adaptor, prompt_ids, max_length, t.log_z, t.log_probs)
+    return law_expectations(alignment, log_weights, "imh-aligned", adaptor, prompt_ids, max_length, t.log_z,
+                            t.log_probs)

@@ -1,8 +1,8 @@
 """An experiment as one file: read, write and run a TOML config (`pqtradeoff run`, `init`, `--print-config`).
 
 `load_experiment(path)` reads a TOML file (stdlib `tomllib`) into `ExperimentSettings`: a syntax error, an
-unknown key or a bad value is a one-line PQError naming the file, the key and, where it can be found, the line.
-Relative paths in the file (the prompts file, local model folders) are relative to the file.
+unknown key or a bad value is a one-line PQError naming the file, the key and, where it can be found, the
+line. Relative paths in the file (the prompts file, local model folders) are relative to the file.
 
 `run_experiment(settings, out)` runs generate -> score -> analyze into `out/corpus`, `out/scored`,
 `out/analysis`, loading each model once. Stages are cached by content: a stage whose settings and inputs are
@@ -15,16 +15,36 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import re
 import resource
-import sys
+import shutil
 import time
+import typing
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import tomllib
+from pydantic import BaseModel, ValidationError
+
+from pqtradeoff.analyze import analyze_dir
+from pqtradeoff.corpus import shard_files
 from pqtradeoff.errors import PQError, validation_message
-from pqtradeoff.settings import ExperimentSettings, flatten
+from pqtradeoff.io import run_record, write_json
+from pqtradeoff.settings import ExperimentSettings, describe_changes, fixed_changes, flatten
+from pqtradeoff.stages import (
+    SCORE_POLICY,
+    ModelCache,
+    check_out,
+    recorded_settings,
+    run_generate,
+    run_score,
+    score_record_settings,
+)
+
+log = logging.getLogger("pqtradeoff")
 
 EXAMPLES_DIR = Path(__file__).resolve().parent / "examples"
 STAGE_DIRS = {"generate": "corpus", "score": "scored", "analyze": "analysis"}
@@ -33,9 +53,6 @@ STAGE_DIRS = {"generate": "corpus", "score": "scored", "analyze": "analysis"}
 # ------------------------------------------------------------------------------------------------- reading
 def load_experiment(path: str | Path) -> ExperimentSettings:
     """Read and validate an experiment file."""
-    import tomllib
-    from pydantic import ValidationError
-
     path = Path(path)
     if not path.is_file():
         raise PQError(f"config {str(path)!r} does not exist" if not path.exists() else
@@ -60,7 +77,8 @@ def _resolve_paths(raw: dict[str, Any], base: Path) -> dict[str, Any]:
     """Make the prompts file and local model folders relative to the config file's folder."""
     raw = json.loads(json.dumps(raw))  # a deep copy of plain data
     prompts = raw.get("prompts")
-    if isinstance(prompts, dict) and isinstance(prompts.get("file"), str) and not Path(prompts["file"]).is_absolute():
+    if (isinstance(prompts, dict) and isinstance(prompts.get("file"), str)
+            and not Path(prompts["file"]).is_absolute()):
         prompts["file"] = str((base / prompts["file"]).resolve())
     for spec in (raw.get("models") or {}).values() if isinstance(raw.get("models"), dict) else []:
         name = spec.get("name") if isinstance(spec, dict) else None
@@ -126,10 +144,6 @@ def _toml_value(value: Any) -> str:
 
 def descriptions_of(model: Any, prefix: str = "") -> dict[str, str]:
     """Dotted key -> help text, from the settings models' field descriptions."""
-    import typing
-
-    from pydantic import BaseModel
-
     out: dict[str, str] = {}
     for name, info in model.model_fields.items():
         path = f"{prefix}{name}"
@@ -199,11 +213,9 @@ def _status(written: int, total: int) -> str:
     return "reused" if written == 0 else ("ran" if written == total else "partly reused")
 
 
-def run_experiment(settings: ExperimentSettings, out: str | Path, say=print) -> ExperimentResult:
-    """Run generate -> score -> analyze for one experiment into `out` (see the module docstring)."""
-    from pqtradeoff.io import run_record, write_json
-    from pqtradeoff.stages import ModelCache, check_out, run_generate, run_score
-
+def run_experiment(settings: ExperimentSettings, out: str | Path) -> ExperimentResult:
+    """Run generate -> score -> analyze for one experiment into `out` (see the module docstring); each stage
+    says what it did on the package logger (info)."""
     began = time.perf_counter()
     out = check_out(out)
     models = ModelCache()
@@ -214,21 +226,21 @@ def run_experiment(settings: ExperimentSettings, out: str | Path, say=print) -> 
     gen = run_generate(settings.generate_settings(), corpus, models)
     stages.append(StageReport("generate", _status(gen.written, gen.shards), time.perf_counter() - t,
                               gen.describe(), gen.to_json()))
-    say(f"generate: {stages[-1].status}: {gen.describe()}")
+    log.info("generate: %s: %s", stages[-1].status, gen.describe())
 
     t = time.perf_counter()
-    _reset_if_changed(scored, settings, say)
+    _reset_if_changed(scored, settings)
     sc = run_score(settings.score_settings(), corpus, scored, models)
     stages.append(StageReport("score", _status(sc.written, sc.shards), time.perf_counter() - t, sc.describe(),
                               sc.to_json()))
-    say(f"score: {stages[-1].status}: {sc.describe()}")
+    log.info("score: %s: %s", stages[-1].status, sc.describe())
 
     t = time.perf_counter()
     summary, reused = _analysis(settings, scored, analysis)
     detail = (f"{len(summary['configs'])} configuration(s) analysed, {len(summary['skipped'])} skipped, "
               f"{summary['input']['rows_used']} strings")
     stages.append(StageReport("analyze", "reused" if reused else "ran", time.perf_counter() - t, detail))
-    say(f"analyze: {stages[-1].status}: {detail}")
+    log.info("analyze: %s: %s", stages[-1].status, detail)
 
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
     result = ExperimentResult(out, stages, summary, peak, time.perf_counter() - began)
@@ -237,13 +249,9 @@ def run_experiment(settings: ExperimentSettings, out: str | Path, say=print) -> 
     return result
 
 
-def _reset_if_changed(scored: Path, settings: ExperimentSettings, say) -> None:
-    """In a run the config is the truth: a changed reward or prior rescoring everything, rather than refusing."""
-    import shutil
-
-    from pqtradeoff.settings import fixed_changes
-    from pqtradeoff.stages import SCORE_POLICY, recorded_settings, score_record_settings
-
+def _reset_if_changed(scored: Path, settings: ExperimentSettings) -> None:
+    """In a run the config is the truth: a changed reward or prior rescoring everything, rather than
+    refusing."""
     old = recorded_settings(scored)
     if old is None:
         return
@@ -252,26 +260,19 @@ def _reset_if_changed(scored: Path, settings: ExperimentSettings, say) -> None:
     changes = [c for c in fixed_changes({k: v for k, v in old.items() if k in new}, new, SCORE_POLICY)
                if c[0] in old]
     if changes:
-        from pqtradeoff.settings import describe_changes
-
-        say(f"score: settings changed ({describe_changes(changes)}): scoring again")
+        log.info("score: settings changed (%s): scoring again", describe_changes(changes))
         shutil.rmtree(scored)
 
 
 def _fingerprint(settings: ExperimentSettings, scored: Path) -> str:
-    from pqtradeoff.corpus import shard_files
-
     files = [(p.name, p.stat().st_size) for p in shard_files(scored)]
-    payload = json.dumps({"analysis": settings.analysis.model_dump(mode="json"), "files": files}, sort_keys=True)
+    payload = json.dumps({"analysis": settings.analysis.model_dump(mode="json"), "files": files},
+                         sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
 def _analysis(settings: ExperimentSettings, scored: Path, analysis: Path) -> tuple[dict[str, Any], bool]:
     """Analyse the scored corpus unless the same settings already analysed the same shards."""
-    import warnings
-
-    from pqtradeoff.io import write_json
-
     fingerprint = _fingerprint(settings, scored)
     stamp, summary_path = analysis / "_inputs.json", analysis / "summary.json"
     if stamp.is_file() and summary_path.is_file():
@@ -280,7 +281,6 @@ def _analysis(settings: ExperimentSettings, scored: Path, analysis: Path) -> tup
                 return json.loads(summary_path.read_text(encoding="utf-8")), True
         except ValueError:
             pass
-    from pqtradeoff.analyze import analyze_dir
 
     stamp.unlink(missing_ok=True)
     with warnings.catch_warnings():
@@ -289,11 +289,3 @@ def _analysis(settings: ExperimentSettings, scored: Path, analysis: Path) -> tup
     summary = summary.to_json() if hasattr(summary, "to_json") else summary
     write_json(stamp, {"fingerprint": fingerprint})
     return summary, False
-
-
-def print_stage_table(result: ExperimentResult, file=sys.stdout) -> None:
-    """Stage, status, seconds and share of the run, for the console."""
-    total = sum(s.seconds for s in result.stages) or 1.0
-    for s in result.stages:
-        print(f"  {s.stage:<9} {s.status:<14} {s.seconds:7.1f} s  {100 * s.seconds / total:5.1f} %  {s.detail}",
-              file=file)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import math
 import re
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,9 +27,9 @@ import pyarrow as pa
 import torch
 
 from pqtradeoff.adaptors import Adaptor
-from pqtradeoff.corpus import GENERATED_SCHEMA, RUN_RECORD, supersede, write_shard
+from pqtradeoff.corpus import GENERATED_SCHEMA, begin_run, write_shard
 from pqtradeoff.errors import PQError
-from pqtradeoff.io import check_resumable, progress_bar, remove_stale_temporaries, run_record, write_json
+from pqtradeoff.io import StageResult, progress_bar
 from pqtradeoff.models.base import LanguageModel
 
 TOKEN_COLUMNS = pa.schema([
@@ -83,12 +84,6 @@ def step_uniforms(keys: np.ndarray, step: int | np.ndarray) -> np.ndarray:
     return (z >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))
 
 
-def row_uniforms(seed: int, prompt_id: int, sample_id: int, adaptor: Adaptor | str, n: int) -> np.ndarray:
-    """The first `n` uniforms of one row's stream (for inspection and tests)."""
-    key = row_keys(seed, np.array([prompt_id]), np.array([sample_id]), adaptor)
-    return np.array([step_uniforms(key, t)[0] for t in range(n)])
-
-
 def sample_inverse_cdf(log_probs: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
     """One token per row from log-probabilities [B, V]: the first index whose CDF exceeds u * total.
 
@@ -103,8 +98,8 @@ def sample_inverse_cdf(log_probs: torch.Tensor, uniforms: torch.Tensor) -> torch
         cdf = torch.cumsum(log_probs.double().exp(), dim=-1)
     total = cdf[:, -1:]
     if not bool(torch.isfinite(total).all()):
-        raise PQError("the model produced NaN or infinite logits while sampling (common with --dtype float16): "
-                      "use --dtype bfloat16 or float32")
+        raise PQError("the model produced NaN or infinite logits while sampling (common with --dtype "
+                      "float16): use --dtype bfloat16 or float32")
     target = uniforms.double().unsqueeze(-1) * total
     tokens = torch.searchsorted(cdf, target, right=True).squeeze(-1)
     return tokens.clamp_(max=log_probs.shape[-1] - 1)
@@ -148,7 +143,8 @@ def sample_batch(
         tokens = sample_inverse_cdf(step.log_probs, u)
         index = tokens.unsqueeze(-1)
         picked = torch.stack([tokens.double(), step.log_probs.gather(-1, index).squeeze(-1).double(),
-                              step.logp.gather(-1, index).squeeze(-1).double(), step.log_z.squeeze(-1).double()])
+                              step.logp.gather(-1, index).squeeze(-1).double(),
+                              step.log_z.squeeze(-1).double()])
         host = picked.cpu().numpy()  # one device-to-host copy per step
         tokens_out[active, t] = host[0].astype(np.int64)
         scores[:, active, t] = host[1:]
@@ -184,7 +180,8 @@ def sample_rows(
     keys = np.asarray(keys, dtype=np.uint64)
     if not model.can_join:
         return [row for start in range(0, n, batch_size) for row in sample_batch(
-            model, adaptor, prompts[start:start + batch_size], keys[start:start + batch_size], max_new_tokens)]
+            model, adaptor, prompts[start:start + batch_size], keys[start:start + batch_size],
+            max_new_tokens)]
     tokens_out = np.zeros((n, max_new_tokens), dtype=np.int64)
     scores = np.zeros((3, n, max_new_tokens), dtype=np.float64)  # logq, logp_aligned, log_z per step
     lengths = np.zeros(n, dtype=np.int64)
@@ -201,7 +198,8 @@ def sample_rows(
         tokens = sample_inverse_cdf(step.log_probs, u)
         index = tokens.unsqueeze(-1)
         picked = torch.stack([tokens.double(), step.log_probs.gather(-1, index).squeeze(-1).double(),
-                              step.logp.gather(-1, index).squeeze(-1).double(), step.log_z.squeeze(-1).double()])
+                              step.logp.gather(-1, index).squeeze(-1).double(),
+                              step.log_z.squeeze(-1).double()])
         host = picked.cpu().numpy()  # one device-to-host copy per step
         tokens_out[active, t] = host[0].astype(np.int64)
         scores[:, active, t] = host[1:]
@@ -258,10 +256,12 @@ STEP_BYTES_PER_ENTRY = 4 * 4 + 2 * 8
 
 
 def choose_batch_size(
-    model: LanguageModel, max_length: int, memory_bytes: int = DEFAULT_MEMORY_BUDGET, max_rows: int = MAX_DEFAULT_BATCH
+    model: LanguageModel, max_length: int, memory_bytes: int = DEFAULT_MEMORY_BUDGET,
+    max_rows: int = MAX_DEFAULT_BATCH,
 ) -> int:
     """The most rows (at most `max_rows`, at least 1) whose decoding state at `max_length` tokens and sampling
-    working memory fit in `memory_bytes`. The state is counted twice: a growing KV cache is copied as it grows.
+    working memory fit in `memory_bytes`. The state is counted twice: a growing KV cache is copied as it
+    grows.
     """
     if not isinstance(max_length, int) or max_length < 1:
         raise PQError(f"max_length={max_length!r} is out of range: need an integer >= 1")
@@ -273,8 +273,9 @@ def choose_batch_size(
 
 # --------------------------------------------------------------------------------------------------- shards
 def adaptor_slug(adaptor: Adaptor | str) -> str:
-    """A file-name-safe, injective form of the canonical adaptor string: readable, plus a short hash (two specs
-    that read alike once '+', '-' and the like are dropped, e.g. 1e+300 and 1e-300, still get two names)."""
+    """A file-name-safe, injective form of the canonical adaptor string: readable, plus a short hash (two
+    specs that read alike once '+', '-' and the like are dropped, e.g. 1e+300 and 1e-300, still get two
+    names)."""
     text = str(adaptor)
     readable = re.sub(r"[^A-Za-z0-9_.]+", "-", text.replace("=", "").replace(",", "__"))
     return f"{readable}-{hashlib.sha256(text.encode()).hexdigest()[:6]}"
@@ -358,28 +359,10 @@ def rows_to_table(
 CORPUS_POLICY = {"adaptors": "grow", "num_generations": "grow", "num_prompts": "grow", "batch_size": "free"}
 
 
-@dataclass
-class GenerateResult:
-    """What a `generate` run did: shards planned, written now, found complete, and moved aside."""
+class GenerateResult(StageResult):
+    """What a `generate` run did (`tokens`: the tokens sampled now)."""
 
-    out_dir: Path
-    shards: int
-    written: int
-    reused: int
-    superseded: list[str]
-    rows_written: int
-    tokens_generated: int
-    seconds: float
-
-    def to_json(self) -> dict[str, Any]:
-        return {"out_dir": str(self.out_dir), "shards": self.shards, "written": self.written,
-                "reused": self.reused, "superseded": self.superseded, "rows_written": self.rows_written,
-                "tokens_generated": self.tokens_generated, "seconds": self.seconds}
-
-    def describe(self) -> str:
-        moved = f", {len(self.superseded)} superseded (moved to _superseded/)" if self.superseded else ""
-        rate = f", {self.tokens_generated / self.seconds:.0f} tokens/s" if self.written and self.seconds > 0 else ""
-        return f"{self.written} of {self.shards} shards written, {self.reused} reused{moved}{rate}"
+    TOKENS_KEY = "tokens_generated"
 
 
 def generate_corpus(
@@ -409,10 +392,9 @@ def generate_corpus(
     refused, naming the settings that differ. `batch_size=None` takes `choose_batch_size` for each shard's
     longest prompt + `max_new_tokens`, so a shard's rows depend on that shard alone (not on other prompts).
     """
-    import time
-
     for name, value, low in (("num_generations", num_generations, 1), ("max_new_tokens", max_new_tokens, 1),
-                             ("batch_size", batch_size, 1), ("seed", seed, 0), ("prompt_block", prompt_block, 1),
+                             ("batch_size", batch_size, 1), ("seed", seed, 0),
+                             ("prompt_block", prompt_block, 1),
                              ("sample_block", sample_block, 1)):
         if value is None and name == "batch_size":
             continue
@@ -426,24 +408,22 @@ def generate_corpus(
         for p in prompts:
             if len(p.token_ids) + max_new_tokens > model.max_length:
                 raise PQError(
-                    f"prompt {p.prompt_id} has {len(p.token_ids)} tokens; with max_new_tokens={max_new_tokens} "
-                    f"it exceeds the model's context of {model.max_length} tokens"
+                    f"prompt {p.prompt_id} has {len(p.token_ids)} tokens; with "
+                    f"max_new_tokens={max_new_tokens} it exceeds the model's context of {model.max_length} "
+                    "tokens"
                 )
     out_dir = Path(out_dir)
     resolved = dict(settings) | {
         "adaptors": [str(a) for a in adaptors], "num_generations": num_generations,
-        "max_new_tokens": max_new_tokens, "seed": seed, "batch_size": batch_size, "prompt_block": prompt_block,
+        "max_new_tokens": max_new_tokens, "seed": seed, "batch_size": batch_size,
+        "prompt_block": prompt_block,
         "sample_block": sample_block, "save_token_logprobs": save_token_logprobs,
-        "tokenizer_key": model.tokenizer_key, "eos_token_ids": list(model.end_ids()), "num_prompts": len(prompts),
+        "tokenizer_key": model.tokenizer_key, "eos_token_ids": list(model.end_ids()),
+        "num_prompts": len(prompts),
     }
-    record = run_record("generate", resolved)
-    check_resumable(out_dir, record, CORPUS_POLICY | (policy or {}))
-    out_dir.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(out_dir)
-
     shards = list(plan_shards(prompts, adaptors, num_generations, prompt_block, sample_block))
-    superseded = supersede(out_dir, {s.name for s in shards})
-    write_json(out_dir / RUN_RECORD, record)
+    superseded = begin_run(out_dir, "generate", resolved, CORPUS_POLICY | (policy or {}),
+                           {s.name for s in shards})
     todo = [s for s in shards if not (out_dir / s.name).exists()]
     total_rows = sum(len(s.rows) for s in todo)
     tokens = 0
@@ -460,5 +440,5 @@ def generate_corpus(
             tokens += sum(len(r.token_ids) for r in sampled)
             write_shard(rows_to_table(model, shard.adaptor, shard.rows, sampled, save_token_logprobs),
                         out_dir / shard.name)
-    return GenerateResult(out_dir, len(shards), len(todo), len(shards) - len(todo), superseded, total_rows, tokens,
-                          time.perf_counter() - began)
+    return GenerateResult(out_dir, len(shards), len(todo), len(shards) - len(todo), superseded, total_rows,
+                          tokens, time.perf_counter() - began)

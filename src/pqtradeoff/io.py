@@ -10,9 +10,10 @@ import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from pqtradeoff.errors import PQError
 
@@ -64,7 +65,8 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
 
 
 def remove_stale_temporaries(directory: str | Path) -> int:
-    """Delete the hidden temporary files a killed run left in `directory` (one writer per folder is assumed)."""
+    """Delete the hidden temporary files a killed run left in `directory` (one writer per folder is
+    assumed)."""
     removed = 0
     for tmp in Path(directory).glob(".*.tmp"):
         tmp.unlink(missing_ok=True)
@@ -127,7 +129,7 @@ def check_resumable(out_dir: Path, record: dict[str, Any], policy: dict[str, str
     except the keys `policy` marks "grow" (they only add or remove whole shards) or "free" (they cannot change
     any output). A record beside no output at all (a run that failed before writing anything) never blocks.
     """
-    from pqtradeoff.settings import describe_changes, fixed_changes, flatten, policy_of
+    from pqtradeoff.settings import describe_changes, fixed_changes, flatten, policy_of  # lazy: pydantic
 
     path = Path(out_dir) / RUN_RECORD
     if not path.exists():
@@ -135,7 +137,8 @@ def check_resumable(out_dir: Path, record: dict[str, Any], policy: dict[str, str
     try:
         old = json.loads(path.read_text(encoding="utf-8")).get("settings", {}) or {}
     except (OSError, ValueError, AttributeError):
-        raise PQError(f"{str(path)!r} is not a readable run record: delete it or use a new --out folder") from None
+        raise PQError(f"{str(path)!r} is not a readable run record: delete it or use a new --out "
+                      "folder") from None
     if not any(p.suffix in (".parquet", ".json") and not p.name.startswith((".", "_"))
                for p in Path(out_dir).iterdir()):
         return []
@@ -145,20 +148,59 @@ def check_resumable(out_dir: Path, record: dict[str, Any], policy: dict[str, str
     changes = fixed_changes(shared, new, policy or {})
     changes = [c for c in changes if c[0] in old]
     if changes:
-        raise PQError(f"--out {str(out_dir)!r} holds a run made with other settings ({describe_changes(changes)}); "
-                      "use a new --out folder, or the old settings to resume")
+        raise PQError(f"--out {str(out_dir)!r} holds a run made with other settings "
+                      f"({describe_changes(changes)}); use a new --out folder, or the old settings to resume")
     policy = policy or {}
     return [k for k in new if k in old and old[k] != new[k] and policy_of(k, policy) == "grow"]
 
 
+@dataclass
+class StageResult:
+    """What a sharded stage (`generate`, `score`) did: shards planned, written now, found done and moved
+    aside; the rows and tokens it processed now, and the seconds it took."""
+
+    out_dir: Path
+    shards: int
+    written: int
+    reused: int
+    superseded: list[str]
+    rows_written: int
+    tokens: int
+    seconds: float
+
+    #: How a subclass names what it did to a shard, its token count (in `to_json`) and its throughput.
+    VERB: ClassVar[str] = "written"
+    TOKENS_KEY: ClassVar[str] = "tokens"
+    RATE_LABEL: ClassVar[str] = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return {"out_dir": str(self.out_dir), "shards": self.shards, "written": self.written,
+                "reused": self.reused, "superseded": self.superseded, "rows_written": self.rows_written,
+                self.TOKENS_KEY: self.tokens, "seconds": self.seconds}
+
+    def describe(self) -> str:
+        moved = f", {len(self.superseded)} superseded (moved to _superseded/)" if self.superseded else ""
+        rate = (f", {self.RATE_LABEL}{self.tokens / self.seconds:.0f} tokens/s"
+                if self.tokens and self.seconds > 0 else "")
+        return f"{self.written} of {self.shards} shards {self.VERB}, {self.reused} reused{moved}{rate}"
+
+
 @contextmanager
 def progress_bar(enabled: bool, total: int, label: str) -> Iterator[Callable[[int], None]]:
-    """A rich progress bar with ETA (or nothing): `with progress_bar(on, total, label) as advance: advance(n)`."""
+    """A rich progress bar with ETA (or nothing):
+    `with progress_bar(on, total, label) as advance: advance(n)`."""
     if not enabled or total == 0:
         yield lambda n: None
         return
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    from rich.progress import (  # lazy: rich
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
 
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()) as bar:
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TimeRemainingColumn()) as bar:
         task = bar.add_task(label, total=total)
         yield lambda n: bar.advance(task, n)

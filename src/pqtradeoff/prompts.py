@@ -16,6 +16,9 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from pqtradeoff.errors import PQError, first_line
 
@@ -107,20 +110,20 @@ def read_jsonl(path: Path, field: str) -> list[object]:
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as err:
-                raise PQError(f"prompts file {str(path)!r} line {number}: not valid JSON ({err.msg})") from None
+                raise PQError(f"prompts file {str(path)!r} line {number}: not valid JSON "
+                              f"({err.msg})") from None
             if not isinstance(record, dict):
                 raise PQError(f"prompts file {str(path)!r} line {number}: expected a JSON object, "
                               f"got {type(record).__name__}")
             if field not in record:
                 raise PQError(f"prompts file {str(path)!r} line {number}: no field {field!r} "
-                              f"(fields: {', '.join(map(str, record)) or 'none'}); choose one with --prompt-field")
+                              f"(fields: {', '.join(map(str, record)) or 'none'}); choose one with "
+                              "--prompt-field")
             values.append(record[field])
     return values
 
 
 def read_csv(path: Path, field: str) -> list[object]:
-    import pandas as pd
-
     try:
         frame = pd.read_csv(path, dtype=str, keep_default_na=False)
     except pd.errors.EmptyDataError:
@@ -131,24 +134,21 @@ def read_csv(path: Path, field: str) -> list[object]:
 
 
 def read_parquet(files: list[Path], field: str) -> list[object]:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
     values: list[object] = []
     for f in files:
         try:
             names = pq.read_schema(f).names
-            values += column(f, field, names, lambda f=f: pq.read_table(f, columns=[field]).column(0).to_pylist())
+            values += column(f, field, names,
+                             lambda f=f: pq.read_table(f, columns=[field]).column(0).to_pylist())
         except (pa.ArrowInvalid, OSError) as err:
-            raise PQError(f"prompts file {str(f)!r}: not a readable Parquet file ({first_line(err)})") from None
+            raise PQError(f"prompts file {str(f)!r}: not a readable Parquet file "
+                          f"({first_line(err)})") from None
     return values
 
 
 
 def read_arrow(files: list[Path], field: str) -> list[object]:
     """Arrow IPC files as `datasets` writes them (stream format), or the IPC file format."""
-    import pyarrow as pa
-
     values: list[object] = []
     for f in files:
         try:
@@ -170,7 +170,8 @@ def read_folder(path: Path, field: str) -> list[object]:
                       f"pass one of them, e.g. {str(path / (splits[0] if splits else 'test'))!r}")
     state = path / "state.json"
     if state.exists():
-        files = [path / d["filename"] for d in json.loads(state.read_text(encoding="utf-8")).get("_data_files", [])]
+        files = [path / d["filename"]
+                 for d in json.loads(state.read_text(encoding="utf-8")).get("_data_files", [])]
         return read_arrow(files, field)
     parquet = sorted(p for p in path.rglob("*.parquet") if not p.name.startswith((".", "_")))
     if not parquet:
@@ -180,6 +181,6 @@ def read_folder(path: Path, field: str) -> list[object]:
 
 def column(path: Path, field: str, names: list[str], get) -> list[object]:
     if field not in names:
-        raise PQError(f"prompts file {str(path)!r} has no field {field!r} (fields: {', '.join(names) or 'none'}); "
-                      "choose one with --prompt-field")
+        raise PQError(f"prompts file {str(path)!r} has no field {field!r} (fields: "
+                      f"{', '.join(names) or 'none'}); choose one with --prompt-field")
     return get()

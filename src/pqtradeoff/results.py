@@ -1,8 +1,9 @@
 """Typed results of `analyze`: plain dataclasses with documented fields and a `to_json()` each.
 
-`run_analysis` returns a `Summary`; `Summary.to_json()` is summary.json, field for field (docs/scored-corpus.md
-lists the fields). Report, figures and the CLI read attributes, never string keys. Modelled on vLLM's typed
-outputs (`SamplerOutput`): data only, no behaviour beyond small accessors and serialisation.
+`run_analysis` returns a `Summary`; `Summary.to_json()` is summary.json, field for field
+(docs/scored-corpus.md lists the fields). Report, figures and the CLI read attributes, never string keys.
+Modelled on vLLM's typed outputs (`SamplerOutput`): data only, no behaviour beyond small accessors and
+serialisation.
 
 Per-series values (reward, log prior) are grouped in a `SeriesEstimate` per config; summary.json keeps them
 flat, as before: `SeriesEstimate.mean` of the reward is `mean_reward`, `.se` is `mean_reward_se`, and so on
@@ -146,7 +147,8 @@ class InputReport:
 
 @dataclass
 class ExactLine:
-    """A trade-off line to draw on the corpus-level panel: mean reward = slope * mean log prior + intercept."""
+    """A trade-off line to draw on the corpus-level panel: mean reward = slope * mean log prior +
+    intercept."""
 
     slope: float
     intercept: float

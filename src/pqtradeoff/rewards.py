@@ -1,38 +1,59 @@
-"""Rewards for the scoring stage. A reward is any object with a `name` and `__call__(batch) -> np.ndarray`,
-where `batch` is a pandas DataFrame of corpus rows (prompt, text, token ids, logp_aligned, logp_prior, ...).
+"""Rewards for the scoring stage. A reward is any object with a `name`, the needs it declares, and
+`__call__(batch) -> np.ndarray`, where `batch` is a pandas DataFrame of corpus rows (prompt, text, token ids,
+logp_aligned, logp_prior, ...).
 
-- `DPOReward`: the implicit DPO reward beta * (logp_aligned - logp_prior) - the conventional sign (the
+A reward declares what it reads (as vLLM's logits processors declare `is_argmax_invariant`), so the score
+stage checks it without knowing which reward it holds:
+- `needs_prompt_context`: it reads the prior's log-probability given the prompt, log pi_ref(y|x);
+- `columns`: the corpus columns it reads.
+
+Built-in rewards are found by name in `REWARD_REGISTRY` (as TRL's `reward_funcs_registry`):
+- `dpo`, `DPOReward`: the implicit DPO reward beta * (logp_aligned - logp_prior) - the conventional sign (the
   original code's "secret reward" used the opposite one). Needs no extra model.
-- `VaderReward`: VADER's compound sentiment of the continuation, a real lexicon reward (package vaderSentiment).
-- `FunctionReward`: a user function `f(prompts, completions) -> list[float]` (TRL's convention), named as
-  `python:module:function`.
-- A sequence-classification reward model: `pqtradeoff.models.hf.HFRewardModel`.
+- `vader`, `VaderReward`: VADER's compound sentiment of the continuation (package vaderSentiment).
+Any other function is named `python:module:function` (`FunctionReward`) and is called as TRL calls reward
+functions, so a function written for TRL works unchanged. A sequence-classification reward model (kind
+`model`) is `pqtradeoff.models.hf.HFRewardModel`, built by the score stage from its model settings.
 """
 
 from __future__ import annotations
 
 import importlib
+import inspect
 from collections.abc import Callable
-from typing import Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import numpy as np
-import pandas as pd
 
-from pqtradeoff.errors import PQError
+from pqtradeoff.errors import PQError, first_line
 
-REWARD_KINDS = ("dpo", "vader", "python:MODULE:FUNCTION")
+if TYPE_CHECKING:
+    import pandas as pd
+
 #: How the prior sees a continuation: after its prompt, or alone (after BOS), as the authors' code did.
 PRIOR_CONTEXTS = ("prompt", "none")
+#: The reward kind of a sequence-classification reward model (built by the score stage, not by `make_reward`).
+MODEL_KIND = "model"
+FUNCTION_KIND = "python:MODULE:FUNCTION"
 
 
 class Reward(Protocol):
+    """What the score stage calls: one float per corpus row."""
+
     name: str
+    needs_prompt_context: bool
+    columns: tuple[str, ...]
 
     def __call__(self, batch: pd.DataFrame) -> np.ndarray: ...
 
 
 class DPOReward:
     """Implicit DPO reward beta * (log pi(y|x) - log pi_ref(y|x)), from the two scored columns."""
+
+    #: Settings `make_reward` passes on (and refuses for the other rewards).
+    parameters: ClassVar[tuple[str, ...]] = ("beta",)
+    needs_prompt_context = True  # log pi_ref(y|x) compared with log pi(y|x): both given the prompt
+    columns = ("logp_aligned", "logp_prior")
 
     def __init__(self, beta: float) -> None:
         if not isinstance(beta, (int, float)) or not np.isfinite(beta) or beta <= 0:
@@ -41,30 +62,59 @@ class DPOReward:
         self.name = f"dpo(beta={self.beta!r})"
 
     def __call__(self, batch: pd.DataFrame) -> np.ndarray:
-        return self.beta * (batch["logp_aligned"].to_numpy(np.float64) - batch["logp_prior"].to_numpy(np.float64))
+        return self.beta * (batch["logp_aligned"].to_numpy(np.float64)
+                            - batch["logp_prior"].to_numpy(np.float64))
 
 
 class VaderReward:
     """VADER compound sentiment in [-1, 1] of each continuation text."""
 
+    parameters: ClassVar[tuple[str, ...]] = ()
+    needs_prompt_context = False
+    columns = ("text",)
     name = "vader"
 
     def __init__(self) -> None:
         try:
-            from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
+            from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer  # lazy: optional
         except ImportError:
-            raise PQError("reward='vader' needs the vaderSentiment package: pip install vadersentiment") from None
+            raise PQError("reward='vader' needs the vaderSentiment package: "
+                          "pip install vadersentiment") from None
         self._analyzer = SentimentIntensityAnalyzer()
 
     def __call__(self, batch: pd.DataFrame) -> np.ndarray:
-        return np.array([self._analyzer.polarity_scores(t)["compound"] for t in batch["text"]], dtype=np.float64)
+        return np.array([self._analyzer.polarity_scores(t)["compound"] for t in batch["text"]],
+                        dtype=np.float64)
+
+
+#: What each parameter of a built-in reward means, for the message that asks for it.
+PARAMETER_HELP = {"beta": "the DPO KL strength, e.g. 0.1"}
+#: Built-in rewards by kind name. `make_reward` looks a kind up here, then reads `python:module:function`.
+REWARD_REGISTRY: dict[str, type[DPOReward | VaderReward]] = {"dpo": DPOReward, "vader": VaderReward}
+#: Every reward kind the settings accept.
+REWARD_KINDS = (MODEL_KIND, *REWARD_REGISTRY, FUNCTION_KIND)
+
+
+def is_reward_kind(kind: str) -> bool:
+    """Whether `kind` names a reward: a registered one, a reward model, or `python:...`."""
+    return kind == MODEL_KIND or kind in REWARD_REGISTRY or kind.startswith("python:")
 
 
 class FunctionReward:
-    """A user function f(prompts, completions) -> list[float], TRL's reward-function convention."""
+    """A user reward function, called as TRL's trainers call reward functions:
+    `f(prompts=[...], completions=[...], completion_ids=[[...]], **columns)` -> list[float] (None -> NaN),
+    where `columns` are the corpus's other columns, one list each (config, finished, logp_aligned, ...).
 
-    def __init__(self, fn: Callable[[list[str], list[str]], list[float]], name: str) -> None:
+    A function that takes no `**kwargs` gets only the arguments it names; one written for the earlier
+    positional convention, `f(prompts, completions)` with other parameter names, is called positionally.
+    """
+
+    needs_prompt_context = False
+    columns = ("prompt", "text")
+
+    def __init__(self, fn: Callable[..., Any], name: str) -> None:
         self.fn, self.name = fn, name
+        self._takes_all, self._names, self._required = _parameters(fn)
 
     @classmethod
     def from_spec(cls, spec: str) -> FunctionReward:
@@ -82,7 +132,12 @@ class FunctionReward:
         return cls(fn, spec)
 
     def __call__(self, batch: pd.DataFrame) -> np.ndarray:
-        values = self.fn(list(batch["prompt"]), list(batch["text"]))
+        try:
+            values = self._invoke(batch)
+        except PQError:
+            raise
+        except Exception as err:  # the user's code: any failure becomes one line naming the reward
+            raise PQError(f"reward {self.name!r} failed: {type(err).__name__}: {first_line(err)}") from err
         try:
             out = np.asarray(values, dtype=np.float64)
         except (TypeError, ValueError):
@@ -92,27 +147,66 @@ class FunctionReward:
                           f"for {len(batch)} completions")
         return out
 
+    def _invoke(self, batch: pd.DataFrame) -> Any:
+        """Call the function with TRL's keyword arguments, or the ones it names, or positionally."""
+        kwargs = _trl_arguments(batch)
+        if self._takes_all:
+            return self.fn(**kwargs)
+        if all(name in kwargs for name in self._required):
+            return self.fn(**{name: kwargs[name] for name in self._names if name in kwargs})
+        if len(self._required) == 2:  # the earlier convention f(prompts, completions), other names
+            return self.fn(kwargs["prompts"], kwargs["completions"])
+        missing = [name for name in self._required if name not in kwargs]
+        raise PQError(f"reward {self.name!r} takes argument(s) {', '.join(missing)} that are not corpus "
+                      "columns: write it as f(prompts, completions, **kwargs)")
 
-def check_dpo_context(is_dpo: bool, prior_context: str) -> None:
-    """The implicit DPO reward compares log pi(y|x) with log pi_ref(y|x): both must be given the prompt."""
-    if is_dpo and prior_context != "prompt":
-        raise PQError("reward='dpo' needs --prior-context prompt: the implicit DPO reward compares "
-                      "log pi(y|x) with log pi_ref(y|x), both given the prompt")
+
+def _parameters(fn: Callable[..., Any]) -> tuple[bool, tuple[str, ...], tuple[str, ...]]:
+    """(takes **kwargs, names it accepts by keyword, names it requires) of a reward function."""
+    try:
+        params = list(inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError):  # no signature (some builtins): pass everything, as TRL does
+        return True, (), ()
+    takes_all = any(p.kind is p.VAR_KEYWORD for p in params)
+    names = tuple(p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
+    required = tuple(p.name for p in params if p.default is p.empty
+                     and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
+    return takes_all, names, required
+
+
+def _trl_arguments(batch: pd.DataFrame) -> dict[str, list[Any]]:
+    """TRL's reward-function arguments from a corpus batch: prompts, completions, completion_ids (when the
+    corpus has token ids) and every other column as a list (arrays as lists)."""
+    def column(name: str) -> list[Any]:
+        return [v.tolist() if isinstance(v, np.ndarray) else v for v in batch[name].tolist()]
+
+    kwargs = {"prompts": column("prompt"), "completions": column("text")}
+    if "token_ids" in batch.columns:
+        kwargs["completion_ids"] = column("token_ids")
+    for name in batch.columns:
+        if name not in ("prompt", "text", "token_ids"):
+            kwargs[str(name)] = column(name)
+    return kwargs
 
 
 def make_reward(kind: str | None, *, beta: float | None = None) -> Reward:
-    """The reward named by `--reward`: dpo (needs beta), vader, or python:module:function. A reward model is
-    `pqtradeoff.models.hf.HFRewardModel`, built by the CLI."""
+    """The reward named by `--reward`: a kind of `REWARD_REGISTRY` (dpo needs beta) or python:module:function.
+    A reward model is `pqtradeoff.models.hf.HFRewardModel`, built by the score stage."""
     if kind is None:
-        raise PQError("give exactly one of --reward-model NAME_OR_PATH or --reward dpo|vader|python:module:function")
-    if kind == "dpo":
-        if beta is None:
-            raise PQError("reward='dpo' needs --beta (the DPO KL strength, e.g. 0.1)")
-        return DPOReward(beta)
-    if beta is not None:
-        raise PQError(f"--beta={beta!r} only applies to --reward dpo, not {kind!r}")
-    if kind == "vader":
-        return VaderReward()
+        raise PQError("give exactly one of --reward-model NAME_OR_PATH or --reward "
+                      "dpo|vader|python:module:function")
+    given = {name: value for name, value in {"beta": beta}.items() if value is not None}
+    builtin = REWARD_REGISTRY.get(kind)
+    takes = builtin.parameters if builtin is not None else ()
+    for name, value in given.items():
+        if name not in takes:
+            users = [k for k, c in REWARD_REGISTRY.items() if name in c.parameters]
+            raise PQError(f"--{name}={value!r} only applies to --reward {' or '.join(users)}, not {kind!r}")
+    if builtin is not None:
+        missing = [name for name in takes if name not in given]
+        if missing:
+            raise PQError(f"reward={kind!r} needs --{missing[0]} ({PARAMETER_HELP[missing[0]]})")
+        return builtin(**given)
     if kind.startswith("python:"):
         return FunctionReward.from_spec(kind)
-    raise PQError(f"reward={kind!r} is not one of {', '.join(REWARD_KINDS)}")
+    raise PQError(f"reward={kind!r} is not one of {', '.join(REWARD_KINDS[1:])}")

@@ -3,15 +3,15 @@
 The prior scores the stored token ids when it tokenizes like the aligned model (same `tokenizer_key`);
 otherwise it scores the decoded text re-tokenized by its own tokenizer (EOS appended for finished strings).
 Which one was used is recorded per row in `prior_tokenization`. Log-probabilities are accumulated in float64
-from float32 logits (float64 where the backend gives float64), batch by batch under a token budget, so the result does not depend on batch size and
-memory stays bounded even for a 150k vocabulary. Output shards keep every input column and are written
-atomically; a rerun skips the shards already scored.
+from float32 logits (float64 where the backend gives float64), batch by batch under a token budget, so the
+result does not depend on batch size and memory stays bounded even for a 150k vocabulary. Output shards keep
+every input column and are written atomically; a rerun skips the shards already scored.
 """
 
 from __future__ import annotations
 
+import logging
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,18 +23,20 @@ import torch
 
 from pqtradeoff.corpus import (
     GENERATED_COLUMNS,
-    RUN_RECORD,
+    SCORE_COLUMNS,
+    begin_run,
     read_shard,
     require_shards,
     run_settings,
     shard_files,
-    supersede,
     write_shard,
 )
 from pqtradeoff.errors import PQError, first_line
-from pqtradeoff.io import check_resumable, progress_bar, remove_stale_temporaries, run_record, write_json
+from pqtradeoff.io import StageResult, progress_bar, write_json
 from pqtradeoff.models.base import LanguageModel
-from pqtradeoff.rewards import PRIOR_CONTEXTS, DPOReward, Reward, check_dpo_context
+from pqtradeoff.rewards import PRIOR_CONTEXTS, Reward
+
+log = logging.getLogger("pqtradeoff")
 
 
 def continuation_logprobs(
@@ -70,7 +72,8 @@ def continuation_logprobs(
             dtype = torch.promote_types(logits.dtype, torch.float32)  # half -> float32; float64 stays exact
             picked = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1).to(dtype)
             step = max(1, width // 8)  # logsumexp in slices of positions: its temporaries stay small
-            lse = torch.cat([torch.logsumexp(logits[:, t:t + step].to(dtype), dim=-1) for t in range(0, width, step)], 1)
+            lse = torch.cat([torch.logsumexp(logits[:, t:t + step].to(dtype), dim=-1)
+                             for t in range(0, width, step)], 1)
             logp = (picked - lse).double().cpu().numpy()
         for r, i in enumerate(batch):
             out[i] = logp[r, : len(conts[r])].copy()
@@ -136,7 +139,7 @@ def score_corpus(
     if corpus_dir.resolve() == out_dir.resolve():
         raise PQError(f"--out {str(out_dir)!r} is the corpus folder itself: choose another folder")
     files = require_shards(corpus_dir)
-    check_dpo_context(isinstance(reward, DPOReward), prior_context)
+    check_reward_needs(reward, prior_context)
     corpus_settings = run_settings(corpus_dir)
     aligned_key = corpus_settings.get("tokenizer_key")
     same_tokenizer = prior is not None and aligned_key is not None and aligned_key == prior.tokenizer_key
@@ -146,12 +149,7 @@ def score_corpus(
         "prior_tokenization": None if prior is None else ("token_ids" if same_tokenizer else "retokenized"),
         "generate_settings": corpus_settings,
     }
-    record = run_record("score", resolved)
-    check_resumable(out_dir, record, SCORE_POLICY | (policy or {}))
-    out_dir.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(out_dir)
-    superseded = supersede(out_dir, {f.name for f in files})
-    write_json(out_dir / RUN_RECORD, record)
+    superseded = begin_run(out_dir, "score", resolved, SCORE_POLICY | (policy or {}), {f.name for f in files})
 
     todo = [f for f in files if not (out_dir / f.name).exists()]
     total = sum(_num_rows(f) for f in todo)
@@ -175,10 +173,14 @@ def score_corpus(
                 df["prior_context"] = prior_context
             elif "logp_prior" not in df.columns:
                 raise PQError(f"shard {path.name!r} has no logp_prior column and no --prior was given")
-            elif isinstance(reward, DPOReward) and "prior_context" in df.columns and \
+            elif reward.needs_prompt_context and "prior_context" in df.columns and \
                     (df["prior_context"] != "prompt").any():
                 raise PQError(f"shard {path.name!r}: its logp_prior was scored without the prompt; "
-                              "the DPO reward needs it scored with --prior-context prompt")
+                              f"reward {reward.name!r} needs it scored with --prior-context prompt")
+            missing = [c for c in reward.columns if c not in df.columns]
+            if missing:
+                raise PQError(f"shard {path.name!r} lacks column(s) {', '.join(missing)} that reward "
+                              f"{reward.name!r} reads")
             values = np.asarray(reward(df), dtype=np.float64)
             if values.shape != (len(df),):
                 raise PQError(f"reward {reward.name!r} returned {values.shape} values for {len(df)} strings")
@@ -186,7 +188,8 @@ def score_corpus(
             counts = _nonfinite_counts(df)
             for key in ("reward_nonfinite", "logp_prior_neg_inf"):
                 if counts[key]:
-                    _warn(f"{path.name}: {counts[key]} of {len(df)} rows have {key.replace('_', ' ')}")
+                    log.warning("%s: %d of %d rows have %s", path.name, counts[key], len(df),
+                                key.replace("_", " "))
             write_shard(pa.Table.from_pandas(df, preserve_index=False), out_dir / path.name)
             advance(len(df))
     _write_report(out_dir)
@@ -194,43 +197,28 @@ def score_corpus(
                        time.perf_counter() - began)
 
 
+def check_reward_needs(reward: Reward, prior_context: str) -> None:
+    """A reward that reads log pi_ref(y|x) (it declares `needs_prompt_context`) needs the prior given the
+    prompt."""
+    if reward.needs_prompt_context and prior_context != "prompt":
+        raise PQError(f"reward {reward.name!r} needs --prior-context prompt: it compares log pi(y|x) with "
+                      "log pi_ref(y|x), both given the prompt")
+
+
 def _num_rows(path: Path) -> int:
     try:
         return pq.read_metadata(path).num_rows
     except (OSError, pa.ArrowException) as err:
-        raise PQError(f"shard {str(path)!r} is not a readable Parquet file ({first_line(err)}): delete it and "
-                      "rerun the stage that wrote it") from None
+        raise PQError(f"shard {str(path)!r} is not a readable Parquet file ({first_line(err)}): delete it "
+                      "and rerun the stage that wrote it") from None
 
 
-@dataclass
-class ScoreResult:
-    """What a `score` run did: corpus shards, scored now, found scored, and scored shards moved aside."""
+class ScoreResult(StageResult):
+    """What a `score` run did (`tokens`: the tokens the prior scored now)."""
 
-    out_dir: Path
-    shards: int
-    written: int
-    reused: int
-    superseded: list[str]
-    rows_written: int
-    prior_tokens: int
-    seconds: float
-
-    def to_json(self) -> dict[str, Any]:
-        return {"out_dir": str(self.out_dir), "shards": self.shards, "written": self.written,
-                "reused": self.reused, "superseded": self.superseded, "rows_written": self.rows_written,
-                "prior_tokens": self.prior_tokens, "seconds": self.seconds}
-
-    def describe(self) -> str:
-        moved = f", {len(self.superseded)} superseded (moved to _superseded/)" if self.superseded else ""
-        rate = f", prior {self.prior_tokens / self.seconds:.0f} tokens/s" if self.prior_tokens and self.seconds > 0 \
-            else ""
-        return f"{self.written} of {self.shards} shards scored, {self.reused} reused{moved}{rate}"
-
-
-def _warn(message: str) -> None:
-    import sys
-
-    print(f"warning: {message}", file=sys.stderr)
+    VERB = "scored"
+    TOKENS_KEY = "prior_tokens"
+    RATE_LABEL = "prior "
 
 
 def _nonfinite_counts(df: pd.DataFrame) -> dict[str, int]:
@@ -241,17 +229,19 @@ def _nonfinite_counts(df: pd.DataFrame) -> dict[str, int]:
 def _write_report(out_dir: Path) -> None:
     """`_score_report.json`: counts of non-finite scores per shard, recounted from every scored shard on disk,
     so a resumed run reports the shards an interrupted run wrote too."""
-    shards = {f.name: _nonfinite_counts(pq.read_table(f, columns=["reward", "logp_prior"]).to_pandas())
+    shards = {f.name: _nonfinite_counts(pq.read_table(f, columns=SCORE_COLUMNS.names).to_pandas())
               for f in shard_files(out_dir)}
-    totals = {key: sum(c[key] for c in shards.values()) for key in ("rows", "reward_nonfinite", "logp_prior_neg_inf")}
+    totals = {key: sum(c[key] for c in shards.values())
+              for key in ("rows", "reward_nonfinite", "logp_prior_neg_inf")}
     write_json(out_dir / "_score_report.json", {"totals": totals, "shards": shards})
 
 
-def _check_context(prior: LanguageModel, prompts: list[list[int]], conts: list[list[int]], shard: str) -> None:
+def _check_context(prior: LanguageModel, prompts: list[list[int]], conts: list[list[int]],
+                   shard: str) -> None:
     """A prior cannot score past its context: refuse rather than crash or extrapolate positions silently."""
     if prior.max_length is None:
         return
     for i, (p, c) in enumerate(zip(prompts, conts, strict=True)):
         if len(p) + len(c) > prior.max_length:
-            raise PQError(f"shard {shard!r} row {i}: prompt + continuation is {len(p) + len(c)} tokens, longer "
-                          f"than the prior's context of {prior.max_length}")
+            raise PQError(f"shard {shard!r} row {i}: prompt + continuation is {len(p) + len(c)} tokens, "
+                          f"longer than the prior's context of {prior.max_length}")

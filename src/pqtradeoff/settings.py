@@ -12,16 +12,19 @@ Every field has a resume policy, declared beside it (`json_schema_extra={"resume
 - "free": it cannot change any output (batch size, progress bar), so it never blocks a resume.
 
 Like TRL's config dataclasses: every option is a field with its default and help in one place, and
-combinations are checked in one validator per model. This module is light (pydantic only) so the CLI starts fast.
+combinations are checked in one validator per model. This module is light (pydantic only) so the CLI starts
+fast.
 """
 
 from __future__ import annotations
 
+import typing
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from pqtradeoff.adaptors import parse, parse_grid
 from pqtradeoff.errors import PQError
 
 DType = Literal["float32", "bfloat16", "float16"]
@@ -70,14 +73,16 @@ class PromptSettings(Section):
     field: str = Field("prompt", description="Column/field holding the prompt text.")
     template: str | None = Field(None, description="Prompt format with a {prompt} slot, e.g. "
                                                    "'Human: {prompt} Assistant:'.")
-    chat_template: bool = Field(False, description="Format prompts with the tokenizer's chat template (one user "
+    chat_template: bool = Field(False,
+                                description="Format prompts with the tokenizer's chat template (one user "
                                                    "turn, generation prompt added).")
     num_prompts: int | None = Field(None, ge=1, le=100_000_000, json_schema_extra=GROW,
                                     description="Draw this many prompts (needs prompt_seed); default all.")
     prompt_seed: int | None = Field(None, ge=0, le=2**63 - 1, json_schema_extra=GROW,
                                     description="Seed of the prompt draw.")
-    max_chars: int | None = Field(None, ge=1, json_schema_extra=GROW,
-                                  description="Keep prompts of at most this many characters (before drawing).")
+    max_chars: int | None = Field(
+        None, ge=1, json_schema_extra=GROW,
+        description="Keep prompts of at most this many characters (before drawing).")
 
     @model_validator(mode="after")
     def _check(self) -> PromptSettings:
@@ -96,8 +101,8 @@ class SamplingSettings(Section):
     """What is sampled: the adaptor grid, how many strings, how long, with which seed."""
 
     adaptors: list[str] = Field(default_factory=list, json_schema_extra=GROW,
-                                description="Adaptor specs with GenerationConfig names, e.g. ancestral, top_k=50, "
-                                            "temperature=0.75,top_p=0.95.")
+                                description="Adaptor specs with GenerationConfig names, e.g. ancestral, "
+                                            "top_k=50, temperature=0.75,top_p=0.95.")
     families: list[str] = Field(default_factory=list, json_schema_extra=GROW,
                                 description="Adaptors without a temperature, crossed with every temperature.")
     temperatures: list[float] = Field(default_factory=list, json_schema_extra=GROW,
@@ -107,8 +112,10 @@ class SamplingSettings(Section):
     max_new_tokens: int = Field(ge=1, le=1_000_000, description="Longest continuation, in tokens.")
     seed: int = Field(ge=0, le=2**63 - 1, description="Sampling seed; each row's stream is keyed by "
                                                       "(seed, prompt, sample, adaptor).")
-    save_token_logprobs: bool = Field(False, description="Also store per-token logq, logp_aligned, log Z arrays.")
-    prompt_block: int = Field(1024, ge=1, le=2**31, description="Prompt ids per shard (a shard = one adaptor, "
+    save_token_logprobs: bool = Field(False,
+                                      description="Also store per-token logq, logp_aligned, log Z arrays.")
+    prompt_block: int = Field(1024, ge=1, le=2**31,
+                              description="Prompt ids per shard (a shard = one adaptor, "
                                                                 "one sample id, one block of prompt ids).")
 
     @model_validator(mode="after")
@@ -122,8 +129,6 @@ class SamplingSettings(Section):
 
     def grid(self) -> list[Any]:
         """The adaptor configurations: `adaptors`, then `families` x `temperatures`, each exactly once."""
-        from pqtradeoff.adaptors import parse, parse_grid
-
         configs = [parse(s) for s in self.adaptors]
         if self.families:
             configs += parse_grid(self.families, list(self.temperatures))
@@ -151,26 +156,32 @@ class ComputeSettings(Section):
 class RewardSettings(Section):
     """The reward r(x, y) added by `score`."""
 
-    kind: str = Field(description="model (a sequence-classification reward model) | dpo (implicit DPO reward, "
-                                  "needs beta) | vader | python:MODULE:FUNCTION (imports and runs that code).")
+    kind: str = Field(description="model (a sequence-classification reward model) | dpo (implicit DPO "
+                                  "reward, needs beta) | vader | python:MODULE:FUNCTION (imports and runs "
+                                  "that code).")
     beta: float | None = Field(None, gt=0, allow_inf_nan=False,
                                description="KL strength of the implicit DPO reward.")
     label: int | None = Field(None, ge=0, description="Output index of a reward model with several labels.")
     prior_context: PriorContext = Field("prompt", description="prompt: condition the prior on the prompt; "
-                                                              "none: score the continuation alone (after BOS).")
+                                                              "none: score the continuation alone (after "
+                                                              "BOS).")
 
     @model_validator(mode="after")
     def _check(self) -> RewardSettings:
-        kinds = ("model", "dpo", "vader")
-        if self.kind not in kinds and not self.kind.startswith("python:"):
-            raise ValueError(f"kind={self.kind!r} is not one of model, dpo, vader, python:MODULE:FUNCTION")
-        if self.kind == "dpo" and self.beta is None:
-            raise ValueError("kind='dpo' needs beta (the DPO KL strength, e.g. 0.1)")
-        if self.kind != "dpo" and self.beta is not None:
-            raise ValueError(f"beta={self.beta!r} only applies to kind='dpo', not {self.kind!r}")
-        if self.kind == "dpo" and self.prior_context != "prompt":
-            raise ValueError("kind='dpo' needs prior_context='prompt': the implicit DPO reward compares "
-                             "log pi(y|x) with log pi_ref(y|x), both given the prompt")
+        from pqtradeoff.rewards import REWARD_KINDS, REWARD_REGISTRY, is_reward_kind  # lazy: numpy
+
+        if not is_reward_kind(self.kind):
+            raise ValueError(f"kind={self.kind!r} is not one of {', '.join(REWARD_KINDS)}")
+        builtin = REWARD_REGISTRY.get(self.kind)
+        takes_beta = builtin is not None and "beta" in builtin.parameters
+        if takes_beta and self.beta is None:
+            raise ValueError(f"kind={self.kind!r} needs beta (the DPO KL strength, e.g. 0.1)")
+        if not takes_beta and self.beta is not None:
+            users = " or ".join(repr(k) for k, c in REWARD_REGISTRY.items() if "beta" in c.parameters)
+            raise ValueError(f"beta={self.beta!r} only applies to kind={users}, not {self.kind!r}")
+        if builtin is not None and builtin.needs_prompt_context and self.prior_context != "prompt":
+            raise ValueError(f"kind={self.kind!r} needs prior_context='prompt': it compares log pi(y|x) "
+                             "with log pi_ref(y|x), both given the prompt")
         if self.label is not None and self.kind != "model":
             raise ValueError(f"label={self.label!r} only applies to kind='model'")
         return self
@@ -192,8 +203,9 @@ class AnalysisSettings(Section):
                                                                 "ESS is below this.")
     plots: bool = Field(True, description="Draw the figures.")
     beta: float | None = Field(None, gt=0.0, allow_inf_nan=False,
-                               description="Nominal KL strength the aligned model was trained with: drawn on the "
-                                           "alignment panel and compared with the fitted beta (unset: not drawn).")
+                               description="Nominal KL strength the aligned model was trained with: drawn on "
+                                           "the alignment panel and compared with the fitted beta (unset: "
+                                           "not drawn).")
 
 
 # ------------------------------------------------------------------------------------------------ stages
@@ -289,8 +301,6 @@ def resume_policy(model: type[BaseModel], prefix: str = "") -> dict[str, str]:
 
 def _section_type(annotation: Any) -> type[BaseModel] | None:
     """The Section class inside `X` or `X | None`, else None."""
-    import typing
-
     candidates = [annotation, *typing.get_args(annotation)]
     for c in candidates:
         if isinstance(c, type) and issubclass(c, BaseModel):
@@ -309,7 +319,8 @@ def flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def fixed_changes(old: dict[str, Any], new: dict[str, Any], policy: dict[str, str]) -> list[tuple[str, Any, Any]]:
+def fixed_changes(old: dict[str, Any], new: dict[str, Any],
+                  policy: dict[str, str]) -> list[tuple[str, Any, Any]]:
     """The (key, old, new) of every "fixed" setting that differs between two flattened settings dicts.
 
     A key under a section that is absent on one side (e.g. no prior) counts as changed when the other side

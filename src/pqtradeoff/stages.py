@@ -9,6 +9,9 @@ so that a process running several stages (`pqtradeoff run`) loads each model onc
 from __future__ import annotations
 
 import hashlib
+import json
+import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,6 +20,7 @@ from pqtradeoff.errors import PQError
 from pqtradeoff.io import RUN_RECORD, check_resumable, run_record
 from pqtradeoff.settings import GenerateSettings, ModelSpec, ScoreSettings, resume_policy
 
+log = logging.getLogger("pqtradeoff")
 #: Default batch sizes of scoring when the user gives none (generation chooses its own: `choose_batch_size`).
 SCORE_BATCH = 8
 SCORE_BATCH_TOKENS = 4096
@@ -30,7 +34,7 @@ class ModelCache:
     quiet: bool = False
 
     def causal(self, spec: ModelSpec, template: str | None = None, chat_template: bool = False) -> Any:
-        from pqtradeoff.models.registry import load_causal
+        from pqtradeoff.models.registry import load_causal  # lazy: torch
 
         key = ("causal", spec.model_dump_json(), template, chat_template)
         if key not in self.loaded:
@@ -39,11 +43,12 @@ class ModelCache:
 
     def reward_model(self, spec: ModelSpec, template: str | None, chat_template: bool, label: int | None,
                      batch_size: int) -> Any:
-        from pqtradeoff.models.hf import HFRewardModel
+        from pqtradeoff.models.hf import HFRewardModel  # lazy: torch
 
         key = ("reward", spec.model_dump_json(), template, chat_template, label, batch_size)
         if key not in self.loaded:
-            self.loaded[key] = HFRewardModel(spec.name, device=spec.device, dtype=spec.dtype, batch_size=batch_size,
+            self.loaded[key] = HFRewardModel(spec.name, device=spec.device, dtype=spec.dtype,
+                                             batch_size=batch_size,
                                              template=template, chat_template=chat_template, label=label,
                                              gguf_file=spec.gguf_file)
         return self.loaded[key]
@@ -51,7 +56,7 @@ class ModelCache:
 
 def _quiet_transformers(progress: bool) -> None:
     if not progress:
-        from transformers.utils import logging as hf_logging
+        from transformers.utils import logging as hf_logging  # lazy: transformers
 
         hf_logging.disable_progress_bar()
 
@@ -70,7 +75,7 @@ GENERATE_POLICY = resume_policy(GenerateSettings) | {"prompts_sha256": "grow"}
 
 def run_generate(settings: GenerateSettings, out: Path, models: ModelCache | None = None) -> Any:
     """Sample the corpus of `settings` into `out` (resumable; a grown grid adds only new shards)."""
-    from pqtradeoff.prompts import load_prompts
+    from pqtradeoff.prompts import load_prompts  # lazy: pandas
 
     p = settings.prompts
     out = check_out(out)
@@ -82,7 +87,7 @@ def run_generate(settings: GenerateSettings, out: Path, models: ModelCache | Non
     models = models or ModelCache()
     lm = models.causal(settings.model, p.template, p.chat_template)
 
-    from pqtradeoff.generate import PromptRecord, generate_corpus
+    from pqtradeoff.generate import PromptRecord, generate_corpus  # lazy: torch
 
     records = [PromptRecord(i, text, lm.encode_prompt(text)) for i, text in rows]
     batch = settings.compute.batch_size  # None: each shard's batch is chosen from a memory budget
@@ -90,7 +95,8 @@ def run_generate(settings: GenerateSettings, out: Path, models: ModelCache | Non
         longest = max(len(r.token_ids) for r in records) + settings.sampling.max_new_tokens
         batch = max(1, min(batch or 10**9, settings.compute.max_batch_tokens // longest))
     s = settings.sampling
-    return generate_corpus(lm, records, s.grid(), num_generations=s.num_generations, max_new_tokens=s.max_new_tokens,
+    return generate_corpus(lm, records, s.grid(), num_generations=s.num_generations,
+                           max_new_tokens=s.max_new_tokens,
                            seed=s.seed, batch_size=batch, out_dir=out, settings=recorded,
                            save_token_logprobs=s.save_token_logprobs, progress=settings.compute.progress,
                            prompt_block=s.prompt_block, policy=GENERATE_POLICY)
@@ -107,7 +113,7 @@ def score_record_settings(settings: ScoreSettings, corpus: Path) -> dict[str, An
 
 def run_score(settings: ScoreSettings, corpus: Path, out: Path, models: ModelCache | None = None) -> Any:
     """Score the corpus in `corpus` into `out`: `logp_prior` from the prior, `reward` from the reward."""
-    from pqtradeoff.corpus import require_shards, run_settings
+    from pqtradeoff.corpus import require_shards, run_settings  # lazy: pyarrow
 
     corpus, out = Path(corpus), check_out(out)
     require_shards(corpus)
@@ -118,7 +124,8 @@ def run_score(settings: ScoreSettings, corpus: Path, out: Path, models: ModelCac
     template = prompts.get("template", made.get("template"))
     chat = bool(prompts.get("chat_template", made.get("chat_template", False)))
     recorded = score_record_settings(settings, corpus)
-    check_resumable(out, {"settings": recorded}, SCORE_POLICY)  # before loading the prior and the reward model
+    # before loading the prior and the reward model
+    check_resumable(out, {"settings": recorded}, SCORE_POLICY)
     _quiet_transformers(settings.compute.progress)
     models = models or ModelCache()
     batch = settings.compute.batch_size or SCORE_BATCH
@@ -131,14 +138,14 @@ def run_score(settings: ScoreSettings, corpus: Path, out: Path, models: ModelCac
             lambda c: models.reward_model(settings.reward_model, template, c, r.label, batch), chat,
             f"the reward model {settings.reward_model.name!r}")
     else:
-        from pqtradeoff.rewards import make_reward
+        from pqtradeoff.rewards import make_reward  # lazy: numpy
 
         scorer = make_reward(r.kind, beta=r.beta)
     lm, prior_chat = None, None
     if settings.prior is not None:
         lm, prior_chat = with_chat_fallback(lambda c: models.causal(settings.prior, template, c), chat,
                                             f"the prior {settings.prior.name!r}")
-    from pqtradeoff.score import score_corpus
+    from pqtradeoff.score import score_corpus  # lazy: torch
 
     recorded |= {"prompt_template": template, "chat_template": chat, "prior_chat_template": prior_chat,
                  "reward_chat_template": reward_chat}
@@ -150,22 +157,19 @@ def run_score(settings: ScoreSettings, corpus: Path, out: Path, models: ModelCac
 def with_chat_fallback(build, chat: bool, what: str):
     """`(build(chat), chat)`; a checkpoint without a chat template is built without one, with a warning,
     since `score` has no option to choose its prompt format (it follows the corpus)."""
-    import logging
-
     try:
         return build(chat), chat
     except PQError as err:
         if not (chat and "no chat template" in str(err)):
             raise
-    logging.getLogger("pqtradeoff").warning("%s has no chat template; it reads the raw prompt", what)
+    log.warning("%s has no chat template; it reads the raw prompt", what)
     return build(False), False
 
 
 # ------------------------------------------------------------------------------------------------ output
 def check_out(out: Path | str) -> Path:
-    """An output location must be a folder (or not exist yet) under a writable parent: checked before any work."""
-    import os
-
+    """An output location must be a folder (or not exist yet) under a writable parent: checked before any
+    work."""
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise PQError(f"--out {str(out)!r} is a file, not a folder")
@@ -181,8 +185,6 @@ def check_out(out: Path | str) -> Path:
 
 def recorded_settings(folder: Path) -> dict[str, Any] | None:
     """The settings recorded in a stage folder's `_run.json`, or None when there is none."""
-    import json
-
     path = Path(folder) / RUN_RECORD
     if not path.is_file():
         return None

@@ -5,8 +5,9 @@ vector over the chain's states, and so over the distinct pool strings with the c
 corpus mean is the dot product of those counts with the per-string values, divided by M. We draw the counts
 and never build the M rows (2000 corpora x 200000 strings would be 400 million rows per config).
 
-scipy is imported inside the functions that need it (importing scipy.stats takes about a second); the numpy-only
-statistics at the end equal scipy's (bit for bit but for entropy's last bit) and serve the toy, which must start fast.
+scipy is imported inside the functions that need it (importing scipy.stats takes about a second); the
+numpy-only statistics at the end equal scipy's (bit for bit but for entropy's last bit) and serve the toy,
+which must start fast.
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ def corpus_means(
 # ------------------------------------------------------------------------------------------------ correlation
 def _fisher_interval(r: float, se: float, confidence: float) -> tuple[float, float]:
     """An interval for a correlation from the Fisher z-transform: tanh(atanh(r) -+ z_crit * se)."""
-    from scipy import stats as sps
+    from scipy import stats as sps  # lazy: scipy
 
     crit = sps.norm.ppf(0.5 + confidence / 2.0)
     z = math.atanh(min(max(r, -1.0 + 1e-15), 1.0 - 1e-15))
@@ -95,12 +96,13 @@ def correlations(x: np.ndarray, y: np.ndarray, confidence: float = 0.95) -> Corr
     at 62,000 points. Both assume independent pairs. Undefined values (n < 4, a constant input) are None,
     with a `note` saying why.
     """
-    from scipy import stats as sps
+    from scipy import stats as sps  # lazy: scipy
 
     x = np.asarray(x, dtype=np.float64)
     y = np.asarray(y, dtype=np.float64)
     n = int(x.size)
-    result = Correlation(n=n, confidence=confidence, ci_method="Fisher z (Spearman: Fieller se sqrt(1.06/(n-3)))")
+    result = Correlation(n=n, confidence=confidence,
+                         ci_method="Fisher z (Spearman: Fieller se sqrt(1.06/(n-3)))")
     if n < 4:
         result.note = f"undefined: {n} point(s), need at least 4 for a correlation with an interval"
         return result
@@ -149,7 +151,7 @@ def tradeoff_fit(log_prior: np.ndarray, reward: np.ndarray, confidence: float = 
     predicts about -beta). With one config it is undefined; with two it has no interval. Inputs are the
     configs' corpus-mean estimates; their own errors are not propagated (ordinary least squares).
     """
-    from scipy import stats as sps
+    from scipy import stats as sps  # lazy: scipy
 
     x = np.asarray(log_prior, dtype=np.float64)
     y = np.asarray(reward, dtype=np.float64)

@@ -1,15 +1,15 @@
 """The paper's toy experiment: the probability-quality trade-off on a finite set of "strings".
 
 Setting (Tan et al., 2024, toy experiment): n strings; the aligned model p+ ~ Dirichlet(alpha * 1); the prior
-p = softmax(p+ ** (1/exponent) + Uniform(-noise, noise)); the reward r = log(p+ / p), so beta = 1 and Z = 1 and
-log p(y) + r(y) = log p+(y) for every string. Corpora are N iid draws from p+; a corpus is typical when its
-average of -log p+ is within epsilon of H(p+). Averaging the identity over a typical corpus puts it within
+p = softmax(p+ ** (1/exponent) + Uniform(-noise, noise)); the reward r = log(p+ / p), so beta = 1 and Z = 1
+and log p(y) + r(y) = log p+(y) for every string. Corpora are N iid draws from p+; a corpus is typical when
+its average of -log p+ is within epsilon of H(p+). Averaging the identity over a typical corpus puts it within
 epsilon of the line  mean r = -mean log p - H(p+):  more reward, less prior likelihood, corpus by corpus,
 while over single strings log p and r can correlate positively.
 
 A corpus of N iid draws from a finite distribution is summarised exactly by its count vector, which is
-Multinomial(N, p+); every corpus statistic used here is a mean of a per-string value, i.e. counts @ values / N.
-So we draw counts for all corpora at once instead of N * n_corpora single samples.
+Multinomial(N, p+); every corpus statistic used here is a mean of a per-string value, i.e. counts @ values /
+N. So we draw counts for all corpora at once instead of N * n_corpora single samples.
 
 numpy and matplotlib only (no torch, no scipy: importing scipy.stats costs about a second, more than the
 whole experiment), so `pqtradeoff toy` starts fast. The statistics (entropy, Spearman, Pearson, means over
@@ -28,6 +28,7 @@ import numpy as np
 
 from pqtradeoff import stats
 from pqtradeoff.errors import PQError
+from pqtradeoff.io import run_record, write_json
 
 SUMMARY = "summary.json"
 FIGURES = ("distributions.png", "string_scatter.png", "corpus_scatter.png")
@@ -123,7 +124,8 @@ def make_model(settings: ToySettings, rng: np.random.Generator) -> ToyModel:
 
 
 def draw_counts(probs: np.ndarray, n_corpora: int, corpus_size: int, rng: np.random.Generator) -> np.ndarray:
-    """Count vectors [n_corpora, n] of corpora of `corpus_size` iid draws from `probs` (exactly Multinomial)."""
+    """Count vectors [n_corpora, n] of corpora of `corpus_size` iid draws from `probs` (exactly
+    Multinomial)."""
     return rng.multinomial(corpus_size, probs, size=n_corpora)
 
 
@@ -156,7 +158,8 @@ def summarize(settings: ToySettings, model: ToyModel, means: CorpusMeans) -> dic
     holds = deviation is None or deviation <= settings.epsilon + slack
     if not holds:
         raise RuntimeError(
-            f"trade-off line violated: max |mean log p + mean r + H(p+)| = {deviation!r} > epsilon={settings.epsilon!r}"
+            f"trade-off line violated: max |mean log p + mean r + H(p+)| = {deviation!r} > "
+            f"epsilon={settings.epsilon!r}"
         )
     n_typical = int(means.typical.sum())
     return {
@@ -193,12 +196,10 @@ def simulate(settings: ToySettings) -> tuple[ToyModel, CorpusMeans, dict[str, An
 
 def run(settings: ToySettings, out: str | Path, figures: bool = True) -> dict[str, Any]:
     """Run the toy experiment and write `out/summary.json` (with the run record) and the figures."""
-    from pqtradeoff.io import run_record, write_json
-
     out = Path(out)
     model, means, summary = simulate(settings)
     if figures:
-        from pqtradeoff import plots  # matplotlib only when figures are drawn
+        from pqtradeoff import plots  # lazy: matplotlib
 
         plots.toy_distributions(model, out / FIGURES[0])
         plots.toy_string_scatter(model, summary, out / FIGURES[1])

@@ -15,7 +15,8 @@ from pqtradeoff.errors import PQError
 
 app = typer.Typer(
     name="pqtradeoff",
-    help="The probability-quality trade-off in aligned language models and its relation to sampling adaptors.",
+    help="The probability-quality trade-off in aligned language models and its relation to sampling "
+         "adaptors.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
@@ -39,10 +40,12 @@ from pqtradeoff.cli import toy as _toy  # noqa: E402,F401
 
 
 class _StderrHandler(logging.Handler):
-    """The package logger's console output: `warning: <message>` on whatever sys.stderr is at the time."""
+    """The package logger's console output on whatever sys.stderr is at the time: `warning: <message>`
+    (`error: ...`) for warnings and worse, the bare message for progress (info)."""
 
     def emit(self, record: logging.LogRecord) -> None:
-        typer.echo(f"{record.levelname.lower()}: {record.getMessage()}", err=True)
+        level = "" if record.levelno < logging.WARNING else f"{record.levelname.lower()}: "
+        typer.echo(f"{level}{record.getMessage()}", err=True)
 
 
 def _console_logging() -> None:
@@ -54,7 +57,8 @@ def _console_logging() -> None:
 
 
 def main() -> None:
-    """Console-script entry point: bad input becomes `error: <one line>` and exit code 2, never a traceback."""
+    """Console-script entry point: bad input becomes `error: <one line>` and exit code 2, never a
+    traceback."""
     _console_logging()
     try:
         app()
@@ -64,6 +68,6 @@ def main() -> None:
     except RuntimeError as err:
         if type(err).__name__ != "OutOfMemoryError":  # torch.cuda.OutOfMemoryError, without importing torch
             raise
-        typer.echo("error: the accelerator ran out of memory: lower --batch-size or --max-batch-tokens, or use "
-                   "--dtype bfloat16", err=True)
+        typer.echo("error: the accelerator ran out of memory: lower --batch-size or --max-batch-tokens, or "
+                   "use --dtype bfloat16", err=True)
         sys.exit(2)

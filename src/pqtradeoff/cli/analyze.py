@@ -1,9 +1,11 @@
-"""`pqtradeoff analyze SCORED_DIR --out DIR`: IMH correction, bootstrapped corpora, statistics, figures, report.
+"""`pqtradeoff analyze SCORED_DIR --out DIR`: IMH correction, bootstrapped corpora, statistics, figures,
+report.
 
 The options come from `AnalysisSettings` (one option per field, named after it)."""
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import typer
@@ -16,10 +18,8 @@ FLAGS = {f"--{name.replace('_', '-')}": name for name in AnalysisSettings.model_
 
 
 def _analyze(settings: AnalysisSettings, scored_dir: Path, out: Path) -> None:
-    import warnings
-
-    from pqtradeoff.analyze import analyze_dir
-    from pqtradeoff.stages import check_out
+    from pqtradeoff.analyze import analyze_dir  # lazy: pandas
+    from pqtradeoff.stages import check_out  # lazy: startup
 
     check_out(out)
     with warnings.catch_warnings():
@@ -39,7 +39,8 @@ def _analyze(settings: AnalysisSettings, scored_dir: Path, out: Path) -> None:
 def describe_alignment(a) -> str:
     """One line on the alignment fit (effective beta), or why it was not fitted."""
     if a.defined and a.beta_hat is not None:
-        ci = f" [{a.beta_hat_ci[0]:.4g}, {a.beta_hat_ci[1]:.4g}]" if a.beta_hat_ci else " (interval covers infinity)"
+        ci = (f" [{a.beta_hat_ci[0]:.4g}, {a.beta_hat_ci[1]:.4g}]" if a.beta_hat_ci
+              else " (interval covers infinity)")
         return (f"alignment: effective beta {a.beta_hat:.4g}{ci}, within-prompt r {a.within_prompt_r:+.4f} "
                 f"({a.n_strings} strings, {a.n_prompts} prompt(s))")
     return f"alignment: not fitted: {a.reason or a.note}"
@@ -48,7 +49,8 @@ def describe_alignment(a) -> str:
 settings_command(app, "analyze", AnalysisSettings, FLAGS, _analyze,
                  leading=[argument("scored_dir", help="Scored-corpus folder (Parquet shards; see "
                                                       "docs/scored-corpus.md).")],
-                 trailing=[option("out", ..., "--out", help="Output folder for summary.json, corpora.parquet, "
+                 trailing=[option("out", ..., "--out",
+                                  help="Output folder for summary.json, corpora.parquet, "
                                                             "figures and report.html.")],
                  help="Turn a scored corpus into the trade-off: per-config estimates, correlations, slope, "
                       "frontier, report.")

@@ -20,7 +20,8 @@ FLAGS = {
     "--prompts": "prompts.file", "--prompt-field": "prompts.field", "--template": "prompts.template",
     "--chat-template": "prompts.chat_template", "--num-prompts": "prompts.num_prompts",
     "--prompt-seed": "prompts.prompt_seed", "--max-prompt-chars": "prompts.max_chars",
-    "--adaptor": "sampling.adaptors", "--family": "sampling.families", "--temperature": "sampling.temperatures",
+    "--adaptor": "sampling.adaptors", "--family": "sampling.families",
+    "--temperature": "sampling.temperatures",
     "--num-generations": "sampling.num_generations", "--max-new-tokens": "sampling.max_new_tokens",
     "--seed": "sampling.seed", "--save-token-logprobs": "sampling.save_token_logprobs",
     "--prompt-block": "sampling.prompt_block",
@@ -30,14 +31,15 @@ FLAGS = {
 
 
 def _generate(settings: GenerateSettings, out: Path) -> None:
-    from pqtradeoff.stages import run_generate
+    from pqtradeoff.stages import run_generate  # lazy: startup
 
     result = run_generate(settings, out)
     typer.echo(f"corpus: {result.out_dir} ({result.describe()})")
 
 
 settings_command(app, "generate", GenerateSettings, FLAGS, _generate,
-                 trailing=[option("out", ..., "--out", help="Output folder (rerun the same command to resume; "
+                 trailing=[option("out", ..., "--out",
+                                  help="Output folder (rerun the same command to resume; "
                                                             "a grown grid adds only the new shards).")],
-                 help="Sample continuations from an aligned model, recording logq, logp_aligned and log_weight "
-                      "per string.")
+                 help="Sample continuations from an aligned model, recording logq, logp_aligned and "
+                      "log_weight per string.")

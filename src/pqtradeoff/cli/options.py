@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import typer
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 from pydantic_core import PydanticUndefined
 
 from pqtradeoff.errors import PQError, validation_message
@@ -73,12 +73,14 @@ def parameters(model: type[BaseModel], flags: dict[str, Paths], overrides: dict[
         else:
             if isinstance(default, list) and not default:
                 default = None
-            option = typer.Option(default, flag, help=info.description, show_default=default not in (None, ...))
+            option = typer.Option(default, flag, help=info.description,
+                                  show_default=default not in (None, ...))
         name = flag[2:].replace("-", "_")
         annotation = kind if default is not None or kind is bool else kind | None
         if typing.get_origin(kind) is list:
             annotation = kind | None
-        out.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=annotation))
+        out.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option,
+                                     annotation=annotation))
     return out
 
 
@@ -96,7 +98,8 @@ def nested_values(flags: dict[str, Paths], values: dict[str, Any]) -> dict[str, 
             for s in sections:
                 node = node.setdefault(s, {})
             node[leaf] = list(value) if isinstance(value, (list, tuple)) else value
-    for key in [k for k, v in nested.items() if isinstance(v, dict) and "name" not in v and _is_model_section(k)]:
+    for key in [k for k,
+                v in nested.items() if isinstance(v, dict) and "name" not in v and _is_model_section(k)]:
         del nested[key]
     return nested
 
@@ -111,11 +114,12 @@ def _is_model_section(key: str) -> bool:
 def settings_from_options(model: type[BaseModel], flags: dict[str, Paths], values: dict[str, Any],
                           extra: dict[str, Any] | None = None) -> Any:
     """Build and validate the settings; a bad value is a one-line PQError naming the option."""
-    from pydantic import ValidationError
-
     nested = nested_values(flags, values)
     for key, value in (extra or {}).items():
-        nested.setdefault(key, {}).update(value) if isinstance(value, dict) else nested.__setitem__(key, value)
+        if isinstance(value, dict):
+            nested.setdefault(key, {}).update(value)
+        else:
+            nested[key] = value
     try:
         return model(**nested)
     except ValidationError as err:
@@ -147,7 +151,8 @@ def settings_command(app: typer.Typer, name: str, model: type[BaseModel], flags:
         settings = settings_from_options(model, flags, values)
         handler(settings, **{k: v for k, v in values.items() if k in names})
 
-    command.__signature__ = inspect.Signature([*(leading or []), *own, *(trailing or [])])  # type: ignore[attr-defined]
+    command.__signature__ = inspect.Signature([*(leading or []), *own,
+                                               *(trailing or [])])  # type: ignore[attr-defined]
     command.__doc__ = help
     command.__name__ = name
     app.command(name, help=help)(command)
@@ -155,7 +160,8 @@ def settings_command(app: typer.Typer, name: str, model: type[BaseModel], flags:
 
 def option(name: str, default: Any, *decls: str, annotation: Any = Path, **kwargs: Any) -> inspect.Parameter:
     """A plain (non-settings) option as an inspect.Parameter, e.g. `--out`."""
-    return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=typer.Option(default, *decls, **kwargs),
+    return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY,
+                             default=typer.Option(default, *decls, **kwargs),
                              annotation=annotation)
 
 

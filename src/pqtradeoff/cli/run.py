@@ -7,19 +7,21 @@ from pathlib import Path
 import typer
 
 from pqtradeoff.cli import app
+from pqtradeoff.errors import PQError
 
 
 @app.command()
 def run(
     config: Path = typer.Argument(..., help="Experiment file (TOML); `pqtradeoff init` writes one."),
-    out: Path = typer.Option(None, "--out", help="Output folder: corpus/, scored/, analysis/ (rerun to resume "
+    out: Path = typer.Option(None, "--out",
+                             help="Output folder: corpus/, scored/, analysis/ (rerun to resume "
                                                  "or to grow the grid)."),
-    print_config: bool = typer.Option(False, "--print-config", help="Print the config with every default filled "
+    print_config: bool = typer.Option(False, "--print-config",
+                                      help="Print the config with every default filled "
                                                                     "in, and stop."),
 ) -> None:
     """Run an experiment: generate -> score -> analyze, each stage reused when its inputs are unchanged."""
-    from pqtradeoff.errors import PQError
-    from pqtradeoff.experiment import load_experiment, print_stage_table, resolved_config, run_experiment
+    from pqtradeoff.experiment import load_experiment, resolved_config, run_experiment  # lazy: pandas
 
     settings = load_experiment(config)
     if print_config:
@@ -27,16 +29,16 @@ def run(
         return
     if out is None:
         raise PQError("--out is required (the folder the run writes to)")
-    result = run_experiment(settings, out, say=lambda line: typer.echo(line, err=True))
+    result = run_experiment(settings, out)  # each stage says what it did on the package logger (stderr)
     _print_results(result.summary)
-    print_stage_table(result)
+    _print_stage_table(result)
     typer.echo(f"time: {result.seconds:.1f} s, peak memory {result.peak_memory_mib:.0f} MiB   "
                f"report: {out / 'analysis' / 'report.html'}")
 
 
 def _print_results(summary: dict) -> None:
-    from rich.console import Console
-    from rich.table import Table
+    from rich.console import Console  # lazy: rich
+    from rich.table import Table  # lazy: rich
 
     console = Console()
     table = Table(title="Per configuration: IMH-corrected means (± s.e.) and the sampled pool's means")
@@ -57,7 +59,16 @@ def _print_results(summary: dict) -> None:
     console.print(f"string level: spearman {r(s['spearman'])}, pearson {r(s['pearson'])}   "
                   f"corpus level: spearman {r(k['spearman'])}, pearson {r(k['pearson'])}")
     if summary["skipped"]:
-        console.print(f"{len(summary['skipped'])} configuration(s) skipped (reasons in summary.json and the report)")
+        console.print(f"{len(summary['skipped'])} configuration(s) skipped (reasons in summary.json and the "
+                      "report)")
+
+
+def _print_stage_table(result) -> None:
+    """Stage, status, seconds and share of the run."""
+    total = sum(s.seconds for s in result.stages) or 1.0
+    for s in result.stages:
+        typer.echo(f"  {s.stage:<9} {s.status:<14} {s.seconds:7.1f} s  {100 * s.seconds / total:5.1f} %  "
+                   f"{s.detail}")
 
 
 @app.command()
@@ -66,6 +77,6 @@ def init(
                                                         "(offline, CPU), paper-rlhf, paper-dpo (GPU, hub)."),
 ) -> None:
     """Print a commented starting config: `pqtradeoff init > my.toml`."""
-    from pqtradeoff.experiment import example_config
+    from pqtradeoff.experiment import example_config  # lazy: pandas
 
     typer.echo(example_config(example), nl=False)

@@ -27,7 +27,7 @@ FLAGS = {
 
 
 def _score(settings: ScoreSettings, corpus_dir: Path, out: Path) -> None:
-    from pqtradeoff.stages import run_score
+    from pqtradeoff.stages import run_score  # lazy: startup
 
     result = run_score(settings, corpus_dir, out)
     typer.echo(f"scored corpus: {result.out_dir} ({result.describe()})")
@@ -35,6 +35,8 @@ def _score(settings: ScoreSettings, corpus_dir: Path, out: Path) -> None:
 
 settings_command(app, "score", ScoreSettings, FLAGS, _score,
                  leading=[argument("corpus_dir", help="Corpus folder written by `pqtradeoff generate`.")],
-                 trailing=[option("out", ..., "--out", help="Output folder for the scored corpus (rerun to resume).")],
+                 trailing=[option("out", ..., "--out",
+                                  help="Output folder for the scored corpus (rerun to resume).")],
                  overrides={"--prior": None, "--reward-model": None, "--reward": None},
-                 help="Score a generated corpus: log-probability under the prior and the reward of every string.")
+                 help="Score a generated corpus: log-probability under the prior and the reward of every "
+                      "string.")

@@ -1,1 +1,2 @@
-"""Model implementations behind one interface (`base.LanguageModel`): Hugging Face (`hf`) and exact automata (`fsa`)."""
+"""Model implementations behind one interface (`base.LanguageModel`): Hugging Face (`hf`) and exact automata
+(`fsa`)."""

@@ -1,10 +1,10 @@
 """The one model interface the pipeline sees, for Hugging Face models and exact finite-state automata alike.
 
 `generate` samples through `start`/`step` (incremental: KV cache or automaton state); `score` and the tests
-teacher-force through `continuation_logits`. Everything returned is logits over the model's vocabulary, float32
-or float64 as the backend chooses (Hugging Face models: float32; automata: float64, so that exact values stay
-exact); the pipeline applies adaptors and log_softmax itself in that precision (half-precision logits are
-raised to float32), so both kinds of model are treated identically.
+teacher-force through `continuation_logits`. Everything returned is logits over the model's vocabulary,
+float32 or float64 as the backend chooses (Hugging Face models: float32; automata: float64, so that exact
+values stay exact); the pipeline applies adaptors and log_softmax itself in that precision (half-precision
+logits are raised to float32), so both kinds of model are treated identically.
 """
 
 from __future__ import annotations
@@ -38,17 +38,20 @@ class LanguageModel(ABC):
     # --------------------------------------------------------------------------------------- tokenization
     @abstractmethod
     def encode_prompt(self, prompt: str) -> list[int]:
-        """Token ids of a prompt as the model sees it (BOS and template included where the model uses them)."""
+        """Token ids of a prompt as the model sees it (BOS and template included where the model uses
+        them)."""
 
     @abstractmethod
     def empty_context(self) -> list[int]:
-        """Token ids to condition on when a continuation is scored without its prompt (`--prior-context none`):
+        """Token ids to condition on when a continuation is scored without its prompt
+        (`--prior-context none`):
         BOS for a Hugging Face model (EOS where it has no BOS, as GPT-2), the start state (no ids) for an
         automaton. May be empty only for models whose `start`/`continuation_logits` accept an empty prompt."""
 
     @abstractmethod
     def encode_continuation(self, text: str) -> list[int]:
-        """Token ids of a continuation text that follows a prompt (no BOS); used to re-tokenize for scoring."""
+        """Token ids of a continuation text that follows a prompt (no BOS); used to re-tokenize for
+        scoring."""
 
     @abstractmethod
     def decode(self, token_ids: list[int]) -> str:
@@ -57,11 +60,13 @@ class LanguageModel(ABC):
     # ---------------------------------------------------------------------------------------- incremental
     @abstractmethod
     def start(self, prompts: list[list[int]]) -> tuple[torch.Tensor, Any]:
-        """Begin a batch: logits [B, V] (float32 or float64) for the first continuation token, and an opaque state."""
+        """Begin a batch: logits [B, V] (float32 or float64) for the first continuation token, and an opaque
+        state."""
 
     @abstractmethod
     def step(self, state: Any, tokens: torch.Tensor) -> tuple[torch.Tensor, Any]:
-        """Feed one token per row ([B] long); return the next logits [B, V] (float32 or float64) and the new state."""
+        """Feed one token per row ([B] long); return the next logits [B, V] (float32 or float64) and the new
+        state."""
 
     @abstractmethod
     def keep(self, state: Any, rows: torch.Tensor) -> Any:
@@ -73,8 +78,8 @@ class LanguageModel(ABC):
     can_join: bool = False
 
     def join(self, state: Any, other: Any) -> Any:
-        """One state holding `state`'s rows followed by `other`'s (both from this model's `start`/`step`/`keep`;
-        neither may be reused). Only where `can_join`."""
+        """One state holding `state`'s rows followed by `other`'s (both from this model's
+        `start`/`step`/`keep`; neither may be reused). Only where `can_join`."""
         raise NotImplementedError(f"{type(self).__name__} cannot join decoding states (can_join is False)")
 
     def state_bytes(self, length: int) -> int:
@@ -85,7 +90,7 @@ class LanguageModel(ABC):
     # ---------------------------------------------------------------------------------------- teacher-forced
     @abstractmethod
     def continuation_logits(self, prompts: list[list[int]], continuations: list[list[int]]) -> torch.Tensor:
-        """Teacher-forced logits [B, T, V] (float32 or float64), T = longest continuation: position t holds the logits
-        that predict `continuations[b][t]` given the prompt and `continuations[b][:t]`. Positions past a row's
-        length are padding and must be ignored by the caller. Results must not depend on the batch's other
-        rows or on padding (up to float rounding)."""
+        """Teacher-forced logits [B, T, V] (float32 or float64), T = longest continuation: position t holds
+        the logits that predict `continuations[b][t]` given the prompt and `continuations[b][:t]`. Positions
+        past a row's length are padding and must be ignored by the caller. Results must not depend on the
+        batch's other rows or on padding (up to float rounding)."""

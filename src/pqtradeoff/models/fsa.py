@@ -23,7 +23,7 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -46,7 +46,8 @@ def _check_int(name: str, value: Any, low: int) -> int:
 
 
 def _check_positive(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+    if (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
+            or value <= 0):
         raise PQError(f"{name}={value!r} is out of range: need a finite {name} > 0")
     return float(value)
 
@@ -109,7 +110,8 @@ class FiniteStateLM(LanguageModel):
             raise PQError(f"vocabulary size {len(words)} is out of range: need at least 2 words")
         for w in words:
             if not isinstance(w, str) or not w or len(w.split()) != 1 or w != w.strip() or w == EOS:
-                raise PQError(f"word {w!r} is not usable: need non-empty words without whitespace, not {EOS!r}")
+                raise PQError(f"word {w!r} is not usable: need non-empty words without whitespace, not "
+                              f"{EOS!r}")
         if len(set(words)) != len(words):
             dup = next(w for w, c in Counter(words).items() if c > 1)
             raise PQError(f"word {dup!r} appears twice in the vocabulary")
@@ -121,7 +123,8 @@ class FiniteStateLM(LanguageModel):
         if n > MAX_STATES:
             raise PQError(f"the automaton has {n} states: at most {MAX_STATES} are supported")
         if next_state.shape != log_probs.shape or not np.issubdtype(next_state.dtype, np.integer):
-            raise PQError(f"next_state has shape {next_state.shape}: need integers of shape {log_probs.shape}")
+            raise PQError(f"next_state has shape {next_state.shape}: need integers of shape "
+                          f"{log_probs.shape}")
         words = np.delete(next_state, self.eos_token_id, axis=1)
         if words.size and (words.min() < 0 or words.max() >= n):
             raise PQError(f"next_state holds a state outside 0..{n - 1}")
@@ -209,27 +212,6 @@ class FiniteStateLM(LanguageModel):
         """log p(y | x) of the given tokens (EOS included if present), exactly, in float64."""
         return self.path_sum(self.log_probs, token_ids, prompt_ids)
 
-    def sample(self, n: int, seed: int, max_length: int = 10_000, prompt_ids: Sequence[int] = ()) -> list[list[int]]:
-        """`n` ancestral samples (token ids, EOS last when finished) by inverse CDF; for tests and checks."""
-        n = _check_int("n", n, 1)
-        max_length = _check_int("max_length", max_length, 1)
-        rng = np.random.default_rng(seed)
-        cdf = np.cumsum(self.probs, axis=1)
-        states = np.full(n, self.state_after(prompt_ids))
-        out: list[list[int]] = [[] for _ in range(n)]
-        alive = np.arange(n)
-        for _ in range(max_length):
-            u = rng.random(len(alive))
-            tokens = np.minimum((u[:, None] >= cdf[states[alive]]).sum(axis=1), self.vocab_size - 1)
-            for row, tok in zip(alive, tokens, strict=True):
-                out[row].append(int(tok))
-            going = tokens != self.eos_token_id
-            states[alive[going]] = self.next_state[states[alive[going]], tokens[going]]
-            alive = alive[going]
-            if not alive.size:
-                break
-        return out
-
     # ------------------------------------------------------------------------------------- tokenization
     def _encode(self, text: str, field: str) -> list[int]:
         if not isinstance(text, str):
@@ -238,7 +220,8 @@ class FiniteStateLM(LanguageModel):
         ids = []
         for w in text.split():
             if w not in index:
-                raise PQError(f"{field} word {w!r} is not in the automaton's vocabulary ({len(self.words)} words)")
+                raise PQError(f"{field} word {w!r} is not in the automaton's vocabulary ({len(self.words)} "
+                              "words)")
             ids.append(index[w])
         return ids
 
@@ -298,7 +281,8 @@ def ngram_states(n_words: int, order: int) -> tuple[np.ndarray, list[tuple[int, 
     m = order - 1
     count = sum(n_words**j for j in range(m + 1))
     if count > MAX_STATES:
-        raise PQError(f"order={order} with {n_words} words needs {count} states: at most {MAX_STATES} supported")
+        raise PQError(f"order={order} with {n_words} words needs {count} states: at most {MAX_STATES} "
+                      "supported")
     contexts: list[tuple[int, ...]] = [(BOS,) * m]
     index = {contexts[0]: 0}
     rows = []
@@ -398,7 +382,8 @@ def estimate_ngram(
         kept = ranked[: max_vocab - 1]
         ranked = kept + (["<unk>"] if "<unk>" not in kept else [])
     if len(ranked) < 2:
-        raise PQError(f"text file {str(path)!r} has vocabulary size {len(ranked)}: need at least 2 distinct words")
+        raise PQError(f"text file {str(path)!r} has vocabulary size {len(ranked)}: need at least 2 distinct "
+                      "words")
     index = {w: i for i, w in enumerate(ranked)}
     unk = index.get("<unk>")
     next_state, contexts = ngram_states(len(ranked), order)
@@ -424,6 +409,8 @@ class TransitionReward:
     Usable as the scoring stage's reward: `reward(batch)` reads `prompt_token_ids` and `token_ids`.
     """
 
+    needs_prompt_context: ClassVar[bool] = False  # it reads token ids, never the prior's log-probabilities
+    columns: ClassVar[tuple[str, ...]] = ("prompt_token_ids", "token_ids")
     automaton: FiniteStateLM
     phi: np.ndarray  # [S, V] float64
     name: str = "fsa-transition-reward"
@@ -431,14 +418,16 @@ class TransitionReward:
     def __post_init__(self) -> None:
         phi = np.asarray(self.phi, dtype=np.float64)
         if phi.shape != self.automaton.log_probs.shape:
-            raise PQError(f"phi has shape {phi.shape}: need {self.automaton.log_probs.shape} (states, vocabulary)")
+            raise PQError(f"phi has shape {phi.shape}: need {self.automaton.log_probs.shape} (states, "
+                          "vocabulary)")
         if not np.isfinite(phi).all():
             raise PQError("phi holds a non-finite value: the reward of every transition must be finite")
         object.__setattr__(self, "phi", _frozen(phi))
 
     @classmethod
     def from_lexicon(
-        cls, automaton: FiniteStateLM, values: Mapping[str, float], eos_value: float = 0.0, name: str = "lexicon"
+        cls, automaton: FiniteStateLM, values: Mapping[str, float], eos_value: float = 0.0,
+        name: str = "lexicon"
     ) -> TransitionReward:
         """A state-independent word-valence reward: phi(s, w) = values[w] (0 for words not listed)."""
         unknown = [w for w in values if w not in automaton.words]
@@ -451,8 +440,10 @@ class TransitionReward:
         """r(y) of a continuation after a prompt (float64)."""
         return self.automaton.path_sum(self.phi, token_ids, prompt_ids)
 
-    def score_batch(self, prompts: Sequence[Sequence[int]], continuations: Sequence[Sequence[int]]) -> np.ndarray:
-        return np.array([self.score(c, p) for p, c in zip(prompts, continuations, strict=True)], dtype=np.float64)
+    def score_batch(self, prompts: Sequence[Sequence[int]],
+                    continuations: Sequence[Sequence[int]]) -> np.ndarray:
+        return np.array([self.score(c, p) for p, c in zip(prompts, continuations, strict=True)],
+                        dtype=np.float64)
 
     def __call__(self, batch: Any) -> np.ndarray:
         """The scoring stage's reward protocol: one value per corpus row (a pandas DataFrame)."""
@@ -478,25 +469,10 @@ class Alignment:
     def log_z_at(self, prompt_ids: Sequence[int] = ()) -> float:
         return float(self.log_backward[self.prior.state_after(prompt_ids)])
 
-    def identity_residual(self, token_ids: Sequence[int], prompt_ids: Sequence[int] = ()) -> float:
-        """log p(y) + r(y)/beta - log p+(y) - log Z(x), which is 0 for every finished string.
-
-        For an unfinished prefix the identity carries the backward value of its last state; it is added,
-        so the residual is 0 up to rounding in both cases (and exactly 0 for an impossible string).
-        """
-        ids = list(token_ids)
-        log_p, log_aligned = self.prior.log_prob(ids, prompt_ids), self.aligned.log_prob(ids, prompt_ids)
-        if log_p == log_aligned == -math.inf:
-            return 0.0  # an impossible string: both sides are -inf
-        residual = (log_p + self.reward.score(ids, prompt_ids) / self.beta - log_aligned
-                    - self.log_z_at(prompt_ids))
-        if not ids or ids[-1] != self.prior.eos_token_id:
-            residual += float(self.log_backward[self.prior.state_after(list(prompt_ids) + ids)])
-        return residual
-
 
 def align(prior: FiniteStateLM, reward: TransitionReward, beta: float) -> Alignment:
-    """The aligned model p+(y) proportional to p(y) exp(r(y)/beta), exactly, as a locally normalized automaton."""
+    """The aligned model p+(y) proportional to p(y) exp(r(y)/beta), exactly, as a locally normalized
+    automaton."""
     beta = _check_positive("beta", beta)
     if not prior.same_structure(reward.automaton):
         raise PQError("the reward was built on another automaton: its states do not match the prior's")

@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,11 +29,13 @@ import numpy as np
 import torch
 
 from pqtradeoff.errors import PQError, first_line
+from pqtradeoff.models import sources
 from pqtradeoff.models.base import LanguageModel
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 DEVICES = ("auto", "cpu", "cuda")
 PROMPT_SLOT = "{prompt}"
+log = logging.getLogger("pqtradeoff")
 
 
 # --------------------------------------------------------------------------------------------- settings
@@ -66,7 +69,7 @@ def apply_template(template: str, prompt: str) -> str:
 
 
 def load_tokenizer(name_or_path: str, trust_remote_code: bool = False, gguf_file: str | None = None) -> Any:
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer  # lazy: transformers
 
     extra = {"gguf_file": gguf_file} if gguf_file else {}
     try:
@@ -77,7 +80,8 @@ def load_tokenizer(name_or_path: str, trust_remote_code: bool = False, gguf_file
 
 def check_tokenizer(tokenizer: Any, embeddings: int, name: str) -> None:
     """Refuse a tokenizer that cannot be the model's: one that encodes text to nothing or to a single id (a
-    folder without tokenizer files loads an empty tokenizer in transformers 5) or has ids past the embedding."""
+    folder without tokenizer files loads an empty tokenizer in transformers 5) or has ids past the
+    embedding."""
     size = len(tokenizer)
     probe = list(tokenizer("Hello world, how are you?", add_special_tokens=False)["input_ids"])
     if size < 2 or len(set(probe)) < 2:
@@ -96,8 +100,6 @@ def load_pretrained(auto_class: Any, spec_name: str, gguf_file: str | None, dtyp
     model is de-quantized once and cached as a safetensors folder; every load, the first included, then reads
     that folder, so the first run and later runs compute with identical weights.
     """
-    from pqtradeoff.models import sources
-
     path, gguf = sources.resolve(spec_name, gguf_file, what=what)
     if gguf is not None:
         tokenizer = load_tokenizer(path, trust_remote_code, gguf)
@@ -116,7 +118,8 @@ def _from_pretrained(auto_class: Any, path: str, what: str, name: str, dtype: to
                      trust_remote_code: bool, gguf: str | None) -> tuple[Any, dict[str, Any]]:
     extra: dict[str, Any] = {"gguf_file": gguf} if gguf else {"output_loading_info": True}
     try:
-        loaded = auto_class.from_pretrained(path, trust_remote_code=trust_remote_code, **dtype_kwarg(dtype), **extra)
+        loaded = auto_class.from_pretrained(path, trust_remote_code=trust_remote_code, **dtype_kwarg(dtype),
+                                            **extra)
     except ImportError as err:
         raise PQError(f"cannot load {what} {name!r}: {first_line(err)}") from None
     except (OSError, ValueError, KeyError, TypeError) as err:
@@ -148,7 +151,7 @@ def tokenizer_key(tokenizer: Any) -> str:
 def dtype_kwarg(dtype: torch.dtype) -> dict[str, torch.dtype]:
     """`from_pretrained`'s dtype argument: `dtype` since transformers 4.56, `torch_dtype` before. (No
     `device_map`: it needs the accelerate package; the model is loaded, then moved to its device.)"""
-    import transformers
+    import transformers  # lazy: transformers
 
     major, minor = (int(x) for x in transformers.__version__.split(".")[:2])
     return {"dtype": dtype} if (major, minor) >= (4, 56) else {"torch_dtype": dtype}
@@ -206,7 +209,8 @@ def position_ids(mask: torch.Tensor) -> torch.Tensor:
 
 
 def pad_left(x: torch.Tensor, width: int, dim: int) -> torch.Tensor:
-    """`x` with zeros prepended along `dim` up to `width` (left padding of a mask or of cached keys/values)."""
+    """`x` with zeros prepended along `dim` up to `width` (left padding of a mask or of cached
+    keys/values)."""
     missing = width - x.shape[dim]
     if missing <= 0:
         return x
@@ -267,7 +271,7 @@ class HFModel(LanguageModel):
         trust_remote_code: bool = False,
         gguf_file: str | None = None,
     ) -> None:
-        from transformers import AutoModelForCausalLM
+        from transformers import AutoModelForCausalLM  # lazy: transformers
 
         check_template(template, chat_template)
         self.name = str(name_or_path)
@@ -278,11 +282,13 @@ class HFModel(LanguageModel):
                                                       "the causal language model", trust_remote_code)
         check_lm_head(model, info, self.name)
         if chat_template and not getattr(self.tokenizer, "chat_template", None):
-            raise PQError(f"--chat-template: the tokenizer of {self.name!r} has no chat template; use --template")
+            raise PQError(f"--chat-template: the tokenizer of {self.name!r} has no chat template; use "
+                          "--template")
         self.model = model.to(self.device).eval()
         self._params = _forward_parameters(self.model)
         self._cache_arg = "cache" if "cache" in self._params else "past_key_values"
-        self._keep_arg = next((n for n in ("logits_to_keep", "num_logits_to_keep") if n in self._params), None)
+        self._keep_arg = next((n for n in ("logits_to_keep", "num_logits_to_keep") if n in self._params),
+                              None)
 
         tok = self.tokenizer
         eos_ids = end_of_string_ids(tok, self.model)
@@ -293,7 +299,8 @@ class HFModel(LanguageModel):
         head = self.model.get_output_embeddings()
         self.vocab_size = int(head.weight.shape[0]) if head is not None else int(self.model.config.vocab_size)
         pad = tok.pad_token_id
-        # Padding is masked, but still goes through the embedding: an id the embedding lacks (a `<pad>` added to
+        # Padding is masked, but still goes through the embedding: an id the embedding lacks (a `<pad>` added
+        # to
         # the tokenizer without resizing the model) would crash, so pad with EOS then.
         self.pad_token_id = int(pad) if pad is not None and 0 <= pad < self.vocab_size else self.eos_token_id
         check_tokenizer(tok, int(self.model.get_input_embeddings().weight.shape[0]), self.name)
@@ -359,7 +366,7 @@ class HFModel(LanguageModel):
         return logits[:, -keep:, :].float()
 
     def _new_cache(self) -> Any:
-        from transformers import DynamicCache
+        from transformers import DynamicCache  # lazy: transformers
 
         try:
             return DynamicCache(config=self.model.config)
@@ -427,7 +434,8 @@ class HFModel(LanguageModel):
         if width == 0:
             return torch.zeros((len(prompts), 0, self.vocab_size), dtype=torch.float32, device=self.device)
         p_ids, p_mask = left_pad(prompts, self.pad_token_id, self.device)
-        c_ids, c_mask = right_pad([c[: width - 1] for c in continuations], self.pad_token_id, self.device, width - 1)
+        c_ids, c_mask = right_pad([c[: width - 1] for c in continuations], self.pad_token_id, self.device,
+                                  width - 1)
         ids, mask = torch.cat([p_ids, c_ids], dim=1), torch.cat([p_mask, c_mask], dim=1)
         return self._forward(ids, mask, position_ids(mask), width)
 
@@ -445,6 +453,9 @@ class HFRewardModel:
     when pad == EOS. Rows are batched by length; results are float64 from float32 logits.
     """
 
+    needs_prompt_context = False  # it reads the prompt text, never the prior's log-probabilities
+    columns = ("prompt", "text")
+
     def __init__(
         self,
         name_or_path: str,
@@ -458,7 +469,7 @@ class HFRewardModel:
         trust_remote_code: bool = False,
         gguf_file: str | None = None,
     ) -> None:
-        from transformers import AutoModelForSequenceClassification
+        from transformers import AutoModelForSequenceClassification  # lazy: transformers
 
         check_template(template, chat_template)
         if not isinstance(batch_size, int) or batch_size < 1:
@@ -466,12 +477,13 @@ class HFRewardModel:
         self.path, self.batch_size = str(name_or_path), batch_size
         self.template, self.chat_template = template, chat_template
         self.device, self.dtype = resolve_device(device), resolve_dtype(dtype)
-        model, self.tokenizer, info = load_pretrained(AutoModelForSequenceClassification, self.path, gguf_file,
-                                                      self.dtype, "the reward model", trust_remote_code)
+        model, self.tokenizer, info = load_pretrained(AutoModelForSequenceClassification, self.path,
+                                                      gguf_file, self.dtype, "the reward model",
+                                                      trust_remote_code)
         missing = [k for k in info.get("missing_keys", []) if k.split(".")[0] in ("score", "classifier")]
         if missing:
-            raise PQError(f"the reward model {self.path!r} has no trained reward head ({missing[0]} was not in "
-                          "the checkpoint): give a sequence-classification reward model")
+            raise PQError(f"the reward model {self.path!r} has no trained reward head ({missing[0]} was not "
+                          "in the checkpoint): give a sequence-classification reward model")
         if chat_template and not getattr(self.tokenizer, "chat_template", None):
             raise PQError(f"the tokenizer of reward model {self.path!r} has no chat template")
         self.model = model.to(self.device).eval()
@@ -480,7 +492,8 @@ class HFRewardModel:
             raise PQError(f"reward model {self.path!r} has {num_labels} labels: say which one is the reward")
         self.label = 0 if label is None else int(label)
         if not 0 <= self.label < num_labels:
-            raise PQError(f"label={label!r} is out of range: reward model {self.path!r} has {num_labels} labels")
+            raise PQError(f"label={label!r} is out of range: reward model {self.path!r} has {num_labels} "
+                          "labels")
         tok = self.tokenizer
         embeddings = self.model.get_input_embeddings().weight.shape[0]
         pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
@@ -509,7 +522,8 @@ class HFRewardModel:
         return out
 
     def encode(self, texts: list[str]) -> list[list[int]]:
-        """Token ids per text (special tokens as the tokenizer adds them), cut from the left to the context."""
+        """Token ids per text (special tokens as the tokenizer adds them), cut from the left to the
+        context."""
         special = not self.chat_template  # a rendered chat template already holds its special tokens
         rows = [list(self.tokenizer(t, add_special_tokens=special)["input_ids"]) for t in texts]
         if any(len(r) == 0 for r in rows):
@@ -517,10 +531,8 @@ class HFRewardModel:
         if self.max_length:
             cut = sum(len(r) > self.max_length for r in rows)
             if cut:
-                import sys
-
-                print(f"warning: reward model {self.path!r}: {cut} of {len(rows)} texts are longer than its "
-                      f"context of {self.max_length} tokens; their beginnings were cut", file=sys.stderr)
+                log.warning("reward model %r: %d of %d texts are longer than its context of %d tokens; their "
+                            "beginnings were cut", self.path, cut, len(rows), self.max_length)
                 self.truncated += cut
             rows = [r[-self.max_length:] for r in rows]
         return rows

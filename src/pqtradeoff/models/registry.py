@@ -1,4 +1,5 @@
-"""Model backends found by name, resolved in one place (the settings' `backend` field, `--backend` on the CLI).
+"""Model backends found by name, resolved in one place (the settings' `backend` field, `--backend` on the
+CLI).
 
 A backend is a function `(spec, template, chat_template) -> LanguageModel`. Only `hf` (transformers) serves
 real models today; the exact finite-state models are built in memory by the demo, not named in a config.
@@ -6,6 +7,7 @@ real models today; the exact finite-state models are built in memory by the demo
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Callable
 from typing import Any
 
@@ -17,17 +19,16 @@ TORCH_HINT = ("pip install torch==2.13.0 (or the build for your CUDA from pytorc
 
 def require_model_packages() -> None:
     """One line, not a 38-line ModuleNotFoundError, when the model side is not installed."""
-    import importlib.util
-
     for module, what in (("torch", "PyTorch"), ("transformers", "transformers")):
         if importlib.util.find_spec(module) is None:
             raise PQError(f"{what} is not installed, and model stages need it: {TORCH_HINT}")
 
 
 def _hf(spec: Any, template: str | None, chat_template: bool) -> Any:
-    from pqtradeoff.models.hf import HFModel
+    from pqtradeoff.models.hf import HFModel  # lazy: torch
 
-    return HFModel(spec.name, device=spec.device, dtype=spec.dtype, template=template, chat_template=chat_template,
+    return HFModel(spec.name, device=spec.device, dtype=spec.dtype, template=template,
+                   chat_template=chat_template,
                    gguf_file=spec.gguf_file)
 
 

