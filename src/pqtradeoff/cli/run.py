@@ -13,12 +13,10 @@ from pqtradeoff.errors import PQError
 @app.command()
 def run(
     config: Path = typer.Argument(..., help="Experiment file (TOML); `pqtradeoff init` writes one."),
-    out: Path = typer.Option(None, "--out",
-                             help="Output folder: corpus/, scored/, analysis/ (rerun to resume "
-                                                 "or to grow the grid)."),
-    print_config: bool = typer.Option(False, "--print-config",
-                                      help="Print the config with every default filled "
-                                                                    "in, and stop."),
+    out: Path = typer.Option(None, "--out", help="Output folder: corpus/, scored/, analysis/ (rerun to "
+                                                 "resume or to grow the grid)."),
+    print_config: bool = typer.Option(False, "--print-config", help="Print the config with every default "
+                                                                    "filled in, and stop."),
 ) -> None:
     """Run an experiment: generate -> score -> analyze, each stage reused when its inputs are unchanged."""
     from pqtradeoff.experiment import load_experiment, resolved_config, run_experiment  # lazy: pandas
@@ -44,6 +42,7 @@ def _print_results(summary: dict) -> None:
     table = Table(title="Per configuration: IMH-corrected means (± s.e.) and the sampled pool's means")
     for col in ("adaptor", "log prior", "reward", "pool log prior", "pool reward"):
         table.add_column(col, justify="left" if col == "adaptor" else "right", no_wrap=col == "adaptor")
+
     def num(value, digits: int) -> str:
         return "-" if value is None else f"{value:.{digits}f}"
 
@@ -53,11 +52,20 @@ def _print_results(summary: dict) -> None:
                       num(c["local_mean_log_prior"], 2), num(c["local_mean_reward"], 3))
     console.print(table)
     s, k = summary["string_level"], summary["corpus_level"]
+
     def r(value) -> str:
         return "-" if value is None else f"{value:+.3f}"
 
     console.print(f"string level: spearman {r(s['spearman'])}, pearson {r(s['pearson'])}   "
                   f"corpus level: spearman {r(k['spearman'])}, pearson {r(k['pearson'])}")
+    a = summary.get("alignment") or {}
+    if a.get("defined") and a.get("beta_hat") is not None:
+        ci = a.get("beta_hat_ci")
+        interval = f" [{ci[0]:.3g}, {ci[1]:.3g}]" if ci else ""
+        console.print(f"alignment: effective beta {a['beta_hat']:.3g}{interval}, within-prompt r "
+                      f"{a['within_prompt_r']:+.3f} ({a['n_strings']} strings, {a['n_prompts']} prompts)")
+    elif a:
+        console.print(f"alignment: not fitted: {a.get('reason') or a.get('note')}")
     if summary["skipped"]:
         console.print(f"{len(summary['skipped'])} configuration(s) skipped (reasons in summary.json and the "
                       "report)")
