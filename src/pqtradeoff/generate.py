@@ -28,7 +28,7 @@ import torch
 from pqtradeoff.adaptors import Adaptor
 from pqtradeoff.corpus import GENERATED_SCHEMA, RUN_RECORD, supersede, write_shard
 from pqtradeoff.errors import PQError
-from pqtradeoff.io import check_resumable, progress_bar, remove_stale_temporaries, run_record, write_json
+from pqtradeoff.io import check_resumable, claim_folder, progress_bar, run_record, write_json
 from pqtradeoff.models.base import LanguageModel
 
 TOKEN_COLUMNS = pa.schema([
@@ -331,7 +331,7 @@ def generate_corpus(
     record = run_record("generate", resolved)
     check_resumable(out_dir, record, CORPUS_POLICY | (policy or {}))
     out_dir.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(out_dir)
+    claim_folder(out_dir, "generate")  # one writer per folder; then stale temporaries go
 
     shards = list(plan_shards(prompts, adaptors, num_generations, prompt_block, sample_block))
     superseded = supersede(out_dir, {s.name for s in shards})

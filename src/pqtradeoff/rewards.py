@@ -82,7 +82,10 @@ class FunctionReward:
         return cls(fn, spec)
 
     def __call__(self, batch: pd.DataFrame) -> np.ndarray:
-        values = self.fn(list(batch["prompt"]), list(batch["text"]))
+        try:
+            values = self.fn(list(batch["prompt"]), list(batch["text"]))
+        except Exception as err:  # user code: any failure becomes one line naming the reward and the row
+            raise PQError(self._failure(batch, err)) from None
         try:
             out = np.asarray(values, dtype=np.float64)
         except (TypeError, ValueError):
@@ -91,6 +94,22 @@ class FunctionReward:
             raise PQError(f"reward {self.name!r} returned {out.shape[0] if out.ndim else 'a scalar'} values "
                           f"for {len(batch)} completions")
         return out
+
+
+    def _failure(self, batch: pd.DataFrame, err: Exception) -> str:
+        """Which row makes the function fail (rerun one row at a time), as one line."""
+        from pqtradeoff.errors import first_line
+
+        where = f"on a batch of {len(batch)} strings"
+        for i in range(len(batch)):
+            try:
+                self.fn([batch["prompt"].iloc[i]], [batch["text"].iloc[i]])
+            except Exception as one:
+                values = {k: batch[k].iloc[i] for k in ("prompt_id", "sample_id", "adaptor") if k in batch.columns}
+                key = ", ".join(f"{k}={v.item() if hasattr(v, 'item') else v!r}" for k, v in values.items())
+                where, err = f"on row {i} of the batch ({key})" if key else f"on row {i} of the batch", one
+                break
+        return f"reward {self.name!r} raised {type(err).__name__} {where}: {first_line(err)}"
 
 
 def check_dpo_context(is_dpo: bool, prior_context: str) -> None:

@@ -32,7 +32,7 @@ from pqtradeoff.corpus import (
     write_shard,
 )
 from pqtradeoff.errors import PQError, first_line
-from pqtradeoff.io import check_resumable, progress_bar, remove_stale_temporaries, run_record, write_json
+from pqtradeoff.io import check_resumable, claim_folder, progress_bar, run_record, write_json
 from pqtradeoff.models.base import LanguageModel
 from pqtradeoff.rewards import PRIOR_CONTEXTS, DPOReward, Reward, check_dpo_context
 
@@ -149,7 +149,7 @@ def score_corpus(
     record = run_record("score", resolved)
     check_resumable(out_dir, record, SCORE_POLICY | (policy or {}))
     out_dir.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(out_dir)
+    claim_folder(out_dir, "score")  # one writer per folder; then stale temporaries go
     superseded = supersede(out_dir, {f.name for f in files})
     write_json(out_dir / RUN_RECORD, record)
 

@@ -165,6 +165,9 @@ def tradeoff_fit(log_prior: np.ndarray, reward: np.ndarray, confidence: float = 
         fit.note = f"undefined: all {n} configurations have the same mean log prior, so no slope can be fit"
         return fit
     lr = sps.linregress(x, y)
+    if not (np.isfinite(lr.slope) and np.isfinite(lr.intercept)):
+        fit.note = "undefined: the configurations' means are not finite numbers (an overflow), so no line fits"
+        return fit
     fit.defined, fit.slope, fit.intercept = True, float(lr.slope), float(lr.intercept)
     if n == 2:
         fit.note = "2 configurations: the line is exact, so it has no standard error or interval"

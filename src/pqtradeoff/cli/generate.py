@@ -30,6 +30,9 @@ FLAGS = {
 
 
 def _generate(settings: GenerateSettings, out: Path) -> None:
+    from pqtradeoff.models.registry import require_model_packages
+
+    require_model_packages()  # one line, before anything imports torch
     from pqtradeoff.stages import run_generate
 
     result = run_generate(settings, out)

@@ -27,6 +27,9 @@ FLAGS = {
 
 
 def _score(settings: ScoreSettings, corpus_dir: Path, out: Path) -> None:
+    from pqtradeoff.models.registry import require_model_packages
+
+    require_model_packages()  # one line, before anything imports torch
     from pqtradeoff.stages import run_score
 
     result = run_score(settings, corpus_dir, out)
