@@ -125,7 +125,8 @@ def string_level(data: pd.DataFrame, summary: Summary, path: Path) -> str:
     if len(used) > HEXBIN_ABOVE:
         bins = ax.hexbin(used["logp_prior"], used["reward"], gridsize=70, bins="log", cmap="Greys", mincnt=1,
                          linewidths=0.0, rasterized=True)
-        fig.colorbar(bins, ax=ax, pad=0.01, fraction=0.04).set_label("strings per hexagon", fontsize=LEGEND_FONT)
+        bar = fig.colorbar(bins, ax=ax, orientation="horizontal", pad=0.14, fraction=0.05, aspect=40)
+        bar.set_label("strings per hexagon (log scale)", fontsize=LEGEND_FONT)
         ax.scatter([], [], marker="h", color="0.45", s=30, label=f"{len(used):,} strings (density)")
     else:
         ax.scatter(used["logp_prior"], used["reward"], s=4, alpha=0.3, color="0.4", rasterized=True,
@@ -145,8 +146,8 @@ def string_level(data: pd.DataFrame, summary: Summary, path: Path) -> str:
                  f"(n = {s.n:,})")
     ax.set_xlabel("log prior probability of the string, log p(y)")
     ax.set_ylabel("reward r(y)")
-    _outside_legend(fig, ax, title="per-configuration fit (colour = family, shade = T)",
-                    title_fontsize=LEGEND_FONT)
+    _outside_legend(fig, ax, title="least-squares fit per\nconfiguration: colour =\nfamily, shade = T",
+                    title_fontsize=LEGEND_FONT, alignment="left")
     fig.tight_layout()
     return _save(fig, path)
 
@@ -230,8 +231,8 @@ def corpus_level(corpora: pd.DataFrame, summary: Summary, path: Path) -> str:
     xlim, ylim = ax.get_xlim(), ax.get_ylim()  # the data's view: exact lines are clipped to it
     for i, line in enumerate(summary.exact_lines):
         grid = np.array(xlim)
-        ax.plot(grid, line.slope * grid + line.intercept, ls=("--", "-.", ":")[i % 3], lw=1,
-                color="dimgray", label=line.label)
+        ax.plot(grid, line.slope * grid + line.intercept, ls=("--", "-.", ":")[i % 3], lw=0.8, alpha=0.7,
+                color="dimgray", label=line.label, zorder=1)
     ax.set_xlim(xlim)
     ax.set_ylim(ylim)
     for f in families:
