@@ -387,3 +387,69 @@ def test_smallest_normalizing_beta_is_right_at_the_threshold():
         except Exception:
             pass
     assert normalizing and min(normalizing) > works / 1.15  # the suggestion is within 15% of the threshold
+
+
+# ------------------------------------------------------------------------------------------ kill -9, resume
+def _kill_after(args: list[str], folder: Path, shards: int, env: dict[str, str]) -> None:
+    """Start `pqtradeoff ARGS`, SIGKILL it once `folder` holds `shards` finished shards (or it ends)."""
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-m", "pqtradeoff", *args], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while len(list(folder.glob("*.parquet"))) < shards and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    proc.kill()  # SIGKILL, as kill -9: no clean-up runs, the lock file stays behind
+    proc.wait()
+
+
+@pytest.mark.parametrize("kill_at", [1, 3, 5])
+def test_score_killed_with_sigkill_then_rerun_is_byte_identical(tmp_path, kill_at):
+    """`score` killed after 1, 3 or 5 of 6 shards, rerun: every shard equals an uninterrupted run's, byte for
+    byte, and the dead run's lock is taken over."""
+    frame = make_scored(n=16)[[*GENERATED_COLUMNS, "logp_prior"]]
+    corpus = write_scored(frame, tmp_path / "corpus", shards=6)
+    (tmp_path / "slow_reward.py").write_text(
+        "import time\n\ndef reward(prompts, texts):\n    time.sleep(0.3)\n    return [float(len(t)) for t in texts]\n")
+    env = os.environ | {"PYTHONPATH": os.pathsep.join([str(tmp_path), str(SRC)])}
+    common = ["score", str(corpus), "--reward", "python:slow_reward:reward", "--no-progress", "--out"]
+    killed = tmp_path / "killed"
+    _kill_after([*common, str(killed)], killed, kill_at, env)
+    written = len(list(killed.glob("*.parquet")))
+    assert kill_at <= written < 6, f"the kill did not land mid-run ({written} shards)"
+    assert (killed / ".pqtradeoff.lock").exists()  # left by the killed process
+    for extra in ([], []):  # rerun (resume), then once more (nothing left to do)
+        run = subprocess.run([sys.executable, "-m", "pqtradeoff", *common, str(killed), *extra], env=env,
+                             capture_output=True, text=True, timeout=120)
+        assert run.returncode == 0, run.stderr
+    whole = subprocess.run([sys.executable, "-m", "pqtradeoff", *common, str(tmp_path / "whole")], env=env,
+                           capture_output=True, text=True, timeout=120)
+    assert whole.returncode == 0, whole.stderr
+    names = sorted(p.name for p in (tmp_path / "whole").glob("*.parquet"))
+    assert len(names) == 6 and sorted(p.name for p in killed.glob("*.parquet")) == names
+    for name in names:
+        assert (killed / name).read_bytes() == (tmp_path / "whole" / name).read_bytes(), name
+    assert not list(killed.glob(".*.tmp"))
+
+
+def test_analyze_killed_with_sigkill_then_rerun_gives_the_same_outputs(tmp_path):
+    """`analyze` killed once it has begun writing, rerun into the same folder: the outputs equal an
+    uninterrupted run's (figures and corpora byte for byte; summary.json except the command line it records)."""
+    scored = write_scored(make_scored(n=200), tmp_path / "scored")
+    env = os.environ | {"PYTHONPATH": str(SRC)}
+    common = ["analyze", str(scored), "--corpora", "300", "--corpus-size", "300", "--imh-steps", "20000", "--out"]
+    killed = tmp_path / "killed"
+    _kill_after([*common, str(killed)], killed, 1, env)  # corpora.parquet is the first file written
+    for out in (killed, tmp_path / "whole"):
+        run = subprocess.run([sys.executable, "-m", "pqtradeoff", *common, str(out)], env=env, capture_output=True,
+                             text=True, timeout=300)
+        assert run.returncode == 0, run.stderr
+    for name in ("corpora.parquet", "corpus_level.png", "string_level.png", "frontier.png", "hull.png"):
+        assert (killed / name).read_bytes() == (tmp_path / "whole" / name).read_bytes(), name
+
+    def without_argv(folder: Path) -> dict:
+        summary = json.loads((folder / "summary.json").read_text())
+        summary["run"].pop("argv")
+        return summary
+
+    assert without_argv(killed) == without_argv(tmp_path / "whole")
