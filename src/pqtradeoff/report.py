@@ -103,7 +103,8 @@ def beta_words(s: Summary) -> str:
                 f"correlate at r = {number(a.within_prompt_r)} ({interval(a.within_prompt_r_ci)}); no beta fits.")
     nominal = ""
     if a.nominal_beta is not None:
-        inside = a.beta_hat_ci[0] <= a.nominal_beta <= a.beta_hat_ci[1]
+        slack = 1e-9 * abs(a.nominal_beta)  # an exact fit's interval is a point, equal to beta up to rounding
+        inside = a.beta_hat_ci[0] - slack <= a.nominal_beta <= a.beta_hat_ci[1] + slack
         nominal = f" The nominal beta {a.nominal_beta:g} lies {'inside' if inside else 'outside'} that interval."
     return (f"Effective beta {number(a.beta_hat)} ({a.confidence:.0%} CI {interval(a.beta_hat_ci)}; from r on d: "
             f"{number(a.beta_hat_reverse)}), within-prompt correlation of log p+ - log p with the reward "
