@@ -7,6 +7,14 @@ at a small scale and extrapolated linearly in the number of chain steps and of c
 
     .venv/bin/python benchmarks/analysis.py            # paper scale
     .venv/bin/python benchmarks/analysis.py --quick    # 10x fewer steps and corpora
+    .venv/bin/python benchmarks/analysis.py --load     # load test: default settings, paper scale vs 50 x
+    20,000
+
+`--load` runs `run_analysis` with the default settings (200,000 IMH steps, 2,000 corpora of 2,000 strings per
+configuration) at the paper's scale and at a large one, each in a fresh process (so each has its own peak
+memory), and prints the time per string of each, their ratio, the peak RSS, where the time goes, and the
+corpus
+sampler against the count-vector (multinomial) sampler it replaced for pools larger than a corpus.
 """
 
 from __future__ import annotations
@@ -24,7 +32,18 @@ import pandas as pd
 
 from pqtradeoff.analyze import make_settings, run_analysis
 
-FAMILIES = ("", ",top_k=30", ",top_k=50", ",top_p=0.9", ",top_p=0.95", ",typical_p=0.9", ",eta_cutoff=0.0009")
+FAMILIES = (
+    "",
+    ",top_k=30",
+    ",top_k=50",
+    ",top_p=0.9",
+    ",top_p=0.95",
+    ",typical_p=0.9",
+    ",eta_cutoff=0.0009",
+    ",top_k=10",
+    ",top_k=100",
+    ",top_p=0.8",
+)  # the first 7 x 5 temperatures: the paper-scale grid
 TEMPERATURES = (0.5, 0.75, 1.0, 1.25, 1.5)
 
 
@@ -37,14 +56,20 @@ def synthetic(configs: int, strings: int, seed: int = 0) -> pd.DataFrame:
         t = TEMPERATURES[k % len(TEMPERATURES)]
         base = rng.normal(size=strings)
         logq = -60.0 + 10.0 * rng.normal(size=strings)
-        frames.append(pd.DataFrame({
-            "prompt_id": np.arange(strings) // 2,  # 2 generations per prompt, as in the paper
-            "adaptor": spec, "finished": rng.random(strings) > 0.02, "logq": logq,
-            "logp_aligned": logq + rng.normal(scale=2.0, size=strings),
-            "log_weight": 1.5 * base + rng.normal(scale=1.0, size=strings),
-            "logp_prior": -80.0 - 40.0 * t + 15.0 * base,
-            "reward": 1.5 * t + 0.5 * base + rng.normal(size=strings),
-        }))
+        frames.append(
+            pd.DataFrame(
+                {
+                    "prompt_id": np.arange(strings) // 2,  # 2 generations per prompt, as in the paper
+                    "adaptor": spec,
+                    "finished": rng.random(strings) > 0.02,
+                    "logq": logq,
+                    "logp_aligned": logq + rng.normal(scale=2.0, size=strings),
+                    "log_weight": 1.5 * base + rng.normal(scale=1.0, size=strings),
+                    "logp_prior": -80.0 - 40.0 * t + 15.0 * base,
+                    "reward": 1.5 * t + 0.5 * base + rng.normal(size=strings),
+                }
+            )
+        )
     return pd.concat(frames, ignore_index=True)
 
 
@@ -85,11 +110,121 @@ def time_naive(frame: pd.DataFrame, steps: int, corpus_size: int, corpora: int) 
     return per_step, per_row
 
 
+# ------------------------------------------------------------------------------------------------ load test
+def one_load_run(configs: int, strings: int) -> None:
+    """Time `run_analysis` with default settings on configs x strings; print one JSON line (child process)."""
+    import cProfile
+    import json
+    import pstats
+
+    frame = synthetic(configs, strings)
+    settings = make_settings(seed=0)
+    profile = cProfile.Profile()
+    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        start, cpu_start = time.perf_counter(), time.process_time()
+        profile.enable()
+        run_analysis(frame, Path(tmp), settings)
+        profile.disable()
+        wall, cpu = time.perf_counter() - start, time.process_time() - cpu_start
+    stats = pstats.Stats(profile).stats  # (file, line, name) -> (calls, ncalls, tottime, cumtime, callers)
+    steps = {
+        "per-config chains (run_chain)": "run_chain",
+        "bootstrapped corpora (corpus_means)": "corpus_means",
+        "figures (draw_all)": "draw_all",
+        "report (write_report)": "write_report",
+        "alignment fit (fit_alignment)": "fit_alignment",
+        "cleaning (clean_table)": "clean_table",
+        "correlations (stats.correlations)": "correlations",
+    }
+    parts = {label: sum(v[3] for k, v in stats.items() if k[2] == fn) for label, fn in steps.items()}
+    rows = int(len(frame))
+    print(
+        json.dumps(
+            {
+                "configs": configs,
+                "strings": strings,
+                "rows": rows,
+                "wall_s": wall,
+                "cpu_s": cpu,
+                "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                "parts": parts,
+            }
+        )
+    )
+
+
+def sampler_ratio(pool: int = 20_000, corpora: int = 2000, size: int = 2000) -> tuple[float, float]:
+    """Seconds of the count-vector (multinomial) sampler and of `stats.corpus_means` for one configuration."""
+    from pqtradeoff import stats
+
+    rng = np.random.default_rng(0)
+    visits = rng.multinomial(200_000, np.full(pool, 1 / pool))
+    values = {"r": rng.normal(size=pool), "p": rng.normal(size=pool)}
+    start = time.perf_counter()
+    visited = np.flatnonzero(visits)
+    freq = visits[visited] / visits[visited].sum()
+    table = np.stack([v[visited] for v in values.values()], axis=1)
+    rows = max(1, 4_000_000 // visited.size)
+    for lo in range(0, corpora, rows):
+        stats.count_means(rng.multinomial(size, freq, size=min(corpora, lo + rows) - lo), table)
+    counts = time.perf_counter() - start
+    start = time.perf_counter()
+    stats.corpus_means(visits, values, corpora, size, rng)
+    return counts, time.perf_counter() - start
+
+
+def load_test() -> None:
+    import json
+    import subprocess
+    import sys
+
+    results = []
+    for configs, strings in ((31, 2000), (50, 20_000)):
+        run = subprocess.run(
+            [sys.executable, __file__, "--load-one", f"{configs}x{strings}"],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        results.append(json.loads(run.stdout.strip().splitlines()[-1]))
+    for r in results:
+        print(
+            f"{r['configs']} configs x {r['strings']:,} strings ({r['rows']:,} rows): {r['wall_s']:.1f} "
+            f"s wall, "
+            f"{r['cpu_s']:.1f} s CPU, {r['wall_s'] / r['rows'] * 1e6:.1f} us/string, "
+            f"{r['wall_s'] / r['configs']:.2f} s/config, peak RSS {r['peak_rss_mib']:.0f} MiB"
+        )
+        print("   " + "; ".join(f"{k} {v:.1f} s" for k, v in r["parts"].items()))
+    paper, large = results
+    print(
+        f"large / paper time per string: "
+        f"{(large['wall_s'] / large['rows']) / (paper['wall_s'] / paper['rows']):.2f}"
+        f"; per configuration: "
+        f"{(large['wall_s'] / large['configs']) / (paper['wall_s'] / paper['configs']):.2f}"
+    )
+    counts, draws = sampler_ratio()
+    print(
+        f"corpus sampler, 20,000-string pool, 2,000 corpora x 2,000 strings: count vectors {counts:.2f} s, "
+        f"draws {draws:.2f} s, ratio {counts / draws:.1f}x"
+    )
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--quick", action="store_true", help="10x fewer chain steps and corpora")
+    parser.add_argument(
+        "--load", action="store_true", help="load test: paper scale vs 50 configs x 20,000 strings"
+    )
+    parser.add_argument("--load-one", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.load_one:
+        configs, strings = map(int, args.load_one.split("x"))
+        return one_load_run(configs, strings)
+    if args.load:
+        return load_test()
     configs, strings = 31, 2000
     steps, corpora, corpus_size = (20_000, 200, 200_000) if args.quick else (200_000, 2000, 200_000)
     frame = synthetic(configs, strings)
@@ -101,21 +236,29 @@ def main() -> None:
         summary = run_analysis(frame, Path(tmp), settings)
         fast, cpu = time.perf_counter() - start, time.process_time() - cpu_start
     peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"scale: {configs} configs x {strings} strings, {steps:,} IMH steps/config, "
-          f"{corpora:,} corpora x {corpus_size:,} strings/config")
-    print(f"fast (run_analysis end to end, figures and report included): {fast:.2f} s wall, {cpu:.2f} s CPU "
-          f"(wall > CPU means other processes shared the cores); "
-          f"peak RSS {peak_rss:.0f} MiB (before the run {base_rss:.0f} MiB); "
-          f"trade-off slope {summary.tradeoff.slope:+.4f}")
+    print(
+        f"scale: {configs} configs x {strings} strings, {steps:,} IMH steps/config, "
+        f"{corpora:,} corpora x {corpus_size:,} strings/config"
+    )
+    print(
+        f"fast (run_analysis end to end, figures and report included): {fast:.2f} s wall, {cpu:.2f} s CPU "
+        f"(wall > CPU means other processes shared the cores); "
+        f"peak RSS {peak_rss:.0f} MiB (before the run {base_rss:.0f} MiB); "
+        f"trade-off slope {summary.tradeoff.slope:+.4f}"
+    )
 
     small_steps, small_corpora, small_size = 2000, 2, 2000
     per_step, per_row = time_naive(frame, small_steps, small_size, small_corpora)
     naive = per_step * steps * configs + per_row * corpus_size * corpora * configs
-    print(f"naive row-by-row pandas, measured on {small_steps} steps and {small_corpora} x {small_size} "
-          f"corpus rows: {per_step * 1e6:.1f} us/step, {per_row * 1e6:.1f} us/corpus row")
-    print(f"naive extrapolated linearly to the same scale: {naive:,.0f} s "
-          f"(chains {per_step * steps * configs:,.0f} s + corpora "
-          f"{per_row * corpus_size * corpora * configs:,.0f} s)")
+    print(
+        f"naive row-by-row pandas, measured on {small_steps} steps and {small_corpora} x {small_size} "
+        f"corpus rows: {per_step * 1e6:.1f} us/step, {per_row * 1e6:.1f} us/corpus row"
+    )
+    print(
+        f"naive extrapolated linearly to the same scale: {naive:,.0f} s "
+        f"(chains {per_step * steps * configs:,.0f} s + corpora "
+        f"{per_row * corpus_size * corpora * configs:,.0f} s)"
+    )
     print(f"ratio naive / fast: {naive / fast:,.0f}x (wall), {naive / cpu:,.0f}x (CPU)")
 
 

@@ -105,7 +105,7 @@ def test_end_to_end_outputs_and_counts(tmp_path):
         assert (tmp_path / "out" / name).stat().st_size > 0, name
     html = (tmp_path / "out" / "report.html").read_text()
     assert "data:image/png;base64," in html and "Pareto frontier" in html
-    assert "column &#x27;reward&#x27;" in html
+    assert "column &#39;reward&#39;" in html
     assert "At a glance" in html and "Alignment fidelity" in html and "reachable frontier" in html
 
 

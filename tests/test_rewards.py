@@ -154,7 +154,8 @@ def test_raising_function_is_one_line_naming_the_reward():
     def broken(completions, **kwargs):
         raise ValueError("no such\nthing")
 
-    with pytest.raises(PQError, match=r"^reward 'python:m:broken' failed: ValueError: no such$") as info:
+    expected = r"^reward 'python:m:broken' raised ValueError on row 0 of the batch: no such$"
+    with pytest.raises(PQError, match=expected) as info:
         FunctionReward(broken, "python:m:broken")(_batch())
     assert "\n" not in str(info.value)
 

@@ -44,13 +44,34 @@ def test_count_based_corpora_equal_naive_resampling_in_distribution():
     assert fast["y"].mean() == pytest.approx(f @ y, abs=4 * math.sqrt(f @ (y - f @ y) ** 2 / size / corpora))
 
 
-def test_corpus_means_chunking_changes_nothing(monkeypatch):
+@pytest.mark.parametrize("pool, size", [(40, 200), (3000, 50)])  # count vectors; draws (corpora < pool)
+def test_both_corpus_samplers_match_the_exact_moments(pool, size):
+    """The count-vector sampler (corpus larger than the pool) and the inverse-CDF one (smaller): each corpus
+    mean has E = sum f_i x_i and Var = var_f(x) / M exactly; a KS test against naive resampling does not
+    reject."""
+    rng = np.random.default_rng(5)
+    x = rng.standard_exponential(size=pool) * 2.0
+    visits = rng.integers(0, 4, size=pool)
+    corpora = 4000
+    draws = stats.corpus_means(visits, {"x": x}, corpora, size, np.random.default_rng(6))["x"]
+    f = visits / visits.sum()
+    mean = f @ x
+    var = f @ (x - mean) ** 2 / size
+    assert abs(draws.mean() - mean) < 4 * math.sqrt(var / corpora)
+    assert draws.var(ddof=1) / var == pytest.approx(1.0, abs=0.1)
+    naive_rng = np.random.default_rng(7)
+    naive = np.array([x[naive_rng.choice(pool, size=size, p=f)].mean() for _ in range(corpora)])
+    assert sps.ks_2samp(draws, naive).pvalue > 0.001
+
+
+@pytest.mark.parametrize("pool, size", [(30, 100), (300, 20)])
+def test_corpus_means_chunking_changes_nothing(monkeypatch, pool, size):
     rng = np.random.default_rng(4)
-    visits = rng.integers(0, 5, size=30)
-    x = rng.normal(size=30)
-    whole = stats.corpus_means(visits, {"x": x}, 50, 100, np.random.default_rng(9))["x"]
+    visits = rng.integers(0, 5, size=pool)
+    x = rng.normal(size=pool)
+    whole = stats.corpus_means(visits, {"x": x}, 50, size, np.random.default_rng(9))["x"]
     monkeypatch.setattr(stats, "_CHUNK_CELLS", 70)  # a few corpora per draw
-    chunked = stats.corpus_means(visits, {"x": x}, 50, 100, np.random.default_rng(9))["x"]
+    chunked = stats.corpus_means(visits, {"x": x}, 50, size, np.random.default_rng(9))["x"]
     np.testing.assert_array_equal(whole, chunked)
 
 

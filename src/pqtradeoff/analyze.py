@@ -32,7 +32,8 @@ from pqtradeoff import adaptors, correct, stats
 from pqtradeoff.alignment import AlignmentData, AlignmentFit, fit_alignment
 from pqtradeoff.corpus import ANALYSIS_COLUMNS, RUN_RECORD, read_corpus, write_shard
 from pqtradeoff.errors import PQError, validated
-from pqtradeoff.io import run_record, write_json
+from pqtradeoff.io import lock_folder, run_record, write_json
+from pqtradeoff.outdir import check_output_folder, clear_owned
 from pqtradeoff.results import ConfigResult, ExactLine, InputReport, SeriesEstimate, SkippedConfig, Summary
 from pqtradeoff.settings import AnalysisSettings
 from pqtradeoff.stats import Correlation, TradeoffFit
@@ -70,6 +71,37 @@ def _check_columns(table: pd.DataFrame) -> None:
             raise PQError(f"column {col!r} has dtype {table[col].dtype}; need floating-point numbers")
 
 
+#: Largest magnitude a value may have: the analysis squares and sums values (variances over up to ~1e8
+#: strings), which overflow float64 past about 1e150; no real reward or log-probability comes near 1e100.
+MAX_MAGNITUDE = 1e100
+#: The key of a row: one sampled string. A repeated key is a copied row, never a second independent string.
+ROW_KEY = ("prompt_id", "sample_id", "adaptor")
+
+
+def _check_magnitudes(table: pd.DataFrame) -> None:
+    """Refuse finite values so large that the analysis's sums would overflow (NaN estimates marked defined)."""
+    for col in (*VALUE_COLUMNS, "logq", "logp_aligned", "log_weight"):
+        v = table[col].to_numpy(dtype=np.float64, na_value=np.nan)
+        huge = np.flatnonzero(np.isfinite(v) & (np.abs(v) > MAX_MAGNITUDE))
+        if huge.size:
+            raise PQError(f"column {col!r} holds {v[huge[0]]:.6g} (row {int(huge[0])}, {huge.size} such row(s)): "
+                          f"values beyond ±{MAX_MAGNITUDE:.0e} overflow the analysis's sums; rescale them")
+
+
+def _check_duplicates(table: pd.DataFrame) -> None:
+    """Refuse repeated (prompt_id, sample_id, adaptor) keys: a copied row would count as another string and
+    shrink every standard error. The adaptor is compared in its canonical spelling."""
+    if not all(c in table.columns for c in ROW_KEY):
+        return
+    dup = table.duplicated(list(ROW_KEY), keep="first").to_numpy()
+    if dup.any():
+        first = table.loc[dup].iloc[0]
+        count = int(dup.sum())
+        raise PQError(f"{count} row(s) repeat an earlier (prompt_id, sample_id, adaptor) key, the first being "
+                      f"({first['prompt_id']}, {first['sample_id']}, {first['adaptor']!r}): a corpus copied into the "
+                      "folder twice? Each sampled string must appear once")
+
+
 def _canonical_adaptors(column: pd.Series) -> pd.Series:
     """Canonical spec strings (temperature included) for every row; PQError names a bad spec."""
     mapping: dict[Any, Any] = {}
@@ -88,8 +120,10 @@ def clean_table(table: pd.DataFrame, settings: AnalysisSettings) -> tuple[pd.Dat
     the warnings issued. Every drop is also a UserWarning naming the column and the count.
     """
     _check_columns(table)
+    _check_magnitudes(table)
     data = table.loc[:, list(dict.fromkeys([*ANALYSIS_COLUMNS, *table.columns]))].copy()
     data["adaptor"] = _canonical_adaptors(data["adaptor"])
+    _check_duplicates(data)
     bad: dict[str, np.ndarray] = {
         "adaptor": data["adaptor"].isna().to_numpy(),
         "finished": data["finished"].isna().to_numpy(),
@@ -367,9 +401,13 @@ def _write(summary: Summary, data: pd.DataFrame, corpora: pd.DataFrame, aligned:
     """Step 4: corpora.parquet, the figures, summary.json, _run.json and report.html, each atomically."""
     from pqtradeoff import plots, report  # matplotlib only when we get this far
 
+    out_dir.mkdir(parents=True, exist_ok=True)
+    lock_folder(out_dir, "analyze")
+    clear_owned(out_dir, "analyze")  # a previous run's files (figures of any format) never outlive it
     write_shard(pa.Table.from_pandas(corpora, preserve_index=False), out_dir / "corpora.parquet")
     if summary.settings.plots:
-        summary.outputs["figures"] = plots.draw_all(data, corpora, summary, out_dir, aligned)
+        summary.outputs["figures"] = plots.draw_all(data, corpora, summary, out_dir, aligned,
+                                                    summary.settings.figure_format)
     write_json(out_dir / "summary.json", summary.to_json())
     write_json(out_dir / RUN_RECORD, summary.run)
     report.write_report(summary, out_dir)
@@ -411,8 +449,22 @@ def run_analysis(
 
 
 def analyze_dir(scored_dir: str | Path, out_dir: str | Path, settings: AnalysisSettings) -> Summary:
-    """Read a scored-corpus directory (with its `_run.json`, if any) and run the analysis on it."""
+    """Read a scored-corpus directory (with its `_run.json`, if any) and run the analysis on it.
+
+    `out_dir` must not be, or be inside, the scored-corpus folder (its `_run.json` and a `corpora.parquet` the
+    next analysis would read as rows), and must follow the output-folder rule of `pqtradeoff.outdir`."""
+    scored, out = Path(scored_dir).resolve(), Path(out_dir).resolve()
+    if out == scored or scored in out.parents:
+        raise PQError(f"--out {str(out_dir)!r} is, or is inside, the scored-corpus folder {str(scored_dir)!r}: "
+                      "choose another folder")
+    check_output_folder(out_dir, "analyze")
     table = read_corpus(scored_dir, required=ANALYSIS_COLUMNS)
+    for name in ANALYSIS_COLUMNS:
+        kind = table.schema.field(name).type
+        wanted = "strings" if name == "adaptor" else ("booleans" if name == "finished" else "floating-point numbers")
+        is_text = pa.types.is_string(kind) or pa.types.is_large_string(kind)
+        if (name == "adaptor") != is_text or pa.types.is_nested(kind):
+            raise PQError(f"column {name!r} of {str(scored_dir)!r} is stored as {kind}; need {wanted}")
     nested = (
         pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_string(t) or pa.types.is_large_string(t)
         for t in table.schema.types

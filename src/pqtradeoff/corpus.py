@@ -18,7 +18,7 @@ from pqtradeoff.io import (
     RUN_RECORD,
     atomic_write,
     check_resumable,
-    remove_stale_temporaries,
+    claim_folder,
     run_record,
     write_json,
 )
@@ -88,12 +88,12 @@ def begin_run(
     out_dir: Path, command: str, settings: dict, policy: dict[str, str], keep: set[str]
 ) -> list[str]:
     """Make `out_dir` ready for `command` run with `settings`: refuse a resume whose recorded settings differ
-    where `policy` forbids it, delete half-written temporaries, move aside the shards not in `keep` (the
+    where `policy` forbids it, lock the folder for this process and delete half-written temporaries, move
+    aside the shards not in `keep` (the
     ones this run plans), and record the run. Returns the names of the shards moved aside."""
     record = run_record(command, settings)
     check_resumable(out_dir, record, policy)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(out_dir)
+    claim_folder(out_dir, command)  # one writer per folder; then its stale temporaries go
     superseded = supersede(out_dir, keep)
     write_json(out_dir / RUN_RECORD, record)
     return superseded

@@ -62,6 +62,7 @@ class DemoSettings(BaseModel):
     imh_steps: int = Field(50_000, ge=2)
     corpora: int = Field(500, ge=1)
     corpus_size: int = Field(2000, ge=1)
+    figure_format: Literal["png", "pdf", "svg"] = Field("png", description="file format of the figures")
 
     @model_validator(mode="after")
     def _options_of_the_chosen_reward(self) -> DemoSettings:
@@ -104,7 +105,38 @@ def build_models(settings: DemoSettings) -> Any:
     else:
         prior = fsa.estimate_ngram(settings.text, order=settings.order)
     reward = dm.rarity_reward(prior, settings.rarity, settings.word_cost, seed=settings.model_seed)
-    return dm.DemoModels(prior, reward, fsa.align(prior, reward, settings.beta))
+    try:
+        return dm.DemoModels(prior, reward, fsa.align(prior, reward, settings.beta))
+    except PQError as err:
+        if "diverges" not in str(err):
+            raise
+        works = smallest_normalizing_beta(prior, reward, settings.beta)
+        hint = (f"--beta {works:.3g} or more normalizes with this text" if works is not None
+                else "no beta up to 1e6 normalizes it")
+        raise PQError(f"{err}: {hint} (or lower --rarity / raise --word-cost)") from None
+
+
+def smallest_normalizing_beta(prior: Any, reward: Any, beta: float, ceiling: float = 1e6) -> float | None:
+    """About the smallest beta above `beta` at which p(y) exp(r(y)/beta) normalizes (None below `ceiling`):
+    doubling until it does, then bisection to 1%, rounded up so the suggestion itself works."""
+    from pqtradeoff.automata import backward
+
+    def normalizes(b: float) -> bool:
+        with np.errstate(over="ignore"):
+            log_w = prior.log_probs + reward.phi / b
+        return bool(np.isfinite(log_w[np.isfinite(prior.log_probs)]).all()
+                    and backward(prior.as_weighted(log_w)).normalizes)
+
+    low, high = beta, beta * 2
+    while not normalizes(high):
+        low, high = high, high * 2
+        if high > ceiling:
+            return None
+    while high / low > 1.01:
+        mid = (low * high) ** 0.5
+        low, high = (low, mid) if normalizes(mid) else (mid, high)
+    rounded = float(f"{high * 1.01:.2g}")
+    return rounded if normalizes(rounded) else float(f"{high * 1.1:.3g}")
 
 
 def exact_values(
@@ -222,7 +254,7 @@ def _run(out_dir: Path, settings: DemoSettings, progress: bool) -> tuple[Summary
     timings["models_and_exact_s"] = time.perf_counter() - t0
 
     t = time.perf_counter()
-    record = settings.model_dump(mode="json")
+    record = settings.model_dump(mode="json", exclude={"figure_format"})  # the format changes no sample
     prompt = PromptRecord(0, "", models.aligned.encode_prompt(""))
     corpus = generate_corpus(models.aligned, [prompt], kept, num_generations=settings.num_generations,
                              max_new_tokens=settings.max_new_tokens, seed=settings.seed,
@@ -257,7 +289,8 @@ def _run(out_dir: Path, settings: DemoSettings, progress: bool) -> tuple[Summary
     lines = tradeoff_lines(models.alignment, kept, beta) if settings.target == "global" else []
     analysis = analysis_settings(target=settings.target, imh_steps=settings.imh_steps,
                                  corpora=settings.corpora,
-                                 corpus_size=settings.corpus_size, seed=settings.seed, beta=beta)
+                                 corpus_size=settings.corpus_size, seed=settings.seed, beta=beta,
+                                 figure_format=settings.figure_format)
     inputs = ExtraInputs(exact=exact_by_config, exact_lines=lines, notes=notes, skipped=skipped,
                          source={"demo": record, "scored_dir": str(scored)},
                          extra={"identity_max_abs_error": identity_error, "log_z": models.alignment.log_z})

@@ -6,8 +6,14 @@ For every string, from the same logits that sampled it (no second pass):
 - `log_weight`: sum over steps of log Z_t, the log mass the adaptor keeps (IMH weight for the global target).
 
 Randomness is keyed by (seed, prompt_id, sample_id, adaptor): each row owns a stream of uniforms and samples
-by inverse CDF on its adapted distribution, so its tokens depend neither on the batch's other rows nor on
-resuming. Work is cut into shards (one adaptor, a contiguous block of rows), each written atomically; a rerun
+by inverse CDF on its adapted distribution, so its uniforms depend neither on the batch's other rows nor on
+resuming. The logits do, in their last float32 bits (padding and the kernels' summation order change with the
+batch's shape): across batch sizes `logq`, `logp_aligned` and `log_weight` agree to about 1e-5, not bit for
+bit,
+and a token whose uniform falls within ~1e-7 of a CDF step could differ. The same batch size reproduces the
+same
+bytes; float64 backends (the demo's exact models) are batch-invariant. Work is cut into shards (one
+adaptor, a contiguous block of rows), each written atomically; a rerun
 with the same settings skips the complete shards, so a killed run resumes and ends byte-for-byte equal.
 """
 

@@ -64,9 +64,103 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
     return path
 
 
+#: The lock file a writing process holds in its output folder (hidden: Parquet readers skip it).
+LOCK_FILE = ".pqtradeoff.lock"
+_held_locks: set[Path] = set()
+
+
+def _holder(lock: Path) -> dict[str, Any] | None:
+    """The process recorded in a lock file, or None when the file is gone or unreadable."""
+    try:
+        return json.loads(lock.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def _alive(holder: dict[str, Any] | None, lock: Path) -> bool:
+    """Whether a lock's holder may still be writing: a running process on this machine, any process on another
+    machine (it cannot be checked), or a lock file created in the last few seconds that is not written yet."""
+    import time
+
+    if holder is None:
+        try:
+            return time.time() - lock.stat().st_mtime < 5
+        except OSError:
+            return False
+    if holder.get("host") != platform.node():
+        return True
+    pid = holder.get("pid")
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True
+    return True
+
+
+def _release_locks() -> None:
+    for lock in list(_held_locks):
+        holder = _holder(lock)
+        if holder and holder.get("pid") == os.getpid():
+            lock.unlink(missing_ok=True)
+    _held_locks.clear()
+
+
+def lock_folder(directory: str | Path, command: str) -> Path:
+    """Make this process the only writer of `directory`: a lock file naming the holder (pid, host, command).
+
+    A second process is refused with a one-line PQError naming the holder; a lock whose process is dead (a run
+    killed with kill -9) is taken over. The lock is held until this process exits (a process that runs several
+    stages, or resumes into the same folder, takes it again freely).
+    """
+    import atexit
+    import time
+
+    lock = Path(directory) / LOCK_FILE
+    me = {"pid": os.getpid(), "host": platform.node(), "command": command, "argv": sys.argv,
+          "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    for _ in range(3):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            holder = _holder(lock)
+            if holder and holder.get("pid") == os.getpid() and holder.get("host") == platform.node():
+                return lock
+            if _alive(holder, lock):
+                who = (f"pid {holder.get('pid')} on {holder.get('host')}, {holder.get('command')}, since "
+                       f"{holder.get('since')}") if holder else "a process that is starting"
+                raise PQError(f"--out {str(directory)!r} is being written by another process ({who}): "
+                              f"wait for it "
+                              f"to finish or choose another --out; if that process is gone, delete "
+                              f"{str(lock)!r}") from None
+            lock.unlink(missing_ok=True)  # stale: its holder is dead
+            continue
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(me, f)
+        if not _held_locks:
+            atexit.register(_release_locks)
+        _held_locks.add(lock)
+        return lock
+    raise PQError(f"--out {str(directory)!r}: could not take the lock {str(lock)!r}; another process "
+                  f"keeps taking it")
+
+
+def claim_folder(directory: str | Path, command: str) -> int:
+    """Lock `directory` for this process (`lock_folder`), then delete the temporaries a killed run left there.
+
+    Only the lock holder removes temporaries, so a second live writer's files are never touched: it is refused
+    before it gets here. Returns the number of temporaries removed."""
+    Path(directory).mkdir(parents=True, exist_ok=True)
+    lock_folder(directory, command)
+    return remove_stale_temporaries(directory)
+
+
 def remove_stale_temporaries(directory: str | Path) -> int:
-    """Delete the hidden temporary files a killed run left in `directory` (one writer per folder is
-    assumed)."""
+    """Delete the hidden temporary files a killed run left in `directory`. Call it only while holding the
+    folder's lock (`claim_folder`): another live writer's temporaries would look the same."""
     removed = 0
     for tmp in Path(directory).glob(".*.tmp"):
         tmp.unlink(missing_ok=True)

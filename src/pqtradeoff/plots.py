@@ -45,10 +45,21 @@ plt = _Pyplot()
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">", "h", "p")
 #: Above this many points a scatter is drawn from a fixed, seeded subsample (the lines use every point).
 MAX_SCATTER = 20_000
+#: Above this many strings the string-level panel shows their density (hexagonal bins), not single points.
+HEXBIN_ABOVE = 5_000
+LEGEND_FONT = 8
+
+
+def save_metadata(fmt: str) -> dict[str, Any]:
+    """Metadata that keeps the same figure byte-identical from run to run (no software name, no date)."""
+    return {"png": {"Software": None}, "pdf": {"Creator": None, "Producer": None, "CreationDate": None},
+            "svg": {"Creator": None, "Date": None}}[fmt]
 
 
 def _save(fig: plt.Figure, path: Path) -> str:
-    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110, metadata={"Software": None}))
+    fmt = path.suffix.lstrip(".")
+    with matplotlib.rc_context({"svg.hashsalt": "pqtradeoff", "pdf.compression": 6}):
+        atomic_write(path, lambda tmp: fig.savefig(tmp, format=fmt, dpi=110, metadata=save_metadata(fmt)))
     plt.close(fig)
     return path.name
 
@@ -62,6 +73,22 @@ def _markers(temperatures: list[float]) -> dict[float, str]:
     return {t: MARKERS[i % len(MARKERS)] for i, t in enumerate(sorted(temperatures))}
 
 
+def _shades(temperatures: list[float]) -> dict[float, float]:
+    """Temperature as a sequential shade: 0.35 (lightest, lowest T) to 1.0 (full colour, highest T)."""
+    ts = sorted(set(temperatures))
+    if len(ts) == 1:
+        return {ts[0]: 1.0}
+    return {t: 0.35 + 0.65 * i / (len(ts) - 1) for i, t in enumerate(ts)}
+
+
+def _shade(colour: Any, amount: float) -> tuple[float, float, float]:
+    """`colour` blended with white: amount 1 is the colour itself, smaller is lighter."""
+    from matplotlib.colors import to_rgb
+
+    rgb = np.array(to_rgb(colour))
+    return tuple(1 - amount * (1 - rgb))
+
+
 def _subsample(frame: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
     if len(frame) <= MAX_SCATTER:
         return frame
@@ -70,32 +97,57 @@ def _subsample(frame: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
 
 
 def _fmt(value: float | None, spec: str = "+.3f") -> str:
-    return "n/a" if value is None else format(value, spec)
+    """A signed number with a true minus sign (U+2212), or n/a."""
+    return "n/a" if value is None else format(value, spec).replace("-", "−")
+
+
+def _outside_legend(fig: plt.Figure, ax: plt.Axes, **kwargs: Any) -> None:
+    """The legend to the right of the axes, in readable type (the data keep the whole panel)."""
+    ax.legend(fontsize=LEGEND_FONT, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0,
+              frameon=False, **kwargs)
+
+
+def _temperature_key(ax: plt.Axes, shade: dict[float, float]) -> None:
+    """Legend entries for the temperature shades (drawn in grey)."""
+    if len(shade) > 1:
+        for t, amount in shade.items():
+            ax.scatter([], [], color=_shade("black", amount * 0.8), marker="o", s=20, label=f"T = {t:g}")
 
 
 def string_level(data: pd.DataFrame, summary: Summary, path: Path) -> str:
-    """Strings: reward against log prior, per-config regression lines."""
+    """Strings: their density (or points) of reward against log prior, and each config's least-squares line."""
     configs = summary.configs
     families = sorted({c.family for c in configs})
     colour = _palette(families)
-    fig, ax = plt.subplots(figsize=(7, 5))
-    shown = _subsample(data[data["adaptor"].isin([c.adaptor for c in configs])])
-    fam = shown["adaptor"].map({c.adaptor: c.family for c in configs})
-    ax.scatter(shown["logp_prior"], shown["reward"], s=3, alpha=0.25, c=[colour[f] for f in fam], rasterized=True)
+    shade = _shades([c.temperature for c in configs])
+    fig, ax = plt.subplots(figsize=(8.6, 5))
+    used = data[data["adaptor"].isin([c.adaptor for c in configs])]
+    if len(used) > HEXBIN_ABOVE:
+        bins = ax.hexbin(used["logp_prior"], used["reward"], gridsize=70, bins="log", cmap="Greys", mincnt=1,
+                         linewidths=0.0, rasterized=True)
+        bar = fig.colorbar(bins, ax=ax, orientation="horizontal", pad=0.14, fraction=0.05, aspect=40)
+        bar.set_label("strings per hexagon (log scale)", fontsize=LEGEND_FONT)
+        ax.scatter([], [], marker="h", color="0.45", s=30, label=f"{len(used):,} strings (density)")
+    else:
+        ax.scatter(used["logp_prior"], used["reward"], s=4, alpha=0.3, color="0.4", rasterized=True,
+                   label=f"{len(used):,} strings")
     for c in configs:
         rows = data[data["adaptor"] == c.adaptor]
         x, y = rows["logp_prior"].to_numpy(float), rows["reward"].to_numpy(float)
         if len(x) >= 2 and np.ptp(x) > 0:
             slope, intercept = np.polyfit(x, y, 1)
-            grid = np.array([x.min(), x.max()])
-            ax.plot(grid, slope * grid + intercept, color=colour[c.family], lw=1, alpha=0.8)
+            grid = np.quantile(x, [0.02, 0.98])  # over where this config's strings are
+            ax.plot(grid, slope * grid + intercept, color=_shade(colour[c.family], shade[c.temperature]), lw=1.4)
     for f in families:
-        ax.plot([], [], color=colour[f], marker="o", ls="-", label=f)
+        ax.plot([], [], color=colour[f], lw=1.6, label=f"fit, {f}")
+    _temperature_key(ax, {t: a for t, a in shade.items()})
     s = summary.string_level
-    ax.set_title(f"String level: rho = {_fmt(s.spearman)}, r = {_fmt(s.pearson)} (n = {s.n})")
+    ax.set_title(f"String level: Spearman ρ = {_fmt(s.spearman)}, Pearson r = {_fmt(s.pearson)} "
+                 f"(n = {s.n:,})")
     ax.set_xlabel("log prior probability of the string, log p(y)")
     ax.set_ylabel("reward r(y)")
-    ax.legend(fontsize=7, title="adaptor family", title_fontsize=7)
+    _outside_legend(fig, ax, title="least-squares fit per\nconfiguration: colour =\nfamily, shade = T",
+                    title_fontsize=LEGEND_FONT, alignment="left")
     fig.tight_layout()
     return _save(fig, path)
 
@@ -106,7 +158,7 @@ def _exact_stars(ax: plt.Axes, configs: list[ConfigResult]) -> None:
              if c.exact.get("exact_mean_log_prior") is not None and c.exact.get("exact_mean_reward") is not None]
     if exact:
         ax.scatter([e["exact_mean_log_prior"] for e in exact], [e["exact_mean_reward"] for e in exact],
-                   marker="*", s=90, facecolor="none", edgecolor="black", label="exact expectations")
+                   marker="*", s=90, facecolor="none", edgecolor="black", label="exact expectations", zorder=4)
 
 
 def _legend_keys(ax: plt.Axes, families: list[str], colour: dict[str, Any], marker: dict[float, str]) -> None:
@@ -118,60 +170,74 @@ def _legend_keys(ax: plt.Axes, families: list[str], colour: dict[str, Any], mark
 
 
 def _finish(fig: plt.Figure, ax: plt.Axes, title: str, xlabel: str, ylabel: str, path: Path) -> str:
-    """Title, axis labels and a compact two-column legend; save the figure."""
+    """Title, axis labels and a legend beside the axes; save the figure."""
     ax.set_title(title)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
-    ax.legend(fontsize=6, ncol=2)
+    _outside_legend(fig, ax)
     fig.tight_layout()
     return _save(fig, path)
 
 
-def _beta_lines(ax: plt.Axes, corpora: pd.DataFrame, summary: Summary, colour: dict[str, Any]) -> None:
-    """Through each config's corpora, a short line of slope -beta_hat (the fitted effective beta): the band
+def beta_segment(x: np.ndarray, y: np.ndarray, beta: float) -> tuple[np.ndarray, np.ndarray]:
+    """A segment of slope -beta through the centre of a cloud of points, kept inside the cloud's box (so a
+    steep line does not run far above and below the data)."""
+    cx, cy = float(np.mean(x)), float(np.mean(y))
+    half_x = max(float(np.ptp(x)), 1e-12) / 2
+    half_y = max(float(np.ptp(y)), 1e-12) / 2
+    half = min(half_x, half_y / beta)
+    grid = np.array([cx - half, cx + half])
+    return grid, cy - beta * (grid - cx)
+
+
+def _beta_lines(ax: plt.Axes, corpora: pd.DataFrame, summary: Summary) -> None:
+    """Through each config's corpora, a short segment of slope -beta_hat (the fitted effective beta): the band
     on which that adaptor's typical corpora lie, with its own intercept."""
     beta = summary.alignment.beta_hat
     if beta is None or beta <= 0:
         return
-    spans = corpora.groupby("adaptor", sort=False)["mean_log_prior"].agg(["min", "max", "mean"])
-    centre_y = corpora.groupby("adaptor", sort=False)["mean_reward"].mean()
-    family = {c.adaptor: c.family for c in summary.configs}
-    for adaptor, row in spans.iterrows():
-        half = max(row["max"] - row["min"], 1e-12) * 0.5
-        grid = np.array([row["mean"] - half, row["mean"] + half])
-        ax.plot(grid, centre_y[adaptor] - beta * (grid - row["mean"]), color=colour[family[adaptor]], lw=0.8,
-                alpha=0.9)
-    ax.plot([], [], color="grey", lw=0.8, label=f"slope -beta_hat = {-beta:.3g} through each config")
+    for _, rows in corpora.groupby("adaptor", sort=False):
+        gx, gy = beta_segment(rows["mean_log_prior"].to_numpy(float), rows["mean_reward"].to_numpy(float), beta)
+        ax.plot(gx, gy, color="black", lw=0.8, alpha=0.8, zorder=3)
+    ax.plot([], [], color="black", lw=0.8, label=f"slope −β = {_fmt(-beta, '.3g')} (effective β) "
+            "through each configuration")
 
 
 def corpus_level(corpora: pd.DataFrame, summary: Summary, path: Path) -> str:
-    """Corpora: mean reward against mean log prior; colour = family, marker = temperature, pooled line."""
+    """Corpora: mean reward against mean log prior; colour = family, shade = temperature; each config's centre
+    ringed; the pooled least-squares line; exact points and lines when the producer supplied them."""
     configs = summary.configs
     families = sorted({c.family for c in configs})
     colour = _palette(families)
-    marker = _markers(list({c.temperature for c in configs}))
-    fig, ax = plt.subplots(figsize=(7, 5))
+    shade = _shades([c.temperature for c in configs])
+    fig, ax = plt.subplots(figsize=(8.6, 5))
     shown = _subsample(corpora)
     for (fam, temp), rows in shown.groupby(["family", "temperature"], sort=True):
-        ax.scatter(rows["mean_log_prior"], rows["mean_reward"], s=6, alpha=0.35, color=colour[fam],
-                   marker=marker[temp], rasterized=True)
+        ax.scatter(rows["mean_log_prior"], rows["mean_reward"], s=5, alpha=0.3, color=_shade(colour[fam], shade[temp]),
+                   linewidths=0, rasterized=True)
+    centres = corpora.groupby(["family", "temperature"], sort=True)[["mean_log_prior", "mean_reward"]].mean()
+    for (fam, temp), row in centres.iterrows():
+        ax.scatter(row["mean_log_prior"], row["mean_reward"], s=28, color=_shade(colour[fam], shade[temp]),
+                   edgecolor="black", linewidths=0.6, zorder=3)
     c = summary.corpus_level
     x, y = corpora["mean_log_prior"].to_numpy(float), corpora["mean_reward"].to_numpy(float)
     if len(x) >= 2 and np.ptp(x) > 0:
         slope, intercept = np.polyfit(x, y, 1)
-        grid = np.array([x.min(), x.max()])
-        ax.plot(grid, slope * grid + intercept, color="black", lw=1.5,
-                label=f"pooled fit: rho = {_fmt(c.spearman)}, r = {_fmt(c.pearson)}")
+        grid = np.quantile(x, [0.01, 0.99])
+        ax.plot(grid, slope * grid + intercept, color="black", lw=1.5, ls="--",
+                label=f"pooled fit: ρ = {_fmt(c.spearman)}, r = {_fmt(c.pearson)}")
     _exact_stars(ax, configs)
-    _beta_lines(ax, corpora, summary, colour)
+    _beta_lines(ax, corpora, summary)
     xlim, ylim = ax.get_xlim(), ax.get_ylim()  # the data's view: exact lines are clipped to it
     for i, line in enumerate(summary.exact_lines):
         grid = np.array(xlim)
-        ax.plot(grid, line.slope * grid + line.intercept, ls=("--", "-.", ":")[i % 3], lw=1,
-                color="dimgray", label=line.label)
+        ax.plot(grid, line.slope * grid + line.intercept, ls=("--", "-.", ":")[i % 3], lw=0.8, alpha=0.7,
+                color="dimgray", label=line.label, zorder=1)
     ax.set_xlim(xlim)
     ax.set_ylim(ylim)
-    _legend_keys(ax, families, colour, marker)
+    for f in families:
+        ax.scatter([], [], color=colour[f], marker="o", s=20, label=f)
+    _temperature_key(ax, shade)
     return _finish(fig, ax, "Corpus level: bootstrapped corpora from the IMH-corrected chains",
                    "corpus mean log prior probability", "corpus mean reward", path)
 
@@ -182,7 +248,7 @@ def frontier(summary: Summary, path: Path) -> str:
     families = sorted({c.family for c in configs})
     colour = _palette(families)
     marker = _markers(list({c.temperature for c in configs}))
-    fig, ax = plt.subplots(figsize=(7, 5))
+    fig, ax = plt.subplots(figsize=(8.6, 5))
     for c in configs:
         ax.errorbar(c.log_prior.mean, c.reward.mean, xerr=c.log_prior.se, yerr=c.reward.se,
                     color=colour[c.family], marker=marker[c.temperature], ms=6, lw=0.8,
@@ -194,32 +260,32 @@ def frontier(summary: Summary, path: Path) -> str:
     t = summary.tradeoff
     if t.defined:
         grid = np.array(ax.get_xlim())
-        ax.plot(grid, t.slope * grid + t.intercept, ls=":", color="grey", label=f"fit across configs: slope {t.slope:+.3f}")
+        ax.plot(grid, t.slope * grid + t.intercept, ls=":", color="grey", label=f"fit across configurations: slope {_fmt(t.slope)}")
     _legend_keys(ax, families, colour, marker)
-    return _finish(fig, ax, "Trade-off across configurations (IMH-corrected means +- 1 s.e.)",
+    return _finish(fig, ax, "Trade-off across configurations (IMH-corrected means ± 1 s.e.)",
                    "mean log prior probability", "mean reward", path)
 
 
 def alignment(aligned: AlignmentData, summary: Summary, path: Path) -> str:
     """d = log p+ - log p against the reward, both minus their prompt's mean; fitted and nominal slopes."""
     fit = summary.alignment
-    fig, ax = plt.subplots(figsize=(7, 5))
+    fig, ax = plt.subplots(figsize=(8.6, 5))
     import pandas as pd
 
     shown = _subsample(pd.DataFrame({"r": aligned.r_centered, "d": aligned.d_centered}))
     ax.scatter(shown["r"], shown["d"], s=3, alpha=0.3, color="tab:blue", rasterized=True)
     grid = np.array([aligned.r_centered.min(), aligned.r_centered.max()])
     ax.plot(grid, fit.slope * grid, color="black", lw=1.5,
-            label=f"fit: slope 1/beta_hat = {fit.slope:.4g} (beta_hat = "
-            + (f"{fit.beta_hat:.4g})" if fit.beta_hat is not None else "undefined)"))
+            label=f"fit: slope 1/β = {_fmt(fit.slope, '.4g')} (effective β = "
+            + (f"{_fmt(fit.beta_hat, '.4g')})" if fit.beta_hat is not None else "undefined)"))
     if fit.nominal_beta is not None:
         ax.plot(grid, grid / fit.nominal_beta, color="tab:red", ls="--", lw=1,
-                label=f"nominal beta = {fit.nominal_beta:g}: slope {1 / fit.nominal_beta:.4g}")
+                label=f"nominal β = {fit.nominal_beta:g}: slope {1 / fit.nominal_beta:.4g}")
     ax.set_title(f"Alignment fidelity: within-prompt r = {_fmt(fit.within_prompt_r)} "
                  f"({fit.n_strings} strings, {fit.n_prompts} prompt(s))")
     ax.set_xlabel("reward minus its prompt's mean")
-    ax.set_ylabel("log p+(y|x) - log p(y|x), minus its prompt's mean")
-    ax.legend(fontsize=7)
+    ax.set_ylabel("log p₊(y|x) − log p(y|x), minus its prompt's mean")
+    ax.legend(fontsize=LEGEND_FONT)
     fig.tight_layout()
     return _save(fig, path)
 
@@ -230,7 +296,7 @@ def hull(summary: Summary, path: Path) -> str:
     from pqtradeoff.advise import efficient_hull, points_from_summary
 
     points, _ = points_from_summary(summary.to_json())
-    fig, ax = plt.subplots(figsize=(7, 5))
+    fig, ax = plt.subplots(figsize=(8.6, 5))
     x = np.array([p.log_prior for p in points])
     y = np.array([p.reward for p in points])
     for p in points:
@@ -241,20 +307,20 @@ def hull(summary: Summary, path: Path) -> str:
     for i in edge:
         ax.annotate(points[i].adaptor, (x[i], y[i]), fontsize=6, xytext=(3, 3), textcoords="offset points")
     ax.plot([], [], "s", color="tab:grey", label="skipped by the IMH analysis (local means)")
-    return _finish(fig, ax, "What sampling gives: local means +- 1 s.e. and the upper-right hull",
+    return _finish(fig, ax, "What sampling gives: local means ± 1 s.e. and the upper-right hull",
                    "mean log prior (local, uncorrected)", "mean reward (local, uncorrected)", path)
 
 
 def draw_all(data: pd.DataFrame, corpora: pd.DataFrame, summary: Summary, out_dir: Path,
-             aligned: AlignmentData | None = None) -> dict[str, str]:
-    """Draw the three figures into out_dir; return {figure: file name}."""
+             aligned: AlignmentData | None = None, fmt: str = "png") -> dict[str, str]:
+    """Draw the figures into out_dir as `fmt` files (png, pdf or svg); return {figure: file name}."""
     out_dir = Path(out_dir)
     return {
-        "string_level": string_level(data, summary, out_dir / "string_level.png"),
-        "corpus_level": corpus_level(corpora, summary, out_dir / "corpus_level.png"),
-        "frontier": frontier(summary, out_dir / "frontier.png"),
-        "hull": hull(summary, out_dir / "hull.png"),
-    } | ({"alignment": alignment(aligned, summary, out_dir / "alignment.png")} if aligned is not None else {})
+        "string_level": string_level(data, summary, out_dir / f"string_level.{fmt}"),
+        "corpus_level": corpus_level(corpora, summary, out_dir / f"corpus_level.{fmt}"),
+        "frontier": frontier(summary, out_dir / f"frontier.{fmt}"),
+        "hull": hull(summary, out_dir / f"hull.{fmt}"),
+    } | ({"alignment": alignment(aligned, summary, out_dir / f"alignment.{fmt}")} if aligned is not None else {})
 
 
 # ------------------------------------------------------------------------------------------- toy figures
@@ -285,57 +351,64 @@ def _fixed_label(ax: Any, title: str, xlabel: str, ylabel: str) -> None:
     for axis in ("x", "y"):
         if getattr(ax, f"get_{axis}scale")() == "linear":
             ax.locator_params(axis=axis, nbins=4)
-    ax.set_title(title, y=1.0)
+    ax.set_title(title, y=1.0, fontsize=12)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
 
 
 def save_bare(fig: Any, path: Path) -> None:
-    """Write a bare figure's PNG atomically; no timestamp metadata, so the same data gives the same bytes."""
-    atomic_write(path, lambda tmp: fig.savefig(tmp, **TOY_PNG))
+    """Write a bare figure atomically in the format its suffix names (png, pdf, svg); no timestamp metadata,
+    so the same data give the same bytes."""
+    fmt = Path(path).suffix.lstrip(".")
+    options = TOY_PNG if fmt == "png" else {"format": fmt, "dpi": TOY_DPI, "metadata": save_metadata(fmt)}
+    with matplotlib.rc_context({"svg.hashsalt": "pqtradeoff"}):
+        atomic_write(path, lambda tmp: fig.savefig(tmp, **options))
 
 
 def toy_distributions(model: Any, path: Path) -> None:
-    """The toy's p+, p and r over the strings (a `toy.ToyModel`), ordered by decreasing p+."""
+    """The toy's p₊, p and r over the strings (a `toy.ToyModel`), strings ordered by decreasing p₊: p₊ as a
+    line (it is sorted), the prior and the reward as points (they are not: a line would only draw noise)."""
     from matplotlib.ticker import LogFormatter, LogLocator
 
     order = np.argsort(-model.posterior, kind="stable")
     rank = np.arange(1, len(order) + 1)
-    fig = bare_figure(13, 3.6, left=0.85, right=0.1, wspace=0.3)
+    fig = bare_figure(13, 3.8, left=0.85, right=0.1, top=0.45, wspace=0.3)
     axes = fig.subplots(1, 3)
     axes[0].plot(rank, model.posterior[order], color="tab:red")
     axes[0].set_yscale("log")
     axes[0].yaxis.set_major_locator(LogLocator(numticks=6))
     axes[0].yaxis.set_major_formatter(LogFormatter())  # "1e-20": plain text, no mathtext parsing
-    _fixed_label(axes[0], "aligned p+(y) ~ Dirichlet", "string (by p+)", "probability")
-    axes[1].plot(rank, model.prior[order], color="tab:blue")
-    _fixed_label(axes[1], "prior p(y)", "string (by p+)", "probability")
-    axes[2].plot(rank, model.reward[order], color="tab:green")
-    _fixed_label(axes[2], "reward r(y) = log p+(y)/p(y)", "string (by p+)", "reward")
+    _fixed_label(axes[0], "Aligned model p₊(y) ~ Dirichlet(α)", "string, by decreasing p₊(y)", "p₊(y)")
+    axes[1].scatter(rank, model.prior[order], s=3, color="tab:blue", linewidths=0)
+    _fixed_label(axes[1], "Prior p(y)", "string, by decreasing p₊(y)", "p(y)")
+    axes[2].scatter(rank, model.reward[order], s=3, color="tab:green", linewidths=0)
+    _fixed_label(axes[2], "Reward r(y) = log p₊(y) − log p(y)", "string, by decreasing p₊(y)", "r(y)")
     save_bare(fig, path)
 
 
 def toy_string_scatter(model: Any, summary: dict[str, Any], path: Path) -> None:
     """The toy's log p(y) against r(y), one point per string."""
-    fig = bare_figure(5, 4, left=0.65)
+    fig = bare_figure(5.5, 4.2, left=0.75, top=0.45)
     ax = fig.subplots()
-    ax.scatter(model.log_prior, model.reward, s=6, alpha=0.6, color="tab:purple")
-    _fixed_label(ax, f"strings: Spearman {_fmt(summary['string_spearman'], '.3f')}", "log prior  log p(y)",
-                 "reward  r(y)")
+    ax.scatter(model.log_prior, model.reward, s=6, alpha=0.6, color="tab:purple", linewidths=0)
+    _fixed_label(ax, f"Strings: Spearman ρ = {_fmt(summary['string_spearman'], '.3f')}", "log prior, log p(y)",
+                 "reward, r(y)")
     save_bare(fig, path)
 
 
 def toy_corpus_scatter(means: Any, summary: dict[str, Any], path: Path) -> None:
     """The toy's corpus mean log p against corpus mean r (a `toy.CorpusMeans`); typical corpora highlighted;
     the line mean r = -mean log p - H."""
-    fig = bare_figure(5.5, 4.2, left=0.75)
+    fig = bare_figure(5.5, 4.2, left=0.75, top=0.45)
     ax = fig.subplots()
     typ = means.typical
-    ax.scatter(means.log_prior[~typ], means.reward[~typ], s=5, color="0.7", label=f"atypical ({int((~typ).sum())})")
-    ax.scatter(means.log_prior[typ], means.reward[typ], s=7, color="tab:red", label=f"typical ({int(typ.sum())})")
+    ax.scatter(means.log_prior[~typ], means.reward[~typ], s=5, color="0.7", linewidths=0,
+               label=f"atypical corpora ({int((~typ).sum()):,})")
+    ax.scatter(means.log_prior[typ], means.reward[typ], s=7, color="tab:red", linewidths=0,
+               label=f"typical corpora ({int(typ.sum()):,})")
     xs = np.linspace(means.log_prior.min(), means.log_prior.max(), 2)
-    ax.plot(xs, -xs - summary["posterior_entropy"], color="black", lw=1, label="mean r = -mean log p - H(p+)")
-    _fixed_label(ax, f"corpora: typical Spearman {_fmt(summary['typical_corpus_spearman'], '.3f')}",
+    ax.plot(xs, -xs - summary["posterior_entropy"], color="black", lw=1, label="mean r = −mean log p − H(p₊)")
+    _fixed_label(ax, f"Corpora: typical Spearman ρ = {_fmt(summary['typical_corpus_spearman'], '.3f')}",
                  "corpus mean log prior", "corpus mean reward")
-    ax.legend(fontsize=7, loc="best")
+    ax.legend(fontsize=LEGEND_FONT, loc="best")
     save_bare(fig, path)

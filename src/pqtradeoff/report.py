@@ -1,12 +1,17 @@
-"""report.html: one self-contained page (figures embedded as base64 PNG) that explains every number.
+"""report.html: one self-contained page (figures embedded) that explains every number.
 
-Written for a reader who never read the paper: each table is preceded by what its columns mean.
+Written for a reader who never read the paper: a summary first, then each table preceded by what its columns
+mean, and every piece of jargon (IMH, ESS, Pareto frontier, ...) defined where it first appears.
+
+The page is rendered from the jinja2 template `templates/report.html.j2` with autoescaping on, so every value
+that comes from the data (adaptor names, warnings, notes, prompts) is shown as text, never read as HTML.
+This module only computes the values and formats the numbers (`number`, `p_value`, `interval`).
 """
 
 from __future__ import annotations
 
 import base64
-import html
+import math
 from pathlib import Path
 from typing import Any
 
@@ -14,54 +19,10 @@ from pqtradeoff.io import atomic_write
 from pqtradeoff.results import Summary
 from pqtradeoff.stats import Correlation
 
-CSS = """
-body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;line-height:1.45;color:#222}
-table{border-collapse:collapse;font-size:12px;margin:1em 0}th,td{border:1px solid #ccc;padding:3px 6px;text-align:right}
-th{background:#f3f3f3}td.l,th.l{text-align:left}img{max-width:100%;border:1px solid #ddd}
-.warn{background:#fff4e0;border-left:4px solid #e0a000;padding:.4em .8em}.note{color:#555;font-size:13px}
-"""
-
-
-def _e(text: Any) -> str:
-    return html.escape(str(text))
-
-
-def _num(value: Any, digits: int = 4) -> str:
-    if value is None:
-        return "n/a"
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        return f"{value:.{digits}g}"
-    return _e(value)
-
-
-def _ci(ci: list[float] | None) -> str:
-    return "n/a" if not ci else f"[{ci[0]:.4g}, {ci[1]:.4g}]"
-
-
-def _table(header: list[str], rows: list[list[str]], left: int = 1) -> str:
-    head = "".join(f"<th class='l'>{_e(h)}</th>" if i < left else f"<th>{_e(h)}</th>" for i, h in enumerate(header))
-    body = "".join(
-        "<tr>" + "".join(f"<td class='l'>{c}</td>" if i < left else f"<td>{c}</td>" for i, c in enumerate(r)) + "</tr>"
-        for r in rows
-    )
-    return f"<table><tr>{head}</tr>{body}</table>"
-
-
-def _figure(out_dir: Path, name: str | None, caption: str) -> str:
-    if not name or not (out_dir / name).is_file():
-        return ""
-    data = base64.b64encode((out_dir / name).read_bytes()).decode("ascii")
-    return f"<figure><img alt='{_e(caption)}' src='data:image/png;base64,{data}'><figcaption class='note'>{_e(caption)}</figcaption></figure>"
-
-
-def _correlation_rows(label: str, c: Correlation) -> list[str]:
-    return [_e(label), _num(c.n), _num(c.spearman), _ci(c.spearman_ci), _num(c.spearman_p),
-            _num(c.pearson), _ci(c.pearson_ci), _num(c.pearson_p), _e(c.note or "")]
-
+#: Significant digits of every estimate in the report.
+DIGITS = 4
+#: p-values below this are shown as "< 1e-300": float64 cannot tell them apart from 0 (its floor is ~2e-308).
+P_FLOOR = 1e-300
 
 TARGET_WORDS = {
     "global": "the globally normalized adaptor (each string weighted by the probability mass the adaptor kept "
@@ -69,214 +30,152 @@ TARGET_WORDS = {
     "aligned": "the aligned model itself (log importance weight = logp_aligned - logq), as in the authors' first code",
     "none": "no correction (every proposal accepted: plain resampling of the sampled strings)",
 }
+MIME = {"png": "image/png", "svg": "image/svg+xml"}
 
 
-def _intro(s: Summary) -> str:
-    st = s.settings
-    return f"""
-<h1>Probability-quality trade-off: analysis report</h1>
-<p>An aligned language model was sampled with several <b>sampling adaptors</b> (temperature, top-k, top-p, ...).
-Every sampled string has a <b>reward</b> (how good a reward model finds it) and a <b>log prior probability</b>
-(how likely the model <i>before</i> alignment finds it). The paper's claim: across <i>corpora</i> (large sets of
-strings), more average reward comes with less average prior log-probability - a trade-off whose slope is about
-minus the alignment strength beta - even though across single <i>strings</i> the two can be positively
-correlated. The adaptor decides where on the trade-off a corpus lands.</p>
-<p>The strings of each configuration were drawn from the <i>locally normalized</i> adaptor. The theory speaks of a
-target distribution; here the target is <b>{_e(st.target)}</b>: {_e(TARGET_WORDS[st.target])}. An
-independent Metropolis-Hastings (IMH) chain of {st.imh_steps:,} steps per configuration re-weights the sampled
-strings toward that target; {st.corpora:,} corpora of {st.corpus_size:,} strings are then drawn from each
-chain. Seed {st.seed}; intervals are {st.confidence:.0%} confidence intervals.</p>"""
+# ------------------------------------------------------------------------------------------ numbers
+def number(value: Any, digits: int = DIGITS) -> str:
+    """A number for reading: integers with thousands separators; floats with `digits` significant digits in
+    plain notation between 1e-4 and 1e7, in scientific notation outside; a true minus sign; None -> n/a."""
+    if value is None:
+        return "n/a"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int):
+        text = f"{value:,}"
+    elif isinstance(value, float):
+        if math.isnan(value):
+            return "n/a"
+        if math.isinf(value):
+            return "∞" if value > 0 else "−∞"
+        size = abs(value)
+        if value == 0:
+            text = "0"
+        elif 1e-4 <= size < 1e7:
+            decimals = max(0, digits - 1 - math.floor(math.log10(size)))
+            text = f"{value:,.{decimals}f}"
+        else:
+            text = f"{value:.{digits - 1}e}"
+    else:
+        return str(value)
+    return "−" + text[1:] if text.startswith("-") else text  # a true minus sign in front; exponents stay ASCII
 
 
-def _beta_words(s: Summary) -> str:
+def p_value(value: float | None) -> str:
+    """A p-value: 3 significant digits; below the float floor "< 1e-300", never "0"."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    if value < P_FLOOR:
+        return "< 1e-300"
+    return number(float(value), 3)
+
+
+def interval(ci: list[float] | None, digits: int = DIGITS) -> str:
+    return "n/a" if not ci else f"[{number(ci[0], digits)}, {number(ci[1], digits)}]"
+
+
+# ------------------------------------------------------------------------------------------ figures
+def figure(out_dir: Path, name: str | None, caption: str) -> dict[str, str] | None:
+    """A figure for the template: embedded as a data URI (png, svg), or linked (pdf: browsers do not show it
+    in an <img>); None when it was not drawn."""
+    if not name or not (out_dir / name).is_file():
+        return None
+    fmt = Path(name).suffix.lstrip(".")
+    if fmt not in MIME:
+        return {"link": name, "caption": caption}
+    data = base64.b64encode((out_dir / name).read_bytes()).decode("ascii")
+    return {"src": f"data:{MIME[fmt]};base64,{data}", "caption": caption}
+
+
+# ------------------------------------------------------------------------------------------ sentences
+def correlation_row(label: str, c: Correlation) -> list[str]:
+    return [label, number(c.n), number(c.spearman, 3), interval(c.spearman_ci, 3), p_value(c.spearman_p),
+            number(c.pearson, 3), interval(c.pearson_ci, 3), p_value(c.pearson_p), c.note or ""]
+
+
+def beta_words(s: Summary) -> str:
     """One sentence on the effective beta (or why there is none)."""
     a = s.alignment
     if not a.defined:
         return f"The effective beta could not be fitted: {a.reason}."
     if a.beta_hat is None or a.beta_hat_ci is None:
         return (f"The reward does not explain what alignment changed: within prompts, log p+ - log p and the reward "
-                f"correlate at r = {_num(a.within_prompt_r)} ({_ci(a.within_prompt_r_ci)}); no beta fits.")
+                f"correlate at r = {number(a.within_prompt_r)} ({interval(a.within_prompt_r_ci)}); no beta fits.")
     nominal = ""
     if a.nominal_beta is not None:
-        inside = a.beta_hat_ci[0] <= a.nominal_beta <= a.beta_hat_ci[1]
+        slack = 1e-9 * abs(a.nominal_beta)  # an exact fit's interval is a point, equal to beta up to rounding
+        inside = a.beta_hat_ci[0] - slack <= a.nominal_beta <= a.beta_hat_ci[1] + slack
         nominal = f" The nominal beta {a.nominal_beta:g} lies {'inside' if inside else 'outside'} that interval."
-    return (f"Effective beta {a.beta_hat:.4g} ({a.confidence:.0%} CI {_ci(a.beta_hat_ci)}; from r on d: "
-            f"{_num(a.beta_hat_reverse)}), within-prompt correlation of log p+ - log p with the reward "
-            f"{_num(a.within_prompt_r)} (1 = the aligned model is exactly the prior reweighted by this reward).{nominal}")
+    return (f"Effective beta {number(a.beta_hat)} ({a.confidence:.0%} CI {interval(a.beta_hat_ci)}; from r on d: "
+            f"{number(a.beta_hat_reverse)}), within-prompt correlation of log p+ - log p with the reward "
+            f"{number(a.within_prompt_r)} (1 = the aligned model is exactly the prior reweighted by this reward)."
+            f"{nominal}")
 
 
-def _overview(s: Summary) -> str:
-    """The findings in a few lines, before the detail."""
+def reading(s: Summary) -> str:
+    """One sentence that reads the two correlations together."""
+    sl, cl = s.string_level.spearman, s.corpus_level.spearman
+    if sl is None or cl is None:
+        return "One of the correlations is undefined (see its note below), so the two levels cannot be compared."
+    if cl < 0 <= sl:
+        return ("Single strings with a higher prior probability tend to have a higher reward, yet corpora with a "
+                "higher average prior probability have a lower average reward: the paper's trade-off, visible only "
+                "at the corpus level.")
+    if cl < 0:
+        return ("Both levels correlate negatively: prior probability and reward trade off for corpora, and for "
+                "single strings too.")
+    return ("The corpus-level correlation is not negative: these configurations show no probability-quality "
+            "trade-off (see the notes below for why that may be).")
+
+
+def at_a_glance(s: Summary) -> list[str]:
+    """The findings in a few sentences, before the detail."""
     items = [
-        f"String level: Spearman {_num(s.string_level.spearman, 3)}, Pearson {_num(s.string_level.pearson, 3)} "
-        f"over {s.string_level.n:,} strings. Corpus level: Spearman {_num(s.corpus_level.spearman, 3)}, Pearson "
-        f"{_num(s.corpus_level.pearson, 3)} over {s.corpus_level.n:,} corpora.",
-        _beta_words(s),
+        f"String level: Spearman {number(s.string_level.spearman, 3)}, Pearson {number(s.string_level.pearson, 3)} "
+        f"over {s.string_level.n:,} strings. Corpus level: Spearman {number(s.corpus_level.spearman, 3)}, Pearson "
+        f"{number(s.corpus_level.pearson, 3)} over {s.corpus_level.n:,} corpora.",
+        reading(s),
     ]
+    t = s.tradeoff
+    if t.defined:
+        items.append(f"Across configurations: mean reward = {number(t.slope)} × mean log prior + "
+                     f"{number(t.intercept)} (slope {t.confidence:.0%} CI {interval(t.slope_ci)}).")
+    else:
+        items.append(f"Across configurations: no trade-off line ({t.note}).")
+    items.append(f"{len(s.configs)} configuration(s) analysed, {len(s.skipped)} skipped"
+                 + (": " + ", ".join(k.adaptor for k in s.skipped[:6]) + (", ..." if len(s.skipped) > 6 else "")
+                    + " (reasons under Input)." if s.skipped else "."))
+    items.append(beta_words(s))
     beta = s.alignment.beta_hat
     if beta is not None and beta > 0:
         intercepts = [c.mean_reward + beta * c.mean_log_prior for c in s.configs]
-        items.append(f"Per target: each configuration's corpora lie on a line of slope -beta_hat = {-beta:.4g}; the "
-                     f"intercepts (mean reward + beta_hat x mean log prior) run from {min(intercepts):.4g} to "
-                     f"{max(intercepts):.4g} across the {len(s.configs)} configurations (the short lines on the "
+        items.append(f"Per target: each configuration's corpora lie on a line of slope -beta_hat = {number(-beta)}; "
+                     f"the intercepts (mean reward + beta_hat × mean log prior) run from {number(min(intercepts))} to "
+                     f"{number(max(intercepts))} across the {len(s.configs)} configurations (the short lines on the "
                      "corpus-level panel).")
-    t = s.tradeoff
-    if t.defined:
-        items.append(f"Across configurations: mean reward = {t.slope:.4g} x mean log prior + {t.intercept:.4g} "
-                     f"(slope CI {_ci(t.slope_ci)}).")
     items.append("Why the slopes differ: each adaptor's globally normalized target has its own typical set, on its "
                  "own line of slope -beta with its own intercept; the fit across adaptors joins points from "
                  "different lines, so it measures how the adaptors move the intercept, not beta.")
-    return "<h2>At a glance</h2><ul>" + "".join(f"<li>{_e(i)}</li>" for i in items) + "</ul>"
+    return items
 
 
-def _alignment(s: Summary, out_dir: Path) -> str:
-    a = s.alignment
-    figs = s.outputs.get("figures", {})
-    head = f"""
-<h2>Alignment fidelity and the effective beta</h2>
-<p class='note'>If the aligned model were exactly the prior reweighted by the reward, p+(y|x) = p(y|x) exp(r/beta) /
-Z(x), every string would satisfy d = log p+(y|x) - log p(y|x) = r/beta - log Z(x): within a prompt, d is a straight
-line in r with slope 1/beta. We fit d on r with one intercept per prompt (prompts with at least 2 finished strings),
-pooling {_e(a.pooling)}. Intervals: percentile bootstrap over {_e(a.bootstrap_unit or 'prompts')}
-({a.bootstrap_replicates:,} replicates).</p><p>{_e(_beta_words(s))}{_e(' ' + a.note if a.note else '')}</p>"""
-    if not a.defined:
-        return head
-    rows = [[_e("slope of d on r (1/beta)"), _num(a.slope), _ci(a.slope_ci)],
-            [_e("beta_hat = 1/slope"), _num(a.beta_hat), _ci(a.beta_hat_ci)],
-            [_e("beta_hat_reverse (slope of r on d)"), _num(a.beta_hat_reverse), _ci(a.beta_hat_reverse_ci)],
-            [_e("within-prompt correlation"), _num(a.within_prompt_r), _ci(a.within_prompt_r_ci)],
-            [_e("residual sd of d"), _num(a.residual_sd), ""]]
-    log_z = [p.log_z for p in a.prompts]
-    spread = [p.log_z_sd for p in a.prompts if p.log_z_sd is not None]
-    z_words = ""
-    if log_z:
-        z_words = (f"<p>Estimated log Z(x) = mean of r/beta_hat - d over each prompt's strings, for {len(log_z):,} "
-                   f"prompt(s): from {min(log_z):.4g} to {max(log_z):.4g}"
-                   + (f"; its median spread within a prompt is {sorted(spread)[len(spread) // 2]:.3g}" if spread else "")
-                   + " (per prompt in summary.json).</p>")
-    return (head + _table(["quantity", "estimate", "interval"], rows) + z_words
-            + _figure(out_dir, figs.get("alignment"), "d against r, both minus their prompt's mean; black: fit; "
-                      "red dashed: the nominal beta (analyze --beta)."))
-
-
-def _hull(s: Summary, out_dir: Path) -> str:
-    figs = s.outputs.get("figures", {})
-    return f"""
-<h2>What sampling gives: the reachable frontier</h2>
-<p class='note'>The IMH-corrected means above describe the globally normalized targets; sampling an adaptor gives
-its local law, whose plain means are shown here for every sampled configuration (including those the correction
-skipped). Sampling from adaptor A with probability lambda, else from B, has expectations exactly lambda A + (1 -
-lambda) B, so the whole convex hull is reachable, and its upper-right boundary holds the useful choices.
-<code>pqtradeoff advise DIR --min-reward R</code> (or <code>--max-prior-loss L</code>) picks the cheapest point
-on it.</p>
-{_figure(out_dir, figs.get('hull'), 'Local means +- 1 s.e.; black: the upper-right hull boundary.')}"""
-
-
-def _input(s: Summary) -> str:
-    i = s.input
-    parts = [f"<h2>Input</h2><p>{i.rows_read:,} rows read; {i.rows_used:,} used. "
-             f"{i.dropped_total:,} dropped for missing or non-finite values; {i.unfinished:,} strings did not "
-             f"finish (no end-of-sequence token) and {i.unfinished_excluded:,} of those were excluded.</p>"]
-    if i.dropped_by_column:
-        parts.append(_table(["column", "rows dropped"], [[_e(k), _num(v)] for k, v in i.dropped_by_column.items()]))
-    if s.warnings:
-        parts.append("<div class='warn'><b>Warnings</b><ul>" + "".join(f"<li>{_e(w)}</li>" for w in s.warnings) + "</ul></div>")
-    if s.skipped:
-        parts.append("<h3>Skipped configurations</h3>" + _table(
-            ["adaptor", "reason"], [[_e(k.adaptor), _e(k.reason)] for k in s.skipped], left=2))
-    if s.notes:
-        parts.append("<h3>Notes</h3><ul>" + "".join(f"<li>{_e(n)}</li>" for n in s.notes) + "</ul>")
-    return "".join(parts)
-
-
-def _configs(s: Summary) -> str:
-    rows = []
-    for c in s.configs:
-        rows.append([
-            _e(c.adaptor), _num(c.n_strings), _num(c.n_dropped),
-            _e("; ".join(f"{k}: {v}" for k, v in c.dropped_why.items())),
-            _num(c.reward.mean), _num(c.reward.se), _num(c.log_prior.mean), _num(c.log_prior.se),
-            _num(c.reward.local_mean), _num(c.log_prior.local_mean), _num(c.acceptance_rate, 3),
-            _num(c.chain_ess, 4), _num(c.importance_ess, 4), _num(c.reward.lag1, 3), _num(c.reward.tau, 3),
-            "yes" if c.reliable else "<b>no</b>",
-        ])
-    return f"""
-<h2>Per configuration</h2>
-<p class='note'><b>strings</b>: sampled strings used; <b>dropped</b>: rows of this configuration left out, and
-<b>why</b> (a non-finite value in the named column, or an unfinished string). <b>mean reward / mean log prior</b>: the IMH chain's averages, estimates of the target's expected
-reward and expected log prior. <b>s.e.</b>: their standard errors, combining two independent sources: the finite
-pool of sampled strings (self-normalized importance sampling, delta method) and the chain's own Monte Carlo error
-(variance x autocorrelation time / chain length); no chain can be more precise than the pool it resamples.
-<b>local</b>: the plain averages of the sampled strings, i.e. what the locally normalized adaptor gives without
-correction. <b>acceptance</b>: fraction of chain steps that moved to the proposed string. <b>chain ESS</b>: chain
-length divided by the integrated autocorrelation time (the smaller of reward's and log prior's; Geyer's initial
-monotone sequence). <b>IS ESS</b>: the pool's importance-sampling effective sample size (sum w)^2 / sum w^2: how
-many equally weighted strings the weighted pool is worth; a few dominant weights make it small. <b>lag-1</b>
-and <b>tau</b>: the chain's lag-1 autocorrelation and integrated autocorrelation time for the reward series (1 means
-independent draws). <b>reliable</b>: "no" when the IS ESS is below {s.settings.min_importance_ess:g}; then the
-pool is dominated by a few strings and the standard errors understate the real uncertainty.</p>
-""" + _table(["adaptor", "strings", "dropped", "why dropped", "mean reward", "s.e.", "mean log prior", "s.e.", "local reward",
-              "local log prior", "acceptance", "chain ESS", "IS ESS", "lag-1", "tau", "reliable"], rows)
-
-
-def _correlations(s: Summary, out_dir: Path) -> str:
-    figs = s.outputs.get("figures", {})
-    rows = [_correlation_rows("all strings pooled", s.string_level)]
-    rows += [_correlation_rows(c.adaptor, c.string_level) for c in s.configs]
-    crow = [_correlation_rows("all corpora pooled", s.corpus_level)]
-    crow += [_correlation_rows("configuration means (one point per config)", s.config_level)]
-    crow += [_correlation_rows(c.adaptor, c.corpus_level) for c in s.configs]
-    head = ["over", "n", "Spearman rho", "CI", "p", "Pearson r", "CI", "p", "note"]
-    return f"""
-<h2>String level</h2>
-<p class='note'>Each point is one sampled string (before correction). Spearman's rho measures whether higher
-log prior goes with higher reward in rank order, Pearson's r whether it does linearly; both run from -1 to 1.
-The p-value is the probability of a correlation at least this strong if there were none; the interval is a
-Fisher-z confidence interval assuming independent strings.</p>
-{_figure(out_dir, figs.get('string_level'), 'Reward against log prior for every string; lines: least-squares fit per configuration.')}
-{_table(head, rows, left=1)}
-<h2>Corpus level</h2>
-<p class='note'>Each point is one bootstrapped corpus: its average reward against its average log prior. The
-paper's finding is a strongly negative correlation here. Pooled over configurations, most of the spread is
-between configurations, so its effective number of independent points is closer to the number of
-configurations than to the number of corpora: read the pooled interval as optimistic; the row "configuration
-means" (one point per configuration, its IMH-corrected means) and the trade-off fit below give the honest
-uncertainty across configurations. Within one configuration, corpora differ only by resampling noise.</p>
-{_figure(out_dir, figs.get('corpus_level'), 'Corpus means; colour = adaptor family, marker = temperature; black line: pooled fit.')}
-{_table(head, crow, left=1)}"""
-
-
-def _tradeoff(s: Summary, out_dir: Path) -> str:
+def tradeoff_words(s: Summary) -> str:
     t = s.tradeoff
-    figs = s.outputs.get("figures", {})
-    if t.defined:
-        words = (f"Across the {t.n_configs} configurations, each nat of prior log-probability given up buys "
-                 f"{-t.slope:.4g} units of reward on average (slope {t.slope:.4g}, {t.confidence:.0%} CI "
-                 f"{_ci(t.slope_ci)}, R^2 {_num(t.r_squared)}). This exchange rate across adaptors need not equal -beta: the theory's slope "
-                 f"-beta is that of the band on which one distribution's typical corpora lie, and each adaptor has its "
-                 f"own intercept (see the exact lines on the corpus-level panel, where a producer provides them).")
-    else:
-        words = "The trade-off fit is not available."
-    note = f" {t.note}." if t.note else ""
-    rows = []
-    for c in sorted(s.configs, key=lambda c: -c.mean_log_prior):
-        rows.append([_e(c.adaptor), _num(c.mean_log_prior), _num(c.mean_reward),
-                     "<b>yes</b>" if c.on_frontier else "no"])
-    return f"""
-<h2>The trade-off</h2>
-<p class='note'>A straight line fit (ordinary least squares) of each configuration's mean reward against its mean
-log prior. Its slope is the "exchange rate" between prior likelihood and reward.</p><p>{_e(words)}{_e(note)}</p>
-<p class='note'>The <b>Pareto frontier</b>: configurations that no other configuration beats on both axes at
-once (filled markers in the figure). Moving along it you can only gain reward by losing prior likelihood.</p>
-{_figure(out_dir, figs.get('frontier'), 'Configuration means with +-1 standard error; the black line joins the frontier.')}
-{_table(["adaptor (by mean log prior, high to low)", "mean log prior", "mean reward", "on frontier"], rows)}"""
+    if not t.defined:
+        return "The trade-off fit is not available." + (f" {t.note}." if t.note else "")
+    return (f"Across the {t.n_configs} configurations, each nat of prior log-probability given up buys "
+            f"{number(-t.slope)} units of reward on average (slope {number(t.slope)}, {t.confidence:.0%} CI "
+            f"{interval(t.slope_ci)}, R² {number(t.r_squared)}). This exchange rate across adaptors need not equal "
+            "-beta: the theory's slope -beta is that of the band on which one distribution's typical corpora lie, "
+            "and each adaptor has its own intercept (see the exact lines on the corpus-level panel, where a producer "
+            "provides them)." + (f" {t.note}." if t.note else ""))
 
 
-def _exact(s: Summary) -> str:
+def exact_block(s: Summary) -> dict[str, Any] | None:
+    """The comparison with exact values (None when the producer gave none)."""
     with_exact = [c for c in s.configs if c.exact_comparison]
     if not with_exact:
-        return ""
+        return None
     rows, within, total, outside, largest = [], 0, 0, [], 0.0
     for c in with_exact:
         z = c.exact_comparison or {}
@@ -289,27 +188,76 @@ def _exact(s: Summary) -> str:
             if abs(z[f"z_{name}"]) > 3:
                 outside.append(f"{c.adaptor} ({name.replace('_', ' ')}, z = {z[f'z_{name}']:.2f})")
             series = c.series(name)
-            rows.append([_e(c.adaptor), _e(name.replace("_", " ")), _num(series.mean), _num(series.se),
-                         _num(c.exact[f"exact_mean_{name}"]), _num(z[f"z_{name}"], 3),
-                         _num(c.exact.get(f"exact_local_mean_{name}")), _num(series.local_mean)])
-    return f"""
-<h2>Against exact values</h2>
-<p>The exact expectations of the target are known for these models. {within} of {total} IMH-corrected means agree
-with the exact values within 3 standard errors (z = (estimate - exact) / s.e.; |z| above 3 would point to a bias or
-an interval that is too narrow); the largest |z| is {largest:.2f}.{_e(" Outside: " + "; ".join(outside) + ".") if outside else ""} The last two columns show what the local, uncorrected adaptor gives: its exact
-expectation and the plain average of the sampled strings - the gap to the exact target value is what the
-correction removes.</p>
-{_table(["adaptor", "quantity", "IMH mean", "s.e.", "exact", "z", "exact local", "sampled local"], rows, left=2)}"""
+            rows.append([c.adaptor, name.replace("_", " "), number(series.mean), number(series.se),
+                         number(c.exact[f"exact_mean_{name}"]), number(z[f"z_{name}"], 3),
+                         number(c.exact.get(f"exact_local_mean_{name}")), number(series.local_mean)])
+    return {"within": within, "total": total, "largest": f"{largest:.2f}", "outside": "; ".join(outside),
+            "rows": rows}
+
+
+def context(s: Summary, out_dir: Path) -> dict[str, Any]:
+    """Everything the template shows, as plain values and pre-formatted strings."""
+    figs = s.outputs.get("figures", {})
+    st = s.settings
+    a = s.alignment
+    i = s.input
+    log_z = [p.log_z for p in a.prompts] if a.defined else []
+    spread = sorted(p.log_z_sd for p in a.prompts if p.log_z_sd is not None) if a.defined else []
+    return {
+        "s": s, "st": st, "number": number, "p_value": p_value, "interval": interval,
+        "target_words": TARGET_WORDS[st.target], "at_a_glance": at_a_glance(s), "beta_words": beta_words(s),
+        "dropped_by_column": [[k, number(v)] for k, v in i.dropped_by_column.items()],
+        "estimates": [[c.adaptor, number(c.n_strings), number(c.n_dropped),
+                       "; ".join(f"{k}: {v}" for k, v in c.dropped_why.items()),
+                       number(c.reward.mean), number(c.reward.se), number(c.log_prior.mean), number(c.log_prior.se),
+                       number(c.reward.local_mean), number(c.log_prior.local_mean)] for c in s.configs],
+        "diagnostics": [[c.adaptor, number(c.acceptance_rate, 3), number(c.chain_ess, 4),
+                         number(c.importance_ess, 4), number(c.reward.lag1, 3), number(c.reward.tau, 3),
+                         c.reliable] for c in s.configs],
+        "string_rows": [correlation_row("all strings pooled", s.string_level)]
+        + [correlation_row(c.adaptor, c.string_level) for c in s.configs],
+        "corpus_rows": [correlation_row("all corpora pooled", s.corpus_level),
+                        correlation_row("configuration means (one point per config)", s.config_level)]
+        + [correlation_row(c.adaptor, c.corpus_level) for c in s.configs],
+        "tradeoff_words": tradeoff_words(s),
+        "frontier_rows": [[c.adaptor, number(c.mean_log_prior), number(c.mean_reward), c.on_frontier]
+                          for c in sorted(s.configs, key=lambda c: -c.mean_log_prior)],
+        "alignment_rows": [["slope of d on r (1/beta)", number(a.slope), interval(a.slope_ci)],
+                           ["beta_hat = 1/slope", number(a.beta_hat), interval(a.beta_hat_ci)],
+                           ["beta_hat_reverse (slope of r on d)", number(a.beta_hat_reverse),
+                            interval(a.beta_hat_reverse_ci)],
+                           ["within-prompt correlation", number(a.within_prompt_r), interval(a.within_prompt_r_ci)],
+                           ["residual sd of d", number(a.residual_sd), ""]] if a.defined else [],
+        "log_z": {"n": len(log_z), "low": number(min(log_z)), "high": number(max(log_z)),
+                  "spread": number(spread[len(spread) // 2], 3) if spread else None} if log_z else None,
+        "exact": exact_block(s),
+        "versions": ", ".join(f"{k} {v}" for k, v in s.run["versions"].items() if v),
+        "figures": {
+            "string_level": figure(out_dir, figs.get("string_level"), "Reward against log prior for every string "
+                                   "(density of strings where they are many); lines: least-squares fit per "
+                                   "configuration."),
+            "corpus_level": figure(out_dir, figs.get("corpus_level"), "Corpus means; colour = adaptor family, shade "
+                                   "= temperature, ringed dots = each configuration's centre; dashed: pooled fit."),
+            "frontier": figure(out_dir, figs.get("frontier"), "Configuration means ± 1 standard error; the black "
+                               "line joins the frontier."),
+            "alignment": figure(out_dir, figs.get("alignment"), "d against r, both minus their prompt's mean; black: "
+                                "fit; red dashed: the nominal beta (analyze --beta)."),
+            "hull": figure(out_dir, figs.get("hull"), "Local means ± 1 s.e.; black: the upper-right hull boundary."),
+        },
+    }
+
+
+def _environment() -> Any:
+    import jinja2
+
+    return jinja2.Environment(loader=jinja2.PackageLoader("pqtradeoff", "templates"),
+                              autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True,
+                              lstrip_blocks=True)
 
 
 def render(summary: Summary, out_dir: Path) -> str:
     """The report as one HTML string (figures read from out_dir and embedded)."""
-    body = (_intro(summary) + _overview(summary) + _input(summary) + _configs(summary)
-            + _correlations(summary, out_dir) + _tradeoff(summary, out_dir) + _alignment(summary, out_dir)
-            + _hull(summary, out_dir) + _exact(summary))
-    versions = ", ".join(f"{k} {v}" for k, v in summary.run["versions"].items() if v)
-    body += f"<h2>Provenance</h2><p class='note'>Settings and seeds are in summary.json. Versions: {_e(versions)}.</p>"
-    return f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>pqtradeoff analysis</title><style>{CSS}</style></head><body>{body}</body></html>\n"
+    return _environment().get_template("report.html.j2").render(context(summary, Path(out_dir)))
 
 
 def write_report(summary: Summary, out_dir: str | Path) -> Path:

@@ -136,8 +136,8 @@ class FunctionReward:
             values = self._invoke(batch)
         except PQError:
             raise
-        except Exception as err:  # the user's code: any failure becomes one line naming the reward
-            raise PQError(f"reward {self.name!r} failed: {type(err).__name__}: {first_line(err)}") from err
+        except Exception as err:  # user code: any failure becomes one line naming the reward and the row
+            raise PQError(self._failure(batch, err)) from None
         try:
             out = np.asarray(values, dtype=np.float64)
         except (TypeError, ValueError):
@@ -159,6 +159,20 @@ class FunctionReward:
         missing = [name for name in self._required if name not in kwargs]
         raise PQError(f"reward {self.name!r} takes argument(s) {', '.join(missing)} that are not corpus "
                       "columns: write it as f(prompts, completions, **kwargs)")
+
+    def _failure(self, batch: pd.DataFrame, err: Exception) -> str:
+        """Which row makes the function fail (rerun one row at a time), as one line."""
+        where = f"on a batch of {len(batch)} strings"
+        for i in range(len(batch)):
+            try:
+                self._invoke(batch.iloc[[i]])
+            except Exception as one:
+                values = {k: batch[k].iloc[i] for k in ("prompt_id", "sample_id", "adaptor")
+                          if k in batch.columns}
+                key = ", ".join(f"{k}={v.item() if hasattr(v, 'item') else v!r}" for k, v in values.items())
+                where, err = f"on row {i} of the batch ({key})" if key else f"on row {i} of the batch", one
+                break
+        return f"reward {self.name!r} raised {type(err).__name__} {where}: {first_line(err)}"
 
 
 def _parameters(fn: Callable[..., Any]) -> tuple[bool, tuple[str, ...], tuple[str, ...]]:

@@ -202,6 +202,9 @@ class AnalysisSettings(Section):
     min_importance_ess: float = Field(10.0, ge=1.0, description="Flag configs whose pool importance-sampling "
                                                                 "ESS is below this.")
     plots: bool = Field(True, description="Draw the figures.")
+    figure_format: Literal["png", "pdf", "svg"] = Field(
+        "png", description="File format of the figures (pdf and svg are vector; the report embeds png and "
+        "svg).")
     beta: float | None = Field(None, gt=0.0, allow_inf_nan=False,
                                description="Nominal KL strength the aligned model was trained with: drawn on "
                                            "the alignment panel and compared with the fitted beta (unset: "

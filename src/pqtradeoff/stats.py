@@ -35,7 +35,10 @@ def corpus_means(
     """Means of `corpora` corpora of `corpus_size` strings each, drawn uniformly from a chain with `visits`.
 
     `visits[i]` is how often the chain sat on pool string i; `values` maps a name to a per-string array. Only
-    the visited strings enter the multinomial (the others have probability zero).
+    the visited strings can be drawn (the others have probability zero). Two exact samplers of the same law,
+    whichever is cheaper: a multinomial count vector per corpus (cost ~ visited strings, the better one for
+    corpora much larger than the pool) or the corpus's `corpus_size` draws themselves (cost ~ corpus_size; see
+    `draw_means`; it needs `visits` as integer counts).
     """
     if corpora < 1:
         raise PQError(f"corpora={corpora!r} is out of range: need at least 1 corpus")
@@ -48,11 +51,32 @@ def corpus_means(
     freq = visits[visited] / visits[visited].sum()
     table = np.stack([np.asarray(v, dtype=np.float64)[visited] for v in values.values()], axis=1)
     out = np.empty((corpora, table.shape[1]))
-    rows = max(1, _CHUNK_CELLS // visited.size)
+    # ~20 ns per pool string for a count vector, ~8 ns per draw (benchmarks/analysis.py --load): draws win
+    # up to corpora about 2.5x the pool.
+    by_draws = corpus_size < 2 * visited.size and np.issubdtype(visits.dtype, np.integer)
+    # Draws: a uniform position in the chain's path (the visited strings each repeated visits[i] times) is a
+    # string drawn with probability visits[i] / sum(visits): one integer and one gather per draw.
+    path = (np.repeat(np.arange(visited.size, dtype=np.int32), visits[visited].astype(np.int64))
+            if by_draws else None)
+    rows = max(1, _CHUNK_CELLS // (corpus_size if by_draws else visited.size))
     for lo in range(0, corpora, rows):
         hi = min(corpora, lo + rows)
-        out[lo:hi] = count_means(rng.multinomial(corpus_size, freq, size=hi - lo), table)
+        if by_draws:
+            out[lo:hi] = draw_means(rng, path, table, hi - lo, corpus_size)
+        else:
+            out[lo:hi] = count_means(rng.multinomial(corpus_size, freq, size=hi - lo), table)
     return {name: out[:, k].copy() for k, name in enumerate(values)}
+
+
+def draw_means(rng: np.random.Generator, path: np.ndarray, table: np.ndarray, corpora: int, size: int
+               ) -> np.ndarray:
+    """Means [corpora, k] of `table` [n, k] over corpora of `size` draws, each a uniform position in `path`
+    (string indices, each repeated as often as the chain visited it)."""
+    pick = path[rng.integers(0, path.size, size=(corpora, size))]
+    out = np.empty((corpora, table.shape[1]))
+    for k in range(table.shape[1]):
+        out[:, k] = table[:, k][pick].mean(axis=1)
+    return out
 
 
 # ------------------------------------------------------------------------------------------------ correlation
@@ -167,6 +191,10 @@ def tradeoff_fit(log_prior: np.ndarray, reward: np.ndarray, confidence: float = 
         fit.note = f"undefined: all {n} configurations have the same mean log prior, so no slope can be fit"
         return fit
     lr = sps.linregress(x, y)
+    if not (np.isfinite(lr.slope) and np.isfinite(lr.intercept)):
+        fit.note = ("undefined: the configurations' means are not finite numbers (an overflow), so no line "
+                    "fits")
+        return fit
     fit.defined, fit.slope, fit.intercept = True, float(lr.slope), float(lr.intercept)
     if n == 2:
         fit.note = "2 configurations: the line is exact, so it has no standard error or interval"

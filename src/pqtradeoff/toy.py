@@ -28,7 +28,7 @@ import numpy as np
 
 from pqtradeoff import stats
 from pqtradeoff.errors import PQError
-from pqtradeoff.io import run_record, write_json
+from pqtradeoff.io import lock_folder, run_record, write_json
 
 SUMMARY = "summary.json"
 FIGURES = ("distributions.png", "string_scatter.png", "corpus_scatter.png")
@@ -194,16 +194,33 @@ def simulate(settings: ToySettings) -> tuple[ToyModel, CorpusMeans, dict[str, An
     return model, means, summarize(settings, model, means)
 
 
-def run(settings: ToySettings, out: str | Path, figures: bool = True) -> dict[str, Any]:
-    """Run the toy experiment and write `out/summary.json` (with the run record) and the figures."""
-    out = Path(out)
+def figure_names(fmt: str = "png") -> tuple[str, ...]:
+    """The toy's figure file names in format `fmt` (png, pdf or svg)."""
+    return tuple(str(Path(name).with_suffix(f".{fmt}")) for name in FIGURES)
+
+
+def run(settings: ToySettings, out: str | Path, figures: bool = True, figure_format: str = "png"
+        ) -> dict[str, Any]:
+    """Run the toy experiment and write `out/summary.json` (with the run record) and the figures.
+
+    `out` follows the output-folder rule of `pqtradeoff.outdir`: empty, or a previous toy output, whose files
+    are all replaced (a figure of an earlier run never stays beside the new summary)."""
+    from pqtradeoff.outdir import FIGURE_FORMATS, check_output_folder, clear_owned
+
+    if figure_format not in FIGURE_FORMATS:
+        raise PQError(f"figure_format={figure_format!r} is not one of {', '.join(FIGURE_FORMATS)}")
+    out = check_output_folder(out, "toy")
     model, means, summary = simulate(settings)
+    out.mkdir(parents=True, exist_ok=True)
+    lock_folder(out, "toy")
+    clear_owned(out, "toy")
+    names = figure_names(figure_format)
     if figures:
         from pqtradeoff import plots  # lazy: matplotlib
 
-        plots.toy_distributions(model, out / FIGURES[0])
-        plots.toy_string_scatter(model, summary, out / FIGURES[1])
-        plots.toy_corpus_scatter(means, summary, out / FIGURES[2])
-    record = run_record("toy", asdict(settings))
+        plots.toy_distributions(model, out / names[0])
+        plots.toy_string_scatter(model, summary, out / names[1])
+        plots.toy_corpus_scatter(means, summary, out / names[2])
+    record = run_record("toy", asdict(settings) | {"figure_format": figure_format, "figures": figures})
     write_json(out / SUMMARY, {**summary, "seed": settings.seed, "run": record})
     return summary

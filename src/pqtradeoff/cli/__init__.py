@@ -20,11 +20,23 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    rich_markup_mode=None,  # plain click help: rich's boxed tables cut option names at 80 columns
 )
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from pqtradeoff import __version__
+
+        typer.echo(f"pqtradeoff {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
-def _root() -> None:
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                 help="Print the version and exit."),
+) -> None:
     # Makes `pqtradeoff` a command group whatever the number of commands (typer collapses a single one).
     pass
 

@@ -14,14 +14,14 @@ from pqtradeoff.cli import app
 from pqtradeoff.cli.options import argument, option, settings_command
 from pqtradeoff.settings import AnalysisSettings
 
-FLAGS = {f"--{name.replace('_', '-')}": name for name in AnalysisSettings.model_fields}
+#: One option per field, named after it; `--format` (as on `demo` and `toy`) sets figure_format.
+FLAGS = {("--format" if name == "figure_format" else f"--{name.replace('_', '-')}"): name
+         for name in AnalysisSettings.model_fields}
 
 
 def _analyze(settings: AnalysisSettings, scored_dir: Path, out: Path) -> None:
     from pqtradeoff.analyze import analyze_dir  # lazy: pandas
-    from pqtradeoff.stages import check_out  # lazy: startup
 
-    check_out(out)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # every warning is echoed below, once, and kept in summary.json
         summary = analyze_dir(scored_dir, out, settings)

@@ -34,8 +34,14 @@ def demo(
     corpora: int = typer.Option(500, help="bootstrapped corpora per configuration"),
     corpus_size: int = typer.Option(2000, "--corpus-size"),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
+    figure_format: str = typer.Option("png", "--format", help="figure format: png | pdf | svg"),
 ) -> None:
     """Run generate -> score -> analyze on exact finite-state models and compare with the closed forms."""
+    from pqtradeoff.models.registry import require_torch
+    from pqtradeoff.outdir import check_output_folder
+
+    require_torch()  # before anything imports torch (the automata, the sampler)
+    check_output_folder(out, "demo")
     from pqtradeoff.demo import make_settings, run_demo
 
     grid = {"families": list(family)} if family else {}
@@ -43,20 +49,23 @@ def demo(
     settings = make_settings(
         seed=seed, model_seed=model_seed, reward=reward, n_words=n_words, order=order, beta=beta, text=text,
         num_generations=num_generations, max_new_tokens=max_new_tokens, target=target, imh_steps=imh_steps,
-        corpora=corpora, corpus_size=corpus_size, **grid,
+        corpora=corpora, corpus_size=corpus_size, figure_format=figure_format, **grid,
     )
     summary, timings = run_demo(out, settings, progress=progress)
     _print_summary(summary, timings, out)
 
 
 def _print_summary(summary: Summary, timings: dict[str, float], out: Path) -> None:
+    from rich import box
     from rich.console import Console
     from rich.table import Table
 
     console = Console()
-    table = Table(title="IMH-corrected means (± standard error) against the exact values")
+    # A light frame and one space between columns: the table fits 80 columns without wrapping a cell.
+    table = Table(title="IMH-corrected means (± s.e.) against the exact values", box=box.SIMPLE_HEAD,
+                  padding=(0, 1), pad_edge=False)
     for col in ("family", "T", "mean log prior", "exact", "mean reward", "exact"):
-        table.add_column(col, justify="left" if col == "family" else "right", no_wrap=col == "family")
+        table.add_column(col, justify="left" if col == "family" else "right", no_wrap=True)
     for c in summary.configs:
         table.add_row(c.family, f"{c.temperature:g}",
                       f"{c.log_prior.mean:.3f} ± {c.log_prior.se:.3f}", f"{c.exact['exact_mean_log_prior']:.3f}",

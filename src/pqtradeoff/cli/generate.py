@@ -31,7 +31,10 @@ FLAGS = {
 
 
 def _generate(settings: GenerateSettings, out: Path) -> None:
-    from pqtradeoff.stages import run_generate  # lazy: startup
+    from pqtradeoff.models.registry import require_model_packages
+
+    require_model_packages()  # one line, before anything imports torch
+    from pqtradeoff.stages import run_generate  # lazy: torch
 
     result = run_generate(settings, out)
     typer.echo(f"corpus: {result.out_dir} ({result.describe()})")

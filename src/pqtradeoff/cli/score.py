@@ -27,7 +27,10 @@ FLAGS = {
 
 
 def _score(settings: ScoreSettings, corpus_dir: Path, out: Path) -> None:
-    from pqtradeoff.stages import run_score  # lazy: startup
+    from pqtradeoff.models.registry import require_model_packages
+
+    require_model_packages()  # one line, before anything imports torch
+    from pqtradeoff.stages import run_score  # lazy: torch
 
     result = run_score(settings, corpus_dir, out)
     typer.echo(f"scored corpus: {result.out_dir} ({result.describe()})")

@@ -20,7 +20,8 @@ def toy(
     corpus_size: int = typer.Option(100_000, "--corpus-size", help="Strings per corpus (iid draws from p+)."),
     epsilon: float = typer.Option(0.001, "--epsilon", help="Typicality: |mean(-log p+) - H(p+)| < epsilon."),
     seed: int = typer.Option(42, "--seed", help="Seed of every random draw."),
-    figures: bool = typer.Option(True, "--figures/--no-figures", help="Write the PNG figures."),
+    figures: bool = typer.Option(True, "--figures/--no-figures", help="Write the figures."),
+    figure_format: str = typer.Option("png", "--format", help="Figure format: png, pdf or svg."),
 ) -> None:
     """Reproduce the paper's toy experiment: string-level vs corpus-level correlation of log prior and reward."""
     from pqtradeoff import toy as toy_lib
@@ -29,7 +30,7 @@ def toy(
         n_strings=n_strings, alpha=alpha, exponent=exponent, noise=noise, n_corpora=n_corpora,
         corpus_size=corpus_size, epsilon=epsilon, seed=seed,
     )
-    summary = toy_lib.run(settings, out, figures=figures)
+    summary = toy_lib.run(settings, out, figures=figures, figure_format=figure_format)
     fields = (
         "posterior_entropy", "prior_entropy", "string_spearman", "string_pearson", "n_typical",
         "typical_corpus_spearman", "typical_corpus_pearson", "atypical_corpus_spearman",

@@ -17,6 +17,14 @@ TORCH_HINT = ("pip install torch==2.13.0 (or the build for your CUDA from pytorc
               "pip install -e \".[models]\"")
 
 
+def require_torch() -> None:
+    """One line when torch is absent (the exact-model demo needs torch but not transformers)."""
+    import importlib.util
+
+    if importlib.util.find_spec("torch") is None:
+        raise PQError(f"PyTorch is not installed, and this command needs it: {TORCH_HINT}")
+
+
 def require_model_packages() -> None:
     """One line, not a 38-line ModuleNotFoundError, when the model side is not installed."""
     for module, what in (("torch", "PyTorch"), ("transformers", "transformers")):
