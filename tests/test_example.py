@@ -30,19 +30,21 @@ pytestmark = [
 ]
 
 
+def swap(text: str, old: str, new: str) -> str:
+    """Replace `old` in the shipped example; fail loudly when the example no longer holds it."""
+    assert old in text, f"the example changed: {old!r} not found"
+    return text.replace(old, new)
+
+
 def tiny_config(tmp_path) -> str:
+    """The shipped example at a tiny size: 3 prompts, 2 adaptors, 16 new tokens."""
     text = (EXAMPLES_DIR / "smollm2-gemma-vader.toml").read_text(encoding="utf-8")
-    text = text.replace(
-        'file = "prompts.jsonl"',
-        f"file = {json.dumps(str(EXAMPLES_DIR / 'prompts.jsonl'))}\nnum_prompts = 3\nprompt_seed = 1",
-    )
-    text = text.replace(
-        'families = ["ancestral", "top_k=30", "top_p=0.9"]', 'families = ["ancestral", "top_k=30"]'
-    )
-    text = text.replace("temperatures = [0.7, 1.0]", "temperatures = [0.7]").replace(
-        "max_new_tokens = 32", "max_new_tokens = 16"
-    )
-    text = text.replace("imh_steps = 20000", "imh_steps = 2000\nkeep_unfinished = true\nplots = false")
+    prompts = json.dumps(str(EXAMPLES_DIR / "prompts.jsonl"))
+    text = swap(text, 'file = "prompts.jsonl"', f"file = {prompts}\nnum_prompts = 3\nprompt_seed = 1")
+    text = swap(text, 'families = ["ancestral", "top_k=30", "top_p=0.9"]', 'families = ["ancestral", "top_k=30"]')
+    text = swap(text, "temperatures = [0.7, 1.0]", "temperatures = [0.7]")
+    text = swap(text, "max_new_tokens = 64", "max_new_tokens = 16")
+    text = swap(text, "imh_steps = 20000", "imh_steps = 2000\nkeep_unfinished = true\nplots = false")
     path = tmp_path / "tiny.toml"
     path.write_text(text, encoding="utf-8")
     return str(path)
