@@ -41,7 +41,8 @@ def tiny_config(tmp_path) -> str:
     text = (EXAMPLES_DIR / "smollm2-gemma-vader.toml").read_text(encoding="utf-8")
     prompts = json.dumps(str(EXAMPLES_DIR / "prompts.jsonl"))
     text = swap(text, 'file = "prompts.jsonl"', f"file = {prompts}\nnum_prompts = 3\nprompt_seed = 1")
-    text = swap(text, 'families = ["ancestral", "top_k=30", "top_p=0.9"]', 'families = ["ancestral", "top_k=30"]')
+    text = swap(text, 'families = ["ancestral", "top_k=30", "top_p=0.9"]',
+                'families = ["ancestral", "top_k=30"]')
     text = swap(text, "temperatures = [0.7, 1.0]", "temperatures = [0.7]")
     text = swap(text, "max_new_tokens = 64", "max_new_tokens = 16")
     text = swap(text, "imh_steps = 20000", "imh_steps = 2000\nkeep_unfinished = true\nplots = false")
