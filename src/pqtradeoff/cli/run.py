@@ -35,40 +35,34 @@ def run(
 
 
 def _print_results(summary: dict) -> None:
-    from rich.console import Console  # lazy: rich
-    from rich.table import Table  # lazy: rich
-
-    console = Console()
-    table = Table(title="Per configuration: IMH-corrected means (± s.e.) and the sampled pool's means")
-    for col in ("adaptor", "log prior", "reward", "pool log prior", "pool reward"):
-        table.add_column(col, justify="left" if col == "adaptor" else "right", no_wrap=col == "adaptor")
-
+    """The per-configuration means and the correlations, as plain text that fits 80 columns."""
     def num(value, digits: int) -> str:
         return "-" if value is None else f"{value:.{digits}f}"
-
-    for c in summary["configs"]:
-        table.add_row(c["adaptor"], f"{num(c['mean_log_prior'], 2)} ± {num(c['mean_log_prior_se'], 2)}",
-                      f"{num(c['mean_reward'], 3)} ± {num(c['mean_reward_se'], 3)}",
-                      num(c["local_mean_log_prior"], 2), num(c["local_mean_reward"], 3))
-    console.print(table)
-    s, k = summary["string_level"], summary["corpus_level"]
 
     def r(value) -> str:
         return "-" if value is None else f"{value:+.3f}"
 
-    console.print(f"string level: spearman {r(s['spearman'])}, pearson {r(s['pearson'])}   "
-                  f"corpus level: spearman {r(k['spearman'])}, pearson {r(k['pearson'])}")
+    typer.echo("IMH-corrected means ± standard error, and the sampled pool's means")
+    typer.echo(f"{'adaptor':<27}  {'log prior':>16} {'reward':>15} {'pool log p':>10} {'pool r':>7}")
+    for c in summary["configs"]:
+        typer.echo(f"{c['adaptor']:<27}  "
+                   f"{num(c['mean_log_prior'], 2) + ' ± ' + num(c['mean_log_prior_se'], 2):>16} "
+                   f"{num(c['mean_reward'], 3) + ' ± ' + num(c['mean_reward_se'], 3):>15} "
+                   f"{num(c['local_mean_log_prior'], 2):>10} {num(c['local_mean_reward'], 3):>7}")
+    s, k = summary["string_level"], summary["corpus_level"]
+    typer.echo(f"string level: spearman {r(s['spearman'])}, pearson {r(s['pearson'])}")
+    typer.echo(f"corpus level: spearman {r(k['spearman'])}, pearson {r(k['pearson'])}")
     a = summary.get("alignment") or {}
     if a.get("defined") and a.get("beta_hat") is not None:
         ci = a.get("beta_hat_ci")
-        interval = f" [{ci[0]:.3g}, {ci[1]:.3g}]" if ci else ""
-        console.print(f"alignment: effective beta {a['beta_hat']:.3g}{interval}, within-prompt r "
-                      f"{a['within_prompt_r']:+.3f} ({a['n_strings']} strings, {a['n_prompts']} prompts)")
+        interval = f" [{ci[0]:.3g}, {ci[1]:.3g}]" if ci else " (interval unbounded)"
+        typer.echo(f"alignment: effective beta {a['beta_hat']:.3g}{interval}, within-prompt r "
+                   f"{a['within_prompt_r']:+.3f}")
     elif a:
-        console.print(f"alignment: not fitted: {a.get('reason') or a.get('note')}")
+        typer.echo(f"alignment: not fitted: {a.get('reason') or a.get('note')}")
     if summary["skipped"]:
-        console.print(f"{len(summary['skipped'])} configuration(s) skipped (reasons in summary.json and the "
-                      "report)")
+        typer.echo(f"{len(summary['skipped'])} configuration(s) skipped (reasons in summary.json and the "
+                   "report)")
 
 
 def _print_stage_table(result) -> None:
