@@ -115,8 +115,11 @@ class SamplingSettings(Section):
     save_token_logprobs: bool = Field(False,
                                       description="Also store per-token logq, logp_aligned, log Z arrays.")
     prompt_block: int = Field(1024, ge=1, le=2**31,
-                              description="Prompt ids per shard (a shard = one adaptor, "
-                                                                "one sample id, one block of prompt ids).")
+                              description="Prompt ids per shard (a shard = one adaptor, one block of sample "
+                                          "ids, one block of prompt ids).")
+    sample_block: int = Field(1, ge=1, le=1_000_000,
+                              description="Sample ids per shard: more rows per shard (larger batches) when "
+                                          "num_generations > 1; a partly filled block is redone as it grows.")
 
     @model_validator(mode="after")
     def _check(self) -> SamplingSettings:

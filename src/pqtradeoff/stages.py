@@ -99,7 +99,7 @@ def run_generate(settings: GenerateSettings, out: Path, models: ModelCache | Non
                            max_new_tokens=s.max_new_tokens,
                            seed=s.seed, batch_size=batch, out_dir=out, settings=recorded,
                            save_token_logprobs=s.save_token_logprobs, progress=settings.compute.progress,
-                           prompt_block=s.prompt_block, policy=GENERATE_POLICY)
+                           prompt_block=s.prompt_block, sample_block=s.sample_block, policy=GENERATE_POLICY)
 
 
 # ------------------------------------------------------------------------------------------------- score

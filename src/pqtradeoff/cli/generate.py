@@ -24,7 +24,7 @@ FLAGS = {
     "--temperature": "sampling.temperatures",
     "--num-generations": "sampling.num_generations", "--max-new-tokens": "sampling.max_new_tokens",
     "--seed": "sampling.seed", "--save-token-logprobs": "sampling.save_token_logprobs",
-    "--prompt-block": "sampling.prompt_block",
+    "--prompt-block": "sampling.prompt_block", "--sample-block": "sampling.sample_block",
     "--batch-size": "compute.batch_size", "--max-batch-tokens": "compute.max_batch_tokens",
     "--progress": "compute.progress",
 }
