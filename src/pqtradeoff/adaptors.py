@@ -226,13 +226,80 @@ TRUNCATIONS = tuple(p.name for p in PARAMETERS if p.default is None)
 _BY_NAME = {p.name: p for p in PARAMETERS}
 
 
-def parse(spec: str | Adaptor) -> Adaptor:
-    """Parse a spec string such as `ancestral` or `temperature=0.75,top_p=0.95` into an `Adaptor`."""
-    if isinstance(spec, Adaptor):
+@dataclass(frozen=True)
+class Mixture:
+    """A mixture of adaptors: each string is sampled from one component, chosen with its probability.
+
+    Spec: `mix(0.3:temperature=0.75,top_k=30|0.7:ancestral)` (probabilities summing to 1, `|` between
+    components). Its expectations are exactly the probability-weighted sums of its components', which is what
+    `pqtradeoff advise` recommends and what sampling a mixture checks. Each row records the component that
+    sampled it (column `component`) and that component's own logq, logp_aligned and log_weight; the IMH
+    analysis corrects components, sampled as configurations of their own, not mixtures (a mixture's pool
+    means are reported as what sampling it gives).
+    """
+
+    weights: tuple[float, ...]
+    components: tuple[Adaptor, ...]
+
+    def __post_init__(self) -> None:
+        if len(self.components) < 2 or len(self.weights) != len(self.components):
+            raise PQError(f"mixture {self!s}: give at least two components, each with its probability")
+        if any(not (0.0 < w <= 1.0) for w in self.weights) or abs(sum(self.weights) - 1.0) > 1e-9:
+            raise PQError(f"mixture {self!s}: probabilities {list(self.weights)} must be in (0, 1] and sum "
+                          "to 1")
+        if len({str(c) for c in self.components}) != len(self.components):
+            raise PQError(f"mixture {self!s} names a component twice")
+
+    def __str__(self) -> str:
+        parts = (f"{w!r}:{c}" for w, c in zip(self.weights, self.components, strict=False))
+        return "mix(" + "|".join(parts) + ")"
+
+    @property
+    def family(self) -> str:
+        return "mixture"
+
+    @property
+    def temperature(self) -> float:
+        """Not one temperature: NaN (sorts, never compares equal)."""
+        return math.nan
+
+    def choose(self, uniforms: Any) -> Any:
+        """The component index of each row, from one uniform in [0, 1) per row."""
+        import numpy as np  # lazy: startup
+
+        edges = np.cumsum(np.asarray(self.weights, dtype=np.float64))[:-1]
+        return np.searchsorted(edges, np.asarray(uniforms, dtype=np.float64), side="right")
+
+
+def parse_mixture(spec: str) -> Mixture:
+    """`mix(w1:spec1|w2:spec2|...)` -> Mixture; a one-line PQError names what cannot be read."""
+    inner = spec.strip()[len("mix("):]
+    if not inner.endswith(")"):
+        raise PQError(f"adaptor spec {spec!r}: a mixture is mix(w1:spec1|w2:spec2), closed by ')'")
+    weights, components = [], []
+    for part in inner[:-1].split("|"):
+        weight, sep, component = part.partition(":")
+        try:
+            weights.append(float(weight))
+        except ValueError:
+            raise PQError(f"adaptor spec {spec!r}: {part!r} is not probability:spec, e.g. "
+                          "0.3:top_k=30") from None
+        if not sep or component.strip().startswith("mix("):
+            raise PQError(f"adaptor spec {spec!r}: {part!r} is not probability:spec (no nested mixtures)")
+        components.append(parse(component))
+    return Mixture(tuple(weights), tuple(components))
+
+
+def parse(spec: str | Adaptor | Mixture) -> Adaptor | Mixture:
+    """Parse a spec string such as `ancestral` or `temperature=0.75,top_p=0.95` into an `Adaptor` (or a
+    `mix(...)` spec into a `Mixture`)."""
+    if isinstance(spec, (Adaptor, Mixture)):
         return spec
     if not isinstance(spec, str) or not spec.strip():
         raise PQError(f"adaptor spec {spec!r} is empty: use e.g. 'ancestral' or 'temperature=0.7,top_p=0.9'")
     text = spec.strip()
+    if text.startswith("mix("):
+        return parse_mixture(text)
     if text == "ancestral":
         return Adaptor()
     values: dict[str, float | int] = {}
@@ -267,6 +334,9 @@ def parse_grid(specs: list[str], temperatures: list[float] | None = None) -> lis
     adaptors = [parse(s) for s in specs]
     if temperatures:
         for spec, a in zip(specs, adaptors, strict=True):
+            if isinstance(a, Mixture):
+                raise PQError(f"adaptor spec {spec!r} is a mixture: give it under adaptors, not families "
+                              "(its components set their own temperatures)")
             if a.temperature != 1.0:
                 raise PQError(f"adaptor spec {spec!r} sets a temperature and temperatures are crossed in "
                               "too: give the spec without its temperature")

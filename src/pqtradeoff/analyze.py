@@ -193,6 +193,9 @@ def analyze_config(
     Raises PQError when the target gives every string zero weight (the caller reports the config as skipped).
     """
     spec = adaptors.parse(adaptor)
+    if isinstance(spec, adaptors.Mixture):
+        raise PQError("a mixture of adaptors: its pool's plain means are what sampling it gives (used by "
+                      "`advise`); the IMH analysis corrects its components, sampled as configurations of their own")
     log_w = correct.log_importance_weights(
         settings.target, rows["log_weight"].to_numpy(float), rows["logp_aligned"].to_numpy(float),
         rows["logq"].to_numpy(float),
