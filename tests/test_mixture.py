@@ -1,4 +1,4 @@
-"""Mixtures of adaptors (`mix(0.3:spec|0.7:spec)`): parsing, choosing components, and the analysis's treatment."""
+"""Mixtures of adaptors (`mix(0.3:spec|0.7:spec)`): parsing, choosing components, sampling, analysis."""
 
 from __future__ import annotations
 
