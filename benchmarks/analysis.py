@@ -78,7 +78,7 @@ def synthetic(configs: int, strings: int, seed: int = 0) -> pd.DataFrame:
 
 
 # ------------------------------------------------------------------------------------------- stage times
-#: The stages of `run_analysis`, each (label, module, function): the function is wrapped by a timer for the run.
+#: The stages of `run_analysis`, each (label, module, function): the function is wrapped by a timer.
 STAGES = (
     ("IMH chains", "pqtradeoff.correct", "run_chain"),
     ("corpus bootstrap", "pqtradeoff.stats", "corpus_means"),
