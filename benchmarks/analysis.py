@@ -272,6 +272,11 @@ def main() -> None:
     frame = synthetic(configs, strings)
     base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     settings = make_settings(corpora=corpora, corpus_size=corpus_size, imh_steps=steps, seed=0)
+    start = time.perf_counter()
+    import matplotlib.pyplot  # noqa: F401  (paid once by a fresh process: timed here, not in the runs)
+    import scipy.stats  # noqa: F401
+
+    imports = time.perf_counter() - start
     runs = []  # (wall, cpu, stage times, summary) per repeat; the best wall is reported
     for _ in range(args.repeat):
         with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings(), stage_timer() as parts:
@@ -293,9 +298,13 @@ def main() -> None:
         f"trade-off slope {summary.tradeoff.slope:+.4f}"
     )
     print(f"stages of the best run: {stage_line(parts, fast)}")
+    print(f"imports a fresh process pays once (scipy.stats, matplotlib.pyplot), before the runs: "
+          f"{imports:.2f} s; "
+          f"best run plus imports: {fast + imports:.2f} s")
     if not args.quick:
-        met = fast <= GOAL_S and peak_rss <= GOAL_MIB
-        print(f"goal <= {GOAL_S:.0f} s and <= {GOAL_MIB / 1024:.0f} GiB peak: {'met' if met else 'NOT met'}")
+        met = fast + imports <= GOAL_S and peak_rss <= GOAL_MIB
+        print(f"goal <= {GOAL_S:.0f} s (imports included) and <= {GOAL_MIB / 1024:.0f} GiB peak: "
+              f"{'met' if met else 'NOT met'}")
 
     small_steps, small_corpora, small_size = 2000, 2, 2000
     per_step, per_row = time_naive(frame, small_steps, small_size, small_corpora)
