@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import math
+import os
 import resource
 import tempfile
 import time
@@ -33,6 +34,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from pqtradeoff import analyze
 from pqtradeoff.analyze import make_settings, run_analysis
 
 FAMILIES = (
@@ -95,8 +97,9 @@ def stage_timer() -> Iterator[dict[str, float]]:
     """Seconds spent in each stage of `run_analysis`, summed over calls (wall clock, no profiler overhead).
 
     Each stage's function is replaced, for the duration, by a wrapper that adds its wall time to the dict; the
-    stages never call one another, so the times do not overlap. 'correlations' includes scipy.stats' first
-    import (about 0.6 s), which the run pays there.
+    stages never call one another, so the times do not overlap, except that configurations analysed on
+    several threads (`analyze.MAX_WORKERS`) add their chain and corpus times side by side. 'correlations'
+    includes scipy.stats' first import (about 0.6 s) where the run pays it.
     """
     import importlib
 
@@ -122,11 +125,14 @@ def stage_timer() -> Iterator[dict[str, float]]:
             setattr(module, name, original)
 
 
-def stage_line(times: dict[str, float], wall: float) -> str:
-    """The stages' times, the rest, and which stage dominates."""
-    rest = wall - sum(times.values())
+def stage_line(times: dict[str, float], wall: float, overlapping: bool = False) -> str:
+    """The stages' times, the rest, and which stage dominates (with threads, the per-config stages' times are
+    summed over threads and overlap: no rest is given)."""
     top = max(times, key=times.get)
     parts = "; ".join(f"{k} {v:.2f} s" for k, v in times.items())
+    if overlapping:
+        return f"{parts} (chains and corpora summed over threads: they overlap). Dominant: {top}"
+    rest = wall - sum(times.values())
     return f"{parts}; other {rest:.2f} s. Dominant: {top} ({times[top] / wall:.0%} of the wall time)"
 
 
@@ -190,6 +196,7 @@ def one_load_run(configs: int, strings: int) -> None:
                 "cpu_s": cpu,
                 "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                 "parts": dict(parts),
+                "threads": min(analyze.MAX_WORKERS, len(os.sched_getaffinity(0)), configs),
             }
         )
     )
@@ -236,7 +243,7 @@ def load_test() -> None:
             f"{r['cpu_s']:.1f} s CPU, {r['wall_s'] / r['rows'] * 1e6:.1f} us/string, "
             f"{r['wall_s'] / r['configs']:.2f} s/config, peak RSS {r['peak_rss_mib']:.0f} MiB"
         )
-        print("   " + stage_line(r["parts"], r["wall_s"]))
+        print("   " + stage_line(r["parts"], r["wall_s"], overlapping=r["threads"] > 1))
     paper, large = results
     print(
         f"large / paper time per string: "
@@ -249,6 +256,24 @@ def load_test() -> None:
         f"corpus sampler, 20,000-string pool, 2,000 corpora x 2,000 strings: count vectors {counts:.2f} s, "
         f"draws {draws:.2f} s, ratio {counts / draws:.1f}x"
     )
+
+
+def best_run(frame: pd.DataFrame, settings, repeat: int, workers: int):
+    """The fastest of `repeat` runs of `run_analysis` with at most `workers` configurations at once:
+    (wall, CPU, stage times, summary) of that run, and every run's wall time."""
+    default, analyze.MAX_WORKERS = analyze.MAX_WORKERS, workers
+    runs = []
+    try:
+        for _ in range(repeat):
+            with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings(), stage_timer() as parts:
+                warnings.simplefilter("ignore")
+                start, cpu_start = time.perf_counter(), time.process_time()
+                summary = run_analysis(frame, Path(tmp), settings)
+                wall, cpu = time.perf_counter() - start, time.process_time() - cpu_start
+                runs.append((wall, cpu, dict(parts), summary))
+    finally:
+        analyze.MAX_WORKERS = default
+    return (*min(runs, key=lambda r: r[0]), [r[0] for r in runs])
 
 
 def main() -> None:
@@ -277,30 +302,28 @@ def main() -> None:
     import scipy.stats  # noqa: F401
 
     imports = time.perf_counter() - start
-    runs = []  # (wall, cpu, stage times, summary) per repeat; the best wall is reported
-    for _ in range(args.repeat):
-        with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings(), stage_timer() as parts:
-            warnings.simplefilter("ignore")
-            start, cpu_start = time.perf_counter(), time.process_time()
-            summary = run_analysis(frame, Path(tmp), settings)
-            runs.append((time.perf_counter() - start, time.process_time() - cpu_start, dict(parts), summary))
-    fast, cpu, parts, summary = min(runs, key=lambda r: r[0])
-    peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(
         f"scale: {configs} configs x {strings} strings, {steps:,} IMH steps/config, "
-        f"{corpora:,} corpora x {corpus_size:,} strings/config"
+        f"{corpora:,} corpora x {corpus_size:,} strings/config; machine: {os.cpu_count()} CPU(s), "
+        f"load average {os.getloadavg()[0]:.2f} before the runs (other processes may share the cores)"
     )
-    print(
-        f"fast (run_analysis end to end, figures and report included), best of {len(runs)} "
-        f"({', '.join(f'{r[0]:.2f}' for r in runs)} s): {fast:.2f} s wall, {cpu:.2f} s CPU "
-        f"(wall > CPU means other processes shared the cores); "
-        f"peak RSS {peak_rss:.0f} MiB (before the run {base_rss:.0f} MiB); "
-        f"trade-off slope {summary.tradeoff.slope:+.4f}"
-    )
-    print(f"stages of the best run: {stage_line(parts, fast)}")
+    results = {}
+    for workers in (1, analyze.MAX_WORKERS):
+        fast, cpu, parts, summary, walls = best_run(frame, settings, args.repeat, workers)
+        results[workers] = fast
+        threads = min(workers, len(os.sched_getaffinity(0)))
+        print(
+            f"fast (run_analysis end to end, figures and report included), {threads} config(s) at once, "
+            f"best of {len(walls)} ({', '.join(f'{w:.2f}' for w in walls)} s): {fast:.2f} s wall, "
+            f"{cpu:.2f} s CPU (all threads); trade-off slope {summary.tradeoff.slope:+.4f}"
+        )
+        print(f"   stages of the best run: {stage_line(parts, fast, overlapping=threads > 1)}")
+    fast = results[analyze.MAX_WORKERS]
+    peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"threads / one at a time: {results[1] / fast:.2f}x; peak RSS {peak_rss:.0f} MiB "
+          f"(before the runs {base_rss:.0f} MiB)")
     print(f"imports a fresh process pays once (scipy.stats, matplotlib.pyplot), before the runs: "
-          f"{imports:.2f} s; "
-          f"best run plus imports: {fast + imports:.2f} s")
+          f"{imports:.2f} s; best run plus imports: {fast + imports:.2f} s")
     if not args.quick:
         met = fast + imports <= GOAL_S and peak_rss <= GOAL_MIB
         print(f"goal <= {GOAL_S:.0f} s (imports included) and <= {GOAL_MIB / 1024:.0f} GiB peak: "
