@@ -258,6 +258,25 @@ def load_test() -> None:
     )
 
 
+def poisson_floor(frame: pd.DataFrame, settings, configs: int) -> tuple[float, int]:
+    """The corpus bootstrap's floor on one core: numpy's Poisson sampler for one variate per (corpus, visited
+    string), timed on the first configuration's chain (best of 3) and scaled to all configurations; and that
+    configuration's visited strings."""
+    from pqtradeoff import correct
+
+    rows = frame[frame["adaptor"] == frame["adaptor"].iloc[0]]
+    rng = np.random.default_rng(0)
+    chain = correct.run_chain(rows["log_weight"].to_numpy(float), {}, settings.imh_steps, rng)
+    visited = chain.visits[chain.visits > 0]
+    lam = settings.corpus_size * visited / visited.sum()
+    best = math.inf
+    for _ in range(3):
+        start = time.perf_counter()
+        rng.poisson(lam, size=(settings.corpora, lam.size))
+        best = min(best, time.perf_counter() - start)
+    return best * configs, int(lam.size)
+
+
 def best_run(frame: pd.DataFrame, settings, repeat: int, workers: int):
     """The fastest of `repeat` runs of `run_analysis` with at most `workers` configurations at once:
     (wall, CPU, stage times, summary) of that run, and every run's wall time."""
@@ -311,6 +330,8 @@ def main() -> None:
     for workers in (1, analyze.MAX_WORKERS):
         fast, cpu, parts, summary, walls = best_run(frame, settings, args.repeat, workers)
         results[workers] = fast
+        if workers == 1:
+            one_at_a_time_bootstrap = parts["corpus bootstrap"]
         threads = min(workers, len(os.sched_getaffinity(0)))
         print(
             f"fast (run_analysis end to end, figures and report included), {threads} config(s) at once, "
@@ -319,6 +340,11 @@ def main() -> None:
         )
         print(f"   stages of the best run: {stage_line(parts, fast, overlapping=threads > 1)}")
     fast = results[analyze.MAX_WORKERS]
+    floor, visited = poisson_floor(frame, settings, configs)
+    print(f"corpus bootstrap floor on one core (numpy's Poisson sampler, one variate per corpus and visited "
+          f"string: {configs} x {corpora:,} x ~{visited:,} cells): {floor:.2f} s; the one-at-a-time run's "
+          f"bootstrap took {one_at_a_time_bootstrap:.2f} s ({floor / one_at_a_time_bootstrap:.0%} of the "
+          f"floor's speed)")
     peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"threads / one at a time: {results[1] / fast:.2f}x; peak RSS {peak_rss:.0f} MiB "
           f"(before the runs {base_rss:.0f} MiB)")
