@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from pqtradeoff import alignment
 from pqtradeoff.alignment import fit_alignment, prepare, replicate_sums
 
 
@@ -93,6 +94,39 @@ def test_vectorized_bootstrap_equals_refitting_each_resample():
         r, d = np.repeat(data.r, c), np.repeat(data.d, c)
         r, d = r - r.mean(), d - d.mean()
         assert row == pytest.approx([r @ r, d @ d, r @ d], rel=1e-9, abs=1e-9)
+
+
+@pytest.mark.parametrize("prompts, per_prompt", [(40, 5), (1, 30)])  # prompts resampled; strings resampled
+def test_bootstrap_counts_are_uniform_resamples(monkeypatch, prompts, per_prompt):
+    """Each replicate's counts are Multinomial(units, 1/units): they sum to the number of units, and one
+    unit's count over the replicates follows Binomial(units, 1/units) (chi-square); chunking changes none."""
+    from scipy import stats as sps
+
+    frame = strings(prompts=prompts, per_prompt=per_prompt, seed=2)
+    frame["reward"] = np.random.default_rng(3).normal(size=len(frame))
+    data = prepare(frame, None)
+    seen = []
+    def record(_, counts):
+        seen.append(counts.copy())
+        return np.zeros((len(counts), 3))
+
+    monkeypatch.setattr(alignment, "replicate_sums", record)
+    alignment._bootstrap(data, 4000, np.random.default_rng(4))
+    counts = np.concatenate(seen)
+    units = counts.shape[1]
+    assert counts.shape == (4000, prompts if prompts > 1 else per_prompt)
+    np.testing.assert_array_equal(counts.sum(axis=1), units)
+    k = np.arange(units + 1)
+    expected = sps.binom.pmf(k, units, 1 / units) * counts.size
+    observed = np.bincount(counts.ravel(), minlength=units + 1)
+    keep = expected >= 5
+    obs = np.append(observed[keep], observed[~keep].sum())
+    exp = np.append(expected[keep], expected[~keep].sum())
+    assert sps.chisquare(obs, exp * obs.sum() / exp.sum()).pvalue > 0.001
+    seen.clear()
+    monkeypatch.setattr(alignment, "_CHUNK_CELLS", units * 3)  # three replicates per chunk
+    alignment._bootstrap(data, 4000, np.random.default_rng(4))
+    np.testing.assert_array_equal(np.concatenate(seen), counts)
 
 
 def test_single_prompt_has_one_intercept_and_resamples_strings():

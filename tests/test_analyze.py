@@ -234,6 +234,29 @@ def test_same_seed_same_bytes(tmp_path):
     assert runs[0]["corpora.parquet"] != runs[2]["corpora.parquet"]
 
 
+def test_threads_change_no_byte(tmp_path, monkeypatch):
+    """Configurations analysed one at a time or several at once (forced even on one CPU) give the same files,
+    the count-vector corpus sampler included (corpus_size >= 2x the pool), and a skipped config is still
+    skipped."""
+    import pqtradeoff.analyze as analyze
+
+    frame = make_scored(n=40)
+    frame.loc[frame["adaptor"] == "temperature=1.5", "log_weight"] = -np.inf  # all zero weights: skipped
+    monkeypatch.setattr(analyze.os, "sched_getaffinity", lambda _: set(range(8)), raising=False)
+    runs = []
+    for workers in (1, 4):
+        monkeypatch.setattr(analyze, "MAX_WORKERS", workers)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            run_analysis(frame, tmp_path / str(workers), _settings(corpus_size=500))
+        out = tmp_path / str(workers)
+        runs.append({f: (out / f).read_bytes() for f in ("corpora.parquet", "summary.json")})
+    assert runs[0]["corpora.parquet"] == runs[1]["corpora.parquet"]
+    assert runs[0]["summary.json"] == runs[1]["summary.json"]
+    first = json.loads(runs[0]["summary.json"])
+    assert [s["adaptor"] for s in first["skipped"]] == ["temperature=1.5"]
+
+
 def test_bad_settings_name_the_field():
     with pytest.raises(PQError, match="corpora=0"):
         make_settings(corpora=0)

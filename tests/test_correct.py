@@ -111,6 +111,28 @@ def test_all_zero_weights_is_a_clear_error():
         correct.draw_proposals(np.zeros(4), 0, np.random.default_rng(0))
 
 
+@given(st.integers(1, 3000))
+def test_fft_size_is_the_smallest_5_smooth_length(target):
+    def smooth(k):
+        for q in (2, 3, 5):
+            while k % q == 0:
+                k //= q
+        return k == 1
+
+    size = correct.fft_size(target)
+    assert size >= target and smooth(size)
+    assert not any(smooth(k) for k in range(target, size))
+
+
+@pytest.mark.parametrize("n", [2, 3, 7, 1000, 1001])
+def test_autocorrelation_matches_direct_sum_at_every_lag(n):
+    """Every lag, the last included: the padding leaves none wrapped around whatever the length."""
+    x = np.random.default_rng(n).normal(size=n).cumsum()
+    c = x - x.mean()
+    direct = np.array([np.dot(c[: n - k], c[k:]) for k in range(n)]) / np.dot(c, c)
+    np.testing.assert_allclose(correct.autocorrelation(x), direct, rtol=0, atol=1e-9)
+
+
 def test_autocorrelation_matches_direct_sum():
     x = np.random.default_rng(3).normal(size=200).cumsum()
     c = x - x.mean()

@@ -75,6 +75,50 @@ def test_corpus_means_chunking_changes_nothing(monkeypatch, pool, size):
     np.testing.assert_array_equal(whole, chunked)
 
 
+@settings(max_examples=80, deadline=None)
+@given(weights=st.lists(st.floats(1e-12, 1e6), min_size=1, max_size=40))
+def test_alias_table_gives_each_cell_its_probability(weights):
+    """The law an alias table encodes, summed cell by cell (kept mass plus mass aliased to it), is freq."""
+    freq = np.array(weights) / np.sum(weights)
+    prob, alias = stats.alias_table(freq)
+    n = freq.size
+    implied = prob / n
+    np.add.at(implied, alias, (1.0 - prob) / n)
+    np.testing.assert_allclose(implied, freq, rtol=0, atol=1e-12)
+
+
+def test_alias_draws_follow_the_law():
+    freq = np.array([0.5, 0.3, 0.15, 0.049, 0.001])
+    draws = stats.alias_draws(np.random.default_rng(0), *stats.alias_table(freq), 200_000)
+    observed = np.bincount(draws, minlength=freq.size)
+    assert sps.chisquare(observed, freq * draws.size).pvalue > 0.001
+
+
+@pytest.mark.parametrize("size", [1, 2, 5, 40, 3000])
+def test_poissonized_counts_are_multinomial(size):
+    """Every corpus has exactly `size` strings; one string's count is Binomial(size, f_i) and two strings'
+    joint counts have the multinomial covariance -size f_i f_j (chi-square and moment checks)."""
+    freq = np.array([0.45, 0.3, 0.15, 0.07, 0.03])
+    corpora = 40_000
+    streams = np.random.default_rng(size).spawn(3)
+    counts = stats.multinomial_counts(streams, freq, corpora, size)
+    assert counts.shape == (corpora, freq.size) and (counts >= 0).all()
+    np.testing.assert_array_equal(counts.sum(axis=1), size)
+    for i in (0, 3):
+        k = np.arange(size + 1)
+        expected = sps.binom.pmf(k, size, freq[i]) * corpora
+        observed = np.bincount(counts[:, i], minlength=size + 1)
+        keep = expected >= 5  # bins too rare for the chi-square approximation are pooled into one
+        obs = np.append(observed[keep], observed[~keep].sum())
+        exp = np.append(expected[keep], expected[~keep].sum())
+        obs, exp = (obs, exp) if exp[-1] > 0 else (obs[:-1], exp[:-1])
+        assert sps.chisquare(obs, exp * obs.sum() / exp.sum()).pvalue > 0.001
+    cov = np.cov(counts[:, 0], counts[:, 1])[0, 1]
+    want = -size * freq[0] * freq[1]
+    se = math.sqrt(size * size * freq[0] * freq[1] * (1 + freq[0] + freq[1]) / corpora) + 1e-9
+    assert abs(cov - want) < 5 * se
+
+
 def test_corpus_means_bad_sizes():
     with pytest.raises(PQError, match="corpora=0"):
         stats.corpus_means(np.ones(3), {"x": np.ones(3)}, 0, 10, np.random.default_rng(0))

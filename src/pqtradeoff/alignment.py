@@ -159,13 +159,18 @@ def replicate_sums(data: AlignmentData, counts: np.ndarray) -> np.ndarray:
 
 
 def _bootstrap(data: AlignmentData, replicates: int, rng: np.random.Generator) -> np.ndarray:
-    """(replicates, 3) demeaned sums, drawing the counts in chunks."""
+    """(replicates, 3) demeaned sums, drawing the counts in chunks.
+
+    A replicate's counts are those of `units` uniform draws with replacement (Multinomial(units, 1/units),
+    the bootstrap itself), counted by bincount: ~10 ns a draw against ~35 ns a cell for numpy's multinomial.
+    """
     units = len(data.prompt_ids) if len(data.prompt_ids) > 1 else len(data.r)
     rows = max(1, _CHUNK_CELLS // units)
     out = np.empty((replicates, 3))
     for lo in range(0, replicates, rows):
         hi = min(replicates, lo + rows)
-        counts = rng.multinomial(units, np.full(units, 1.0 / units), size=hi - lo)
+        cells = rng.integers(0, units, size=(hi - lo, units)) + (np.arange(hi - lo) * units)[:, None]
+        counts = np.bincount(cells.ravel(), minlength=(hi - lo) * units).reshape(hi - lo, units)
         out[lo:hi] = replicate_sums(data, counts)
     return out
 
