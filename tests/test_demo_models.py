@@ -22,7 +22,7 @@ def test_demo_models_show_the_phenomenon():
         for t in (0.5, 0.75, 1.0, 1.25, 1.5):
             spec = f"temperature={t}{family}"
             q = demo.aligned.with_log_probs(np.array(exact.adapted_tables(demo.aligned, spec).log_probs))
-            for y in q.sample(250, seed=int(10 * t), max_length=500):
+            for y in q.sample_strings(250, seed=int(10 * t), max_length=500):
                 log_prior.append(demo.prior.log_prob(y))
                 reward.append(demo.reward.score(y))
             result = exact.global_expectations(demo.alignment, spec)

@@ -356,7 +356,7 @@ def test_max_length_must_be_positive(bounded3):
 # ----------------------------------------------------------------------------------------- sampling
 def test_ancestral_samples_match_exact_expectations():
     al = with_random_reward(random_ngram(3, 2, seed=5, eos_prob=0.3), 5)
-    samples = al.aligned.sample(4000, seed=7)
+    samples = al.aligned.sample_strings(4000, seed=7)
     lp = np.array([al.prior.log_prob(y) for y in samples])
     r = np.array([al.reward.score(y) for y in samples])
     lpa = np.array([al.aligned.log_prob(y) for y in samples])

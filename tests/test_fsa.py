@@ -242,7 +242,7 @@ def test_identity_on_sampled_strings(seed, order, n_words, beta):
     """For random automata: p+ rows are distributions, and the identity holds on samples from p+ and p."""
     a = random_alignment(seed, order, n_words, beta)
     assert np.allclose(a.aligned.probs.sum(axis=1), 1.0, atol=1e-12)
-    for y in a.aligned.sample(30, seed=seed) + a.prior.sample(30, seed=seed + 1):
+    for y in a.aligned.sample_strings(30, seed=seed) + a.prior.sample_strings(30, seed=seed + 1):
         assert abs(a.identity_residual(y)) < 1e-9
     e = exact.aligned_expectations(a)
     assert e.mean_log_prior + e.mean_reward / beta == pytest.approx(e.mean_log_aligned + a.log_z, abs=1e-9)

@@ -15,7 +15,7 @@ from typing import Any
 
 from pqtradeoff.errors import PQError
 from pqtradeoff.io import RUN_RECORD, check_resumable, run_record
-from pqtradeoff.settings import GenerateSettings, ModelSpec, ScoreSettings, resume_policy
+from pqtradeoff.settings import GenerateSettings, ModelSpec, RewardSettings, ScoreSettings, resume_policy
 
 #: Default batch sizes of scoring when the user gives none (generation chooses its own: `choose_batch_size`).
 SCORE_BATCH = 8
@@ -49,6 +49,43 @@ class ModelCache:
         return self.loaded[key]
 
 
+@dataclass(frozen=True)
+class CausalLoader:
+    """Builds a causal model from its spec: what each Ray actor calls to load its own replica (picklable)."""
+
+    spec: ModelSpec
+    template: str | None
+    chat_template: bool
+
+    def __call__(self) -> Any:
+        return ModelCache(quiet=True).causal(self.spec, self.template, self.chat_template)
+
+
+@dataclass(frozen=True)
+class ScoreModelsLoader:
+    """Builds `(prior, reward)` for scoring, as the driver resolved them (chat templates included): what each
+    Ray actor calls to load its own replicas (picklable)."""
+
+    prior: CausalLoader | None
+    reward: RewardSettings
+    reward_model: ModelSpec | None
+    template: str | None
+    reward_chat: bool
+    batch_size: int
+
+    def __call__(self) -> tuple[Any, Any]:
+        prior = self.prior() if self.prior is not None else None
+        if self.reward.kind == "model":
+            assert self.reward_model is not None  # checked by ScoreSettings
+            scorer = ModelCache(quiet=True).reward_model(self.reward_model, self.template, self.reward_chat,
+                                                         self.reward.label, self.batch_size)
+        else:
+            from pqtradeoff.rewards import make_reward
+
+            scorer = make_reward(self.reward.kind, beta=self.reward.beta)
+        return prior, scorer
+
+
 def _quiet_transformers(progress: bool) -> None:
     if not progress:
         from transformers.utils import logging as hf_logging
@@ -78,6 +115,7 @@ def run_generate(settings: GenerateSettings, out: Path, models: ModelCache | Non
                         max_chars=p.max_chars)
     recorded = generate_record_settings(settings, rows)
     check_resumable(out, {"settings": recorded}, GENERATE_POLICY)  # before minutes of model loading
+    check_executor(settings.executor)
     _quiet_transformers(settings.compute.progress)
     models = models or ModelCache()
     lm = models.causal(settings.model, p.template, p.chat_template)
@@ -93,7 +131,8 @@ def run_generate(settings: GenerateSettings, out: Path, models: ModelCache | Non
     return generate_corpus(lm, records, s.grid(), num_generations=s.num_generations, max_new_tokens=s.max_new_tokens,
                            seed=s.seed, batch_size=batch, out_dir=out, settings=recorded,
                            save_token_logprobs=s.save_token_logprobs, progress=settings.compute.progress,
-                           prompt_block=s.prompt_block, policy=GENERATE_POLICY)
+                           prompt_block=s.prompt_block, policy=GENERATE_POLICY, executor=settings.executor,
+                           load_model=CausalLoader(settings.model, p.template, p.chat_template))
 
 
 # ------------------------------------------------------------------------------------------------- score
@@ -119,6 +158,7 @@ def run_score(settings: ScoreSettings, corpus: Path, out: Path, models: ModelCac
     chat = bool(prompts.get("chat_template", made.get("chat_template", False)))
     recorded = score_record_settings(settings, corpus)
     check_resumable(out, {"settings": recorded}, SCORE_POLICY)  # before loading the prior and the reward model
+    check_executor(settings.executor)
     _quiet_transformers(settings.compute.progress)
     models = models or ModelCache()
     batch = settings.compute.batch_size or SCORE_BATCH
@@ -142,9 +182,12 @@ def run_score(settings: ScoreSettings, corpus: Path, out: Path, models: ModelCac
 
     recorded |= {"prompt_template": template, "chat_template": chat, "prior_chat_template": prior_chat,
                  "reward_chat_template": reward_chat}
+    load = ScoreModelsLoader(None if settings.prior is None else CausalLoader(settings.prior, template, bool(prior_chat)),
+                             r, settings.reward_model, template, bool(reward_chat), batch)
     return score_corpus(corpus, out, prior=lm, reward=scorer, prior_context=r.prior_context, batch_size=batch,
                         max_batch_tokens=settings.compute.max_batch_tokens or SCORE_BATCH_TOKENS,
-                        settings=recorded, progress=settings.compute.progress, policy=SCORE_POLICY)
+                        settings=recorded, progress=settings.compute.progress, policy=SCORE_POLICY,
+                        executor=settings.executor, load_models=load)
 
 
 def with_chat_fallback(build, chat: bool, what: str):
@@ -159,6 +202,16 @@ def with_chat_fallback(build, chat: bool, what: str):
             raise
     logging.getLogger("pqtradeoff").warning("%s has no chat template; it reads the raw prompt", what)
     return build(False), False
+
+
+def check_executor(executor: Any) -> None:
+    """The ray executor's needs (Ray installed, the cluster reachable), checked before any model loads."""
+    if executor.kind == "ray":
+        from pqtradeoff.executor import check_reachable, require_ray
+
+        require_ray()
+        if executor.ray_address is not None:
+            check_reachable(executor.ray_address)
 
 
 # ------------------------------------------------------------------------------------------------ output

@@ -23,6 +23,8 @@ FLAGS = {
     "--prior-context": "reward.prior_context",
     "--batch-size": "compute.batch_size", "--max-batch-tokens": "compute.max_batch_tokens",
     "--progress": "compute.progress",
+    "--executor": "executor.kind", "--ray-address": "executor.ray_address", "--actors": "executor.actors",
+    "--cpus-per-actor": "executor.cpus_per_actor", "--gpus-per-actor": "executor.gpus_per_actor",
 }
 
 

@@ -31,7 +31,7 @@ from scipy.special import logsumexp
 
 from pqtradeoff.automata import WeightedAutomaton, backward, locally_normalize
 from pqtradeoff.errors import PQError
-from pqtradeoff.models.base import LanguageModel
+from pqtradeoff.models.base import StepLanguageModel
 
 EOS = "</s>"
 #: Dense linear algebra over states: larger automata are refused with a one-line error.
@@ -58,7 +58,7 @@ def _frozen(array: np.ndarray) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------------------- automaton
-class FiniteStateLM(LanguageModel):
+class FiniteStateLM(StepLanguageModel):
     """A deterministic probabilistic automaton: p(v | s) and next(s, v) for states s and symbols v.
 
     Token ids 0..len(words)-1 are the words, `eos_token_id = len(words)` ends a string. After EOS the
@@ -209,8 +209,10 @@ class FiniteStateLM(LanguageModel):
         """log p(y | x) of the given tokens (EOS included if present), exactly, in float64."""
         return self.path_sum(self.log_probs, token_ids, prompt_ids)
 
-    def sample(self, n: int, seed: int, max_length: int = 10_000, prompt_ids: Sequence[int] = ()) -> list[list[int]]:
-        """`n` ancestral samples (token ids, EOS last when finished) by inverse CDF; for tests and checks."""
+    def sample_strings(self, n: int, seed: int, max_length: int = 10_000, prompt_ids: Sequence[int] = ()
+                       ) -> list[list[int]]:
+        """`n` ancestral samples (token ids, EOS last when finished) by inverse CDF, from numpy's generator; for
+        tests and checks (the pipeline samples by request: `sample`)."""
         n = _check_int("n", n, 1)
         max_length = _check_int("max_length", max_length, 1)
         rng = np.random.default_rng(seed)
