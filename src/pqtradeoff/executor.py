@@ -15,6 +15,8 @@ a fixed actor pool (`concurrency=` is deprecated there).
 
 from __future__ import annotations
 
+import os
+import re
 import socket
 import tempfile
 import time
@@ -105,7 +107,7 @@ def gpus_per_actor(ray: Any, settings: Any, device: str) -> float:
 
 class ShardActor:
     """One model replica per Ray actor: built once by `load()`, then `work(models, shard)` for each shard of
-    the batches Ray Data sends; returns one status row per shard (name, rows, tokens, seconds)."""
+    the batches Ray Data sends; returns one status row per shard (name, rows, tokens, seconds, actor pid)."""
 
     def __init__(self, load: Callable[[], Any], work: Callable[[Any, Any], tuple[int, int]], shards: Sequence[Any],
                  torch_threads: int) -> None:
@@ -117,7 +119,7 @@ class ShardActor:
         self.shards = list(shards)
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, list]:
-        out: dict[str, list] = {"name": [], "rows": [], "tokens": [], "seconds": []}
+        out: dict[str, list] = {"name": [], "rows": [], "tokens": [], "seconds": [], "pid": []}
         for index, name in zip(batch["index"], batch["name"], strict=True):
             shard = self.shards[int(index)]
             if shard.name != name:
@@ -128,6 +130,7 @@ class ShardActor:
             out["rows"].append(rows)
             out["tokens"].append(tokens)
             out["seconds"].append(time.perf_counter() - began)
+            out["pid"].append(os.getpid())
         return out
 
 
@@ -148,30 +151,44 @@ def map_shards(stage: str, load: Callable[[], Any], work: Callable[[Any, Any], t
                                                            "torch_threads": threads},
         compute=ray.data.ActorPoolStrategy(size=settings.actors), num_cpus=settings.cpus_per_actor,
         num_gpus=gpus_per_actor(ray, settings, device), batch_format="default")
+    failure = None
     try:
         for row in dataset.iter_rows():
             yield {"name": str(row["name"]), "rows": int(row["rows"]), "tokens": int(row["tokens"]),
-                   "seconds": float(row["seconds"])}
+                   "seconds": float(row["seconds"]), "pid": int(row["pid"])}
     except PQError:
         raise
     except Exception as err:  # Ray wraps the actor's exception (RayTaskError, UserCodeException, ...)
-        raise PQError(f"{stage}: a Ray actor failed: {actor_error(err)}; the shards already written are kept: "
-                      "rerun the same command to resume") from None
+        failure = actor_error(err)
+    if failure is not None:
+        # Drop the failed pipeline before raising: the error's traceback keeps this frame, and a live dataset
+        # keeps its actors and their CPUs/GPUs, which a rerun in this process would wait for forever.
+        del dataset
+        raise PQError(f"{stage}: a Ray actor failed: {failure}; the shards already written are kept: rerun the "
+                      "same command to resume")
 
 
 def actor_error(err: BaseException) -> str:
-    """The innermost error Ray wrapped, as one line `Type: message` (PQError: its message alone)."""
-    seen: set[int] = set()
-    inner = err
+    """The actor's own error as one line `Type: message` (a PQError: its message alone). Ray hands it back as
+    text inside its wrapper (`RayTaskError(UserCodeException)`, the remote traceback in the message): the first
+    unindented `Type: message` line of that traceback that is not Ray's own; else the innermost wrapped error."""
+    for line in str(err).splitlines():
+        found = _RAISED.match(line)
+        if found and not found.group(1).startswith("ray."):
+            kind, message = found.group(1).rsplit(".", 1)[-1], found.group(2).strip()
+            return message if kind == "PQError" else f"{kind}: {message}"
+    inner, seen = err, set()
     while id(inner) not in seen:
         seen.add(id(inner))
         nxt = getattr(inner, "cause", None) or inner.__cause__
         if not isinstance(nxt, BaseException):
             break
         inner = nxt
-    if isinstance(inner, PQError):
-        return first_line(inner)
-    return f"{type(inner).__name__}: {first_line(inner)}"
+    return first_line(inner) if isinstance(inner, PQError) else f"{type(inner).__name__}: {first_line(inner)}"
+
+
+#: `module.Type: message`, the last line(s) of a Python traceback.
+_RAISED = re.compile(r"^((?:[A-Za-z_]\w*\.)*[A-Z]\w*): (.*)$")
 
 
 __all__ = ["require_ray", "connect", "map_shards", "check_reachable", "ShardActor", "EXTRA_HINT"]
