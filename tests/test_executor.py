@@ -216,3 +216,42 @@ def test_run_command_with_the_ray_executor(ray_session, tiny_hf, tmp_path, monke
         assert names(tmp_path / "ray" / stage) == names(tmp_path / "local" / stage)
         assert_same_rows(read(tmp_path / "ray" / stage), read(tmp_path / "local" / stage),
                          ["logq", "log_weight"] + (["logp_prior", "reward"] if stage == "scored" else []))
+
+
+# ------------------------------------------------------------------------------------------------ bad input
+def test_executor_ray_without_ray_is_one_line_naming_the_extra(tiny_hf, tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` raises ImportError, as when not installed
+    prompts = write_prompts(tmp_path / "p.jsonl", TEXTS)
+    code, _, err = cli(monkeypatch, capsys, *generate_args(tiny_hf.llama, prompts, tmp_path / "c", "--executor", "ray"))
+    assert code == 2 and err.count("\n") == 1 and 'pip install "pqtradeoff[ray]"' in err, err
+    assert not list((tmp_path / "c").glob("*.parquet"))
+
+
+def test_unreachable_ray_address_is_one_line_within_seconds(tiny_hf, tmp_path, monkeypatch, capsys):
+    pytest.importorskip("ray", reason='ray is not installed: pip install -e ".[ray]"')
+    prompts = write_prompts(tmp_path / "p.jsonl", TEXTS)
+    began = time.perf_counter()
+    code, _, err = cli(monkeypatch, capsys, *generate_args(tiny_hf.llama, prompts, tmp_path / "c",
+                                                           "--ray-address", "127.0.0.1:9"))  # implies ray
+    assert code == 2 and err.count("\n") == 1 and "no Ray cluster answers at 127.0.0.1:9" in err, err
+    assert time.perf_counter() - began < 30
+
+
+@pytest.mark.parametrize("address, message", [("auto", None), ("ray://h", ("h", 10001)), ("h:7", ("h", 7)),
+                                              ("h", ("h", 6379)), ("h:x", "is not host:port")])
+def test_parse_address(address, message):
+    from pqtradeoff.executor import parse_address
+
+    if isinstance(message, str):
+        with pytest.raises(PQError, match=message):
+            parse_address(address)
+    else:
+        assert parse_address(address) == message
+
+
+def test_unknown_backend_and_executor_are_one_line(tiny_hf, tmp_path, monkeypatch, capsys):
+    prompts = write_prompts(tmp_path / "p.jsonl", TEXTS)
+    for extra, words in ((["--backend", "nope"], "--backend='nope' is invalid"),
+                         (["--executor", "spark"], "--executor='spark' is invalid")):
+        code, _, err = cli(monkeypatch, capsys, *generate_args(tiny_hf.llama, prompts, tmp_path / "c", *extra))
+        assert code == 2 and err.count("\n") == 1 and words in err, err

@@ -164,6 +164,14 @@ class ExecutorSettings(Section):
                                          description="GPUs each actor reserves; default 1 where the cluster has "
                                                      "GPUs and the model's device is not cpu, else 0.")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _address_means_ray(cls, values: Any) -> Any:
+        """A Ray address with no kind means the ray executor."""
+        if isinstance(values, dict) and values.get("ray_address") is not None and "kind" not in values:
+            values = dict(values) | {"kind": "ray"}
+        return values
+
     @model_validator(mode="after")
     def _check(self) -> ExecutorSettings:
         if self.kind == "local":

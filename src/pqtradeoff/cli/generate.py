@@ -41,5 +41,6 @@ def _generate(settings: GenerateSettings, out: Path) -> None:
 settings_command(app, "generate", GenerateSettings, FLAGS, _generate,
                  trailing=[option("out", ..., "--out", help="Output folder (rerun the same command to resume; "
                                                             "a grown grid adds only the new shards).")],
+                 overrides={"--executor": None},  # unset: local, or ray when --ray-address is given
                  help="Sample continuations from an aligned model, recording logq, logp_aligned and log_weight "
                       "per string.")

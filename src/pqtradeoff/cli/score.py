@@ -38,5 +38,6 @@ def _score(settings: ScoreSettings, corpus_dir: Path, out: Path) -> None:
 settings_command(app, "score", ScoreSettings, FLAGS, _score,
                  leading=[argument("corpus_dir", help="Corpus folder written by `pqtradeoff generate`.")],
                  trailing=[option("out", ..., "--out", help="Output folder for the scored corpus (rerun to resume).")],
-                 overrides={"--prior": None, "--reward-model": None, "--reward": None},
+                 overrides={"--prior": None, "--reward-model": None, "--reward": None,
+                            "--executor": None},  # unset: local, or ray when --ray-address is given
                  help="Score a generated corpus: log-probability under the prior and the reward of every string.")
