@@ -141,7 +141,7 @@ def main() -> None:
     speedup = two["marginal"] / one["marginal"]
     print(f"\nload average after: {os.getloadavg()}")
     print(f"Ray fixed start-up: ray.init {startup:.1f} s once per process, plus {one['fixed']:.1f} s (1 actor) / "
-          f"{two['fixed']:.1f} s (2 actors) per stage run (pipeline + actor start + model loads)")
+          f"{two['fixed']:.1f} s (2 actors) per generate + score run (two pipelines: actor start, model loads)")
     print(f"2 actors vs 1 actor, start-up excluded: {speedup:.2f}x   scaling efficiency {speedup / 2:.2f}   "
           f"(goal >= 1.6x, 0.80)")
     print(f"Ray 1 actor vs local 1 thread, start-up excluded: {one['marginal'] / local['marginal']:.2f}   "
