@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import torch
 
-from pqtradeoff.models.base import LanguageModel
+from pqtradeoff.models.base import StepLanguageModel
 
 
-class BigramModel(LanguageModel):
+class BigramModel(StepLanguageModel):
     """Next-token logits depend on the last token only; token 0 is EOS, token `bos` starts an empty prompt."""
 
     def __init__(self, vocab_size: int = 6, seed: int = 0, eos_bias: float = 0.0,

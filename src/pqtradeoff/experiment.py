@@ -109,6 +109,21 @@ def _line_of(text: str, dotted: str) -> int | None:
     return fallback
 
 
+def with_executor(settings: ExperimentSettings, **overrides: Any) -> ExperimentSettings:
+    """The settings with the `[executor]` keys that the command line gives (None: keep the file's) replaced;
+    a Ray address alone implies the ray executor."""
+    from pqtradeoff.errors import validated
+
+    given = {k: v for k, v in overrides.items() if v is not None}
+    if not given:
+        return settings
+    if "ray_address" in given:
+        given.setdefault("kind", "ray")
+    values = settings.model_dump()
+    values["executor"] = values["executor"] | given
+    return validated(ExperimentSettings, **values)
+
+
 # ------------------------------------------------------------------------------------------------- writing
 def to_toml(values: dict[str, Any], descriptions: dict[str, str] | None = None) -> str:
     """A TOML text for nested settings: one table per section, unset values as comments (TOML has no null),

@@ -23,7 +23,7 @@ import hashlib
 import math
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,11 +32,11 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from pqtradeoff.adaptors import Adaptor
+from pqtradeoff.adaptors import Adaptor, Mixture
 from pqtradeoff.corpus import GENERATED_SCHEMA, begin_run, write_shard
 from pqtradeoff.errors import PQError
 from pqtradeoff.io import StageResult, progress_bar
-from pqtradeoff.models.base import LanguageModel
+from pqtradeoff.models.base import LanguageModel, SampledRow, SampleRequest, StepLanguageModel
 
 TOKEN_COLUMNS = pa.schema([
     ("token_logq", pa.list_(pa.float64())),
@@ -112,22 +112,9 @@ def sample_inverse_cdf(log_probs: torch.Tensor, uniforms: torch.Tensor) -> torch
 
 
 # ------------------------------------------------------------------------------------------------- sampling
-@dataclass
-class SampledRow:
-    """One sampled continuation: its tokens (EOS included when emitted) and its per-step and summed scores."""
-
-    token_ids: list[int]
-    finished: bool
-    logq: float
-    logp_aligned: float
-    log_weight: float
-    token_logq: list[float]
-    token_logp_aligned: list[float]
-    token_log_z: list[float]
-
-
 def sample_batch(
-    model: LanguageModel, adaptor: Adaptor, prompts: list[list[int]], keys: np.ndarray, max_new_tokens: int
+    model: StepLanguageModel, adaptor: Adaptor, prompts: list[list[int]], keys: np.ndarray,
+    max_new_tokens: int
 ) -> list[SampledRow]:
     """Sample one continuation per prompt under `adaptor`, recording its three log-scores per step.
 
@@ -170,7 +157,8 @@ def sample_batch(
 
 
 def sample_rows(
-    model: LanguageModel, adaptor: Adaptor, prompts: list[list[int]], keys: np.ndarray, max_new_tokens: int,
+    model: StepLanguageModel, adaptor: Adaptor, prompts: list[list[int]], keys: np.ndarray,
+    max_new_tokens: int,
     batch_size: int,
 ) -> list[SampledRow]:
     """`sample_batch` on each prompt alone, computed with up to `batch_size` rows decoding together.
@@ -232,7 +220,7 @@ def sample_rows(
     return [_sampled_row(tokens_out[i], scores[:, i], int(lengths[i]), bool(finished[i])) for i in range(n)]
 
 
-def start_distinct(model: LanguageModel, prompts: list[list[int]]) -> tuple[torch.Tensor, Any]:
+def start_distinct(model: StepLanguageModel, prompts: list[list[int]]) -> tuple[torch.Tensor, Any]:
     """`model.start(prompts)`, prefilling each distinct prompt once and copying its state to its rows (a
     corpus samples every prompt `num_generations` times, in consecutive rows)."""
     distinct: dict[tuple[int, ...], int] = {}
@@ -262,7 +250,7 @@ STEP_BYTES_PER_ENTRY = 4 * 4 + 2 * 8
 
 
 def choose_batch_size(
-    model: LanguageModel, max_length: int, memory_bytes: int = DEFAULT_MEMORY_BUDGET,
+    model: StepLanguageModel, max_length: int, memory_bytes: int = DEFAULT_MEMORY_BUDGET,
     max_rows: int = MAX_DEFAULT_BATCH,
 ) -> int:
     """The most rows (at most `max_rows`, at least 1) whose decoding state at `max_length` tokens and sampling
@@ -336,8 +324,8 @@ def plan_shards(
 
 
 def rows_to_table(
-    model: LanguageModel, adaptor: Adaptor, rows: list[tuple[PromptRecord, int]], sampled: list[SampledRow],
-    save_token_logprobs: bool,
+    model: LanguageModel, adaptor: Adaptor | Mixture, rows: list[tuple[PromptRecord, int]],
+    sampled: list[SampledRow], save_token_logprobs: bool, components: np.ndarray | None = None,
 ) -> pa.Table:
     columns: dict[str, list] = {
         "prompt_id": [p.prompt_id for p, _ in rows],
@@ -353,12 +341,65 @@ def rows_to_table(
         "log_weight": [r.log_weight for r in sampled],
     }
     schema = GENERATED_SCHEMA
+    if components is not None:  # a mixture: which component sampled each row
+        columns["component"] = [int(c) for c in components]
+        schema = pa.schema([*GENERATED_SCHEMA, ("component", pa.int64())])
     if save_token_logprobs:
         columns["token_logq"] = [r.token_logq for r in sampled]
         columns["token_logp_aligned"] = [r.token_logp_aligned for r in sampled]
         columns["token_log_z"] = [r.token_log_z for r in sampled]
-        schema = pa.schema(list(GENERATED_SCHEMA) + list(TOKEN_COLUMNS))
+        schema = pa.schema(list(schema) + list(TOKEN_COLUMNS))
     return pa.table(columns, schema=schema)
+
+
+def shard_requests(shard: Shard, seed: int, max_new_tokens: int) -> list[SampleRequest]:
+    """The sample requests of a shard's rows, each keyed by (seed, prompt_id, sample_id, adaptor). For a
+    mixture, each row's adaptor is the component `mixture_components` chose for it."""
+    keys = row_keys(seed, np.array([p.prompt_id for p, _ in shard.rows]),
+                    np.array([s for _, s in shard.rows]), shard.adaptor)
+    adaptors = [shard.adaptor] * len(keys)
+    if isinstance(shard.adaptor, Mixture):
+        adaptors = [shard.adaptor.components[c] for c in mixture_components(shard.adaptor, keys)]
+    return [SampleRequest(list(p.token_ids), a, int(k), max_new_tokens)
+            for (p, _), a, k in zip(shard.rows, adaptors, keys, strict=True)]
+
+
+#: The step counter of the uniform that picks a mixture row's component.
+MIXTURE_STEP = 2**31 - 1
+
+
+def mixture_components(mixture: Mixture, keys: np.ndarray) -> np.ndarray:
+    """Each row's component: chosen with the mixture's probabilities from the row's own stream (a counter no
+    sampling step reaches: steps are < max_new_tokens <= 1e6), so it depends on the row alone."""
+    return mixture.choose(step_uniforms(np.asarray(keys, dtype=np.uint64), MIXTURE_STEP))
+
+
+@dataclass(frozen=True)
+class ShardSampler:
+    """Sample one shard with a model and write its file atomically; returns its rows and tokens. The same
+    object runs in this process (local executor) and in each Ray actor, so both write identical files."""
+
+    seed: int
+    max_new_tokens: int
+    batch_size: int | None
+    save_token_logprobs: bool
+    out_dir: Path
+
+    def __call__(self, model: LanguageModel, shard: Shard) -> tuple[int, int]:
+        requests = shard_requests(shard, self.seed, self.max_new_tokens)
+        components = None
+        if isinstance(shard.adaptor, Mixture):  # sample component by component, then restore the row order
+            components = np.array([shard.adaptor.components.index(r.adaptor) for r in requests])
+            order = np.argsort(components, kind="stable")
+            by_component = model.sample([requests[i] for i in order], batch_size=self.batch_size)
+            sampled: list[SampledRow] = [None] * len(requests)  # type: ignore[list-item]
+            for i, row in zip(order, by_component, strict=True):
+                sampled[i] = row
+        else:
+            sampled = model.sample(requests, batch_size=self.batch_size)
+        table = rows_to_table(model, shard.adaptor, shard.rows, sampled, self.save_token_logprobs, components)
+        write_shard(table, self.out_dir / shard.name)
+        return len(sampled), sum(len(r.token_ids) for r in sampled)
 
 
 #: Resume policy of the keys `generate_corpus` adds to the caller's settings (see `settings.resume_policy`).
@@ -387,6 +428,8 @@ def generate_corpus(
     prompt_block: int = 1024,
     sample_block: int = 1,
     policy: dict[str, str] | None = None,
+    executor: Any = None,
+    load_model: Callable[[], LanguageModel] | None = None,
 ) -> GenerateResult:
     """Sample `num_generations` continuations per prompt under each adaptor into a sharded Parquet corpus.
 
@@ -395,8 +438,14 @@ def generate_corpus(
     ones written. Settings that `policy` marks "grow" (the grid, how many prompts or generations) may change
     between runs: only the new shards are sampled, and shards the new settings no longer plan are moved to
     `_superseded/`, so the folder ends as a fresh run of the new settings would leave it. Any other change is
-    refused, naming the settings that differ. `batch_size=None` takes `choose_batch_size` for each shard's
-    longest prompt + `max_new_tokens`, so a shard's rows depend on that shard alone (not on other prompts).
+    refused, naming the settings that differ. `batch_size=None` lets the model choose each shard's batch
+    (`StepLanguageModel.sample`: from that shard's longest prompt + `max_new_tokens`), so a shard's rows
+    depend
+    on that shard alone (not on other prompts).
+
+    `executor` (`settings.ExecutorSettings`; None: local) chooses where shards are sampled: here, one after
+    another, or by a pool of Ray actors that each build their own replica with `load_model()` and write the
+    same files (`executor.map_shards`). Planning, the resume check and superseding happen here either way.
     """
     for name, value, low in (("num_generations", num_generations, 1), ("max_new_tokens", max_new_tokens, 1),
                              ("batch_size", batch_size, 1), ("seed", seed, 0),
@@ -432,19 +481,23 @@ def generate_corpus(
                            {s.name for s in shards})
     todo = [s for s in shards if not (out_dir / s.name).exists()]
     total_rows = sum(len(s.rows) for s in todo)
+    work = ShardSampler(seed, max_new_tokens, batch_size, save_token_logprobs, out_dir)
     tokens = 0
     began = time.perf_counter()
     with progress_bar(progress, total_rows, "generate") as advance:
-        for shard in todo:
-            keys = row_keys(seed, np.array([p.prompt_id for p, _ in shard.rows]),
-                            np.array([s for _, s in shard.rows]), shard.adaptor)
-            prompts_ids = [p.token_ids for p, _ in shard.rows]
-            batch = batch_size or choose_batch_size(model, max(len(p) for p in prompts_ids) + max_new_tokens)
-            with torch.inference_mode():
-                sampled = sample_rows(model, shard.adaptor, prompts_ids, keys, max_new_tokens, batch)
-            advance(len(shard.rows))
-            tokens += sum(len(r.token_ids) for r in sampled)
-            write_shard(rows_to_table(model, shard.adaptor, shard.rows, sampled, save_token_logprobs),
-                        out_dir / shard.name)
+        if executor is None or executor.kind == "local":
+            for shard in todo:
+                rows, sampled = work(model, shard)
+                tokens += sampled
+                advance(rows)
+        else:
+            from pqtradeoff.executor import map_shards
+
+            if load_model is None:
+                raise PQError("executor='ray' needs a model loader the actors can call (load_model)")
+            for status in map_shards("generate", load_model, work, todo, executor, out_dir,
+                                     str(getattr(model, "device", "auto"))):
+                tokens += status["tokens"]
+                advance(status["rows"])
     return GenerateResult(out_dir, len(shards), len(todo), len(shards) - len(todo), superseded, total_rows,
                           tokens, time.perf_counter() - began)

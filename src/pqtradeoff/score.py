@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -127,12 +128,17 @@ def score_corpus(
     settings: dict[str, Any],
     progress: bool = True,
     policy: dict[str, str] | None = None,
+    executor: Any = None,
+    load_models: Any = None,
 ) -> ScoreResult:
     """Add `logp_prior` and `reward` to every shard of `corpus_dir`, writing the scored corpus to `out_dir`.
 
     With `prior=None` the corpus must already carry `logp_prior` (e.g. to re-score only the reward).
     Non-finite rewards and -inf prior log-probabilities are counted and reported in `_score_report.json`
     and on the console; they are kept in the table for the analysis to drop and count.
+
+    `executor` (`settings.ExecutorSettings`; None: local) chooses where shards are scored: here, or by a pool
+    of Ray actors that each build their own `(prior, reward)` with `load_models()` and write the same files.
     """
     corpus_dir, out_dir = Path(corpus_dir), Path(out_dir)
     if prior_context not in PRIOR_CONTEXTS:
@@ -159,43 +165,22 @@ def score_corpus(
     total = sum(_num_rows(f) for f in todo)
     began = time.perf_counter()
     tokens = 0
+    work = ShardScorer(prior_context, same_tokenizer, batch_size, max_batch_tokens, out_dir)
     with progress_bar(progress, total, "score") as advance:
-        for path in todo:
-            table = read_shard(path)
-            missing = [c for c in GENERATED_COLUMNS if c not in table.column_names]
-            if missing:
-                raise PQError(f"shard {path.name!r} lacks required column(s) {', '.join(missing)}")
-            df = table.to_pandas()
-            if prior is not None:
-                prompts, conts = prior_inputs(prior, df, prior_context, same_tokenizer)
-                _check_context(prior, prompts, conts, path.name)
-                per_token = continuation_logprobs(prior, prompts, conts, batch_size=batch_size,
-                                                  max_batch_tokens=max_batch_tokens)
-                tokens += sum(len(c) for c in conts)
-                df["logp_prior"] = [float(np.sum(t)) for t in per_token]
-                df["prior_tokenization"] = "token_ids" if same_tokenizer else "retokenized"
-                df["prior_context"] = prior_context
-            elif "logp_prior" not in df.columns:
-                raise PQError(f"shard {path.name!r} has no logp_prior column and no --prior was given")
-            elif reward.needs_prompt_context and "prior_context" in df.columns and \
-                    (df["prior_context"] != "prompt").any():
-                raise PQError(f"shard {path.name!r}: its logp_prior was scored without the prompt; "
-                              f"reward {reward.name!r} needs it scored with --prior-context prompt")
-            missing = [c for c in reward.columns if c not in df.columns]
-            if missing:
-                raise PQError(f"shard {path.name!r} lacks column(s) {', '.join(missing)} that reward "
-                              f"{reward.name!r} reads")
-            values = np.asarray(reward(df), dtype=np.float64)
-            if values.shape != (len(df),):
-                raise PQError(f"reward {reward.name!r} returned {values.shape} values for {len(df)} strings")
-            df["reward"] = values
-            counts = _nonfinite_counts(df)
-            for key in ("reward_nonfinite", "logp_prior_neg_inf"):
-                if counts[key]:
-                    log.warning("%s: %d of %d rows have %s", path.name, counts[key], len(df),
-                                key.replace("_", " "))
-            write_shard(pa.Table.from_pandas(df, preserve_index=False), out_dir / path.name)
-            advance(len(df))
+        if executor is None or executor.kind == "local":
+            for path in todo:
+                rows, scored = work((prior, reward), path)
+                tokens += scored
+                advance(rows)
+        else:
+            from pqtradeoff.executor import map_shards
+
+            if load_models is None:
+                raise PQError("executor='ray' needs a loader of the prior and reward the actors can call")
+            for status in map_shards("score", load_models, work, todo, executor, out_dir,
+                                     str(getattr(prior, "device", "auto"))):
+                tokens += status["tokens"]
+                advance(status["rows"])
     _write_report(out_dir)
     return ScoreResult(out_dir, len(files), len(todo), len(files) - len(todo), superseded, total, tokens,
                        time.perf_counter() - began)
@@ -207,6 +192,59 @@ def check_reward_needs(reward: Reward, prior_context: str) -> None:
     if reward.needs_prompt_context and prior_context != "prompt":
         raise PQError(f"reward {reward.name!r} needs --prior-context prompt: it compares log pi(y|x) with "
                       "log pi_ref(y|x), both given the prompt")
+
+
+@dataclass(frozen=True)
+class ShardScorer:
+    """Score one corpus shard with `(prior, reward)` and write the scored shard atomically under the same
+    name; returns its rows and the prior tokens it scored. The same object runs in this process
+    (local executor) and in each Ray actor, so both write identical files."""
+
+    prior_context: str
+    same_tokenizer: bool
+    batch_size: int
+    max_batch_tokens: int
+    out_dir: Path
+
+    def __call__(self, models: tuple[LanguageModel | None, Reward], path: Path) -> tuple[int, int]:
+        prior, reward = models
+        prior_context, same_tokenizer, out_dir = self.prior_context, self.same_tokenizer, self.out_dir
+        tokens = 0
+        table = read_shard(path)
+        missing = [c for c in GENERATED_COLUMNS if c not in table.column_names]
+        if missing:
+            raise PQError(f"shard {path.name!r} lacks required column(s) {', '.join(missing)}")
+        df = table.to_pandas()
+        if prior is not None:
+            prompts, conts = prior_inputs(prior, df, prior_context, same_tokenizer)
+            _check_context(prior, prompts, conts, path.name)
+            per_token = prior.logprobs(prompts, conts, batch_size=self.batch_size,
+                                       max_batch_tokens=self.max_batch_tokens)
+            tokens = sum(len(c) for c in conts)
+            df["logp_prior"] = [float(np.sum(t)) for t in per_token]
+            df["prior_tokenization"] = "token_ids" if same_tokenizer else "retokenized"
+            df["prior_context"] = prior_context
+        elif "logp_prior" not in df.columns:
+            raise PQError(f"shard {path.name!r} has no logp_prior column and no --prior was given")
+        elif reward.needs_prompt_context and "prior_context" in df.columns and \
+                (df["prior_context"] != "prompt").any():
+            raise PQError(f"shard {path.name!r}: its logp_prior was scored without the prompt; "
+                          f"reward {reward.name!r} needs it scored with --prior-context prompt")
+        missing = [c for c in reward.columns if c not in df.columns]
+        if missing:
+            raise PQError(f"shard {path.name!r} lacks column(s) {', '.join(missing)} that reward "
+                          f"{reward.name!r} reads")
+        values = np.asarray(reward(df), dtype=np.float64)
+        if values.shape != (len(df),):
+            raise PQError(f"reward {reward.name!r} returned {values.shape} values for {len(df)} strings")
+        df["reward"] = values
+        counts = _nonfinite_counts(df)
+        for key in ("reward_nonfinite", "logp_prior_neg_inf"):
+            if counts[key]:
+                log.warning("%s: %d of %d rows have %s", path.name, counts[key], len(df),
+                            key.replace("_", " "))
+        write_shard(pa.Table.from_pandas(df, preserve_index=False), out_dir / path.name)
+        return len(df), tokens
 
 
 def _num_rows(path: Path) -> int:

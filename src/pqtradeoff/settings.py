@@ -155,6 +155,45 @@ class ComputeSettings(Section):
     progress: bool = Field(True, json_schema_extra=FREE, description="Show progress bars.")
 
 
+class ExecutorSettings(Section):
+    """Where shards are computed: in this process, or by a pool of Ray actors (one model replica each). Never
+    changes which rows are written (the same shards, the same files), so never blocks a resume."""
+
+    kind: Literal["local", "ray"] = Field("local", json_schema_extra=FREE,
+                                          description="local: this process; ray: Ray Data actors (needs the "
+                                                      "pqtradeoff[ray] extra).")
+    ray_address: str | None = Field(None, json_schema_extra=FREE,
+                                    description="Ray cluster to join (host:port, ray://host:port or auto); "
+                                                "default: start a local Ray instance.")
+    actors: int = Field(1, ge=1, le=100_000, json_schema_extra=FREE, description="Ray actors (model "
+                                                                                 "replicas).")
+    cpus_per_actor: float = Field(1.0, gt=0, le=1024, json_schema_extra=FREE,
+                                  description="CPUs each actor reserves (and torch threads it runs, "
+                                              "rounded).")
+    gpus_per_actor: float | None = Field(None, ge=0, le=64, json_schema_extra=FREE,
+                                         description="GPUs each actor reserves; default 1 where the "
+                                                     "cluster has "
+                                                     "GPUs and the model's device is not cpu, else 0.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _address_means_ray(cls, values: Any) -> Any:
+        """A Ray address with no kind means the ray executor."""
+        if isinstance(values, dict) and values.get("ray_address") is not None and "kind" not in values:
+            values = dict(values) | {"kind": "ray"}
+        return values
+
+    @model_validator(mode="after")
+    def _check(self) -> ExecutorSettings:
+        if self.kind == "local":
+            given = [n for n in ("ray_address",) if getattr(self, n) is not None]
+            if given:
+                raise ValueError(f"{given[0]}={getattr(self, given[0])!r} needs kind='ray' (--executor ray)")
+        if self.ray_address is not None and not self.ray_address.strip():
+            raise ValueError("ray_address is empty: give host:port, ray://host:port or auto")
+        return self
+
+
 # ------------------------------------------------------------------------------------------------ reward
 class RewardSettings(Section):
     """The reward r(x, y) added by `score`."""
@@ -222,6 +261,7 @@ class GenerateSettings(Section):
     prompts: PromptSettings
     sampling: SamplingSettings
     compute: ComputeSettings = ComputeSettings()
+    executor: ExecutorSettings = ExecutorSettings()
 
 
 class ScoreSettings(Section):
@@ -232,6 +272,7 @@ class ScoreSettings(Section):
                                                              "(reward kind 'model').")
     reward: RewardSettings
     compute: ComputeSettings = ComputeSettings()
+    executor: ExecutorSettings = ExecutorSettings()
 
     @model_validator(mode="before")
     @classmethod
@@ -275,6 +316,7 @@ class ExperimentSettings(Section):
     reward: RewardSettings
     analysis: AnalysisSettings = AnalysisSettings()
     compute: ComputeSettings = ComputeSettings()
+    executor: ExecutorSettings = ExecutorSettings()
 
     @model_validator(mode="after")
     def _check(self) -> ExperimentSettings:
@@ -283,11 +325,11 @@ class ExperimentSettings(Section):
 
     def generate_settings(self) -> GenerateSettings:
         return GenerateSettings(model=self.models.aligned, prompts=self.prompts, sampling=self.sampling,
-                                compute=self.compute)
+                                compute=self.compute, executor=self.executor)
 
     def score_settings(self) -> ScoreSettings:
         return ScoreSettings(prior=self.models.prior, reward_model=self.models.reward, reward=self.reward,
-                             compute=self.compute)
+                             compute=self.compute, executor=self.executor)
 
 
 # ----------------------------------------------------------------------------------------- resume policy

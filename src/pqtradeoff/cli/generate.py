@@ -27,6 +27,8 @@ FLAGS = {
     "--prompt-block": "sampling.prompt_block", "--sample-block": "sampling.sample_block",
     "--batch-size": "compute.batch_size", "--max-batch-tokens": "compute.max_batch_tokens",
     "--progress": "compute.progress",
+    "--executor": "executor.kind", "--ray-address": "executor.ray_address", "--actors": "executor.actors",
+    "--cpus-per-actor": "executor.cpus_per_actor", "--gpus-per-actor": "executor.gpus_per_actor",
 }
 
 
@@ -44,5 +46,6 @@ settings_command(app, "generate", GenerateSettings, FLAGS, _generate,
                  trailing=[option("out", ..., "--out",
                                   help="Output folder (rerun the same command to resume; "
                                                             "a grown grid adds only the new shards).")],
+                 overrides={"--executor": None},  # unset: local, or ray when --ray-address is given
                  help="Sample continuations from an aligned model, recording logq, logp_aligned and "
                       "log_weight per string.")

@@ -17,11 +17,20 @@ def run(
                                                  "resume or to grow the grid)."),
     print_config: bool = typer.Option(False, "--print-config", help="Print the config with every default "
                                                                     "filled in, and stop."),
+    executor: str = typer.Option(None, "--executor", help="Override [executor] kind: local | ray."),
+    ray_address: str = typer.Option(None, "--ray-address", help="Override [executor] ray_address (joins that "
+                                                                "Ray cluster; implies --executor ray)."),
+    actors: int = typer.Option(None, "--actors", help="Override [executor] actors (Ray model replicas)."),
 ) -> None:
     """Run an experiment: generate -> score -> analyze, each stage reused when its inputs are unchanged."""
-    from pqtradeoff.experiment import load_experiment, resolved_config, run_experiment  # lazy: pandas
+    from pqtradeoff.experiment import (  # lazy: pandas
+        load_experiment,
+        resolved_config,
+        run_experiment,
+        with_executor,
+    )
 
-    settings = load_experiment(config)
+    settings = with_executor(load_experiment(config), kind=executor, ray_address=ray_address, actors=actors)
     if print_config:
         typer.echo(resolved_config(settings), nl=False)
         return

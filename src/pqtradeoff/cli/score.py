@@ -23,6 +23,8 @@ FLAGS = {
     "--prior-context": "reward.prior_context",
     "--batch-size": "compute.batch_size", "--max-batch-tokens": "compute.max_batch_tokens",
     "--progress": "compute.progress",
+    "--executor": "executor.kind", "--ray-address": "executor.ray_address", "--actors": "executor.actors",
+    "--cpus-per-actor": "executor.cpus_per_actor", "--gpus-per-actor": "executor.gpus_per_actor",
 }
 
 
@@ -40,6 +42,7 @@ settings_command(app, "score", ScoreSettings, FLAGS, _score,
                  leading=[argument("corpus_dir", help="Corpus folder written by `pqtradeoff generate`.")],
                  trailing=[option("out", ..., "--out",
                                   help="Output folder for the scored corpus (rerun to resume).")],
-                 overrides={"--prior": None, "--reward-model": None, "--reward": None},
+                 overrides={"--prior": None, "--reward-model": None, "--reward": None,
+                            "--executor": None},  # unset: local, or ray when --ray-address is given
                  help="Score a generated corpus: log-probability under the prior and the reward of every "
                       "string.")

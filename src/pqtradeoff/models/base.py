@@ -1,22 +1,65 @@
-"""The one model interface the pipeline sees, for Hugging Face models and exact finite-state automata alike.
+"""The model interfaces the pipeline sees: requests in, rows out (like lm-evaluation-harness's `LM`).
 
-`generate` samples through `start`/`step` (incremental: KV cache or automaton state); `score` and the tests
-teacher-force through `continuation_logits`. Everything returned is logits over the model's vocabulary,
-float32 or float64 as the backend chooses (Hugging Face models: float32; automata: float64, so that exact
-values stay exact); the pipeline applies adaptors and log_softmax itself in that precision (half-precision
-logits are raised to float32), so both kinds of model are treated identically.
+`LanguageModel` is the request-level interface every backend serves: tokenization, `sample(requests) -> rows`
+for `generate`, `logprobs(prompts, continuations) -> per-token arrays` for `score`. `generate_corpus` and
+`score_corpus` call only these, so a backend that owns its decode loop (vLLM) implements them directly.
+
+`StepLanguageModel` is a backend driven token by token (Hugging Face models, exact finite-state automata):
+it implements `start`/`step`/`keep` (incremental: KV cache or automaton state) and `continuation_logits`
+(teacher-forced), and inherits `sample` and `logprobs` from the pipeline's shared implementation
+(`generate.sample_rows`: continuous batching, counter-based randomness; `score.continuation_logprobs`).
+Everything it returns is logits over the model's vocabulary, float32 or float64 as the backend chooses
+(Hugging
+Face models: float32; automata: float64, so that exact values stay exact); the pipeline applies adaptors and
+log_softmax itself in that precision (half-precision logits are raised to float32), so both kinds of model are
+treated identically.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 
+if TYPE_CHECKING:
+    from pqtradeoff.adaptors import Adaptor
 
+
+# ------------------------------------------------------------------------------------------ requests, rows
+@dataclass(frozen=True)
+class SampleRequest:
+    """One string to sample: its prompt ids, adaptor, row key (uint64, `generate.row_keys`: the row's own
+    random stream) and length limit."""
+
+    prompt_token_ids: list[int]
+    adaptor: Adaptor
+    key: int
+    max_new_tokens: int
+
+
+@dataclass
+class SampledRow:
+    """One sampled continuation: its tokens (EOS included when emitted) and its per-step and summed scores
+    (`logq` under the adapted model, `logp_aligned` under the aligned model at T = 1, `log_weight` the summed
+    log mass the adaptor keeps; see docs/backends.md)."""
+
+    token_ids: list[int]
+    finished: bool
+    logq: float
+    logp_aligned: float
+    log_weight: float
+    token_logq: list[float]
+    token_logp_aligned: list[float]
+    token_log_z: list[float]
+
+
+# ------------------------------------------------------------------------------------------ request level
 class LanguageModel(ABC):
-    """An autoregressive language model over token ids, with an end-of-string token."""
+    """An autoregressive language model over token ids, with an end-of-string token, served by request."""
 
     #: id of the end-of-string token; a continuation that emits it is `finished`.
     eos_token_id: int
@@ -56,6 +99,59 @@ class LanguageModel(ABC):
     @abstractmethod
     def decode(self, token_ids: list[int]) -> str:
         """Text of continuation token ids, special tokens (EOS) dropped."""
+
+    # ------------------------------------------------------------------------------------------- requests
+    @abstractmethod
+    def sample(self, requests: Sequence[SampleRequest], *, batch_size: int | None = None) -> list[SampledRow]:
+        """One row per request, in order. A row's tokens depend only on its request (prompt, adaptor, key,
+        max_new_tokens), never on the other requests or on `batch_size` (rows decoding together; None: the
+        backend's choice)."""
+
+    @abstractmethod
+    def logprobs(self, prompts: Sequence[list[int]], continuations: Sequence[list[int]], *,
+                 batch_size: int = 8,
+                 max_batch_tokens: int = 4096) -> list[np.ndarray]:
+        """Per-token log-probabilities (float64, T = 1, no truncation) of each continuation given its prompt,
+        teacher-forced; -inf kept for a token outside the model's support. Batching (at most `batch_size` rows
+        and `max_batch_tokens` padded tokens at once) bounds memory and never changes the result beyond
+        float rounding."""
+
+
+# --------------------------------------------------------------------------------------------- step level
+class StepLanguageModel(LanguageModel):
+    """A model driven token by token; `sample` and `logprobs` are the pipeline's shared implementation."""
+
+    def sample(self, requests: Sequence[SampleRequest], *, batch_size: int | None = None) -> list[SampledRow]:
+        """`generate.sample_rows` on each run of consecutive requests with the same adaptor and length limit
+        (a shard is one run); `batch_size=None` takes `generate.choose_batch_size` for the run's longest
+        prompt + max_new_tokens, so the batch, and the rows, depend on the run alone."""
+        from pqtradeoff.generate import choose_batch_size, sample_rows
+
+        rows: list[SampledRow] = []
+        start = 0
+        while start < len(requests):
+            first = requests[start]
+            end = start + 1
+            while end < len(requests) and (requests[end].adaptor, requests[end].max_new_tokens) == \
+                    (first.adaptor, first.max_new_tokens):
+                end += 1
+            run = requests[start:end]
+            prompts = [list(r.prompt_token_ids) for r in run]
+            keys = np.array([r.key for r in run], dtype=np.uint64)
+            batch = batch_size or choose_batch_size(self, max(len(p) for p in prompts) + first.max_new_tokens)
+            with torch.inference_mode():
+                rows += sample_rows(self, first.adaptor, prompts, keys, first.max_new_tokens, batch)
+            start = end
+        return rows
+
+    def logprobs(self, prompts: Sequence[list[int]], continuations: Sequence[list[int]], *,
+                 batch_size: int = 8,
+                 max_batch_tokens: int = 4096) -> list[np.ndarray]:
+        """`score.continuation_logprobs`: teacher-forced through `continuation_logits`."""
+        from pqtradeoff.score import continuation_logprobs
+
+        return continuation_logprobs(self, list(prompts), list(continuations), batch_size=batch_size,
+                                     max_batch_tokens=max_batch_tokens)
 
     # ---------------------------------------------------------------------------------------- incremental
     @abstractmethod

@@ -31,7 +31,7 @@ from scipy.special import logsumexp
 
 from pqtradeoff.automata import WeightedAutomaton, backward, locally_normalize
 from pqtradeoff.errors import PQError
-from pqtradeoff.models.base import LanguageModel
+from pqtradeoff.models.base import StepLanguageModel
 
 EOS = "</s>"
 #: Dense linear algebra over states: larger automata are refused with a one-line error.
@@ -59,7 +59,7 @@ def _frozen(array: np.ndarray) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------------------- automaton
-class FiniteStateLM(LanguageModel):
+class FiniteStateLM(StepLanguageModel):
     """A deterministic probabilistic automaton: p(v | s) and next(s, v) for states s and symbols v.
 
     Token ids 0..len(words)-1 are the words, `eos_token_id = len(words)` ends a string. After EOS the

@@ -30,7 +30,7 @@ import torch
 
 from pqtradeoff.errors import PQError, first_line
 from pqtradeoff.models import sources
-from pqtradeoff.models.base import LanguageModel
+from pqtradeoff.models.base import StepLanguageModel
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 DEVICES = ("auto", "cpu", "cuda")
@@ -257,7 +257,7 @@ def end_of_string_ids(tokenizer: Any, model: Any) -> list[int]:
     return ids
 
 
-class HFModel(LanguageModel):
+class HFModel(StepLanguageModel):
     """An `AutoModelForCausalLM` checkpoint as a `LanguageModel` (float32 logits, KV-cached decoding)."""
 
     def __init__(

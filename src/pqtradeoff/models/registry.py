@@ -1,8 +1,9 @@
 """Model backends found by name, resolved in one place (the settings' `backend` field, `--backend` on the
 CLI).
 
-A backend is a function `(spec, template, chat_template) -> LanguageModel`. Only `hf` (transformers) serves
-real models today; the exact finite-state models are built in memory by the demo, not named in a config.
+A backend is a function `(spec, template, chat_template) -> LanguageModel` (the request-level interface of
+`models/base.py`): `hf` (transformers, a step-level model) and `vllm` (GPU, its own decode loop). The exact
+finite-state models are built in memory by the demo, not named in a config.
 """
 
 from __future__ import annotations

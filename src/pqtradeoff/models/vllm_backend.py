@@ -76,11 +76,13 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
+
+import numpy as np
 
 from pqtradeoff.adaptors import Adaptor, parse
 from pqtradeoff.errors import PQError
+from pqtradeoff.models.base import SampledRow, SampleRequest
 
 VLLM_VERSION = "0.33.0"
 EXTRA_HINT = 'pip install -e ".[vllm]" (the pqtradeoff[vllm] extra, vllm==0.33.0, on a machine with a GPU)'
@@ -90,11 +92,8 @@ MIN_TEMPERATURE, MAX_TEMPERATURE = 1e-5, 2.0
 #: vLLM; recorded so a future custom logits processor, or a log, can find it).
 EXTRA_ARGS_KEY = "pqtradeoff_adaptor"
 HF_HINT = "use --backend hf for it"
-TOKEN_STEPS = (
-    "the vllm backend serves whole requests (sample, logprobs), not token steps (start, step, keep, "
-    "continuation_logits); the generate and score stages call it once they use the request-level "
-    "interface: use --backend hf until then"
-)
+TOKEN_STEPS = ("the vllm backend serves whole requests (sample, logprobs), not token steps (start, step, "
+               "keep, continuation_logits): call sample or logprobs, or use --backend hf for token steps")
 
 
 def require_vllm() -> Any:
@@ -221,17 +220,6 @@ def enable_batch_invariance() -> None:
 
 
 # ------------------------------------------------------------------------------------------- requests
-@dataclass(frozen=True)
-class SampleRequest:
-    """One string to sample: its prompt ids, adaptor, row key (uint64, `generate.row_keys`) and length
-    limit."""
-
-    prompt_token_ids: list[int]
-    adaptor: Adaptor
-    key: int
-    max_new_tokens: int
-
-
 def sample_logprobs(completion: Any) -> list[float]:
     """The chosen tokens' log-probabilities from a `CompletionOutput` requested with logprobs=0."""
     if completion.logprobs is None:
@@ -304,11 +292,10 @@ class VLLMModel:
             raise PQError(f"vllm returned {len(outputs)} outputs for {len(prompts)} requests")
         return outputs
 
-    def sample(self, requests: Sequence[SampleRequest]) -> list[Any]:
-        """One `generate.SampledRow` per request: tokens, finished, and logq / logp_aligned / log_weight per
-        token and summed (float64, correctly rounded sums, as the hf backend)."""
-        from pqtradeoff.generate import SampledRow
-
+    def sample(self, requests: Sequence[SampleRequest], *, batch_size: int | None = None) -> list[SampledRow]:
+        """One `SampledRow` per request: tokens, finished, and logq / logp_aligned / log_weight per token and
+        summed (float64, correctly rounded sums, as the hf backend). vLLM schedules its own batches, so
+        `batch_size` is ignored."""
         if not requests:
             return []
         params = [
@@ -321,25 +308,25 @@ class VLLMModel:
         tokens = [[int(t) for t in c.token_ids] for c in completions]
         token_logp = self.logprobs([r.prompt_token_ids for r in requests], tokens)
         rows = []
-        for r, c, ids, logp in zip(requests, completions, tokens, token_logp, strict=True):
-            logq = sample_logprobs(c)
+        for r, c, ids, logp_array in zip(requests, completions, tokens, token_logp, strict=True):
+            logq, logp = sample_logprobs(c), logp_array.tolist()
             temperature = parse(r.adaptor).temperature
             log_z = [p / temperature - q for p, q in zip(logp, logq, strict=True)]
             finished = bool(ids) and ids[-1] in self.end_ids_
-            rows.append(
-                SampledRow(
-                    ids, finished, math.fsum(logq), math.fsum(logp), math.fsum(log_z), logq, list(logp), log_z
-                )
-            )
+            rows.append(SampledRow(ids, finished, math.fsum(logq), math.fsum(logp), math.fsum(log_z),
+                                   logq, logp, log_z))
         return rows
 
-    def logprobs(self, prompts: Sequence[list[int]], continuations: Sequence[list[int]]) -> list[list[float]]:
-        """Per-token log-probabilities (T = 1) of each continuation given its prompt, by one prompt-logprobs
-        pass over prompt + continuation. An empty continuation scores [] without a request."""
+    def logprobs(self, prompts: Sequence[list[int]], continuations: Sequence[list[int]], *,
+                 batch_size: int = 8,
+                 max_batch_tokens: int = 4096) -> list[np.ndarray]:
+        """Per-token log-probabilities (float64, T = 1) of each continuation given its prompt, by one
+        prompt-logprobs pass over prompt + continuation. An empty continuation scores an empty array without a
+        request. vLLM schedules its own batches, so the batch limits are ignored."""
         if len(prompts) != len(continuations):
             raise PQError(f"{len(prompts)} prompts for {len(continuations)} continuations")
         todo = [i for i, c in enumerate(continuations) if len(c) > 0]
-        result: list[list[float]] = [[] for _ in continuations]
+        result = [np.zeros(0) for _ in continuations]
         if not todo:
             return result
         for i in todo:
@@ -352,7 +339,7 @@ class VLLMModel:
             [list(prompts[i]) + list(continuations[i]) for i in todo], [params] * len(todo)
         )
         for i, out in zip(todo, outputs, strict=True):
-            result[i] = prompt_tail_logprobs(out, len(prompts[i]))
+            result[i] = np.array(prompt_tail_logprobs(out, len(prompts[i])), dtype=np.float64)
         return result
 
 
@@ -394,6 +381,9 @@ class TokenizerFront:
             ),
             None,
         )
+
+    def end_ids(self) -> tuple[int, ...]:
+        return self.eos_token_ids
 
     def encode_prompt(self, prompt: str) -> list[int]:
         from pqtradeoff.models.hf import HFModel
