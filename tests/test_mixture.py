@@ -42,3 +42,57 @@ def test_bad_mixtures_are_one_line_errors(spec, message):
 def test_a_mixture_cannot_be_crossed_with_temperatures():
     with pytest.raises(PQError, match="is a mixture"):
         adaptors.parse_grid(["mix(0.5:ancestral|0.5:top_k=3)"], [0.5, 1.0])
+
+
+def test_sampling_a_mixture_gives_the_weighted_mix_of_its_components(tmp_path):
+    """Rows of `mix(0.3:A|0.7:B)` are sampled by A or B, chosen about 30/70 from each row's own stream (the
+    recorded component), and the pool's mean length is the weighted mean of A's and B's."""
+    import pandas as pd
+
+    from bigram import BigramModel
+    from pqtradeoff.generate import PromptRecord, generate_corpus, mixture_components, row_keys
+
+    model = BigramModel(seed=3, eos_bias=0.3)
+    prompts = [PromptRecord(0, "", model.encode_prompt(""))]
+    mix = adaptors.parse("mix(0.3:temperature=0.5,top_k=2|0.7:temperature=1.5)")
+    grid = [mix, *mix.components]
+    generate_corpus(model, prompts, grid, num_generations=3000, max_new_tokens=12, seed=5, batch_size=64,
+                    out_dir=tmp_path / "c", settings={}, progress=False, sample_block=3000)
+    df = pd.read_parquet(tmp_path / "c")
+    rows = df[df["adaptor"] == str(mix)].sort_values("sample_id")
+    assert set(rows["component"]) == {0, 1}
+    keys = row_keys(5, np.zeros(len(rows), dtype=np.int64), rows["sample_id"].to_numpy(), mix)
+    assert (mixture_components(mix, keys) == rows["component"].to_numpy()).all()
+    share = (rows["component"] == 0).mean()
+    assert abs(share - 0.3) < 4 * np.sqrt(0.3 * 0.7 / len(rows))
+    length = rows["token_ids"].map(len)
+    expected = sum(w * df[df["adaptor"] == str(c)]["token_ids"].map(len).mean()
+                   for w, c in zip(mix.weights, mix.components, strict=True))
+    se = np.sqrt(length.var() / len(rows) + sum(
+        w ** 2 * df[df["adaptor"] == str(c)]["token_ids"].map(len).var() / 3000
+        for w, c in zip(mix.weights, mix.components, strict=True)))
+    assert abs(length.mean() - expected) < 4 * se
+
+
+def test_the_analysis_reports_a_mixture_by_its_pool_means(tmp_path):
+    import pandas as pd
+
+    from pqtradeoff.analyze import run_analysis
+    from pqtradeoff.settings import AnalysisSettings
+
+    rng = np.random.default_rng(0)
+    frames = []
+    for spec in ("temperature=1.0", "temperature=0.5", "mix(0.5:temperature=1.0|0.5:temperature=0.5)"):
+        n = 300
+        frames.append(pd.DataFrame({"adaptor": spec, "finished": True, "logq": rng.normal(-5, 1, n),
+                                    "logp_aligned": rng.normal(-5, 1, n), "log_weight": rng.normal(0, 0.1, n),
+                                    "logp_prior": rng.normal(-6, 1, n), "reward": rng.normal(0.2, 0.1, n),
+                                    "prompt_id": 0, "sample_id": np.arange(n)}))
+    with pytest.warns(UserWarning, match="a mixture of adaptors"):
+        summary = run_analysis(pd.concat(frames, ignore_index=True), tmp_path / "a",
+                               AnalysisSettings(corpora=20, corpus_size=50, imh_steps=500, plots=False))
+    assert [c.adaptor for c in summary.configs] == ["temperature=0.5", "temperature=1.0"]
+    skipped = {s.adaptor: s for s in summary.skipped}
+    mix = skipped["mix(0.5:temperature=1.0|0.5:temperature=0.5)"]
+    assert "mixture" in mix.reason and mix.n_strings == 300
+    assert mix.local_mean_reward == pytest.approx(frames[2]["reward"].mean())
