@@ -49,8 +49,9 @@ def test_sampling_a_mixture_gives_the_weighted_mix_of_its_components(tmp_path):
     recorded component), and the pool's mean length is the weighted mean of A's and B's."""
     import pandas as pd
 
-    from bigram import BigramModel
     from pqtradeoff.generate import PromptRecord, generate_corpus, mixture_components, row_keys
+
+    from bigram import BigramModel
 
     model = BigramModel(seed=3, eos_bias=0.3)
     prompts = [PromptRecord(0, "", model.encode_prompt(""))]
