@@ -97,3 +97,12 @@ def test_the_analysis_reports_a_mixture_by_its_pool_means(tmp_path):
     mix = skipped["mix(0.5:temperature=1.0|0.5:temperature=0.5)"]
     assert "mixture" in mix.reason and mix.n_strings == 300
     assert mix.local_mean_reward == pytest.approx(frames[2]["reward"].mean())
+
+
+def test_the_advised_mixture_is_a_spec_generate_accepts():
+    from pqtradeoff.advise import mixture_spec
+
+    spec = mixture_spec(["temperature=1.0,top_p=0.9", "temperature=0.75,typical_p=0.9"], [0.5804, 0.4196])
+    m = adaptors.parse(spec)
+    assert m.weights == (0.58, 0.42) and [str(c) for c in m.components] == [
+        "temperature=1.0,top_p=0.9", "temperature=0.75,typical_p=0.9"]

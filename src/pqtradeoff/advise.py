@@ -310,6 +310,7 @@ def describe(advice: Advice) -> list[str]:
             lines.append(f"choice: mix {c.adaptors[0]} (probability {c.weights[0]:.3f}) with {c.adaptors[1]} "
                          f"(probability {c.weights[1]:.3f}): sample each string from the first with that "
                          "probability, else from the second")
+            lines.append(f"  to sample it: --adaptor '{mixture_spec(c.adaptors, c.weights)}'")
         lines.append(f"  expected mean reward {_fmt(c.mean_reward)}, mean log prior {_fmt(c.mean_log_prior)}")
         s = advice.best_single
         if c.kind == "mixture" and s is not None:
@@ -324,3 +325,11 @@ def describe(advice: Advice) -> list[str]:
     if advice.excluded:
         lines.append("left out, no sampled strings (reasons in summary.json): " + ", ".join(advice.excluded))
     return lines
+
+
+def mixture_spec(specs: list[str], weights: list[float]) -> str:
+    """The `mix(...)` adaptor spec that samples the advised mixture (probabilities rounded to 3 decimals,
+    the last one taking the rest so they sum to 1)."""
+    rounded = [round(w, 3) for w in weights[:-1]]
+    rounded.append(round(1.0 - sum(rounded), 3))
+    return "mix(" + "|".join(f"{w!r}:{s}" for w, s in zip(rounded, specs, strict=True)) + ")"
