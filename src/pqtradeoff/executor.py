@@ -137,6 +137,26 @@ class ShardActor:
         return out
 
 
+def run_shards(stage: str, work: Callable[[Any, Any], tuple[int, int]], models: Any,
+               load: Callable[[], Any] | None, shards: Sequence[Any], settings: Any, out_dir: Path,
+               device: str, advance: Callable[[int], None]) -> int:
+    """Compute `shards` where the executor settings say: here with `models` (local), or on Ray actors that
+    call `load` (ray). Advances the progress by each shard's rows; returns the tokens computed."""
+    tokens = 0
+    if settings is None or settings.kind == "local":
+        for shard in shards:
+            rows, done = work(models, shard)
+            tokens += done
+            advance(rows)
+        return tokens
+    if load is None:
+        raise PQError(f"executor='ray' needs a loader of the {stage} models that the actors can call")
+    for status in map_shards(stage, load, work, shards, settings, out_dir, device):
+        tokens += status["tokens"]
+        advance(status["rows"])
+    return tokens
+
+
 def map_shards(stage: str, load: Callable[[], Any], work: Callable[[Any, Any], tuple[int, int]],
                shards: Sequence[Any], settings: Any, out_dir: Path, device: str = "auto"
                ) -> Iterator[dict[str, Any]]:

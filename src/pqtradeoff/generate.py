@@ -112,6 +112,44 @@ def sample_inverse_cdf(log_probs: torch.Tensor, uniforms: torch.Tensor) -> torch
 
 
 # ------------------------------------------------------------------------------------------------- sampling
+def sample_step(adaptor: Adaptor, logits: torch.Tensor, keys: np.ndarray, steps: int | np.ndarray
+                ) -> tuple[torch.Tensor, np.ndarray]:
+    """One sampling step for rows with these keys at these steps: the tokens (on the logits' device) and, on
+    the host, [token, log q, log p, log Z] per row (float64; one device-to-host copy per step)."""
+    step = adaptor.adapt(logits)
+    u = torch.from_numpy(step_uniforms(keys, steps)).to(logits.device)
+    tokens = sample_inverse_cdf(step.log_probs, u)
+    index = tokens.unsqueeze(-1)
+    picked = torch.stack([tokens.double(), step.log_probs.gather(-1, index).squeeze(-1).double(),
+                          step.logp.gather(-1, index).squeeze(-1).double(), step.log_z.squeeze(-1).double()])
+    return tokens, picked.cpu().numpy()
+
+
+class _Record:
+    """The rows being sampled: tokens, per-step (logq, logp_aligned, log Z), lengths and finished flags."""
+
+    def __init__(self, n: int, max_new_tokens: int, end_ids: tuple[int, ...]) -> None:
+        self.tokens = np.zeros((n, max_new_tokens), dtype=np.int64)
+        self.scores = np.zeros((3, n, max_new_tokens), dtype=np.float64)  # logq, logp_aligned, log_z per step
+        self.lengths = np.zeros(n, dtype=np.int64)
+        self.finished = np.zeros(n, dtype=bool)
+        self.end_ids = np.array(end_ids, dtype=np.int64)
+
+    def take(self, active: np.ndarray, host: np.ndarray) -> np.ndarray:
+        """Store one step of the `active` rows (`sample_step`'s host array); returns which of them ended."""
+        t = self.lengths[active]
+        self.tokens[active, t] = host[0].astype(np.int64)
+        self.scores[:, active, t] = host[1:]
+        self.lengths[active] += 1
+        ended = np.isin(self.tokens[active, t], self.end_ids)
+        self.finished[active[ended]] = True
+        return ended
+
+    def rows(self) -> list[SampledRow]:
+        return [_sampled_row(self.tokens[i], self.scores[:, i], int(self.lengths[i]), bool(self.finished[i]))
+                for i in range(len(self.lengths))]
+
+
 def sample_batch(
     model: StepLanguageModel, adaptor: Adaptor, prompts: list[list[int]], keys: np.ndarray,
     max_new_tokens: int
@@ -123,27 +161,12 @@ def sample_batch(
     """
     n = len(prompts)
     keys = np.asarray(keys, dtype=np.uint64)
-    tokens_out = np.zeros((n, max_new_tokens), dtype=np.int64)
-    scores = np.zeros((3, n, max_new_tokens), dtype=np.float64)  # logq, logp_aligned, log_z per step
-    lengths = np.zeros(n, dtype=np.int64)
-    finished = np.zeros(n, dtype=bool)
+    record = _Record(n, max_new_tokens, model.end_ids())
     logits, state = model.start(prompts)
-    end_ids = np.array(model.end_ids(), dtype=np.int64)
     active = np.arange(n)
     for t in range(max_new_tokens):
-        step = adaptor.adapt(logits)
-        u = torch.from_numpy(step_uniforms(keys[active], t)).to(logits.device)
-        tokens = sample_inverse_cdf(step.log_probs, u)
-        index = tokens.unsqueeze(-1)
-        picked = torch.stack([tokens.double(), step.log_probs.gather(-1, index).squeeze(-1).double(),
-                              step.logp.gather(-1, index).squeeze(-1).double(),
-                              step.log_z.squeeze(-1).double()])
-        host = picked.cpu().numpy()  # one device-to-host copy per step
-        tokens_out[active, t] = host[0].astype(np.int64)
-        scores[:, active, t] = host[1:]
-        lengths[active] += 1
-        done_np = np.isin(tokens_out[active, t], end_ids)
-        finished[active[done_np]] = True
+        tokens, host = sample_step(adaptor, logits, keys[active], t)
+        done_np = record.take(active, host)
         if t == max_new_tokens - 1 or done_np.all():
             break
         if done_np.any():
@@ -153,7 +176,7 @@ def sample_batch(
             active = active[alive]
             tokens = tokens[alive_device]
         logits, state = model.step(state, tokens)
-    return [_sampled_row(tokens_out[i], scores[:, i], int(lengths[i]), bool(finished[i])) for i in range(n)]
+    return record.rows()
 
 
 def sample_rows(
@@ -176,30 +199,15 @@ def sample_rows(
         return [row for start in range(0, n, batch_size) for row in sample_batch(
             model, adaptor, prompts[start:start + batch_size], keys[start:start + batch_size],
             max_new_tokens)]
-    tokens_out = np.zeros((n, max_new_tokens), dtype=np.int64)
-    scores = np.zeros((3, n, max_new_tokens), dtype=np.float64)  # logq, logp_aligned, log_z per step
-    lengths = np.zeros(n, dtype=np.int64)
-    finished = np.zeros(n, dtype=bool)
-    end_ids = np.array(model.end_ids(), dtype=np.int64)
+    record = _Record(n, max_new_tokens, model.end_ids())
+    lengths = record.lengths
     refill_at = max(1, batch_size // 8)
     admitted = min(n, batch_size)
     logits, state = start_distinct(model, prompts[:admitted])
     active = np.arange(admitted)
     while active.size:
-        step = adaptor.adapt(logits)
-        t = lengths[active]
-        u = torch.from_numpy(step_uniforms(keys[active], t)).to(logits.device)
-        tokens = sample_inverse_cdf(step.log_probs, u)
-        index = tokens.unsqueeze(-1)
-        picked = torch.stack([tokens.double(), step.log_probs.gather(-1, index).squeeze(-1).double(),
-                              step.logp.gather(-1, index).squeeze(-1).double(),
-                              step.log_z.squeeze(-1).double()])
-        host = picked.cpu().numpy()  # one device-to-host copy per step
-        tokens_out[active, t] = host[0].astype(np.int64)
-        scores[:, active, t] = host[1:]
-        lengths[active] += 1
-        ended = np.isin(tokens_out[active, t], end_ids)
-        finished[active[ended]] = True
+        tokens, host = sample_step(adaptor, logits, keys[active], lengths[active])
+        ended = record.take(active, host)
         alive = np.flatnonzero(~ended & (lengths[active] < max_new_tokens))
         if alive.size < active.size:
             active = active[alive]
@@ -217,7 +225,7 @@ def sample_rows(
             else:
                 state, logits = new_state, new_logits
             active, admitted = np.concatenate([active, new]), admitted + new.size
-    return [_sampled_row(tokens_out[i], scores[:, i], int(lengths[i]), bool(finished[i])) for i in range(n)]
+    return record.rows()
 
 
 def start_distinct(model: StepLanguageModel, prompts: list[list[int]]) -> tuple[torch.Tensor, Any]:
@@ -482,22 +490,11 @@ def generate_corpus(
     todo = [s for s in shards if not (out_dir / s.name).exists()]
     total_rows = sum(len(s.rows) for s in todo)
     work = ShardSampler(seed, max_new_tokens, batch_size, save_token_logprobs, out_dir)
-    tokens = 0
     began = time.perf_counter()
     with progress_bar(progress, total_rows, "generate") as advance:
-        if executor is None or executor.kind == "local":
-            for shard in todo:
-                rows, sampled = work(model, shard)
-                tokens += sampled
-                advance(rows)
-        else:
-            from pqtradeoff.executor import map_shards
+        from pqtradeoff.executor import run_shards  # lazy: startup
 
-            if load_model is None:
-                raise PQError("executor='ray' needs a model loader the actors can call (load_model)")
-            for status in map_shards("generate", load_model, work, todo, executor, out_dir,
-                                     str(getattr(model, "device", "auto"))):
-                tokens += status["tokens"]
-                advance(status["rows"])
+        tokens = run_shards("generate", work, model, load_model, todo, executor, out_dir,
+                            str(getattr(model, "device", "auto")), advance)
     return GenerateResult(out_dir, len(shards), len(todo), len(shards) - len(todo), superseded, total_rows,
                           tokens, time.perf_counter() - began)

@@ -164,23 +164,12 @@ def score_corpus(
     todo = [f for f in files if not (out_dir / f.name).exists()]
     total = sum(_num_rows(f) for f in todo)
     began = time.perf_counter()
-    tokens = 0
     work = ShardScorer(prior_context, same_tokenizer, batch_size, max_batch_tokens, out_dir)
     with progress_bar(progress, total, "score") as advance:
-        if executor is None or executor.kind == "local":
-            for path in todo:
-                rows, scored = work((prior, reward), path)
-                tokens += scored
-                advance(rows)
-        else:
-            from pqtradeoff.executor import map_shards
+        from pqtradeoff.executor import run_shards  # lazy: startup
 
-            if load_models is None:
-                raise PQError("executor='ray' needs a loader of the prior and reward the actors can call")
-            for status in map_shards("score", load_models, work, todo, executor, out_dir,
-                                     str(getattr(prior, "device", "auto"))):
-                tokens += status["tokens"]
-                advance(status["rows"])
+        tokens = run_shards("score", work, (prior, reward), load_models, todo, executor, out_dir,
+                            str(getattr(prior, "device", "auto")), advance)
     _write_report(out_dir)
     return ScoreResult(out_dir, len(files), len(todo), len(files) - len(todo), superseded, total, tokens,
                        time.perf_counter() - began)

@@ -257,7 +257,40 @@ def end_of_string_ids(tokenizer: Any, model: Any) -> list[int]:
     return ids
 
 
-class HFModel(StepLanguageModel):
+class HFTokenization:
+    """How a Hugging Face tokenizer turns prompts and continuations into ids (template or chat template, BOS),
+    shared by the hf backend and every front that must tokenize exactly as it does (the vllm backend's, the
+    Ray driver's). Needs `tokenizer`, `template`, `chat_template`, `bos_token_id` and `eos_token_id`."""
+
+    tokenizer: Any
+    template: str | None
+    chat_template: bool
+    bos_token_id: int | None
+    eos_token_id: int
+
+    def encode_prompt(self, prompt: str) -> list[int]:
+        """Template applied, BOS where the tokenizer adds one; never empty (BOS, or EOS without a BOS)."""
+        if self.chat_template:
+            text = self.tokenizer.apply_chat_template(
+                [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True)
+            ids = list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+        else:
+            text = apply_template(self.template, prompt) if self.template is not None else prompt
+            ids = list(self.tokenizer(text, add_special_tokens=True)["input_ids"])
+        return ids if ids else self.empty_context()
+
+    def empty_context(self) -> list[int]:
+        """The one-token context for scoring a continuation alone: BOS, or EOS where there is none (GPT-2)."""
+        return [int(self.bos_token_id) if self.bos_token_id is not None else self.eos_token_id]
+
+    def encode_continuation(self, text: str) -> list[int]:
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def decode(self, token_ids: list[int]) -> str:
+        return self.tokenizer.decode(list(token_ids), skip_special_tokens=True)
+
+
+class HFModel(HFTokenization, StepLanguageModel):
     """An `AutoModelForCausalLM` checkpoint as a `LanguageModel` (float32 logits, KV-cached decoding)."""
 
     def __init__(
@@ -326,27 +359,6 @@ class HFModel(StepLanguageModel):
         value = getattr(self.tokenizer, "model_max_length", None)
         return value if isinstance(value, int) and 0 < value < 10**7 else None
 
-    # ------------------------------------------------------------------------------------ tokenization
-    def encode_prompt(self, prompt: str) -> list[int]:
-        """Template applied, BOS where the tokenizer adds one; never empty (BOS, or EOS without a BOS)."""
-        if self.chat_template:
-            text = self.tokenizer.apply_chat_template(
-                [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True)
-            ids = list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
-        else:
-            text = apply_template(self.template, prompt) if self.template is not None else prompt
-            ids = list(self.tokenizer(text, add_special_tokens=True)["input_ids"])
-        return ids if ids else self.empty_context()
-
-    def empty_context(self) -> list[int]:
-        """The one-token context for scoring a continuation alone: BOS, or EOS where there is none (GPT-2)."""
-        return [int(self.bos_token_id) if self.bos_token_id is not None else self.eos_token_id]
-
-    def encode_continuation(self, text: str) -> list[int]:
-        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
-
-    def decode(self, token_ids: list[int]) -> str:
-        return self.tokenizer.decode(list(token_ids), skip_special_tokens=True)
 
     # ------------------------------------------------------------------------------------------ forward
     def _forward(self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, keep: int,

@@ -83,6 +83,7 @@ import numpy as np
 from pqtradeoff.adaptors import Adaptor, parse
 from pqtradeoff.errors import PQError
 from pqtradeoff.models.base import SampledRow, SampleRequest
+from pqtradeoff.models.hf import HFTokenization
 
 VLLM_VERSION = "0.33.0"
 EXTRA_HINT = 'pip install -e ".[vllm]" (the pqtradeoff[vllm] extra, vllm==0.33.0, on a machine with a GPU)'
@@ -344,7 +345,7 @@ class VLLMModel:
 
 
 # ----------------------------------------------------------------------------------------- loading
-class TokenizerFront:
+class TokenizerFront(HFTokenization):
     """The hf backend's tokenization of a checkpoint without loading its weights: template or chat template,
     BOS, end-of-string ids (tokenizer, config and generation_config), tokenizer key and context length."""
 
@@ -385,19 +386,6 @@ class TokenizerFront:
     def end_ids(self) -> tuple[int, ...]:
         return self.eos_token_ids
 
-    def encode_prompt(self, prompt: str) -> list[int]:
-        from pqtradeoff.models.hf import HFModel
-
-        return HFModel.encode_prompt(self, prompt)  # type: ignore[arg-type]
-
-    def empty_context(self) -> list[int]:
-        return [int(self.bos_token_id) if self.bos_token_id is not None else self.eos_token_id]
-
-    def encode_continuation(self, text: str) -> list[int]:
-        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
-
-    def decode(self, token_ids: list[int]) -> str:
-        return self.tokenizer.decode(list(token_ids), skip_special_tokens=True)
 
 
 def load_vllm(
