@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -170,3 +172,36 @@ def test_prompt_scored_prior_is_accepted_from_the_column():
     frame["prior_context"] = "prompt"
     fit, _ = _fit(frame, {"settings": {"prior_context": "none"}})  # the rows' own column wins
     assert fit.defined
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_vader_on_the_tiny_models_is_unrelated_to_their_alignment(tiny_hf, tmp_path):
+    """The tiny aligned and prior checkpoints are two random initialisations, so VADER's sentiment of their
+    strings has nothing to do with log p+ - log p: the within-prompt fit must find no slope (its interval
+    covers 0). Caveat, measured: at sampling seed 4 (of 2, 3, 4) the interval excluded 0 (slope 9.9 [3.8, 17.8]):
+    both d (sampled from p+, so about KL per token x length) and VADER's magnitude grow with a string's length,
+    a real confounder on these tiny models; this seed-2 check is a regression test, not a proof of "no
+    relation"."""
+    from pqtradeoff import adaptors
+    from pqtradeoff.analyze import analyze_dir
+    from pqtradeoff.generate import PromptRecord, generate_corpus
+    from pqtradeoff.models.hf import HFModel
+    from pqtradeoff.rewards import VaderReward
+    from pqtradeoff.score import score_corpus
+    from pqtradeoff.settings import AnalysisSettings
+
+    aligned = HFModel(str(tiny_hf.llama), device="cpu")
+    texts = ["hello world", "tell me a story", "the cat sat", "why", "I am happy", "a sad dog"]
+    prompts = [PromptRecord(i, t, aligned.encode_prompt(t)) for i, t in enumerate(texts)]
+    generate_corpus(aligned, prompts, [adaptors.parse("ancestral")], num_generations=16, max_new_tokens=48,
+                    seed=2, batch_size=None, out_dir=tmp_path / "c", settings={}, progress=False,
+                    sample_block=16)
+    score_corpus(tmp_path / "c", tmp_path / "s", prior=HFModel(str(tiny_hf.prior), device="cpu"),
+                 reward=VaderReward(), settings={}, progress=False)
+    settings = AnalysisSettings(corpora=20, corpus_size=20, imh_steps=500, plots=False, keep_unfinished=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # this small pool's analysis warnings are not what is tested here
+        fit = analyze_dir(tmp_path / "s", tmp_path / "a", settings).alignment
+    assert fit.defined and fit.n_prompts >= 4 and fit.n_strings >= 20, (fit.reason, fit.n_strings)
+    assert fit.slope_ci[0] < 0 < fit.slope_ci[1], (fit.slope, fit.slope_ci)
+    assert fit.within_prompt_r_ci[0] < 0 < fit.within_prompt_r_ci[1] and abs(fit.within_prompt_r) < 0.3
