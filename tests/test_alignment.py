@@ -178,10 +178,10 @@ def test_prompt_scored_prior_is_accepted_from_the_column():
 def test_vader_on_the_tiny_models_is_unrelated_to_their_alignment(tiny_hf, tmp_path):
     """The tiny aligned and prior checkpoints are two random initialisations, so VADER's sentiment of their
     strings has nothing to do with log p+ - log p: the within-prompt fit must find no slope (its interval
-    covers 0). Caveat, measured: at sampling seed 4 (of 2, 3, 4) the interval excluded 0 (slope 9.9 [3.8, 17.8]):
-    both d (sampled from p+, so about KL per token x length) and VADER's magnitude grow with a string's length,
-    a real confounder on these tiny models; this seed-2 check is a regression test, not a proof of "no
-    relation"."""
+    covers 0). Caveat, measured: at sampling seed 4 (of 2, 3, 4) the interval excluded 0 (slope 9.9, interval
+    [3.8, 17.8]): both d (sampled from p+, so about KL per token x length) and VADER's magnitude grow with a
+    string's length, a real confounder on these tiny models; this seed-2 check is a regression test, not a
+    proof of "no relation"."""
     from pqtradeoff import adaptors
     from pqtradeoff.analyze import analyze_dir
     from pqtradeoff.generate import PromptRecord, generate_corpus
