@@ -203,3 +203,16 @@ def test_alignment_fit_recovers_the_demo_beta_and_log_z(small_demo):
     assert fit.beta_hat_ci[0] - 1e-9 <= 1.0 <= fit.beta_hat_ci[1] + 1e-9, (fit.beta_hat, fit.beta_hat_ci)
     assert fit.beta_hat_ci[0] - 1e-12 <= fit.beta_hat <= fit.beta_hat_ci[1] + 1e-12
     assert fit.prompts[0].log_z == pytest.approx(summary.extra["log_z"], abs=1e-3)
+
+
+def test_typical_corpora_lie_on_the_exact_lines(small_demo):
+    """Each untruncated global adaptor's corpora centre on its exact line (mean log p_T = -H(p_T), the closed
+    forms), within the IMH standard errors; the typical ones are drawn and counted."""
+    out, summary = small_demo
+    typical = summary.extra["typical_corpora"]
+    assert set(typical) == {"temperature=0.5", "temperature=1.0"}  # T = 1.5 does not normalize here
+    for adaptor, t in typical.items():
+        assert abs(t["mean_deviation"]) < 4 * t["deviation_se"], (adaptor, t)
+        assert 0 < t["typical"] <= t["corpora"] == 200
+    assert (out / "typical_corpora.png").is_file()
+    assert json.loads((out / "summary.json").read_text())["typical_corpora"] == typical

@@ -23,6 +23,7 @@ from pqtradeoff.analyze import make_settings as analysis_settings
 from pqtradeoff.automata import WeightedAutomaton, transition_matrix
 from pqtradeoff.correct import Target
 from pqtradeoff.errors import PQError, validated
+from pqtradeoff.io import write_json
 from pqtradeoff.results import Summary
 
 DEFAULT_FAMILIES = ("ancestral", "top_k=3", "top_k=6", "top_p=0.9", "top_p=0.95", "typical_p=0.9",
@@ -295,5 +296,52 @@ def _run(out_dir: Path, settings: DemoSettings, progress: bool) -> tuple[Summary
                          source={"demo": record, "scored_dir": str(scored)},
                          extra={"identity_max_abs_error": identity_error, "log_z": models.alignment.log_z})
     summary = run_analysis(table, out_dir, analysis, inputs)
+    if lines:
+        summary.extra["typical_corpora"] = typical_corpora(out_dir, summary, kept, lines, beta,
+                                                           settings.figure_format)
+        write_json(out_dir / "summary.json", summary.to_json())
     timings["analyze_s"] = time.perf_counter() - t
     return summary, timings
+
+
+#: Typicality of a corpus of p_T: |mean(-log p_T) - H(p_T)| < TYPICAL_EPSILON nats (the demo's corpora are
+#: 2,000 strings, not the toy's 100,000, so the band is wider than the toy's 0.001).
+TYPICAL_EPSILON = 0.05
+
+
+def typical_corpora(out_dir: Path, summary: Summary, kept: list[Adaptor], lines: list[dict[str, Any]],
+                    beta: float, figure_format: str) -> dict[str, dict[str, float]]:
+    """For each untruncated global adaptor p_T: which bootstrapped corpora are typical, and how far the
+    corpora lie from the exact line on average. Exactly, log p_T(y) = (log p(y) + r(y)/beta - log Z)/T -
+    log Z_T, so a corpus's mean log p_T + H(p_T) = (mean log p + mean r/beta - c_T)/T with the line's c_T:
+    its deviation from the line, in nats of log p_T. Draws `typical_corpora.<fmt>`; returns counts and the
+    mean deviation with a standard error from the IMH means' (summed: conservative)."""
+    from pqtradeoff import plots  # lazy: matplotlib
+
+    corpora = pd.read_parquet(out_dir / "corpora.parquet")
+    by_label = {line["label"]: line for line in lines}
+    results = {c.adaptor: c for c in summary.configs}
+    out: dict[str, dict[str, float]] = {}
+    panels = []
+    for a in kept:
+        line = by_label.get(f"exact line, T={a.temperature:g}")
+        if a.truncates or line is None or str(a) not in results:
+            continue
+        rows = corpora[corpora["adaptor"] == str(a)]
+        x, y = rows["mean_log_prior"].to_numpy(float), rows["mean_reward"].to_numpy(float)
+        deviation = (x + y / beta - line["intercept"] / beta) / a.temperature
+        typical = np.abs(deviation) < TYPICAL_EPSILON
+        c = results[str(a)]
+        out[str(a)] = {
+            "epsilon": TYPICAL_EPSILON, "corpora": int(len(rows)), "typical": int(typical.sum()),
+            "mean_deviation": float(deviation.mean()),
+            "deviation_se": float((c.log_prior.se + c.reward.se / beta) / a.temperature),
+        }
+        panels.append({"x": x, "y": y, "typical": typical, "slope": line["slope"],
+                       "intercept": line["intercept"], "temperature": a.temperature,
+                       "epsilon": TYPICAL_EPSILON})
+    if panels and summary.settings.plots:
+        name = f"typical_corpora.{figure_format}"
+        plots.typical_corpora(panels, out_dir / name)
+        summary.outputs["figures"]["typical_corpora"] = name
+    return out
