@@ -27,6 +27,8 @@ from pqtradeoff import adaptors
 from pqtradeoff.generate import PromptRecord, generate_corpus
 from pqtradeoff.models.hf import HFModel, HFRewardModel
 
+from cli_helpers import cli, write_prompts
+
 pytestmark = pytest.mark.usefixtures("one_thread")
 SPECS = ["ancestral", "temperature=0.7,top_k=5", "temperature=1.3,top_p=0.8", "typical_p=0.9", "min_p=0.1",
          "eta_cutoff=0.01"]
@@ -133,25 +135,6 @@ def test_prior_scores_match_direct_computation_for_any_batching(tiny_hf, corpus,
 
 
 # ------------------------------------------------------------------------------------------------- CLI
-def cli(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
-    """Run `pqtradeoff ARGS` in this process through main() (the one-line error path); (code, out, err)."""
-    from pqtradeoff.cli import main
-
-    monkeypatch.setattr(sys, "argv", ["pqtradeoff", *map(str, args)])
-    code = 0
-    try:
-        main()
-    except SystemExit as stop:
-        code = stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 1)
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
-def write_prompts(path: Path, texts) -> Path:
-    path.write_text("".join(json.dumps({"prompt": t}) + "\n" for t in texts), encoding="utf-8")
-    return path
-
-
 def test_cli_generate_then_score_with_template_and_reward_model(tiny_hf, tmp_path, monkeypatch, capsys):
     prompts = write_prompts(tmp_path / "p.jsonl", ["hello world", "why", "tell me a story", "the cat sat"])
     template = "Human : {prompt} Assistant :"

@@ -41,6 +41,21 @@ def _generated(tmp: Path, with_prior: bool = False) -> Path:
 
 
 # ------------------------------------------------------------------------------------------ the bad inputs
+
+#: The sampling options every `generate` case below gives (the model, prompts and --out vary).
+SAMPLING_ARGS = ["--adaptor", "ancestral", "--num-generations", "2", "--max-new-tokens", "3", "--seed", "0"]
+
+def _output_folder_case(command: str, kind: str, tmp: Path, out: Path) -> tuple[list[str], str, Path]:
+    """The output-folder mistakes `demo` and `toy` share: --out is a file, holds foreign files, bad format."""
+    if kind == "out-is-a-file":
+        return [command, "--out", str(tmp / "file.txt")], "is a file, not a folder", tmp / "file.txt"
+    if kind == "out-holds-foreign-files":
+        out.mkdir()
+        (out / "data.csv").write_text("1,2")
+        return [command, "--out", str(out)], f"which `{command}` does not write", out
+    return [command, "--out", str(out), "--format", "gif"], "figure_format='gif'", out
+
+
 def _case_setup(tmp: Path, case: str) -> tuple[list[str], str, Path]:
     """(argv after `pqtradeoff`, a phrase of the expected error, the output folder that must stay
     untouched)."""
@@ -55,14 +70,7 @@ def _case_setup(tmp: Path, case: str) -> tuple[list[str], str, Path]:
         str(tmp / "no-model"),
         "--prompts",
         str(prompts),
-        "--adaptor",
-        "ancestral",
-        "--num-generations",
-        "2",
-        "--max-new-tokens",
-        "3",
-        "--seed",
-        "0",
+        *SAMPLING_ARGS,
     ]
     if case == "analyze/scored-dir-missing":
         return ["analyze", str(tmp / "nowhere"), "--out", str(out)], "does not exist", out
@@ -136,14 +144,9 @@ def _case_setup(tmp: Path, case: str) -> tuple[list[str], str, Path]:
         frame = make_scored(n=20)
         frame.loc[0, "adaptor"] = "banana=3"
         return ["analyze", str(write_scored(frame, tmp / "ba")), "--out", str(out)], "banana", out
-    if case == "demo/out-is-a-file":
-        return ["demo", "--out", str(tmp / "file.txt")], "is a file, not a folder", tmp / "file.txt"
-    if case == "demo/out-holds-foreign-files":
-        out.mkdir()
-        (out / "README.md").write_text("mine")
-        return ["demo", "--out", str(out)], "which `demo` does not write", out
-    if case == "demo/bad-format":
-        return ["demo", "--out", str(out), "--format", "gif"], "figure_format='gif'", out
+    command, _, kind = case.partition("/")
+    if command in ("demo", "toy") and kind in ("out-is-a-file", "out-holds-foreign-files", "bad-format"):
+        return _output_folder_case(command, kind, tmp, out)
     if case == "demo/zero-temperature":
         return ["demo", "--out", str(out), "--temperature", "0"], "temperatures", out
     if case == "demo/text-diverges":
@@ -156,14 +159,6 @@ def _case_setup(tmp: Path, case: str) -> tuple[list[str], str, Path]:
             "normalizes with this text",
             out,
         )
-    if case == "toy/out-is-a-file":
-        return ["toy", "--out", str(tmp / "file.txt")], "is a file, not a folder", tmp / "file.txt"
-    if case == "toy/out-holds-foreign-files":
-        out.mkdir()
-        (out / "data.csv").write_text("1,2")
-        return ["toy", "--out", str(out)], "which `toy` does not write", out
-    if case == "toy/bad-format":
-        return ["toy", "--out", str(out), "--format", "gif"], "figure_format='gif'", out
     if case == "toy/one-string":
         return ["toy", "--out", str(out), "--n-strings", "1"], "n_strings=1", out
     if case == "toy/zero-alpha":
@@ -322,14 +317,7 @@ def test_the_documented_count_matches():
             "m",
             "--prompts",
             "{tmp}/p.jsonl",
-            "--adaptor",
-            "ancestral",
-            "--num-generations",
-            "2",
-            "--max-new-tokens",
-            "3",
-            "--seed",
-            "0",
+            *SAMPLING_ARGS,
             "--out",
             "{tmp}/o",
         ],
