@@ -100,3 +100,12 @@ def test_template_without_prompt_slot():
         validated(GenerateSettings, model={"name": "m"},
                   prompts={"file": "p", "template": "Human: Assistant:"},
                   sampling={"num_generations": 1, "max_new_tokens": 4, "seed": 0, "adaptors": ["ancestral"]})
+
+
+def test_fixed_changes_see_a_section_that_was_none_and_ignore_settings_a_side_never_knew():
+    from pqtradeoff.settings import fixed_changes
+
+    old = {"prior": None, "reward": {"kind": "vader"}}
+    new = {"prior": {"name": "m", "dtype": "float32"}, "reward": {"kind": "vader"}, "added_later": 1}
+    assert fixed_changes(old, new, {}) == [("prior.dtype", None, "float32"), ("prior.name", None, "m")]
+    assert fixed_changes(new, new | {"compute": {"batch_size": 4}}, {"compute": "free"}) == []

@@ -20,25 +20,24 @@ import re
 import resource
 import shutil
 import time
+import tomllib
 import typing
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import tomllib
 from pydantic import BaseModel, ValidationError
 
 from pqtradeoff.analyze import analyze_dir
-from pqtradeoff.corpus import shard_files
+from pqtradeoff.corpus import run_settings, shard_files
 from pqtradeoff.errors import PQError, validation_message
 from pqtradeoff.io import run_record, write_json
-from pqtradeoff.settings import ExperimentSettings, describe_changes, fixed_changes, flatten
+from pqtradeoff.outdir import check_out
+from pqtradeoff.settings import ExperimentSettings, describe_changes, fixed_changes
 from pqtradeoff.stages import (
     SCORE_POLICY,
     ModelCache,
-    check_out,
-    recorded_settings,
     run_generate,
     run_score,
     score_record_settings,
@@ -267,13 +266,11 @@ def run_experiment(settings: ExperimentSettings, out: str | Path) -> ExperimentR
 def _reset_if_changed(scored: Path, settings: ExperimentSettings) -> None:
     """In a run the config is the truth: a changed reward or prior rescoring everything, rather than
     refusing."""
-    old = recorded_settings(scored)
-    if old is None:
+    old = run_settings(scored) if scored.is_dir() else {}
+    if not old:
         return
-    new = flatten(score_record_settings(settings.score_settings(), scored.parent / STAGE_DIRS["generate"]))
-    old = flatten(old)
-    changes = [c for c in fixed_changes({k: v for k, v in old.items() if k in new}, new, SCORE_POLICY)
-               if c[0] in old]
+    new = score_record_settings(settings.score_settings(), scored.parent / STAGE_DIRS["generate"])
+    changes = fixed_changes(old, new, SCORE_POLICY)
     if changes:
         log.info("score: settings changed (%s): scoring again", describe_changes(changes))
         shutil.rmtree(scored)

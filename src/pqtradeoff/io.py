@@ -236,15 +236,12 @@ def check_resumable(out_dir: Path, record: dict[str, Any], policy: dict[str, str
     if not any(p.suffix in (".parquet", ".json") and not p.name.startswith((".", "_"))
                for p in Path(out_dir).iterdir()):
         return []
-    new = flatten(record["settings"])
-    old = flatten(old)
-    shared = {k: v for k, v in old.items() if k in new}
-    changes = fixed_changes(shared, new, policy or {})
-    changes = [c for c in changes if c[0] in old]
+    policy = policy or {}
+    changes = fixed_changes(old, record["settings"], policy)
     if changes:
         raise PQError(f"--out {str(out_dir)!r} holds a run made with other settings "
                       f"({describe_changes(changes)}); use a new --out folder, or the old settings to resume")
-    policy = policy or {}
+    old, new = flatten(old), flatten(record["settings"])
     return [k for k in new if k in old and old[k] != new[k] and policy_of(k, policy) == "grow"]
 
 

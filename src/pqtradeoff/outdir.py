@@ -13,6 +13,7 @@ The stages `generate` and `score` follow their own, resumable rule (`io.check_re
 from __future__ import annotations
 
 import fnmatch
+import os
 from pathlib import Path
 
 from pqtradeoff.errors import PQError
@@ -36,10 +37,24 @@ def _owned(name: str, command: str) -> bool:
     return any(fnmatch.fnmatchcase(name, pattern) for pattern in OWNED[command])
 
 
+def check_out(out: Path | str) -> Path:
+    """An output location must be a folder (or not exist yet) under a writable parent: checked before any
+    work."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise PQError(f"--out {str(out)!r} is a file, not a folder")
+    parent = out
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise PQError(f"--out {str(out)!r} is under {str(parent)!r}, which is a file")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise PQError(f"--out {str(out)!r}: {str(parent)!r} is not writable")
+    return out
+
+
 def check_output_folder(out: Path | str, command: str) -> Path:
     """Refuse an `--out` that holds anything `command` does not write itself (checked before any work)."""
-    from pqtradeoff.stages import check_out
-
     out = check_out(out)
     if not out.is_dir():
         return out

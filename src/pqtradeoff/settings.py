@@ -369,16 +369,28 @@ def flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def fixed_changes(old: dict[str, Any], new: dict[str, Any],
                   policy: dict[str, str]) -> list[tuple[str, Any, Any]]:
-    """The (key, old, new) of every "fixed" setting that differs between two flattened settings dicts.
+    """The (key, old, new) of every "fixed" setting that differs between two settings dicts (nested or flat).
 
-    A key under a section that is absent on one side (e.g. no prior) counts as changed when the other side
-    sets it; keys the policy does not know are compared too (conservative)."""
+    Keys are compared where both sides recorded them, a section recorded as None (e.g. no prior) counting as
+    recording each of its keys as None; a key only one side knows at all (a setting added by a newer version)
+    is not compared."""
+    old, new = flatten(old), flatten(new)
+
+    def value(side: dict[str, Any], key: str) -> tuple[bool, Any]:
+        while True:
+            if key in side:
+                return True, side[key]
+            if "." not in key:
+                return False, None
+            key = key.rsplit(".", 1)[0]
+            if key in side and side[key] is not None:
+                return False, None
+
     changes = []
     for key in sorted(set(old) | set(new)):
-        if policy_of(key, policy) != "fixed":
-            continue
-        if old.get(key) != new.get(key):
-            changes.append((key, old.get(key), new.get(key)))
+        (in_old, a), (in_new, b) = value(old, key), value(new, key)
+        if in_old and in_new and a != b and policy_of(key, policy) == "fixed":
+            changes.append((key, a, b))
     return changes
 
 

@@ -9,15 +9,14 @@ so that a process running several stages (`pqtradeoff run`) loads each model onc
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pqtradeoff.errors import PQError
-from pqtradeoff.io import RUN_RECORD, check_resumable, run_record
+from pqtradeoff.io import check_resumable
+from pqtradeoff.outdir import check_out
 from pqtradeoff.settings import GenerateSettings, ModelSpec, RewardSettings, ScoreSettings, resume_policy
 
 log = logging.getLogger("pqtradeoff")
@@ -240,31 +239,3 @@ def check_executor(executor: Any) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ output
-def check_out(out: Path | str) -> Path:
-    """An output location must be a folder (or not exist yet) under a writable parent: checked before any
-    work."""
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise PQError(f"--out {str(out)!r} is a file, not a folder")
-    parent = out
-    while not parent.exists():
-        parent = parent.parent
-    if not parent.is_dir():
-        raise PQError(f"--out {str(out)!r} is under {str(parent)!r}, which is a file")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise PQError(f"--out {str(out)!r}: {str(parent)!r} is not writable")
-    return out
-
-
-def recorded_settings(folder: Path) -> dict[str, Any] | None:
-    """The settings recorded in a stage folder's `_run.json`, or None when there is none."""
-    path = Path(folder) / RUN_RECORD
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text(encoding="utf-8")).get("settings")
-    except (OSError, ValueError):
-        return None
-
-
-__all__ = ["ModelCache", "run_generate", "run_score", "check_out", "recorded_settings", "run_record"]
