@@ -72,13 +72,13 @@ def _print_summary(summary: Summary, timings: dict[str, float], out: Path) -> No
                       f"{c.reward.mean:.3f} ± {c.reward.se:.3f}", f"{c.exact['exact_mean_reward']:.3f}")
     console.print(table)
     s, k = summary.string_level, summary.corpus_level
-    console.print(f"string level: spearman {s.spearman:+.3f}, pearson {s.pearson:+.3f}   "
-                  f"corpus level: spearman {k.spearman:+.3f}, pearson {k.pearson:+.3f}")
+    console.print(f"string level: spearman {s.spearman:+.3f}, pearson {s.pearson:+.3f}")
+    console.print(f"corpus level: spearman {k.spearman:+.3f}, pearson {k.pearson:+.3f}")
     a = summary.alignment
     if a.defined and a.beta_hat is not None:
         console.print(f"alignment: effective beta {a.beta_hat:.6g} (nominal {a.nominal_beta:g}), within-prompt r "
                       f"{a.within_prompt_r:.6f}")
     console.print(f"{len(summary.skipped)} configurations skipped (reasons in summary.json and the report)")
-    console.print(f"identity max abs error: {summary.extra['identity_max_abs_error']:.2e}   "
-                  f"time: {sum(timings.values()):.1f} s ({', '.join(f'{n} {v:.1f}' for n, v in timings.items())})")
+    console.print(f"identity max abs error: {summary.extra['identity_max_abs_error']:.2e}")
+    console.print(f"time: {sum(timings.values()):.1f} s ({', '.join(f'{n} {v:.1f}' for n, v in timings.items())})")
     console.print(f"report: {out / 'report.html'}")
