@@ -208,7 +208,7 @@ def sample_rows(
     while active.size:
         tokens, host = sample_step(adaptor, logits, keys[active], lengths[active])
         ended = record.take(active, host)
-        alive = np.flatnonzero(~ended & (lengths[active] < max_new_tokens))
+        alive = fill_from_tail(~ended & (lengths[active] < max_new_tokens))
         if alive.size < active.size:
             active = active[alive]
             if alive.size:
@@ -226,6 +226,17 @@ def sample_rows(
                 state, logits = new_state, new_logits
             active, admitted = np.concatenate([active, new]), admitted + new.size
     return record.rows()
+
+
+def fill_from_tail(alive: np.ndarray) -> np.ndarray:
+    """Indices of the `True` places of `alive`, ordered so that as few rows as possible move: the places of
+    finished rows among the first `alive.sum()` are taken by the last live rows (a cache then copies only
+    those rows, not every row after the first finished one)."""
+    keep = np.arange(int(alive.sum()))
+    holes = np.flatnonzero(~alive[: keep.size])
+    if holes.size:
+        keep[holes] = keep.size + np.flatnonzero(alive[keep.size:])
+    return keep
 
 
 def start_distinct(model: StepLanguageModel, prompts: list[list[int]]) -> tuple[torch.Tensor, Any]:

@@ -346,7 +346,7 @@ class HFModel(HFTokenization, StepLanguageModel):
         only layout `join` knows how to concatenate."""
         from transformers.cache_utils import DynamicLayer
 
-        layers = getattr(self._new_cache(), "layers", None)
+        layers = getattr(self._new_cache(buffered=False), "layers", None)
         return bool(layers) and all(type(layer) is DynamicLayer for layer in layers)
 
     def _context_length(self) -> int | None:
@@ -377,13 +377,20 @@ class HFModel(HFTokenization, StepLanguageModel):
         logits = self.model(**kwargs).logits
         return logits[:, -keep:, :].float()
 
-    def _new_cache(self) -> Any:
+    def _new_cache(self, buffered: bool = True) -> Any:
+        """A `DynamicCache` for this model; where every layer is a plain growing one (`can_join`), its layers
+        are `BufferLayer`s, which write each step in place instead of copying the cache."""
         from transformers import DynamicCache  # lazy: transformers
 
         try:
-            return DynamicCache(config=self.model.config)
+            cache = DynamicCache(config=self.model.config)
         except TypeError:  # transformers < 4.56
             return DynamicCache()
+        if buffered and getattr(self, "can_join", False):
+            from pqtradeoff.models.kv_buffer import BufferLayer  # lazy: transformers
+
+            cache.layers = [BufferLayer() for _ in cache.layers]
+        return cache
 
     @torch.inference_mode()
     def start(self, prompts: list[list[int]]) -> tuple[torch.Tensor, HFState]:
@@ -407,14 +414,16 @@ class HFModel(HFTokenization, StepLanguageModel):
         """The chosen rows; columns that are padding in all of them (the longest, now finished, strings') are
         cut from the left, so attention stops paying for them."""
         rows = rows.to(self.device, torch.long)
-        state.cache.batch_select_indices(rows)
         mask = state.mask[rows]
         first = int(mask.any(0).int().argmax()) if self.can_join else 0
-        if first:
-            for layer in state.cache.layers:
-                layer.keys, layer.values = layer.keys[:, :, first:], layer.values[:, :, first:]
-            mask = mask[:, first:]
-        return HFState(state.cache, mask, state.next_position[rows])
+        for layer in state.cache.layers:
+            if hasattr(layer, "select"):  # BufferLayer: moves only the rows that change place
+                layer.select(rows, first)
+            else:
+                layer.batch_select_indices(rows)
+                if first:
+                    layer.keys, layer.values = layer.keys[:, :, first:], layer.values[:, :, first:]
+        return HFState(state.cache, mask[:, first:], state.next_position[rows])
 
     @torch.inference_mode()
     def join(self, state: HFState, other: HFState) -> HFState:
@@ -423,8 +432,11 @@ class HFModel(HFTokenization, StepLanguageModel):
             return super().join(state, other)
         width = max(state.mask.shape[1], other.mask.shape[1])
         for mine, theirs in zip(state.cache.layers, other.cache.layers, strict=True):
-            mine.keys = torch.cat([pad_left(mine.keys, width, 2), pad_left(theirs.keys, width, 2)])
-            mine.values = torch.cat([pad_left(mine.values, width, 2), pad_left(theirs.values, width, 2)])
+            if hasattr(mine, "append"):  # BufferLayer: writes into free rows and columns
+                mine.append(theirs.keys, theirs.values)
+            else:
+                mine.keys = torch.cat([pad_left(mine.keys, width, 2), pad_left(theirs.keys, width, 2)])
+                mine.values = torch.cat([pad_left(mine.values, width, 2), pad_left(theirs.values, width, 2)])
         mask = torch.cat([pad_left(state.mask, width, 1), pad_left(other.mask, width, 1)])
         return HFState(state.cache, mask, torch.cat([state.next_position, other.next_position]))
 
