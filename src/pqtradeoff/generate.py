@@ -90,25 +90,57 @@ def step_uniforms(keys: np.ndarray, step: int | np.ndarray) -> np.ndarray:
     return (z >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))
 
 
+#: Entries per block of the CPU sampler's two-level CDF (a divisor of common vocabulary sizes: 32000, 49152,
+#: 128256, 151936, 262144 are multiples of 128).
+CDF_BLOCK = 128
+
+
 def sample_inverse_cdf(log_probs: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
     """One token per row from log-probabilities [B, V]: the first index whose CDF exceeds u * total.
 
-    Tokens outside the support (probability 0) can never be chosen: their CDF equals their predecessor's.
-    Exponentiated and accumulated in float64 (one row at a time, in index order) so that the choice is stable
-    across batch shapes. On the CPU numpy does it in one buffer, ~3x faster than torch's three passes.
+    Tokens outside the support (probability 0) can never be chosen. Probabilities are exponentiated and
+    summed in float64, row by row, so the choice is stable across batch shapes. On the CPU the CDF has two
+    levels: block sums of `CDF_BLOCK` entries, their running sum, and the running sum inside the one block
+    the target falls in (a full float64 running sum over the vocabulary is a serial chain of additions: it
+    was 60% of the sampler's time). Within float64 rounding both give the same token.
     """
     if log_probs.device.type == "cpu":
-        cdf_np = np.exp(log_probs.float().numpy(), dtype=np.float64)
-        cdf = torch.from_numpy(np.cumsum(cdf_np, axis=-1, out=cdf_np))
-    else:
-        cdf = torch.cumsum(log_probs.double().exp(), dim=-1)
+        return torch.from_numpy(_blocked_inverse_cdf(log_probs.float().numpy(), uniforms.double().numpy()))
+    cdf = torch.cumsum(log_probs.double().exp(), dim=-1)
     total = cdf[:, -1:]
-    if not bool(torch.isfinite(total).all()):
-        raise PQError("the model produced NaN or infinite logits while sampling (common with --dtype "
-                      "float16): use --dtype bfloat16 or float32")
+    _check_finite(bool(torch.isfinite(total).all()))
     target = uniforms.double().unsqueeze(-1) * total
     tokens = torch.searchsorted(cdf, target, right=True).squeeze(-1)
     return tokens.clamp_(max=log_probs.shape[-1] - 1)
+
+
+def _check_finite(finite: bool) -> None:
+    if not finite:
+        raise PQError("the model produced NaN or infinite logits while sampling (common with --dtype "
+                      "float16): use --dtype bfloat16 or float32")
+
+
+def _blocked_inverse_cdf(log_probs: np.ndarray, uniforms: np.ndarray) -> np.ndarray:
+    """`sample_inverse_cdf` on the host: block sums, their running sum, then one block's running sum."""
+    rows, vocab = log_probs.shape
+    blocks = -(-vocab // CDF_BLOCK)
+    weights = np.zeros((rows, blocks * CDF_BLOCK), dtype=np.float64)
+    np.exp(log_probs, out=weights[:, :vocab])
+    weights = weights.reshape(rows, blocks, CDF_BLOCK)
+    block_cdf = np.cumsum(weights.sum(-1), axis=-1)
+    total = block_cdf[:, -1]
+    _check_finite(bool(np.isfinite(total).all()))
+    target = uniforms * total
+    # the first block whose running sum exceeds the target; never past the last block with mass
+    last_block = np.argmax(block_cdf >= total[:, None], axis=-1)
+    block = np.minimum((block_cdf <= target[:, None]).sum(-1), last_block)
+    index = np.arange(rows)
+    before = np.where(block > 0, block_cdf[index, np.maximum(block - 1, 0)], 0.0)
+    inside = weights[index, block]
+    within = (np.cumsum(inside, axis=-1) <= (target - before)[:, None]).sum(-1)
+    # rounding may put the target past the block's own running sum: take its last entry with mass
+    last_positive = CDF_BLOCK - 1 - np.argmax(inside[:, ::-1] > 0, axis=-1)
+    return block * CDF_BLOCK + np.minimum(within, last_positive)
 
 
 # ------------------------------------------------------------------------------------------------- sampling
