@@ -124,8 +124,11 @@ def _blocked_inverse_cdf(log_probs: np.ndarray, uniforms: np.ndarray) -> np.ndar
     """`sample_inverse_cdf` on the host: block sums, their running sum, then one block's running sum."""
     rows, vocab = log_probs.shape
     blocks = -(-vocab // CDF_BLOCK)
-    weights = np.zeros((rows, blocks * CDF_BLOCK), dtype=np.float64)
-    np.exp(log_probs, out=weights[:, :vocab])
+    if vocab % CDF_BLOCK:  # pad with zero probability up to whole blocks
+        weights = np.zeros((rows, blocks * CDF_BLOCK), dtype=np.float64)
+        np.exp(log_probs, out=weights[:, :vocab])
+    else:
+        weights = np.exp(log_probs, dtype=np.float64)
     weights = weights.reshape(rows, blocks, CDF_BLOCK)
     block_cdf = np.cumsum(weights.sum(-1), axis=-1)
     total = block_cdf[:, -1]
