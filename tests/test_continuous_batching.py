@@ -151,7 +151,7 @@ def test_choose_batch_size_fits_the_budget(tiny_hf):
     )
     assert kv_cache_bytes(config, 10, torch.float32) == 10 * per_token
     assert lm.state_bytes(10) == 10 * per_token
-    per_row = 2 * 40 * per_token + 32 * lm.vocab_size
+    per_row = 5 * 40 * per_token // 2 + 24 * lm.vocab_size
     assert choose_batch_size(lm, 40, memory_bytes=7 * per_row) == 7
     assert choose_batch_size(lm, 40, memory_bytes=7 * per_row - 1) == 6
     assert choose_batch_size(lm, 40, memory_bytes=1) == 1

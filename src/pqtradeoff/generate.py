@@ -299,8 +299,8 @@ DEFAULT_MEMORY_BUDGET = 4 << 30
 #: (a longer tail per shard, more KV cache copied per step; benchmarks/generation_roofline.py).
 MAX_DEFAULT_BATCH = 128
 #: Bytes per vocabulary entry a sampling step holds per row: float32 logits, log_softmax, adapted weights
-#: and log-probabilities, and the float64 exp and CDF of the sampler.
-STEP_BYTES_PER_ENTRY = 4 * 4 + 2 * 8
+#: and log-probabilities, and the sampler's float64 probabilities (its CDF is kept per block).
+STEP_BYTES_PER_ENTRY = 4 * 4 + 8
 
 
 def choose_batch_size(
@@ -308,14 +308,14 @@ def choose_batch_size(
     max_rows: int = MAX_DEFAULT_BATCH,
 ) -> int:
     """The most rows (at most `max_rows`, at least 1) whose decoding state at `max_length` tokens and sampling
-    working memory fit in `memory_bytes`. The state is counted twice: a growing KV cache is copied as it
-    grows.
+    working memory fit in `memory_bytes`. The state is counted 2.5 times: an in-place KV cache grows by half
+    its width when full, and the old and new buffers coexist while it is copied.
     """
     if not isinstance(max_length, int) or max_length < 1:
         raise PQError(f"max_length={max_length!r} is out of range: need an integer >= 1")
     if not isinstance(memory_bytes, int) or memory_bytes < 1:
         raise PQError(f"memory_bytes={memory_bytes!r} is out of range: need an integer >= 1")
-    per_row = 2 * model.state_bytes(max_length) + STEP_BYTES_PER_ENTRY * model.vocab_size
+    per_row = 5 * model.state_bytes(max_length) // 2 + STEP_BYTES_PER_ENTRY * model.vocab_size
     return max(1, min(max_rows, memory_bytes // max(per_row, 1)))
 
 
