@@ -116,3 +116,33 @@ def test_hf_decoding_with_buffers_equals_transformers_cache(tiny_hf, arch, spec,
     for name in ("logq", "logp_aligned", "log_weight"):
         np.testing.assert_allclose([getattr(r, name) for r in ours], [getattr(r, name) for r in theirs],
                                    atol=1e-5, rtol=0)
+
+
+@pytest.mark.usefixtures("one_thread")
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_shared_prefix_prefilled_once_gives_the_same_rows(tiny_hf, arch, monkeypatch):
+    """Prompts with a long common beginning (a chat template's system prompt): `start` prefills it once and
+    copies it to every row (kept for the next call); rows equal those of the plain prefill."""
+    import pqtradeoff.models.hf as hf
+
+    lm = eos_prone(str(getattr(tiny_hf, arch)))
+    system = "please tell me a story about the moon why hello world please tell me".split()
+    rng = np.random.default_rng(5)
+    words = "hello world tell me a story about the moon please why".split()
+    texts = [" ".join(system + list(rng.choice(words, size=int(rng.integers(0, 5))))) for _ in range(8)]
+    prompts = [lm.encode_prompt(t) for t in texts for _ in range(2)]
+    assert lm._shared_prefix(prompts) >= hf.MIN_SHARED_PREFIX
+    a = adaptors.parse("temperature=0.9,top_k=5")
+    keys = row_keys(6, np.arange(len(prompts)), np.zeros(len(prompts), dtype=np.int64), a)
+    with torch.inference_mode():
+        shared = sample_rows(lm, a, prompts, keys, max_new_tokens=8, batch_size=5)
+        kept = lm._prefix[0]  # the last refill's common prefix, kept for the next call
+        assert len(kept) >= hf.MIN_SHARED_PREFIX and all(tuple(p[: len(kept)]) == kept for p in prompts)
+        monkeypatch.setattr(hf, "MIN_SHARED_PREFIX", 10**9)
+        assert lm._shared_prefix(prompts) == 0
+        plain = sample_rows(lm, a, prompts, keys, max_new_tokens=8, batch_size=5)
+    assert [r.token_ids for r in shared] == [r.token_ids for r in plain]
+    assert len({len(r.token_ids) for r in shared}) > 1  # rows ended at different steps: refills ran
+    for name in ("logq", "logp_aligned", "log_weight"):
+        np.testing.assert_allclose([getattr(r, name) for r in shared], [getattr(r, name) for r in plain],
+                                   atol=1e-5, rtol=0)

@@ -35,6 +35,8 @@ from pqtradeoff.models.base import StepLanguageModel
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 DEVICES = ("auto", "cpu", "cuda")
 PROMPT_SLOT = "{prompt}"
+#: Shortest prefix common to a batch of prompts that `HFModel.start` prefills once for all of them.
+MIN_SHARED_PREFIX = 8
 log = logging.getLogger("pqtradeoff")
 
 
@@ -340,6 +342,7 @@ class HFModel(HFTokenization, StepLanguageModel):
         self.tokenizer_key = tokenizer_key(tok)
         self.max_length = self._context_length()
         self.can_join = self._plain_dynamic_cache()
+        self._prefix: tuple[tuple[int, ...], list[tuple[torch.Tensor, torch.Tensor]]] | None = None
 
     def _plain_dynamic_cache(self) -> bool:
         """True when every layer caches plain growing keys/values (no sliding window, no quantization), the
@@ -396,11 +399,43 @@ class HFModel(HFTokenization, StepLanguageModel):
     def start(self, prompts: list[list[int]]) -> tuple[torch.Tensor, HFState]:
         if not prompts or any(len(p) == 0 for p in prompts):
             raise PQError("start() needs at least one prompt and a token in each (use encode_prompt)")
-        ids, mask = left_pad(prompts, self.pad_token_id, self.device)
-        positions = position_ids(mask)
+        shared = self._shared_prefix(prompts)
         cache = self._new_cache()
-        logits = self._forward(ids, mask, positions, 1, cache)[:, -1, :]
+        if shared:  # the common prefix's keys/values, prefilled once, copied to every row
+            prefix = self._prefix_state(prompts[0][:shared])
+            for layer, (keys, values) in zip(cache.layers, prefix, strict=True):
+                layer.update(keys.expand(len(prompts), -1, -1, -1), values.expand(len(prompts), -1, -1, -1))
+        ids, own = left_pad([p[shared:] for p in prompts], self.pad_token_id, self.device)
+        mask = torch.cat([torch.ones_like(own[:, :1]).expand(-1, shared), own], dim=1)
+        positions = position_ids(mask)
+        logits = self._forward(ids, mask, positions[:, shared:], 1, cache)[:, -1, :]
         return logits, HFState(cache, mask, positions[:, -1] + 1)
+
+    def _shared_prefix(self, prompts: list[list[int]]) -> int:
+        """Length of the prefix all prompts share (a chat template's system prompt), when it is worth
+        prefilling once: at least `MIN_SHARED_PREFIX` tokens, every prompt keeping a token of its own, and
+        only for the in-place cache (`can_join`)."""
+        if not self.can_join or len(prompts) < 2:
+            return 0
+        first, limit = prompts[0], min(len(p) for p in prompts) - 1
+        n = 0
+        while n < limit and all(p[n] == first[n] for p in prompts):
+            n += 1
+        return n if n >= MIN_SHARED_PREFIX else 0
+
+    def _prefix_state(self, prefix: list[int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Keys and values [1, heads, len, dim] of each layer for `prefix` alone. The last one is kept: a
+        corpus prefills the same system prompt at every refill. Computed alone, so the result does not depend
+        on which call computed it (a resumed run gets the same bytes)."""
+        if self._prefix is not None and self._prefix[0] == tuple(prefix):
+            return self._prefix[1]
+        ids = torch.tensor([prefix], dtype=torch.long, device=self.device)
+        mask = torch.ones_like(ids)
+        cache = self._new_cache(buffered=False)
+        self._forward(ids, mask, position_ids(mask), 1, cache)
+        state = [(layer.keys.clone(), layer.values.clone()) for layer in cache.layers]
+        self._prefix = (tuple(prefix), state)
+        return state
 
     @torch.inference_mode()
     def step(self, state: HFState, tokens: torch.Tensor) -> tuple[torch.Tensor, HFState]:
