@@ -60,43 +60,137 @@ def corpus_means(
     path = (np.repeat(np.arange(visited.size, dtype=np.int32), visits[visited].astype(np.int64))
             if by_draws else None)
     streams = None if by_draws else rng.spawn(3)  # the count sampler's three streams (`multinomial_counts`)
+    tables = None if by_draws else poisson_tables(poissonized_rates(freq, corpus_size))
     rows = max(1, _CHUNK_CELLS // (corpus_size if by_draws else visited.size))
     for lo in range(0, corpora, rows):
         hi = min(corpora, lo + rows)
         if by_draws:
             out[lo:hi] = draw_means(rng, path, table, hi - lo, corpus_size)
         else:
-            out[lo:hi] = count_means(multinomial_counts(streams, freq, hi - lo, corpus_size), table)
+            out[lo:hi] = count_means(multinomial_counts(streams, freq, hi - lo, corpus_size, tables), table)
     return {name: out[:, k].copy() for k, name in enumerate(values)}
 
 
-def multinomial_counts(streams: list[np.random.Generator], freq: np.ndarray, corpora: int, size: int
-                       ) -> np.ndarray:
+def multinomial_counts(streams: list[np.random.Generator], freq: np.ndarray, corpora: int, size: int,
+                       tables: PoissonTables | None = None) -> np.ndarray:
     """Count vectors [corpora, n] ~ Multinomial(size, freq), drawn by Poissonization (exactly that law).
 
     Why: numpy's multinomial draws one conditional binomial per string (~90 ns each); a Poisson variate
-    costs ~40 ns. Independent counts X_i ~ Poisson(lam * freq_i) are, given their total S, Multinomial(S,
-    freq). A corpus whose S exceeds `size` is drawn again (conditioning on S leaves that law as it is), and
-    size - S single draws from freq are added: Multinomial(S) + Multinomial(size - S) = Multinomial(size).
-    lam = size - 2 sqrt(size) makes a redraw rare (~2% of corpora) and leaves ~2 sqrt(size) single draws per
-    corpus (~900 at 200,000 strings, against one Poisson variate per string).
+    from an inverse-CDF table costs ~10 ns (`poisson_inverse`). Independent counts X_i ~ Poisson(lam *
+    freq_i) are, given their total S, Multinomial(S, freq). A corpus whose S exceeds `size` is drawn again
+    (conditioning on S leaves that law as it is), and size - S single draws from freq are added:
+    Multinomial(S) + Multinomial(size - S) = Multinomial(size). lam = size - 2 sqrt(size) makes a redraw rare
+    (~2% of corpora) and leaves ~2 sqrt(size) single draws per corpus (~900 at 200,000 strings, against one
+    Poisson variate per string).
 
     `streams` are three generators, for the Poisson counts, the redraws and the single draws: each is read in
-    corpus order, so splitting the corpora into chunks changes no number.
+    corpus order (one 64-bit word per Poisson variate), so splitting the corpora into chunks changes no number.
+    `tables` are `poisson_tables(lam * freq)`, passed to reuse them across chunks.
     """
     counts_rng, redraw_rng, single_rng = streams
-    lam = max(size - 2.0 * math.sqrt(size), 0.0) * freq
-    counts = counts_rng.poisson(lam, size=(corpora, freq.size))
+    tables = poisson_tables(poissonized_rates(freq, size)) if tables is None else tables
+    counts = poisson_inverse(tables, counts_rng.bit_generator.random_raw((corpora, freq.size)))
     totals = counts.sum(axis=1)
     for row in np.flatnonzero(totals > size):  # rare: redrawn one by one, in corpus order
         while totals[row] > size:
-            counts[row] = redraw_rng.poisson(lam)
+            counts[row] = poisson_inverse(tables, redraw_rng.bit_generator.random_raw((1, freq.size)))[0]
             totals[row] = counts[row].sum()
     missing = size - totals
     picks = alias_draws(single_rng, *alias_table(freq), int(missing.sum()))
     cells = np.repeat(np.arange(corpora) * freq.size, missing) + picks
     counts += np.bincount(cells, minlength=counts.size).reshape(counts.shape)
     return counts
+
+
+def poissonized_rates(freq: np.ndarray, size: int) -> np.ndarray:
+    """The Poisson rates of `multinomial_counts`: lam * freq with lam = size - 2 sqrt(size) (at least 0)."""
+    return max(size - 2.0 * math.sqrt(size), 0.0) * freq
+
+
+#: Guide-table cells per Poisson rate (`poisson_tables`): the top _GUIDE_BITS bits of a variate's random word
+#: pick a cell, which gives the variate, or a close lower bound, in one look-up. Any size gives the same
+#: variates; 2^10 measured fastest at 2,000 strings.
+_GUIDE_BITS = 10
+_GUIDE = 1 << _GUIDE_BITS
+#: A Poisson rate's table keeps the values within this many standard deviations (+ _SLACK) of its mode: the
+#: mass beyond is below 1e-31, under the resolution of the 53-bit uniforms (2^-53).
+_SIGMAS, _SLACK = 12.0, 40
+
+
+@dataclass(frozen=True)
+class PoissonTables:
+    """Inverse-CDF tables of Poisson laws, one per distinct rate, for `poisson_inverse`.
+
+    For rate r with values lo_r, lo_r + 1, ...: `cdf[off_r + j]` = P(X <= lo_r + j) (float64, the last
+    +inf); `guide[r * _GUIDE + b]` = the flat index of the smallest value whose cdf exceeds b / _GUIDE, or its
+    bitwise complement (negative) when the cell [b / _GUIDE, (b + 1) / _GUIDE) straddles a step of the cdf.
+    Per string: `base` = its rate's offset in `guide`, `shift` = lo_r - off_r (value = flat index + shift).
+    """
+
+    cdf: np.ndarray
+    guide: np.ndarray
+    base: np.ndarray
+    shift: np.ndarray
+
+
+def poisson_pmf(rate: float) -> tuple[int, np.ndarray]:
+    """(lo, pmf): Poisson(rate) probabilities of lo, lo+1, ... within _SIGMAS sd (+ _SLACK) of the mode,
+    normalized to sum 1. From the mode outward by the ratios p(k+1)/p(k) = rate/(k+1): no factorials."""
+    if rate <= 0.0:
+        return 0, np.ones(1)
+    mode = math.floor(rate)
+    reach = int(_SIGMAS * math.sqrt(rate)) + _SLACK
+    down_reach = min(mode, reach)
+    peak = math.exp(mode * math.log(rate) - rate - math.lgamma(mode + 1))
+    up = peak * np.cumprod(rate / np.arange(mode + 1, mode + reach + 1, dtype=np.float64))
+    down = peak * np.cumprod(np.arange(mode, mode - down_reach, -1, dtype=np.float64) / rate)
+    pmf = np.concatenate([down[::-1], [peak], up])
+    return mode - down_reach, pmf / pmf.sum()
+
+
+def poisson_tables(rates: np.ndarray) -> PoissonTables:
+    """`PoissonTables` for independent Poisson variates with the given per-string rates (one table per
+    distinct rate: the chain's integer visit counts give few)."""
+    distinct, which = np.unique(np.asarray(rates, dtype=np.float64), return_inverse=True)
+    edges = np.arange(_GUIDE + 1, dtype=np.float64) / _GUIDE
+    cdfs, guides, shifts, offset = [], [], [], 0
+    for rate in distinct.tolist():
+        lo, pmf = poisson_pmf(rate)
+        cdf = np.cumsum(pmf)
+        cdf[-1] = np.inf  # the last value takes what float rounding left over: every uniform finds a value
+        first = np.searchsorted(cdf, edges[:-1], side="right")  # smallest k with cdf[k] > b / _GUIDE
+        exact = cdf[first] >= edges[1:]  # the whole cell maps to that k
+        guides.append(np.where(exact, offset + first, ~(offset + first)))
+        cdfs.append(cdf)
+        shifts.append(lo - offset)
+        offset += cdf.size
+    return PoissonTables(np.concatenate(cdfs), np.concatenate(guides).astype(np.int32),
+                         (which * _GUIDE).astype(np.int64), np.asarray(shifts, dtype=np.int32)[which])
+
+
+def poisson_inverse(tables: PoissonTables, words: np.ndarray) -> np.ndarray:
+    """Poisson variates [rows, n] (int32) by inversion of random 64-bit words [rows, n] (uint64).
+
+    A word w stands for the uniform u = (w >> 11) 2^-53 (as numpy's `random` makes its doubles); the variate
+    of string i is the smallest k with u < P(X_i <= k): the law's quantile at u, hence exactly Poisson(rate_i)
+    to the float64 rounding of the table. The word's top bits are u's guide cell; only cells that straddle a
+    step of the cdf (a few %) need u itself, and move up from the guide's lower bound one value at a time.
+    """
+    cells = (words >> np.uint64(64 - _GUIDE_BITS)).view(np.int64)
+    cells += tables.base
+    index = tables.guide[cells]
+    flat_index = index.reshape(-1)
+    todo = np.flatnonzero(flat_index < 0)
+    if todo.size:
+        at = ~flat_index[todo]
+        u = (words.reshape(-1)[todo] >> np.uint64(11)) * 2.0**-53
+        step = np.flatnonzero(tables.cdf[at] <= u)
+        while step.size:
+            at[step] += 1
+            step = step[tables.cdf[at[step]] <= u[step]]
+        flat_index[todo] = at
+    index += tables.shift
+    return index
 
 
 def alias_table(freq: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
