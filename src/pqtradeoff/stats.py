@@ -22,6 +22,8 @@ from pqtradeoff.errors import PQError
 
 #: Counts drawn per numpy call are capped at about this many cells, so memory stays flat at any scale.
 _CHUNK_CELLS = 4_000_000
+#: Poisson variates inverted per numpy pass (`multinomial_counts`): a few MB of scratch, kept in cache.
+_BLOCK_CELLS = 1 << 18
 
 
 # ------------------------------------------------------------------------------------------ bootstrap corpora
@@ -60,7 +62,7 @@ def corpus_means(
     path = (np.repeat(np.arange(visited.size, dtype=np.int32), visits[visited].astype(np.int64))
             if by_draws else None)
     streams = None if by_draws else rng.spawn(3)  # the count sampler's three streams (`multinomial_counts`)
-    tables = None if by_draws else poisson_tables(poissonized_rates(freq, corpus_size))
+    tables = None if by_draws else count_tables(freq, corpus_size)
     rows = max(1, _CHUNK_CELLS // (corpus_size if by_draws else visited.size))
     for lo in range(0, corpora, rows):
         hi = min(corpora, lo + rows)
@@ -71,8 +73,23 @@ def corpus_means(
     return {name: out[:, k].copy() for k, name in enumerate(values)}
 
 
+@dataclass(frozen=True)
+class CountTables:
+    """What `multinomial_counts` draws from, built once per law and size: the Poisson tables of its rates
+    and the alias table of freq (for the single draws)."""
+
+    poisson: PoissonTables
+    prob: np.ndarray
+    alias: np.ndarray
+
+
+def count_tables(freq: np.ndarray, size: int) -> CountTables:
+    """`CountTables` for Multinomial(size, freq)."""
+    return CountTables(poisson_tables(poissonized_rates(freq, size)), *alias_table(freq))
+
+
 def multinomial_counts(streams: list[np.random.Generator], freq: np.ndarray, corpora: int, size: int,
-                       tables: PoissonTables | None = None) -> np.ndarray:
+                       tables: CountTables | None = None) -> np.ndarray:
     """Count vectors [corpora, n] ~ Multinomial(size, freq), drawn by Poissonization (exactly that law).
 
     Why: numpy's multinomial draws one conditional binomial per string (~90 ns each); a Poisson variate
@@ -85,18 +102,22 @@ def multinomial_counts(streams: list[np.random.Generator], freq: np.ndarray, cor
 
     `streams` are three generators, for the Poisson counts, the redraws and the single draws: each is read in
     corpus order (one 64-bit word per Poisson variate), so splitting the corpora into chunks changes no number.
-    `tables` are `poisson_tables(lam * freq)`, passed to reuse them across chunks.
+    `tables` are `count_tables(freq, size)`, passed to reuse them across chunks.
     """
     counts_rng, redraw_rng, single_rng = streams
-    tables = poisson_tables(poissonized_rates(freq, size)) if tables is None else tables
-    counts = poisson_inverse(tables, counts_rng.bit_generator.random_raw((corpora, freq.size)))
+    tables = count_tables(freq, size) if tables is None else tables
+    counts = np.empty((corpora, freq.size), dtype=np.int32)
+    block = max(1, _BLOCK_CELLS // freq.size)  # rows inverted at once: their scratch arrays stay in cache
+    for lo in range(0, corpora, block):
+        hi = min(corpora, lo + block)
+        counts[lo:hi] = poisson_inverse(tables.poisson, counts_rng.bit_generator.random_raw((hi - lo, freq.size)))
     totals = counts.sum(axis=1)
     for row in np.flatnonzero(totals > size):  # rare: redrawn one by one, in corpus order
         while totals[row] > size:
-            counts[row] = poisson_inverse(tables, redraw_rng.bit_generator.random_raw((1, freq.size)))[0]
+            counts[row] = poisson_inverse(tables.poisson, redraw_rng.bit_generator.random_raw((1, freq.size)))[0]
             totals[row] = counts[row].sum()
     missing = size - totals
-    picks = alias_draws(single_rng, *alias_table(freq), int(missing.sum()))
+    picks = alias_draws(single_rng, tables.prob, tables.alias, int(missing.sum()))
     cells = np.repeat(np.arange(corpora) * freq.size, missing) + picks
     counts += np.bincount(cells, minlength=counts.size).reshape(counts.shape)
     return counts
@@ -382,14 +403,19 @@ def pareto_frontier(log_prior: np.ndarray, reward: np.ndarray) -> np.ndarray:
 
 # ------------------------------------------------------------------------------------ counts and numpy-only
 def count_means(counts: np.ndarray, table: np.ndarray) -> np.ndarray:
-    """Means [c, k] of per-string values `table` [n, k] over corpora given as count vectors `counts` [c, n].
+    """Means [c, k] of per-string values `table` [n, k] over corpora given as count vectors `counts` [c, n]."""
+    return count_sums(counts, table) / counts.sum(axis=1)[:, None]
 
-    einsum, not BLAS: single-threaded and summed in a fixed order, so the bytes never depend on threads.
+
+def count_sums(counts: np.ndarray, table: np.ndarray) -> np.ndarray:
+    """Sums [c, k] of per-string values `table` [n, k] weighted by the count vectors `counts` [c, n].
+
+    einsum, not BLAS: single-threaded and summed in a fixed order, so the bytes never depend on threads; one
+    column at a time (a long inner loop over strings: ~3x faster than 'cs,sk->ck', whose inner loop is k).
     """
-    size = counts.sum(axis=1)
     out = np.empty((counts.shape[0], table.shape[1]))
     for k in range(table.shape[1]):
-        out[:, k] = np.einsum("cs,s->c", counts, table[:, k]) / size
+        out[:, k] = np.einsum("cs,s->c", counts, np.ascontiguousarray(table[:, k]))
     return out
 
 
