@@ -152,11 +152,11 @@ def replicate_sums(data: AlignmentData, counts: np.ndarray) -> np.ndarray:
         per_prompt = np.stack([np.bincount(data.codes, weights=w, minlength=len(data.prompt_ids))
                                for w in (r * r, d * d, r * d)], axis=1)
         return stats.count_sums(counts, per_prompt)
-    moments = np.stack([np.ones_like(r), r, d, r * r, d * d, r * d], axis=1)
+    moments = np.stack([r, d, r * r, d * d, r * d], axis=1)
     m = stats.count_sums(counts, moments)  # summed in a fixed order: bytes never depend on threads
-    total = m[:, 0]
-    return np.stack([m[:, 3] - m[:, 1] ** 2 / total, m[:, 4] - m[:, 2] ** 2 / total,
-                     m[:, 5] - m[:, 1] * m[:, 2] / total], axis=1)
+    total = counts.sum(axis=1).astype(np.float64)
+    return np.stack([m[:, 2] - m[:, 0] ** 2 / total, m[:, 3] - m[:, 1] ** 2 / total,
+                     m[:, 4] - m[:, 0] * m[:, 1] / total], axis=1)
 
 
 def _bootstrap(data: AlignmentData, replicates: int, rng: np.random.Generator) -> np.ndarray:

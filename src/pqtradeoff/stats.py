@@ -119,7 +119,12 @@ def multinomial_counts(streams: list[np.random.Generator], freq: np.ndarray, cor
     missing = size - totals
     picks = alias_draws(single_rng, tables.prob, tables.alias, int(missing.sum()))
     cells = np.repeat(np.arange(corpora) * freq.size, missing) + picks
-    counts += np.bincount(cells, minlength=counts.size).reshape(counts.shape)
+    flat = counts.reshape(-1)
+    if 8 * cells.size < flat.size:  # few draws (a large pool): count them where they fell
+        where, added = np.unique(cells, return_counts=True)
+        flat[where] += added.astype(flat.dtype)
+    else:
+        flat += np.bincount(cells, minlength=flat.size).astype(flat.dtype)
     return counts
 
 
