@@ -71,6 +71,7 @@ def test_corpus_means_chunking_changes_nothing(monkeypatch, pool, size):
     x = rng.normal(size=pool)
     whole = stats.corpus_means(visits, {"x": x}, 50, size, np.random.default_rng(9))["x"]
     monkeypatch.setattr(stats, "_CHUNK_CELLS", 70)  # a few corpora per draw
+    monkeypatch.setattr(stats, "_BLOCK_CELLS", 40)  # and a corpus or two per Poisson inversion
     chunked = stats.corpus_means(visits, {"x": x}, 50, size, np.random.default_rng(9))["x"]
     np.testing.assert_array_equal(whole, chunked)
 
@@ -244,3 +245,40 @@ def test_count_means_equal_means_over_the_expanded_corpora():
     counts = rng.multinomial(50, np.full(7, 1 / 7), size=4)
     want = np.array([[table[np.repeat(np.arange(7), c), k].mean() for k in range(2)] for c in counts])
     np.testing.assert_allclose(stats.count_means(counts, table), want, rtol=0, atol=1e-14)
+
+
+@pytest.mark.parametrize("rates", [[0.0, 0.004, 0.7, 1.0, 3.5], [99.5, 105.25, 210.0], [18_000.0, 2.0]])
+def test_poisson_inverse_is_the_quantile_of_scipys_cdf(rates):
+    """Every variate equals the brute-force inverse of scipy's Poisson cdf at the word's uniform: the
+    smallest k with u < P(X <= k) (repeated rates share a table; the guide only speeds the search)."""
+    rates = np.array(rates * 3)
+    tables = stats.poisson_tables(rates)
+    rng = np.random.default_rng(11)
+    words = rng.bit_generator.random_raw((4000, rates.size))
+    words[0] = 0  # u = 0 and the largest u
+    words[1] = np.uint64(2**64 - 1)
+    got = stats.poisson_inverse(tables, words)
+    u = (words >> np.uint64(11)) * 2.0**-53
+    for i, rate in enumerate(rates):
+        cdf = sps.poisson.cdf(np.arange(int(rate + 20 * math.sqrt(rate) + 60)), rate)
+        want = np.searchsorted(cdf, u[:, i], side="right")
+        # Where a step of the cdf is within float rounding of u (the largest u against a tail cdf that rounds
+        # to 1), the two cdfs' last bits decide: there, the variate must still be a quantile to rounding.
+        near = np.abs(cdf[np.minimum(want, cdf.size - 1)] - u[:, i]) < 1e-12
+        near |= np.abs(cdf[np.maximum(want - 1, 0)] - u[:, i]) < 1e-12
+        k = got[:, i].astype(np.int64)
+        quantile = (cdf[np.minimum(k, cdf.size - 1)] >= u[:, i] - 1e-12) & (
+            (k == 0) | (cdf[np.maximum(k - 1, 0)] <= u[:, i] + 1e-12))
+        assert np.all((k == want) | (near & quantile))
+        assert np.mean(got[:, i] == want) > 0.999
+
+
+def test_poisson_tables_hold_the_whole_law():
+    """Each rate's table sums to 1 and has the Poisson mean and variance (no mass lost in the cut tails)."""
+    for rate in (0.3, 7.0, 150.0, 40_000.0):
+        lo, pmf = stats.poisson_pmf(rate)
+        k = lo + np.arange(pmf.size)
+        assert pmf.sum() == pytest.approx(1.0, abs=1e-14)
+        assert k @ pmf == pytest.approx(rate, rel=1e-12)
+        assert (k - rate) ** 2 @ pmf == pytest.approx(rate, rel=1e-9)
+        np.testing.assert_allclose(pmf, sps.poisson.pmf(k, rate), rtol=1e-9, atol=1e-300)

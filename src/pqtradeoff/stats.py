@@ -183,7 +183,10 @@ def poisson_tables(rates: np.ndarray) -> PoissonTables:
     for rate in distinct.tolist():
         lo, pmf = poisson_pmf(rate)
         cdf = np.cumsum(pmf)
-        cdf[-1] = np.inf  # the last value takes what float rounding left over: every uniform finds a value
+        # The table ends where the cdf stops growing in float64; that value takes what rounding left over
+        # (+inf: every uniform finds a value).
+        cdf = cdf[: int(np.argmax(cdf >= cdf[-1])) + 1]
+        cdf[-1] = np.inf
         first = np.searchsorted(cdf, edges[:-1], side="right")  # smallest k with cdf[k] > b / _GUIDE
         exact = cdf[first] >= edges[1:]  # the whole cell maps to that k
         guides.append(np.where(exact, offset + first, ~(offset + first)))
