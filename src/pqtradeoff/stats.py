@@ -101,7 +101,8 @@ def multinomial_counts(streams: list[np.random.Generator], freq: np.ndarray, cor
     Poisson variate per string).
 
     `streams` are three generators, for the Poisson counts, the redraws and the single draws: each is read in
-    corpus order (one 64-bit word per Poisson variate), so splitting the corpora into chunks changes no number.
+    corpus order (one 64-bit word per Poisson variate), so splitting the corpora into chunks changes no
+    number.
     `tables` are `count_tables(freq, size)`, passed to reuse them across chunks.
     """
     counts_rng, redraw_rng, single_rng = streams
@@ -110,11 +111,13 @@ def multinomial_counts(streams: list[np.random.Generator], freq: np.ndarray, cor
     block = max(1, _BLOCK_CELLS // freq.size)  # rows inverted at once: their scratch arrays stay in cache
     for lo in range(0, corpora, block):
         hi = min(corpora, lo + block)
-        counts[lo:hi] = poisson_inverse(tables.poisson, counts_rng.bit_generator.random_raw((hi - lo, freq.size)))
+        words = counts_rng.bit_generator.random_raw((hi - lo, freq.size))
+        counts[lo:hi] = poisson_inverse(tables.poisson, words)
     totals = counts.sum(axis=1)
     for row in np.flatnonzero(totals > size):  # rare: redrawn one by one, in corpus order
         while totals[row] > size:
-            counts[row] = poisson_inverse(tables.poisson, redraw_rng.bit_generator.random_raw((1, freq.size)))[0]
+            words = redraw_rng.bit_generator.random_raw((1, freq.size))
+            counts[row] = poisson_inverse(tables.poisson, words)[0]
             totals[row] = counts[row].sum()
     missing = size - totals
     picks = alias_draws(single_rng, tables.prob, tables.alias, int(missing.sum()))
@@ -411,7 +414,8 @@ def pareto_frontier(log_prior: np.ndarray, reward: np.ndarray) -> np.ndarray:
 
 # ------------------------------------------------------------------------------------ counts and numpy-only
 def count_means(counts: np.ndarray, table: np.ndarray) -> np.ndarray:
-    """Means [c, k] of per-string values `table` [n, k] over corpora given as count vectors `counts` [c, n]."""
+    """Means [c, k] of per-string values `table` [n, k] over corpora given as count vectors `counts`
+    [c, n]."""
     return count_sums(counts, table) / counts.sum(axis=1)[:, None]
 
 
