@@ -282,3 +282,51 @@ def test_poisson_tables_hold_the_whole_law():
         assert k @ pmf == pytest.approx(rate, rel=1e-12)
         assert (k - rate) ** 2 @ pmf == pytest.approx(rate, rel=1e-9)
         np.testing.assert_allclose(pmf, sps.poisson.pmf(k, rate), rtol=1e-9, atol=1e-300)
+
+
+@settings(max_examples=60, deadline=None)
+@given(n=st.integers(4, 400), coupling=st.floats(-3, 3), ties=st.booleans(), seed=st.integers(0, 2**32 - 1),
+       confidence=st.floats(0.5, 0.999))
+def test_correlations_equal_scipy_stats(n, coupling, ties, seed, confidence):
+    """Every number of `correlations` (computed on scipy.special) equals scipy.stats' pearsonr (with its
+    interval), spearmanr and norm.ppf for the Fisher interval, to rounding."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=n)
+    y = coupling * x + rng.normal(size=n)
+    if ties:
+        x, y = np.round(x, 1), np.round(y, 1)
+    if np.ptp(x) == 0 or np.ptp(y) == 0:
+        return
+    c = stats.correlations(x, y, confidence)
+    pr, sr = sps.pearsonr(x, y), sps.spearmanr(x, y)
+    ci = pr.confidence_interval(confidence_level=confidence)
+    close = {"rel": 1e-9, "abs": 1e-300}
+    assert c.pearson == pytest.approx(pr.statistic, **close)
+    assert c.pearson_p == pytest.approx(pr.pvalue, **close)
+    assert c.pearson_ci == pytest.approx([ci.low, ci.high], **close)
+    assert c.spearman == pytest.approx(sr.statistic, **close)
+    assert c.spearman_p == pytest.approx(sr.pvalue, **close)
+    z = sps.norm.ppf(0.5 + confidence / 2)
+    rho = float(sr.statistic)
+    se = math.sqrt(1.06 / (n - 3))
+    clipped = min(max(rho, -1 + 1e-15), 1 - 1e-15)
+    assert c.spearman_ci == pytest.approx([math.tanh(math.atanh(clipped) - z * se),
+                                           math.tanh(math.atanh(clipped) + z * se)], **close)
+
+
+@settings(max_examples=60, deadline=None)
+@given(n=st.integers(2, 60), slope=st.floats(-5, 5), noise=st.floats(0, 3), seed=st.integers(0, 2**32 - 1),
+       confidence=st.floats(0.5, 0.999))
+def test_linregress_and_quantiles_equal_scipy_stats(n, slope, noise, seed, confidence):
+    """`linregress` and the quantiles (scipy.special) against scipy.stats.linregress, t.ppf and norm.ppf."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(-50, 5, size=n)
+    y = slope * x + noise * rng.normal(size=n)
+    got, want = stats.linregress(x, y), sps.linregress(x, y)
+    for name in ("slope", "intercept", "rvalue", "pvalue", "stderr"):
+        w = getattr(want, name)
+        assert getattr(got, name) == pytest.approx(w, rel=1e-9, abs=1e-12, nan_ok=True), name
+    assert stats.normal_quantile(confidence) == pytest.approx(sps.norm.ppf(confidence), rel=1e-12)
+    if n > 2:
+        want = sps.t.ppf(confidence, n - 2)
+        assert stats.student_quantile(confidence, n - 2) == pytest.approx(want, rel=1e-12)

@@ -5,7 +5,8 @@ vector over the chain's states, and so over the distinct pool strings with the c
 corpus mean is the dot product of those counts with the per-string values, divided by M. We draw the counts
 and never build the M rows (2000 corpora x 200000 strings would be 400 million rows per config).
 
-scipy is imported inside the functions that need it (importing scipy.stats takes about a second); the
+scipy.special is imported inside the functions that need it; scipy.stats never is (its import takes 0.5-1
+s): its tests are written here on scipy.special, as scipy.stats computes them. The
 numpy-only statistics at the end equal scipy's (bit for bit but for entropy's last bit) and serve the toy,
 which must start fast.
 """
@@ -273,9 +274,7 @@ def draw_means(rng: np.random.Generator, path: np.ndarray, table: np.ndarray, co
 # ------------------------------------------------------------------------------------------------ correlation
 def _fisher_interval(r: float, se: float, confidence: float) -> tuple[float, float]:
     """An interval for a correlation from the Fisher z-transform: tanh(atanh(r) -+ z_crit * se)."""
-    from scipy import stats as sps  # lazy: scipy
-
-    crit = sps.norm.ppf(0.5 + confidence / 2.0)
+    crit = normal_quantile(0.5 + confidence / 2.0)
     z = math.atanh(min(max(r, -1.0 + 1e-15), 1.0 - 1e-15))
     return math.tanh(z - crit * se), math.tanh(z + crit * se)
 
@@ -304,15 +303,13 @@ class Correlation:
 
 
 def correlations(x: np.ndarray, y: np.ndarray, confidence: float = 0.95) -> Correlation:
-    """Spearman's rho and Pearson's r of y against x, with p-values (scipy.stats) and confidence intervals.
+    """Spearman's rho and Pearson's r of y against x, with p-values (scipy.stats') and confidence intervals.
 
     Pearson's interval is scipy's (Fisher z with se 1/sqrt(n-3)); Spearman's uses the Fisher z with Fieller,
     Hartley and Pearson's se sqrt(1.06/(n-3)) - analytic equivalents of a bootstrap interval that stay cheap
     at 62,000 points. Both assume independent pairs. Undefined values (n < 4, a constant input) are None,
     with a `note` saying why.
     """
-    from scipy import stats as sps  # lazy: scipy
-
     x = np.asarray(x, dtype=np.float64)
     y = np.asarray(y, dtype=np.float64)
     n = int(x.size)
@@ -325,15 +322,49 @@ def correlations(x: np.ndarray, y: np.ndarray, confidence: float = 0.95) -> Corr
         which = "log prior" if np.ptp(x) == 0.0 else "reward"
         result.note = f"undefined: the {which} is constant over the {n} points"
         return result
-    pr = sps.pearsonr(x, y)
-    ci = pr.confidence_interval(confidence_level=confidence)
-    sr = sps.spearmanr(x, y)
-    rho = float(sr.statistic)
-    result.pearson, result.pearson_p = float(pr.statistic), float(pr.pvalue)
-    result.pearson_ci = [float(ci.low), float(ci.high)]
-    result.spearman, result.spearman_p = rho, float(sr.pvalue)
+    r, rho = pearson(x, y), spearman(x, y)
+    result.pearson, result.pearson_p = r, pearson_pvalue(r, n)
+    result.pearson_ci = list(_fisher_interval(r, math.sqrt(1 / (n - 3)), confidence))
+    result.spearman, result.spearman_p = rho, student_pvalue(rho, n - 2)
     result.spearman_ci = list(_fisher_interval(rho, math.sqrt(1.06 / (n - 3)), confidence))
     return result
+
+
+# scipy.stats' tests, on scipy.special's distribution functions (the ones scipy.stats calls): importing
+# scipy.stats costs 0.5-1 s, scipy.special a tenth of that (tests/test_stats.py checks them against
+# scipy.stats).
+def normal_quantile(q: float) -> float:
+    """The standard normal's q-quantile (scipy.stats.norm.ppf)."""
+    from scipy import special  # lazy: scipy.special
+
+    return float(special.ndtri(q))
+
+
+def student_quantile(q: float, dof: int) -> float:
+    """Student's t's q-quantile with `dof` degrees of freedom (scipy.stats.t.ppf)."""
+    from scipy import special  # lazy: scipy.special
+
+    return float(special.stdtrit(dof, q))
+
+
+def pearson_pvalue(r: float, n: int) -> float:
+    """Two-sided p-value of Pearson's r of n independent normal pairs under no correlation (as
+    scipy.stats.pearsonr): r follows Beta(n/2 - 1, n/2 - 1) on [-1, 1], p = 2 P(R >= |r|)."""
+    from scipy import special  # lazy: scipy.special
+
+    ab = n / 2 - 1
+    return float(2 * special.betaincc(ab, ab, (abs(r) + 1) / 2))
+
+
+def student_pvalue(r: float, dof: int) -> float:
+    """Two-sided p-value of a correlation r through t = r sqrt(dof / ((1 + r)(1 - r))) ~ Student's t(dof)
+    (scipy.stats.spearmanr's test)."""
+    from scipy import special  # lazy: scipy.special
+
+    r = np.float64(r)
+    with np.errstate(divide="ignore"):  # |r| = 1: t is infinite, p 0
+        t = r * np.sqrt(np.clip(dof / ((r + 1.0) * (1.0 - r)), 0.0, None))
+    return float(2 * special.stdtr(dof, -abs(t)))
 
 
 # --------------------------------------------------------------------------------------------- trade-off fit
@@ -366,8 +397,6 @@ def tradeoff_fit(log_prior: np.ndarray, reward: np.ndarray, confidence: float = 
     predicts about -beta). With one config it is undefined; with two it has no interval. Inputs are the
     configs' corpus-mean estimates; their own errors are not propagated (ordinary least squares).
     """
-    from scipy import stats as sps  # lazy: scipy
-
     x = np.asarray(log_prior, dtype=np.float64)
     y = np.asarray(reward, dtype=np.float64)
     n = int(x.size)
@@ -381,7 +410,7 @@ def tradeoff_fit(log_prior: np.ndarray, reward: np.ndarray, confidence: float = 
     if np.ptp(x) == 0.0:
         fit.note = f"undefined: all {n} configurations have the same mean log prior, so no slope can be fit"
         return fit
-    lr = sps.linregress(x, y)
+    lr = linregress(x, y)
     if not (np.isfinite(lr.slope) and np.isfinite(lr.intercept)):
         fit.note = ("undefined: the configurations' means are not finite numbers (an overflow), so no line "
                     "fits")
@@ -390,11 +419,45 @@ def tradeoff_fit(log_prior: np.ndarray, reward: np.ndarray, confidence: float = 
     if n == 2:
         fit.note = "2 configurations: the line is exact, so it has no standard error or interval"
         return fit
-    crit = float(sps.t.ppf(0.5 + confidence / 2.0, n - 2))
+    crit = student_quantile(0.5 + confidence / 2.0, n - 2)
     fit.slope_se = float(lr.stderr)
     fit.slope_ci = [float(lr.slope - crit * lr.stderr), float(lr.slope + crit * lr.stderr)]
     fit.r_squared, fit.p_value = float(lr.rvalue**2), float(lr.pvalue)
     return fit
+
+
+@dataclass(frozen=True)
+class Line:
+    """A least-squares line with scipy.stats.linregress's fields."""
+
+    slope: float
+    intercept: float
+    rvalue: float
+    pvalue: float
+    stderr: float
+
+
+def linregress(x: np.ndarray, y: np.ndarray) -> Line:
+    """scipy.stats.linregress's operations (x not constant): the line, r, the slope's two-sided t-test
+    p-value and standard error."""
+    from scipy import special  # lazy: scipy.special
+
+    n = len(x)
+    xmean, ymean = np.mean(x, None), np.mean(y, None)
+    ssxm, ssxym, _, ssym = np.cov(x, y, bias=1).flat
+    if ssym == 0.0:
+        r = np.nan if ssxym == 0 else 0.0
+    else:
+        r = min(max(ssxym / np.sqrt(ssxm * ssym), -1.0), 1.0)
+    slope = ssxym / ssxm
+    intercept = ymean - slope * xmean
+    dof = n - 2
+    if dof < 1:  # two points: the line is exact (scipy: p 0 or 1, standard error 0)
+        return Line(float(slope), float(intercept), float(r), float(y[0] == y[1]), 0.0)
+    t = r * np.sqrt(dof / ((1.0 - r + 1e-20) * (1.0 + r + 1e-20)))
+    p = 2 * special.stdtr(dof, -np.abs(t))
+    stderr = np.sqrt((1 - r**2) * ssym / ssxm / dof)
+    return Line(float(slope), float(intercept), float(r), float(p), float(stderr))
 
 
 # --------------------------------------------------------------------------------------------- the frontier
