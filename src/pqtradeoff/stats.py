@@ -3,7 +3,11 @@
 A corpus of M strings drawn uniformly (with replacement) from a chain of length L is a multinomial count
 vector over the chain's states, and so over the distinct pool strings with the chain's visit frequencies; a
 corpus mean is the dot product of those counts with the per-string values, divided by M. We draw the counts
-and never build the M rows (2000 corpora x 200000 strings would be 400 million rows per config).
+and never build the M rows (2000 corpora x 200000 strings would be 400 million rows per config). The counts
+are Poissonized (`multinomial_counts`): one Poisson variate per visited string, each the inverse of its law's
+cdf at a uniform from one 64-bit random word, read from a float64 table per distinct rate (`poisson_tables`,
+`poisson_inverse`), then a few hundred single draws that make the total exactly M. Exact to the float64
+rounding of the tables; the same bytes for the same seed, however the corpora are chunked.
 
 scipy.special is imported inside the functions that need it; scipy.stats never is (its import takes 0.5-1
 s): its tests are written here on scipy.special, as scipy.stats computes them. The
