@@ -290,3 +290,34 @@ def test_bad_automata():
     one_line_error(model.decode, [7], match="token id 7")
     one_line_error(TransitionReward, model, np.zeros((2, 3)), match="phi has shape")
     one_line_error(TransitionReward, model, np.array([[0.0, np.inf, 0.0]]), match="non-finite")
+
+
+
+def _walked_sum(lm, table, prompt, ids):
+    """The row-by-row reference: `path_states`'s walk, then np.sum of the path's terms."""
+    return float(np.sum(table[lm.path_states(ids, prompt), np.asarray(ids, dtype=np.int64)]))
+
+
+@pytest.mark.parametrize("order", [1, 2, 3])
+def test_path_sums_equal_one_path_at_a_time(al, order):
+    """`path_sums` (every path in lockstep) equals the walk of each path alone, bit for bit, on random
+    continuations of random lengths (empty, ending in EOS or not) after several prompts, as lists or arrays;
+    bad ids and tokens after EOS give `path_states`'s errors."""
+    lm = random_alignment(order, order=order, n_words=5).prior
+    rng = np.random.default_rng(order)
+    table = rng.normal(size=lm.log_probs.shape)
+    words = lm.vocab_size - 1
+    prompts, rows = [], []
+    for k in range(300):
+        ids = rng.integers(0, words, size=int(rng.integers(0, 40))).tolist()
+        if rng.random() < 0.6:
+            ids.append(lm.eos_token_id)
+        prompts.append([] if k % 3 else rng.integers(0, words, size=2).tolist())
+        rows.append(np.array(ids, dtype=np.int64) if k % 2 else ids)
+    got = lm.path_sums(table, prompts, rows)
+    want = [_walked_sum(lm, table, p, list(map(int, c))) for p, c in zip(prompts, rows, strict=True)]
+    assert got.tolist() == want
+    with pytest.raises(PQError, match="out of range"):
+        lm.path_sums(table, [[], []], [[0], [words + 1]])
+    with pytest.raises(PQError, match=r"tokens after EOS \(position 1 of 3\)"):
+        lm.path_sums(table, [[], []], [[0, 1], [2, lm.eos_token_id, 0]])

@@ -71,6 +71,7 @@ def test_corpus_means_chunking_changes_nothing(monkeypatch, pool, size):
     x = rng.normal(size=pool)
     whole = stats.corpus_means(visits, {"x": x}, 50, size, np.random.default_rng(9))["x"]
     monkeypatch.setattr(stats, "_CHUNK_CELLS", 70)  # a few corpora per draw
+    monkeypatch.setattr(stats, "_BLOCK_CELLS", 40)  # and a corpus or two per Poisson inversion
     chunked = stats.corpus_means(visits, {"x": x}, 50, size, np.random.default_rng(9))["x"]
     np.testing.assert_array_equal(whole, chunked)
 
@@ -244,3 +245,88 @@ def test_count_means_equal_means_over_the_expanded_corpora():
     counts = rng.multinomial(50, np.full(7, 1 / 7), size=4)
     want = np.array([[table[np.repeat(np.arange(7), c), k].mean() for k in range(2)] for c in counts])
     np.testing.assert_allclose(stats.count_means(counts, table), want, rtol=0, atol=1e-14)
+
+
+@pytest.mark.parametrize("rates", [[0.0, 0.004, 0.7, 1.0, 3.5], [99.5, 105.25, 210.0], [18_000.0, 2.0]])
+def test_poisson_inverse_is_the_quantile_of_scipys_cdf(rates):
+    """Every variate equals the brute-force inverse of scipy's Poisson cdf at the word's uniform: the
+    smallest k with u < P(X <= k) (repeated rates share a table; the guide only speeds the search)."""
+    rates = np.array(rates * 3)
+    tables = stats.poisson_tables(rates)
+    rng = np.random.default_rng(11)
+    words = rng.bit_generator.random_raw((4000, rates.size))
+    words[0] = 0  # u = 0 and the largest u
+    words[1] = np.uint64(2**64 - 1)
+    got = stats.poisson_inverse(tables, words)
+    u = (words >> np.uint64(11)) * 2.0**-53
+    for i, rate in enumerate(rates):
+        cdf = sps.poisson.cdf(np.arange(int(rate + 20 * math.sqrt(rate) + 60)), rate)
+        want = np.searchsorted(cdf, u[:, i], side="right")
+        # Where a step of the cdf is within float rounding of u (the largest u against a tail cdf that rounds
+        # to 1), the two cdfs' last bits decide: there, the variate must still be a quantile to rounding.
+        near = np.abs(cdf[np.minimum(want, cdf.size - 1)] - u[:, i]) < 1e-12
+        near |= np.abs(cdf[np.maximum(want - 1, 0)] - u[:, i]) < 1e-12
+        k = got[:, i].astype(np.int64)
+        quantile = (cdf[np.minimum(k, cdf.size - 1)] >= u[:, i] - 1e-12) & (
+            (k == 0) | (cdf[np.maximum(k - 1, 0)] <= u[:, i] + 1e-12))
+        assert np.all((k == want) | (near & quantile))
+        assert np.mean(got[:, i] == want) > 0.999
+
+
+def test_poisson_tables_hold_the_whole_law():
+    """Each rate's table sums to 1 and has the Poisson mean and variance (no mass lost in the cut tails)."""
+    for rate in (0.3, 7.0, 150.0, 40_000.0):
+        lo, pmf = stats.poisson_pmf(rate)
+        k = lo + np.arange(pmf.size)
+        assert pmf.sum() == pytest.approx(1.0, abs=1e-14)
+        assert k @ pmf == pytest.approx(rate, rel=1e-12)
+        assert (k - rate) ** 2 @ pmf == pytest.approx(rate, rel=1e-9)
+        np.testing.assert_allclose(pmf, sps.poisson.pmf(k, rate), rtol=1e-9, atol=1e-300)
+
+
+@settings(max_examples=60, deadline=None)
+@given(n=st.integers(4, 400), coupling=st.floats(-3, 3), ties=st.booleans(), seed=st.integers(0, 2**32 - 1),
+       confidence=st.floats(0.5, 0.999))
+def test_correlations_equal_scipy_stats(n, coupling, ties, seed, confidence):
+    """Every number of `correlations` (computed on scipy.special) equals scipy.stats' pearsonr (with its
+    interval), spearmanr and norm.ppf for the Fisher interval, to rounding."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=n)
+    y = coupling * x + rng.normal(size=n)
+    if ties:
+        x, y = np.round(x, 1), np.round(y, 1)
+    if np.ptp(x) == 0 or np.ptp(y) == 0:
+        return
+    c = stats.correlations(x, y, confidence)
+    pr, sr = sps.pearsonr(x, y), sps.spearmanr(x, y)
+    ci = pr.confidence_interval(confidence_level=confidence)
+    close = {"rel": 1e-9, "abs": 1e-300}
+    assert c.pearson == pytest.approx(pr.statistic, **close)
+    assert c.pearson_p == pytest.approx(pr.pvalue, **close)
+    assert c.pearson_ci == pytest.approx([ci.low, ci.high], **close)
+    assert c.spearman == pytest.approx(sr.statistic, **close)
+    assert c.spearman_p == pytest.approx(sr.pvalue, **close)
+    z = sps.norm.ppf(0.5 + confidence / 2)
+    rho = float(sr.statistic)
+    se = math.sqrt(1.06 / (n - 3))
+    clipped = min(max(rho, -1 + 1e-15), 1 - 1e-15)
+    assert c.spearman_ci == pytest.approx([math.tanh(math.atanh(clipped) - z * se),
+                                           math.tanh(math.atanh(clipped) + z * se)], **close)
+
+
+@settings(max_examples=60, deadline=None)
+@given(n=st.integers(2, 60), slope=st.floats(-5, 5), noise=st.floats(0, 3), seed=st.integers(0, 2**32 - 1),
+       confidence=st.floats(0.5, 0.999))
+def test_linregress_and_quantiles_equal_scipy_stats(n, slope, noise, seed, confidence):
+    """`linregress` and the quantiles (scipy.special) against scipy.stats.linregress, t.ppf and norm.ppf."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(-50, 5, size=n)
+    y = slope * x + noise * rng.normal(size=n)
+    got, want = stats.linregress(x, y), sps.linregress(x, y)
+    for name in ("slope", "intercept", "rvalue", "pvalue", "stderr"):
+        w = getattr(want, name)
+        assert getattr(got, name) == pytest.approx(w, rel=1e-9, abs=1e-12, nan_ok=True), name
+    assert stats.normal_quantile(confidence) == pytest.approx(sps.norm.ppf(confidence), rel=1e-12)
+    if n > 2:
+        want = sps.t.ppf(confidence, n - 2)
+        assert stats.student_quantile(confidence, n - 2) == pytest.approx(want, rel=1e-12)

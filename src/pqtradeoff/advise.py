@@ -22,9 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy import stats as sps
 
-from pqtradeoff import adaptors
+from pqtradeoff import adaptors, stats
 from pqtradeoff.errors import PQError
 
 DEFAULT_REFERENCE = "temperature=1.0"
@@ -220,7 +219,7 @@ def advise(summary: dict[str, Any], min_reward: float | None = None, max_prior_l
     if not 0 < confidence < 1:
         raise PQError(f"confidence={confidence!r} must lie strictly between 0 and 1")
     points, excluded = points_from_summary(summary)
-    crit = float(sps.norm.ppf(0.5 + confidence / 2))
+    crit = stats.normal_quantile(0.5 + confidence / 2)
     x = np.array([p.log_prior for p in points])
     y = np.array([p.reward for p in points])
     hull = efficient_hull(x, y)

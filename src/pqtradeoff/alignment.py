@@ -32,6 +32,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from pqtradeoff import stats
+
 #: Columns the fit needs.
 COLUMNS = ("prompt_id", "logp_aligned", "logp_prior", "reward")
 #: Bootstrap replicates for the intervals.
@@ -149,29 +151,30 @@ def replicate_sums(data: AlignmentData, counts: np.ndarray) -> np.ndarray:
     if len(data.prompt_ids) > 1:
         per_prompt = np.stack([np.bincount(data.codes, weights=w, minlength=len(data.prompt_ids))
                                for w in (r * r, d * d, r * d)], axis=1)
-        return np.einsum("bg,gk->bk", counts, per_prompt)
-    moments = np.stack([np.ones_like(r), r, d, r * r, d * d, r * d], axis=1)
-    # einsum: summed in a fixed order, bytes never depend on threads
-    m = np.einsum("bs,sk->bk", counts, moments)
-    total = m[:, 0]
-    return np.stack([m[:, 3] - m[:, 1] ** 2 / total, m[:, 4] - m[:, 2] ** 2 / total,
-                     m[:, 5] - m[:, 1] * m[:, 2] / total], axis=1)
+        return stats.count_sums(counts, per_prompt)
+    moments = np.stack([r, d, r * r, d * d, r * d], axis=1)
+    m = stats.count_sums(counts, moments)  # summed in a fixed order: bytes never depend on threads
+    total = counts.sum(axis=1).astype(np.float64)
+    return np.stack([m[:, 2] - m[:, 0] ** 2 / total, m[:, 3] - m[:, 1] ** 2 / total,
+                     m[:, 4] - m[:, 0] * m[:, 1] / total], axis=1)
 
 
 def _bootstrap(data: AlignmentData, replicates: int, rng: np.random.Generator) -> np.ndarray:
     """(replicates, 3) demeaned sums, drawing the counts in chunks.
 
-    A replicate's counts are those of `units` uniform draws with replacement (Multinomial(units, 1/units),
-    the bootstrap itself), counted by bincount: ~10 ns a draw against ~35 ns a cell for numpy's multinomial.
+    A replicate's counts are those of `units` uniform draws with replacement: Multinomial(units, 1/units),
+    the bootstrap itself, drawn by `stats.multinomial_counts` (Poissonized, ~8 ns a cell against ~20 ns a draw
+    for integers counted by bincount). Its streams are read in replicate order: chunking changes no number.
     """
     units = len(data.prompt_ids) if len(data.prompt_ids) > 1 else len(data.r)
     rows = max(1, _CHUNK_CELLS // units)
+    freq = np.full(units, 1.0 / units)
+    tables = stats.count_tables(freq, units)
+    streams = rng.spawn(3)
     out = np.empty((replicates, 3))
     for lo in range(0, replicates, rows):
         hi = min(replicates, lo + rows)
-        cells = rng.integers(0, units, size=(hi - lo, units)) + (np.arange(hi - lo) * units)[:, None]
-        counts = np.bincount(cells.ravel(), minlength=(hi - lo) * units).reshape(hi - lo, units)
-        out[lo:hi] = replicate_sums(data, counts)
+        out[lo:hi] = replicate_sums(data, stats.multinomial_counts(streams, freq, hi - lo, units, tables))
     return out
 
 

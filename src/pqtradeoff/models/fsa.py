@@ -205,8 +205,52 @@ class FiniteStateLM(StepLanguageModel):
 
     def path_sum(self, table: np.ndarray, token_ids: Sequence[int], prompt_ids: Sequence[int] = ()) -> float:
         """sum_t table[s_t, y_t] along the continuation (float64)."""
-        states = self.path_states(token_ids, prompt_ids)
-        return float(np.sum(table[states, np.asarray(token_ids, dtype=np.int64)]))
+        return float(self.path_sums(table, [prompt_ids], [token_ids])[0])
+
+    def path_sums(self, table: np.ndarray, prompts: Sequence[Sequence[int]],
+                  continuations: Sequence[Sequence[int]]) -> np.ndarray:
+        """`path_sum` of every (prompt, continuation) pair, the paths walked in lockstep (one numpy step per
+        token position, not one Python step per token), each path's terms summed by np.sum as before.
+
+        Why: scoring 46,000 demo strings one path at a time cost ~0.4 s of Python. The checks are
+        `path_states`'s (ids in range, EOS only last), with its messages for the first bad row.
+        """
+        rows = [np.asarray(c) for c in continuations]
+        if any(r.size and not np.issubdtype(r.dtype, np.integer) for r in rows):  # the row-wise checks
+            return np.array([float(np.sum(table[self.path_states(c, p), np.asarray(c, dtype=np.int64)]))
+                             for p, c in zip(prompts, continuations, strict=True)], dtype=np.float64)
+        lengths = np.array([r.size for r in rows], dtype=np.int64)
+        flat = (np.concatenate([r.reshape(-1).astype(np.int64) for r in rows]) if rows
+                else np.zeros(0, np.int64))
+        bad = np.flatnonzero((flat < 0) | (flat >= self.vocab_size))
+        if bad.size:
+            self._check_ids([flat[bad[0]]], "continuation")
+        ends = np.cumsum(lengths)
+        eos = np.flatnonzero(flat == self.eos_token_id)
+        early = eos[~np.isin(eos, ends - 1)]
+        if early.size:
+            row = int(np.searchsorted(ends, early[0], side="right"))
+            position = int(early[0] - (ends[row] - lengths[row]))
+            raise PQError(f"continuation has tokens after EOS (position {position} of {int(lengths[row])})")
+        starts: dict[tuple[int, ...], int] = {}
+        state = np.empty(len(rows), dtype=np.int64)
+        for i, p in enumerate(prompts):
+            key = tuple(int(t) for t in p)
+            if key not in starts:
+                starts[key] = self.state_after(key)
+            state[i] = starts[key]
+        states = np.empty_like(flat)  # the state before each token, in the same flat order
+        first = ends - lengths
+        for t in range(int(lengths.max(initial=0))):
+            live = np.flatnonzero(lengths > t)
+            at = first[live] + t
+            tokens, now = flat[at], state[live]
+            states[at] = now
+            state[live] = np.where(tokens == self.eos_token_id, now, self.next_state[now, tokens])
+        terms = table[states, flat]
+        # np.sum of each path's terms, as `path_sum` always added them (numpy's pairwise order): the same bits
+        return np.array([np.sum(terms[a:b]) for a, b in zip(first.tolist(), ends.tolist(), strict=True)],
+                        dtype=np.float64)
 
     def log_prob(self, token_ids: Sequence[int], prompt_ids: Sequence[int] = ()) -> float:
         """log p(y | x) of the given tokens (EOS included if present), exactly, in float64."""
@@ -442,8 +486,8 @@ class TransitionReward:
 
     def score_batch(self, prompts: Sequence[Sequence[int]],
                     continuations: Sequence[Sequence[int]]) -> np.ndarray:
-        return np.array([self.score(c, p) for p, c in zip(prompts, continuations, strict=True)],
-                        dtype=np.float64)
+        """r(y) of every continuation after its prompt: `score` of each, computed together."""
+        return self.automaton.path_sums(self.phi, prompts, continuations)
 
     def __call__(self, batch: Any) -> np.ndarray:
         """The scoring stage's reward protocol: one value per corpus row (a pandas DataFrame)."""
