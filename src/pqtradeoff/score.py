@@ -50,6 +50,25 @@ def continuation_logprobs(
 ) -> list[np.ndarray]:
     """Per-token log-probabilities (float64 arrays) of each continuation given its prompt, teacher-forced.
 
+    A model with a `fast_logprobs` method (`HFModel`: each prompt computed once, the LM head fused with the
+    log-softmax) computes them itself under the same batching limits; otherwise, or where it returns None,
+    `plain_continuation_logprobs` does.
+    """
+    fast = getattr(model, "fast_logprobs", None)
+    if fast is not None:
+        result = fast(prompts, continuations, batch_size=batch_size, max_batch_tokens=max_batch_tokens)
+        if result is not None:
+            return result
+    return plain_continuation_logprobs(model, prompts, continuations, batch_size=batch_size,
+                                       max_batch_tokens=max_batch_tokens)
+
+
+def plain_continuation_logprobs(
+    model: LanguageModel, prompts: list[list[int]], continuations: list[list[int]], *,
+    batch_size: int = 8, max_batch_tokens: int = 4096,
+) -> list[np.ndarray]:
+    """Per-token log-probabilities (float64 arrays) of each continuation given its prompt, teacher-forced.
+
     Rows are grouped into batches of at most `batch_size` rows and `max_batch_tokens` padded continuation
     tokens, so the [B, T, V] logits held at once stay bounded. log p = logit[target] - logsumexp(logits):
     no second [B, T, V] tensor is made. -inf (a token outside the model's support) is kept, never clamped.
