@@ -41,8 +41,9 @@ from pqtradeoff.models.hf import HFModel
 
 #: Prompt tokens (distinct prompts x longest prompt) whose keys/values a window holds, per max_batch_tokens.
 PROMPT_STATE_FACTOR = 4
-#: Positions per LM-head chunk: their logits [chunk, V] are made, reduced and dropped before the next chunk.
-HEAD_CHUNK = 128
+#: LM-head blocks (`head_logprobs`): positions x vocabulary entries whose logits are made and reduced at once.
+HEAD_ROWS = 512
+VOCAB_BLOCK = 2048
 
 
 @dataclass(frozen=True)
@@ -102,14 +103,28 @@ def _probe(lm: HFModel, parts: ScoringParts) -> bool:
 
 
 def head_logprobs(parts: ScoringParts, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """log p(target) [N] (float32, float64 for a float64 model) of hidden states [N, H], `HEAD_CHUNK` rows of
-    logits at a time."""
+    """log p(target) [N] (float32; float64 for a float64 model) of hidden states [N, H].
+
+    Blocked so the logits stay in cache: `HEAD_ROWS` positions x `VOCAB_BLOCK` logits at a time, each block
+    reduced in place to its logsumexp (the blocks' then combined by one logsumexp) and its targets' logits
+    picked, so no [N, V] tensor and no full-vocabulary temporaries are made."""
     dtype = torch.promote_types(parts.weight.dtype, torch.float32)
+    vocab = parts.weight.shape[0]
     out = torch.empty(hidden.shape[0], dtype=dtype, device=hidden.device)
-    for s in range(0, hidden.shape[0], HEAD_CHUNK):
-        logits = torch.nn.functional.linear(hidden[s:s + HEAD_CHUNK], parts.weight, parts.bias).to(dtype)
-        picked = logits.gather(1, targets[s:s + HEAD_CHUNK].unsqueeze(1)).squeeze(1)
-        out[s:s + HEAD_CHUNK] = picked - torch.logsumexp(logits, dim=-1)
+    for s in range(0, hidden.shape[0], HEAD_ROWS):
+        h, t = hidden[s:s + HEAD_ROWS], targets[s:s + HEAD_ROWS]
+        picked = torch.zeros(h.shape[0], dtype=dtype, device=h.device)
+        blocks = []
+        for lo in range(0, vocab, VOCAB_BLOCK):
+            hi = min(lo + VOCAB_BLOCK, vocab)
+            bias = None if parts.bias is None else parts.bias[lo:hi]
+            logits = torch.nn.functional.linear(h, parts.weight[lo:hi], bias).to(dtype)
+            inside = (t >= lo) & (t < hi)
+            got = logits.gather(1, (t - lo).clamp(0, hi - lo - 1).unsqueeze(1)).squeeze(1)
+            picked = torch.where(inside, got, picked)
+            top = logits.amax(1, keepdim=True)
+            blocks.append(logits.sub_(top).exp_().sum(1).log_() + top.squeeze(1))
+        out[s:s + HEAD_ROWS] = picked - torch.logsumexp(torch.stack(blocks, 1), dim=1)
     return out
 
 
@@ -142,7 +157,8 @@ def prompt_windows(prompts: list[tuple[int, ...]], budget: int) -> list[list[int
 @dataclass
 class PromptStates:
     """Keys/values of a window's distinct prompts: the common prefix [1, kvH, c, D] per layer, the suffixes
-    left-padded [n, kvH, S, D] per layer with their mask [n, S], and each prompt's last hidden state [n, H]."""
+    left-padded [n, kvH, S, D] per layer with their mask [n, S], and each prompt's last hidden state
+    [n, H]."""
 
     prefix: list[tuple[torch.Tensor, torch.Tensor]]
     suffix: list[tuple[torch.Tensor, torch.Tensor]]
@@ -163,7 +179,8 @@ def _cache_of(lm: HFModel, layers: list[tuple[torch.Tensor, torch.Tensor]]) -> A
     """A fresh cache holding `layers`' keys/values."""
     cache = lm._new_cache()
     for i, (k, v) in enumerate(layers):
-        cache.update(k, v, i)
+        cache.update(k[:, :, :0], v[:, :, :0], i)  # initializes the layer; then hold k, v without a copy
+        cache.layers[i].keys, cache.layers[i].values = k, v
     return cache
 
 
