@@ -146,3 +146,10 @@ def test_fast_path_bad_inputs(lm):
         lm.fast_logprobs([[]], [[1]], batch_size=8, max_batch_tokens=64)
     with pytest.raises(PQError, match="2 prompts but 1 continuations"):
         lm.fast_logprobs([[1], [2]], [[1]], batch_size=8, max_batch_tokens=64)
+
+
+def test_cpu_scoring_default_caps_positions_per_forward(lm):
+    from pqtradeoff.stages import SCORE_BATCH_TOKENS, SCORE_BATCH_TOKENS_CPU, score_batch_tokens
+
+    assert score_batch_tokens(lm) == SCORE_BATCH_TOKENS_CPU < SCORE_BATCH_TOKENS
+    assert score_batch_tokens(None) == SCORE_BATCH_TOKENS
