@@ -88,6 +88,19 @@ def test_head_blocks_and_windows_do_not_change_results(lm, monkeypatch):
     assert_close(lm.fast_logprobs(prompts, conts, batch_size=4, max_batch_tokens=20), want)
 
 
+def test_without_shared_prompt_states_the_fused_head_still_matches(tiny_hf):
+    """A model whose cache cannot be shared (sliding-window layers: `can_join` False) runs the plain layout
+    through the base model and the fused head."""
+    lm = HFModel(str(tiny_hf.llama), device="cpu")
+    lm.can_join = False
+    prompts, conts = rows(lm, seed=5)
+    parts = hf_scoring.fast_scoring_parts(lm)
+    assert parts is not None and not parts.share
+    got = lm.fast_logprobs(prompts, conts, batch_size=3, max_batch_tokens=12)
+    assert got is not None
+    assert_close(got, naive_logprobs(lm, prompts, conts))
+
+
 def test_plain_path_matches_naive_forward(lm):
     prompts, conts = rows(lm, seed=2)
     want = naive_logprobs(lm, prompts, conts)
