@@ -17,10 +17,11 @@ tokens, as in the plain path, plus the keys/values of its rows' prompts; the pro
 most `PROMPT_STATE_FACTOR * max_batch_tokens` prompt tokens of keys/values (distinct prompts x the window's
 longest prompt; a single longer prompt gets a window of its own).
 
-Used only where it computes exactly what the model's own forward computes (`fast_scoring_parts`): plain
-growing caches (no sliding window), a linear output head read straight from the base model's last hidden
-state (no logit scaling or softcapping, checked on the config and by a probe forward); otherwise callers fall
-back to the plain path.
+Used only where it computes exactly what the model's own forward computes (`fast_scoring_parts`): a linear
+output head read straight from the base model's last hidden state (no logit scaling or softcapping, checked
+on the config and by a probe forward); otherwise callers fall back to the plain path. Prompt states are shared
+only with plain growing caches (`HFModel.can_join`); a model with sliding-window layers (Gemma 3) runs the
+plain path's layout [left-padded prompt | continuation] through the base model and the fused head.
 """
 
 from __future__ import annotations
@@ -49,12 +50,13 @@ VOCAB_BLOCK = 2048
 @dataclass(frozen=True)
 class ScoringParts:
     """The base model (hidden states) and the output head's weight and bias, with the forward's argument
-    name for the cache."""
+    name for the cache, and whether prompt states can be shared (plain growing caches: `HFModel.can_join`)."""
 
     base: Any
     weight: torch.Tensor
     bias: torch.Tensor | None
     cache_arg: str
+    share: bool
 
 
 def fast_scoring_parts(lm: HFModel) -> ScoringParts | None:
@@ -74,13 +76,13 @@ def _find_parts(lm: HFModel) -> ScoringParts | None:
             return None  # logit softcapping or scaling: the plain path applies it
     head = model.get_output_embeddings()
     base = getattr(model, "base_model", None)
-    if not isinstance(head, torch.nn.Linear) or base is None or base is model or not lm.can_join:
+    if not isinstance(head, torch.nn.Linear) or base is None or base is model:
         return None
     params = set(_parameters(base))
     cache_arg = "cache" if "cache" in params else "past_key_values"
     if not {"position_ids", "attention_mask", cache_arg} <= params:
         return None
-    parts = ScoringParts(base, head.weight, head.bias, cache_arg)
+    parts = ScoringParts(base, head.weight, head.bias, cache_arg, bool(lm.can_join))
     return parts if _probe(lm, parts) else None
 
 
@@ -275,21 +277,55 @@ def shared_prompt_logprobs(lm: HFModel, prompts: list[list[int]], continuations:
     for i, (p, c) in enumerate(zip(prompts, continuations, strict=True)):
         if c:
             groups.setdefault(tuple(p), []).append(i)
+    if not parts.share:  # sliding-window or other caches: no shared prompt states, the fused head only
+        rows = [i for i, c in enumerate(continuations) if c]
+        for batch in length_batches(rows, [len(c) for c in continuations], batch_size, max_batch_tokens):
+            logps = score_batch_unshared(lm, parts, [prompts[i] for i in batch],
+                                         [continuations[i] for i in batch])
+            for i, lp in zip(batch, logps, strict=True):
+                out[i] = lp
+        return out
     distinct = list(groups)
     for window in prompt_windows(distinct, PROMPT_STATE_FACTOR * max_batch_tokens):
         states = prompt_states(lm, parts, [distinct[w] for w in window], max_batch_tokens)
-        rows = [(slot, i) for slot, w in enumerate(window) for i in groups[distinct[w]]]
-        rows.sort(key=lambda r: len(continuations[r[1]]))
-        batch: list[tuple[int, int]] = []
-        for row in rows + [None]:
-            if batch and (row is None or len(batch) + 1 > batch_size
-                          or (len(batch) + 1) * len(continuations[row[1]]) > max_batch_tokens):
-                conts = [continuations[i] for _, i in batch]
-                logps = score_batch(lm, parts, states, [s for s, _ in batch],
-                                    [len(prompts[i]) for _, i in batch], conts)
-                for (_, i), lp in zip(batch, logps, strict=True):
-                    out[i] = lp
-                batch = []
-            if row is not None:
-                batch.append(row)
+        slot_of = {i: slot for slot, w in enumerate(window) for i in groups[distinct[w]]}
+        for batch in length_batches(list(slot_of), [len(c) for c in continuations], batch_size,
+                                    max_batch_tokens):
+            logps = score_batch(lm, parts, states, [slot_of[i] for i in batch],
+                                [len(prompts[i]) for i in batch], [continuations[i] for i in batch])
+            for i, lp in zip(batch, logps, strict=True):
+                out[i] = lp
     return out
+
+
+def length_batches(rows: list[int], lengths: list[int], batch_size: int, max_batch_tokens: int
+                   ) -> list[list[int]]:
+    """`rows` in ascending `lengths`, cut into batches of at most `batch_size` rows and `max_batch_tokens`
+    rows x longest length (a longer row alone), as `score.plain_continuation_logprobs` batches."""
+    batches: list[list[int]] = []
+    batch: list[int] = []
+    for i in sorted(rows, key=lambda r: lengths[r]):  # ascending: the row added is the batch's longest
+        if batch and (len(batch) + 1 > batch_size or (len(batch) + 1) * lengths[i] > max_batch_tokens):
+            batches.append(batch)
+            batch = []
+        batch.append(i)
+    if batch:
+        batches.append(batch)
+    return batches
+
+
+def score_batch_unshared(lm: HFModel, parts: ScoringParts, prompts: list[list[int]], conts: list[list[int]]
+                         ) -> list[np.ndarray]:
+    """`score_batch` without prompt states: one pass over [left-padded prompt | right-padded continuation],
+    as `HFModel.continuation_logits` lays it out, its last T hidden states through `head_logprobs`."""
+    device = lm.device
+    lengths = torch.tensor([len(x) for x in conts], device=device)
+    width = int(lengths.max())
+    p_ids, p_mask = left_pad(prompts, lm.pad_token_id, device)
+    c_ids, c_mask = right_pad([x[:-1] for x in conts], lm.pad_token_id, device, width - 1)
+    ids, mask = torch.cat([p_ids, c_ids], dim=1), torch.cat([p_mask, c_mask], dim=1)
+    hidden = parts.base(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask)).last_hidden_state
+    targets, _ = right_pad(conts, 0, device, width)
+    keep = torch.arange(width, device=device).view(1, -1) < lengths.view(-1, 1)
+    logp = head_logprobs(parts, hidden[:, -width:][keep], targets[keep]).double().cpu().numpy()
+    return np.split(logp, np.cumsum([len(x) for x in conts])[:-1])
