@@ -50,6 +50,7 @@ from pqtradeoff.adaptors import parse
 from pqtradeoff.generate import PromptRecord
 from pqtradeoff.models.hf import HFModel, left_pad
 from pqtradeoff.score import continuation_logprobs
+from pqtradeoff.stages import SCORE_BATCH, score_batch_tokens
 from pqtradeoff.testing import generation_kwargs
 
 FIGURE = Path(__file__).resolve().parent.parent / "docs" / "img" / "generation_speed.png"
@@ -334,7 +335,8 @@ def main() -> None:
     continuation_logprobs(lm, p_ids[:8], c_ids[:8], batch_size=8)  # warm-up
     sync(lm.device)
     start = time.perf_counter()
-    continuation_logprobs(lm, p_ids, c_ids, batch_size=64, max_batch_tokens=64 * 128)
+    score_batch = (SCORE_BATCH, score_batch_tokens(lm))  # the score stage's defaults
+    continuation_logprobs(lm, p_ids, c_ids, batch_size=score_batch[0], max_batch_tokens=score_batch[1])
     sync(lm.device)
     t_score = time.perf_counter() - start
     rate_after = max(gemm_rate(weights, m, 3) for m in (256, 512))
@@ -375,10 +377,12 @@ def main() -> None:
     )
 
     cont = sum(len(c) for c in c_ids)
-    positions = sum(len(p) + len(c) - 1 for p, c in zip(p_ids, c_ids, strict=True))
+    # positions run: each distinct prompt once (the fast path shares prompt states), then the continuations
+    positions = sum(len(p) for p in set(map(tuple, p_ids))) + sum(max(len(c) - 1, 0) for c in c_ids)
     flops = 2 * (params - head) * positions + 2 * head * cont
     print(
-        f"\nteacher-forced scoring (continuation_logprobs, batch 64) of the {len(c_ids)} strings: "
+        f"\nteacher-forced scoring (continuation_logprobs, batch {score_batch[0]} / {score_batch[1]} tokens, "
+        f"the score stage's defaults) of the {len(c_ids)} strings: "
         f"{cont / t_score:.1f} continuation tokens/s = {100 * cont / t_score / roofline:.1f}% of "
         f"the roofline "
         f"(goal >= 75%); counting the prompt positions too: {flops / t_score / 1e9:.1f} GFLOP/s = "

@@ -5,11 +5,13 @@ otherwise it scores the decoded text re-tokenized by its own tokenizer (EOS appe
 Which one was used is recorded per row in `prior_tokenization`. Log-probabilities are accumulated in float64
 from float32 logits (float64 where the backend gives float64), batch by batch under a token budget, so memory
 stays bounded even for a 150k vocabulary. The batch size is not bit-invariant: it decides which strings
-share a
-forward pass (their padding, and the kernels' summation order), which moves float32 logits in their last bits,
-so `logp_prior` agrees across batch sizes to about 1e-5 nats (7e-6 seen), not bit for bit; the same batch size
-reproduces the same bytes. The float64 backends (the demo's exact models) are invariant. Output shards keep
-every input column and are written atomically; a rerun skips the shards already scored.
+share a forward pass (their padding, and the kernels' summation order), which moves float32 logits in their
+last bits, so `logp_prior` agrees across batch sizes to about 1e-5 nats (7e-6 seen), not bit for bit; the
+same batch size reproduces the same bytes. `HFModel`'s fast path (`models.hf_scoring`: each prompt run once,
+the LM head fused with the log-softmax) moves them likewise: per token within 3.4e-5 nats of the plain path
+on SmolLM2-135M (benchmarks/scoring.py), within 1e-4 of transformers' own per-row forward in the tests. The
+float64 backends (the demo's exact models) are invariant. Output shards keep every input column and are
+written atomically; a rerun skips the shards already scored.
 """
 
 from __future__ import annotations
@@ -45,6 +47,25 @@ log = logging.getLogger("pqtradeoff")
 
 
 def continuation_logprobs(
+    model: LanguageModel, prompts: list[list[int]], continuations: list[list[int]], *,
+    batch_size: int = 8, max_batch_tokens: int = 4096,
+) -> list[np.ndarray]:
+    """Per-token log-probabilities (float64 arrays) of each continuation given its prompt, teacher-forced.
+
+    A model with a `fast_logprobs` method (`HFModel`: each prompt computed once, the LM head fused with the
+    log-softmax) computes them itself under the same batching limits; otherwise, or where it returns None,
+    `plain_continuation_logprobs` does.
+    """
+    fast = getattr(model, "fast_logprobs", None)
+    if fast is not None:
+        result = fast(prompts, continuations, batch_size=batch_size, max_batch_tokens=max_batch_tokens)
+        if result is not None:
+            return result
+    return plain_continuation_logprobs(model, prompts, continuations, batch_size=batch_size,
+                                       max_batch_tokens=max_batch_tokens)
+
+
+def plain_continuation_logprobs(
     model: LanguageModel, prompts: list[list[int]], continuations: list[list[int]], *,
     batch_size: int = 8, max_batch_tokens: int = 4096,
 ) -> list[np.ndarray]:

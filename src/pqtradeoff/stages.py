@@ -23,6 +23,16 @@ log = logging.getLogger("pqtradeoff")
 #: Default batch sizes of scoring when the user gives none (generation chooses its own: `choose_batch_size`).
 SCORE_BATCH = 8
 SCORE_BATCH_TOKENS = 4096
+#: On CPU fewer positions per forward pass: ~1024 positions' activations stay in cache, while the GEMMs keep
+#: their rate (benchmarks/scoring.py: 200-token continuations, 8 rows x 4096 tokens 74%, <= 1024 tokens 76-79%
+#: of the roofline in CPU time).
+SCORE_BATCH_TOKENS_CPU = 1024
+
+
+def score_batch_tokens(prior: Any) -> int:
+    """The default `max_batch_tokens` of scoring with `prior` (None: no prior): lower on CPU."""
+    on_cpu = str(getattr(prior, "device", "")).startswith("cpu")
+    return SCORE_BATCH_TOKENS_CPU if on_cpu else SCORE_BATCH_TOKENS
 
 
 @dataclass
@@ -211,7 +221,7 @@ def run_score(settings: ScoreSettings, corpus: Path, out: Path, models: ModelCac
                     else CausalLoader(settings.prior, template, bool(prior_chat)))
     load = ScoreModelsLoader(prior_loader, r, settings.reward_model, template, bool(reward_chat), batch)
     return score_corpus(corpus, out, prior=lm, reward=scorer, prior_context=r.prior_context, batch_size=batch,
-                        max_batch_tokens=settings.compute.max_batch_tokens or SCORE_BATCH_TOKENS,
+                        max_batch_tokens=settings.compute.max_batch_tokens or score_batch_tokens(lm),
                         settings=recorded, progress=settings.compute.progress, policy=SCORE_POLICY,
                         executor=settings.executor, load_models=load)
 

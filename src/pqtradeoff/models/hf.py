@@ -498,6 +498,15 @@ class HFModel(HFTokenization, StepLanguageModel):
         ids, mask = torch.cat([p_ids, c_ids], dim=1), torch.cat([p_mask, c_mask], dim=1)
         return self._forward(ids, mask, position_ids(mask), width)
 
+    def fast_logprobs(self, prompts: list[list[int]], continuations: list[list[int]], *, batch_size: int,
+                      max_batch_tokens: int) -> list[np.ndarray] | None:
+        """`score.continuation_logprobs` computing each prompt once and the LM head on the scored positions
+        only (`hf_scoring.shared_prompt_logprobs`); None where this model does not allow it."""
+        from pqtradeoff.models.hf_scoring import shared_prompt_logprobs
+
+        return shared_prompt_logprobs(self, prompts, continuations, batch_size=batch_size,
+                                      max_batch_tokens=max_batch_tokens)
+
     def __repr__(self) -> str:
         return f"HFModel({self.name!r}, device={self.device.type!r}, dtype={str(self.dtype)[6:]!r})"
 
