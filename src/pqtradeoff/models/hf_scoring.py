@@ -178,8 +178,8 @@ def _run(lm: HFModel, parts: ScoringParts, ids: torch.Tensor, mask: torch.Tensor
 
 
 def _cache_of(lm: HFModel, layers: list[tuple[torch.Tensor, torch.Tensor]]) -> Any:
-    """A fresh cache holding `layers`' keys/values."""
-    cache = lm._new_cache()
+    """A fresh cache holding `layers`' keys/values (plain growing layers: they are held, not copied)."""
+    cache = lm._new_cache(buffered=False)
     for i, (k, v) in enumerate(layers):
         cache.update(k[:, :, :0], v[:, :, :0], i)  # initializes the layer; then hold k, v without a copy
         cache.layers[i].keys, cache.layers[i].values = k, v
@@ -194,7 +194,7 @@ def prompt_states(lm: HFModel, parts: ScoringParts, prompts: list[tuple[int, ...
     c = min(common_prefix(prompts), min(len(p) for p in prompts) - 1)  # every suffix keeps >= 1 token
     prefix: list[tuple[torch.Tensor, torch.Tensor]] = []
     if c:
-        cache = lm._new_cache()
+        cache = lm._new_cache(buffered=False)
         ids = torch.tensor([prompts[0][:c]], dtype=torch.long, device=device)
         _run(lm, parts, ids, torch.ones_like(ids), torch.arange(c, device=device).view(1, -1), cache)
         prefix = [(layer.keys, layer.values) for layer in cache.layers]
