@@ -210,6 +210,15 @@ def position_ids(mask: torch.Tensor) -> torch.Tensor:
     return (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1)
 
 
+def common_prefix(rows: list[tuple[int, ...]] | list[list[int]]) -> int:
+    """Length of the longest common prefix of `rows`."""
+    first, n = rows[0], min(len(r) for r in rows)
+    for i in range(n):
+        if any(r[i] != first[i] for r in rows):
+            return i
+    return n
+
+
 def pad_left(x: torch.Tensor, width: int, dim: int) -> torch.Tensor:
     """`x` with zeros prepended along `dim` up to `width` (left padding of a mask or of cached
     keys/values)."""
@@ -417,10 +426,7 @@ class HFModel(HFTokenization, StepLanguageModel):
         only for the in-place cache (`can_join`)."""
         if not self.can_join or len(prompts) < 2:
             return 0
-        first, limit = prompts[0], min(len(p) for p in prompts) - 1
-        n = 0
-        while n < limit and all(p[n] == first[n] for p in prompts):
-            n += 1
+        n = min(common_prefix(prompts), min(len(p) for p in prompts) - 1)
         return n if n >= MIN_SHARED_PREFIX else 0
 
     def _prefix_state(self, prefix: list[int]) -> list[tuple[torch.Tensor, torch.Tensor]]:

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from pqtradeoff.errors import PQError
-from pqtradeoff.models.hf import left_pad, position_ids, right_pad
+from pqtradeoff.models.hf import common_prefix, left_pad, position_ids, right_pad
 
 if TYPE_CHECKING:
     from pqtradeoff.errors import PQError
@@ -128,15 +128,6 @@ def head_logprobs(parts: ScoringParts, hidden: torch.Tensor, targets: torch.Tens
             blocks.append(logits.sub_(top).exp_().sum(1).log_() + top.squeeze(1))
         out[s:s + HEAD_ROWS] = picked - torch.logsumexp(torch.stack(blocks, 1), dim=1)
     return out
-
-
-def common_prefix(rows: list[tuple[int, ...]]) -> int:
-    """Length of the longest common prefix of `rows`."""
-    first, n = rows[0], min(len(r) for r in rows)
-    for i in range(n):
-        if any(r[i] != first[i] for r in rows):
-            return i
-    return n
 
 
 def prompt_windows(prompts: list[tuple[int, ...]], budget: int) -> list[list[int]]:
