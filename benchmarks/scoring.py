@@ -31,7 +31,7 @@ from generation_roofline import INSTRUCTIONS, gemm_rate, matmul_weights
 
 from pqtradeoff.models.hf import HFModel
 from pqtradeoff.score import continuation_logprobs, plain_continuation_logprobs
-from pqtradeoff.stages import SCORE_BATCH, SCORE_BATCH_TOKENS
+from pqtradeoff.stages import SCORE_BATCH, SCORE_BATCH_TOKENS, score_batch_tokens
 
 
 def cpu_gemm_rate(weights: list[torch.Tensor], rows: int, repeats: int) -> float:
@@ -56,14 +56,18 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--lengths", default="20:64", help="continuation lengths: uniform in LOW:HIGH")
-    parser.add_argument("--settings", default=f"{SCORE_BATCH}:{SCORE_BATCH_TOKENS},16:4096,64:8192",
-                        help="batch_size:max_batch_tokens pairs, comma-separated (the first is the stage "
-                             "default)")
+    parser.add_argument("--settings", default=None,
+                        help="batch_size:max_batch_tokens pairs, comma-separated (default: the score stage's "
+                             f"default for this model and device, then {SCORE_BATCH}:{SCORE_BATCH_TOKENS}, "
+                             "16:4096, 64:8192)")
     parser.add_argument("--plain", default="16:4096", help="the plain path's settings (comma-separated)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
     lm = HFModel(args.model, device="cpu", chat_template=True)
+    if args.settings is None:  # the stage's default first (1,024 tokens per batch on a CPU)
+        args.settings = (f"{SCORE_BATCH}:{score_batch_tokens(lm)},{SCORE_BATCH}:{SCORE_BATCH_TOKENS},"
+                         "16:4096,64:8192")
     rng = np.random.default_rng(0)
     texts = [INSTRUCTIONS[(i // args.per_prompt) % len(INSTRUCTIONS)] for i in range(args.rows)]
     prompts = [lm.encode_prompt(t) for t in texts]
