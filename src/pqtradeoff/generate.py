@@ -296,7 +296,7 @@ def _sampled_row(tokens: np.ndarray, scores: np.ndarray, length: int, finished: 
 #: from the free memory, so that the chosen batch, which a resumed run must repeat, is reproducible.
 DEFAULT_MEMORY_BUDGET = 4 << 30
 #: Most rows a default batch holds: with the KV cache written in place, 256 rows beat 128 on a CPU (the GEMM
-#: rate still grows from 128 to 256 rows; benchmarks/generation_roofline.py: 52% against 48% of the roofline).
+#: rate still grows from 128 to 256 rows; benchmarks/generation_roofline.py: 53% against 49% of the roofline).
 MAX_DEFAULT_BATCH = 256
 #: Bytes per vocabulary entry a sampling step holds per row: float32 logits, log_softmax, adapted weights
 #: and log-probabilities, and the sampler's float64 probabilities (its CDF is kept per block).

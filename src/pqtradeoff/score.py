@@ -40,7 +40,7 @@ from pqtradeoff.corpus import (
 )
 from pqtradeoff.errors import PQError, first_line
 from pqtradeoff.io import StageResult, progress_bar, write_json
-from pqtradeoff.models.base import LanguageModel
+from pqtradeoff.models.base import LanguageModel, length_batches
 from pqtradeoff.rewards import PRIOR_CONTEXTS, Reward
 
 log = logging.getLogger("pqtradeoff")
@@ -75,20 +75,13 @@ def plain_continuation_logprobs(
     tokens, so the [B, T, V] logits held at once stay bounded. log p = logit[target] - logsumexp(logits):
     no second [B, T, V] tensor is made. -inf (a token outside the model's support) is kept, never clamped.
     """
-    out: list[np.ndarray | None] = [None] * len(continuations)
-    order = sorted(range(len(continuations)), key=lambda i: len(continuations[i]))
-    batch: list[int] = []
-
-    def flush() -> None:
-        if not batch:
-            return
+    out = [np.zeros(0) for _ in continuations]
+    lengths = [max(len(c), 1) for c in continuations]
+    for batch in length_batches(list(range(len(continuations))), lengths, batch_size, max_batch_tokens):
         conts = [continuations[i] for i in batch]
         width = max(len(c) for c in conts)
         if width == 0:
-            for i in batch:
-                out[i] = np.zeros(0)
-            batch.clear()
-            return
+            continue
         with torch.inference_mode():
             logits = model.continuation_logits([prompts[i] for i in batch], conts)
             padded = np.zeros((len(batch), width), dtype=np.int64)
@@ -103,15 +96,7 @@ def plain_continuation_logprobs(
             logp = (picked - lse).double().cpu().numpy()
         for r, i in enumerate(batch):
             out[i] = logp[r, : len(conts[r])].copy()
-        batch.clear()
-
-    for i in order:  # ascending length: the row being added is the batch's longest
-        longest = max(len(continuations[i]), 1)
-        if batch and (len(batch) + 1 > batch_size or (len(batch) + 1) * longest > max_batch_tokens):
-            flush()
-        batch.append(i)
-    flush()
-    return [o if o is not None else np.zeros(0) for o in out]
+    return out
 
 
 def prior_inputs(

@@ -444,7 +444,6 @@ class Line:
 def linregress(x: np.ndarray, y: np.ndarray) -> Line:
     """scipy.stats.linregress's operations (x not constant): the line, r, the slope's two-sided t-test
     p-value and standard error."""
-    from scipy import special  # lazy: scipy.special
 
     n = len(x)
     xmean, ymean = np.mean(x, None), np.mean(y, None)
@@ -458,8 +457,7 @@ def linregress(x: np.ndarray, y: np.ndarray) -> Line:
     dof = n - 2
     if dof < 1:  # two points: the line is exact (scipy: p 0 or 1, standard error 0)
         return Line(float(slope), float(intercept), float(r), float(y[0] == y[1]), 0.0)
-    t = r * np.sqrt(dof / ((1.0 - r + 1e-20) * (1.0 + r + 1e-20)))
-    p = 2 * special.stdtr(dof, -np.abs(t))
+    p = student_pvalue(r, dof)  # the slope's t-test is the correlation's
     stderr = np.sqrt((1 - r**2) * ssym / ssxm / dof)
     return Line(float(slope), float(intercept), float(r), float(p), float(stderr))
 

@@ -190,3 +190,20 @@ class StepLanguageModel(LanguageModel):
         the logits that predict `continuations[b][t]` given the prompt and `continuations[b][:t]`. Positions
         past a row's length are padding and must be ignored by the caller. Results must not depend on the
         batch's other rows or on padding (up to float rounding)."""
+
+
+def length_batches(rows: list[int], lengths: list[int], batch_size: int, max_batch_tokens: int
+                   ) -> list[list[int]]:
+    """`rows` in ascending `lengths`, cut into batches of at most `batch_size` rows and `max_batch_tokens`
+    rows x longest length (a longer row alone), the batching of teacher-forced scoring (both
+    of its paths)."""
+    batches: list[list[int]] = []
+    batch: list[int] = []
+    for i in sorted(rows, key=lambda r: lengths[r]):  # ascending: the row added is the batch's longest
+        if batch and (len(batch) + 1 > batch_size or (len(batch) + 1) * lengths[i] > max_batch_tokens):
+            batches.append(batch)
+            batch = []
+        batch.append(i)
+    if batch:
+        batches.append(batch)
+    return batches

@@ -205,6 +205,17 @@ def right_pad(rows: list[list[int]], pad_id: int, device: torch.device, width: i
     return ids.to(device), mask.to(device)
 
 
+def teacher_forced_inputs(prompts: list[list[int]], continuations: list[list[int]], pad_id: int,
+                          device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Ids and mask [B, P + T - 1] laid out [left-padded prompt | right-padded continuation[:-1]] (T = the
+    longest continuation): column P - 1 + t predicts continuation[t] in every row, so the last T columns are
+    exactly the predicting positions."""
+    width = max(len(c) for c in continuations)
+    p_ids, p_mask = left_pad(prompts, pad_id, device)
+    c_ids, c_mask = right_pad([c[: width - 1] for c in continuations], pad_id, device, width - 1)
+    return torch.cat([p_ids, c_ids], dim=1), torch.cat([p_mask, c_mask], dim=1)
+
+
 def position_ids(mask: torch.Tensor) -> torch.Tensor:
     """Positions counted over real tokens only (what `generate` uses with left padding); pads get 1."""
     return (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1)
@@ -498,10 +509,7 @@ class HFModel(HFTokenization, StepLanguageModel):
         width = max((len(c) for c in continuations), default=0)
         if width == 0:
             return torch.zeros((len(prompts), 0, self.vocab_size), dtype=torch.float32, device=self.device)
-        p_ids, p_mask = left_pad(prompts, self.pad_token_id, self.device)
-        c_ids, c_mask = right_pad([c[: width - 1] for c in continuations], self.pad_token_id, self.device,
-                                  width - 1)
-        ids, mask = torch.cat([p_ids, c_ids], dim=1), torch.cat([p_mask, c_mask], dim=1)
+        ids, mask = teacher_forced_inputs(prompts, continuations, self.pad_token_id, self.device)
         return self._forward(ids, mask, position_ids(mask), width)
 
     def fast_logprobs(self, prompts: list[list[int]], continuations: list[list[int]], *, batch_size: int,

@@ -28,17 +28,21 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 
 from pqtradeoff.errors import PQError
-from pqtradeoff.models.hf import common_prefix, left_pad, position_ids, right_pad
-
-if TYPE_CHECKING:
-    from pqtradeoff.errors import PQError
-from pqtradeoff.models.hf import HFModel
+from pqtradeoff.models.base import length_batches
+from pqtradeoff.models.hf import (
+    HFModel,
+    common_prefix,
+    left_pad,
+    position_ids,
+    right_pad,
+    teacher_forced_inputs,
+)
 
 #: Prompt tokens (distinct prompts x longest prompt) whose keys/values a window holds, per max_batch_tokens.
 PROMPT_STATE_FACTOR = 4
@@ -160,8 +164,8 @@ class PromptStates:
     c: int
 
 
-def _run(lm: HFModel, parts: ScoringParts, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor,
-         cache: Any) -> torch.Tensor:
+def _run(parts: ScoringParts, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache: Any
+         ) -> torch.Tensor:
     """The base model's last hidden states [B, L, H] for `ids` behind `cache` (updated in place)."""
     kwargs = {"input_ids": ids, "attention_mask": mask, "position_ids": positions, "use_cache": True,
               parts.cache_arg: cache}
@@ -183,12 +187,7 @@ def prompt_states(lm: HFModel, parts: ScoringParts, prompts: list[tuple[int, ...
     `max_batch_tokens` padded tokens)."""
     device, n = lm.device, len(prompts)
     c = min(common_prefix(prompts), min(len(p) for p in prompts) - 1)  # every suffix keeps >= 1 token
-    prefix: list[tuple[torch.Tensor, torch.Tensor]] = []
-    if c:
-        cache = lm._new_cache(buffered=False)
-        ids = torch.tensor([prompts[0][:c]], dtype=torch.long, device=device)
-        _run(lm, parts, ids, torch.ones_like(ids), torch.arange(c, device=device).view(1, -1), cache)
-        prefix = [(layer.keys, layer.values) for layer in cache.layers]
+    prefix = lm._prefix_state(list(prompts[0][:c])) if c else []  # kept: the next window shares it
     width = max(len(p) for p in prompts) - c
     suffix: list[tuple[torch.Tensor, torch.Tensor]] = []
     mask = torch.zeros((n, width), dtype=torch.long, device=device)
@@ -204,7 +203,7 @@ def prompt_states(lm: HFModel, parts: ScoringParts, prompts: list[tuple[int, ...
         b, s = ids.shape
         cache = _cache_of(lm, [(k.expand(b, -1, -1, -1), v.expand(b, -1, -1, -1)) for k, v in prefix])
         full = torch.cat([m.new_ones((b, c)), m], dim=1)
-        hidden = _run(lm, parts, ids, full, position_ids(full)[:, c:], cache)
+        hidden = _run(parts, ids, full, position_ids(full)[:, c:], cache)
         if last is None:
             last = hidden.new_empty((n, hidden.shape[-1]))
             suffix = [(k.new_zeros((n, k.shape[1], width, k.shape[3])),
@@ -242,7 +241,7 @@ def score_batch(lm: HFModel, parts: ScoringParts, states: PromptStates, slots: l
         full = torch.cat([smask.new_ones((b, states.c)), smask, cmask], dim=1)
         start = torch.tensor(prompt_lengths, device=device).view(-1, 1)
         positions = (start + torch.arange(width - 1, device=device)).masked_fill(cmask == 0, 1)
-        hidden = _run(lm, parts, ids, full, positions, _cache_of(lm, layers))
+        hidden = _run(parts, ids, full, positions, _cache_of(lm, layers))
         hidden = torch.cat([first_hidden, hidden], dim=1)
     else:
         hidden = first_hidden
@@ -289,22 +288,6 @@ def shared_prompt_logprobs(lm: HFModel, prompts: list[list[int]], continuations:
     return out
 
 
-def length_batches(rows: list[int], lengths: list[int], batch_size: int, max_batch_tokens: int
-                   ) -> list[list[int]]:
-    """`rows` in ascending `lengths`, cut into batches of at most `batch_size` rows and `max_batch_tokens`
-    rows x longest length (a longer row alone), as `score.plain_continuation_logprobs` batches."""
-    batches: list[list[int]] = []
-    batch: list[int] = []
-    for i in sorted(rows, key=lambda r: lengths[r]):  # ascending: the row added is the batch's longest
-        if batch and (len(batch) + 1 > batch_size or (len(batch) + 1) * lengths[i] > max_batch_tokens):
-            batches.append(batch)
-            batch = []
-        batch.append(i)
-    if batch:
-        batches.append(batch)
-    return batches
-
-
 def score_batch_unshared(lm: HFModel, parts: ScoringParts, prompts: list[list[int]], conts: list[list[int]]
                          ) -> list[np.ndarray]:
     """`score_batch` without prompt states: one pass over [left-padded prompt | right-padded continuation],
@@ -312,9 +295,7 @@ def score_batch_unshared(lm: HFModel, parts: ScoringParts, prompts: list[list[in
     device = lm.device
     lengths = torch.tensor([len(x) for x in conts], device=device)
     width = int(lengths.max())
-    p_ids, p_mask = left_pad(prompts, lm.pad_token_id, device)
-    c_ids, c_mask = right_pad([x[:-1] for x in conts], lm.pad_token_id, device, width - 1)
-    ids, mask = torch.cat([p_ids, c_ids], dim=1), torch.cat([p_mask, c_mask], dim=1)
+    ids, mask = teacher_forced_inputs(prompts, conts, lm.pad_token_id, device)
     hidden = parts.base(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask)).last_hidden_state
     targets, _ = right_pad(conts, 0, device, width)
     keep = torch.arange(width, device=device).view(1, -1) < lengths.view(-1, 1)
