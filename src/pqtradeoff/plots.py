@@ -168,8 +168,9 @@ def _legend_keys(ax: Any, families: list[str], colour: dict[str, Any], marker: d
 
 
 def _finish(fig: Any, ax: Any, title: str, xlabel: str, ylabel: str, path: Path) -> str:
-    """Title, axis labels and a legend beside the axes; save the figure."""
-    ax.set_title(title)
+    """Title, axis labels and a legend beside the axes; save the figure. The title starts at the axes' left
+    edge: centred over axes that the legend makes narrow, a long one ran off the figure."""
+    ax.set_title(title, loc="left")
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     _outside_legend(fig, ax)
