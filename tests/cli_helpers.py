@@ -1,4 +1,5 @@
-"""Run the CLI in this process (the one-line error path) and write small prompt files, for the tests."""
+"""Run the CLI in this process (the one-line error path) and write small prompt files and experiment configs,
+for the tests."""
 
 from __future__ import annotations
 
@@ -23,4 +24,38 @@ def cli(monkeypatch, capsys, *args) -> tuple[int, str, str]:
 
 def write_prompts(path: Path, texts) -> Path:
     path.write_text("".join(json.dumps({"prompt": t}) + "\n" for t in texts), encoding="utf-8")
+    return path
+
+
+def write_config(path: Path, aligned: Path, prior: Path, prompts: Path, families=("ancestral", "top_k=5"),
+                 extra: str = "", num_generations: int = 2, reward: str = 'kind = "vader"') -> Path:
+    path.write_text(f"""
+[models.aligned]
+name = "{aligned}"
+device = "cpu"
+
+[models.prior]
+name = "{prior}"
+device = "cpu"
+
+[prompts]
+file = "{prompts.name}"
+
+[sampling]
+adaptors = {json.dumps(list(families))}
+num_generations = {num_generations}
+max_new_tokens = 6
+seed = 3
+
+[reward]
+{reward}
+
+[analysis]
+imh_steps = 500
+corpora = 20
+corpus_size = 8
+keep_unfinished = true
+plots = false
+{extra}
+""", encoding="utf-8")
     return path

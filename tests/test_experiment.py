@@ -12,43 +12,9 @@ import pytest
 from pqtradeoff.errors import PQError
 from pqtradeoff.experiment import load_experiment
 
-from cli_helpers import cli, write_prompts
+from cli_helpers import cli, write_config, write_prompts
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def write_config(path: Path, aligned: Path, prior: Path, prompts: Path, families=("ancestral", "top_k=5"),
-                 extra: str = "", num_generations: int = 2, reward: str = 'kind = "vader"') -> Path:
-    path.write_text(f"""
-[models.aligned]
-name = "{aligned}"
-device = "cpu"
-
-[models.prior]
-name = "{prior}"
-device = "cpu"
-
-[prompts]
-file = "{prompts.name}"
-
-[sampling]
-adaptors = {json.dumps(list(families))}
-num_generations = {num_generations}
-max_new_tokens = 6
-seed = 3
-
-[reward]
-{reward}
-
-[analysis]
-imh_steps = 500
-corpora = 20
-corpus_size = 8
-keep_unfinished = true
-plots = false
-{extra}
-""", encoding="utf-8")
-    return path
 
 
 @pytest.fixture()

@@ -99,10 +99,11 @@ def begin_run(
     return superseded
 
 
-def read_shard(path: Path) -> pa.Table:
-    """One corpus shard, or a one-line PQError naming the file when it is truncated or not Parquet."""
+def read_shard(path: Path, data: bytes | None = None) -> pa.Table:
+    """One corpus shard (from `data`, its bytes already read, where given), or a one-line PQError naming the
+    file when it is truncated or not Parquet."""
     try:
-        return pq.read_table(path)
+        return pq.read_table(path if data is None else pa.BufferReader(data))
     except (OSError, pa.ArrowException) as err:
         raise PQError(f"shard {str(path)!r} is not a readable Parquet file ({first_line(err)}): delete it "
                       "and rerun the stage that wrote it") from None

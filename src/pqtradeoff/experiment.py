@@ -5,10 +5,11 @@ unknown key or a bad value is a one-line PQError naming the file, the key and, w
 line. Relative paths in the file (the prompts file, local model folders) are relative to the file.
 
 `run_experiment(settings, out)` runs generate -> score -> analyze into `out/corpus`, `out/scored`,
-`out/analysis`, loading each model once. Stages are cached by content: a stage whose settings and inputs are
-unchanged is reused (and the run says so), a killed run redoes only missing shards, a grown grid does only the
-new work; a change that would alter the corpus rows already written is refused; a change of the reward or the
-analysis settings redoes those stages.
+`out/analysis`, loading each model once. Stages are cached by content (`digests`), never by names, sizes or
+times: a stage whose settings and inputs are byte-identical is reused (and the run says so), a killed run
+redoes only missing shards, a grown grid does only the new work; a change that would alter the corpus rows
+already written (settings, prompts, the aligned model's files) is refused; a change of the reward or the
+prior (its name or its content), of a corpus shard, or of the analysis settings redoes what depends on it.
 """
 
 from __future__ import annotations
@@ -30,9 +31,10 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from pqtradeoff.analyze import analyze_dir
-from pqtradeoff.corpus import run_settings, shard_files
+from pqtradeoff.corpus import run_settings
+from pqtradeoff.digests import shard_digests
 from pqtradeoff.errors import PQError, validation_message
-from pqtradeoff.io import run_record, write_json
+from pqtradeoff.io import package_versions, run_record, write_json
 from pqtradeoff.outdir import check_out
 from pqtradeoff.settings import ExperimentSettings, describe_changes, fixed_changes
 from pqtradeoff.stages import (
@@ -243,7 +245,7 @@ def run_experiment(settings: ExperimentSettings, out: str | Path) -> ExperimentR
     log.info("generate: %s: %s", stages[-1].status, gen.describe())
 
     t = time.perf_counter()
-    _reset_if_changed(scored, settings)
+    _reset_if_changed(scored, settings, models)
     sc = run_score(settings.score_settings(), corpus, scored, models)
     stages.append(StageReport("score", _status(sc.written, sc.shards), time.perf_counter() - t, sc.describe(),
                               sc.to_json()))
@@ -263,29 +265,30 @@ def run_experiment(settings: ExperimentSettings, out: str | Path) -> ExperimentR
     return result
 
 
-def _reset_if_changed(scored: Path, settings: ExperimentSettings) -> None:
-    """In a run the config is the truth: a changed reward or prior rescoring everything, rather than
-    refusing."""
+def _reset_if_changed(scored: Path, settings: ExperimentSettings, models: ModelCache) -> None:
+    """In a run the config is the truth: a changed reward or prior (in name or in content) rescoring
+    everything, rather than refusing."""
     old = run_settings(scored) if scored.is_dir() else {}
     if not old:
         return
-    new = score_record_settings(settings.score_settings(), scored.parent / STAGE_DIRS["generate"])
+    new = score_record_settings(settings.score_settings(), scored.parent / STAGE_DIRS["generate"], models)
     changes = fixed_changes(old, new, SCORE_POLICY)
     if changes:
         log.info("score: settings changed (%s): scoring again", describe_changes(changes))
         shutil.rmtree(scored)
 
 
-def _fingerprint(settings: ExperimentSettings, scored: Path) -> str:
-    files = [(p.name, p.stat().st_size) for p in shard_files(scored)]
-    payload = json.dumps({"analysis": settings.analysis.model_dump(mode="json"), "files": files},
-                         sort_keys=True)
-    return hashlib.sha256(payload.encode()).hexdigest()
+def analysis_inputs(settings: ExperimentSettings, scored: Path) -> dict[str, Any]:
+    """What the analysis of a run reads: its settings, the content digest of every scored shard, and the
+    versions of the packages that compute it. The cached analysis is reused only when all are identical."""
+    return {"analysis": settings.analysis.model_dump(mode="json"), "shards_sha256": shard_digests(scored),
+            "versions": package_versions()}
 
 
 def _analysis(settings: ExperimentSettings, scored: Path, analysis: Path) -> tuple[dict[str, Any], bool]:
-    """Analyse the scored corpus unless the same settings already analysed the same shards."""
-    fingerprint = _fingerprint(settings, scored)
+    """Analyse the scored corpus unless the same settings already analysed byte-identical shards."""
+    inputs = analysis_inputs(settings, scored)
+    fingerprint = hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()
     stamp, summary_path = analysis / "_inputs.json", analysis / "summary.json"
     if stamp.is_file() and summary_path.is_file():
         try:
@@ -299,5 +302,5 @@ def _analysis(settings: ExperimentSettings, scored: Path, analysis: Path) -> tup
         warnings.simplefilter("ignore")  # kept in summary.json and echoed by the CLI
         summary = analyze_dir(scored, analysis, settings.analysis)
     summary = summary.to_json() if hasattr(summary, "to_json") else summary
-    write_json(stamp, {"fingerprint": fingerprint})
+    write_json(stamp, {"fingerprint": fingerprint, "inputs": inputs})
     return summary, False

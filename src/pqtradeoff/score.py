@@ -11,7 +11,8 @@ same batch size reproduces the same bytes. `HFModel`'s fast path (`models.hf_sco
 the LM head fused with the log-softmax) moves them likewise: per token within 3.4e-5 nats of the plain path
 on SmolLM2-135M (benchmarks/scoring.py), within 1e-4 of transformers' own per-row forward in the tests. The
 float64 backends (the demo's exact models) are invariant. Output shards keep every input column and are
-written atomically; a rerun skips the shards already scored.
+written atomically, each recording the digest of the corpus shard it was scored from (`scored_from`); a rerun
+skips the shards already scored from byte-identical corpus shards and scores the others again.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from pqtradeoff.corpus import (
     shard_files,
     write_shard,
 )
+from pqtradeoff.digests import bytes_sha256, file_sha256
 from pqtradeoff.errors import PQError, first_line
 from pqtradeoff.io import StageResult, progress_bar, write_json
 from pqtradeoff.models.base import LanguageModel, length_batches
@@ -167,7 +169,7 @@ def score_corpus(
     }
     superseded = begin_run(out_dir, "score", resolved, SCORE_POLICY | (policy or {}), {f.name for f in files})
 
-    todo = [f for f in files if not (out_dir / f.name).exists()]
+    todo = [f for f in files if scored_from(out_dir / f.name) != file_sha256(f)]
     total = sum(_num_rows(f) for f in todo)
     began = time.perf_counter()
     work = ShardScorer(prior_context, same_tokenizer, batch_size, max_batch_tokens, out_dir)
@@ -205,7 +207,8 @@ class ShardScorer:
         prior, reward = models
         prior_context, same_tokenizer, out_dir = self.prior_context, self.same_tokenizer, self.out_dir
         tokens = 0
-        table = read_shard(path)
+        data = path.read_bytes()  # one read: the digest is of the very bytes scored
+        table = read_shard(path, data)
         missing = [c for c in GENERATED_COLUMNS if c not in table.column_names]
         if missing:
             raise PQError(f"shard {path.name!r} lacks required column(s) {', '.join(missing)}")
@@ -238,8 +241,25 @@ class ShardScorer:
             if counts[key]:
                 log.warning("%s: %d of %d rows have %s", path.name, counts[key], len(df),
                             key.replace("_", " "))
-        write_shard(pa.Table.from_pandas(df, preserve_index=False), out_dir / path.name)
+        scored = pa.Table.from_pandas(df, preserve_index=False)
+        meta = (scored.schema.metadata or {}) | {SOURCE_KEY: bytes_sha256(data).encode()}
+        write_shard(scored.replace_schema_metadata(meta), out_dir / path.name)
         return len(df), tokens
+
+
+#: The key of a scored shard's Parquet metadata that holds the SHA-256 of the corpus shard it was scored from.
+SOURCE_KEY = b"pqtradeoff.source_sha256"
+
+
+def scored_from(path: Path) -> str | None:
+    """The digest of the corpus shard that a scored shard was made from (None: absent, unreadable, or written
+    without one, e.g. by hand): a rerun scores again every shard whose source is not byte-identical now."""
+    try:
+        meta = pq.read_schema(path).metadata or {}
+    except (OSError, pa.ArrowException):
+        return None
+    value = meta.get(SOURCE_KEY)
+    return value.decode() if value else None
 
 
 def _num_rows(path: Path) -> int:

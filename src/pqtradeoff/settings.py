@@ -388,11 +388,16 @@ def fixed_changes(old: dict[str, Any], new: dict[str, Any],
                 return False, None
 
     changes = []
-    for key in sorted(set(old) | set(new)):
+    for key in sorted(set(old) | set(new), key=lambda k: (k.split(".")[0] in DIGEST_KEYS, k)):
         (in_old, a), (in_new, b) = value(old, key), value(new, key)
         if in_old and in_new and a != b and policy_of(key, policy) == "fixed":
             changes.append((key, a, b))
     return changes
+
+
+#: Recorded digests of a stage's inputs (`pipeline.digests`): listed after the settings the user wrote, whose
+#: change they often only follow (a new model name is also a new model digest).
+DIGEST_KEYS = ("inputs_sha256", "prompts_sha256")
 
 
 def policy_of(key: str, policy: dict[str, str]) -> str:

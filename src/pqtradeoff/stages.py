@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pqtradeoff.digests import model_sha256, reward_sha256
 from pqtradeoff.errors import PQError
 from pqtradeoff.io import check_resumable
 from pqtradeoff.outdir import check_out
@@ -41,6 +42,16 @@ class ModelCache:
 
     loaded: dict[tuple, Any] = field(default_factory=dict)
     quiet: bool = False
+    digests: dict[tuple, str | None] = field(default_factory=dict)
+
+    def model_sha256(self, spec: ModelSpec | None) -> str | None:
+        """The digest of a model's files (`digests.model_sha256`), read once per process and model."""
+        if spec is None:
+            return None
+        key = ("model", spec.name, spec.gguf_file)
+        if key not in self.digests:
+            self.digests[key] = model_sha256(spec)
+        return self.digests[key]
 
     def causal(self, spec: ModelSpec, template: str | None = None, chat_template: bool = False) -> Any:
         from pqtradeoff.models.registry import load_causal  # lazy: torch
@@ -125,12 +136,15 @@ def _quiet_transformers(progress: bool) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- generate
-def generate_record_settings(settings: GenerateSettings, prompts: list[tuple[int, str]]) -> dict[str, Any]:
-    """What `generate` records (and compares on resume): the settings, plus the prompts' digest."""
+def generate_record_settings(settings: GenerateSettings, prompts: list[tuple[int, str]],
+                             models: ModelCache) -> dict[str, Any]:
+    """What `generate` records (and compares on resume): the settings, plus the digests of the prompts and of
+    the aligned model's files (a model retrained in place is a changed input)."""
     digest = hashlib.sha256("\n".join(f"{i}\t{t}" for i, t in prompts).encode()).hexdigest()
     values = settings.model_dump(mode="json")
     values["prompts"]["file"] = str(Path(settings.prompts.file).resolve())
-    return values | {"prompts_sha256": digest}
+    model = models.model_sha256(settings.model)
+    return values | {"prompts_sha256": digest, "inputs_sha256": {"model": model}}
 
 
 GENERATE_POLICY = resume_policy(GenerateSettings) | {"prompts_sha256": "grow"}
@@ -144,11 +158,11 @@ def run_generate(settings: GenerateSettings, out: Path, models: ModelCache | Non
     out = check_out(out)
     rows = load_prompts(p.file, field=p.field, num_prompts=p.num_prompts, prompt_seed=p.prompt_seed,
                         max_chars=p.max_chars)
-    recorded = generate_record_settings(settings, rows)
+    models = models or ModelCache()
+    recorded = generate_record_settings(settings, rows, models)
     check_resumable(out, {"settings": recorded}, GENERATE_POLICY)  # before minutes of model loading
     check_executor(settings.executor)
     _quiet_transformers(settings.compute.progress)
-    models = models or ModelCache()
     lm = models.planner(settings.model, p.template, p.chat_template, settings.executor)
 
     from pqtradeoff.generate import PromptRecord, generate_corpus  # lazy: torch
@@ -173,8 +187,13 @@ SCORE_POLICY = resume_policy(ScoreSettings) | {"corpus_dir": "free", "prior_chat
                                                "reward_chat_template": "free"}
 
 
-def score_record_settings(settings: ScoreSettings, corpus: Path) -> dict[str, Any]:
-    return settings.model_dump(mode="json") | {"corpus_dir": str(Path(corpus).resolve())}
+def score_record_settings(settings: ScoreSettings, corpus: Path, models: ModelCache) -> dict[str, Any]:
+    """What `score` records (and compares on resume): the settings, the corpus folder, and the digests of the
+    prior's files and of what the reward's name stands for (`digests.reward_sha256`)."""
+    digests = {"prior": models.model_sha256(settings.prior),
+               "reward": reward_sha256(settings.reward, settings.reward_model)}
+    return settings.model_dump(mode="json") | {"corpus_dir": str(Path(corpus).resolve()),
+                                               "inputs_sha256": digests}
 
 
 def run_score(settings: ScoreSettings, corpus: Path, out: Path, models: ModelCache | None = None) -> Any:
@@ -189,12 +208,12 @@ def run_score(settings: ScoreSettings, corpus: Path, out: Path, models: ModelCac
     prompts = made.get("prompts") if isinstance(made.get("prompts"), dict) else {}
     template = prompts.get("template", made.get("template"))
     chat = bool(prompts.get("chat_template", made.get("chat_template", False)))
-    recorded = score_record_settings(settings, corpus)
+    models = models or ModelCache()
+    recorded = score_record_settings(settings, corpus, models)
     # before loading the prior and the reward model
     check_resumable(out, {"settings": recorded}, SCORE_POLICY)
     check_executor(settings.executor)
     _quiet_transformers(settings.compute.progress)
-    models = models or ModelCache()
     batch = settings.compute.batch_size or SCORE_BATCH
     r = settings.reward
 

@@ -153,9 +153,11 @@ def package_gguf(package: str, gguf_file: str | None, what: str) -> tuple[Path, 
 
 
 def converted_folder(gguf_path: Path) -> Path:
-    """The cache folder for a GGUF file's safetensors conversion (keyed by path, size and mtime)."""
-    stat = gguf_path.stat()
-    key = f"{gguf_path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{CONVERSION_VERSION}"
+    """The cache folder for a GGUF file's safetensors conversion, keyed by the file's content (a file
+    rewritten in place, even with its old size and time, is converted again) and the conversion's version."""
+    from pqtradeoff.digests import file_sha256
+
+    key = f"{file_sha256(gguf_path)}|{CONVERSION_VERSION}"
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]
     return cache_dir() / "converted" / f"{gguf_path.stem}-{digest}"
 
