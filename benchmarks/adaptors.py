@@ -27,7 +27,7 @@ import time
 
 import torch
 
-from pqtradeoff.adaptors import CHUNK_ELEMENTS, parse
+from pqtradeoff.sampling.adaptors import CHUNK_ELEMENTS, parse
 
 #: The paper's grid families (one per family; temperatures cost the same as ancestral).
 SPECS = ("ancestral", "temperature=0.5", "top_k=30", "top_p=0.9", "typical_p=0.9", "eta_cutoff=0.0009",

@@ -1,7 +1,7 @@
 """Benchmark `analyze` at the paper's scale against a row-by-row pandas implementation of the same algorithm.
 
 Paper scale: 31 configurations x 2000 strings, 200,000 IMH steps per configuration, 2000 corpora of 200,000
-strings each. The fast path is `pqtradeoff.analyze.run_analysis` end to end (chains, corpora, statistics,
+strings each. The fast path is `pqtradeoff.analysis.analyze.run_analysis` end to end (chains, corpora, statistics,
 figures, report). The baseline walks the chain and builds every corpus one pandas row at a time; it is timed
 at a small scale and extrapolated linearly in the number of chain steps and of corpus rows.
 
@@ -34,8 +34,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pqtradeoff import analyze
-from pqtradeoff.analyze import make_settings, run_analysis
+from pqtradeoff.analysis import analyze
+from pqtradeoff.analysis.analyze import make_settings, run_analysis
 
 FAMILIES = (
     "",
@@ -82,13 +82,13 @@ def synthetic(configs: int, strings: int, seed: int = 0) -> pd.DataFrame:
 # ------------------------------------------------------------------------------------------- stage times
 #: The stages of `run_analysis`, each (label, module, function): the function is wrapped by a timer.
 STAGES = (
-    ("IMH chains", "pqtradeoff.correct", "run_chain"),
-    ("corpus bootstrap", "pqtradeoff.stats", "corpus_means"),
-    ("correlations", "pqtradeoff.stats", "correlations"),
-    ("alignment fit", "pqtradeoff.analyze", "fit_alignment"),
-    ("cleaning", "pqtradeoff.analyze", "clean_table"),
-    ("figures", "pqtradeoff.plots", "draw_all"),
-    ("report", "pqtradeoff.report", "write_report"),
+    ("IMH chains", "pqtradeoff.analysis.imh", "run_chain"),
+    ("corpus bootstrap", "pqtradeoff.analysis.stats", "corpus_means"),
+    ("correlations", "pqtradeoff.analysis.stats", "correlations"),
+    ("alignment fit", "pqtradeoff.analysis.analyze", "fit_alignment"),
+    ("cleaning", "pqtradeoff.analysis.analyze", "clean_table"),
+    ("figures", "pqtradeoff.analysis.plots", "draw_all"),
+    ("report", "pqtradeoff.analysis.report", "write_report"),
 )
 
 
@@ -204,7 +204,7 @@ def one_load_run(configs: int, strings: int) -> None:
 
 def sampler_ratio(pool: int = 20_000, corpora: int = 2000, size: int = 2000) -> tuple[float, float]:
     """Seconds of the count-vector (multinomial) sampler and of `stats.corpus_means` for one configuration."""
-    from pqtradeoff import stats
+    from pqtradeoff.analysis import stats
 
     rng = np.random.default_rng(0)
     visits = rng.multinomial(200_000, np.full(pool, 1 / pool))
@@ -262,11 +262,11 @@ def poisson_floor(frame: pd.DataFrame, settings, configs: int) -> tuple[float, i
     """numpy's Poisson sampler for one variate per (corpus, visited string) on one core (the floor of the
     bootstrap when it drew its counts with it), timed on the first configuration's chain (best of 3) and
     scaled to all configurations; and that configuration's visited strings."""
-    from pqtradeoff import correct
+    from pqtradeoff.analysis import imh
 
     rows = frame[frame["adaptor"] == frame["adaptor"].iloc[0]]
     rng = np.random.default_rng(0)
-    chain = correct.run_chain(rows["log_weight"].to_numpy(float), {}, settings.imh_steps, rng)
+    chain = imh.run_chain(rows["log_weight"].to_numpy(float), {}, settings.imh_steps, rng)
     visited = chain.visits[chain.visits > 0]
     lam = settings.corpus_size * visited / visited.sum()
     best = math.inf

@@ -92,8 +92,8 @@ def main() -> None:
     import scipy.stats  # noqa: F401
     import transformers.generation  # noqa: F401
 
-    import pqtradeoff.generate  # noqa: F401
-    import pqtradeoff.score  # noqa: F401
+    import pqtradeoff.pipeline.generate  # noqa: F401
+    import pqtradeoff.pipeline.score  # noqa: F401
     from pqtradeoff.demo import make_settings, run_demo
 
     imported = time.perf_counter() - start

@@ -31,11 +31,13 @@ import pandas as pd
 import torch
 from transformers.generation.logits_process import LogitsProcessorList
 
-from pqtradeoff.adaptors import parse
-from pqtradeoff.generate import PromptRecord, generate_corpus
-from pqtradeoff.models.hf import HFModel, left_pad, position_ids, right_pad
-from pqtradeoff.rewards import DPOReward
-from pqtradeoff.score import continuation_logprobs, score_corpus
+from pqtradeoff.models.hf import HFModel
+from pqtradeoff.models.hf_layout import left_pad, position_ids, right_pad
+from pqtradeoff.models.teacher_forcing import continuation_logprobs
+from pqtradeoff.pipeline.generate import PromptRecord, generate_corpus
+from pqtradeoff.pipeline.rewards import DPOReward
+from pqtradeoff.pipeline.score import score_corpus
+from pqtradeoff.sampling.adaptors import parse
 from pqtradeoff.testing import build_causal, generation_kwargs, word_tokenizer
 
 SPEC = "temperature=0.75,top_p=0.95"

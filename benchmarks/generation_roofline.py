@@ -45,12 +45,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pqtradeoff import generate as gen
-from pqtradeoff.adaptors import parse
-from pqtradeoff.generate import PromptRecord
-from pqtradeoff.models.hf import HFModel, left_pad
-from pqtradeoff.score import continuation_logprobs
-from pqtradeoff.stages import SCORE_BATCH, score_batch_tokens
+from pqtradeoff.experiment.stages import SCORE_BATCH, score_batch_tokens
+from pqtradeoff.models import decoding
+from pqtradeoff.models.base import SampledRow
+from pqtradeoff.models.hf import HFModel
+from pqtradeoff.models.hf_layout import left_pad
+from pqtradeoff.models.teacher_forcing import continuation_logprobs
+from pqtradeoff.pipeline.generate import PromptRecord
+from pqtradeoff.sampling import sampler as token_sampler
+from pqtradeoff.sampling.adaptors import parse
 from pqtradeoff.testing import generation_kwargs
 
 FIGURE = Path(__file__).resolve().parent.parent / "docs" / "img" / "generation_speed.png"
@@ -168,23 +171,23 @@ class TimedAdaptor:
 
 def ours(
     lm: HFModel, prompts: list[PromptRecord], new_tokens: int, batch: int, spec: str
-) -> tuple[dict[str, float], list[gen.SampledRow]]:
+) -> tuple[dict[str, float], list[SampledRow]]:
     """Run `sample_rows` with its model calls, adaptor and sampler timed; returns the seconds spent in each
     (and in all, `total`) and the rows."""
     totals: dict[str, float] = defaultdict(float)
     model_calls = {name: getattr(lm, name) for name in ("start", "step", "keep", "join")}
-    sampler = gen.sample_inverse_cdf
+    inverse_cdf = token_sampler.sample_inverse_cdf
     try:
         for name, fn in model_calls.items():
             setattr(lm, name, Timed(fn, "prefill" if name == "start" else name, totals, lm.device))
-        gen.sample_inverse_cdf = Timed(sampler, "sampling", totals, lm.device)
-        keys = gen.row_keys(
+        token_sampler.sample_inverse_cdf = Timed(inverse_cdf, "sampling", totals, lm.device)
+        keys = token_sampler.row_keys(
             0, np.arange(len(prompts)), np.zeros(len(prompts), dtype=np.int64), spec
         )  # one per row
         sync(lm.device)
         start = time.perf_counter()
         with torch.inference_mode():
-            rows = gen.sample_rows(
+            rows = decoding.sample_rows(
                 lm,
                 TimedAdaptor(parse(spec), totals, lm.device),
                 [p.token_ids for p in prompts],
@@ -197,7 +200,7 @@ def ours(
     finally:
         for name in model_calls:
             delattr(lm, name)
-        gen.sample_inverse_cdf = sampler
+        token_sampler.sample_inverse_cdf = inverse_cdf
     totals["tokens"] = sum(len(r.token_ids) for r in rows)
     return totals, rows
 
@@ -310,7 +313,7 @@ def main() -> None:
 
     hf_rate: dict[int, float] = {}
     splits: dict[int, dict[str, float]] = {}
-    rows: list[gen.SampledRow] = []
+    rows: list[SampledRow] = []
     for batch in batches:
         prompts = prompts_for(lm, rows_for(batch), per)
         splits[batch], rows = ours(lm, prompts, new_tokens, batch, "ancestral")

@@ -31,10 +31,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from pqtradeoff import adaptors
-from pqtradeoff.generate import SampledRow, row_keys, sample_batch
+from pqtradeoff.models.decoding import sample_batch
 from pqtradeoff.models.hf import HFModel
-from pqtradeoff.score import continuation_logprobs
+from pqtradeoff.models.teacher_forcing import continuation_logprobs
+from pqtradeoff.pipeline.generate import SampledRow
+from pqtradeoff.sampling import adaptors
+from pqtradeoff.sampling.sampler import row_keys
 
 PROMPTS = [
     "Tell me a story about the moon.",

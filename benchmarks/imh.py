@@ -1,6 +1,6 @@
-"""Benchmark the IMH chain: the plain loop the package uses (`correct.imh_chain`) against a vectorized search.
+"""Benchmark the IMH chain: the plain loop the package uses (`imh.imh_chain`) against a vectorized search.
 
-The vectorized chain lived in `pqtradeoff.correct` until this benchmark showed it no faster than the loop
+The vectorized chain lived in `pqtradeoff.analysis.imh` until this benchmark showed it no faster than the loop
 (about 0.34-1.24x of the loop's speed at 200,000 steps on a 2-core CPU); it is kept here as the measured
 alternative. For every step a it finds, vectorized over all steps, the first later step whose s_t = log
 w(y'_t) + E_t reaches the level log w(y'_a) (a galloping search on a sparse table of range maxima); those
@@ -24,7 +24,7 @@ import time
 
 import numpy as np
 
-from pqtradeoff import correct
+from pqtradeoff.analysis import imh
 
 POOLS = (100, 2_000, 50_000)
 SPREADS = (0.0, 1.0, 3.0, 10.0)
@@ -92,14 +92,14 @@ def _path_from(pointer: np.ndarray, start: int, end: int) -> np.ndarray:
     return nodes
 
 
-def vectorized_chain(log_w: np.ndarray, proposals: correct.Proposals) -> np.ndarray:
+def vectorized_chain(log_w: np.ndarray, proposals: imh.Proposals) -> np.ndarray:
     """The IMH chain's states (pool indices), L = len(proposals.index) + 1 of them, vectorized (the
     alternative).
 
     Step t (1-based over the proposals) proposes j_t and accepts iff s_t = log w(j_t) + E_t >= log w(current).
     The state entered at step a (the start is step 0) is left at the first later step whose s reaches
     log w(state); these pointers are followed from step 0 to list the acceptance times, and the states are the
-    accepted proposals carried forward. Equals `correct.imh_chain` for the same draws (checked below).
+    accepted proposals carried forward. Equals `imh.imh_chain` for the same draws (checked below).
     """
     lw = np.asarray(log_w, dtype=np.float64)
     steps = len(proposals.index) + 1
@@ -141,12 +141,12 @@ def main() -> None:
         for sigma in SPREADS:
             rng = np.random.default_rng(n + int(10 * sigma))
             log_w = rng.normal(0.0, sigma, n) if sigma else np.zeros(n)
-            proposals = correct.draw_proposals(log_w, args.steps, rng)
-            loop_states = correct.imh_chain(log_w, proposals)
+            proposals = imh.draw_proposals(log_w, args.steps, rng)
+            loop_states = imh.imh_chain(log_w, proposals)
             if not np.array_equal(loop_states, vectorized_chain(log_w, proposals)):
                 raise SystemExit(f"pool {n}, sigma {sigma}: the two chains differ")
             accept = float(np.mean(loop_states[1:] == proposals.index))
-            loop = best_time(lambda: correct.imh_chain(log_w, proposals), args.repeats)  # noqa: B023
+            loop = best_time(lambda: imh.imh_chain(log_w, proposals), args.repeats)  # noqa: B023
             vector = best_time(lambda: vectorized_chain(log_w, proposals), args.repeats)  # noqa: B023
             ratios.append(loop / vector)
             print(f"{n:>7} {sigma:>6g} {accept:>7.3f} {1e3 * loop:>9.1f} {1e3 * vector:>10.1f} "

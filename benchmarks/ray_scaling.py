@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from pqtradeoff.settings import (
+from pqtradeoff.experiment.settings import (
     ComputeSettings,
     ExecutorSettings,
     GenerateSettings,
@@ -40,7 +40,7 @@ from pqtradeoff.settings import (
     SamplingSettings,
     ScoreSettings,
 )
-from pqtradeoff.stages import ModelCache, run_generate, run_score
+from pqtradeoff.experiment.stages import ModelCache, run_generate, run_score
 from pqtradeoff.testing import build_causal
 
 ADAPTORS = ["ancestral", "top_k=5", "temperature=0.7,top_p=0.9", "temperature=1.3"]

@@ -29,9 +29,9 @@ import numpy as np
 import torch
 from generation_roofline import INSTRUCTIONS, gemm_rate, matmul_weights
 
+from pqtradeoff.experiment.stages import SCORE_BATCH, SCORE_BATCH_TOKENS, score_batch_tokens
 from pqtradeoff.models.hf import HFModel
-from pqtradeoff.score import continuation_logprobs, plain_continuation_logprobs
-from pqtradeoff.stages import SCORE_BATCH, SCORE_BATCH_TOKENS, score_batch_tokens
+from pqtradeoff.models.teacher_forcing import continuation_logprobs, plain_continuation_logprobs
 
 
 def cpu_gemm_rate(weights: list[torch.Tensor], rows: int, repeats: int) -> float:

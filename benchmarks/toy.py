@@ -30,7 +30,8 @@ import matplotlib
 matplotlib.use("Agg")
 import numpy as np  # noqa: E402
 
-from pqtradeoff import plots, toy  # noqa: E402
+from pqtradeoff import toy  # noqa: E402
+from pqtradeoff.analysis import plots
 
 
 def naive_corpus_means(model: toy.ToyModel, n_corpora: int, corpus_size: int, epsilon: float,

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from pqtradeoff import exact
+from pqtradeoff.exact import closed_forms
 from pqtradeoff.models.fsa import Alignment, FiniteStateLM
 
 
@@ -51,12 +51,12 @@ def identity_residual(al: Alignment, token_ids: Sequence[int], prompt_ids: Seque
 
 
 def prior_expectations(al: Alignment, *, prompt_ids: Sequence[int] = (),
-                       max_length: int | None = None) -> exact.ExactResult:
+                       max_length: int | None = None) -> closed_forms.ExactResult:
     """Expectations under the prior p itself."""
-    return exact.law_expectations(al, al.prior.log_probs, "prior", None, prompt_ids, max_length)
+    return closed_forms.law_expectations(al, al.prior.log_probs, "prior", None, prompt_ids, max_length)
 
 
 def aligned_expectations(al: Alignment, *, prompt_ids: Sequence[int] = (),
-                         max_length: int | None = None) -> exact.ExactResult:
+                         max_length: int | None = None) -> closed_forms.ExactResult:
     """Expectations under the aligned model p+ (ancestral sampling at temperature 1)."""
-    return exact.law_expectations(al, al.aligned.log_probs, "aligned", None, prompt_ids, max_length)
+    return closed_forms.law_expectations(al, al.aligned.log_probs, "aligned", None, prompt_ids, max_length)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from pqtradeoff.models.base import StepLanguageModel
+from pqtradeoff.models.decoding import StepLanguageModel
 
 
 class BigramModel(StepLanguageModel):

@@ -18,8 +18,8 @@ from transformers.generation.logits_process import (
     TypicalLogitsWarper,
 )
 
-from pqtradeoff.adaptors import PARAMETER_ORDER, Adaptor, parse, parse_grid
 from pqtradeoff.errors import PQError
+from pqtradeoff.sampling.adaptors import PARAMETER_ORDER, Adaptor, parse, parse_grid
 from pqtradeoff.testing import generation_kwargs
 
 SPECS = [

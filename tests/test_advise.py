@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import pytest
 
-from pqtradeoff.advise import advise, efficient_hull
+from pqtradeoff.analysis.advise import advise, efficient_hull
 from pqtradeoff.errors import PQError
 
 SE = 0.1
@@ -128,9 +128,9 @@ def test_advice_on_a_real_analysis_uses_local_means_of_every_sampled_config(tmp_
 
     from test_analyze import make_scored
 
-    from pqtradeoff.adaptors import parse
-    from pqtradeoff.analyze import make_settings, run_analysis
+    from pqtradeoff.analysis.analyze import make_settings, run_analysis
     from pqtradeoff.io import to_json
+    from pqtradeoff.sampling.adaptors import parse
 
     frame = make_scored()
     dead = "temperature=1.5,top_k=30"  # the IMH target gives it no mass; sampling it still works

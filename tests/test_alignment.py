@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pqtradeoff import alignment
-from pqtradeoff.alignment import fit_alignment, prepare, replicate_sums
+from pqtradeoff.analysis import fidelity
+from pqtradeoff.analysis.fidelity import fit_alignment, prepare, replicate_sums
 
 
 def strings(prompts: int = 40, per_prompt: int = 5, seed: int = 0) -> pd.DataFrame:
@@ -112,8 +112,8 @@ def test_bootstrap_counts_are_uniform_resamples(monkeypatch, prompts, per_prompt
         seen.append(counts.copy())
         return np.zeros((len(counts), 3))
 
-    monkeypatch.setattr(alignment, "replicate_sums", record)
-    alignment._bootstrap(data, 4000, np.random.default_rng(4))
+    monkeypatch.setattr(fidelity, "replicate_sums", record)
+    fidelity._bootstrap(data, 4000, np.random.default_rng(4))
     counts = np.concatenate(seen)
     units = counts.shape[1]
     assert counts.shape == (4000, prompts if prompts > 1 else per_prompt)
@@ -126,8 +126,8 @@ def test_bootstrap_counts_are_uniform_resamples(monkeypatch, prompts, per_prompt
     exp = np.append(expected[keep], expected[~keep].sum())
     assert sps.chisquare(obs, exp * obs.sum() / exp.sum()).pvalue > 0.001
     seen.clear()
-    monkeypatch.setattr(alignment, "_CHUNK_CELLS", units * 3)  # three replicates per chunk
-    alignment._bootstrap(data, 4000, np.random.default_rng(4))
+    monkeypatch.setattr(fidelity, "_CHUNK_CELLS", units * 3)  # three replicates per chunk
+    fidelity._bootstrap(data, 4000, np.random.default_rng(4))
     np.testing.assert_array_equal(np.concatenate(seen), counts)
 
 
@@ -182,13 +182,13 @@ def test_vader_on_the_tiny_models_is_unrelated_to_their_alignment(tiny_hf, tmp_p
     [3.8, 17.8]): both d (sampled from p+, so about KL per token x length) and VADER's magnitude grow with a
     string's length, a real confounder on these tiny models; this seed-2 check is a regression test, not a
     proof of "no relation"."""
-    from pqtradeoff import adaptors
-    from pqtradeoff.analyze import analyze_dir
-    from pqtradeoff.generate import PromptRecord, generate_corpus
+    from pqtradeoff.analysis.analyze import analyze_dir
+    from pqtradeoff.analysis.settings import AnalysisSettings
     from pqtradeoff.models.hf import HFModel
-    from pqtradeoff.rewards import VaderReward
-    from pqtradeoff.score import score_corpus
-    from pqtradeoff.settings import AnalysisSettings
+    from pqtradeoff.pipeline.generate import PromptRecord, generate_corpus
+    from pqtradeoff.pipeline.rewards import VaderReward
+    from pqtradeoff.pipeline.score import score_corpus
+    from pqtradeoff.sampling import adaptors
 
     aligned = HFModel(str(tiny_hf.llama), device="cpu")
     texts = ["hello world", "tell me a story", "the cat sat", "why", "I am happy", "a sad dog"]

@@ -14,11 +14,11 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from pqtradeoff import adaptors
-from pqtradeoff.analyze import ExtraInputs, analyze_dir, clean_table, make_settings, run_analysis
-from pqtradeoff.corpus import GENERATED_SCHEMA, SCORE_COLUMNS, write_shard
+from pqtradeoff.analysis.analyze import ExtraInputs, analyze_dir, clean_table, make_settings, run_analysis
 from pqtradeoff.errors import PQError
 from pqtradeoff.io import to_json
+from pqtradeoff.pipeline.corpus import GENERATED_SCHEMA, SCORE_COLUMNS, write_shard
+from pqtradeoff.sampling import adaptors
 
 SMALL = dict(corpora=60, corpus_size=50, imh_steps=3000, seed=3, plots=False)
 
@@ -238,7 +238,7 @@ def test_threads_change_no_byte(tmp_path, monkeypatch):
     """Configurations analysed one at a time or several at once (forced even on one CPU) give the same files,
     the count-vector corpus sampler included (corpus_size >= 2x the pool), and a skipped config is still
     skipped."""
-    import pqtradeoff.analyze as analyze
+    import pqtradeoff.analysis.analyze as analyze
 
     frame = make_scored(n=40)
     frame.loc[frame["adaptor"] == "temperature=1.5", "log_weight"] = -np.inf  # all zero weights: skipped
@@ -304,9 +304,9 @@ def test_cli_bad_input_is_one_line_exit_2(tmp_path, monkeypatch, capsys, case):
 
 
 def test_analysis_side_never_imports_the_model_side():
-    code = ("import sys, pqtradeoff.analyze, pqtradeoff.plots, pqtradeoff.report, pqtradeoff.cli.analyze, "
-            "pqtradeoff.alignment, pqtradeoff.advise, pqtradeoff.cli.advise; "
-            "bad = [m for m in ('torch', 'transformers', 'pqtradeoff.models', 'pqtradeoff.generate') if m in "
+    code = ("import sys, pqtradeoff.analysis.analyze, pqtradeoff.analysis.plots, pqtradeoff.analysis.report, pqtradeoff.cli.analyze, "
+            "pqtradeoff.analysis.fidelity, pqtradeoff.analysis.advise, pqtradeoff.cli.advise; "
+            "bad = [m for m in ('torch', 'transformers', 'pqtradeoff.models', 'pqtradeoff.pipeline.generate') if m in "
             "sys.modules]; print(bad); sys.exit(1 if bad else 0)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stdout + done.stderr

@@ -11,18 +11,12 @@ import numpy as np
 import pytest
 import torch
 
-from pqtradeoff import adaptors
 from pqtradeoff.errors import PQError
-from pqtradeoff.generate import (
-    PromptRecord,
-    choose_batch_size,
-    generate_corpus,
-    row_keys,
-    sample_batch,
-    sample_rows,
-    step_uniforms,
-)
+from pqtradeoff.models.decoding import choose_batch_size, sample_batch, sample_rows
 from pqtradeoff.models.hf import HFModel, kv_cache_bytes
+from pqtradeoff.pipeline.generate import PromptRecord, generate_corpus
+from pqtradeoff.sampling import adaptors
+from pqtradeoff.sampling.sampler import row_keys, step_uniforms
 
 from bigram import BigramModel
 
@@ -56,7 +50,7 @@ def assert_cases_covered(rows, max_new_tokens):
 
 
 def test_start_distinct_prefills_each_prompt_once():
-    from pqtradeoff.generate import start_distinct
+    from pqtradeoff.models.decoding import start_distinct
 
     model = BigramModel(vocab_size=6, seed=3)
     calls = []

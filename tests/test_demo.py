@@ -10,10 +10,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from pqtradeoff.analysis.results import Summary
 from pqtradeoff.demo import make_settings, run_demo
 from pqtradeoff.errors import PQError
 from pqtradeoff.io import to_json
-from pqtradeoff.results import Summary
 
 SMALL = dict(families=["ancestral", "top_k=3", "top_p=0.9", "eta_cutoff=0.0009"],
              temperatures=[0.5, 1.0, 1.5],
@@ -92,8 +92,8 @@ def test_tradeoff_is_visible_at_corpus_level(small_demo):
 
 
 def test_heavy_tailed_targets_are_skipped_with_a_reason():
-    from pqtradeoff.adaptors import parse
     from pqtradeoff.demo import build_models, exact_values
+    from pqtradeoff.sampling.adaptors import parse
 
     models = build_models(make_settings())
     values, reason = exact_values(models.alignment, parse("temperature=1.25,top_k=6"), "global")
@@ -174,8 +174,8 @@ def test_exact_values_condition_on_finishing_within_the_token_limit(tmp_path):
         summary, _ = run_demo(tmp_path, settings, progress=False)
     assert summary.input.unfinished > 0
     assert np.abs(_z_scores(summary)).max() < 5
-    from pqtradeoff.adaptors import parse
     from pqtradeoff.demo import build_models, cut_probability
+    from pqtradeoff.sampling.adaptors import parse
 
     alignment = build_models(settings).alignment
     for c in summary.configs:  # the closed-form cut-off mass matches the fraction of strings cut

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from scipy.stats import spearmanr
 
-from pqtradeoff import exact
-from pqtradeoff.demo_models import demo_models, with_rare_word
 from pqtradeoff.errors import PQError
+from pqtradeoff.exact import closed_forms
+from pqtradeoff.exact.demo_models import demo_models, with_rare_word
 from pqtradeoff.models.fsa import random_ngram
 
 from automata_helpers import sample
@@ -23,11 +23,11 @@ def test_demo_models_show_the_phenomenon():
     for family in ("", ",top_k=2", ",top_p=0.9", ",typical_p=0.9"):
         for t in (0.5, 0.75, 1.0, 1.25, 1.5):
             spec = f"temperature={t}{family}"
-            q = demo.aligned.with_log_probs(np.array(exact.adapted_tables(demo.aligned, spec).log_probs))
+            q = demo.aligned.with_log_probs(np.array(closed_forms.adapted_tables(demo.aligned, spec).log_probs))
             for y in sample(q, 250, seed=int(10 * t), max_length=500):
                 log_prior.append(demo.prior.log_prob(y))
                 reward.append(demo.reward.score(y))
-            result = exact.global_expectations(demo.alignment, spec)
+            result = closed_forms.global_expectations(demo.alignment, spec)
             if result.normalizes:
                 assert result.spectral_radius < 0.85 and result.ess_fraction > 0.2, spec
                 points.append((result.mean_log_prior, result.mean_reward))

@@ -14,10 +14,10 @@ import pytest
 import torch
 from scipy.special import logsumexp
 
-from pqtradeoff import exact
-from pqtradeoff.adaptors import parse
 from pqtradeoff.errors import PQError
+from pqtradeoff.exact import closed_forms
 from pqtradeoff.models.fsa import FiniteStateLM, TransitionReward, align, random_ngram
+from pqtradeoff.sampling.adaptors import parse
 
 from automata_helpers import aligned_expectations, prior_expectations, sample
 
@@ -219,7 +219,7 @@ def test_local_adapted_matches_enumeration(name, spec, request):
     al, adaptor = request.getfixturevalue(name), parse(spec)
     strings, log_z = enumerate_strings(al, adaptor_weights(adaptor, local=True))
     assert log_z == pytest.approx(0.0, abs=1e-5)
-    result = exact.local_expectations(al, adaptor)
+    result = closed_forms.local_expectations(al, adaptor)
     brute = brute_expectations(strings, log_z, log_weight=True)
     brute["log_normalizer"] = 0.0
     assert_matches(result, brute, 1e-5, 1e-5)
@@ -229,12 +229,12 @@ def test_local_adapted_matches_enumeration(name, spec, request):
 @pytest.mark.parametrize(("name", "spec"), _cases())
 def test_global_adapted_matches_enumeration(name, spec, request):
     al, adaptor = request.getfixturevalue(name), parse(spec)
-    tables = exact.adapted_tables(al.aligned, adaptor)
+    tables = closed_forms.adapted_tables(al.aligned, adaptor)
     # for T <= 1 the weights are at most p+, so no state's completions weigh more than 1
     hot = adaptor.temperature > 1 and name != "bounded3"
     bound = row_bound(tables.log_weights, al.aligned.eos_token_id) if hot else 1.0
     strings, log_z = enumerate_strings(al, adaptor_weights(adaptor, local=False), bound=bound)
-    result = exact.global_expectations(al, adaptor)
+    result = closed_forms.global_expectations(al, adaptor)
     assert_matches(result, brute_expectations(strings, log_z, log_weight=True), 1e-5, 1e-5)
     if hot:
         assert log_z > 0  # weights summing above 1: a genuinely unnormalized automaton
@@ -248,7 +248,7 @@ def test_importance_ess_fraction_matches_enumeration(name, spec, request):
     al, adaptor = request.getfixturevalue(name), parse(spec)
     strings, log_z = enumerate_strings(al, adaptor_weights(adaptor, local=False))
     brute = math.exp(2 * log_z - logsumexp(strings["logw"] + strings["lz"]))
-    result = exact.global_expectations(al, adaptor)
+    result = closed_forms.global_expectations(al, adaptor)
     assert result.ess_fraction == pytest.approx(brute, rel=1e-5)
     assert 0 < result.ess_fraction <= 1
 
@@ -258,9 +258,9 @@ def test_ess_fraction_is_zero_for_infinite_variance_and_one_for_the_proposal_its
     # p^2/q = Z = 0.535 per word per step: 2 * 0.535 > 1, the second moment diverges
     prior = FiniteStateLM(["a", "b"], np.array([[0, 0, -1]]), np.log([[0.15, 0.15, 0.7]]))
     al = align(prior, TransitionReward(prior, np.zeros((1, 3))), 1.0)
-    assert exact.imh_target_expectations(al, "temperature=0.5", "aligned").ess_fraction == 0.0
-    assert 0 < exact.imh_target_expectations(al, "temperature=0.8", "aligned").ess_fraction < 1
-    assert exact.global_expectations(bounded3, "ancestral").ess_fraction == pytest.approx(1.0, abs=1e-12)
+    assert closed_forms.imh_target_expectations(al, "temperature=0.5", "aligned").ess_fraction == 0.0
+    assert 0 < closed_forms.imh_target_expectations(al, "temperature=0.8", "aligned").ess_fraction < 1
+    assert closed_forms.global_expectations(bounded3, "ancestral").ess_fraction == pytest.approx(1.0, abs=1e-12)
     assert aligned_expectations(bounded3).ess_fraction is None
 
 
@@ -273,27 +273,27 @@ def test_imh_aligned_target_is_p_plus_on_the_kept_support(bounded3, spec):
         return np.where(keep, bounded3.aligned.log_probs[states], -np.inf), None
 
     strings, log_z = enumerate_strings(bounded3, restricted)
-    result = exact.imh_target_expectations(bounded3, adaptor, target="aligned")
+    result = closed_forms.imh_target_expectations(bounded3, adaptor, target="aligned")
     assert_matches(result, brute_expectations(strings, log_z), 1e-9, 1e-10)
     assert result.log_normalizer < 0  # truncation removes mass
 
 
 def test_imh_global_target_is_the_global_adaptor(bounded3):
-    a = exact.imh_target_expectations(bounded3, "temperature=0.5,top_k=2", target="global")
-    b = exact.global_expectations(bounded3, "temperature=0.5,top_k=2")
+    a = closed_forms.imh_target_expectations(bounded3, "temperature=0.5,top_k=2", target="global")
+    b = closed_forms.global_expectations(bounded3, "temperature=0.5,top_k=2")
     assert a == b
-    untruncated = exact.imh_target_expectations(bounded3, "temperature=0.5", target="aligned")
+    untruncated = closed_forms.imh_target_expectations(bounded3, "temperature=0.5", target="aligned")
     aligned = aligned_expectations(bounded3)
     assert untruncated.mean_reward == pytest.approx(aligned.mean_reward, rel=1e-12)
     with pytest.raises(PQError, match="target='local'"):
-        exact.imh_target_expectations(bounded3, "ancestral", target="local")
+        closed_forms.imh_target_expectations(bounded3, "ancestral", target="local")
 
 
 def test_identity_in_expectation(trigram2):
     """E[log p] + E[r]/beta = E[log p+] + log Z under any distribution (the identity, averaged)."""
     al = trigram2
-    for result in (aligned_expectations(al), exact.local_expectations(al, "top_p=0.8"),
-                   exact.global_expectations(al, "temperature=0.6")):
+    for result in (aligned_expectations(al), closed_forms.local_expectations(al, "top_p=0.8"),
+                   closed_forms.global_expectations(al, "temperature=0.6")):
         lhs = result.mean_log_prior + result.mean_reward / al.beta
         assert lhs == pytest.approx(result.mean_log_aligned + al.log_z, abs=1e-10)
 
@@ -308,17 +308,17 @@ def diverging_alignment():
 
 def test_non_normalizing_global_adaptor_is_reported():
     al = diverging_alignment()
-    result = exact.global_expectations(al, "temperature=2")
+    result = closed_forms.global_expectations(al, "temperature=2")
     assert not result.normalizes
     assert "does not normalize" in result.message
     assert result.spectral_radius == pytest.approx(2 * math.sqrt(0.4), rel=1e-6)
     assert result.mean_log_prior is None and result.entropy is None and result.log_normalizer is None
     # 2 * 0.4^(1/T) < 1 exactly when T < 1.322: T=1.25 normalizes, T=1.5 does not
-    hot = exact.global_expectations(al, "temperature=1.25")
+    hot = closed_forms.global_expectations(al, "temperature=1.25")
     assert hot.normalizes and hot.spectral_radius == pytest.approx(2 * 0.4**0.8, rel=1e-6)
-    assert not exact.global_expectations(al, "temperature=1.5").normalizes
+    assert not closed_forms.global_expectations(al, "temperature=1.5").normalizes
     # the local adaptor at T=2 still terminates
-    assert exact.local_expectations(al, "temperature=2").normalizes
+    assert closed_forms.local_expectations(al, "temperature=2").normalizes
 
 
 def test_max_length_normalizes_and_matches_enumeration():
@@ -326,15 +326,15 @@ def test_max_length_normalizes_and_matches_enumeration():
     adaptor = parse("temperature=2")
     strings, log_z = enumerate_strings(al, adaptor_weights(adaptor, local=False), max_length=9)
     assert len(strings["logw"]) == sum(2**k for k in range(9))  # every string of at most 9 tokens
-    result = exact.global_expectations(al, adaptor, max_length=9)
+    result = closed_forms.global_expectations(al, adaptor, max_length=9)
     assert_matches(result, brute_expectations(strings, log_z, log_weight=True), 1e-5, 1e-5)
     assert result.max_length == 9
 
 
 def test_max_length_agrees_with_unbounded_when_the_tail_is_negligible(trigram2):
     for spec in ("ancestral", "temperature=0.5,top_k=2", "temperature=1.25"):
-        a = exact.global_expectations(trigram2, spec)
-        b = exact.global_expectations(trigram2, spec, max_length=80)
+        a = closed_forms.global_expectations(trigram2, spec)
+        b = closed_forms.global_expectations(trigram2, spec, max_length=80)
         for name in ("log_normalizer", "mean_log_prior", "mean_reward", "entropy", "mean_length"):
             assert getattr(b, name) == pytest.approx(getattr(a, name), rel=1e-9, abs=1e-10), name
 
@@ -344,9 +344,9 @@ def test_local_adaptor_that_never_ends_is_reported():
     log_probs = np.log([[0.5, 0.3, 0.2], [0.3, 0.5, 0.2]])
     prior = FiniteStateLM(["a", "b"], np.array([[1, 0, -1], [1, 0, -1]]), log_probs)
     al = align(prior, TransitionReward(prior, np.zeros((2, 3))), 1.0)
-    result = exact.local_expectations(al, "top_k=1")
+    result = closed_forms.local_expectations(al, "top_k=1")
     assert not result.normalizes and "does not normalize" in result.message
-    assert exact.local_expectations(al, "top_k=1", max_length=5).normalizes is False  # no string ends at all
+    assert closed_forms.local_expectations(al, "top_k=1", max_length=5).normalizes is False  # no string ends at all
 
 
 def test_max_length_must_be_positive(bounded3):
@@ -386,7 +386,7 @@ def test_adapted_sampling_through_the_interface_matches_local_expectations():
         logits, state = al.aligned.step(state, tok)
         logits, state, alive = logits[going], al.aligned.keep(state,
                                                               torch.nonzero(going).squeeze(1)), alive[going]
-    result = exact.local_expectations(al, adaptor)
+    result = closed_forms.local_expectations(al, adaptor)
     lp = np.array([al.prior.log_prob(y) for y in tokens_so_far])
     r = np.array([al.reward.score(y) for y in tokens_so_far])
     for values, target in ((lp, result.mean_log_prior), (r, result.mean_reward)):

@@ -14,8 +14,8 @@ import pandas as pd
 import pytest
 import torch
 
-from pqtradeoff import adaptors
-from pqtradeoff.experiment import EXAMPLES_DIR, load_experiment
+from pqtradeoff.experiment.config import EXAMPLES_DIR, load_experiment
+from pqtradeoff.sampling import adaptors
 
 from cli_helpers import cli
 

@@ -123,7 +123,7 @@ def local_run(tiny_hf, tmp_path_factory, one_thread):
 
 def spy_on_actors(monkeypatch) -> list[dict]:
     """The status rows the Ray executor returns, recorded as they come back."""
-    from pqtradeoff import executor
+    from pqtradeoff.pipeline import executor
 
     statuses: list[dict] = []
     real = executor.map_shards
@@ -225,10 +225,10 @@ class FailingLoader:
 def test_a_failing_actor_fails_the_run_in_one_line_and_a_rerun_resumes(
     ray_session, tiny_hf, local_run, tmp_path
 ):
-    from pqtradeoff import adaptors
-    from pqtradeoff.generate import PromptRecord, generate_corpus
+    from pqtradeoff.experiment.settings import ExecutorSettings
     from pqtradeoff.models.hf import HFModel
-    from pqtradeoff.settings import ExecutorSettings
+    from pqtradeoff.pipeline.generate import PromptRecord, generate_corpus
+    from pqtradeoff.sampling import adaptors
 
     _, corpus, _ = local_run
     lm = HFModel(str(tiny_hf.llama), device="cpu")
@@ -323,7 +323,7 @@ def test_unreachable_ray_address_is_one_line_within_seconds(tiny_hf, tmp_path, m
     ],
 )
 def test_parse_address(address, message):
-    from pqtradeoff.executor import parse_address
+    from pqtradeoff.pipeline.executor import parse_address
 
     if isinstance(message, str):
         with pytest.raises(PQError, match=message):

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from pqtradeoff.errors import PQError
-from pqtradeoff.experiment import load_experiment
+from pqtradeoff.experiment.config import load_experiment
 
 from cli_helpers import cli, write_config, write_prompts
 

@@ -13,9 +13,8 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pqtradeoff import automata
-from pqtradeoff.adaptors import parse
 from pqtradeoff.errors import PQError
+from pqtradeoff.models import automata
 from pqtradeoff.models.fsa import (
     EOS,
     FiniteStateLM,
@@ -25,6 +24,7 @@ from pqtradeoff.models.fsa import (
     ngram_states,
     random_ngram,
 )
+from pqtradeoff.sampling.adaptors import parse
 
 from automata_helpers import aligned_expectations, identity_residual, prior_expectations, sample
 

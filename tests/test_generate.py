@@ -11,16 +11,10 @@ import pytest
 import torch
 from transformers.generation.logits_process import LogitsProcessorList
 
-from pqtradeoff import adaptors
 from pqtradeoff.errors import PQError
-from pqtradeoff.generate import (
-    PromptRecord,
-    adaptor_slug,
-    generate_corpus,
-    row_keys,
-    sample_inverse_cdf,
-    step_uniforms,
-)
+from pqtradeoff.pipeline.generate import PromptRecord, adaptor_slug, generate_corpus
+from pqtradeoff.sampling import adaptors
+from pqtradeoff.sampling.sampler import row_keys, sample_inverse_cdf, step_uniforms
 
 from bigram import BigramModel
 
@@ -71,7 +65,8 @@ def test_sampling_law_matches_logq():
     model = BigramModel(vocab_size=4, seed=3, eos_bias=1.0)
     a = adaptors.parse("temperature=0.8,top_k=3")
     n = 20000
-    from pqtradeoff.generate import row_keys, sample_batch
+    from pqtradeoff.models.decoding import sample_batch
+    from pqtradeoff.sampling.sampler import row_keys
 
     keys = row_keys(0, np.zeros(n, dtype=np.int64), np.arange(n), a)
     rows = sample_batch(model, a, [[model.bos]] * n, keys, max_new_tokens=2)
@@ -102,7 +97,7 @@ def test_step_uniforms_are_uniform_and_independent():
     """The counter-based stream: uniform marginals (KS), no correlation between rows or between steps."""
     from scipy import stats
 
-    from pqtradeoff.generate import row_keys, step_uniforms
+    from pqtradeoff.sampling.sampler import row_keys, step_uniforms
 
     keys = row_keys(3, np.arange(20000) // 7, np.arange(20000) % 7, "temperature=1.0")
     u0, u1 = step_uniforms(keys, 0), step_uniforms(keys, 1)

@@ -23,9 +23,9 @@ import pytest
 import torch
 from transformers.generation.logits_process import LogitsProcessorList
 
-from pqtradeoff import adaptors
-from pqtradeoff.generate import PromptRecord, generate_corpus
 from pqtradeoff.models.hf import HFModel, HFRewardModel
+from pqtradeoff.pipeline.generate import PromptRecord, generate_corpus
+from pqtradeoff.sampling import adaptors
 
 from cli_helpers import cli, write_prompts
 
@@ -110,8 +110,8 @@ def prior_oracle(lm: HFModel, context: list[int], tokens: list[int]) -> float:
 
 
 def test_prior_scores_match_direct_computation_for_any_batching(tiny_hf, corpus, tmp_path):
-    from pqtradeoff.rewards import VaderReward
-    from pqtradeoff.score import score_corpus
+    from pqtradeoff.pipeline.rewards import VaderReward
+    from pqtradeoff.pipeline.score import score_corpus
 
     path, _ = corpus
     prior = HFModel(str(tiny_hf.prior), device="cpu")

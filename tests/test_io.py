@@ -11,14 +11,8 @@ import numpy as np
 import pytest
 
 from pqtradeoff.errors import PQError
-from pqtradeoff.io import (
-    RUN_RECORD,
-    atomic_write,
-    check_resumable,
-    remove_stale_temporaries,
-    to_json,
-    write_json,
-)
+from pqtradeoff.io import RUN_RECORD, atomic_write, remove_stale_temporaries, to_json, write_json
+from pqtradeoff.pipeline.resume import check_resumable
 
 
 # ------------------------------------------------------------------------------------------ atomic_write

@@ -15,9 +15,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_continuous_batching import eos_prone
 
-from pqtradeoff import adaptors
-from pqtradeoff.generate import row_keys, sample_rows
+from pqtradeoff.models.decoding import sample_rows
 from pqtradeoff.models.kv_buffer import BufferLayer
+from pqtradeoff.sampling import adaptors
+from pqtradeoff.sampling.sampler import row_keys
 
 HEADS, DIM = 2, 3
 

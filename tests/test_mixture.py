@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pqtradeoff import adaptors
 from pqtradeoff.errors import PQError
+from pqtradeoff.sampling import adaptors
 
 
 def test_a_mixture_parses_to_its_canonical_components_and_round_trips():
@@ -49,7 +49,8 @@ def test_sampling_a_mixture_gives_the_weighted_mix_of_its_components(tmp_path):
     recorded component), and the pool's mean length is the weighted mean of A's and B's."""
     import pandas as pd
 
-    from pqtradeoff.generate import PromptRecord, generate_corpus, mixture_components, row_keys
+    from pqtradeoff.pipeline.generate import PromptRecord, generate_corpus
+    from pqtradeoff.sampling.sampler import mixture_components, row_keys
 
     from bigram import BigramModel
 
@@ -78,8 +79,8 @@ def test_sampling_a_mixture_gives_the_weighted_mix_of_its_components(tmp_path):
 def test_the_analysis_reports_a_mixture_by_its_pool_means(tmp_path):
     import pandas as pd
 
-    from pqtradeoff.analyze import run_analysis
-    from pqtradeoff.settings import AnalysisSettings
+    from pqtradeoff.analysis.analyze import run_analysis
+    from pqtradeoff.analysis.settings import AnalysisSettings
 
     rng = np.random.default_rng(0)
     frames = []
@@ -100,7 +101,7 @@ def test_the_analysis_reports_a_mixture_by_its_pool_means(tmp_path):
 
 
 def test_the_advised_mixture_is_a_spec_generate_accepts():
-    from pqtradeoff.advise import mixture_spec
+    from pqtradeoff.analysis.advise import mixture_spec
 
     spec = mixture_spec(["temperature=1.0,top_p=0.9", "temperature=0.75,typical_p=0.9"], [0.5804, 0.4196])
     m = adaptors.parse(spec)

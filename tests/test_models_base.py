@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from pqtradeoff.adaptors import parse
-from pqtradeoff.generate import row_keys, sample_batch
 from pqtradeoff.models.base import LanguageModel, SampleRequest
-from pqtradeoff.score import continuation_logprobs
+from pqtradeoff.models.decoding import sample_batch
+from pqtradeoff.models.teacher_forcing import continuation_logprobs
+from pqtradeoff.sampling.adaptors import parse
+from pqtradeoff.sampling.sampler import row_keys
 
 from bigram import BigramModel
 

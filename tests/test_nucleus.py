@@ -9,8 +9,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from transformers.generation.logits_process import TopKLogitsWarper, TopPLogitsWarper
 
-from pqtradeoff.adaptors import Adaptor, parse
-from pqtradeoff.nucleus import support, top_p_warp
+from pqtradeoff.sampling.adaptors import Adaptor, parse
+from pqtradeoff.sampling.nucleus import top_p_warp
 
 
 def lm_like(rows: int, vocab: int, seed: int, step: float | None = None) -> torch.Tensor:
@@ -72,8 +72,8 @@ def test_edge_rows():
 def test_support_equals_the_adaptors_own(spec):
     logits = torch.cat([lm_like(40, 2000, 1), lm_like(40, 2000, 2, step=0.05)]).reshape(2, 40, 2000)
     a = parse(spec)
-    assert torch.equal(support(a, logits), a.support(logits))
-    assert support(Adaptor(top_p=0.5), logits[:, :0]).shape == (2, 0, 2000)
+    assert torch.equal(a.support(logits, fast_top_p=True), a.support(logits))
+    assert Adaptor(top_p=0.5).support(logits[:, :0], fast_top_p=True).shape == (2, 0, 2000)
 
 
 def test_a_cumulative_probability_equal_to_one_minus_top_p_is_removed():

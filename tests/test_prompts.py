@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pqtradeoff.errors import PQError
-from pqtradeoff.prompts import load_prompts, subsample
+from pqtradeoff.pipeline.prompts import load_prompts, subsample
 
 TEXTS = ['hello, "world"', "NA", "multi\nline prompt", "", "x" * 300, "ünïcödé ✓"]
 

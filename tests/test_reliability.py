@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 import pytest
 from test_analyze import make_scored, write_scored
 
-from pqtradeoff.corpus import GENERATED_COLUMNS
+from pqtradeoff.pipeline.corpus import GENERATED_COLUMNS
 
 from cli_helpers import cli, write_prompts
 
@@ -509,8 +509,8 @@ def test_two_processes_analyzing_into_one_folder_one_is_refused(tmp_path):
 # ------------------------------------------------------------------------------------------------ helpers
 def test_smallest_normalizing_beta_is_right_at_the_threshold():
     """The suggested beta normalizes and a beta 5% below the threshold does not (brute force over a grid)."""
-    from pqtradeoff import demo_models as dm
     from pqtradeoff.demo import smallest_normalizing_beta
+    from pqtradeoff.exact import demo_models as dm
     from pqtradeoff.models import fsa
 
     prior = fsa.random_ngram(8, 2, seed=1, alpha=0.5, eos_prob=0.05, zipf=1.0)

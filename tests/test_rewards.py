@@ -11,7 +11,8 @@ import pandas as pd
 import pytest
 
 from pqtradeoff.errors import PQError
-from pqtradeoff.rewards import (
+from pqtradeoff.experiment.settings import RewardSettings
+from pqtradeoff.pipeline.rewards import (
     REWARD_KINDS,
     REWARD_REGISTRY,
     DPOReward,
@@ -20,8 +21,7 @@ from pqtradeoff.rewards import (
     is_reward_kind,
     make_reward,
 )
-from pqtradeoff.score import check_reward_needs
-from pqtradeoff.settings import RewardSettings
+from pqtradeoff.pipeline.score import check_reward_needs
 
 
 def _batch() -> pd.DataFrame:

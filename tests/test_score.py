@@ -9,11 +9,12 @@ import pandas as pd
 import pytest
 import torch
 
-from pqtradeoff import adaptors
 from pqtradeoff.errors import PQError
-from pqtradeoff.generate import PromptRecord, generate_corpus
-from pqtradeoff.rewards import DPOReward, FunctionReward
-from pqtradeoff.score import continuation_logprobs, score_corpus
+from pqtradeoff.models.teacher_forcing import continuation_logprobs
+from pqtradeoff.pipeline.generate import PromptRecord, generate_corpus
+from pqtradeoff.pipeline.rewards import DPOReward, FunctionReward
+from pqtradeoff.pipeline.score import score_corpus
+from pqtradeoff.sampling import adaptors
 
 from bigram import BigramModel
 

@@ -10,7 +10,7 @@ import torch
 from pqtradeoff.errors import PQError
 from pqtradeoff.models import hf_scoring
 from pqtradeoff.models.hf import HFModel
-from pqtradeoff.score import continuation_logprobs, plain_continuation_logprobs
+from pqtradeoff.models.teacher_forcing import continuation_logprobs, plain_continuation_logprobs
 from pqtradeoff.testing import build_causal, word_tokenizer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -162,7 +162,7 @@ def test_fast_path_bad_inputs(lm):
 
 
 def test_cpu_scoring_default_caps_positions_per_forward(lm):
-    from pqtradeoff.stages import SCORE_BATCH_TOKENS, SCORE_BATCH_TOKENS_CPU, score_batch_tokens
+    from pqtradeoff.experiment.stages import SCORE_BATCH_TOKENS, SCORE_BATCH_TOKENS_CPU, score_batch_tokens
 
     assert score_batch_tokens(lm) == SCORE_BATCH_TOKENS_CPU < SCORE_BATCH_TOKENS
     assert score_batch_tokens(None) == SCORE_BATCH_TOKENS

@@ -8,14 +8,10 @@ import typing
 import pytest
 from pydantic import BaseModel
 
+from pqtradeoff.analysis.settings import AnalysisSettings
 from pqtradeoff.errors import PQError, validated
-from pqtradeoff.settings import (
-    AnalysisSettings,
-    ExperimentSettings,
-    GenerateSettings,
-    ScoreSettings,
-    resume_policy,
-)
+from pqtradeoff.experiment.settings import ExperimentSettings, GenerateSettings, ScoreSettings
+from pqtradeoff.pipeline.resume import resume_policy
 
 
 def leaf_paths(model: type[BaseModel], prefix: str = "") -> set[str]:
@@ -39,7 +35,7 @@ def test_every_settings_field_is_a_cli_option(module, model):
 
 
 def test_every_experiment_key_is_in_the_resolved_config_and_reads_back(tmp_path):
-    from pqtradeoff.experiment import example_config, load_experiment, resolved_config
+    from pqtradeoff.experiment.config import example_config, load_experiment, resolved_config
 
     path = tmp_path / "a.toml"
     path.write_text(example_config("smollm2-gemma-vader"), encoding="utf-8")
@@ -103,7 +99,7 @@ def test_template_without_prompt_slot():
 
 
 def test_fixed_changes_see_a_section_that_was_none_and_ignore_settings_a_side_never_knew():
-    from pqtradeoff.settings import fixed_changes
+    from pqtradeoff.pipeline.resume import fixed_changes
 
     old = {"prior": None, "reward": {"kind": "vader"}}
     new = {"prior": {"name": "m", "dtype": "float32"}, "reward": {"kind": "vader"}, "added_later": 1}

@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from pqtradeoff.digests import file_sha256, shard_digests, tree_sha256
+from pqtradeoff.pipeline.digests import file_sha256, shard_digests, tree_sha256
 from pqtradeoff.testing import build_causal
 
 from cli_helpers import cli, write_config

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import stats as sps
 
-from pqtradeoff import stats
+from pqtradeoff.analysis import stats
 from pqtradeoff.errors import PQError
 
 

@@ -17,13 +17,15 @@ import pandas as pd
 import pytest
 import torch
 
-from pqtradeoff import adaptors
 from pqtradeoff.errors import PQError
-from pqtradeoff.generate import PromptRecord, generate_corpus, row_keys, sample_batch
+from pqtradeoff.experiment.settings import ModelSpec
 from pqtradeoff.models import vllm_backend as vb
+from pqtradeoff.models.decoding import sample_batch
 from pqtradeoff.models.hf import HFModel
-from pqtradeoff.score import continuation_logprobs
-from pqtradeoff.settings import ModelSpec
+from pqtradeoff.models.teacher_forcing import continuation_logprobs
+from pqtradeoff.pipeline.generate import PromptRecord, generate_corpus
+from pqtradeoff.sampling import adaptors
+from pqtradeoff.sampling.sampler import row_keys
 
 PAPER_FAMILIES = [
     "ancestral",

@@ -2,7 +2,7 @@
 
 The same generate -> score -> analyze stages as for Hugging Face models, run on an automaton prior p, a
 transition-additive reward r and the exact aligned automaton p+ = p exp(r/beta) / Z. Every quantity the
-analysis estimates has a closed form here (`pqtradeoff.exact`), so the report can show the Monte Carlo corpora
+analysis estimates has a closed form here (`pqtradeoff.exact.closed_forms`), so the report can show the Monte Carlo corpora
 falling on the theory, and say whether the IMH-corrected means agree with the exact ones.
 """
 
@@ -16,15 +16,15 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from pqtradeoff import exact
-from pqtradeoff.adaptors import Adaptor, parse_grid
-from pqtradeoff.analyze import ExtraInputs, run_analysis
-from pqtradeoff.analyze import make_settings as analysis_settings
-from pqtradeoff.automata import WeightedAutomaton, transition_matrix
-from pqtradeoff.correct import Target
+from pqtradeoff.analysis.analyze import ExtraInputs, run_analysis
+from pqtradeoff.analysis.analyze import make_settings as analysis_settings
+from pqtradeoff.analysis.imh import Target
+from pqtradeoff.analysis.results import Summary
 from pqtradeoff.errors import PQError, validated
+from pqtradeoff.exact import closed_forms
 from pqtradeoff.io import write_json
-from pqtradeoff.results import Summary
+from pqtradeoff.models.automata import WeightedAutomaton, transition_matrix
+from pqtradeoff.sampling.adaptors import Adaptor, parse_grid
 
 DEFAULT_FAMILIES = ("ancestral", "top_k=3", "top_k=6", "top_p=0.9", "top_p=0.95", "typical_p=0.9",
                     "eta_cutoff=0.0009")
@@ -92,7 +92,7 @@ def make_settings(**values: Any) -> DemoSettings:
 
 def build_models(settings: DemoSettings) -> Any:
     """The prior (random n-gram, or estimated from `text`), the rarity reward and the exact aligned model."""
-    from pqtradeoff import demo_models as dm  # lazy: torch
+    from pqtradeoff.exact import demo_models as dm  # lazy: torch
     from pqtradeoff.models import fsa  # lazy: torch
 
     if settings.text is None and settings.reward == "rare-word":
@@ -120,7 +120,7 @@ def build_models(settings: DemoSettings) -> Any:
 def smallest_normalizing_beta(prior: Any, reward: Any, beta: float, ceiling: float = 1e6) -> float | None:
     """About the smallest beta above `beta` at which p(y) exp(r(y)/beta) normalizes (None below `ceiling`):
     doubling until it does, then bisection to 1%, rounded up so the suggestion itself works."""
-    from pqtradeoff.automata import backward
+    from pqtradeoff.models.automata import backward
 
     def normalizes(b: float) -> bool:
         with np.errstate(over="ignore"):
@@ -152,8 +152,8 @@ def exact_values(
     included, exactly as the analysis keeps only the strings that finished within `--max-new-tokens`.
     """
     def laws(bound: int | None) -> tuple[Any, Any]:
-        local = exact.local_expectations(alignment, adaptor, max_length=bound)
-        corrected = local if target == "none" else exact.imh_target_expectations(alignment, adaptor, target,
+        local = closed_forms.local_expectations(alignment, adaptor, max_length=bound)
+        corrected = local if target == "none" else closed_forms.imh_target_expectations(alignment, adaptor, target,
                                                                                   max_length=bound)
         return local, corrected
 
@@ -188,7 +188,7 @@ def cut_probability(alignment: Any, adaptor: Adaptor, max_length: int) -> float:
     """Probability that sampling (the local adaptor) has not emitted EOS after `max_length` tokens: the
     mass `generate` cuts off. Where it is negligible, conditioning on finishing changes nothing measurable
     and the (slower) bounded closed forms are not needed."""
-    tables = exact.adapted_tables(alignment.aligned, adaptor)
+    tables = closed_forms.adapted_tables(alignment.aligned, adaptor)
     model = alignment.aligned
     q = transition_matrix(WeightedAutomaton(model.next_state, tables.log_probs, model.eos_token_id))
     start = np.zeros(q.shape[0])
@@ -206,7 +206,7 @@ def tradeoff_lines(alignment: Any, adaptors: list[Adaptor], beta: float) -> list
     for a in adaptors:
         if a.truncates:
             continue
-        g = exact.global_expectations(alignment, a)
+        g = closed_forms.global_expectations(alignment, a)
         if not g.normalizes:
             continue
         c = a.temperature * (g.log_normalizer - g.entropy) + alignment.log_z
@@ -233,8 +233,8 @@ def run_demo(
 
 
 def _run(out_dir: Path, settings: DemoSettings, progress: bool) -> tuple[Summary, dict[str, float]]:
-    from pqtradeoff.generate import PromptRecord, generate_corpus  # lazy: torch
-    from pqtradeoff.score import score_corpus  # lazy: torch
+    from pqtradeoff.pipeline.generate import PromptRecord, generate_corpus  # lazy: torch
+    from pqtradeoff.pipeline.score import score_corpus  # lazy: torch
 
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
@@ -316,7 +316,7 @@ def typical_corpora(out_dir: Path, summary: Summary, kept: list[Adaptor], lines:
     log Z_T, so a corpus's mean log p_T + H(p_T) = (mean log p + mean r/beta - c_T)/T with the line's c_T:
     its deviation from the line, in nats of log p_T. Draws `typical_corpora.<fmt>`; returns counts and the
     mean deviation with a standard error from the IMH means' (summed: conservative)."""
-    from pqtradeoff import plots  # lazy: matplotlib
+    from pqtradeoff.analysis import plots  # lazy: matplotlib
 
     corpora = pd.read_parquet(out_dir / "corpora.parquet")
     by_label = {line["label"]: line for line in lines}

@@ -216,35 +216,6 @@ def run_record(command: str, settings: dict[str, Any]) -> dict[str, Any]:
 RUN_RECORD = "_run.json"
 
 
-def check_resumable(out_dir: Path, record: dict[str, Any], policy: dict[str, str] | None = None) -> list[str]:
-    """Refuse to mix two different runs in one folder; return the settings that changed but may change.
-
-    An existing `_run.json` must hold the same settings, compared key by key after flattening nested sections,
-    except the keys `policy` marks "grow" (they only add or remove whole shards) or "free" (they cannot change
-    any output). A record beside no output at all (a run that failed before writing anything) never blocks.
-    """
-    from pqtradeoff.settings import describe_changes, fixed_changes, flatten, policy_of  # lazy: pydantic
-
-    path = Path(out_dir) / RUN_RECORD
-    if not path.exists():
-        return []
-    try:
-        old = json.loads(path.read_text(encoding="utf-8")).get("settings", {}) or {}
-    except (OSError, ValueError, AttributeError):
-        raise PQError(f"{str(path)!r} is not a readable run record: delete it or use a new --out "
-                      "folder") from None
-    if not any(p.suffix in (".parquet", ".json") and not p.name.startswith((".", "_"))
-               for p in Path(out_dir).iterdir()):
-        return []
-    policy = policy or {}
-    changes = fixed_changes(old, record["settings"], policy)
-    if changes:
-        raise PQError(f"--out {str(out_dir)!r} holds a run made with other settings "
-                      f"({describe_changes(changes)}); use a new --out folder, or the old settings to resume")
-    old, new = flatten(old), flatten(record["settings"])
-    return [k for k in new if k in old and old[k] != new[k] and policy_of(k, policy) == "grow"]
-
-
 @dataclass
 class StageResult:
     """What a sharded stage (`generate`, `score`) did: shards planned, written now, found done and moved

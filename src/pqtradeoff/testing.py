@@ -15,7 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pqtradeoff.adaptors import PARAMETERS, Adaptor
+from pqtradeoff.sampling.adaptors import PARAMETERS, Adaptor
 
 WORDS = (
     "the a cat dog sat ran on mat hat big small red blue green is was and or not yes no hello world how "

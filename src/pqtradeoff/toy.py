@@ -13,8 +13,8 @@ N. So we draw counts for all corpora at once instead of N * n_corpora single sam
 
 numpy and matplotlib only (no torch, no scipy: importing scipy.stats costs about a second, more than the
 whole experiment), so `pqtradeoff toy` starts fast. The statistics (entropy, Spearman, Pearson, means over
-count vectors) are `pqtradeoff.stats`'s numpy-only ones, which equal scipy's bit for bit; the figures are
-`pqtradeoff.plots`'s toy figures (bare Agg figures, no pyplot).
+count vectors) are `pqtradeoff.analysis.stats`'s numpy-only ones, which equal scipy's bit for bit; the figures are
+`pqtradeoff.analysis.plots`'s toy figures (bare Agg figures, no pyplot).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from pqtradeoff import stats
+from pqtradeoff.analysis import stats
 from pqtradeoff.errors import PQError
 from pqtradeoff.io import lock_folder, run_record, write_json
 
@@ -216,7 +216,7 @@ def run(settings: ToySettings, out: str | Path, figures: bool = True, figure_for
     clear_owned(out, "toy")
     names = figure_names(figure_format)
     if figures:
-        from pqtradeoff import plots  # lazy: matplotlib
+        from pqtradeoff.analysis import plots  # lazy: matplotlib
 
         plots.toy_distributions(model, out / names[0])
         plots.toy_string_scatter(model, summary, out / names[1])

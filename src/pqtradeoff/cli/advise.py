@@ -22,8 +22,8 @@ def advise(
     as_json: bool = typer.Option(False, "--json", help="print the advice as JSON"),
 ) -> None:
     """Cheapest way to a reward target: a frontier configuration, or a mixture of two neighbouring ones."""
-    from pqtradeoff.advise import advise as make_advice  # lazy: scipy
-    from pqtradeoff.advise import describe, read_summary  # lazy: scipy
+    from pqtradeoff.analysis.advise import advise as make_advice  # lazy: scipy
+    from pqtradeoff.analysis.advise import describe, read_summary  # lazy: scipy
     from pqtradeoff.io import to_json  # lazy: startup
 
     advice = make_advice(read_summary(analysis_dir), min_reward=min_reward, max_prior_loss=max_prior_loss,

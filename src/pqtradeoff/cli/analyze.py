@@ -10,9 +10,9 @@ from pathlib import Path
 
 import typer
 
+from pqtradeoff.analysis.settings import AnalysisSettings
 from pqtradeoff.cli import app
 from pqtradeoff.cli.options import argument, option, settings_command
-from pqtradeoff.settings import AnalysisSettings
 
 #: One option per field, named after it; `--format` (as on `demo` and `toy`) sets figure_format.
 FLAGS = {("--format" if name == "figure_format" else f"--{name.replace('_', '-')}"): name
@@ -20,7 +20,7 @@ FLAGS = {("--format" if name == "figure_format" else f"--{name.replace('_', '-')
 
 
 def _analyze(settings: AnalysisSettings, scored_dir: Path, out: Path) -> None:
-    from pqtradeoff.analyze import analyze_dir  # lazy: pandas
+    from pqtradeoff.analysis.analyze import analyze_dir  # lazy: pandas
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # every warning is echoed below, once, and kept in summary.json

@@ -10,7 +10,7 @@ import typer
 from pqtradeoff.cli import app
 
 if TYPE_CHECKING:
-    from pqtradeoff.results import Summary
+    from pqtradeoff.analysis.results import Summary
 
 
 @app.command()

@@ -1,7 +1,7 @@
 """`pqtradeoff generate`: sample a corpus from an aligned model under a grid of adaptors.
 
 Thin: the options come from `GenerateSettings` (`FLAGS` says which option sets which field); the work is
-`pqtradeoff.stages.run_generate`, which checks the prompts and the resume before loading the model.
+`pqtradeoff.experiment.stages.run_generate`, which checks the prompts and the resume before loading the model.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import typer
 
 from pqtradeoff.cli import app
 from pqtradeoff.cli.options import option, settings_command
-from pqtradeoff.settings import GenerateSettings
+from pqtradeoff.experiment.settings import GenerateSettings
 
 FLAGS = {
     "--model": "model.name", "--gguf-file": "model.gguf_file", "--backend": "model.backend",
@@ -36,7 +36,7 @@ def _generate(settings: GenerateSettings, out: Path) -> None:
     from pqtradeoff.models.registry import require_model_packages
 
     require_model_packages()  # one line, before anything imports torch
-    from pqtradeoff.stages import run_generate  # lazy: torch
+    from pqtradeoff.experiment.stages import run_generate  # lazy: torch
 
     result = run_generate(settings, out)
     typer.echo(f"corpus: {result.out_dir} ({result.describe()})")

@@ -23,12 +23,8 @@ def run(
     actors: int = typer.Option(None, "--actors", help="Override [executor] actors (Ray model replicas)."),
 ) -> None:
     """Run an experiment: generate -> score -> analyze, each stage reused when its inputs are unchanged."""
-    from pqtradeoff.experiment import (  # lazy: pandas
-        load_experiment,
-        resolved_config,
-        run_experiment,
-        with_executor,
-    )
+    from pqtradeoff.experiment.config import load_experiment, resolved_config, with_executor  # lazy: pydantic
+    from pqtradeoff.experiment.run import run_experiment  # lazy: pandas
 
     settings = with_executor(load_experiment(config), kind=executor, ray_address=ray_address, actors=actors)
     if print_config:
@@ -88,6 +84,6 @@ def init(
                                                         "(offline, CPU), paper-rlhf, paper-dpo (GPU, hub)."),
 ) -> None:
     """Print a commented starting config: `pqtradeoff init > my.toml`."""
-    from pqtradeoff.experiment import example_config  # lazy: pandas
+    from pqtradeoff.experiment.config import example_config  # lazy: pandas
 
     typer.echo(example_config(example), nl=False)

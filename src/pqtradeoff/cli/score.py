@@ -1,6 +1,6 @@
 """`pqtradeoff score`: add `logp_prior` (the prior, teacher-forced) and `reward` to a corpus.
 
-Thin: the options come from `ScoreSettings`; the work is `pqtradeoff.stages.run_score`, which checks the
+Thin: the options come from `ScoreSettings`; the work is `pqtradeoff.experiment.stages.run_score`, which checks the
 corpus and the resume before loading any model and reuses the corpus's prompt format (`_run.json`).
 """
 
@@ -12,7 +12,7 @@ import typer
 
 from pqtradeoff.cli import app
 from pqtradeoff.cli.options import argument, option, settings_command
-from pqtradeoff.settings import ScoreSettings
+from pqtradeoff.experiment.settings import ScoreSettings
 
 FLAGS = {
     "--prior": "prior.name", "--prior-gguf-file": "prior.gguf_file",
@@ -32,7 +32,7 @@ def _score(settings: ScoreSettings, corpus_dir: Path, out: Path) -> None:
     from pqtradeoff.models.registry import require_model_packages
 
     require_model_packages()  # one line, before anything imports torch
-    from pqtradeoff.stages import run_score  # lazy: torch
+    from pqtradeoff.experiment.stages import run_score  # lazy: torch
 
     result = run_score(settings, corpus_dir, out)
     typer.echo(f"scored corpus: {result.out_dir} ({result.describe()})")

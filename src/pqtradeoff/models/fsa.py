@@ -11,8 +11,8 @@
 - `align(prior, reward, beta)`: the aligned model p+(y) = p(y) exp(r(y)/beta) / Z as a locally normalized
   automaton, p+(v|s) = p(v|s) exp(phi(s,v)/beta) b(next)/b(s), with b from one linear solve and Z = b(start).
 
-Linear algebra is float64 numpy (see `pqtradeoff.automata`); torch appears only at the model interface. The
-closed forms over these models live in `pqtradeoff.exact`, the demo's models in `pqtradeoff.demo_models`.
+Linear algebra is float64 numpy (see `pqtradeoff.models.automata`); torch appears only at the model interface. The
+closed forms over these models live in `pqtradeoff.exact.closed_forms`, the demo's models in `pqtradeoff.exact.demo_models`.
 """
 
 from __future__ import annotations
@@ -29,9 +29,9 @@ import numpy as np
 import torch
 from scipy.special import logsumexp
 
-from pqtradeoff.automata import WeightedAutomaton, backward, locally_normalize
 from pqtradeoff.errors import PQError
-from pqtradeoff.models.base import StepLanguageModel
+from pqtradeoff.models.automata import WeightedAutomaton, backward, locally_normalize
+from pqtradeoff.models.decoding import StepLanguageModel
 
 EOS = "</s>"
 #: Dense linear algebra over states: larger automata are refused with a one-line error.

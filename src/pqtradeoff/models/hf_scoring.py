@@ -34,15 +34,17 @@ import numpy as np
 import torch
 
 from pqtradeoff.errors import PQError
-from pqtradeoff.models.base import length_batches
-from pqtradeoff.models.hf import (
-    HFModel,
+from pqtradeoff.models.hf_layout import (
     common_prefix,
     left_pad,
     position_ids,
     right_pad,
     teacher_forced_inputs,
 )
+from pqtradeoff.models.teacher_forcing import length_batches
+
+#: An `models.hf.HFModel` (which imports this module, so it is not imported here).
+HFModel = Any
 
 #: Prompt tokens (distinct prompts x longest prompt) whose keys/values a window holds, per max_batch_tokens.
 PROMPT_STATE_FACTOR = 4

@@ -26,6 +26,7 @@ import os
 import shutil
 import socket
 from pathlib import Path
+from typing import Any
 
 from pqtradeoff.errors import PQError, first_line
 
@@ -155,9 +156,9 @@ def package_gguf(package: str, gguf_file: str | None, what: str) -> tuple[Path, 
 def converted_folder(gguf_path: Path) -> Path:
     """The cache folder for a GGUF file's safetensors conversion, keyed by the file's content (a file
     rewritten in place, even with its old size and time, is converted again) and the conversion's version."""
-    from pqtradeoff.digests import file_sha256
-
-    key = f"{file_sha256(gguf_path)}|{CONVERSION_VERSION}"
+    with open(gguf_path, "rb") as f:
+        content = hashlib.file_digest(f, "sha256").hexdigest()
+    key = f"{content}|{CONVERSION_VERSION}"
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]
     return cache_dir() / "converted" / f"{gguf_path.stem}-{digest}"
 
@@ -183,3 +184,25 @@ def convert_gguf(model, tokenizer, gguf_path: Path) -> Path | None:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def model_files(spec: Any) -> Path | None:
+    """The file or folder that `from_pretrained` reads for a model spec (`settings.ModelSpec`), without
+    loading it; None for a hub id that is not in the local cache (the load itself then says what is wrong)."""
+    name, gguf = spec.name, spec.gguf_file
+    if name.startswith("pypi:"):
+        try:
+            folder, gguf = package_gguf(name[len("pypi:"):], gguf, "model")
+        except PQError:
+            return None
+        return folder / gguf
+    local = Path(name).expanduser()
+    if local.exists() or looks_like_path(name):
+        if not local.exists():
+            return None
+        return local / gguf if gguf is not None and local.is_dir() else local
+    try:
+        from huggingface_hub import snapshot_download  # lazy: optional
+        return Path(snapshot_download(name, local_files_only=True))
+    except Exception:  # not cached, or huggingface_hub absent: the name is all there is
+        return None

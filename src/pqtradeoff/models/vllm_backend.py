@@ -80,10 +80,10 @@ from typing import Any
 
 import numpy as np
 
-from pqtradeoff.adaptors import Adaptor, parse
 from pqtradeoff.errors import PQError
 from pqtradeoff.models.base import SampledRow, SampleRequest
 from pqtradeoff.models.hf import HFTokenization
+from pqtradeoff.sampling.adaptors import Adaptor, parse
 
 VLLM_VERSION = "0.33.0"
 EXTRA_HINT = 'pip install -e ".[vllm]" (the pqtradeoff[vllm] extra, vllm==0.33.0, on a machine with a GPU)'

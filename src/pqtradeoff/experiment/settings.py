@@ -2,7 +2,7 @@
 
 Each field states its name, type, default, range and help once. From these models derive:
 - the CLI options of `generate`, `score`, `analyze` and `run` (`pqtradeoff.cli.options`);
-- the keys of an experiment file (`ExperimentSettings`, read by `pqtradeoff.experiment.load_experiment`);
+- the keys of an experiment file (`ExperimentSettings`, read by `pqtradeoff.experiment.config.load_experiment`);
 - what a stage records in `_run.json`, and which changes a resumed run accepts (`resume_policy`).
 
 Every field has a resume policy, declared beside it (`json_schema_extra={"resume": ...}`):
@@ -18,19 +18,18 @@ fast.
 
 from __future__ import annotations
 
-import typing
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from pqtradeoff.adaptors import parse, parse_grid
+from pqtradeoff.analysis.settings import AnalysisSettings
 from pqtradeoff.errors import PQError
+from pqtradeoff.sampling.adaptors import parse, parse_grid
 
 DType = Literal["float32", "bfloat16", "float16"]
 Device = Literal["auto", "cpu", "cuda"]
 PriorContext = Literal["prompt", "none"]
-Target = Literal["global", "aligned", "none"]
 PROMPT_SLOT = "{prompt}"
 
 FREE = {"resume": "free"}
@@ -211,7 +210,7 @@ class RewardSettings(Section):
 
     @model_validator(mode="after")
     def _check(self) -> RewardSettings:
-        from pqtradeoff.rewards import REWARD_KINDS, REWARD_REGISTRY, is_reward_kind  # lazy: numpy
+        from pqtradeoff.pipeline.rewards import REWARD_KINDS, REWARD_REGISTRY, is_reward_kind  # lazy: numpy
 
         if not is_reward_kind(self.kind):
             raise ValueError(f"kind={self.kind!r} is not one of {', '.join(REWARD_KINDS)}")
@@ -228,30 +227,6 @@ class RewardSettings(Section):
         if self.label is not None and self.kind != "model":
             raise ValueError(f"label={self.label!r} only applies to kind='model'")
         return self
-
-
-# ---------------------------------------------------------------------------------------------- analysis
-class AnalysisSettings(Section):
-    """Everything that changes the analysis's numbers; recorded in summary.json."""
-
-    target: Target = Field("global", description="IMH target: global (globally normalized adaptor), aligned, "
-                                                 "or none (no correction).")
-    corpora: int = Field(2000, ge=1, le=10_000_000, description="Bootstrapped corpora per configuration.")
-    corpus_size: int = Field(2000, ge=1, le=100_000_000, description="Strings per bootstrapped corpus.")
-    imh_steps: int = Field(200_000, ge=2, le=10**9, description="IMH chain length per configuration.")
-    keep_unfinished: bool = Field(False, description="Keep strings that never emitted EOS.")
-    seed: int = Field(0, ge=0, le=2**63 - 1, description="Random seed of the chains and corpora.")
-    confidence: float = Field(0.95, gt=0.0, lt=1.0, description="Confidence level of every interval.")
-    min_importance_ess: float = Field(10.0, ge=1.0, description="Flag configs whose pool importance-sampling "
-                                                                "ESS is below this.")
-    plots: bool = Field(True, description="Draw the figures.")
-    figure_format: Literal["png", "pdf", "svg"] = Field(
-        "png", description="File format of the figures (pdf and svg are vector; the report embeds png and "
-        "svg).")
-    beta: float | None = Field(None, gt=0.0, allow_inf_nan=False,
-                               description="Nominal KL strength the aligned model was trained with: drawn on "
-                                           "the alignment panel and compared with the fitted beta (unset: "
-                                           "not drawn).")
 
 
 # ------------------------------------------------------------------------------------------------ stages
@@ -334,86 +309,3 @@ class ExperimentSettings(Section):
 
 
 # ----------------------------------------------------------------------------------------- resume policy
-def resume_policy(model: type[BaseModel], prefix: str = "") -> dict[str, str]:
-    """Dotted field path -> "fixed" | "grow" | "free", walking nested sections."""
-    out: dict[str, str] = {}
-    for name, field in model.model_fields.items():
-        path = f"{prefix}{name}"
-        extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
-        nested = _section_type(field.annotation)
-        if nested is not None:
-            out |= resume_policy(nested, path + ".")
-        else:
-            out[path] = str(extra.get("resume", "fixed"))
-    return out
-
-
-def _section_type(annotation: Any) -> type[BaseModel] | None:
-    """The Section class inside `X` or `X | None`, else None."""
-    candidates = [annotation, *typing.get_args(annotation)]
-    for c in candidates:
-        if isinstance(c, type) and issubclass(c, BaseModel):
-            return c
-    return None
-
-
-def flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """{"a": {"b": 1}} -> {"a.b": 1} (a None section stays one key)."""
-    out: dict[str, Any] = {}
-    for key, value in values.items():
-        if isinstance(value, dict):
-            out |= flatten(value, f"{prefix}{key}.")
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
-def fixed_changes(old: dict[str, Any], new: dict[str, Any],
-                  policy: dict[str, str]) -> list[tuple[str, Any, Any]]:
-    """The (key, old, new) of every "fixed" setting that differs between two settings dicts (nested or flat).
-
-    Keys are compared where both sides recorded them, a section recorded as None (e.g. no prior) counting as
-    recording each of its keys as None; a key only one side knows at all (a setting added by a newer version)
-    is not compared."""
-    old, new = flatten(old), flatten(new)
-
-    def value(side: dict[str, Any], key: str) -> tuple[bool, Any]:
-        while True:
-            if key in side:
-                return True, side[key]
-            if "." not in key:
-                return False, None
-            key = key.rsplit(".", 1)[0]
-            if key in side and side[key] is not None:
-                return False, None
-
-    changes = []
-    for key in sorted(set(old) | set(new), key=lambda k: (k.split(".")[0] in DIGEST_KEYS, k)):
-        (in_old, a), (in_new, b) = value(old, key), value(new, key)
-        if in_old and in_new and a != b and policy_of(key, policy) == "fixed":
-            changes.append((key, a, b))
-    return changes
-
-
-#: Recorded digests of a stage's inputs (`pipeline.digests`): listed after the settings the user wrote, whose
-#: change they often only follow (a new model name is also a new model digest).
-DIGEST_KEYS = ("inputs_sha256", "prompts_sha256")
-
-
-def policy_of(key: str, policy: dict[str, str]) -> str:
-    """The policy of a dotted key: its own, else that of the nearest enclosing section, else "fixed"."""
-    while True:
-        if key in policy:
-            return policy[key]
-        if "." not in key:
-            return "fixed"
-        key = key.rsplit(".", 1)[0]
-
-
-def describe_changes(changes: list[tuple[str, Any, Any]]) -> str:
-    """`key: old -> new; ...` for a one-line message (long values shortened)."""
-    def short(v: Any) -> str:
-        text = repr(v)
-        return text if len(text) <= 60 else text[:57] + "..."
-
-    return "; ".join(f"{k}: {short(a)} -> {short(b)}" for k, a, b in changes)

@@ -14,11 +14,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pqtradeoff.digests import model_sha256, reward_sha256
 from pqtradeoff.errors import PQError
-from pqtradeoff.io import check_resumable
+from pqtradeoff.experiment.settings import GenerateSettings, ModelSpec, RewardSettings, ScoreSettings
 from pqtradeoff.outdir import check_out
-from pqtradeoff.settings import GenerateSettings, ModelSpec, RewardSettings, ScoreSettings, resume_policy
+from pqtradeoff.pipeline.digests import model_sha256, reward_sha256
+from pqtradeoff.pipeline.resume import check_resumable, resume_policy
 
 log = logging.getLogger("pqtradeoff")
 #: Default batch sizes of scoring when the user gives none (generation chooses its own: `choose_batch_size`).
@@ -122,7 +122,7 @@ class ScoreModelsLoader:
             scorer = ModelCache(quiet=True).reward_model(self.reward_model, self.template, self.reward_chat,
                                                          self.reward.label, self.batch_size)
         else:
-            from pqtradeoff.rewards import make_reward
+            from pqtradeoff.pipeline.rewards import make_reward
 
             scorer = make_reward(self.reward.kind, beta=self.reward.beta)
         return prior, scorer
@@ -152,7 +152,7 @@ GENERATE_POLICY = resume_policy(GenerateSettings) | {"prompts_sha256": "grow"}
 
 def run_generate(settings: GenerateSettings, out: Path, models: ModelCache | None = None) -> Any:
     """Sample the corpus of `settings` into `out` (resumable; a grown grid adds only new shards)."""
-    from pqtradeoff.prompts import load_prompts  # lazy: pandas
+    from pqtradeoff.pipeline.prompts import load_prompts  # lazy: pandas
 
     p = settings.prompts
     out = check_out(out)
@@ -165,7 +165,7 @@ def run_generate(settings: GenerateSettings, out: Path, models: ModelCache | Non
     _quiet_transformers(settings.compute.progress)
     lm = models.planner(settings.model, p.template, p.chat_template, settings.executor)
 
-    from pqtradeoff.generate import PromptRecord, generate_corpus  # lazy: torch
+    from pqtradeoff.pipeline.generate import PromptRecord, generate_corpus  # lazy: torch
 
     records = [PromptRecord(i, text, lm.encode_prompt(text)) for i, text in rows]
     batch = settings.compute.batch_size  # None: each shard's batch is chosen from a memory budget
@@ -198,7 +198,7 @@ def score_record_settings(settings: ScoreSettings, corpus: Path, models: ModelCa
 
 def run_score(settings: ScoreSettings, corpus: Path, out: Path, models: ModelCache | None = None) -> Any:
     """Score the corpus in `corpus` into `out`: `logp_prior` from the prior, `reward` from the reward."""
-    from pqtradeoff.corpus import require_shards, run_settings  # lazy: pyarrow
+    from pqtradeoff.pipeline.corpus import require_shards, run_settings  # lazy: pyarrow
 
     corpus, out = Path(corpus), check_out(out)
     require_shards(corpus)
@@ -224,7 +224,7 @@ def run_score(settings: ScoreSettings, corpus: Path, out: Path, models: ModelCac
             lambda c: models.reward_model(settings.reward_model, template, c, r.label, batch), chat,
             f"the reward model {settings.reward_model.name!r}")
     else:
-        from pqtradeoff.rewards import make_reward  # lazy: numpy
+        from pqtradeoff.pipeline.rewards import make_reward  # lazy: numpy
 
         scorer = make_reward(r.kind, beta=r.beta)
     lm, prior_chat = None, None
@@ -232,7 +232,7 @@ def run_score(settings: ScoreSettings, corpus: Path, out: Path, models: ModelCac
         lm, prior_chat = with_chat_fallback(
             lambda c: models.planner(settings.prior, template, c, settings.executor), chat,
             f"the prior {settings.prior.name!r}")
-    from pqtradeoff.score import score_corpus  # lazy: torch
+    from pqtradeoff.pipeline.score import score_corpus  # lazy: torch
 
     recorded |= {"prompt_template": template, "chat_template": chat, "prior_chat_template": prior_chat,
                  "reward_chat_template": reward_chat}
@@ -260,7 +260,7 @@ def with_chat_fallback(build, chat: bool, what: str):
 def check_executor(executor: Any) -> None:
     """The ray executor's needs (Ray installed, the cluster reachable), checked before any model loads."""
     if executor.kind == "ray":
-        from pqtradeoff.executor import check_reachable, require_ray
+        from pqtradeoff.pipeline.executor import check_reachable, require_ray
 
         require_ray()
         if executor.ray_address is not None:

@@ -30,15 +30,23 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from pqtradeoff import adaptors, correct, stats
-from pqtradeoff.alignment import AlignmentData, AlignmentFit, fit_alignment
-from pqtradeoff.corpus import ANALYSIS_COLUMNS, RUN_RECORD, read_corpus, write_shard
+from pqtradeoff.analysis import imh, stats
+from pqtradeoff.analysis.fidelity import AlignmentData, AlignmentFit, fit_alignment
+from pqtradeoff.analysis.results import (
+    ConfigResult,
+    ExactLine,
+    InputReport,
+    SeriesEstimate,
+    SkippedConfig,
+    Summary,
+)
+from pqtradeoff.analysis.settings import AnalysisSettings
+from pqtradeoff.analysis.stats import Correlation, TradeoffFit
 from pqtradeoff.errors import PQError, validated
 from pqtradeoff.io import lock_folder, run_record, write_json
 from pqtradeoff.outdir import check_output_folder, clear_owned
-from pqtradeoff.results import ConfigResult, ExactLine, InputReport, SeriesEstimate, SkippedConfig, Summary
-from pqtradeoff.settings import AnalysisSettings
-from pqtradeoff.stats import Correlation, TradeoffFit
+from pqtradeoff.pipeline.corpus import ANALYSIS_COLUMNS, RUN_RECORD, read_corpus, write_shard
+from pqtradeoff.sampling import adaptors
 
 #: Columns whose values must be finite for a row to be used (the quantities analysed).
 VALUE_COLUMNS = ("reward", "logp_prior")
@@ -200,7 +208,7 @@ def analyze_config(
     if isinstance(spec, adaptors.Mixture):
         raise PQError("a mixture of adaptors: its pool's plain means are what sampling it gives (used by "
                       "`advise`); the IMH analysis corrects its components, sampled as configurations of their own")
-    log_w = correct.log_importance_weights(
+    log_w = imh.log_importance_weights(
         settings.target, rows["log_weight"].to_numpy(float), rows["logp_aligned"].to_numpy(float),
         rows["logq"].to_numpy(float),
     )
@@ -212,25 +220,25 @@ def analyze_config(
             "the target gives none of this configuration's strings any mass"
         )
     values = {name: rows[col].to_numpy(float) for name, col in SERIES.items()}
-    seeds = correct.chain_seed(settings.seed, adaptor).spawn(2)
-    chain = correct.run_chain(log_w, values, settings.imh_steps, np.random.default_rng(seeds[0]))
+    seeds = imh.chain_seed(settings.seed, adaptor).spawn(2)
+    chain = imh.run_chain(log_w, values, settings.imh_steps, np.random.default_rng(seeds[0]))
     means = stats.corpus_means(
         chain.visits, values, settings.corpora, settings.corpus_size, np.random.default_rng(seeds[1])
     )
     series: dict[str, SeriesEstimate] = {}
     for name in SERIES:
-        mu, pool_var, target_var = correct.snis_mean_and_variance(log_w, values[name])
+        mu, pool_var, target_var = imh.snis_mean_and_variance(log_w, values[name])
         local, local_se = _local_mean_and_se(values[name])
         series[name] = SeriesEstimate(
             mean=chain.mean[name],
-            se=correct.imh_standard_error(pool_var, target_var, chain.tau[name], chain.steps),
+            se=imh.imh_standard_error(pool_var, target_var, chain.tau[name], chain.steps),
             se_pool=float(np.sqrt(pool_var)),
             se_chain=float(np.sqrt(target_var * chain.tau[name] / chain.steps)),
             snis_mean=mu, local_mean=local, local_mean_se=local_se, chain_ess=chain.ess(name),
             tau=chain.tau[name], lag1=chain.lag1[name],
             corpus_mean_sd=float(np.std(means[name], ddof=1)) if settings.corpora > 1 else None,
         )
-    importance_ess = correct.importance_ess(log_w)
+    importance_ess = imh.importance_ess(log_w)
     result = ConfigResult(
         adaptor=adaptor, family=spec.family, temperature=spec.temperature, n_strings=n, n_zero_weight=zero,
         acceptance_rate=chain.acceptance_rate, chain_steps=chain.steps,
@@ -249,7 +257,7 @@ def analyze_configs(groups: Mapping[str, pd.DataFrame], settings: AnalysisSettin
 
     Why threads: the corpus bootstrap (numpy's Poisson sampler), the FFTs and the counting release the GIL, so
     on a 2-core machine two configurations run at once at ~1.7x. Every configuration has its own random
-    streams (`correct.chain_seed`) and computes single-threaded, so the results are the same bytes whatever
+    streams (`imh.chain_seed`) and computes single-threaded, so the results are the same bytes whatever
     the number of threads (min(MAX_WORKERS, usable CPUs, configurations)).
     """
     def one(adaptor: str) -> tuple[ConfigResult, dict[str, np.ndarray]] | PQError:
@@ -423,14 +431,17 @@ def _across_configs(data: pd.DataFrame, per: _PerConfig, settings: AnalysisSetti
 def _alignment(data: pd.DataFrame, settings: AnalysisSettings, inputs: ExtraInputs
                ) -> tuple[AlignmentFit, AlignmentData | None]:
     """Step 3b: alignment fidelity and the effective beta, over every configuration's finished strings."""
-    rng = np.random.default_rng(correct.chain_seed(settings.seed, "alignment"))
+    rng = np.random.default_rng(imh.chain_seed(settings.seed, "alignment"))
     return fit_alignment(data, inputs.source, settings.confidence, rng, nominal_beta=settings.beta)
 
 
 def _write(summary: Summary, data: pd.DataFrame, corpora: pd.DataFrame, aligned: AlignmentData | None,
            out_dir: Path) -> None:
     """Step 4: corpora.parquet, the figures, summary.json, _run.json and report.html, each atomically."""
-    from pqtradeoff import plots, report  # matplotlib only when we get this far
+    from pqtradeoff.analysis import (
+        plots,  # matplotlib only when we get this far
+        report,
+    )
 
     out_dir.mkdir(parents=True, exist_ok=True)
     lock_folder(out_dir, "analyze")

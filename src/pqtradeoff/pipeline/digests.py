@@ -37,7 +37,7 @@ def bytes_sha256(data: bytes) -> str:
 
 def shard_digests(directory: str | Path) -> dict[str, str]:
     """Name -> SHA-256 of every complete shard of a corpus folder (`corpus.shard_files` order)."""
-    from pqtradeoff.corpus import shard_files  # lazy: pyarrow
+    from pqtradeoff.pipeline.corpus import shard_files  # lazy: pyarrow
 
     return {p.name: file_sha256(p) for p in shard_files(directory)}
 
@@ -61,33 +61,11 @@ def tree_sha256(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def model_files(spec: Any) -> Path | None:
-    """The file or folder that `from_pretrained` reads for a model spec (`settings.ModelSpec`), without
-    loading it; None for a hub id that is not in the local cache (the load itself then says what is wrong)."""
-    from pqtradeoff.errors import PQError
-    from pqtradeoff.models.sources import looks_like_path, package_gguf
-
-    name, gguf = spec.name, spec.gguf_file
-    if name.startswith("pypi:"):
-        try:
-            folder, gguf = package_gguf(name[len("pypi:"):], gguf, "model")
-        except PQError:
-            return None
-        return folder / gguf
-    local = Path(name).expanduser()
-    if local.exists() or looks_like_path(name):
-        if not local.exists():
-            return None
-        return local / gguf if gguf is not None and local.is_dir() else local
-    try:
-        from huggingface_hub import snapshot_download  # lazy: optional
-        return Path(snapshot_download(name, local_files_only=True))
-    except Exception:  # not cached, or huggingface_hub absent: the name is all there is
-        return None
-
-
 def model_sha256(spec: Any) -> str | None:
-    """Digest of a model's files (`model_files`); None where they cannot be found before loading."""
+    """Digest of a model's files (`models.sources.model_files`); None where they cannot be found before
+    loading."""
+    from pqtradeoff.models.sources import model_files  # lazy: keeps this module light
+
     where = model_files(spec)
     return None if where is None or not where.exists() else tree_sha256(where)
 

@@ -27,9 +27,11 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
-import torch
 
-from pqtradeoff.corpus import (
+from pqtradeoff.errors import PQError, first_line
+from pqtradeoff.io import StageResult, progress_bar, write_json
+from pqtradeoff.models.base import LanguageModel
+from pqtradeoff.pipeline.corpus import (
     GENERATED_COLUMNS,
     SCORE_COLUMNS,
     begin_run,
@@ -39,66 +41,10 @@ from pqtradeoff.corpus import (
     shard_files,
     write_shard,
 )
-from pqtradeoff.digests import bytes_sha256, file_sha256
-from pqtradeoff.errors import PQError, first_line
-from pqtradeoff.io import StageResult, progress_bar, write_json
-from pqtradeoff.models.base import LanguageModel, length_batches
-from pqtradeoff.rewards import PRIOR_CONTEXTS, Reward
+from pqtradeoff.pipeline.digests import bytes_sha256, file_sha256
+from pqtradeoff.pipeline.rewards import PRIOR_CONTEXTS, Reward
 
 log = logging.getLogger("pqtradeoff")
-
-
-def continuation_logprobs(
-    model: LanguageModel, prompts: list[list[int]], continuations: list[list[int]], *,
-    batch_size: int = 8, max_batch_tokens: int = 4096,
-) -> list[np.ndarray]:
-    """Per-token log-probabilities (float64 arrays) of each continuation given its prompt, teacher-forced.
-
-    A model with a `fast_logprobs` method (`HFModel`: each prompt computed once, the LM head fused with the
-    log-softmax) computes them itself under the same batching limits; otherwise, or where it returns None,
-    `plain_continuation_logprobs` does.
-    """
-    fast = getattr(model, "fast_logprobs", None)
-    if fast is not None:
-        result = fast(prompts, continuations, batch_size=batch_size, max_batch_tokens=max_batch_tokens)
-        if result is not None:
-            return result
-    return plain_continuation_logprobs(model, prompts, continuations, batch_size=batch_size,
-                                       max_batch_tokens=max_batch_tokens)
-
-
-def plain_continuation_logprobs(
-    model: LanguageModel, prompts: list[list[int]], continuations: list[list[int]], *,
-    batch_size: int = 8, max_batch_tokens: int = 4096,
-) -> list[np.ndarray]:
-    """Per-token log-probabilities (float64 arrays) of each continuation given its prompt, teacher-forced.
-
-    Rows are grouped into batches of at most `batch_size` rows and `max_batch_tokens` padded continuation
-    tokens, so the [B, T, V] logits held at once stay bounded. log p = logit[target] - logsumexp(logits):
-    no second [B, T, V] tensor is made. -inf (a token outside the model's support) is kept, never clamped.
-    """
-    out = [np.zeros(0) for _ in continuations]
-    lengths = [max(len(c), 1) for c in continuations]
-    for batch in length_batches(list(range(len(continuations))), lengths, batch_size, max_batch_tokens):
-        conts = [continuations[i] for i in batch]
-        width = max(len(c) for c in conts)
-        if width == 0:
-            continue
-        with torch.inference_mode():
-            logits = model.continuation_logits([prompts[i] for i in batch], conts)
-            padded = np.zeros((len(batch), width), dtype=np.int64)
-            for r, c in enumerate(conts):
-                padded[r, : len(c)] = c
-            targets = torch.from_numpy(padded).to(logits.device)  # one host-to-device copy
-            dtype = torch.promote_types(logits.dtype, torch.float32)  # half -> float32; float64 stays exact
-            picked = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1).to(dtype)
-            step = max(1, width // 8)  # logsumexp in slices of positions: its temporaries stay small
-            lse = torch.cat([torch.logsumexp(logits[:, t:t + step].to(dtype), dim=-1)
-                             for t in range(0, width, step)], 1)
-            logp = (picked - lse).double().cpu().numpy()
-        for r, i in enumerate(batch):
-            out[i] = logp[r, : len(conts[r])].copy()
-    return out
 
 
 def prior_inputs(
@@ -174,7 +120,7 @@ def score_corpus(
     began = time.perf_counter()
     work = ShardScorer(prior_context, same_tokenizer, batch_size, max_batch_tokens, out_dir)
     with progress_bar(progress, total, "score") as advance:
-        from pqtradeoff.executor import run_shards  # lazy: startup
+        from pqtradeoff.pipeline.executor import run_shards  # lazy: startup
 
         tokens = run_shards("score", work, (prior, reward), load_models, todo, executor, out_dir,
                             str(getattr(prior, "device", "auto")), advance)

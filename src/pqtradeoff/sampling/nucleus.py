@@ -9,7 +9,7 @@ and remove the tokens below the first kept value. A row whose removed and kept v
 warper's choice among equal values follows its sort's index order) or that holds a NaN is handed to the
 warper itself, so the result is the warper's, bit for bit, on every row.
 
-`support(adaptor, logits)` is `Adaptor.support` with this in place of the warper; `Adaptor.adapt` calls it.
+`Adaptor.support(logits, fast_top_p=True)` applies it in place of the warper (`warp`); `Adaptor.adapt` does.
 """
 
 from __future__ import annotations
@@ -17,8 +17,6 @@ from __future__ import annotations
 import numpy as np
 import torch
 from transformers.generation.logits_process import TopPLogitsWarper
-
-from pqtradeoff.adaptors import CHUNK_ELEMENTS, Adaptor
 
 
 def sorted_values(scores: torch.Tensor) -> torch.Tensor:
@@ -45,18 +43,6 @@ def top_p_warp(warper: TopPLogitsWarper, scores: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def support(adaptor: Adaptor, logits: torch.Tensor) -> torch.Tensor:
-    """`adaptor.support(logits)`, with `top_p_warp` in place of transformers' top-p warper."""
-    if adaptor.top_p is None:
-        return adaptor.support(logits)
-    logits = logits.float()
-    flat = logits.reshape(-1, logits.shape[-1])
-    if flat.shape[0] == 0:
-        return torch.zeros(logits.shape, dtype=torch.bool, device=logits.device)
-    procs = adaptor.processors()
-    masks = []
-    for chunk in flat.split(max(1, CHUNK_ELEMENTS // flat.shape[-1])):
-        for proc in procs:
-            chunk = top_p_warp(proc, chunk) if isinstance(proc, TopPLogitsWarper) else proc(None, chunk)
-        masks.append(chunk > float("-inf"))
-    return torch.cat(masks).reshape(logits.shape)
+def warp(proc, scores: torch.Tensor) -> torch.Tensor:
+    """`proc(None, scores)` for one of transformers' warpers, with `top_p_warp` for its top-p warper."""
+    return top_p_warp(proc, scores) if isinstance(proc, TopPLogitsWarper) else proc(None, scores)

@@ -1,7 +1,7 @@
 """Closed forms for finite-state language models: normalizers, expected counts and expectations.
 
 Everything here is linear algebra over the automaton's states, in float64, on top of the weighted-automaton
-algebra of `pqtradeoff.automata` (backward values b, normalizer Z = b(start), convergence checks):
+algebra of `pqtradeoff.models.automata` (backward values b, normalizer Z = b(start), convergence checks):
 
 - forward values a = e_start^T (I - Q)^{-1} are the expected visits (for a normalized automaton), so the
   expected number of uses of transition (s, v) is a(s) W(s, v) b(next(s, v)) / Z.
@@ -32,13 +32,13 @@ import numpy as np
 import scipy.linalg
 from scipy.special import logsumexp
 
-from pqtradeoff.adaptors import parse
-from pqtradeoff.automata import WeightedAutomaton, backward, neumann_solve, transition_matrix
 from pqtradeoff.errors import PQError
+from pqtradeoff.models.automata import WeightedAutomaton, backward, neumann_solve, transition_matrix
+from pqtradeoff.sampling.adaptors import parse
 
 if TYPE_CHECKING:
-    from pqtradeoff.adaptors import Adaptor
     from pqtradeoff.models.fsa import Alignment, FiniteStateLM
+    from pqtradeoff.sampling.adaptors import Adaptor
 
 
 # ------------------------------------------------------------------------------------- expected counts

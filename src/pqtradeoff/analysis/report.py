@@ -15,9 +15,9 @@ import math
 from pathlib import Path
 from typing import Any
 
+from pqtradeoff.analysis.results import Summary
+from pqtradeoff.analysis.stats import Correlation
 from pqtradeoff.io import atomic_write
-from pqtradeoff.results import Summary
-from pqtradeoff.stats import Correlation
 
 #: Significant digits of every estimate in the report.
 DIGITS = 4
@@ -250,7 +250,7 @@ def context(s: Summary, out_dir: Path) -> dict[str, Any]:
 def _environment() -> Any:
     import jinja2
 
-    return jinja2.Environment(loader=jinja2.PackageLoader("pqtradeoff", "templates"),
+    return jinja2.Environment(loader=jinja2.PackageLoader("pqtradeoff.analysis", "templates"),
                               autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True,
                               lstrip_blocks=True)
 

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pqtradeoff import stats
+from pqtradeoff.analysis import stats
 
 #: Columns the fit needs.
 COLUMNS = ("prompt_id", "logp_aligned", "logp_prior", "reward")

@@ -15,11 +15,11 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from pqtradeoff.alignment import AlignmentFit
-from pqtradeoff.stats import Correlation, TradeoffFit
+from pqtradeoff.analysis.fidelity import AlignmentFit
+from pqtradeoff.analysis.stats import Correlation, TradeoffFit
 
 if TYPE_CHECKING:
-    from pqtradeoff.analyze import AnalysisSettings
+    from pqtradeoff.analysis.settings import AnalysisSettings
 
 #: Names of the analysed series, as used in summary.json's flat field names.
 SERIES_NAMES = ("reward", "log_prior")

@@ -1,54 +1,29 @@
-"""An experiment as one file: read, write and run a TOML config (`pqtradeoff run`, `init`, `--print-config`).
+"""An experiment as one file: read and write a TOML config (`pqtradeoff run`'s input, `init`, `--print-config`).
 
 `load_experiment(path)` reads a TOML file (stdlib `tomllib`) into `ExperimentSettings`: a syntax error, an
 unknown key or a bad value is a one-line PQError naming the file, the key and, where it can be found, the
 line. Relative paths in the file (the prompts file, local model folders) are relative to the file.
-
-`run_experiment(settings, out)` runs generate -> score -> analyze into `out/corpus`, `out/scored`,
-`out/analysis`, loading each model once. Stages are cached by content (`digests`), never by names, sizes or
-times: a stage whose settings and inputs are byte-identical is reused (and the run says so), a killed run
-redoes only missing shards, a grown grid does only the new work; a change that would alter the corpus rows
-already written (settings, prompts, the aligned model's files) is refused; a change of the reward or the
-prior (its name or its content), of a corpus shard, or of the analysis settings redoes what depends on it.
+`to_toml` / `resolved_config` write settings back as commented TOML; `example_config` gives a shipped example.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import re
-import resource
-import shutil
-import time
 import tomllib
 import typing
-import warnings
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from pqtradeoff.analyze import analyze_dir
-from pqtradeoff.corpus import run_settings
-from pqtradeoff.digests import shard_digests
 from pqtradeoff.errors import PQError, validation_message
-from pqtradeoff.io import package_versions, run_record, write_json
-from pqtradeoff.outdir import check_out
-from pqtradeoff.settings import ExperimentSettings, describe_changes, fixed_changes
-from pqtradeoff.stages import (
-    SCORE_POLICY,
-    ModelCache,
-    run_generate,
-    run_score,
-    score_record_settings,
-)
+from pqtradeoff.experiment.settings import ExperimentSettings
 
 log = logging.getLogger("pqtradeoff")
 
-EXAMPLES_DIR = Path(__file__).resolve().parent / "examples"
-STAGE_DIRS = {"generate": "corpus", "score": "scored", "analyze": "analysis"}
+EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "examples"
 
 
 # ------------------------------------------------------------------------------------------------- reading
@@ -192,115 +167,3 @@ def example_config(name: str | None) -> str:
     text = path.read_text(encoding="utf-8")
     prompts = EXAMPLES_DIR / "prompts.jsonl"
     return text.replace('file = "prompts.jsonl"', f"file = {json.dumps(str(prompts))}")
-
-
-# ------------------------------------------------------------------------------------------------- running
-@dataclass
-class StageReport:
-    """One stage of a run: what happened (`ran`, `reused`, `partly reused`), how long, and a line to show."""
-
-    stage: str
-    status: str
-    seconds: float
-    detail: str
-    result: dict[str, Any] = field(default_factory=dict)
-
-    def to_json(self) -> dict[str, Any]:
-        return {"stage": self.stage, "status": self.status, "seconds": self.seconds, "detail": self.detail,
-                "result": self.result}
-
-
-@dataclass
-class ExperimentResult:
-    """What `run` did, stage by stage, with the analysis summary and the process's peak memory."""
-
-    out_dir: Path
-    stages: list[StageReport]
-    summary: dict[str, Any]
-    peak_memory_mib: float
-    seconds: float
-
-    def to_json(self) -> dict[str, Any]:
-        return {"out_dir": str(self.out_dir), "stages": [s.to_json() for s in self.stages],
-                "peak_memory_mib": self.peak_memory_mib, "seconds": self.seconds}
-
-
-def _status(written: int, total: int) -> str:
-    return "reused" if written == 0 else ("ran" if written == total else "partly reused")
-
-
-def run_experiment(settings: ExperimentSettings, out: str | Path) -> ExperimentResult:
-    """Run generate -> score -> analyze for one experiment into `out` (see the module docstring); each stage
-    says what it did on the package logger (info)."""
-    began = time.perf_counter()
-    out = check_out(out)
-    models = ModelCache()
-    stages: list[StageReport] = []
-    corpus, scored, analysis = (out / STAGE_DIRS[s] for s in ("generate", "score", "analyze"))
-
-    t = time.perf_counter()
-    gen = run_generate(settings.generate_settings(), corpus, models)
-    stages.append(StageReport("generate", _status(gen.written, gen.shards), time.perf_counter() - t,
-                              gen.describe(), gen.to_json()))
-    log.info("generate: %s: %s", stages[-1].status, gen.describe())
-
-    t = time.perf_counter()
-    _reset_if_changed(scored, settings, models)
-    sc = run_score(settings.score_settings(), corpus, scored, models)
-    stages.append(StageReport("score", _status(sc.written, sc.shards), time.perf_counter() - t, sc.describe(),
-                              sc.to_json()))
-    log.info("score: %s: %s", stages[-1].status, sc.describe())
-
-    t = time.perf_counter()
-    summary, reused = _analysis(settings, scored, analysis)
-    detail = (f"{len(summary['configs'])} configuration(s) analysed, {len(summary['skipped'])} skipped, "
-              f"{summary['input']['rows_used']} strings")
-    stages.append(StageReport("analyze", "reused" if reused else "ran", time.perf_counter() - t, detail))
-    log.info("analyze: %s: %s", stages[-1].status, detail)
-
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-    result = ExperimentResult(out, stages, summary, peak, time.perf_counter() - began)
-    record = run_record("run", settings.model_dump(mode="json"))
-    write_json(out / "_run.json", record | {"result": result.to_json()})
-    return result
-
-
-def _reset_if_changed(scored: Path, settings: ExperimentSettings, models: ModelCache) -> None:
-    """In a run the config is the truth: a changed reward or prior (in name or in content) rescoring
-    everything, rather than refusing."""
-    old = run_settings(scored) if scored.is_dir() else {}
-    if not old:
-        return
-    new = score_record_settings(settings.score_settings(), scored.parent / STAGE_DIRS["generate"], models)
-    changes = fixed_changes(old, new, SCORE_POLICY)
-    if changes:
-        log.info("score: settings changed (%s): scoring again", describe_changes(changes))
-        shutil.rmtree(scored)
-
-
-def analysis_inputs(settings: ExperimentSettings, scored: Path) -> dict[str, Any]:
-    """What the analysis of a run reads: its settings, the content digest of every scored shard, and the
-    versions of the packages that compute it. The cached analysis is reused only when all are identical."""
-    return {"analysis": settings.analysis.model_dump(mode="json"), "shards_sha256": shard_digests(scored),
-            "versions": package_versions()}
-
-
-def _analysis(settings: ExperimentSettings, scored: Path, analysis: Path) -> tuple[dict[str, Any], bool]:
-    """Analyse the scored corpus unless the same settings already analysed byte-identical shards."""
-    inputs = analysis_inputs(settings, scored)
-    fingerprint = hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()
-    stamp, summary_path = analysis / "_inputs.json", analysis / "summary.json"
-    if stamp.is_file() and summary_path.is_file():
-        try:
-            if json.loads(stamp.read_text(encoding="utf-8")).get("fingerprint") == fingerprint:
-                return json.loads(summary_path.read_text(encoding="utf-8")), True
-        except ValueError:
-            pass
-
-    stamp.unlink(missing_ok=True)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # kept in summary.json and echoed by the CLI
-        summary = analyze_dir(scored, analysis, settings.analysis)
-    summary = summary.to_json() if hasattr(summary, "to_json") else summary
-    write_json(stamp, {"fingerprint": fingerprint, "inputs": inputs})
-    return summary, False

@@ -151,8 +151,10 @@ class Adaptor:
         """transformers' own warpers for this configuration, in generate's order (min_tokens_to_keep=1)."""
         return [p.build_warper(getattr(self, p.name)) for p in PARAMETERS if p.is_on(getattr(self, p.name))]
 
-    def support(self, logits: torch.Tensor) -> torch.Tensor:
-        """Boolean mask of the tokens the adaptor keeps, for logits of any shape [..., V]."""
+    def support(self, logits: torch.Tensor, *, fast_top_p: bool = False) -> torch.Tensor:
+        """Boolean mask of the tokens the adaptor keeps, for logits of any shape [..., V]: transformers' own
+        warpers, or with `fast_top_p` its top-p warper computed without the index sort (`nucleus.top_p_warp`,
+        the same mask bit for bit)."""
         import torch  # lazy: torch
 
         logits = _working_precision(logits)
@@ -161,11 +163,16 @@ class Adaptor:
         flat = logits.reshape(-1, logits.shape[-1])
         if flat.shape[0] == 0:
             return torch.zeros(logits.shape, dtype=torch.bool, device=logits.device)
+        if fast_top_p and self.top_p is not None:
+            from pqtradeoff.sampling.nucleus import warp  # lazy: transformers
+        else:
+            def warp(proc, scores):
+                return proc(None, scores)
         procs = self.processors()
         masks = []
         for chunk in flat.split(max(1, CHUNK_ELEMENTS // flat.shape[-1])):
             for proc in procs:
-                chunk = proc(None, chunk)
+                chunk = warp(proc, chunk)
             masks.append(chunk > float("-inf"))  # kept: not filtered (+inf from a tiny T counts as kept)
         return torch.cat(masks).reshape(logits.shape)
 
@@ -184,10 +191,8 @@ class Adaptor:
             return AdaptedStep(logp, logp, zero, logp)
         weights = logp / self.temperature if self.temperature != 1.0 else logp.clone()
         if self.truncates:
-            from pqtradeoff.nucleus import support  # lazy: torch; self.support without top-p's index sort
-
             # a fresh tensor: saves one [..., V] copy
-            weights.masked_fill_(~support(self, logits), float("-inf"))
+            weights.masked_fill_(~self.support(logits, fast_top_p=True), float("-inf"))
         log_z = torch.logsumexp(weights, dim=-1, keepdim=True)
         return AdaptedStep(logp, weights, log_z, weights - log_z)
 

@@ -23,9 +23,9 @@ import matplotlib
 matplotlib.use("Agg")
 import numpy as np  # noqa: E402
 
-from pqtradeoff.alignment import AlignmentData  # noqa: E402
+from pqtradeoff.analysis.fidelity import AlignmentData  # noqa: E402
+from pqtradeoff.analysis.results import ConfigResult, Summary  # noqa: E402
 from pqtradeoff.io import atomic_write  # noqa: E402
-from pqtradeoff.results import ConfigResult, Summary  # noqa: E402
 
 if TYPE_CHECKING:
     import pandas as pd  # annotations only: the toy's figures do not pay its import
@@ -292,7 +292,7 @@ def alignment(aligned: AlignmentData, summary: Summary, path: Path) -> str:
 def hull(summary: Summary, path: Path) -> str:
     """Local (uncorrected) means of every sampled config, +-1 s.e., and the upper-right convex-hull boundary:
     what sampling each adaptor, or mixing two, actually gives (the points `pqtradeoff advise` chooses from)."""
-    from pqtradeoff.advise import efficient_hull, points_from_summary
+    from pqtradeoff.analysis.advise import efficient_hull, points_from_summary
 
     points, _ = points_from_summary(summary.to_json())
     fig, ax = _subplots((8.6, 5))

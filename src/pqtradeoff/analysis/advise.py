@@ -23,8 +23,9 @@ from typing import Any
 
 import numpy as np
 
-from pqtradeoff import adaptors, stats
+from pqtradeoff.analysis import stats
 from pqtradeoff.errors import PQError
+from pqtradeoff.sampling import adaptors
 
 DEFAULT_REFERENCE = "temperature=1.0"
 

@@ -14,14 +14,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pqtradeoff.errors import PQError, first_line
-from pqtradeoff.io import (
-    RUN_RECORD,
-    atomic_write,
-    check_resumable,
-    claim_folder,
-    run_record,
-    write_json,
-)
+from pqtradeoff.io import RUN_RECORD, atomic_write, claim_folder, run_record, write_json
+from pqtradeoff.pipeline.resume import check_resumable
 
 #: Columns written by `generate` (the corpus before scoring).
 GENERATED_SCHEMA = pa.schema([

@@ -1,0 +1,1 @@
+"""Exact finite-state models: closed forms and the demo's models."""

@@ -1,0 +1,1 @@
+"""The sharded, resumable stages over models: prompts, generate, score, rewards, the corpus contract, content digests, executors."""

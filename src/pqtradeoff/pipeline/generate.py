@@ -1,0 +1,269 @@
+"""Generate corpora from the aligned model under a grid of adaptors, recording what the analysis needs.
+
+For every string, from the same logits that sampled it (no second pass):
+- `logq`: log-probability under the locally normalized adapted model (the sampling distribution);
+- `logp_aligned`: log-probability under the aligned model itself (T=1, no truncation);
+- `log_weight`: sum over steps of log Z_t, the log mass the adaptor keeps (IMH weight for the global target).
+
+Randomness is keyed by (seed, prompt_id, sample_id, adaptor): each row owns a stream of uniforms and samples
+by inverse CDF on its adapted distribution, so its uniforms depend neither on the batch's other rows nor on
+resuming. The logits do, in their last float32 bits (padding and the kernels' summation order change with the
+batch's shape): across batch sizes `logq`, `logp_aligned` and `log_weight` agree to about 1e-5, not bit for
+bit,
+and a token whose uniform falls within ~1e-7 of a CDF step could differ. The same batch size reproduces the
+same
+bytes; float64 backends (the demo's exact models) are batch-invariant. Work is cut into shards (one
+adaptor, a contiguous block of rows), each written atomically; a rerun
+with the same settings skips the complete shards, so a killed run resumes and ends byte-for-byte equal.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from pqtradeoff.errors import PQError
+from pqtradeoff.io import StageResult, progress_bar
+from pqtradeoff.models.base import LanguageModel, SampledRow, SampleRequest
+from pqtradeoff.pipeline.corpus import GENERATED_SCHEMA, begin_run, write_shard
+from pqtradeoff.sampling.adaptors import Adaptor, Mixture
+from pqtradeoff.sampling.sampler import mixture_components, row_keys
+
+TOKEN_COLUMNS = pa.schema([
+    ("token_logq", pa.list_(pa.float64())),
+    ("token_logp_aligned", pa.list_(pa.float64())),
+    ("token_log_z", pa.list_(pa.float64())),
+])
+
+
+@dataclass(frozen=True)
+class PromptRecord:
+    """A prompt as the aligned model sees it: its id (row in the prompt file), text and token ids."""
+
+    prompt_id: int
+    prompt: str
+    token_ids: list[int]
+
+
+def adaptor_slug(adaptor: Adaptor | str) -> str:
+    """A file-name-safe, injective form of the canonical adaptor string: readable, plus a short hash (two
+    specs that read alike once '+', '-' and the like are dropped, e.g. 1e+300 and 1e-300, still get two
+    names)."""
+    text = str(adaptor)
+    readable = re.sub(r"[^A-Za-z0-9_.]+", "-", text.replace("=", "").replace(",", "__"))
+    return f"{readable}-{hashlib.sha256(text.encode()).hexdigest()[:6]}"
+
+
+@dataclass(frozen=True)
+class Shard:
+    """One unit of work and one file: an adaptor, a sample id and a block of prompt ids.
+
+    Its name is derived from what determines its rows: `group` (adaptor, prompt-id block, sample id) plus a
+    digest of the block's prompts (ids, texts, token ids). Growing the grid or the number of generations adds
+    shards without touching the others; a block whose prompts change gets a new digest, so its old file is
+    superseded rather than silently reused.
+    """
+
+    name: str
+    group: str
+    adaptor: Adaptor
+    rows: list[tuple[PromptRecord, int]]
+
+
+def _block_digest(records: list[PromptRecord]) -> str:
+    h = hashlib.sha256()
+    for r in records:
+        h.update(f"{r.prompt_id}\t{r.prompt}\t{','.join(map(str, r.token_ids))}\n".encode())
+    return h.hexdigest()[:10]
+
+
+def plan_shards(
+    prompts: list[PromptRecord], adaptors: list[Adaptor], num_generations: int, prompt_block: int,
+    sample_block: int = 1,
+) -> Iterator[Shard]:
+    """Yield every shard: adaptor by adaptor, sample block by sample block, prompt-id block by block.
+
+    A shard holds the prompts whose ids fall in one block of `prompt_block` ids and the sample ids of one
+    block of `sample_block` (rows prompt-major, ids ascending). A partly filled sample block (num_generations
+    not a multiple of sample_block) grows into a new shard when num_generations grows.
+    """
+    blocks: dict[int, list[PromptRecord]] = {}
+    for p in sorted(prompts, key=lambda r: r.prompt_id):
+        blocks.setdefault(p.prompt_id // prompt_block, []).append(p)
+    digests = {b: _block_digest(records) for b, records in blocks.items()}
+    for adaptor in adaptors:
+        slug = adaptor_slug(adaptor)
+        for first in range(0, num_generations, sample_block):
+            samples = range(first, min(first + sample_block, num_generations))
+            for b, records in blocks.items():
+                group = f"{slug}-p{b * prompt_block:09d}-s{first:06d}"
+                digest = digests[b] if len(samples) == sample_block else f"{digests[b][:7]}n{len(samples)}"
+                yield Shard(f"{group}-{digest}.parquet", group, adaptor,
+                            [(r, s) for r in records for s in samples])
+
+
+def rows_to_table(
+    model: LanguageModel, adaptor: Adaptor | Mixture, rows: list[tuple[PromptRecord, int]],
+    sampled: list[SampledRow], save_token_logprobs: bool, components: np.ndarray | None = None,
+) -> pa.Table:
+    columns: dict[str, list] = {
+        "prompt_id": [p.prompt_id for p, _ in rows],
+        "prompt": [p.prompt for p, _ in rows],
+        "sample_id": [s for _, s in rows],
+        "adaptor": [str(adaptor)] * len(rows),
+        "text": [model.decode(r.token_ids) for r in sampled],
+        "prompt_token_ids": [list(p.token_ids) for p, _ in rows],
+        "token_ids": [r.token_ids for r in sampled],
+        "finished": [r.finished for r in sampled],
+        "logq": [r.logq for r in sampled],
+        "logp_aligned": [r.logp_aligned for r in sampled],
+        "log_weight": [r.log_weight for r in sampled],
+    }
+    schema = GENERATED_SCHEMA
+    if components is not None:  # a mixture: which component sampled each row
+        columns["component"] = [int(c) for c in components]
+        schema = pa.schema([*GENERATED_SCHEMA, ("component", pa.int64())])
+    if save_token_logprobs:
+        columns["token_logq"] = [r.token_logq for r in sampled]
+        columns["token_logp_aligned"] = [r.token_logp_aligned for r in sampled]
+        columns["token_log_z"] = [r.token_log_z for r in sampled]
+        schema = pa.schema(list(schema) + list(TOKEN_COLUMNS))
+    return pa.table(columns, schema=schema)
+
+
+def shard_requests(shard: Shard, seed: int, max_new_tokens: int) -> list[SampleRequest]:
+    """The sample requests of a shard's rows, each keyed by (seed, prompt_id, sample_id, adaptor). For a
+    mixture, each row's adaptor is the component `mixture_components` chose for it."""
+    keys = row_keys(seed, np.array([p.prompt_id for p, _ in shard.rows]),
+                    np.array([s for _, s in shard.rows]), shard.adaptor)
+    adaptors = [shard.adaptor] * len(keys)
+    if isinstance(shard.adaptor, Mixture):
+        adaptors = [shard.adaptor.components[c] for c in mixture_components(shard.adaptor, keys)]
+    return [SampleRequest(list(p.token_ids), a, int(k), max_new_tokens)
+            for (p, _), a, k in zip(shard.rows, adaptors, keys, strict=True)]
+
+
+@dataclass(frozen=True)
+class ShardSampler:
+    """Sample one shard with a model and write its file atomically; returns its rows and tokens. The same
+    object runs in this process (local executor) and in each Ray actor, so both write identical files."""
+
+    seed: int
+    max_new_tokens: int
+    batch_size: int | None
+    save_token_logprobs: bool
+    out_dir: Path
+
+    def __call__(self, model: LanguageModel, shard: Shard) -> tuple[int, int]:
+        requests = shard_requests(shard, self.seed, self.max_new_tokens)
+        components = None
+        if isinstance(shard.adaptor, Mixture):  # sample component by component, then restore the row order
+            components = np.array([shard.adaptor.components.index(r.adaptor) for r in requests])
+            order = np.argsort(components, kind="stable")
+            by_component = model.sample([requests[i] for i in order], batch_size=self.batch_size)
+            sampled: list[SampledRow] = [None] * len(requests)  # type: ignore[list-item]
+            for i, row in zip(order, by_component, strict=True):
+                sampled[i] = row
+        else:
+            sampled = model.sample(requests, batch_size=self.batch_size)
+        table = rows_to_table(model, shard.adaptor, shard.rows, sampled, self.save_token_logprobs, components)
+        write_shard(table, self.out_dir / shard.name)
+        return len(sampled), sum(len(r.token_ids) for r in sampled)
+
+
+#: Resume policy of the keys `generate_corpus` adds to the caller's settings (see `settings.resume_policy`).
+CORPUS_POLICY = {"adaptors": "grow", "num_generations": "grow", "num_prompts": "grow", "batch_size": "free"}
+
+
+class GenerateResult(StageResult):
+    """What a `generate` run did (`tokens`: the tokens sampled now)."""
+
+    TOKENS_KEY = "tokens_generated"
+
+
+def generate_corpus(
+    model: LanguageModel,
+    prompts: list[PromptRecord],
+    adaptors: list[Adaptor],
+    *,
+    num_generations: int,
+    max_new_tokens: int,
+    seed: int,
+    batch_size: int | None,
+    out_dir: Path,
+    settings: dict[str, Any],
+    save_token_logprobs: bool = False,
+    progress: bool = True,
+    prompt_block: int = 1024,
+    sample_block: int = 1,
+    policy: dict[str, str] | None = None,
+    executor: Any = None,
+    load_model: Callable[[], LanguageModel] | None = None,
+) -> GenerateResult:
+    """Sample `num_generations` continuations per prompt under each adaptor into a sharded Parquet corpus.
+
+    `settings` is the caller's resolved configuration; it is recorded in `_run.json` with the pipeline's own
+    settings and package versions. A rerun into the same folder resumes: complete shards are kept, missing
+    ones written. Settings that `policy` marks "grow" (the grid, how many prompts or generations) may change
+    between runs: only the new shards are sampled, and shards the new settings no longer plan are moved to
+    `_superseded/`, so the folder ends as a fresh run of the new settings would leave it. Any other change is
+    refused, naming the settings that differ. `batch_size=None` lets the model choose each shard's batch
+    (`StepLanguageModel.sample`: from that shard's longest prompt + `max_new_tokens`), so a shard's rows
+    depend
+    on that shard alone (not on other prompts).
+
+    `executor` (`settings.ExecutorSettings`; None: local) chooses where shards are sampled: here, one after
+    another, or by a pool of Ray actors that each build their own replica with `load_model()` and write the
+    same files (`executor.map_shards`). Planning, the resume check and superseding happen here either way.
+    """
+    for name, value, low in (("num_generations", num_generations, 1), ("max_new_tokens", max_new_tokens, 1),
+                             ("batch_size", batch_size, 1), ("seed", seed, 0),
+                             ("prompt_block", prompt_block, 1),
+                             ("sample_block", sample_block, 1)):
+        if value is None and name == "batch_size":
+            continue
+        if not isinstance(value, int) or value < low:
+            raise PQError(f"{name}={value!r} is out of range: need an integer >= {low}")
+    if not prompts:
+        raise PQError("prompts is empty: nothing to generate")
+    if not adaptors:
+        raise PQError("no adaptor given: pass at least one --adaptor")
+    if model.max_length is not None:
+        for p in prompts:
+            if len(p.token_ids) + max_new_tokens > model.max_length:
+                raise PQError(
+                    f"prompt {p.prompt_id} has {len(p.token_ids)} tokens; with "
+                    f"max_new_tokens={max_new_tokens} it exceeds the model's context of {model.max_length} "
+                    "tokens"
+                )
+    out_dir = Path(out_dir)
+    resolved = dict(settings) | {
+        "adaptors": [str(a) for a in adaptors], "num_generations": num_generations,
+        "max_new_tokens": max_new_tokens, "seed": seed, "batch_size": batch_size,
+        "prompt_block": prompt_block,
+        "sample_block": sample_block, "save_token_logprobs": save_token_logprobs,
+        "tokenizer_key": model.tokenizer_key, "eos_token_ids": list(model.end_ids()),
+        "num_prompts": len(prompts),
+    }
+    shards = list(plan_shards(prompts, adaptors, num_generations, prompt_block, sample_block))
+    superseded = begin_run(out_dir, "generate", resolved, CORPUS_POLICY | (policy or {}),
+                           {s.name for s in shards})
+    todo = [s for s in shards if not (out_dir / s.name).exists()]
+    total_rows = sum(len(s.rows) for s in todo)
+    work = ShardSampler(seed, max_new_tokens, batch_size, save_token_logprobs, out_dir)
+    began = time.perf_counter()
+    with progress_bar(progress, total_rows, "generate") as advance:
+        from pqtradeoff.pipeline.executor import run_shards  # lazy: startup
+
+        tokens = run_shards("generate", work, model, load_model, todo, executor, out_dir,
+                            str(getattr(model, "device", "auto")), advance)
+    return GenerateResult(out_dir, len(shards), len(todo), len(shards) - len(todo), superseded, total_rows,
+                          tokens, time.perf_counter() - began)
