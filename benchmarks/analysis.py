@@ -1,7 +1,7 @@
 """Benchmark `analyze` at the paper's scale against a row-by-row pandas implementation of the same algorithm.
 
 Paper scale: 31 configurations x 2000 strings, 200,000 IMH steps per configuration, 2000 corpora of 200,000
-strings each. The fast path is `pqtradeoff.analysis.analyze.run_analysis` end to end (chains, corpora, statistics,
+strings each. The fast path is `analysis.analyze.run_analysis` end to end (chains, corpora, statistics,
 figures, report). The baseline walks the chain and builds every corpus one pandas row at a time; it is timed
 at a small scale and extrapolated linearly in the number of chain steps and of corpus rows.
 

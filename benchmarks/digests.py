@@ -1,6 +1,6 @@
 """Benchmark what a cached `run` pays to key its stages on content: hashing a paper-scale scored corpus.
 
-`run` reuses a stage only when its inputs are byte-identical (`pqtradeoff.pipeline.digests`), so every rerun reads and
+`run` reuses a stage only when its inputs are byte-identical (`pipeline.digests`), so every rerun reads and
 hashes the scored shards. This writes a synthetic scored corpus of the paper's scale (default 62,000 rows in
 35 shards, one per adaptor configuration: token ids of up to 256 tokens, prompts, texts, the float columns),
 then times `digests.shard_digests` on it against two limits measured in the same run: SHA-256 of the same

@@ -6,7 +6,7 @@ through `HFModel`, as a hub checkpoint would be. Adaptor: the paper's `temperatu
 (a) generation: our `generate_corpus` (samples and records logq, logp_aligned and log_weight from the same
     logits, writes a Parquet shard) versus plain `model.generate` with the same processors and batch size,
     every sampling parameter stated. Goal: overhead <= 10%.
-(b) prior scoring: `score.continuation_logprobs` (teacher-forced per-token log-probabilities) versus a bare
+(b) prior scoring: `teacher_forcing.continuation_logprobs` (teacher-forced per-token log-probabilities) versus a bare
     forward pass over the same padded tokens (logits for the same T positions; the full-logits forward is
     printed too). Goal: <= 1.2x.
 (c) scoring end to end: our `score_corpus` (prior in batched forward passes; logq/logp_aligned/log_weight

@@ -11,12 +11,12 @@ lower bound).
 
 Printed, each as tokens/s and as a fraction of the roofline:
 - transformers' `model.generate` (do_sample, temperature 1, top_k=0, top_p=1.0) at each batch size;
-- ours, `generate.sample_rows` (what `generate_corpus` runs on each shard: continuous batching, recording
+- ours, `decoding.sample_rows` (what `generate_corpus` runs on each shard: continuous batching, recording
   logq / logp_aligned / log_weight per token), at each batch size (goal: >= 50% of the roofline), with its
   time split: model forward (step), prefill and join of waiting rows, keep (dropping finished rows),
   adaptor, inverse-CDF sampling, and the rest (bookkeeping, the scores' host copy, Python); and once more
   at the largest batch under a truncating adaptor (temperature=0.75,top_p=0.95);
-- teacher-forced scoring, `score.continuation_logprobs` over the generated strings: continuation tokens/s
+- teacher-forced scoring, `teacher_forcing.continuation_logprobs` over the generated strings: continuation tokens/s
   (goal: >= 75% of the roofline) and, since prompt positions cost layer FLOPs too, the FLOP rate achieved
   as a fraction of the GEMM rate;
 and a figure of tokens/s against batch size, saved to docs/img/generation_speed.png.

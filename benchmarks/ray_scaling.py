@@ -3,8 +3,8 @@
 Every worker is given one CPU and one torch thread (the local executor: this process with
 `torch.set_num_threads(1)`; Ray: actors with `cpus_per_actor=1`, which sets one torch thread), so the
 comparison
-is of workers, not of threads. Each configuration runs the real stages (`stages.run_generate` then
-`stages.run_score`, fresh output folders) at two workload sizes, N and 2N shards. The marginal rate
+is of workers, not of threads. Each configuration runs the real stages (`experiment.stages.run_generate` then
+`experiment.stages.run_score`, fresh output folders) at two workload sizes, N and 2N shards. The marginal rate
 (extra rows / extra seconds) excludes what every run pays once (Ray Data's pipeline start, the actors'
 start and
 model loads); the fixed cost is a run's time minus its rows at the marginal rate. `ray.init` (a local

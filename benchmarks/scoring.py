@@ -7,9 +7,9 @@ weight, so continuation tokens/s can never exceed (measured GEMM rate) / (2 x P)
 Rows are laid out as a corpus shard: each chat-template prompt `--per-prompt` times in a row, continuations of
 random token ids with lengths uniform in `--lengths` (default 20 to 64; the cost does not depend on the ids).
 Compared in the same run, best of `--repeats`:
-- plain: `score.plain_continuation_logprobs`, the path as it was (one forward over [prompt | continuation]
+- plain: `teacher_forcing.plain_continuation_logprobs`, the path as it was (one forward over [prompt | continuation]
   per batch, logits [B, T, V], then logsumexp);
-- fast: `score.continuation_logprobs`, i.e. `HFModel.fast_logprobs` (each prompt computed once, the LM head
+- fast: `teacher_forcing.continuation_logprobs`, i.e. `HFModel.fast_logprobs` (each prompt computed once, the LM head
   fused with the log-softmax on scored positions only),
 at each `--settings` batch_size:max_batch_tokens, and their largest per-token difference (nats). The
 settings are timed in rounds (each once per round), best of `--repeats` rounds, so another process's load

@@ -19,11 +19,11 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from test_analyze import make_scored, write_scored
 
 from pqtradeoff.pipeline.corpus import GENERATED_COLUMNS
 
 from cli_helpers import cli, write_prompts
+from scored_helpers import make_scored, write_scored
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 

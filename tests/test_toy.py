@@ -204,7 +204,7 @@ def test_python_m_toy_runs_without_torch_and_reports_errors(tmp_path) -> None:
 
 
 # ----------------------------------------------------------------------------------- numpy vs scipy
-# pqtradeoff.toy avoids importing scipy (about a second at start-up); its statistics (pqtradeoff.analysis.stats's
+# pqtradeoff.toy avoids importing scipy (about a second at start-up); its statistics (analysis.stats's
 # numpy-only
 # ones, tested against scipy in tests/test_stats.py) and its softmax must be scipy's, bit for bit.
 @settings(max_examples=100, deadline=None)

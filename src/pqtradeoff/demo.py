@@ -2,8 +2,8 @@
 
 The same generate -> score -> analyze stages as for Hugging Face models, run on an automaton prior p, a
 transition-additive reward r and the exact aligned automaton p+ = p exp(r/beta) / Z. Every quantity the
-analysis estimates has a closed form here (`pqtradeoff.exact.closed_forms`), so the report can show the Monte Carlo corpora
-falling on the theory, and say whether the IMH-corrected means agree with the exact ones.
+analysis estimates has a closed form here (`exact.closed_forms`), so the report can show the Monte Carlo
+corpora falling on the theory, and say whether the IMH-corrected means agree with the exact ones.
 """
 
 from __future__ import annotations
@@ -153,8 +153,8 @@ def exact_values(
     """
     def laws(bound: int | None) -> tuple[Any, Any]:
         local = closed_forms.local_expectations(alignment, adaptor, max_length=bound)
-        corrected = local if target == "none" else closed_forms.imh_target_expectations(alignment, adaptor, target,
-                                                                                  max_length=bound)
+        corrected = local if target == "none" else closed_forms.imh_target_expectations(
+            alignment, adaptor, target, max_length=bound)
         return local, corrected
 
     local, corrected = laws(None)

@@ -7,7 +7,7 @@ itself writes (a previous run of the same command). Anything else in it - anothe
 the user's own files - is refused with a one-line error naming the first such entry, before any work. Into a
 previous run, the command removes every file it owns just before it writes the new ones (figures in every
 format included), so no stale figure or report of an earlier run ever stays beside a new summary.
-The stages `generate` and `score` follow their own, resumable rule (`io.check_resumable`).
+The stages `generate` and `score` follow their own, resumable rule (`pipeline.resume.check_resumable`).
 """
 
 from __future__ import annotations

@@ -36,7 +36,7 @@ def generation_kwargs(adaptor: Adaptor) -> dict[str, Any]:
     `generate` (transformers 5.x) treats None as "unset" and fills it from the model's generation_config and
     then the global defaults (top_k=50!), so an adaptor that is off must be passed as the value that
     `_get_logits_processor` skips: top_k=0, top_p=1.0, typical_p=1.0, epsilon_cutoff=0.0, eta_cutoff=0.0;
-    min_p has no skipped value, and min_p=0.0 is an exact no-op warper. tests/test_adaptors.py checks this
+    min_p has no skipped value, and min_p=0.0 is an exact no-op warper. tests/sampling/test_adaptors checks this
     against a model whose own generation_config sets every one of them. repetition_penalty and
     no_repeat_ngram_size are turned off too; `top_h` has no off value once a model's config sets it, so a
     caller of `generate` should still check the processor list it builds. (The pipeline itself never calls

@@ -13,7 +13,7 @@ N. So we draw counts for all corpora at once instead of N * n_corpora single sam
 
 numpy and matplotlib only (no torch, no scipy: importing scipy.stats costs about a second, more than the
 whole experiment), so `pqtradeoff toy` starts fast. The statistics (entropy, Spearman, Pearson, means over
-count vectors) are `pqtradeoff.analysis.stats`'s numpy-only ones, which equal scipy's bit for bit; the figures are
+count vectors) are `analysis.stats`'s numpy-only ones, which equal scipy's bit for bit; the figures are
 `pqtradeoff.analysis.plots`'s toy figures (bare Agg figures, no pyplot).
 """
 

@@ -335,7 +335,7 @@ def correlations(x: np.ndarray, y: np.ndarray, confidence: float = 0.95) -> Corr
 
 
 # scipy.stats' tests, on scipy.special's distribution functions (the ones scipy.stats calls): importing
-# scipy.stats costs 0.5-1 s, scipy.special a tenth of that (tests/test_stats.py checks them against
+# scipy.stats costs 0.5-1 s, scipy.special a tenth of that (tests/analysis/test_stats.py checks them against
 # scipy.stats).
 def normal_quantile(q: float) -> float:
     """The standard normal's q-quantile (scipy.stats.norm.ppf)."""
@@ -498,7 +498,7 @@ def count_sums(counts: np.ndarray, table: np.ndarray) -> np.ndarray:
 
 # The toy needs a few statistics without importing scipy; these are written with exactly scipy's operations,
 # so they give scipy's values bit for bit (entropy: to the last bit, as scipy's entr rounds its own log;
-# tests/test_stats.py checks this against scipy).
+# tests/analysis/test_stats.py checks this against scipy).
 def entropy(probs: np.ndarray) -> float:
     """Shannon entropy in nats of a positive probability vector; scipy.stats.entropy's exact operations."""
     probs = probs / np.sum(probs)

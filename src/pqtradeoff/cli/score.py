@@ -1,6 +1,6 @@
 """`pqtradeoff score`: add `logp_prior` (the prior, teacher-forced) and `reward` to a corpus.
 
-Thin: the options come from `ScoreSettings`; the work is `pqtradeoff.experiment.stages.run_score`, which checks the
+Thin: the options come from `ScoreSettings`; the work is `experiment.stages.run_score`, which checks the
 corpus and the resume before loading any model and reuses the corpus's prompt format (`_run.json`).
 """
 

@@ -61,7 +61,7 @@ def demo_models(
     about -0.75 over the paper's grid): cold adaptors avoid the rare word, hot ones find it. Every
     configuration of that grid whose global adaptor normalizes is well conditioned (spectral radius < 0.8,
     IMH efficiency > 0.2); the hottest ones do not normalize. Tuned for seed 0 (see
-    tests/test_demo_models.py).
+    tests/exact/test_demo_models.py).
 
     Why not simply a reward that favours likely words: with p+ proportional to p exp(r/beta) exactly, the
     globally normalized temperature family moves as d E[f] / d(1/T) = Cov(f, log p+), so a reward whose

@@ -1,4 +1,4 @@
-"""An experiment as one file: read and write a TOML config (`pqtradeoff run`'s input, `init`, `--print-config`).
+"""An experiment as one file: read and write a TOML config (`run`'s input, `init`, `--print-config`).
 
 `load_experiment(path)` reads a TOML file (stdlib `tomllib`) into `ExperimentSettings`: a syntax error, an
 unknown key or a bad value is a one-line PQError naming the file, the key and, where it can be found, the

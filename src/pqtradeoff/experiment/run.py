@@ -1,5 +1,5 @@
-"""`run_experiment(settings, out)`: generate -> score -> analyze into `out/corpus`, `out/scored`, `out/analysis`,
-loading each model once.
+"""`run_experiment(settings, out)`: generate -> score -> analyze into `out/corpus`, `out/scored`,
+`out/analysis`, loading each model once.
 
 Stages are cached by content (`pipeline.digests`), never by names, sizes or times: a stage whose settings and
 inputs are byte-identical is reused (and the run says so), a killed run redoes only missing shards, a grown

@@ -2,7 +2,7 @@
 
 Each field states its name, type, default, range and help once. From these models derive:
 - the CLI options of `generate`, `score`, `analyze` and `run` (`pqtradeoff.cli.options`);
-- the keys of an experiment file (`ExperimentSettings`, read by `pqtradeoff.experiment.config.load_experiment`);
+- the keys of an experiment file (`ExperimentSettings`, read by `experiment.config.load_experiment`);
 - what a stage records in `_run.json`, and which changes a resumed run accepts (`resume_policy`).
 
 Every field has a resume policy, declared beside it (`json_schema_extra={"resume": ...}`):

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 # ------------------------------------------------------------------------------------------ requests, rows
 @dataclass(frozen=True)
 class SampleRequest:
-    """One string to sample: its prompt ids, adaptor, row key (uint64, `generate.row_keys`: the row's own
+    """One string to sample: its prompt ids, adaptor, row key (uint64, `sampler.row_keys`: the row's own
     random stream) and length limit."""
 
     prompt_token_ids: list[int]

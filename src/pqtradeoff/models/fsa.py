@@ -11,8 +11,8 @@
 - `align(prior, reward, beta)`: the aligned model p+(y) = p(y) exp(r(y)/beta) / Z as a locally normalized
   automaton, p+(v|s) = p(v|s) exp(phi(s,v)/beta) b(next)/b(s), with b from one linear solve and Z = b(start).
 
-Linear algebra is float64 numpy (see `pqtradeoff.models.automata`); torch appears only at the model interface. The
-closed forms over these models live in `pqtradeoff.exact.closed_forms`, the demo's models in `pqtradeoff.exact.demo_models`.
+Linear algebra is float64 numpy (see `models.automata`); torch appears only at the model interface. The
+closed forms over these models live in `exact.closed_forms`, the demo's models in `exact.demo_models`.
 """
 
 from __future__ import annotations

@@ -461,7 +461,7 @@ class HFModel(HFTokenization, StepLanguageModel):
 
     def fast_logprobs(self, prompts: list[list[int]], continuations: list[list[int]], *, batch_size: int,
                       max_batch_tokens: int) -> list[np.ndarray] | None:
-        """`score.continuation_logprobs` computing each prompt once and the LM head on the scored positions
+        """`teacher_forcing.continuation_logprobs` computing each prompt once and the LM head on the scored positions
         only (`hf_scoring.shared_prompt_logprobs`); None where this model does not allow it."""
         from pqtradeoff.models.hf_scoring import shared_prompt_logprobs
 

@@ -1,6 +1,6 @@
 """Fast teacher-forced scoring for `HFModel`: shared prompt states and a fused LM head + log-softmax.
 
-`shared_prompt_logprobs` gives what `score.continuation_logprobs` gives (per-token float64 log-probabilities
+`shared_prompt_logprobs` gives what `teacher_forcing.continuation_logprobs` gives (per-token float64 log-probabilities
 of each continuation given its prompt), computing less:
 - prompts are run once, not once per row: rows are grouped by distinct prompt; within a window of distinct
   prompts the longest common prefix (a chat template's system prompt) is run once as a [1, c] pass, each
@@ -255,7 +255,7 @@ def score_batch(lm: HFModel, parts: ScoringParts, states: PromptStates, slots: l
 @torch.inference_mode()
 def shared_prompt_logprobs(lm: HFModel, prompts: list[list[int]], continuations: list[list[int]], *,
                            batch_size: int, max_batch_tokens: int) -> list[np.ndarray] | None:
-    """`score.continuation_logprobs` with shared prompt states (see the module); None where the model does
+    """`teacher_forcing.continuation_logprobs` with shared prompt states (see the module); None where the model does
     not allow the fast path (`fast_scoring_parts`)."""
     if len(prompts) != len(continuations):
         raise PQError(f"{len(prompts)} prompts but {len(continuations)} continuations")

@@ -187,7 +187,7 @@ def convert_gguf(model, tokenizer, gguf_path: Path) -> Path | None:
 
 
 def model_files(spec: Any) -> Path | None:
-    """The file or folder that `from_pretrained` reads for a model spec (`settings.ModelSpec`), without
+    """The file or folder that `from_pretrained` reads for a model spec (`ModelSpec`), without
     loading it; None for a hub id that is not in the local cache (the load itself then says what is wrong)."""
     name, gguf = spec.name, spec.gguf_file
     if name.startswith("pypi:"):

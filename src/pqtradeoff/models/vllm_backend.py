@@ -66,7 +66,7 @@ Fields relied on (vllm 0.33.0):
 
 Recorded quantities. vLLM returns only log q_t(y_t). Since q_t(y) = p_t(y)^(1/T) / Z_t on the kept support
 and the sampled token is always kept, log Z_t = log p_t(y_t) / T - log q_t(y_t) (docs/backends.md proves it
-and tests/test_vllm_backend.py checks it on the hf backend). So `logp_aligned` comes from one prompt-logprobs
+and tests/models/test_vllm_backend checks it on the hf backend). So `logp_aligned` comes from one prompt-logprobs
 pass of the aligned model over prompt + continuation, and `log_weight = logp_aligned / T - logq`, per token
 and summed. Prior scoring (`logprobs`) is the same prompt-logprobs pass on the prior.
 """
@@ -139,7 +139,7 @@ def check_supported(adaptor: Adaptor | str) -> Adaptor:
 
 
 def vllm_seed(key: int) -> int:
-    """A row key (uint64, `generate.row_keys`) as a vLLM seed: its low 63 bits (a non-negative int64)."""
+    """A row key (uint64, `sampler.row_keys`) as a vLLM seed: its low 63 bits (a non-negative int64)."""
     return int(key) & ((1 << 63) - 1)
 
 

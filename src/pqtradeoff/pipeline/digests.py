@@ -36,7 +36,7 @@ def bytes_sha256(data: bytes) -> str:
 
 
 def shard_digests(directory: str | Path) -> dict[str, str]:
-    """Name -> SHA-256 of every complete shard of a corpus folder (`corpus.shard_files` order)."""
+    """Name -> SHA-256 of every complete shard of a corpus folder (`pipeline.corpus.shard_files` order)."""
     from pqtradeoff.pipeline.corpus import shard_files  # lazy: pyarrow
 
     return {p.name: file_sha256(p) for p in shard_files(directory)}

@@ -179,7 +179,7 @@ class ShardSampler:
         return len(sampled), sum(len(r.token_ids) for r in sampled)
 
 
-#: Resume policy of the keys `generate_corpus` adds to the caller's settings (see `settings.resume_policy`).
+#: Resume policy of the keys `generate_corpus` adds to the caller's settings (see `resume.resume_policy`).
 CORPUS_POLICY = {"adaptors": "grow", "num_generations": "grow", "num_prompts": "grow", "batch_size": "free"}
 
 
@@ -220,7 +220,7 @@ def generate_corpus(
     depend
     on that shard alone (not on other prompts).
 
-    `executor` (`settings.ExecutorSettings`; None: local) chooses where shards are sampled: here, one after
+    `executor` (`ExecutorSettings`; None: local) chooses where shards are sampled: here, one after
     another, or by a pool of Ray actors that each build their own replica with `load_model()` and write the
     same files (`executor.map_shards`). Planning, the resume check and superseding happen here either way.
     """

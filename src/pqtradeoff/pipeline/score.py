@@ -91,7 +91,7 @@ def score_corpus(
     Non-finite rewards and -inf prior log-probabilities are counted and reported in `_score_report.json`
     and on the console; they are kept in the table for the analysis to drop and count.
 
-    `executor` (`settings.ExecutorSettings`; None: local) chooses where shards are scored: here, or by a pool
+    `executor` (`ExecutorSettings`; None: local) chooses where shards are scored: here, or by a pool
     of Ray actors that each build their own `(prior, reward)` with `load_models()` and write the same files.
     """
     corpus_dir, out_dir = Path(corpus_dir), Path(out_dir)

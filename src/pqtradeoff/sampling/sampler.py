@@ -1,9 +1,12 @@
-"""The sampler: each row's own random stream, and one token per row by inverse CDF on its adapted distribution.
+"""The sampler: each row's own random stream, and one token per row by inverse CDF on its adapted
+distribution.
 
 Randomness is keyed by (seed, prompt_id, sample_id, adaptor): `row_keys` gives each row a 64-bit key, and
-`step_uniforms(keys, step)` a uniform per row and step, a hash of both (counter-based). So a row draws the same
+`step_uniforms(keys, step)` a uniform per row and step, a hash of both (counter-based). So a row draws the
+same
 numbers whatever batch it is in, whichever rows finished before it, and whether the run was resumed; the
-decoding loop (`models.decoding`) and every backend draw from the same streams. `sample_step` adapts the logits
+decoding loop (`models.decoding`) and every backend draw from the same streams. `sample_step` adapts the
+logits
 (`sampling.adaptors`), picks the tokens and returns the three log-scores the corpus records.
 """
 

@@ -23,7 +23,8 @@ def test_demo_models_show_the_phenomenon():
     for family in ("", ",top_k=2", ",top_p=0.9", ",typical_p=0.9"):
         for t in (0.5, 0.75, 1.0, 1.25, 1.5):
             spec = f"temperature={t}{family}"
-            q = demo.aligned.with_log_probs(np.array(closed_forms.adapted_tables(demo.aligned, spec).log_probs))
+            tables = closed_forms.adapted_tables(demo.aligned, spec)
+            q = demo.aligned.with_log_probs(np.array(tables.log_probs))
             for y in sample(q, 250, seed=int(10 * t), max_length=500):
                 log_prior.append(demo.prior.log_prob(y))
                 reward.append(demo.reward.score(y))

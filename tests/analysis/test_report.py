@@ -18,10 +18,11 @@ import warnings
 from pathlib import Path
 
 import pytest
-from test_analyze import make_scored
 
 from pqtradeoff.analysis.analyze import ExtraInputs, make_settings, run_analysis
 from pqtradeoff.analysis.report import number, p_value
+
+from scored_helpers import make_scored
 
 HOSTILE = (
     "<script>window.__pwned = 1</script><img src=x onerror=\"window.__pwned = 2\"><b>not bold</b> & 'quoted'"
@@ -169,12 +170,13 @@ def test_pdf_figures_are_linked_and_svg_embedded(tmp_path):
 
 
 def test_report_module_does_not_need_transformers():
-    code = "import sys; sys.modules['transformers'] = None; import pqtradeoff.analysis.report, jinja2; print('ok')"
+    code = ("import sys; sys.modules['transformers'] = None; import pqtradeoff.analysis.report, jinja2; "
+            "print('ok')")
     run = subprocess.run(
         [sys.executable, "-c", code],
         capture_output=True,
         text=True,
         timeout=60,
-        env=os.environ | {"PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")},
+        env=os.environ | {"PYTHONPATH": str(Path(__file__).resolve().parents[2] / "src")},
     )
     assert run.returncode == 0 and run.stdout.strip() == "ok", run.stderr

@@ -13,12 +13,13 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_continuous_batching import eos_prone
 
 from pqtradeoff.models.decoding import sample_rows
 from pqtradeoff.models.kv_buffer import BufferLayer
 from pqtradeoff.sampling import adaptors
 from pqtradeoff.sampling.sampler import row_keys
+
+from test_continuous_batching import eos_prone
 
 HEADS, DIM = 2, 3
 
