@@ -45,9 +45,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pqtradeoff.experiment.stages import SCORE_BATCH, score_batch_tokens
 from pqtradeoff.models import decoding
-from pqtradeoff.models.base import SampledRow
+from pqtradeoff.models.base import SCORE_BATCH, SampledRow, score_batch_tokens
 from pqtradeoff.models.hf import HFModel
 from pqtradeoff.models.hf_layout import left_pad
 from pqtradeoff.models.teacher_forcing import continuation_logprobs

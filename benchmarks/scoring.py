@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from generation_roofline import INSTRUCTIONS, gemm_rate, matmul_weights
 
-from pqtradeoff.experiment.stages import SCORE_BATCH, SCORE_BATCH_TOKENS, score_batch_tokens
+from pqtradeoff.models.base import SCORE_BATCH, SCORE_BATCH_TOKENS, score_batch_tokens
 from pqtradeoff.models.hf import HFModel
 from pqtradeoff.models.teacher_forcing import continuation_logprobs, plain_continuation_logprobs
 

@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -56,6 +57,17 @@ def _output_folder_case(command: str, kind: str, tmp: Path, out: Path) -> tuple[
     return [command, "--out", str(out), "--format", "gif"], "figure_format='gif'", out
 
 
+@dataclass
+class _Case:
+    """What every case of one command starts from."""
+
+    tmp: Path
+    out: Path
+    scored: Path
+    analyze_argv: list[str]  # analyze with a small valid scored corpus
+    generate_argv: list[str]  # generate with a missing model folder
+
+
 def _case_setup(tmp: Path, case: str) -> tuple[list[str], str, Path]:
     """(argv after `pqtradeoff`, a phrase of the expected error, the output folder that must stay
     untouched)."""
@@ -72,6 +84,15 @@ def _case_setup(tmp: Path, case: str) -> tuple[list[str], str, Path]:
         str(prompts),
         *SAMPLING_ARGS,
     ]
+    c = _Case(tmp, out, scored, a, g)
+    command = case.partition("/")[0]
+    builder = {"analyze": _analyze_case, "demo": _demo_toy_case, "toy": _demo_toy_case,
+               "generate": _generate_case, "score": _score_case, "run": _run_case}[command]
+    return builder(c, case)
+
+
+def _analyze_case(c: _Case, case: str) -> tuple[list[str], str, Path]:
+    tmp, out, scored, a = c.tmp, c.out, c.scored, c.analyze_argv
     if case == "analyze/scored-dir-missing":
         return ["analyze", str(tmp / "nowhere"), "--out", str(out)], "does not exist", out
     if case == "analyze/out-is-the-scored-dir":
@@ -144,6 +165,11 @@ def _case_setup(tmp: Path, case: str) -> tuple[list[str], str, Path]:
         frame = make_scored(n=20)
         frame.loc[0, "adaptor"] = "banana=3"
         return ["analyze", str(write_scored(frame, tmp / "ba")), "--out", str(out)], "banana", out
+    raise AssertionError(case)
+
+
+def _demo_toy_case(c: _Case, case: str) -> tuple[list[str], str, Path]:
+    tmp, out = c.tmp, c.out
     command, _, kind = case.partition("/")
     if command in ("demo", "toy") and kind in ("out-is-a-file", "out-holds-foreign-files", "bad-format"):
         return _output_folder_case(command, kind, tmp, out)
@@ -165,6 +191,11 @@ def _case_setup(tmp: Path, case: str) -> tuple[list[str], str, Path]:
         return ["toy", "--out", str(out), "--alpha", "0"], "alpha=0", out
     if case == "toy/negative-noise":
         return ["toy", "--out", str(out), "--noise", "-1"], "noise=-1", out
+    raise AssertionError(case)
+
+
+def _generate_case(c: _Case, case: str) -> tuple[list[str], str, Path]:
+    tmp, out, g = c.tmp, c.out, list(c.generate_argv)
     if case == "generate/out-is-a-file":
         return [*g, "--out", str(tmp / "file.txt")], "is a file, not a folder", tmp / "file.txt"
     if case == "generate/out-under-a-file":
@@ -183,6 +214,11 @@ def _case_setup(tmp: Path, case: str) -> tuple[list[str], str, Path]:
     if case == "generate/bad-adaptor":
         g[g.index("--adaptor") + 1] = "top_k=-3"
         return [*g, "--out", str(out)], "top_k", out
+    raise AssertionError(case)
+
+
+def _score_case(c: _Case, case: str) -> tuple[list[str], str, Path]:
+    tmp, out = c.tmp, c.out
     if case == "score/corpus-missing":
         return ["score", str(tmp / "nowhere"), "--reward", "vader", "--out", str(out)], "does not exist", out
     if case == "score/out-inside-the-corpus":
@@ -218,6 +254,11 @@ def _case_setup(tmp: Path, case: str) -> tuple[list[str], str, Path]:
             "raised ZeroDivisionError on row 3 of the batch (prompt_id=1, sample_id=1, adaptor=",
             out,
         )
+    raise AssertionError(case)
+
+
+def _run_case(c: _Case, case: str) -> tuple[list[str], str, Path]:
+    tmp, out = c.tmp, c.out
     if case == "run/config-missing":
         return ["run", str(tmp / "none.toml"), "--out", str(out)], "none.toml", out
     if case == "run/incomplete-config":

@@ -20,6 +20,7 @@ from pqtradeoff.analysis.analyze import ExtraInputs, run_analysis
 from pqtradeoff.analysis.analyze import make_settings as analysis_settings
 from pqtradeoff.analysis.imh import Target
 from pqtradeoff.analysis.results import Summary
+from pqtradeoff.columns import Col
 from pqtradeoff.errors import PQError, validated
 from pqtradeoff.exact import closed_forms
 from pqtradeoff.io import write_json
@@ -233,52 +234,18 @@ def run_demo(
 
 
 def _run(out_dir: Path, settings: DemoSettings, progress: bool) -> tuple[Summary, dict[str, float]]:
-    from pqtradeoff.pipeline.generate import PromptRecord, generate_corpus  # lazy: torch
-    from pqtradeoff.pipeline.score import score_corpus  # lazy: torch
-
     timings: dict[str, float] = {}
-    t0 = time.perf_counter()
+    t = time.perf_counter()
     models = build_models(settings)
-    beta = models.alignment.beta
-    grid = parse_grid(settings.families, settings.temperatures)
-    kept, exact_by_config, skipped = [], {}, {}
-    for a in grid:
-        values, reason = exact_values(models.alignment, a, settings.target, settings.min_ess_fraction,
-                                      max_length=settings.max_new_tokens)
-        if values is None:
-            skipped[str(a)] = reason
-        else:
-            kept.append(a)
-            exact_by_config[str(a)] = values
-    if not kept:
-        raise PQError("no adaptor configuration normalizes: nothing to sample; see --family / --temperature")
-    timings["models_and_exact_s"] = time.perf_counter() - t0
-
-    t = time.perf_counter()
+    kept, exact_by_config, skipped = _exact_grid(models, settings)
+    timings["models_and_exact_s"] = time.perf_counter() - t
     record = settings.model_dump(mode="json", exclude={"figure_format"})  # the format changes no sample
-    prompt = PromptRecord(0, "", models.aligned.encode_prompt(""))
-    corpus = generate_corpus(models.aligned, [prompt], kept, num_generations=settings.num_generations,
-                             max_new_tokens=settings.max_new_tokens, seed=settings.seed,
-                             batch_size=settings.batch_size, out_dir=out_dir / "corpus",
-                             sample_block=settings.num_generations,
-                             settings={"model": models.aligned.name, "demo": record},
-                             progress=progress).out_dir
-    timings["generate_s"] = time.perf_counter() - t
-    t = time.perf_counter()
-    scored = score_corpus(corpus, out_dir / "scored", prior=models.prior, reward=models.reward,
-                          batch_size=settings.batch_size, max_batch_tokens=settings.batch_size * 64,
-                          settings={"prior": models.prior.name, "demo": record}, progress=progress).out_dir
-    timings["score_s"] = time.perf_counter() - t
-
+    scored = _sample_and_score(models, kept, settings, record, out_dir, progress, timings)
     table = pd.read_parquet(scored)
-    residual = (table["logp_prior"] + table["reward"] / beta - table["logp_aligned"]
-                - models.alignment.log_z)
-    finished = table["finished"].to_numpy(bool)
-    if not finished.any():
-        raise PQError(f"no sampled string finished within max_new_tokens={settings.max_new_tokens}: raise it")
-    identity_error = float(np.abs(residual[finished]).max())
+    identity_error = _identity_error(table, models, settings.max_new_tokens)
 
     t = time.perf_counter()
+    beta = models.alignment.beta
     notes = [
         f"Exact finite-state models: prior {models.prior.name}, reward {models.reward.name}, "
         f"beta={beta:g}, log Z = {models.alignment.log_z:.6f}. The identity log p(y) + r(y)/beta = "
@@ -304,6 +271,55 @@ def _run(out_dir: Path, settings: DemoSettings, progress: bool) -> tuple[Summary
     return summary, timings
 
 
+def _exact_grid(models: Any, settings: DemoSettings) -> tuple[list[Adaptor], dict[str, Any], dict[str, str]]:
+    """The grid's configurations that normalize (with their exact values) and why the others were skipped."""
+    kept, exact_by_config, skipped = [], {}, {}
+    for a in parse_grid(settings.families, settings.temperatures):
+        values, reason = exact_values(models.alignment, a, settings.target, settings.min_ess_fraction,
+                                      max_length=settings.max_new_tokens)
+        if values is None:
+            skipped[str(a)] = reason
+        else:
+            kept.append(a)
+            exact_by_config[str(a)] = values
+    if not kept:
+        raise PQError("no adaptor configuration normalizes: nothing to sample; see --family / --temperature")
+    return kept, exact_by_config, skipped
+
+
+def _sample_and_score(models: Any, kept: list[Adaptor], settings: DemoSettings, record: dict[str, Any],
+                      out_dir: Path, progress: bool, timings: dict[str, float]) -> Path:
+    """The pipeline's own `generate` and `score` stages on the exact models: the scored corpus's folder."""
+    from pqtradeoff.pipeline.generate import PromptRecord, generate_corpus  # lazy: torch
+    from pqtradeoff.pipeline.score import score_corpus  # lazy: torch
+
+    t = time.perf_counter()
+    prompt = PromptRecord(0, "", models.aligned.encode_prompt(""))
+    corpus = generate_corpus(models.aligned, [prompt], kept, num_generations=settings.num_generations,
+                             max_new_tokens=settings.max_new_tokens, seed=settings.seed,
+                             batch_size=settings.batch_size, out_dir=out_dir / "corpus",
+                             sample_block=settings.num_generations,
+                             settings={"model": models.aligned.name, "demo": record},
+                             progress=progress).out_dir
+    timings["generate_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    scored = score_corpus(corpus, out_dir / "scored", prior=models.prior, reward=models.reward,
+                          batch_size=settings.batch_size, max_batch_tokens=settings.batch_size * 64,
+                          settings={"prior": models.prior.name, "demo": record}, progress=progress).out_dir
+    timings["score_s"] = time.perf_counter() - t
+    return scored
+
+
+def _identity_error(table: pd.DataFrame, models: Any, max_new_tokens: int) -> float:
+    """The largest |log p + r/beta - log p+ - log Z| over the finished sampled strings (0 in theory)."""
+    residual = (table[Col.LOGP_PRIOR] + table[Col.REWARD] / models.alignment.beta - table[Col.LOGP_ALIGNED]
+                - models.alignment.log_z)
+    finished = table[Col.FINISHED].to_numpy(bool)
+    if not finished.any():
+        raise PQError(f"no sampled string finished within max_new_tokens={max_new_tokens}: raise it")
+    return float(np.abs(residual[finished]).max())
+
+
 #: Typicality of a corpus of p_T: |mean(-log p_T) - H(p_T)| < TYPICAL_EPSILON nats (the demo's corpora are
 #: 2,000 strings, not the toy's 100,000, so the band is wider than the toy's 0.001).
 TYPICAL_EPSILON = 0.05
@@ -327,7 +343,7 @@ def typical_corpora(out_dir: Path, summary: Summary, kept: list[Adaptor], lines:
         line = by_label.get(f"exact line, T={a.temperature:g}")
         if a.truncates or line is None or str(a) not in results:
             continue
-        rows = corpora[corpora["adaptor"] == str(a)]
+        rows = corpora[corpora[Col.ADAPTOR] == str(a)]
         x, y = rows["mean_log_prior"].to_numpy(float), rows["mean_reward"].to_numpy(float)
         deviation = (x + y / beta - line["intercept"] / beta) / a.temperature
         typical = np.abs(deviation) < TYPICAL_EPSILON

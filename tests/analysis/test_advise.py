@@ -14,6 +14,8 @@ import pytest
 from pqtradeoff.analysis.advise import advise, efficient_hull
 from pqtradeoff.errors import PQError
 
+from scored_helpers import make_scored
+
 SE = 0.1
 CRIT = 1.959963984540054
 #: (mean log prior, mean reward). Upper-right hull: A, B, C, D (slopes -0.5, -2/3, -2); E, F, G lie below it.
@@ -125,8 +127,6 @@ def test_cli_text_and_json(tmp_path):
 
 def test_advice_on_a_real_analysis_uses_local_means_of_every_sampled_config(tmp_path):
     import warnings
-
-    from test_analyze import make_scored
 
     from pqtradeoff.analysis.analyze import make_settings, run_analysis
     from pqtradeoff.io import to_json

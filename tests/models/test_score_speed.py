@@ -162,7 +162,7 @@ def test_fast_path_bad_inputs(lm):
 
 
 def test_cpu_scoring_default_caps_positions_per_forward(lm):
-    from pqtradeoff.experiment.stages import SCORE_BATCH_TOKENS, SCORE_BATCH_TOKENS_CPU, score_batch_tokens
+    from pqtradeoff.models.base import SCORE_BATCH_TOKENS, SCORE_BATCH_TOKENS_CPU, score_batch_tokens
 
     assert score_batch_tokens(lm) == SCORE_BATCH_TOKENS_CPU < SCORE_BATCH_TOKENS
     assert score_batch_tokens(None) == SCORE_BATCH_TOKENS

@@ -103,6 +103,16 @@ def test_refusals_are_one_line_and_point_to_hf(spec, word):
     assert "\n" not in message and word in message and "--backend hf" in message and "vllm" in message
 
 
+@pytest.mark.parametrize("name", [n for n in adaptors.TRUNCATIONS if n not in vb.VLLM_TRUNCATIONS])
+def test_every_truncation_outside_the_allow_list_is_refused(name):
+    """An allow-list: each `Adaptor` truncation vLLM is not known to reproduce (today's and any added later)
+    is refused, not passed through."""
+    parameter = next(p for p in adaptors.PARAMETERS if p.name == name)
+    value = 0.5 if parameter.kind is float else 3
+    with pytest.raises(PQError, match=name):
+        vb.check_supported(f"{name}={value}")
+
+
 @pytest.mark.parametrize("spec", SUPPORTED + ["temperature=2.0", "temperature=1e-05", "top_k=1", "min_p=1.0"])
 def test_supported_specs_translate_back_to_the_same_adaptor(spec):
     kw = vb.sampling_params_kwargs(spec, 0, 3)

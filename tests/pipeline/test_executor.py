@@ -16,7 +16,7 @@ import pytest
 
 from pqtradeoff.errors import PQError
 
-from cli_helpers import cli, write_prompts
+from cli_helpers import cli, write_config, write_prompts
 
 SPECS = ["ancestral", "temperature=0.7,top_k=5", "temperature=1.3,top_p=0.8", "typical_p=0.9"]
 TEXTS = ["hello world", "why", "tell me a story about the moon please", "the cat sat", "how are you", "I"]
@@ -270,7 +270,6 @@ def test_a_failing_actor_fails_the_run_in_one_line_and_a_rerun_resumes(
 @pytest.mark.ray
 def test_run_command_with_the_ray_executor(ray_session, tiny_hf, tmp_path, monkeypatch, capsys):
     """`pqtradeoff run CONFIG --executor ray` writes the corpus and scored corpus a local run writes."""
-    from test_experiment import write_config
 
     prompts = write_prompts(tmp_path / "p.jsonl", ["hello world", "why", "tell me a story", "the cat sat"])
     config = write_config(tmp_path / "exp.toml", tiny_hf.llama, tiny_hf.prior, prompts)

@@ -13,13 +13,13 @@ import pytest
 from pqtradeoff.errors import PQError
 from pqtradeoff.experiment.settings import RewardSettings
 from pqtradeoff.pipeline.rewards import (
-    REWARD_KINDS,
     REWARD_REGISTRY,
     DPOReward,
     FunctionReward,
     VaderReward,
     is_reward_kind,
     make_reward,
+    reward_kinds,
 )
 from pqtradeoff.pipeline.score import check_reward_needs
 
@@ -44,12 +44,12 @@ def test_registry_builds_each_kind_and_settings_accept_it(kind):
     params = {name: 0.5 for name in cls.parameters}
     reward = make_reward(kind, **params)
     assert type(reward) is cls
-    assert is_reward_kind(kind) and kind in REWARD_KINDS
+    assert is_reward_kind(kind) and kind in reward_kinds()
     assert RewardSettings(kind=kind, **params).kind == kind
 
 
 def test_registry_kinds_are_what_the_settings_accept():
-    assert REWARD_KINDS == ("model", "dpo", "vader", "python:MODULE:FUNCTION")
+    assert reward_kinds() == ("model", "dpo", "vader", "python:MODULE:FUNCTION")
     assert RewardSettings(kind="model").kind == "model"
     assert RewardSettings(kind="python:m:f").kind == "python:m:f"
     for bad in ("banana", "DPO", "python"):

@@ -42,6 +42,7 @@ from pqtradeoff.analysis.results import (
 )
 from pqtradeoff.analysis.settings import AnalysisSettings
 from pqtradeoff.analysis.stats import Correlation, TradeoffFit
+from pqtradeoff.columns import ROW_KEY, Col
 from pqtradeoff.errors import PQError, validated
 from pqtradeoff.io import lock_folder, run_record, write_json
 from pqtradeoff.outdir import check_output_folder, clear_owned
@@ -49,13 +50,13 @@ from pqtradeoff.pipeline.corpus import ANALYSIS_COLUMNS, RUN_RECORD, read_corpus
 from pqtradeoff.sampling import adaptors
 
 #: Columns whose values must be finite for a row to be used (the quantities analysed).
-VALUE_COLUMNS = ("reward", "logp_prior")
+VALUE_COLUMNS = (Col.REWARD, Col.LOGP_PRIOR)
 #: Per target, the columns that build the log importance weight. NaN or +inf there drops the row; -inf in a
 #: log-probability of the target means weight zero, which is allowed (logq must be finite: the row was sampled).
-WEIGHT_COLUMNS = {"global": ("log_weight",), "aligned": ("logp_aligned", "logq"), "none": ()}
-SERIES = {"reward": "reward", "log_prior": "logp_prior"}
+WEIGHT_COLUMNS = {"global": (Col.LOG_WEIGHT,), "aligned": (Col.LOGP_ALIGNED, Col.LOGQ), "none": ()}
+SERIES = {"reward": Col.REWARD, "log_prior": Col.LOGP_PRIOR}
 #: String columns `analyze_dir` reads (other string and list columns, texts and tokens, are never needed).
-STRING_COLUMNS = ("adaptor", "prior_context")
+STRING_COLUMNS = (Col.ADAPTOR, Col.PRIOR_CONTEXT)
 #: Configurations analysed at once, at most (each holds a few ~30 MB count chunks; see `analyze_configs`).
 MAX_WORKERS = 4
 
@@ -72,12 +73,12 @@ def _check_columns(table: pd.DataFrame) -> None:
         raise PQError(
             f"scored corpus lacks required column(s) {', '.join(missing)}; need {', '.join(ANALYSIS_COLUMNS)}"
         )
-    finished = table["finished"]
+    finished = table[Col.FINISHED]
     if not (pd.api.types.is_bool_dtype(finished) or pd.api.types.is_integer_dtype(finished)
             or (finished.dtype == object and finished.dropna().map(lambda v: isinstance(v, (bool, np.bool_))).all())):
         raise PQError(f"column 'finished' has dtype {finished.dtype}; need booleans (True when EOS was emitted)")
     for col in ANALYSIS_COLUMNS:
-        if col in ("adaptor", "finished"):
+        if col in (Col.ADAPTOR, Col.FINISHED):
             continue
         if not pd.api.types.is_numeric_dtype(table[col]) or pd.api.types.is_bool_dtype(table[col]):
             raise PQError(f"column {col!r} has dtype {table[col].dtype}; need floating-point numbers")
@@ -86,13 +87,11 @@ def _check_columns(table: pd.DataFrame) -> None:
 #: Largest magnitude a value may have: the analysis squares and sums values (variances over up to ~1e8
 #: strings), which overflow float64 past about 1e150; no real reward or log-probability comes near 1e100.
 MAX_MAGNITUDE = 1e100
-#: The key of a row: one sampled string. A repeated key is a copied row, never a second independent string.
-ROW_KEY = ("prompt_id", "sample_id", "adaptor")
 
 
 def _check_magnitudes(table: pd.DataFrame) -> None:
     """Refuse finite values so large that the analysis's sums would overflow (NaN estimates marked defined)."""
-    for col in (*VALUE_COLUMNS, "logq", "logp_aligned", "log_weight"):
+    for col in (*VALUE_COLUMNS, Col.LOGQ, Col.LOGP_ALIGNED, Col.LOG_WEIGHT):
         v = table[col].to_numpy(dtype=np.float64, na_value=np.nan)
         huge = np.flatnonzero(np.isfinite(v) & (np.abs(v) > MAX_MAGNITUDE))
         if huge.size:
@@ -134,41 +133,41 @@ def clean_table(table: pd.DataFrame, settings: AnalysisSettings) -> tuple[pd.Dat
     _check_columns(table)
     _check_magnitudes(table)
     data = table.loc[:, list(dict.fromkeys([*ANALYSIS_COLUMNS, *table.columns]))].copy()
-    data["adaptor"] = _canonical_adaptors(data["adaptor"])
+    data[Col.ADAPTOR] = _canonical_adaptors(data[Col.ADAPTOR])
     _check_duplicates(data)
     bad: dict[str, np.ndarray] = {
-        "adaptor": data["adaptor"].isna().to_numpy(),
-        "finished": data["finished"].isna().to_numpy(),
+        Col.ADAPTOR: data[Col.ADAPTOR].isna().to_numpy(),
+        Col.FINISHED: data[Col.FINISHED].isna().to_numpy(),
     }
     for col in VALUE_COLUMNS:
         bad[col] = ~np.isfinite(data[col].to_numpy(dtype=np.float64, na_value=np.nan))
     for col in WEIGHT_COLUMNS[settings.target]:
         v = data[col].to_numpy(dtype=np.float64, na_value=np.nan)
-        bad[col] = ~np.isfinite(v) if col == "logq" else (np.isnan(v) | (v == np.inf))
+        bad[col] = ~np.isfinite(v) if col == Col.LOGQ else (np.isnan(v) | (v == np.inf))
     messages: list[str] = []
     dropped: dict[str, int] = {}
     for col, mask in bad.items():
         count = int(mask.sum())
         if count:
             dropped[col] = count
-            kind = "missing" if col in ("adaptor", "finished") else "NaN or infinite"
-            if col in WEIGHT_COLUMNS[settings.target] and col != "logq":
+            kind = "missing" if col in (Col.ADAPTOR, Col.FINISHED) else "NaN or infinite"
+            if col in WEIGHT_COLUMNS[settings.target] and col != Col.LOGQ:
                 kind = "NaN or +inf"
             messages.append(f"dropped {count} row(s) with {kind} values in column {col!r}")
     any_bad = np.logical_or.reduce(list(bad.values()))
-    finished_all = data["finished"].fillna(True).astype(bool).to_numpy()
+    finished_all = data[Col.FINISHED].fillna(True).astype(bool).to_numpy()
     # Why each row is left out, by its first bad column (so a config's reasons add up to its dropped rows).
     why = np.full(len(data), "", dtype=object)
     if not settings.keep_unfinished:
         why[~finished_all] = "unfinished"
     for col, mask in reversed(bad.items()):
-        why[mask] = f"missing {col}" if col in ("adaptor", "finished") else f"non-finite {col}"
-    reasons = pd.DataFrame({"adaptor": data["adaptor"].to_numpy(), "why": why})
+        why[mask] = f"missing {col}" if col in (Col.ADAPTOR, Col.FINISHED) else f"non-finite {col}"
+    reasons = pd.DataFrame({Col.ADAPTOR: data[Col.ADAPTOR].to_numpy(), "why": why})
     by_config: dict[str, dict[str, int]] = {}
     for (adaptor, reason), count in reasons[why != ""].value_counts(sort=False).items():
         by_config.setdefault(adaptor, {})[reason] = int(count)  # rows without an adaptor fall out (NaN key)
     data = data.loc[~any_bad]
-    finished = data["finished"].astype(bool).to_numpy()
+    finished = data[Col.FINISHED].astype(bool).to_numpy()
     unfinished = int((~finished).sum())
     if unfinished and not settings.keep_unfinished:
         messages.append(
@@ -209,8 +208,8 @@ def analyze_config(
         raise PQError("a mixture of adaptors: its pool's plain means are what sampling it gives (used by "
                       "`advise`); the IMH analysis corrects its components, sampled as configurations of their own")
     log_w = imh.log_importance_weights(
-        settings.target, rows["log_weight"].to_numpy(float), rows["logp_aligned"].to_numpy(float),
-        rows["logq"].to_numpy(float),
+        settings.target, rows[Col.LOG_WEIGHT].to_numpy(float), rows[Col.LOGP_ALIGNED].to_numpy(float),
+        rows[Col.LOGQ].to_numpy(float),
     )
     n = len(rows)
     zero = int(np.sum(log_w == -np.inf))
@@ -278,8 +277,8 @@ def skipped_with_local_means(adaptor: str, reason: str, rows: pd.DataFrame | Non
     """A skipped config; its usable strings' plain means are kept (sampling that adaptor still gives them)."""
     if rows is None or rows.empty:
         return SkippedConfig(adaptor, reason)
-    reward, reward_se = _local_mean_and_se(rows["reward"].to_numpy(float))
-    log_prior, log_prior_se = _local_mean_and_se(rows["logp_prior"].to_numpy(float))
+    reward, reward_se = _local_mean_and_se(rows[Col.REWARD].to_numpy(float))
+    log_prior, log_prior_se = _local_mean_and_se(rows[Col.LOGP_PRIOR].to_numpy(float))
     return SkippedConfig(adaptor, reason, len(rows), reward, reward_se, log_prior, log_prior_se)
 
 
@@ -351,8 +350,8 @@ def _per_config(table: pd.DataFrame, data: pd.DataFrame, input_report: InputRepo
     messages: list[str] = []
     configs: list[ConfigResult] = []
     corpus_frames: list[pd.DataFrame] = []
-    read_counts = _canonical_adaptors(table["adaptor"]).value_counts()
-    groups = dict(tuple(data.groupby("adaptor", sort=False)))
+    read_counts = _canonical_adaptors(table[Col.ADAPTOR]).value_counts()
+    groups = dict(tuple(data.groupby(Col.ADAPTOR, sort=False)))
     outcomes = analyze_configs(groups, settings)
     for adaptor in sorted(set(groups) | set(read_counts.index), key=_order_key):
         rows = groups.get(adaptor)
@@ -415,7 +414,7 @@ def _across_configs(data: pd.DataFrame, per: _PerConfig, settings: AnalysisSetti
     tradeoff.frontier = [c.adaptor for c in sorted(configs, key=lambda c: -c.mean_log_prior) if c.on_frontier]
     if not tradeoff.defined:
         messages.append(f"corpus-level trade-off: {tradeoff.note}")
-    used = data[data["adaptor"].isin([c.adaptor for c in configs])]  # skipped configs' strings left out
+    used = data[data[Col.ADAPTOR].isin([c.adaptor for c in configs])]  # skipped configs' strings left out
     corpus_level = stats.correlations(per.corpora["mean_log_prior"], per.corpora["mean_reward"], settings.confidence)
     if len(configs) == 1:
         corpus_level.note = (
@@ -423,7 +422,7 @@ def _across_configs(data: pd.DataFrame, per: _PerConfig, settings: AnalysisSetti
             + "one configuration only: these corpora vary by resampling noise alone, so this is not the trade-off across configurations"
         )
     string_level = stats.correlations(
-        used["logp_prior"].to_numpy(float), used["reward"].to_numpy(float), settings.confidence
+        used[Col.LOGP_PRIOR].to_numpy(float), used[Col.REWARD].to_numpy(float), settings.confidence
     )
     return _AcrossConfigs(string_level, corpus_level, stats.correlations(x, y, settings.confidence), tradeoff, messages)
 
@@ -503,9 +502,9 @@ def analyze_dir(scored_dir: str | Path, out_dir: str | Path, settings: AnalysisS
     table = read_corpus(scored_dir, required=ANALYSIS_COLUMNS)
     for name in ANALYSIS_COLUMNS:
         kind = table.schema.field(name).type
-        wanted = "strings" if name == "adaptor" else ("booleans" if name == "finished" else "floating-point numbers")
+        wanted = "strings" if name == Col.ADAPTOR else ("booleans" if name == Col.FINISHED else "floating-point numbers")
         is_text = pa.types.is_string(kind) or pa.types.is_large_string(kind)
-        if (name == "adaptor") != is_text or pa.types.is_nested(kind):
+        if (name == Col.ADAPTOR) != is_text or pa.types.is_nested(kind):
             raise PQError(f"column {name!r} of {str(scored_dir)!r} is stored as {kind}; need {wanted}")
     nested = (
         pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_string(t) or pa.types.is_large_string(t)

@@ -33,9 +33,10 @@ import numpy as np
 import pandas as pd
 
 from pqtradeoff.analysis import stats
+from pqtradeoff.columns import Col
 
 #: Columns the fit needs.
-COLUMNS = ("prompt_id", "logp_aligned", "logp_prior", "reward")
+COLUMNS = (Col.PROMPT_ID, Col.LOGP_ALIGNED, Col.LOGP_PRIOR, Col.REWARD)
 #: Bootstrap replicates for the intervals.
 REPLICATES = 1000
 #: Counts drawn per numpy call are capped at about this many cells (memory stays flat at any scale).
@@ -100,7 +101,7 @@ def prior_without_prompt(data: pd.DataFrame, source_run: dict[str, Any] | None) 
     """Whether the prior was scored without the prompt (column `prior_context`, or the scoring run's
     settings)."""
     if "prior_context" in data.columns:
-        return bool((data["prior_context"].astype(str) == "none").any())
+        return bool((data[Col.PRIOR_CONTEXT].astype(str) == "none").any())
     settings = (source_run or {}).get("settings") or {}
     return settings.get("prior_context") == "none"
 
@@ -114,12 +115,12 @@ def prepare(data: pd.DataFrame, source_run: dict[str, Any] | None) -> AlignmentD
         return ("the prior was scored without the prompt (prior_context 'none'): p(y) is not the prior of "
                 "p+(y|x), so log p+(y|x) - log p(y) need not be linear in the reward; rescore with "
                 "--prior-context prompt")
-    d_all = data["logp_aligned"].to_numpy(np.float64) - data["logp_prior"].to_numpy(np.float64)
-    r_all = data["reward"].to_numpy(np.float64)
-    keep = np.isfinite(d_all) & np.isfinite(r_all) & data["finished"].fillna(False).to_numpy(bool)
+    d_all = data[Col.LOGP_ALIGNED].to_numpy(np.float64) - data[Col.LOGP_PRIOR].to_numpy(np.float64)
+    r_all = data[Col.REWARD].to_numpy(np.float64)
+    keep = np.isfinite(d_all) & np.isfinite(r_all) & data[Col.FINISHED].fillna(False).to_numpy(bool)
     if not keep.any():
         return "no finished string has finite logp_aligned, logp_prior and reward"
-    prompt_ids, codes, counts = np.unique(data["prompt_id"].to_numpy()[keep], return_inverse=True,
+    prompt_ids, codes, counts = np.unique(data[Col.PROMPT_ID].to_numpy()[keep], return_inverse=True,
                                           return_counts=True)
     in_fit = counts[codes] >= 2
     if not in_fit.any():
@@ -189,11 +190,11 @@ def _interval(values: np.ndarray, confidence: float) -> list[float] | None:
 
 def prompt_log_normalizers(data: pd.DataFrame, beta_hat: float) -> list[PromptLogZ]:
     """log Z(x) = mean of r / beta_hat - d over each prompt's finished strings, with its spread."""
-    d = data["logp_aligned"].to_numpy(np.float64) - data["logp_prior"].to_numpy(np.float64)
-    v = data["reward"].to_numpy(np.float64) / beta_hat - d
-    keep = np.isfinite(v) & data["finished"].fillna(False).to_numpy(bool)
-    frame = pd.DataFrame({"prompt_id": data["prompt_id"].to_numpy()[keep], "v": v[keep]})
-    grouped = frame.groupby("prompt_id", sort=True)["v"].agg(["size", "mean", "std"])
+    d = data[Col.LOGP_ALIGNED].to_numpy(np.float64) - data[Col.LOGP_PRIOR].to_numpy(np.float64)
+    v = data[Col.REWARD].to_numpy(np.float64) / beta_hat - d
+    keep = np.isfinite(v) & data[Col.FINISHED].fillna(False).to_numpy(bool)
+    frame = pd.DataFrame({Col.PROMPT_ID: data[Col.PROMPT_ID].to_numpy()[keep], "v": v[keep]})
+    grouped = frame.groupby(Col.PROMPT_ID, sort=True)["v"].agg(["size", "mean", "std"])
     return [PromptLogZ(int(pid), int(n), float(mean), None if n < 2 else float(sd))
             for pid, n, mean,
             sd in zip(grouped.index, grouped["size"], grouped["mean"], grouped["std"], strict=True)]

@@ -25,6 +25,7 @@ import numpy as np  # noqa: E402
 
 from pqtradeoff.analysis.fidelity import AlignmentData  # noqa: E402
 from pqtradeoff.analysis.results import ConfigResult, Summary  # noqa: E402
+from pqtradeoff.columns import Col
 from pqtradeoff.io import atomic_write  # noqa: E402
 
 if TYPE_CHECKING:
@@ -119,19 +120,19 @@ def string_level(data: pd.DataFrame, summary: Summary, path: Path) -> str:
     colour = _palette(families)
     shade = _shades([c.temperature for c in configs])
     fig, ax = _subplots((8.6, 5))
-    used = data[data["adaptor"].isin([c.adaptor for c in configs])]
+    used = data[data[Col.ADAPTOR].isin([c.adaptor for c in configs])]
     if len(used) > HEXBIN_ABOVE:
-        bins = ax.hexbin(used["logp_prior"], used["reward"], gridsize=70, bins="log", cmap="Greys", mincnt=1,
+        bins = ax.hexbin(used[Col.LOGP_PRIOR], used[Col.REWARD], gridsize=70, bins="log", cmap="Greys", mincnt=1,
                          linewidths=0.0, rasterized=True)
         bar = fig.colorbar(bins, ax=ax, orientation="horizontal", pad=0.14, fraction=0.05, aspect=40)
         bar.set_label("strings per hexagon (log scale)", fontsize=LEGEND_FONT)
         ax.scatter([], [], marker="h", color="0.45", s=30, label=f"{len(used):,} strings (density)")
     else:
-        ax.scatter(used["logp_prior"], used["reward"], s=4, alpha=0.3, color="0.4", rasterized=True,
+        ax.scatter(used[Col.LOGP_PRIOR], used[Col.REWARD], s=4, alpha=0.3, color="0.4", rasterized=True,
                    label=f"{len(used):,} strings")
     for c in configs:
-        rows = data[data["adaptor"] == c.adaptor]
-        x, y = rows["logp_prior"].to_numpy(float), rows["reward"].to_numpy(float)
+        rows = data[data[Col.ADAPTOR] == c.adaptor]
+        x, y = rows[Col.LOGP_PRIOR].to_numpy(float), rows[Col.REWARD].to_numpy(float)
         if len(x) >= 2 and np.ptp(x) > 0:
             slope, intercept = np.polyfit(x, y, 1)
             grid = np.quantile(x, [0.02, 0.98])  # over where this config's strings are
@@ -195,7 +196,7 @@ def _beta_lines(ax: Any, corpora: pd.DataFrame, summary: Summary) -> None:
     beta = summary.alignment.beta_hat
     if beta is None or beta <= 0:
         return
-    for _, rows in corpora.groupby("adaptor", sort=False):
+    for _, rows in corpora.groupby(Col.ADAPTOR, sort=False):
         gx, gy = beta_segment(rows["mean_log_prior"].to_numpy(float), rows["mean_reward"].to_numpy(float), beta)
         ax.plot(gx, gy, color="black", lw=0.8, alpha=0.8, zorder=3)
     ax.plot([], [], color="black", lw=0.8, label=f"slope −β = {_fmt(-beta, '.3g')} (effective β) "

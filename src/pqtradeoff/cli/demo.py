@@ -16,27 +16,30 @@ if TYPE_CHECKING:
 @app.command()
 def demo(
     out: Path = typer.Option(Path("runs/demo"), "--out", help="output folder"),
-    seed: int = typer.Option(0, help="seed for sampling and the analysis"),
-    model_seed: int = typer.Option(0, "--model-seed", help="seed of the random prior and reward"),
-    reward: str = typer.Option("rare-word", help="demo reward: rare-word (one prized rare word) | rarity"),
-    n_words: int = typer.Option(12, "--n-words", help="vocabulary size of the random prior (EOS not counted)"),
-    order: int = typer.Option(2, help="n-gram order of the prior"),
-    beta: float = typer.Option(1.0, help="KL strength beta: p+ = p exp(r/beta) / Z"),
+    seed: int | None = typer.Option(None, help="seed for sampling and the analysis"),
+    model_seed: int | None = typer.Option(None, "--model-seed", help="seed of the random prior and reward"),
+    reward: str | None = typer.Option(None, help="demo reward: rare-word (one prized rare word) | rarity"),
+    n_words: int | None = typer.Option(None, "--n-words", help="vocabulary size of the random prior (EOS not counted)"),
+    order: int | None = typer.Option(None, help="n-gram order of the prior"),
+    beta: float | None = typer.Option(None, help="KL strength beta: p+ = p exp(r/beta) / Z"),
     text: Path = typer.Option(None, help="estimate the prior from this text file (one string per line)"),
     family: list[str] = typer.Option(None, "--family", help="adaptor without temperature (repeatable); "
                                      "default: the paper-like grid"),
     temperature: list[float] = typer.Option(None, "--temperature", help="temperatures (repeatable); "
                                             "default 0.5 0.75 1.0 1.25 1.5"),
-    num_generations: int = typer.Option(2000, "--num-generations", help="strings per configuration"),
-    max_new_tokens: int = typer.Option(200, "--max-new-tokens"),
-    target: str = typer.Option("global", help="IMH target: global | aligned | none"),
-    imh_steps: int = typer.Option(50_000, "--imh-steps"),
-    corpora: int = typer.Option(500, help="bootstrapped corpora per configuration"),
-    corpus_size: int = typer.Option(2000, "--corpus-size"),
+    num_generations: int | None = typer.Option(None, "--num-generations", help="strings per configuration"),
+    max_new_tokens: int | None = typer.Option(None, "--max-new-tokens"),
+    target: str | None = typer.Option(None, help="IMH target: global | aligned | none"),
+    imh_steps: int | None = typer.Option(None, "--imh-steps"),
+    corpora: int | None = typer.Option(None, help="bootstrapped corpora per configuration"),
+    corpus_size: int | None = typer.Option(None, "--corpus-size"),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
-    figure_format: str = typer.Option("png", "--format", help="figure format: png | pdf | svg"),
+    figure_format: str | None = typer.Option(None, "--format", help="figure format: png | pdf | svg"),
 ) -> None:
-    """Run generate -> score -> analyze on exact finite-state models and compare with the closed forms."""
+    """Run generate -> score -> analyze on exact finite-state models and compare with the closed forms.
+
+    Options left out take the defaults of `pqtradeoff.demo.DemoSettings`; summary.json records the values used.
+    """
     from pqtradeoff.models.registry import require_torch
     from pqtradeoff.outdir import check_output_folder
 
@@ -44,13 +47,14 @@ def demo(
     check_output_folder(out, "demo")
     from pqtradeoff.demo import make_settings, run_demo
 
-    grid = {"families": list(family)} if family else {}
-    grid |= {"temperatures": list(temperature)} if temperature else {}
-    settings = make_settings(
+    given = dict(
         seed=seed, model_seed=model_seed, reward=reward, n_words=n_words, order=order, beta=beta, text=text,
         num_generations=num_generations, max_new_tokens=max_new_tokens, target=target, imh_steps=imh_steps,
-        corpora=corpora, corpus_size=corpus_size, figure_format=figure_format, **grid,
+        corpora=corpora, corpus_size=corpus_size, figure_format=figure_format,
+        families=list(family) if family else None, temperatures=list(temperature) if temperature else None,
     )
+    # the defaults are DemoSettings' own (one source): only what the user wrote is passed
+    settings = make_settings(**{k: v for k, v in given.items() if v is not None})
     summary, timings = run_demo(out, settings, progress=progress)
     _print_summary(summary, timings, out)
 

@@ -12,24 +12,28 @@ from pqtradeoff.cli import app
 @app.command()
 def toy(
     out: Path = typer.Option(Path("runs/toy"), "--out", help="Output folder: summary.json and the figures."),
-    n_strings: int = typer.Option(1000, "--n-strings", help="Number of strings (support size)."),
-    alpha: float = typer.Option(0.1, "--alpha", help="Dirichlet concentration of the aligned model p+."),
-    exponent: float = typer.Option(42.0, "--exponent", help="Prior p = softmax(p+ ** (1/exponent) + noise)."),
-    noise: float = typer.Option(0.42, "--noise", help="Prior noise ~ Uniform(-noise, noise)."),
-    n_corpora: int = typer.Option(1000, "--n-corpora", help="Number of corpora drawn from p+."),
-    corpus_size: int = typer.Option(100_000, "--corpus-size", help="Strings per corpus (iid draws from p+)."),
-    epsilon: float = typer.Option(0.001, "--epsilon", help="Typicality: |mean(-log p+) - H(p+)| < epsilon."),
-    seed: int = typer.Option(42, "--seed", help="Seed of every random draw."),
+    n_strings: int | None = typer.Option(None, "--n-strings", help="Number of strings (support size)."),
+    alpha: float | None = typer.Option(None, "--alpha", help="Dirichlet concentration of the aligned model p+."),
+    exponent: float | None = typer.Option(None, "--exponent", help="Prior p = softmax(p+ ** (1/exponent) + noise)."),
+    noise: float | None = typer.Option(None, "--noise", help="Prior noise ~ Uniform(-noise, noise)."),
+    n_corpora: int | None = typer.Option(None, "--n-corpora", help="Number of corpora drawn from p+."),
+    corpus_size: int | None = typer.Option(None, "--corpus-size", help="Strings per corpus (iid draws from p+)."),
+    epsilon: float | None = typer.Option(None, "--epsilon", help="Typicality: |mean(-log p+) - H(p+)| < epsilon."),
+    seed: int | None = typer.Option(None, "--seed", help="Seed of every random draw."),
     figures: bool = typer.Option(True, "--figures/--no-figures", help="Write the figures."),
     figure_format: str = typer.Option("png", "--format", help="Figure format: png, pdf or svg."),
 ) -> None:
-    """Reproduce the paper's toy experiment: string-level vs corpus-level correlation of log prior and reward."""
+    """Reproduce the paper's toy experiment: string-level vs corpus-level correlation of log prior and reward.
+
+    Options left out take the defaults of `pqtradeoff.toy.ToySettings` (the paper's settings); summary.json
+    records the values used.
+    """
     from pqtradeoff import toy as toy_lib
 
-    settings = toy_lib.ToySettings(
-        n_strings=n_strings, alpha=alpha, exponent=exponent, noise=noise, n_corpora=n_corpora,
-        corpus_size=corpus_size, epsilon=epsilon, seed=seed,
-    )
+    given = dict(n_strings=n_strings, alpha=alpha, exponent=exponent, noise=noise, n_corpora=n_corpora,
+                 corpus_size=corpus_size, epsilon=epsilon, seed=seed)
+    # the defaults are ToySettings' own (one source): only what the user wrote is passed
+    settings = toy_lib.ToySettings(**{k: v for k, v in given.items() if v is not None})
     summary = toy_lib.run(settings, out, figures=figures, figure_format=figure_format)
     fields = (
         "posterior_entropy", "prior_entropy", "string_spearman", "string_pearson", "n_typical",

@@ -25,6 +25,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from pqtradeoff.analysis.settings import AnalysisSettings
 from pqtradeoff.errors import PQError
+from pqtradeoff.models.base import SCORE_BATCH, SCORE_BATCH_TOKENS, SCORE_BATCH_TOKENS_CPU
+from pqtradeoff.models.registry import BACKENDS
 from pqtradeoff.sampling.adaptors import parse, parse_grid
 
 DType = Literal["float32", "bfloat16", "float16"]
@@ -52,11 +54,13 @@ class ModelSpec(Section):
                                                     "safetensors folder; needs the gguf package).")
     dtype: DType = Field("float32", description="Weights and activations: float32 | bfloat16 | float16.")
     device: Device = Field("auto", description="auto | cpu | cuda (auto: cuda when torch sees one).")
-    backend: Literal["hf", "vllm"] = Field("hf", description="Model backend (hf: transformers; vllm: GPU, "
-                                                                   "the pqtradeoff[vllm] extra).")
+    backend: str = Field("hf", description="Model backend, a name of models.registry.BACKENDS (hf: "
+                                           "transformers; vllm: GPU, the pqtradeoff[vllm] extra).")
 
     @model_validator(mode="after")
     def _check(self) -> ModelSpec:
+        if self.backend not in BACKENDS:
+            raise ValueError(f"backend={self.backend!r} is not one of {', '.join(BACKENDS)}")
         if not self.name.strip():
             raise ValueError("name is empty: give a hub id, a local folder or pypi:PACKAGE")
         if self.gguf_file is not None and not self.gguf_file.endswith(".gguf"):
@@ -148,10 +152,11 @@ class ComputeSettings(Section):
 
     batch_size: int | None = Field(None, ge=1, le=1_000_000, json_schema_extra=FREE,
                                    description="Rows per forward pass; default: chosen from the model and a "
-                                               "memory budget (generation) or 8 (scoring).")
+                                               f"memory budget (generation) or {SCORE_BATCH} (scoring).")
     max_batch_tokens: int | None = Field(None, ge=1, json_schema_extra=FREE,
                                          description="Cap rows x padded length per forward pass; default "
-                                                     "(scoring): 1024 on CPU, 4096 elsewhere.")
+                                                     f"(scoring): {SCORE_BATCH_TOKENS_CPU} on CPU, "
+                                                     f"{SCORE_BATCH_TOKENS} elsewhere.")
     progress: bool = Field(True, json_schema_extra=FREE, description="Show progress bars.")
 
 
@@ -210,10 +215,10 @@ class RewardSettings(Section):
 
     @model_validator(mode="after")
     def _check(self) -> RewardSettings:
-        from pqtradeoff.pipeline.rewards import REWARD_KINDS, REWARD_REGISTRY, is_reward_kind  # lazy: numpy
+        from pqtradeoff.pipeline.rewards import REWARD_REGISTRY, is_reward_kind, reward_kinds  # lazy: numpy
 
         if not is_reward_kind(self.kind):
-            raise ValueError(f"kind={self.kind!r} is not one of {', '.join(REWARD_KINDS)}")
+            raise ValueError(f"kind={self.kind!r} is not one of {', '.join(reward_kinds())}")
         builtin = REWARD_REGISTRY.get(self.kind)
         takes_beta = builtin is not None and "beta" in builtin.parameters
         if takes_beta and self.beta is None:

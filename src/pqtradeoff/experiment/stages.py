@@ -16,26 +16,12 @@ from typing import Any
 
 from pqtradeoff.errors import PQError
 from pqtradeoff.experiment.settings import GenerateSettings, ModelSpec, RewardSettings, ScoreSettings
+from pqtradeoff.models.base import SCORE_BATCH, score_batch_tokens
 from pqtradeoff.outdir import check_out
 from pqtradeoff.pipeline.digests import model_sha256, reward_sha256
 from pqtradeoff.pipeline.resume import check_resumable, resume_policy
 
 log = logging.getLogger("pqtradeoff")
-#: Default batch sizes of scoring when the user gives none (generation chooses its own: `choose_batch_size`).
-SCORE_BATCH = 8
-SCORE_BATCH_TOKENS = 4096
-#: On CPU fewer positions per forward pass: ~1024 positions' activations stay in cache, while the GEMMs keep
-#: their rate (benchmarks/scoring.py: 200-token continuations, 8 rows x 4096 tokens 74%, <= 1024 tokens 76-79%
-#: of the roofline in CPU time).
-SCORE_BATCH_TOKENS_CPU = 1024
-
-
-def score_batch_tokens(prior: Any) -> int:
-    """The default `max_batch_tokens` of scoring with `prior` (None: no prior): lower on CPU."""
-    on_cpu = str(getattr(prior, "device", "")).startswith("cpu")
-    return SCORE_BATCH_TOKENS_CPU if on_cpu else SCORE_BATCH_TOKENS
-
-
 @dataclass
 class ModelCache:
     """Models loaded in this process, keyed by everything that makes them differ, so each loads once."""

@@ -21,6 +21,21 @@ import numpy as np
 if TYPE_CHECKING:
     from pqtradeoff.sampling.adaptors import Adaptor
 
+#: Scoring's batch limits when the user gives none (the one source of these defaults; generation chooses its
+#: own, `decoding.choose_batch_size`): rows per forward pass, and padded tokens per forward pass.
+SCORE_BATCH = 8
+SCORE_BATCH_TOKENS = 4096
+#: On CPU fewer positions per forward pass: ~1024 positions' activations stay in cache, while the GEMMs keep
+#: their rate (benchmarks/scoring.py: 200-token continuations, 8 rows x 4096 tokens 74%, <= 1024 tokens 76-79%
+#: of the roofline in CPU time).
+SCORE_BATCH_TOKENS_CPU = 1024
+
+
+def score_batch_tokens(prior: object) -> int:
+    """The default `max_batch_tokens` of scoring with `prior` (None: no prior): lower on CPU."""
+    on_cpu = str(getattr(prior, "device", "")).startswith("cpu")
+    return SCORE_BATCH_TOKENS_CPU if on_cpu else SCORE_BATCH_TOKENS
+
 
 # ------------------------------------------------------------------------------------------ requests, rows
 @dataclass(frozen=True)
@@ -102,8 +117,8 @@ class LanguageModel(ABC):
 
     @abstractmethod
     def logprobs(self, prompts: Sequence[list[int]], continuations: Sequence[list[int]], *,
-                 batch_size: int = 8,
-                 max_batch_tokens: int = 4096) -> list[np.ndarray]:
+                 batch_size: int = SCORE_BATCH,
+                 max_batch_tokens: int = SCORE_BATCH_TOKENS) -> list[np.ndarray]:
         """Per-token log-probabilities (float64, T = 1, no truncation) of each continuation given its prompt,
         teacher-forced; -inf kept for a token outside the model's support. Batching (at most `batch_size` rows
         and `max_batch_tokens` padded tokens at once) bounds memory and never changes the result beyond

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from pqtradeoff.errors import PQError
-from pqtradeoff.models.base import LanguageModel, SampledRow, SampleRequest
+from pqtradeoff.models.base import SCORE_BATCH, SCORE_BATCH_TOKENS, LanguageModel, SampledRow, SampleRequest
 from pqtradeoff.models.teacher_forcing import continuation_logprobs
 from pqtradeoff.sampling.adaptors import Adaptor
 from pqtradeoff.sampling.sampler import sample_step
@@ -54,8 +54,8 @@ class StepLanguageModel(LanguageModel):
         return rows
 
     def logprobs(self, prompts: Sequence[list[int]], continuations: Sequence[list[int]], *,
-                 batch_size: int = 8,
-                 max_batch_tokens: int = 4096) -> list[np.ndarray]:
+                 batch_size: int = SCORE_BATCH,
+                 max_batch_tokens: int = SCORE_BATCH_TOKENS) -> list[np.ndarray]:
         """`teacher_forcing.continuation_logprobs`: teacher-forced through `continuation_logits`."""
         return continuation_logprobs(self, list(prompts), list(continuations), batch_size=batch_size,
                                      max_batch_tokens=max_batch_tokens)

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from scipy.special import logsumexp
 
+from pqtradeoff.columns import Col
 from pqtradeoff.errors import PQError
 from pqtradeoff.models.automata import WeightedAutomaton, backward, locally_normalize
 from pqtradeoff.models.decoding import StepLanguageModel
@@ -454,7 +455,7 @@ class TransitionReward:
     """
 
     needs_prompt_context: ClassVar[bool] = False  # it reads token ids, never the prior's log-probabilities
-    columns: ClassVar[tuple[str, ...]] = ("prompt_token_ids", "token_ids")
+    columns: ClassVar[tuple[str, ...]] = (Col.PROMPT_TOKEN_IDS, Col.TOKEN_IDS)
     automaton: FiniteStateLM
     phi: np.ndarray  # [S, V] float64
     name: str = "fsa-transition-reward"
@@ -491,7 +492,7 @@ class TransitionReward:
 
     def __call__(self, batch: Any) -> np.ndarray:
         """The scoring stage's reward protocol: one value per corpus row (a pandas DataFrame)."""
-        return self.score_batch(list(batch["prompt_token_ids"]), list(batch["token_ids"]))
+        return self.score_batch(list(batch[Col.PROMPT_TOKEN_IDS]), list(batch[Col.TOKEN_IDS]))
 
 
 # ------------------------------------------------------------------------------------------- alignment

@@ -28,8 +28,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from pqtradeoff.columns import Col
 from pqtradeoff.errors import PQError, first_line
 from pqtradeoff.models import sources
+from pqtradeoff.models.base import SCORE_BATCH
 from pqtradeoff.models.decoding import StepLanguageModel
 from pqtradeoff.models.hf_layout import (
     common_prefix,
@@ -483,7 +485,7 @@ class HFRewardModel:
     """
 
     needs_prompt_context = False  # it reads the prompt text, never the prior's log-probabilities
-    columns = ("prompt", "text")
+    columns = (Col.PROMPT, Col.TEXT)
 
     def __init__(
         self,
@@ -491,7 +493,7 @@ class HFRewardModel:
         *,
         device: str = "auto",
         dtype: str = "float32",
-        batch_size: int = 8,
+        batch_size: int = SCORE_BATCH,
         template: str | None = None,
         chat_template: bool = False,
         label: int | None = None,
@@ -585,4 +587,4 @@ class HFRewardModel:
         return out
 
     def __call__(self, batch: Any) -> np.ndarray:
-        return self.score_ids(self.encode(self.texts(list(batch["prompt"]), list(batch["text"]))))
+        return self.score_ids(self.encode(self.texts(list(batch[Col.PROMPT]), list(batch[Col.TEXT]))))

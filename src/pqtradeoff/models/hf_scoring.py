@@ -255,8 +255,8 @@ def score_batch(lm: HFModel, parts: ScoringParts, states: PromptStates, slots: l
 @torch.inference_mode()
 def shared_prompt_logprobs(lm: HFModel, prompts: list[list[int]], continuations: list[list[int]], *,
                            batch_size: int, max_batch_tokens: int) -> list[np.ndarray] | None:
-    """`teacher_forcing.continuation_logprobs` with shared prompt states (see the module); None where the model does
-    not allow the fast path (`fast_scoring_parts`)."""
+    """`teacher_forcing.continuation_logprobs` with shared prompt states (see the module); None where the model
+    does not allow the fast path (`fast_scoring_parts`)."""
     if len(prompts) != len(continuations):
         raise PQError(f"{len(prompts)} prompts but {len(continuations)} continuations")
     if any(len(p) == 0 for p in prompts):
@@ -265,29 +265,38 @@ def shared_prompt_logprobs(lm: HFModel, prompts: list[list[int]], continuations:
     if parts is None:
         return None
     out = [np.zeros(0) for _ in continuations]
-    groups: dict[tuple[int, ...], list[int]] = {}
-    for i, (p, c) in enumerate(zip(prompts, continuations, strict=True)):
-        if c:
-            groups.setdefault(tuple(p), []).append(i)
+    lengths = [len(c) for c in continuations]
     if not parts.share:  # sliding-window or other caches: no shared prompt states, the fused head only
         rows = [i for i, c in enumerate(continuations) if c]
-        for batch in length_batches(rows, [len(c) for c in continuations], batch_size, max_batch_tokens):
+        for batch in length_batches(rows, lengths, batch_size, max_batch_tokens):
             logps = score_batch_unshared(lm, parts, [prompts[i] for i in batch],
                                          [continuations[i] for i in batch])
-            for i, lp in zip(batch, logps, strict=True):
-                out[i] = lp
+            _place(out, batch, logps)
         return out
+    groups = rows_by_prompt(prompts, continuations)
     distinct = list(groups)
     for window in prompt_windows(distinct, PROMPT_STATE_FACTOR * max_batch_tokens):
         states = prompt_states(lm, parts, [distinct[w] for w in window], max_batch_tokens)
         slot_of = {i: slot for slot, w in enumerate(window) for i in groups[distinct[w]]}
-        for batch in length_batches(list(slot_of), [len(c) for c in continuations], batch_size,
-                                    max_batch_tokens):
+        for batch in length_batches(list(slot_of), lengths, batch_size, max_batch_tokens):
             logps = score_batch(lm, parts, states, [slot_of[i] for i in batch],
                                 [len(prompts[i]) for i in batch], [continuations[i] for i in batch])
-            for i, lp in zip(batch, logps, strict=True):
-                out[i] = lp
+            _place(out, batch, logps)
     return out
+
+
+def rows_by_prompt(prompts: list[list[int]], continuations: list[list[int]]) -> dict[tuple[int, ...], list[int]]:
+    """The rows with a non-empty continuation, grouped by their prompt (first appearance order)."""
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i, (p, c) in enumerate(zip(prompts, continuations, strict=True)):
+        if c:
+            groups.setdefault(tuple(p), []).append(i)
+    return groups
+
+
+def _place(out: list[np.ndarray], rows: list[int], logps: list[np.ndarray]) -> None:
+    for i, lp in zip(rows, logps, strict=True):
+        out[i] = lp
 
 
 def score_batch_unshared(lm: HFModel, parts: ScoringParts, prompts: list[list[int]], conts: list[list[int]]

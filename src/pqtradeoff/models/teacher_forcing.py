@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from pqtradeoff.models.base import LanguageModel
+from pqtradeoff.models.base import SCORE_BATCH, SCORE_BATCH_TOKENS, LanguageModel
 
 
 def length_batches(rows: list[int], lengths: list[int], batch_size: int, max_batch_tokens: int
@@ -33,7 +33,7 @@ def length_batches(rows: list[int], lengths: list[int], batch_size: int, max_bat
 
 def continuation_logprobs(
     model: LanguageModel, prompts: list[list[int]], continuations: list[list[int]], *,
-    batch_size: int = 8, max_batch_tokens: int = 4096,
+    batch_size: int = SCORE_BATCH, max_batch_tokens: int = SCORE_BATCH_TOKENS,
 ) -> list[np.ndarray]:
     """Per-token log-probabilities (float64 arrays) of each continuation given its prompt, teacher-forced.
 
@@ -52,7 +52,7 @@ def continuation_logprobs(
 
 def plain_continuation_logprobs(
     model: LanguageModel, prompts: list[list[int]], continuations: list[list[int]], *,
-    batch_size: int = 8, max_batch_tokens: int = 4096,
+    batch_size: int = SCORE_BATCH, max_batch_tokens: int = SCORE_BATCH_TOKENS,
 ) -> list[np.ndarray]:
     """Per-token log-probabilities (float64 arrays) of each continuation given its prompt, teacher-forced.
 

@@ -81,9 +81,9 @@ from typing import Any
 import numpy as np
 
 from pqtradeoff.errors import PQError
-from pqtradeoff.models.base import SampledRow, SampleRequest
+from pqtradeoff.models.base import SCORE_BATCH, SCORE_BATCH_TOKENS, SampledRow, SampleRequest
 from pqtradeoff.models.hf import HFTokenization
-from pqtradeoff.sampling.adaptors import Adaptor, parse
+from pqtradeoff.sampling.adaptors import TRUNCATIONS, Adaptor, parse
 
 VLLM_VERSION = "0.33.0"
 EXTRA_HINT = 'pip install -e ".[vllm]" (the pqtradeoff[vllm] extra, vllm==0.33.0, on a machine with a GPU)'
@@ -107,10 +107,15 @@ def require_vllm() -> Any:
 
 
 # ----------------------------------------------------------------------------------- spec translation
+#: The truncations vLLM's own SamplingParams apply exactly as transformers' warpers do (besides temperature).
+#: An allow-list: a truncation added to `Adaptor` is refused here until it is translated and tested.
+VLLM_TRUNCATIONS = ("top_k", "top_p", "min_p")
+
+
 def refusal(adaptor: Adaptor | str) -> str | None:
     """Why vLLM cannot reproduce this adaptor exactly as transformers applies it, or None when it can."""
     a = parse(adaptor)
-    missing = [n for n in ("typical_p", "epsilon_cutoff", "eta_cutoff") if getattr(a, n) is not None]
+    missing = [n for n in TRUNCATIONS if getattr(a, n) is not None and n not in VLLM_TRUNCATIONS]
     if missing:
         return (
             f"vLLM has no {missing[0]} (no exact custom logits processor for it is written yet), "
@@ -319,8 +324,8 @@ class VLLMModel:
         return rows
 
     def logprobs(self, prompts: Sequence[list[int]], continuations: Sequence[list[int]], *,
-                 batch_size: int = 8,
-                 max_batch_tokens: int = 4096) -> list[np.ndarray]:
+                 batch_size: int = SCORE_BATCH,
+                 max_batch_tokens: int = SCORE_BATCH_TOKENS) -> list[np.ndarray]:
         """Per-token log-probabilities (float64, T = 1) of each continuation given its prompt, by one
         prompt-logprobs pass over prompt + continuation. An empty continuation scores an empty array without a
         request. vLLM schedules its own batches, so the batch limits are ignored."""

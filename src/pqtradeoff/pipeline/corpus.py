@@ -13,34 +13,36 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pqtradeoff.columns import Col
 from pqtradeoff.errors import PQError, first_line
 from pqtradeoff.io import RUN_RECORD, atomic_write, claim_folder, run_record, write_json
 from pqtradeoff.pipeline.resume import check_resumable
 
 #: Columns written by `generate` (the corpus before scoring).
 GENERATED_SCHEMA = pa.schema([
-    ("prompt_id", pa.int64()),
-    ("prompt", pa.string()),
-    ("sample_id", pa.int64()),
-    ("adaptor", pa.string()),
-    ("text", pa.string()),
-    ("prompt_token_ids", pa.list_(pa.int64())),
-    ("token_ids", pa.list_(pa.int64())),
-    ("finished", pa.bool_()),
-    ("logq", pa.float64()),
-    ("logp_aligned", pa.float64()),
-    ("log_weight", pa.float64()),
+    (Col.PROMPT_ID, pa.int64()),
+    (Col.PROMPT, pa.string()),
+    (Col.SAMPLE_ID, pa.int64()),
+    (Col.ADAPTOR, pa.string()),
+    (Col.TEXT, pa.string()),
+    (Col.PROMPT_TOKEN_IDS, pa.list_(pa.int64())),
+    (Col.TOKEN_IDS, pa.list_(pa.int64())),
+    (Col.FINISHED, pa.bool_()),
+    (Col.LOGQ, pa.float64()),
+    (Col.LOGP_ALIGNED, pa.float64()),
+    (Col.LOG_WEIGHT, pa.float64()),
 ])
 
 #: Columns added by `score`.
 SCORE_COLUMNS = pa.schema([
-    ("logp_prior", pa.float64()),
-    ("reward", pa.float64()),
+    (Col.LOGP_PRIOR, pa.float64()),
+    (Col.REWARD, pa.float64()),
 ])
 
 GENERATED_COLUMNS = tuple(GENERATED_SCHEMA.names)
 #: What `analyze` needs at minimum.
-ANALYSIS_COLUMNS = ("adaptor", "finished", "logq", "logp_aligned", "log_weight", "logp_prior", "reward")
+ANALYSIS_COLUMNS = (Col.ADAPTOR, Col.FINISHED, Col.LOGQ, Col.LOGP_ALIGNED, Col.LOG_WEIGHT,
+                    Col.LOGP_PRIOR, Col.REWARD)
 
 
 

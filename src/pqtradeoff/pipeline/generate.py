@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from pqtradeoff.columns import Col
 from pqtradeoff.errors import PQError
 from pqtradeoff.io import StageResult, progress_bar
 from pqtradeoff.models.base import LanguageModel, SampledRow, SampleRequest
@@ -38,9 +39,9 @@ from pqtradeoff.sampling.adaptors import Adaptor, Mixture
 from pqtradeoff.sampling.sampler import mixture_components, row_keys
 
 TOKEN_COLUMNS = pa.schema([
-    ("token_logq", pa.list_(pa.float64())),
-    ("token_logp_aligned", pa.list_(pa.float64())),
-    ("token_log_z", pa.list_(pa.float64())),
+    (Col.TOKEN_LOGQ, pa.list_(pa.float64())),
+    (Col.TOKEN_LOGP_ALIGNED, pa.list_(pa.float64())),
+    (Col.TOKEN_LOG_Z, pa.list_(pa.float64())),
 ])
 
 
@@ -115,26 +116,26 @@ def rows_to_table(
     sampled: list[SampledRow], save_token_logprobs: bool, components: np.ndarray | None = None,
 ) -> pa.Table:
     columns: dict[str, list] = {
-        "prompt_id": [p.prompt_id for p, _ in rows],
-        "prompt": [p.prompt for p, _ in rows],
-        "sample_id": [s for _, s in rows],
-        "adaptor": [str(adaptor)] * len(rows),
-        "text": [model.decode(r.token_ids) for r in sampled],
-        "prompt_token_ids": [list(p.token_ids) for p, _ in rows],
-        "token_ids": [r.token_ids for r in sampled],
-        "finished": [r.finished for r in sampled],
-        "logq": [r.logq for r in sampled],
-        "logp_aligned": [r.logp_aligned for r in sampled],
-        "log_weight": [r.log_weight for r in sampled],
+        Col.PROMPT_ID: [p.prompt_id for p, _ in rows],
+        Col.PROMPT: [p.prompt for p, _ in rows],
+        Col.SAMPLE_ID: [s for _, s in rows],
+        Col.ADAPTOR: [str(adaptor)] * len(rows),
+        Col.TEXT: [model.decode(r.token_ids) for r in sampled],
+        Col.PROMPT_TOKEN_IDS: [list(p.token_ids) for p, _ in rows],
+        Col.TOKEN_IDS: [r.token_ids for r in sampled],
+        Col.FINISHED: [r.finished for r in sampled],
+        Col.LOGQ: [r.logq for r in sampled],
+        Col.LOGP_ALIGNED: [r.logp_aligned for r in sampled],
+        Col.LOG_WEIGHT: [r.log_weight for r in sampled],
     }
     schema = GENERATED_SCHEMA
     if components is not None:  # a mixture: which component sampled each row
-        columns["component"] = [int(c) for c in components]
-        schema = pa.schema([*GENERATED_SCHEMA, ("component", pa.int64())])
+        columns[Col.COMPONENT] = [int(c) for c in components]
+        schema = pa.schema([*GENERATED_SCHEMA, (Col.COMPONENT, pa.int64())])
     if save_token_logprobs:
-        columns["token_logq"] = [r.token_logq for r in sampled]
-        columns["token_logp_aligned"] = [r.token_logp_aligned for r in sampled]
-        columns["token_log_z"] = [r.token_log_z for r in sampled]
+        columns[Col.TOKEN_LOGQ] = [r.token_logq for r in sampled]
+        columns[Col.TOKEN_LOGP_ALIGNED] = [r.token_logp_aligned for r in sampled]
+        columns[Col.TOKEN_LOG_Z] = [r.token_log_z for r in sampled]
         schema = pa.schema(list(schema) + list(TOKEN_COLUMNS))
     return pa.table(columns, schema=schema)
 
@@ -189,6 +190,32 @@ class GenerateResult(StageResult):
     TOKENS_KEY = "tokens_generated"
 
 
+def _check_request(model: LanguageModel, prompts: list[PromptRecord], adaptors: list[Adaptor], *,
+                   num_generations: int, max_new_tokens: int, seed: int, batch_size: int | None,
+                   prompt_block: int, sample_block: int) -> None:
+    """Refuse, in one line naming the value, what `generate_corpus` cannot do (before any file is written)."""
+    for name, value, low in (("num_generations", num_generations, 1), ("max_new_tokens", max_new_tokens, 1),
+                             ("batch_size", batch_size, 1), ("seed", seed, 0),
+                             ("prompt_block", prompt_block, 1),
+                             ("sample_block", sample_block, 1)):
+        if value is None and name == "batch_size":
+            continue
+        if not isinstance(value, int) or value < low:
+            raise PQError(f"{name}={value!r} is out of range: need an integer >= {low}")
+    if not prompts:
+        raise PQError("prompts is empty: nothing to generate")
+    if not adaptors:
+        raise PQError("no adaptor given: pass at least one --adaptor")
+    if model.max_length is not None:
+        for p in prompts:
+            if len(p.token_ids) + max_new_tokens > model.max_length:
+                raise PQError(
+                    f"prompt {p.prompt_id} has {len(p.token_ids)} tokens; with "
+                    f"max_new_tokens={max_new_tokens} it exceeds the model's context of {model.max_length} "
+                    "tokens"
+                )
+
+
 def generate_corpus(
     model: LanguageModel,
     prompts: list[PromptRecord],
@@ -217,41 +244,21 @@ def generate_corpus(
     `_superseded/`, so the folder ends as a fresh run of the new settings would leave it. Any other change is
     refused, naming the settings that differ. `batch_size=None` lets the model choose each shard's batch
     (`StepLanguageModel.sample`: from that shard's longest prompt + `max_new_tokens`), so a shard's rows
-    depend
-    on that shard alone (not on other prompts).
+    depend on that shard alone (not on other prompts).
 
     `executor` (`ExecutorSettings`; None: local) chooses where shards are sampled: here, one after
     another, or by a pool of Ray actors that each build their own replica with `load_model()` and write the
     same files (`executor.map_shards`). Planning, the resume check and superseding happen here either way.
     """
-    for name, value, low in (("num_generations", num_generations, 1), ("max_new_tokens", max_new_tokens, 1),
-                             ("batch_size", batch_size, 1), ("seed", seed, 0),
-                             ("prompt_block", prompt_block, 1),
-                             ("sample_block", sample_block, 1)):
-        if value is None and name == "batch_size":
-            continue
-        if not isinstance(value, int) or value < low:
-            raise PQError(f"{name}={value!r} is out of range: need an integer >= {low}")
-    if not prompts:
-        raise PQError("prompts is empty: nothing to generate")
-    if not adaptors:
-        raise PQError("no adaptor given: pass at least one --adaptor")
-    if model.max_length is not None:
-        for p in prompts:
-            if len(p.token_ids) + max_new_tokens > model.max_length:
-                raise PQError(
-                    f"prompt {p.prompt_id} has {len(p.token_ids)} tokens; with "
-                    f"max_new_tokens={max_new_tokens} it exceeds the model's context of {model.max_length} "
-                    "tokens"
-                )
+    _check_request(model, prompts, adaptors, num_generations=num_generations, max_new_tokens=max_new_tokens,
+                   seed=seed, batch_size=batch_size, prompt_block=prompt_block, sample_block=sample_block)
     out_dir = Path(out_dir)
     resolved = dict(settings) | {
         "adaptors": [str(a) for a in adaptors], "num_generations": num_generations,
         "max_new_tokens": max_new_tokens, "seed": seed, "batch_size": batch_size,
-        "prompt_block": prompt_block,
-        "sample_block": sample_block, "save_token_logprobs": save_token_logprobs,
-        "tokenizer_key": model.tokenizer_key, "eos_token_ids": list(model.end_ids()),
-        "num_prompts": len(prompts),
+        "prompt_block": prompt_block, "sample_block": sample_block,
+        "save_token_logprobs": save_token_logprobs, "tokenizer_key": model.tokenizer_key,
+        "eos_token_ids": list(model.end_ids()), "num_prompts": len(prompts),
     }
     shards = list(plan_shards(prompts, adaptors, num_generations, prompt_block, sample_block))
     superseded = begin_run(out_dir, "generate", resolved, CORPUS_POLICY | (policy or {}),

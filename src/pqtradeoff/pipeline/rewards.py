@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import numpy as np
 
+from pqtradeoff.columns import ROW_KEY, Col
 from pqtradeoff.errors import PQError, first_line
 
 if TYPE_CHECKING:
@@ -53,7 +54,7 @@ class DPOReward:
     #: Settings `make_reward` passes on (and refuses for the other rewards).
     parameters: ClassVar[tuple[str, ...]] = ("beta",)
     needs_prompt_context = True  # log pi_ref(y|x) compared with log pi(y|x): both given the prompt
-    columns = ("logp_aligned", "logp_prior")
+    columns = (Col.LOGP_ALIGNED, Col.LOGP_PRIOR)
 
     def __init__(self, beta: float) -> None:
         if not isinstance(beta, (int, float)) or not np.isfinite(beta) or beta <= 0:
@@ -62,8 +63,8 @@ class DPOReward:
         self.name = f"dpo(beta={self.beta!r})"
 
     def __call__(self, batch: pd.DataFrame) -> np.ndarray:
-        return self.beta * (batch["logp_aligned"].to_numpy(np.float64)
-                            - batch["logp_prior"].to_numpy(np.float64))
+        return self.beta * (batch[Col.LOGP_ALIGNED].to_numpy(np.float64)
+                            - batch[Col.LOGP_PRIOR].to_numpy(np.float64))
 
 
 class VaderReward:
@@ -71,7 +72,7 @@ class VaderReward:
 
     parameters: ClassVar[tuple[str, ...]] = ()
     needs_prompt_context = False
-    columns = ("text",)
+    columns = (Col.TEXT,)
     name = "vader"
 
     def __init__(self) -> None:
@@ -83,16 +84,19 @@ class VaderReward:
         self._analyzer = SentimentIntensityAnalyzer()
 
     def __call__(self, batch: pd.DataFrame) -> np.ndarray:
-        return np.array([self._analyzer.polarity_scores(t)["compound"] for t in batch["text"]],
+        return np.array([self._analyzer.polarity_scores(t)["compound"] for t in batch[Col.TEXT]],
                         dtype=np.float64)
 
 
 #: What each parameter of a built-in reward means, for the message that asks for it.
 PARAMETER_HELP = {"beta": "the DPO KL strength, e.g. 0.1"}
 #: Built-in rewards by kind name. `make_reward` looks a kind up here, then reads `python:module:function`.
-REWARD_REGISTRY: dict[str, type[DPOReward | VaderReward]] = {"dpo": DPOReward, "vader": VaderReward}
-#: Every reward kind the settings accept.
-REWARD_KINDS = (MODEL_KIND, *REWARD_REGISTRY, FUNCTION_KIND)
+REWARD_REGISTRY: dict[str, type[Reward]] = {"dpo": DPOReward, "vader": VaderReward}
+
+
+def reward_kinds() -> tuple[str, ...]:
+    """Every reward kind the settings accept (read when asked: a reward registered later is one)."""
+    return (MODEL_KIND, *REWARD_REGISTRY, FUNCTION_KIND)
 
 
 def is_reward_kind(kind: str) -> bool:
@@ -110,7 +114,7 @@ class FunctionReward:
     """
 
     needs_prompt_context = False
-    columns = ("prompt", "text")
+    columns = (Col.PROMPT, Col.TEXT)
 
     def __init__(self, fn: Callable[..., Any], name: str) -> None:
         self.fn, self.name = fn, name
@@ -167,7 +171,7 @@ class FunctionReward:
             try:
                 self._invoke(batch.iloc[[i]])
             except Exception as one:
-                values = {k: batch[k].iloc[i] for k in ("prompt_id", "sample_id", "adaptor")
+                values = {k: batch[k].iloc[i] for k in ROW_KEY
                           if k in batch.columns}
                 key = ", ".join(f"{k}={v.item() if hasattr(v, 'item') else v!r}" for k, v in values.items())
                 where, err = f"on row {i} of the batch ({key})" if key else f"on row {i} of the batch", one
@@ -194,11 +198,11 @@ def _trl_arguments(batch: pd.DataFrame) -> dict[str, list[Any]]:
     def column(name: str) -> list[Any]:
         return [v.tolist() if isinstance(v, np.ndarray) else v for v in batch[name].tolist()]
 
-    kwargs = {"prompts": column("prompt"), "completions": column("text")}
-    if "token_ids" in batch.columns:
-        kwargs["completion_ids"] = column("token_ids")
+    kwargs = {"prompts": column(Col.PROMPT), "completions": column(Col.TEXT)}
+    if Col.TOKEN_IDS in batch.columns:
+        kwargs["completion_ids"] = column(Col.TOKEN_IDS)
     for name in batch.columns:
-        if name not in ("prompt", "text", "token_ids"):
+        if name not in (Col.PROMPT, Col.TEXT, Col.TOKEN_IDS):
             kwargs[str(name)] = column(name)
     return kwargs
 
@@ -223,4 +227,4 @@ def make_reward(kind: str | None, *, beta: float | None = None) -> Reward:
         return builtin(**given)
     if kind.startswith("python:"):
         return FunctionReward.from_spec(kind)
-    raise PQError(f"reward={kind!r} is not one of {', '.join(REWARD_KINDS[1:])}")
+    raise PQError(f"reward={kind!r} is not one of {', '.join(REWARD_REGISTRY)}, {FUNCTION_KIND}")

@@ -28,9 +28,10 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pqtradeoff.columns import Col
 from pqtradeoff.errors import PQError, first_line
 from pqtradeoff.io import StageResult, progress_bar, write_json
-from pqtradeoff.models.base import LanguageModel
+from pqtradeoff.models.base import SCORE_BATCH, SCORE_BATCH_TOKENS, LanguageModel
 from pqtradeoff.pipeline.corpus import (
     GENERATED_COLUMNS,
     SCORE_COLUMNS,
@@ -52,16 +53,16 @@ def prior_inputs(
 ) -> tuple[list[list[int]], list[list[int]]]:
     """The (prompt ids, continuation ids) the prior scores for each row of a corpus shard."""
     if same_tokenizer:
-        conts = [list(map(int, ids)) for ids in df["token_ids"]]
+        conts = [list(map(int, ids)) for ids in df[Col.TOKEN_IDS]]
     else:
         conts = [prior.encode_continuation(text) + ([prior.eos_token_id] if fin else [])
-                 for text, fin in zip(df["text"], df["finished"], strict=True)]
+                 for text, fin in zip(df[Col.TEXT], df[Col.FINISHED], strict=True)]
     if prior_context == "none":
         prompts = [prior.empty_context()] * len(df)
     elif same_tokenizer:
-        prompts = [list(map(int, ids)) for ids in df["prompt_token_ids"]]
+        prompts = [list(map(int, ids)) for ids in df[Col.PROMPT_TOKEN_IDS]]
     else:
-        prompts = [prior.encode_prompt(p) for p in df["prompt"]]
+        prompts = [prior.encode_prompt(p) for p in df[Col.PROMPT]]
     return prompts, conts
 
 
@@ -77,8 +78,8 @@ def score_corpus(
     prior: LanguageModel | None,
     reward: Reward,
     prior_context: str = "prompt",
-    batch_size: int = 8,
-    max_batch_tokens: int = 4096,
+    batch_size: int = SCORE_BATCH,
+    max_batch_tokens: int = SCORE_BATCH_TOKENS,
     settings: dict[str, Any],
     progress: bool = True,
     policy: dict[str, str] | None = None,
@@ -165,13 +166,13 @@ class ShardScorer:
             per_token = prior.logprobs(prompts, conts, batch_size=self.batch_size,
                                        max_batch_tokens=self.max_batch_tokens)
             tokens = sum(len(c) for c in conts)
-            df["logp_prior"] = [float(np.sum(t)) for t in per_token]
-            df["prior_tokenization"] = "token_ids" if same_tokenizer else "retokenized"
-            df["prior_context"] = prior_context
-        elif "logp_prior" not in df.columns:
+            df[Col.LOGP_PRIOR] = [float(np.sum(t)) for t in per_token]
+            df[Col.PRIOR_TOKENIZATION] = "token_ids" if same_tokenizer else "retokenized"
+            df[Col.PRIOR_CONTEXT] = prior_context
+        elif Col.LOGP_PRIOR not in df.columns:
             raise PQError(f"shard {path.name!r} has no logp_prior column and no --prior was given")
         elif reward.needs_prompt_context and "prior_context" in df.columns and \
-                (df["prior_context"] != "prompt").any():
+                (df[Col.PRIOR_CONTEXT] != "prompt").any():
             raise PQError(f"shard {path.name!r}: its logp_prior was scored without the prompt; "
                           f"reward {reward.name!r} needs it scored with --prior-context prompt")
         missing = [c for c in reward.columns if c not in df.columns]
@@ -181,7 +182,7 @@ class ShardScorer:
         values = np.asarray(reward(df), dtype=np.float64)
         if values.shape != (len(df),):
             raise PQError(f"reward {reward.name!r} returned {values.shape} values for {len(df)} strings")
-        df["reward"] = values
+        df[Col.REWARD] = values
         counts = _nonfinite_counts(df)
         for key in ("reward_nonfinite", "logp_prior_neg_inf"):
             if counts[key]:
@@ -225,8 +226,8 @@ class ScoreResult(StageResult):
 
 
 def _nonfinite_counts(df: pd.DataFrame) -> dict[str, int]:
-    return {"rows": len(df), "reward_nonfinite": int((~np.isfinite(df["reward"].to_numpy(float))).sum()),
-            "logp_prior_neg_inf": int(np.isneginf(df["logp_prior"].to_numpy(float)).sum())}
+    return {"rows": len(df), "reward_nonfinite": int((~np.isfinite(df[Col.REWARD].to_numpy(float))).sum()),
+            "logp_prior_neg_inf": int(np.isneginf(df[Col.LOGP_PRIOR].to_numpy(float)).sum())}
 
 
 def _write_report(out_dir: Path) -> None:

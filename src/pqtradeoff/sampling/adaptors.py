@@ -78,7 +78,7 @@ class Parameter:
     kind: type
     check: Callable[[str, Any], float | int]
     off: float | int
-    warper: str  # a class of transformers.generation.logits_process
+    warper: str  # a class of transformers.generation.logits_process, or "package.module:Class" of your own
     keyword: str
 
     def is_on(self, value: float | int | None) -> bool:
@@ -86,6 +86,12 @@ class Parameter:
         return value is not None and value != self.off
 
     def build_warper(self, value: float | int) -> Any:
+        """`warper(**{keyword: value})`: transformers' class of that name, or `module:Class` imported."""
+        if ":" in self.warper:
+            import importlib
+
+            module, _, name = self.warper.partition(":")
+            return getattr(importlib.import_module(module), name)(**{self.keyword: value})
         from transformers.generation import logits_process  # lazy: transformers
 
         return getattr(logits_process, self.warper)(**{self.keyword: value})
