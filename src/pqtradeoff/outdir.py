@@ -30,7 +30,8 @@ OWNED: dict[str, tuple[str, ...]] = {
     "toy": ("summary.json", *_FIGURES, *_HIDDEN),
 }
 OWNED["demo"] = OWNED["analyze"]
-FOLDERS: dict[str, tuple[str, ...]] = {"analyze": (), "toy": (), "demo": ("corpus", "scored")}
+FOLDERS: dict[str, tuple[str, ...]] = {"analyze": ("rewards",), "toy": (),
+                                       "demo": ("corpus", "scored", "rewards")}
 
 
 def _owned(name: str, command: str) -> bool:

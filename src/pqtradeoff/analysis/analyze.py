@@ -42,7 +42,7 @@ from pqtradeoff.analysis.results import (
 )
 from pqtradeoff.analysis.settings import AnalysisSettings
 from pqtradeoff.analysis.stats import Correlation, TradeoffFit
-from pqtradeoff.columns import ROW_KEY, Col
+from pqtradeoff.columns import EXTRA_REWARD_PREFIX, ROW_KEY, Col, extra_reward_columns
 from pqtradeoff.errors import PQError, validated
 from pqtradeoff.io import lock_folder, run_record, write_json
 from pqtradeoff.outdir import check_output_folder, clear_owned
@@ -519,4 +519,46 @@ def analyze_dir(scored_dir: str | Path, out_dir: str | Path, settings: AnalysisS
             source = json.loads(record_path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as err:
             raise PQError(f"{str(record_path)!r} is not valid JSON: {err.msg} at line {err.lineno}") from None
-    return run_analysis(frame, out_dir, settings, ExtraInputs(source=source))
+    further = further_reward_analyses(frame, Path(out_dir), settings, source)
+    return run_analysis(frame, out_dir, settings,
+                        ExtraInputs(source=source, extra={"rewards": further} if further else {}))
+
+
+#: Where the analysis of each further reward (`reward_<name>`) is written, under the analysis folder.
+REWARDS_FOLDER = "rewards"
+
+
+def further_reward_analyses(frame: pd.DataFrame, out_dir: Path, settings: AnalysisSettings,
+                            source: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
+    """Analyse each further reward column `reward_<name>` as if it were the reward: the whole analysis (the
+    same rows, seeds and settings, so it equals analysing a corpus whose `reward` is that column), written to
+    `out_dir/rewards/<name>/`; returns its headline numbers per name, for the main summary."""
+    import shutil
+
+    columns = extra_reward_columns(frame.columns)
+    folder = out_dir / REWARDS_FOLDER
+    if folder.is_dir():
+        shutil.rmtree(folder)  # an earlier run's reward analyses never outlive it
+    found: dict[str, dict[str, Any]] = {}
+    for column in columns:
+        name = column[len(EXTRA_REWARD_PREFIX):]
+        kind = frame[column].dtype
+        if not pd.api.types.is_float_dtype(kind):
+            raise PQError(f"column {column!r} is stored as {kind}; need floating-point numbers")
+        table = frame.drop(columns=columns).assign(**{Col.REWARD: frame[column].to_numpy()})
+        sub = run_analysis(table, folder / name, settings, ExtraInputs(source=source))
+        found[name] = headline(sub, f"{REWARDS_FOLDER}/{name}")
+    return found
+
+
+def headline(summary: Summary, folder: str) -> dict[str, Any]:
+    """A reward's trade-off, correlations and alignment fit in a few numbers (the rest in its folder)."""
+    t, a = summary.tradeoff, summary.alignment
+    corr = {level: {"spearman": c.spearman, "spearman_ci": c.spearman_ci, "pearson": c.pearson,
+                    "pearson_ci": c.pearson_ci, "n": c.n}
+            for level, c in (("string_level", summary.string_level), ("corpus_level", summary.corpus_level))}
+    return {"folder": folder, "summary": f"{folder}/summary.json", "report": f"{folder}/report.html",
+            "tradeoff_slope": t.slope if t.defined else None, "tradeoff_slope_ci": t.slope_ci,
+            **corr, "alignment": {"defined": a.defined, "reason": a.reason, "beta_hat": a.beta_hat,
+                                  "beta_hat_ci": a.beta_hat_ci, "within_prompt_r": a.within_prompt_r,
+                                  "within_prompt_r_ci": a.within_prompt_r_ci, "residual_sd": a.residual_sd}}

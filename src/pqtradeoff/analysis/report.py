@@ -15,6 +15,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+from markupsafe import Markup, escape
+
 from pqtradeoff.analysis.results import Summary
 from pqtradeoff.analysis.stats import Correlation
 from pqtradeoff.io import atomic_write
@@ -195,6 +197,19 @@ def exact_block(s: Summary) -> dict[str, Any] | None:
             "rows": rows}
 
 
+def further_reward_rows(rewards: dict[str, Any]) -> list[list[str]]:
+    """One row per further reward (`reward_<name>`): its headline numbers and a link to its own report."""
+    rows = []
+    for name, h in rewards.items():
+        a = h["alignment"]
+        beta = (f"{number(a['beta_hat'])} {interval(a['beta_hat_ci'])}" if a["defined"] and a["beta_hat"]
+                is not None else f"not fitted: {a['reason']}")
+        rows.append([name, number(h["tradeoff_slope"]), number(h["string_level"]["spearman"]),
+                     number(h["corpus_level"]["spearman"]), beta,
+                     Markup(f'<a href="{escape(h["report"])}">{escape(h["report"])}</a>')])
+    return rows
+
+
 def context(s: Summary, out_dir: Path) -> dict[str, Any]:
     """Everything the template shows, as plain values and pre-formatted strings."""
     figs = s.outputs.get("figures", {})
@@ -204,6 +219,7 @@ def context(s: Summary, out_dir: Path) -> dict[str, Any]:
     log_z = [p.log_z for p in a.prompts] if a.defined else []
     spread = sorted(p.log_z_sd for p in a.prompts if p.log_z_sd is not None) if a.defined else []
     return {
+        "further_rewards": further_reward_rows(s.extra.get("rewards") or {}),
         "s": s, "st": st, "number": number, "p_value": p_value, "interval": interval,
         "target_words": TARGET_WORDS[st.target], "at_a_glance": at_a_glance(s), "beta_words": beta_words(s),
         "dropped_by_column": [[k, number(v)] for k, v in i.dropped_by_column.items()],

@@ -34,6 +34,21 @@ def _analyze(settings: AnalysisSettings, scored_dir: Path, out: Path) -> None:
         f"{summary.input.rows_used} strings; trade-off slope {slope}; wrote {out}/report.html"
     )
     typer.echo(describe_alignment(summary.alignment))
+    for name, h in (summary.extra.get("rewards") or {}).items():
+        typer.echo(describe_further_reward(name, h))
+
+
+def describe_further_reward(name: str, h: dict) -> str:
+    """One line on a further reward's analysis (`reward_<name>`): trade-off, correlations, effective beta."""
+    def num(x):
+        return "n/a" if x is None else f"{x:+.4g}"
+
+    a = h["alignment"]
+    fit = (f"effective beta {a['beta_hat']:.4g}" if a["defined"] and a["beta_hat"] is not None
+           else f"alignment not fitted: {a['reason']}")
+    return (f"reward {name}: trade-off slope {num(h['tradeoff_slope'])}, Spearman string-level "
+            f"{num(h['string_level']['spearman'])} / corpus-level {num(h['corpus_level']['spearman'])}, {fit} "
+            f"({h['report']})")
 
 
 def describe_alignment(a) -> str:

@@ -21,7 +21,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from pqtradeoff.analysis.settings import AnalysisSettings
 from pqtradeoff.errors import PQError
@@ -252,8 +252,22 @@ class ScoreSettings(Section):
     reward_model: ModelSpec | None = Field(None, description="Sequence-classification reward model "
                                                              "(reward kind 'model').")
     reward: RewardSettings
+    rewards: dict[str, RewardSettings] = Field(
+        default_factory=dict, description="Further rewards by name, one column `reward_<name>` each beside "
+                                          "the primary `reward` (any kind but 'model').")
     compute: ComputeSettings = ComputeSettings()
     executor: ExecutorSettings = ExecutorSettings()
+
+    @field_validator("rewards")
+    @classmethod
+    def _further_rewards(cls, rewards: dict[str, RewardSettings]) -> dict[str, RewardSettings]:
+        from pqtradeoff.columns import reward_column
+
+        for name, r in rewards.items():
+            reward_column(name)  # ValueError naming the name
+            if r.kind == "model":
+                raise ValueError(f"rewards.{name}: kind 'model' can only be the primary reward")
+        return rewards
 
     @model_validator(mode="before")
     @classmethod
@@ -295,6 +309,8 @@ class ExperimentSettings(Section):
     prompts: PromptSettings
     sampling: SamplingSettings
     reward: RewardSettings
+    rewards: dict[str, RewardSettings] = Field(default_factory=dict, description="Further rewards "
+                                               "([rewards.NAME]): one column reward_NAME each.")
     analysis: AnalysisSettings = AnalysisSettings()
     compute: ComputeSettings = ComputeSettings()
     executor: ExecutorSettings = ExecutorSettings()
@@ -310,7 +326,7 @@ class ExperimentSettings(Section):
 
     def score_settings(self) -> ScoreSettings:
         return ScoreSettings(prior=self.models.prior, reward_model=self.models.reward, reward=self.reward,
-                             compute=self.compute, executor=self.executor)
+                             rewards=self.rewards, compute=self.compute, executor=self.executor)
 
 
 # ----------------------------------------------------------------------------------------- resume policy

@@ -100,6 +100,7 @@ class ScoreModelsLoader:
     template: str | None
     reward_chat: bool
     batch_size: int
+    rewards: dict[str, RewardSettings] = field(default_factory=dict)
 
     def __call__(self) -> tuple[Any, Any]:
         prior = self.prior() if self.prior is not None else None
@@ -111,7 +112,16 @@ class ScoreModelsLoader:
             from pqtradeoff.pipeline.rewards import make_reward
 
             scorer = make_reward(self.reward.kind, beta=self.reward.beta)
-        return prior, scorer
+        from pqtradeoff.pipeline.score import reward_columns  # lazy: pyarrow
+
+        return prior, reward_columns(scorer, further_rewards(self.rewards))
+
+
+def further_rewards(rewards: dict[str, RewardSettings]) -> dict[str, Any]:
+    """name -> the further reward its settings name (never a reward model: `ScoreSettings` checks)."""
+    from pqtradeoff.pipeline.rewards import make_reward  # lazy: numpy
+
+    return {name: make_reward(r.kind, beta=r.beta) for name, r in rewards.items()}
 
 
 def _quiet_transformers(progress: bool) -> None:
@@ -177,7 +187,9 @@ def score_record_settings(settings: ScoreSettings, corpus: Path, models: ModelCa
     """What `score` records (and compares on resume): the settings, the corpus folder, and the digests of the
     prior's files and of what the reward's name stands for (`digests.reward_sha256`)."""
     digests = {"prior": models.model_sha256(settings.prior),
-               "reward": reward_sha256(settings.reward, settings.reward_model)}
+               "reward": reward_sha256(settings.reward, settings.reward_model),
+               **({"rewards": {n: reward_sha256(r) for n, r in settings.rewards.items()}}
+                  if settings.rewards else {})}
     return settings.model_dump(mode="json") | {"corpus_dir": str(Path(corpus).resolve()),
                                                "inputs_sha256": digests}
 
@@ -224,8 +236,10 @@ def run_score(settings: ScoreSettings, corpus: Path, out: Path, models: ModelCac
                  "reward_chat_template": reward_chat}
     prior_loader = (None if settings.prior is None
                     else CausalLoader(settings.prior, template, bool(prior_chat)))
-    load = ScoreModelsLoader(prior_loader, r, settings.reward_model, template, bool(reward_chat), batch)
-    return score_corpus(corpus, out, prior=lm, reward=scorer, prior_context=r.prior_context, batch_size=batch,
+    load = ScoreModelsLoader(prior_loader, r, settings.reward_model, template, bool(reward_chat), batch,
+                             settings.rewards)
+    return score_corpus(corpus, out, prior=lm, reward=scorer, extra_rewards=further_rewards(settings.rewards),
+                        prior_context=r.prior_context, batch_size=batch,
                         max_batch_tokens=settings.compute.max_batch_tokens or score_batch_tokens(lm),
                         settings=recorded, progress=settings.compute.progress, policy=SCORE_POLICY,
                         executor=settings.executor, load_models=load)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pqtradeoff.columns import Col
+from pqtradeoff.columns import Col, extra_reward_columns, reward_column
 from pqtradeoff.errors import PQError, first_line
 from pqtradeoff.io import StageResult, progress_bar, write_json
 from pqtradeoff.models.base import SCORE_BATCH, SCORE_BATCH_TOKENS, LanguageModel
@@ -77,6 +78,7 @@ def score_corpus(
     *,
     prior: LanguageModel | None,
     reward: Reward,
+    extra_rewards: Mapping[str, Reward] | None = None,
     prior_context: str = "prompt",
     batch_size: int = SCORE_BATCH,
     max_batch_tokens: int = SCORE_BATCH_TOKENS,
@@ -89,6 +91,9 @@ def score_corpus(
     """Add `logp_prior` and `reward` to every shard of `corpus_dir`, writing the scored corpus to `out_dir`.
 
     With `prior=None` the corpus must already carry `logp_prior` (e.g. to re-score only the reward).
+    `extra_rewards` (name -> reward) add one column each, `reward_<name>` (`columns.reward_column`), beside
+    the primary `reward`: a study can hold, say, the implicit DPO reward and the reward the model was trained
+    on. Further-reward columns of the input that are not among them are dropped (never left stale).
     Non-finite rewards and -inf prior log-probabilities are counted and reported in `_score_report.json`
     and on the console; they are kept in the table for the analysis to drop and count.
 
@@ -104,13 +109,17 @@ def score_corpus(
     if corpus_dir.resolve() == out_dir.resolve():
         raise PQError(f"--out {str(out_dir)!r} is the corpus folder itself: choose another folder")
     files = require_shards(corpus_dir)
-    check_reward_needs(reward, prior_context)
+    rewards = reward_columns(reward, extra_rewards)
+    for r in rewards.values():
+        check_reward_needs(r, prior_context)
     corpus_settings = run_settings(corpus_dir)
     aligned_key = corpus_settings.get("tokenizer_key")
     same_tokenizer = prior is not None and aligned_key is not None and aligned_key == prior.tokenizer_key
     resolved = dict(settings) | {
         "corpus_dir": str(corpus_dir), "prior_context": prior_context, "batch_size": batch_size,
         "max_batch_tokens": max_batch_tokens, "reward_name": reward.name,
+        **({"extra_rewards": {c: r.name for c, r in rewards.items() if c != Col.REWARD}}
+           if extra_rewards else {}),
         "prior_tokenization": None if prior is None else ("token_ids" if same_tokenizer else "retokenized"),
         "generate_settings": corpus_settings,
     }
@@ -123,11 +132,22 @@ def score_corpus(
     with progress_bar(progress, total, "score") as advance:
         from pqtradeoff.pipeline.executor import run_shards  # lazy: startup
 
-        tokens = run_shards("score", work, (prior, reward), load_models, todo, executor, out_dir,
+        tokens = run_shards("score", work, (prior, rewards), load_models, todo, executor, out_dir,
                             str(getattr(prior, "device", "auto")), advance)
     _write_report(out_dir)
     return ScoreResult(out_dir, len(files), len(todo), len(files) - len(todo), superseded, total, tokens,
                        time.perf_counter() - began)
+
+
+def reward_columns(reward: Reward, extra: Mapping[str, Reward] | None = None) -> dict[str, Reward]:
+    """Column -> reward: the primary `reward` first, then `reward_<name>` for each further one."""
+    columns = {Col.REWARD: reward}
+    for name, r in (extra or {}).items():
+        try:
+            columns[reward_column(name)] = r
+        except ValueError as err:
+            raise PQError(str(err)) from None
+    return columns
 
 
 def check_reward_needs(reward: Reward, prior_context: str) -> None:
@@ -150,8 +170,10 @@ class ShardScorer:
     max_batch_tokens: int
     out_dir: Path
 
-    def __call__(self, models: tuple[LanguageModel | None, Reward], path: Path) -> tuple[int, int]:
-        prior, reward = models
+    def __call__(self, models: tuple[LanguageModel | None, Reward | dict[str, Reward]], path: Path
+                 ) -> tuple[int, int]:
+        prior, rewards = models
+        rewards = rewards if isinstance(rewards, dict) else reward_columns(rewards)
         prior_context, same_tokenizer, out_dir = self.prior_context, self.same_tokenizer, self.out_dir
         tokens = 0
         data = path.read_bytes()  # one read: the digest is of the very bytes scored
@@ -171,18 +193,9 @@ class ShardScorer:
             df[Col.PRIOR_CONTEXT] = prior_context
         elif Col.LOGP_PRIOR not in df.columns:
             raise PQError(f"shard {path.name!r} has no logp_prior column and no --prior was given")
-        elif reward.needs_prompt_context and "prior_context" in df.columns and \
-                (df[Col.PRIOR_CONTEXT] != "prompt").any():
-            raise PQError(f"shard {path.name!r}: its logp_prior was scored without the prompt; "
-                          f"reward {reward.name!r} needs it scored with --prior-context prompt")
-        missing = [c for c in reward.columns if c not in df.columns]
-        if missing:
-            raise PQError(f"shard {path.name!r} lacks column(s) {', '.join(missing)} that reward "
-                          f"{reward.name!r} reads")
-        values = np.asarray(reward(df), dtype=np.float64)
-        if values.shape != (len(df),):
-            raise PQError(f"reward {reward.name!r} returned {values.shape} values for {len(df)} strings")
-        df[Col.REWARD] = values
+        df = df.drop(columns=[c for c in extra_reward_columns(df.columns) if c not in rewards])
+        for column, reward in rewards.items():
+            df[column] = self._reward_values(reward, df, path.name, scored_prior=prior is not None)
         counts = _nonfinite_counts(df)
         for key in ("reward_nonfinite", "logp_prior_neg_inf"):
             if counts[key]:
@@ -192,6 +205,22 @@ class ShardScorer:
         meta = (scored.schema.metadata or {}) | {SOURCE_KEY: bytes_sha256(data).encode()}
         write_shard(scored.replace_schema_metadata(meta), out_dir / path.name)
         return len(df), tokens
+
+    @staticmethod
+    def _reward_values(reward: Reward, df: pd.DataFrame, shard: str, scored_prior: bool) -> np.ndarray:
+        """One reward's value per row, after checking the shard holds what it reads."""
+        if not scored_prior and reward.needs_prompt_context and Col.PRIOR_CONTEXT in df.columns and \
+                (df[Col.PRIOR_CONTEXT] != "prompt").any():
+            raise PQError(f"shard {shard!r}: its logp_prior was scored without the prompt; "
+                          f"reward {reward.name!r} needs it scored with --prior-context prompt")
+        missing = [c for c in reward.columns if c not in df.columns]
+        if missing:
+            raise PQError(f"shard {shard!r} lacks column(s) {', '.join(missing)} that reward "
+                          f"{reward.name!r} reads")
+        values = np.asarray(reward(df), dtype=np.float64)
+        if values.shape != (len(df),):
+            raise PQError(f"reward {reward.name!r} returned {values.shape} values for {len(df)} strings")
+        return values
 
 
 #: The key of a scored shard's Parquet metadata that holds the SHA-256 of the corpus shard it was scored from.
