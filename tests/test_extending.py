@@ -124,4 +124,4 @@ def test_adding_a_backend_is_one_registry_entry(tiny_hf, tmp_path, monkeypatch, 
     toy, hf = pd.read_parquet(tmp_path / "toy"), pd.read_parquet(tmp_path / "hf")
     assert toy["text"].tolist() == hf["text"].tolist() and np.array_equal(toy["logq"], hf["logq"])
     code, _, err = cli(monkeypatch, capsys, "generate", *args, "--backend", "nope", "--out", tmp_path / "x")
-    assert code == 2 and "backend='nope' is not one of hf, vllm, toy" in err
+    assert code == 2 and "--backend='nope' is invalid" in err and "hf, vllm, toy" in err

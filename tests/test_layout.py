@@ -4,7 +4,7 @@ Every import statement of `src/pqtradeoff` is read (relative ones resolved, thos
 lazy import is still an arrow; `from pkg import module` read as an import of the module). Layers, lowest
 first; a module may import its own layer and the layers below it, never one above:
 
-    base (errors, io, outdir, columns) < sampling < models < pipeline < experiment < demo, toy < cli, __main__
+    base (errors, io, columns) < sampling < models < pipeline < experiment < demo, toy < cli, __main__
 
 `analysis` sits beside `pipeline` and imports only base, sampling, itself and the corpus contract
 (`pipeline.corpus`); `exact` imports base, sampling and models; `testing` base and sampling.
@@ -17,7 +17,7 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "src" / "pqtradeoff"
 
-BASE = {"errors", "io", "outdir", "columns"}
+BASE = {"errors", "io", "columns"}
 #: layer -> the layers it may import (besides itself).
 ALLOWED = {
     "base": set(),

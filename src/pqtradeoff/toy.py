@@ -203,9 +203,9 @@ def run(settings: ToySettings, out: str | Path, figures: bool = True, figure_for
         ) -> dict[str, Any]:
     """Run the toy experiment and write `out/summary.json` (with the run record) and the figures.
 
-    `out` follows the output-folder rule of `pqtradeoff.outdir`: empty, or a previous toy output, whose files
+    `out` follows the output-folder rule of `pqtradeoff.io`: empty, or a previous toy output, whose files
     are all replaced (a figure of an earlier run never stays beside the new summary)."""
-    from pqtradeoff.outdir import FIGURE_FORMATS, check_output_folder, clear_owned
+    from pqtradeoff.io import FIGURE_FORMATS, check_output_folder, clear_owned
 
     if figure_format not in FIGURE_FORMATS:
         raise PQError(f"figure_format={figure_format!r} is not one of {', '.join(FIGURE_FORMATS)}")

@@ -271,7 +271,8 @@ def test_analysis_side_never_imports_the_model_side():
             "pqtradeoff.cli.analyze, pqtradeoff.analysis.fidelity, pqtradeoff.analysis.advise, "
             "pqtradeoff.cli.advise; "
             "bad = [m for m in sys.modules if m in ('torch', 'transformers', 'pqtradeoff.pipeline.generate', "
-            f"'pqtradeoff.pipeline.score') or (m.startswith('pqtradeoff.models') and m not in {interfaces!r})]; "
+            "'pqtradeoff.pipeline.score') or "
+            f"(m.startswith('pqtradeoff.models') and m not in {interfaces!r})]; "
             "print(bad); sys.exit(1 if bad else 0)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stdout + done.stderr

@@ -44,8 +44,7 @@ from pqtradeoff.analysis.settings import AnalysisSettings
 from pqtradeoff.analysis.stats import Correlation, TradeoffFit
 from pqtradeoff.columns import EXTRA_REWARD_PREFIX, ROW_KEY, Col, extra_reward_columns
 from pqtradeoff.errors import PQError, validated
-from pqtradeoff.io import lock_folder, run_record, write_json
-from pqtradeoff.outdir import check_output_folder, clear_owned
+from pqtradeoff.io import check_output_folder, clear_owned, lock_folder, run_record, write_json
 from pqtradeoff.pipeline.corpus import ANALYSIS_COLUMNS, RUN_RECORD, read_corpus, write_shard
 from pqtradeoff.sampling import adaptors
 
@@ -493,7 +492,7 @@ def analyze_dir(scored_dir: str | Path, out_dir: str | Path, settings: AnalysisS
     """Read a scored-corpus directory (with its `_run.json`, if any) and run the analysis on it.
 
     `out_dir` must not be, or be inside, the scored-corpus folder (its `_run.json` and a `corpora.parquet` the
-    next analysis would read as rows), and must follow the output-folder rule of `pqtradeoff.outdir`."""
+    next analysis would read as rows), and must follow the output-folder rule of `pqtradeoff.io`."""
     scored, out = Path(scored_dir).resolve(), Path(out_dir).resolve()
     if out == scored or scored in out.parents:
         raise PQError(f"--out {str(out_dir)!r} is, or is inside, the scored-corpus folder {str(scored_dir)!r}: "

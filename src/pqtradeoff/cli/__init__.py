@@ -43,6 +43,7 @@ def _root(
 
 # Command modules register themselves on `app` when imported.
 from pqtradeoff.cli import advise as _advise  # noqa: E402,F401
+from pqtradeoff.cli import align as _align  # noqa: E402,F401
 from pqtradeoff.cli import analyze as _analyze  # noqa: E402,F401
 from pqtradeoff.cli import demo as _demo  # noqa: E402,F401
 from pqtradeoff.cli import generate as _generate  # noqa: E402,F401

@@ -47,8 +47,8 @@ def describe_further_reward(name: str, h: dict) -> str:
     fit = (f"effective beta {a['beta_hat']:.4g}" if a["defined"] and a["beta_hat"] is not None
            else f"alignment not fitted: {a['reason']}")
     return (f"reward {name}: trade-off slope {num(h['tradeoff_slope'])}, Spearman string-level "
-            f"{num(h['string_level']['spearman'])} / corpus-level {num(h['corpus_level']['spearman'])}, {fit} "
-            f"({h['report']})")
+            f"{num(h['string_level']['spearman'])} / corpus-level {num(h['corpus_level']['spearman'])}, "
+            f"{fit} ({h['report']})")
 
 
 def describe_alignment(a) -> str:

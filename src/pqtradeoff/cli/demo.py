@@ -40,8 +40,8 @@ def demo(
 
     Options left out take the defaults of `pqtradeoff.demo.DemoSettings`; summary.json records the values used.
     """
+    from pqtradeoff.io import check_output_folder
     from pqtradeoff.models.registry import require_torch
-    from pqtradeoff.outdir import check_output_folder
 
     require_torch()  # before anything imports torch (the automata, the sampler)
     check_output_folder(out, "demo")

@@ -65,9 +65,33 @@ def _print_results(summary: dict) -> None:
                    f"{a['within_prompt_r']:+.3f}")
     elif a:
         typer.echo(f"alignment: not fitted: {a.get('reason') or a.get('note')}")
+    from pqtradeoff.cli.analyze import describe_further_reward
+
+    for name, h in (summary.get("rewards") or {}).items():
+        typer.echo(describe_further_reward(name, h))
     if summary["skipped"]:
         typer.echo(f"{len(summary['skipped'])} configuration(s) skipped (reasons in summary.json and the "
                    "report)")
+    _print_pair_study(summary.get("pair_study"))
+
+
+def _print_pair_study(study: dict | None) -> None:
+    """What `[align]` made of the true pair: the trained reward moved, and the DPO identity."""
+    if not study:
+        return
+    t = study.get("trained_reward") or {}
+    if "note" in t:
+        typer.echo(f"aligned vs prior (T = 1): {t['note']}")
+    elif t.get("difference") is not None:
+        ci = t.get("ci")
+        interval = (f" [{ci[0]:+.4f}, {ci[1]:+.4f}] ({100 * t['confidence']:.0f}%, {t['prompts']} prompts)"
+                    if ci else f" (no interval: {t['prompts']} prompt(s))")
+        typer.echo(f"aligned vs prior (T = 1), {t['column']}: {t['mean_aligned']:.4f} vs "
+                   f"{t['mean_prior']:.4f}, difference {t['difference']:+.4f}{interval}")
+    d = study.get("dpo_identity")
+    if d and d.get("max_abs_error") is not None:
+        typer.echo(f"DPO identity log p + r/beta = log p+ (beta {d['beta']:g}): largest error "
+                   f"{d['max_abs_error']:.2e} over {d['strings']} finished strings")
 
 
 def _print_stage_table(result) -> None:
@@ -80,8 +104,10 @@ def _print_stage_table(result) -> None:
 
 @app.command()
 def init(
-    example: str = typer.Option(None, "--example", help="Start from a shipped example: smollm2-gemma-vader "
-                                                        "(offline, CPU), paper-rlhf, paper-dpo (GPU, hub)."),
+    example: str = typer.Option(None, "--example", help="Start from a shipped example: smollm2-dpo-vader "
+                                                        "(a true pair made by align; offline, CPU), "
+                                                        "smollm2-gemma-vader (offline, CPU), paper-rlhf, "
+                                                        "paper-dpo (GPU, hub)."),
 ) -> None:
     """Print a commented starting config: `pqtradeoff init > my.toml`."""
     from pqtradeoff.experiment.config import example_config  # lazy: pandas

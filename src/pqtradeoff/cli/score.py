@@ -28,6 +28,9 @@ FLAGS = {
     "--cpus-per-actor": "executor.cpus_per_actor", "--gpus-per-actor": "executor.gpus_per_actor",
 }
 
+#: Options that set a field in their own way: `--extra-reward NAME=KIND` adds `rewards.NAME`.
+OTHER_OPTIONS = {"--extra-reward": "rewards"}
+
 
 def _score(settings: ScoreSettings, corpus_dir: Path, out: Path, extra_reward: list[str] | None) -> None:
     from pqtradeoff.models.registry import require_model_packages

@@ -165,5 +165,6 @@ def example_config(name: str | None) -> str:
     if not path.is_file():
         raise PQError(f"--example {name!r} is not one of {', '.join(example_names())}")
     text = path.read_text(encoding="utf-8")
-    prompts = EXAMPLES_DIR / "prompts.jsonl"
-    return text.replace('file = "prompts.jsonl"', f"file = {json.dumps(str(prompts))}")
+    for prompts in sorted(EXAMPLES_DIR.glob("*.jsonl")):  # the shipped prompt files, by their full path
+        text = text.replace(f'file = "{prompts.name}"', f"file = {json.dumps(str(prompts))}")
+    return text

@@ -1,11 +1,14 @@
-"""`run_experiment(settings, out)`: generate -> score -> analyze into `out/corpus`, `out/scored`,
-`out/analysis`, loading each model once.
+"""`run_experiment(settings, out)`: [align ->] generate -> score -> analyze into `out/aligned`, `out/corpus`,
+`out/scored`, `out/analysis`, loading each model once.
 
 Stages are cached by content (`pipeline.digests`), never by names, sizes or times: a stage whose settings and
 inputs are byte-identical is reused (and the run says so), a killed run redoes only missing shards, a grown
 grid does only the new work; a change that would alter the corpus rows already written (settings, prompts,
 the aligned model's files) is refused; a change of the reward or the prior (its name or its content), of a
-corpus shard, or of the analysis settings redoes what depends on it.
+corpus shard, or of the analysis settings redoes what depends on it. With `[align]` the aligned model is made
+in `out/aligned` and cached by content like every stage: the same prior, prompts, reward and training
+settings reuse it; anything else retrains it, and the old model, with the corpus and the scores sampled from
+it, moves to `out/_superseded/`.
 """
 
 from __future__ import annotations
@@ -22,23 +25,23 @@ from pathlib import Path
 from typing import Any
 
 from pqtradeoff.analysis.analyze import analyze_dir
-from pqtradeoff.experiment.settings import ExperimentSettings
+from pqtradeoff.experiment.settings import ExperimentSettings, ModelSpec
 from pqtradeoff.experiment.stages import (
     SCORE_POLICY,
     ModelCache,
+    run_align,
     run_generate,
     run_score,
     score_record_settings,
 )
-from pqtradeoff.io import package_versions, run_record, write_json
-from pqtradeoff.outdir import check_out
+from pqtradeoff.io import check_out, package_versions, run_record, write_json
 from pqtradeoff.pipeline.corpus import run_settings
 from pqtradeoff.pipeline.digests import shard_digests
 from pqtradeoff.pipeline.resume import describe_changes, fixed_changes
 
 log = logging.getLogger("pqtradeoff")
 
-STAGE_DIRS = {"generate": "corpus", "score": "scored", "analyze": "analysis"}
+STAGE_DIRS = {"align": "aligned", "generate": "corpus", "score": "scored", "analyze": "analysis"}
 
 
 # ------------------------------------------------------------------------------------------------- running
@@ -85,8 +88,16 @@ def run_experiment(settings: ExperimentSettings, out: str | Path) -> ExperimentR
     stages: list[StageReport] = []
     corpus, scored, analysis = (out / STAGE_DIRS[s] for s in ("generate", "score", "analyze"))
 
+    aligned = None
+    if settings.align is not None:
+        t = time.perf_counter()
+        aligned, report = _align(settings, out, models)
+        stages.append(StageReport("align", "reused" if report.reused else "ran", time.perf_counter() - t,
+                                  report.describe(), report.to_json()))
+        log.info("align: %s: %s", stages[-1].status, report.describe())
+
     t = time.perf_counter()
-    gen = run_generate(settings.generate_settings(), corpus, models)
+    gen = run_generate(settings.generate_settings(aligned), corpus, models)
     stages.append(StageReport("generate", _status(gen.written, gen.shards), time.perf_counter() - t,
                               gen.describe(), gen.to_json()))
     log.info("generate: %s: %s", stages[-1].status, gen.describe())
@@ -105,11 +116,38 @@ def run_experiment(settings: ExperimentSettings, out: str | Path) -> ExperimentR
     stages.append(StageReport("analyze", "reused" if reused else "ran", time.perf_counter() - t, detail))
     log.info("analyze: %s: %s", stages[-1].status, detail)
 
+    if settings.align is not None:
+        from pqtradeoff.experiment.pair_study import pair_study  # lazy: scipy
+
+        summary["pair_study"] = pair_study(settings, out)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
     result = ExperimentResult(out, stages, summary, peak, time.perf_counter() - began)
     record = run_record("run", settings.model_dump(mode="json"))
     write_json(out / "_run.json", record | {"result": result.to_json()})
     return result
+
+
+def _align(settings: ExperimentSettings, out: Path, models: ModelCache) -> tuple[ModelSpec, Any]:
+    """Make (or reuse) the aligned model in out/aligned; a retrained one supersedes what was sampled from the
+    old one (corpus, scores), moved with it to out/_superseded/."""
+    from pqtradeoff.pipeline.align import recorded_inputs
+
+    folder = out / STAGE_DIRS["align"]
+    old = recorded_inputs(folder) if folder.is_dir() else None
+    tag = hashlib.sha256(json.dumps(old, sort_keys=True).encode()).hexdigest()[:12] if old else "unknown"
+    aside = out / "_superseded" / tag
+    report = run_align(settings.align_settings(), folder, models, aside=aside / STAGE_DIRS["align"])
+    if not report.reused:
+        for stage in ("generate", "score"):
+            path = out / STAGE_DIRS[stage]
+            if path.exists():
+                aside.mkdir(parents=True, exist_ok=True)
+                shutil.rmtree(aside / path.name, ignore_errors=True)
+                path.replace(aside / path.name)
+                log.info("align: the aligned model changed: %s moved to %s", path.name, aside)
+    prior = settings.models.prior
+    assert prior is not None  # checked by ExperimentSettings
+    return ModelSpec(name=str(folder.resolve()), device=prior.device, dtype=prior.dtype), report
 
 
 def _reset_if_changed(scored: Path, settings: ExperimentSettings, models: ModelCache) -> None:

@@ -57,10 +57,17 @@ class ModelSpec(Section):
     backend: str = Field("hf", description="Model backend, a name of models.registry.BACKENDS (hf: "
                                            "transformers; vllm: GPU, the pqtradeoff[vllm] extra).")
 
+    @field_validator("backend")
+    @classmethod
+    def _registered(cls, backend: str) -> str:
+        if backend not in BACKENDS:
+            from pydantic_core import PydanticCustomError  # a field error: `backend='x' is invalid: ...`
+
+            raise PydanticCustomError("unknown_backend", "not one of {names}", {"names": ", ".join(BACKENDS)})
+        return backend
+
     @model_validator(mode="after")
     def _check(self) -> ModelSpec:
-        if self.backend not in BACKENDS:
-            raise ValueError(f"backend={self.backend!r} is not one of {', '.join(BACKENDS)}")
         if not self.name.strip():
             raise ValueError("name is empty: give a hub id, a local folder or pypi:PACKAGE")
         if self.gguf_file is not None and not self.gguf_file.endswith(".gguf"):
@@ -294,10 +301,79 @@ class ScoreSettings(Section):
         return self
 
 
+# ------------------------------------------------------------------------------------------------- align
+class AlignTraining(Section):
+    """How `align` samples its candidates and trains (the part shared by `pqtradeoff align` and `[align]`)."""
+
+    beta: float = Field(gt=0, allow_inf_nan=False,
+                        description="DPO's KL strength beta: the aligned model fits p exp(r / beta) / Z.")
+    seed: int = Field(ge=0, le=2**63 - 1, description="Seed of the candidates' sampling and of training.")
+    candidates: int = Field(4, ge=2, le=10_000, description="Candidates sampled from the prior per prompt "
+                                                           "(the best and the worst form its pair).")
+    adaptor: str = Field("ancestral", description="Adaptor the candidates are sampled with.")
+    max_new_tokens: int = Field(48, ge=1, le=1_000_000, description="Longest candidate, in tokens.")
+    epochs: int = Field(2, ge=1, le=10_000, description="Passes over the preference pairs.")
+    learning_rate: float = Field(5e-6, gt=0, lt=1, allow_inf_nan=False, description="AdamW learning rate.")
+    lora_rank: int = Field(0, ge=0, le=4096, description="LoRA rank on every linear layer, merged into the "
+                                                         "weights at the end; 0: full fine-tune.")
+    train_batch_size: int = Field(4, ge=1, le=65_536, description="Preference pairs per optimizer step.")
+
+    @field_validator("adaptor")
+    @classmethod
+    def _adaptor(cls, spec: str) -> str:
+        parse(spec)
+        return spec
+
+
+class AlignSettings(Section):
+    """`align`: make the aligned model p+ of a prior with DPO (TRL), on pairs of the prior's own samples
+    ranked by a reward."""
+
+    prior: ModelSpec
+    prompts: PromptSettings
+    reward: RewardSettings
+    reward_model: ModelSpec | None = Field(None, description="Sequence-classification reward model "
+                                                             "(reward kind 'model').")
+    training: AlignTraining
+    compute: ComputeSettings = ComputeSettings()
+
+    @model_validator(mode="after")
+    def _check(self) -> AlignSettings:
+        if self.reward.kind == "dpo":
+            raise ValueError("reward kind 'dpo' reads the aligned model that align is about to make: rank "
+                             "the candidates with another reward (vader, a reward model, python:...)")
+        if self.reward.kind == "model" and self.reward_model is None:
+            raise ValueError("reward kind 'model' needs a reward model (--reward-model)")
+        if self.reward.kind != "model" and self.reward_model is not None:
+            raise ValueError(f"a reward model was given but the reward kind is {self.reward.kind!r}")
+        return self
+
+    def generate_settings(self) -> GenerateSettings:
+        """The candidates: `candidates` strings per prompt from the prior, under `adaptor`."""
+        t = self.training
+        sampling = SamplingSettings(adaptors=[t.adaptor], num_generations=t.candidates,
+                                    max_new_tokens=t.max_new_tokens, seed=t.seed, sample_block=t.candidates)
+        return GenerateSettings(model=self.prior, prompts=self.prompts, sampling=sampling,
+                                compute=self.compute)
+
+    def score_settings(self) -> ScoreSettings:
+        """The candidates scored: the prior's log-probability and the reward that ranks them."""
+        return ScoreSettings(prior=self.prior, reward_model=self.reward_model, reward=self.reward,
+                             compute=self.compute)
+
+
+class AlignSection(AlignTraining):
+    """`[align]` of an experiment: the aligned model made from `models.prior` (written to OUT/aligned/ and
+    sampled by `generate`), with its own reward and, optionally, its own prompts (default: the study's)."""
+
+    reward: RewardSettings
+    prompts: PromptSettings | None = None
+
+
 class ModelsSection(Section):
     """The experiment's models: the aligned model samples, the prior and the reward model score."""
 
-    aligned: ModelSpec
+    aligned: ModelSpec | None = Field(None, description="The aligned model; left out when [align] makes it.")
     prior: ModelSpec | None = None
     reward: ModelSpec | None = None
 
@@ -312,16 +388,39 @@ class ExperimentSettings(Section):
     rewards: dict[str, RewardSettings] = Field(default_factory=dict, description="Further rewards "
                                                "([rewards.NAME]): one column reward_NAME each.")
     analysis: AnalysisSettings = AnalysisSettings()
+    align: AlignSection | None = Field(None, description="Make the aligned model from the prior with DPO "
+                                                         "(OUT/aligned/) instead of naming one.")
     compute: ComputeSettings = ComputeSettings()
     executor: ExecutorSettings = ExecutorSettings()
 
     @model_validator(mode="after")
     def _check(self) -> ExperimentSettings:
+        if (self.models.aligned is None) == (self.align is None):
+            raise ValueError("give exactly one of [models.aligned] (an aligned model) or [align] (make it "
+                             "from the prior)" if self.align is None else
+                             "[align] makes the aligned model: leave [models.aligned] out")
+        if self.align is not None:
+            if self.models.prior is None:
+                raise ValueError("[align] needs the prior it aligns: give [models.prior]")
+            self.align_settings()
         self.score_settings()  # the reward's needs are checked where the score stage checks them
         return self
 
-    def generate_settings(self) -> GenerateSettings:
-        return GenerateSettings(model=self.models.aligned, prompts=self.prompts, sampling=self.sampling,
+    def align_settings(self) -> AlignSettings:
+        """The `align` stage of this experiment (its reward model, if any, is models.reward)."""
+        assert self.align is not None and self.models.prior is not None
+        a = self.align
+        training = AlignTraining(**a.model_dump(include=set(AlignTraining.model_fields)))
+        return AlignSettings(prior=self.models.prior, prompts=a.prompts or self.prompts, reward=a.reward,
+                             reward_model=self.models.reward if a.reward.kind == "model" else None,
+                             training=training, compute=self.compute)
+
+    def generate_settings(self, aligned: ModelSpec | None = None) -> GenerateSettings:
+        """`generate` of the study: on `models.aligned`, or on `aligned` (what [align] made)."""
+        model = aligned or self.models.aligned
+        if model is None:
+            raise PQError("the aligned model is made by [align]: run the experiment (pqtradeoff run)")
+        return GenerateSettings(model=model, prompts=self.prompts, sampling=self.sampling,
                                 compute=self.compute, executor=self.executor)
 
     def score_settings(self) -> ScoreSettings:

@@ -2,6 +2,8 @@
 
 - `run_generate(settings, out)`: load the prompts and the aligned model, sample the corpus (`GenerateResult`).
 - `run_score(settings, corpus, out)`: load the prior and the reward, score the corpus (`ScoreResult`).
+- `run_align(settings, out)`: sample and score the prior's candidates with the two stages above, pair them and
+  train the aligned model with DPO (`pipeline.align`; `AlignResult`).
 Both check what can be checked before any model loads (prompts, the resume check), and take a `ModelCache`
 so that a process running several stages (`pqtradeoff run`) loads each model once.
 """
@@ -9,19 +11,30 @@ so that a process running several stages (`pqtradeoff run`) loads each model onc
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pqtradeoff.columns import Col
 from pqtradeoff.errors import PQError
-from pqtradeoff.experiment.settings import GenerateSettings, ModelSpec, RewardSettings, ScoreSettings
+from pqtradeoff.experiment.settings import (
+    AlignSettings,
+    GenerateSettings,
+    ModelSpec,
+    RewardSettings,
+    ScoreSettings,
+)
+from pqtradeoff.io import RUN_RECORD, check_out, package_versions, run_record
 from pqtradeoff.models.base import SCORE_BATCH, score_batch_tokens
-from pqtradeoff.outdir import check_out
 from pqtradeoff.pipeline.digests import model_sha256, reward_sha256
 from pqtradeoff.pipeline.resume import check_resumable, resume_policy
 
 log = logging.getLogger("pqtradeoff")
+
+
 @dataclass
 class ModelCache:
     """Models loaded in this process, keyed by everything that makes them differ, so each loads once."""
@@ -268,3 +281,126 @@ def check_executor(executor: Any) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ output
+
+
+# ------------------------------------------------------------------------------------------------- align
+ALIGN_PACKAGES = ("trl", "peft", "accelerate", "datasets")
+
+
+@dataclass
+class AlignResult:
+    """What `align` did: the model folder, whether it was reused, the pairs and the training's summary."""
+
+    out_dir: Path
+    reused: bool
+    prompts: int
+    pairs: int
+    ties: int
+    training: dict[str, Any]
+    seconds: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {"out_dir": str(self.out_dir), "reused": self.reused, "prompts": self.prompts,
+                "pairs": self.pairs, "ties": self.ties, "training": self.training, "seconds": self.seconds}
+
+    def describe(self) -> str:
+        last = (self.training.get("last") or {})
+        acc, margin = last.get("rewards/accuracies"), last.get("rewards/margins")
+        tail = (f"; last step: loss {last['loss']:.4f}, reward accuracy {acc:.2f}, margin {margin:+.4f}"
+                if last and acc is not None and margin is not None else "")
+        how = "reused (same inputs)" if self.reused else f"trained {self.training.get('steps', 0)} steps"
+        return (f"{self.pairs} preference pairs from {self.prompts} prompts ({self.ties} without a pair: all "
+                f"rewards equal), {how}{tail}")
+
+
+def align_inputs(settings: AlignSettings, models: ModelCache) -> dict[str, Any]:
+    """Everything an aligned model is made from, by content: the settings, the prompts, the prior's files,
+    what the reward stands for, and the versions of the packages that train. Equal inputs: reused."""
+    from importlib import metadata
+
+    from pqtradeoff.pipeline.prompts import load_prompts  # lazy: pandas
+
+    p = settings.prompts
+    rows = load_prompts(p.file, field=p.field, num_prompts=p.num_prompts, prompt_seed=p.prompt_seed,
+                        max_chars=p.max_chars)
+    values = settings.model_dump(mode="json", exclude={"compute"})
+    values["prompts"]["file"] = str(Path(p.file).resolve())
+    versions = {}
+    for name in ALIGN_PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return {"settings": values,
+            "prompts_sha256": hashlib.sha256("\n".join(f"{i}\t{t}" for i, t in rows).encode()).hexdigest(),
+            "prior_sha256": models.model_sha256(settings.prior),
+            "reward_sha256": reward_sha256(settings.reward, settings.reward_model),
+            "versions": package_versions() | versions}
+
+
+def differing(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> str:
+    """The dotted keys whose values differ between two nested records (at most three named)."""
+    keys = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            inner = differing(a, b, f"{prefix}{key}.")
+            keys += inner.split(", ") if inner else []
+        elif a != b:
+            keys.append(f"{prefix}{key}")
+    return ", ".join(keys[:3]) + (f" and {len(keys) - 3} more" if len(keys) > 3 else "")
+
+
+def run_align(settings: AlignSettings, out: Path, models: ModelCache | None = None,
+              aside: Path | None = None) -> AlignResult:
+    """Make the aligned model of `settings` in the folder `out` (`pipeline.align`); reused when `out` holds
+    one made from identical inputs. An `out` made from other inputs is moved to `aside` (`run`) or refused
+    (`aside` None: the `align` command)."""
+    import copy
+    import time
+
+    from pqtradeoff.pipeline import align as al
+
+    began = time.perf_counter()
+    al.require_align_packages()
+    out = check_out(out)
+    models = models or ModelCache()
+    inputs = align_inputs(settings, models)
+    if out.exists() and any(out.iterdir()):
+        made_from = al.recorded_inputs(out)
+        if made_from == inputs:
+            record = json.loads((out / RUN_RECORD).read_text(encoding="utf-8"))
+            return AlignResult(out, True, **record["result"], seconds=time.perf_counter() - began)
+        if aside is None:
+            what = (f"an aligned model made from other inputs ({differing(made_from, inputs)} differ)"
+                    if made_from is not None else "files that `align` did not write")
+            raise PQError(f"--out {str(out)!r} holds {what}: choose another folder (or remove it)")
+    staging = al.prepare_staging(out, inputs)
+    progress = settings.compute.progress
+    run_generate(settings.generate_settings(), staging / al.CANDIDATES, models)
+    scored_dir = staging / f"{al.CANDIDATES}_scored"
+    run_score(settings.score_settings(), staging / al.CANDIDATES, scored_dir, models)
+
+    from pqtradeoff.pipeline.corpus import read_corpus  # lazy: pyarrow
+
+    scored = read_corpus(scored_dir).to_pandas()
+    pairs, ties = al.preference_pairs(scored)
+    n_prompts = int(scored[Col.PROMPT_ID].nunique())
+    if pairs.empty:
+        raise PQError(f"no preference pair: the reward is equal on all candidates of each of the {n_prompts} "
+                      "prompt(s); give more prompts or candidates, or a reward that tells them apart")
+    p = settings.prompts
+    prior = models.causal(settings.prior, p.template, p.chat_template)
+    t = settings.training
+    model, history = al.train_dpo(copy.deepcopy(prior.model), copy.deepcopy(prior.tokenizer), pairs,
+                                  staging / "_trainer", beta=t.beta, seed=t.seed, epochs=t.epochs,
+                                  learning_rate=t.learning_rate, lora_rank=t.lora_rank,
+                                  batch_size=t.train_batch_size, progress=progress)
+    shutil.rmtree(staging / "_trainer", ignore_errors=True)
+    summary = al.summarize_log(history)
+    result = {"prompts": n_prompts, "pairs": len(pairs), "ties": ties, "training": summary}
+    record = run_record("align", settings.model_dump(mode="json")) | {"inputs": inputs, "result": result}
+    al.write_model(staging, model, prior.tokenizer, pairs, history, record)
+    del model
+    al.publish(staging, out, aside)
+    return AlignResult(out, False, **result, seconds=time.perf_counter() - began)
