@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from pqtradeoff.columns import extra_reward_columns
 from pqtradeoff.pipeline.corpus import GENERATED_SCHEMA, SCORE_COLUMNS, write_shard
 
 SCORED_SCHEMA = pa.schema(list(GENERATED_SCHEMA) + list(SCORE_COLUMNS))
@@ -43,6 +44,9 @@ def write_scored(frame: pd.DataFrame, directory: Path, shards: int = 2) -> Path:
     schema = SCORED_SCHEMA if set(SCORED_SCHEMA.names) <= set(frame.columns) else None
     if schema is not None and "prior_context" in frame.columns:
         schema = schema.append(pa.field("prior_context", pa.string()))
+    for name in extra_reward_columns(frame.columns) if schema is not None else []:
+        kind = pa.float64() if pd.api.types.is_float_dtype(frame[name]) else pa.string()
+        schema = schema.append(pa.field(name, kind))
     for k, part in enumerate(np.array_split(np.arange(len(frame)), shards)):
         table = pa.Table.from_pandas(frame.iloc[part].reset_index(drop=True), schema=schema,
                                      preserve_index=False)

@@ -505,6 +505,11 @@ def analyze_dir(scored_dir: str | Path, out_dir: str | Path, settings: AnalysisS
         is_text = pa.types.is_string(kind) or pa.types.is_large_string(kind)
         if (name == Col.ADAPTOR) != is_text or pa.types.is_nested(kind):
             raise PQError(f"column {name!r} of {str(scored_dir)!r} is stored as {kind}; need {wanted}")
+    for name in extra_reward_columns(table.column_names):
+        kind = table.schema.field(name).type
+        if not pa.types.is_floating(kind):
+            raise PQError(f"column {name!r} of {str(scored_dir)!r} is stored as {kind}; need floating-point "
+                          "numbers (a further reward)")
     nested = (
         pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_string(t) or pa.types.is_large_string(t)
         for t in table.schema.types

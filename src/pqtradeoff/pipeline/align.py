@@ -60,7 +60,7 @@ def preference_pairs(scored: pd.DataFrame) -> tuple[pd.DataFrame, int]:
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
         raise PQError(f"the reward is not a finite number on {int(bad.sum())} of {len(rewards)} candidates "
-                      f"(first: prompt {int(scored[Col.PROMPT_ID].iloc[i])}, value {rewards[i]!r}): it "
+                      f"(first: prompt {int(scored[Col.PROMPT_ID].iloc[i])}, value {float(rewards[i])!r}): it "
                       "cannot rank them")
     rows, ties = [], 0
     ordered = scored.sort_values([Col.PROMPT_ID, Col.SAMPLE_ID], kind="stable")
