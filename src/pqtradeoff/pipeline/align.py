@@ -59,9 +59,9 @@ def preference_pairs(scored: pd.DataFrame) -> tuple[pd.DataFrame, int]:
     bad = ~np.isfinite(rewards)
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
+        first = f"prompt {int(scored[Col.PROMPT_ID].iloc[i])}, value {float(rewards[i])!r}"
         raise PQError(f"the reward is not a finite number on {int(bad.sum())} of {len(rewards)} candidates "
-                      f"(first: prompt {int(scored[Col.PROMPT_ID].iloc[i])}, value {float(rewards[i])!r}): it "
-                      "cannot rank them")
+                      f"(first: {first}): it cannot rank them")
     rows, ties = [], 0
     ordered = scored.sort_values([Col.PROMPT_ID, Col.SAMPLE_ID], kind="stable")
     for prompt_id, group in ordered.groupby(Col.PROMPT_ID, sort=True):
@@ -130,10 +130,18 @@ def _train(DPOConfig: Any, Trainer: Any, Dataset: Any, model: Any, tokenizer: An
         tokenizer.pad_token = tokenizer.eos_token
     trainer = Trainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
                       peft_config=peft_config)
-    if not progress:
-        from transformers.trainer_callback import PrinterCallback
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
-        trainer.remove_callback(PrinterCallback)  # its per-step dicts on stdout; the log is kept in the file
+    class BarOnly(ProgressCallback):
+        """The progress bar without the per-step dicts it writes under it (train_log.json keeps them)."""
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            return None
+
+    trainer.remove_callback(PrinterCallback)
+    trainer.remove_callback(ProgressCallback)
+    if progress:
+        trainer.add_callback(BarOnly)
     trainer.train()
     trained = trainer.model
     if lora_rank > 0:
