@@ -44,8 +44,13 @@ def describe_further_reward(name: str, h: dict) -> str:
         return "n/a" if x is None else f"{x:+.4g}"
 
     a = h["alignment"]
-    fit = (f"effective beta {a['beta_hat']:.4g}" if a["defined"] and a["beta_hat"] is not None
-           else f"alignment not fitted: {a['reason']}")
+
+    def ci(pair):
+        return f" [{pair[0]:.3g}, {pair[1]:.3g}]" if pair else " (interval unbounded)"
+
+    fit = (f"effective beta {a['beta_hat']:.4g}{ci(a['beta_hat_ci'])}, within-prompt r "
+           f"{a['within_prompt_r']:+.3f}{ci(a['within_prompt_r_ci'])}"
+           if a["defined"] and a["beta_hat"] is not None else f"alignment not fitted: {a['reason']}")
     return (f"reward {name}: trade-off slope {num(h['tradeoff_slope'])}, Spearman string-level "
             f"{num(h['string_level']['spearman'])} / corpus-level {num(h['corpus_level']['spearman'])}, "
             f"{fit} ({h['report']})")

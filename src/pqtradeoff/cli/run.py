@@ -13,8 +13,8 @@ from pqtradeoff.errors import PQError
 @app.command()
 def run(
     config: Path = typer.Argument(..., help="Experiment file (TOML); `pqtradeoff init` writes one."),
-    out: Path = typer.Option(None, "--out", help="Output folder: corpus/, scored/, analysis/ (rerun to "
-                                                 "resume or to grow the grid)."),
+    out: Path = typer.Option(None, "--out", help="Output folder: [aligned/,] corpus/, scored/, "
+                                                 "analysis/ (rerun to resume or to grow the grid)."),
     print_config: bool = typer.Option(False, "--print-config", help="Print the config with every default "
                                                                     "filled in, and stop."),
     executor: str = typer.Option(None, "--executor", help="Override [executor] kind: local | ray."),
@@ -91,7 +91,7 @@ def _print_pair_study(study: dict | None) -> None:
     d = study.get("dpo_identity")
     if d and d.get("max_abs_error") is not None:
         typer.echo(f"DPO identity log p + r/beta = log p+ (beta {d['beta']:g}): largest error "
-                   f"{d['max_abs_error']:.2e} over {d['strings']} finished strings")
+                   f"{d['max_abs_error']:.2e} over {d['strings']} strings ({d['finished']} finished)")
 
 
 def _print_stage_table(result) -> None:

@@ -5,7 +5,7 @@
   sampled ancestrally), on the reward the model was trained on: the mean difference over the prompts both
   hold, with a t interval over prompts (strings of one prompt are not independent; prompts are).
 - With the implicit DPO reward as the primary reward, the identity log p + r/beta = log p+ + log Z(x)
-  (log Z = 0 for r = beta log(p+/p)) on every finished string: its largest error.
+  (log Z = 0 for r = beta log(p+/p)) on every string, finished or cut: its largest error.
 """
 
 from __future__ import annotations
@@ -80,8 +80,9 @@ def pair_study(settings: ExperimentSettings, out: Path) -> dict[str, Any]:
                                                      "prior": settings.align.max_new_tokens}
     if settings.reward.kind == "dpo":
         beta = float(settings.reward.beta)
-        done = scored[scored[Col.FINISHED].astype(bool)]
-        residual = (done[Col.LOGP_PRIOR] + done[Col.REWARD] / beta - done[Col.LOGP_ALIGNED]).to_numpy(float)
+        residual = (scored[Col.LOGP_PRIOR] + scored[Col.REWARD] / beta
+                    - scored[Col.LOGP_ALIGNED]).to_numpy(float)
         found["dpo_identity"] = {"beta": beta, "align_beta": settings.align.beta, "strings": len(residual),
+                                 "finished": int(scored[Col.FINISHED].astype(bool).sum()),
                                  "max_abs_error": float(np.abs(residual).max()) if len(residual) else None}
     return found
