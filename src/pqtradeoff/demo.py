@@ -189,7 +189,7 @@ def cut_probability(alignment: Any, adaptor: Adaptor, max_length: int) -> float:
     """Probability that sampling (the local adaptor) has not emitted EOS after `max_length` tokens: the
     mass `generate` cuts off. Where it is negligible, conditioning on finishing changes nothing measurable
     and the (slower) bounded closed forms are not needed."""
-    tables = closed_forms.adapted_tables(alignment.aligned, adaptor)
+    tables = closed_forms.adapted_tables(alignment.aligned, adaptor, alignment.prior)
     model = alignment.aligned
     q = transition_matrix(WeightedAutomaton(model.next_state, tables.log_probs, model.eos_token_id))
     start = np.zeros(q.shape[0])

@@ -42,8 +42,11 @@ def generation_kwargs(adaptor: Adaptor) -> dict[str, Any]:
     caller of `generate` should still check the processor list it builds. (The pipeline itself never calls
     `generate`: it samples from `Adaptor.adapt`.)
     """
+    ours = [p.name for p in PARAMETERS if ":" in p.warper and getattr(adaptor, p.name) is not None]
+    if ours or adaptor.dera is not None:
+        raise ValueError(f"{adaptor}: {(ours or ['dera'])[0]} is not a transformers GenerationConfig parameter")
     kwargs: dict[str, Any] = {p.name: p.off if getattr(adaptor, p.name) is None else getattr(adaptor, p.name)
-                              for p in PARAMETERS}
+                              for p in PARAMETERS if ":" not in p.warper}
     kwargs["do_sample"] = True
     kwargs["repetition_penalty"] = 1.0  # chat checkpoints ship e.g. 1.05 in their generation_config
     kwargs["no_repeat_ngram_size"] = 0

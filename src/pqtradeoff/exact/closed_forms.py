@@ -162,24 +162,41 @@ class AdaptedTables:
     log_probs: np.ndarray  # log_weights - log_z: the locally normalized adapted distribution q_gamma
 
 
-def adapted_tables(model: FiniteStateLM, adaptor: Adaptor | str) -> AdaptedTables:
-    """Apply `adaptor` to each state's distribution of `model`.
+def adapted_tables(model: FiniteStateLM, adaptor: Adaptor | str, prior: FiniteStateLM | None = None
+                   ) -> AdaptedTables:
+    """Apply `adaptor` to each state's distribution of `model` (with `dera`: to the unnormalized mixture
+    m = lambda log p_model + (1 - lambda) log p_prior, `prior` on the same states).
 
     The kept support comes from `Adaptor.support` on the same float64 logits the pipeline samples from, so
     truncation decisions match sampling exactly; the weights are formed in float64 too.
     """
-    return _adapted_tables(model, parse(adaptor))
+    return _adapted_tables(model, parse(adaptor), prior)
+
+
+def realigned_log_weights(model: FiniteStateLM, prior: FiniteStateLM | None, weight: float) -> np.ndarray:
+    """m = lambda log p+ + (1 - lambda) log p per state [S, V], not renormalized (what `models.realign`
+    decodes; -inf where either model is impossible, as there)."""
+    if weight == 1.0:
+        return model.log_probs
+    if prior is None or not prior.same_structure(model):
+        raise PQError("dera's closed forms need the prior on the aligned model's states (fsa.align's prior)")
+    if weight == 0.0:
+        return prior.log_probs
+    both = np.isfinite(model.log_probs) & np.isfinite(prior.log_probs)
+    mixed = weight * np.where(both, model.log_probs, 0.0) + (1.0 - weight) * np.where(both, prior.log_probs, 0.0)
+    return np.where(both, mixed, -np.inf)
 
 
 @functools.lru_cache(maxsize=256)
-def _adapted_tables(model: FiniteStateLM, adaptor: Adaptor) -> AdaptedTables:
+def _adapted_tables(model: FiniteStateLM, adaptor: Adaptor, prior: FiniteStateLM | None) -> AdaptedTables:
     """Cached: the local, global and IMH computations of one configuration share the same tables."""
     import torch  # lazy: torch
 
-    # float64, exactly what `FiniteStateLM.start` gives (a copy: read-only)
-    logits = torch.tensor(model.log_probs)
+    # float64, exactly what `FiniteStateLM.start` gives, or the realigned mixture (a copy: read-only)
+    base = model.log_probs if adaptor.dera is None else realigned_log_weights(model, prior, adaptor.dera)
+    logits = torch.tensor(base)
     support = adaptor.support(logits).numpy()
-    log_weights = np.where(support, model.log_probs / adaptor.temperature, -np.inf)
+    log_weights = np.where(support, base / adaptor.temperature, -np.inf)
     log_z = logsumexp(log_weights, axis=1)
     arrays = (support, log_weights, log_z, log_weights - log_z[:, None])
     for array in arrays:
@@ -281,7 +298,7 @@ def local_expectations(
     """(b) Expectations under q_gamma, the adaptor applied to p+ and renormalized at every step (what
     `generate` samples). It may fail to terminate (e.g. a truncation that removes EOS everywhere)."""
     adaptor = parse(adaptor)
-    t = adapted_tables(alignment.aligned, adaptor)
+    t = adapted_tables(alignment.aligned, adaptor, alignment.prior)
     return law_expectations(alignment, t.log_probs, "local", adaptor, prompt_ids, max_length, t.log_z)
 
 
@@ -293,7 +310,7 @@ def global_expectations(
     adaptor; `log_normalizer` is log Z_gamma. Reports `normalizes=False` where the sum diverges.
     `ess_fraction` tells how well proposals from q_gamma (the pool `generate` makes) cover p_gamma."""
     adaptor = parse(adaptor)
-    t = adapted_tables(alignment.aligned, adaptor)
+    t = adapted_tables(alignment.aligned, adaptor, alignment.prior)
     return law_expectations(alignment, t.log_weights, "global", adaptor, prompt_ids, max_length, t.log_z,
                             t.log_probs)
 
@@ -320,7 +337,7 @@ def imh_target_expectations(
         return global_expectations(alignment, adaptor, prompt_ids=prompt_ids, max_length=max_length)
     if target != "aligned":
         raise PQError(f"target={target!r} is not one of {', '.join(IMH_TARGETS)}")
-    t = adapted_tables(alignment.aligned, adaptor)
+    t = adapted_tables(alignment.aligned, adaptor, alignment.prior)
     log_weights = np.where(t.support, alignment.aligned.log_probs, -np.inf)
     return law_expectations(alignment, log_weights, "imh-aligned", adaptor, prompt_ids, max_length, t.log_z,
                             t.log_probs)

@@ -85,6 +85,11 @@ class StepLanguageModel(LanguageModel):
         `start`/`step`/`keep`; neither may be reused). Only where `can_join`."""
         raise NotImplementedError(f"{type(self).__name__} cannot join decoding states (can_join is False)")
 
+    def rescore(self, state: Any, tokens: torch.Tensor, host: np.ndarray, adaptor: Adaptor) -> np.ndarray:
+        """`sample_step`'s host array [token, log q, log p, log Z] for the logits `state` came with, corrected
+        where the logits are not the aligned model's own (`models.realign`). Default: unchanged."""
+        return host
+
     def state_bytes(self, length: int) -> int:
         """Bytes of decoding state one row holds at `length` tokens (a KV cache grows with it), for choosing
         the batch size from a memory budget. Default: nothing worth counting (an automaton's state id)."""
@@ -140,6 +145,7 @@ def sample_batch(
     active = np.arange(n)
     for t in range(max_new_tokens):
         tokens, host = sample_step(adaptor, logits, keys[active], t)
+        host = model.rescore(state, tokens, host, adaptor)
         done_np = record.take(active, host)
         if t == max_new_tokens - 1 or done_np.all():
             break
@@ -181,6 +187,7 @@ def sample_rows(
     active = np.arange(admitted)
     while active.size:
         tokens, host = sample_step(adaptor, logits, keys[active], lengths[active])
+        host = model.rescore(state, tokens, host, adaptor)
         ended = record.take(active, host)
         alive = fill_from_tail(~ended & (lengths[active] < max_new_tokens))
         if alive.size < active.size:

@@ -115,6 +115,8 @@ VLLM_TRUNCATIONS = ("top_k", "top_p", "min_p")
 def refusal(adaptor: Adaptor | str) -> str | None:
     """Why vLLM cannot reproduce this adaptor exactly as transformers applies it, or None when it can."""
     a = parse(adaptor)
+    if isinstance(a, Adaptor) and a.dera is not None:
+        return f"the vllm backend decodes one model, and {a} (DeRa) decodes the prior beside it"
     missing = [n for n in TRUNCATIONS if getattr(a, n) is not None and n not in VLLM_TRUNCATIONS]
     if missing:
         return (

@@ -1,4 +1,6 @@
-"""Sampling adaptors: exactly the logits warpers that transformers' `generate` applies, in its order.
+"""Sampling adaptors: exactly the logits warpers that transformers' `generate` applies, in its order, plus
+top-n-sigma (our own warper, `sampling.top_n_sigma`, right after temperature) and DeRa's `dera=lambda`
+(not a warper: the distribution the warpers apply to, see `models.realign`).
 
 A spec string names one configuration with GenerationConfig's parameter names, e.g. `ancestral`,
 `temperature=0.7`, `top_k=50`, `temperature=0.75,top_p=0.95`. `parse(spec)` returns an `Adaptor`; its
@@ -31,6 +33,9 @@ from pqtradeoff.errors import PQError
 if TYPE_CHECKING:
     import torch
 
+#: Our own warper for top-n-sigma (transformers has none): `sampling.top_n_sigma`.
+TOP_N_SIGMA_WARPER = "pqtradeoff.sampling.top_n_sigma:TopNSigmaLogitsWarper"
+
 #: Elements per call of transformers' warpers (rows of a [N, V] batch). Bounds their working memory (a full
 #: sort of [N, V] makes int64 indices) and keeps each pass cache-sized on CPU. See benchmarks/adaptors.py.
 CHUNK_ELEMENTS = 1 << 22
@@ -50,6 +55,13 @@ def _positive_integer(name: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise PQError(f"{name}={value!r} is out of range: need an integer {name} >= 1")
     return value
+
+
+def _non_negative_real(name: str, value: Any) -> float:
+    if (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
+            or value < 0):
+        raise PQError(f"{name}={value!r} is out of range: need a finite {name} >= 0")
+    return float(value)
 
 
 def _open_unit(name: str, value: Any) -> float:
@@ -114,12 +126,17 @@ class Adaptor:
 
     # name: type = _parameter(default, spec type, check, off value, transformers warper, its keyword)
     temperature: float = _parameter(1.0, float, _positive_real, 1.0, "TemperatureLogitsWarper", "temperature")
+    top_n_sigma: float | None = _parameter(None, float, _positive_real, 0.0, TOP_N_SIGMA_WARPER, "n")
     top_k: int | None = _parameter(None, int, _positive_integer, 0, "TopKLogitsWarper", "top_k")
     top_p: float | None = _parameter(None, float, _open_unit, 1.0, "TopPLogitsWarper", "top_p")
     min_p: float | None = _parameter(None, float, _half_open_unit, 0.0, "MinPLogitsWarper", "min_p")
     typical_p: float | None = _parameter(None, float, _open_unit, 1.0, "TypicalLogitsWarper", "mass")
     epsilon_cutoff: float | None = _parameter(None, float, _open_unit, 0.0, "EpsilonLogitsWarper", "epsilon")
     eta_cutoff: float | None = _parameter(None, float, _open_unit, 0.0, "EtaLogitsWarper", "epsilon")
+    # Not a warper: decoding-time realignment (DeRa) changes the distribution the warpers above are applied
+    # to, from the aligned model p+ to pi_lambda proportional to p+^lambda p^(1-lambda) (the prior p decoded
+    # in lockstep: `models.realign`). None: the aligned model alone.
+    dera: float | None = field(default=None, metadata={"realign": True})
 
     def __post_init__(self) -> None:
         for p in PARAMETERS:
@@ -127,10 +144,14 @@ class Adaptor:
             # None turns a truncation off; temperature needs a value
             if value is not None or p.default is not None:
                 object.__setattr__(self, p.name, p.check(p.name, value))
+        if self.dera is not None:
+            object.__setattr__(self, "dera", _non_negative_real("dera", self.dera))
 
     # ----------------------------------------------------------------------------------------------- naming
     def __str__(self) -> str:
         parts = [f"temperature={self.temperature!r}"]
+        if self.dera is not None:
+            parts.append(f"dera={self.dera!r}")
         for name in TRUNCATIONS:
             value = getattr(self, name)
             if value is not None:
@@ -139,18 +160,36 @@ class Adaptor:
 
     @property
     def family(self) -> str:
-        """The adaptor without its temperature: `ancestral`, `top_k=30`, `top_p=0.9,min_p=0.05`, ..."""
-        parts = [f"{name}={getattr(self, name)!r}" for name in TRUNCATIONS if getattr(self, name) is not None]
+        """The adaptor without its temperature: `ancestral`, `top_k=30`, `top_p=0.9,min_p=0.05`, `dera=0.5`,
+        ..."""
+        parts = [f"dera={self.dera!r}"] if self.dera is not None else []
+        parts += [f"{name}={getattr(self, name)!r}" for name in TRUNCATIONS if getattr(self, name) is not None]
         return ",".join(parts) if parts else "ancestral"
 
     @property
     def is_identity(self) -> bool:
         """True for plain ancestral sampling: temperature 1 and no truncation (log_probs == log_softmax)."""
-        return self.temperature == 1.0 and all(getattr(self, n) is None for n in TRUNCATIONS)
+        return (self.temperature == 1.0 and self.dera is None
+                and all(getattr(self, n) is None for n in TRUNCATIONS))
 
     @property
     def truncates(self) -> bool:
         return any(getattr(self, n) is not None for n in TRUNCATIONS)
+
+    @property
+    def realigns(self) -> bool:
+        """Whether this configuration decodes the prior beside the aligned model (`dera` is set)."""
+        return self.dera is not None
+
+    @property
+    def power(self) -> float:
+        """alpha = 1/T: the global target of an untruncated `temperature=T` is power sampling p+^alpha."""
+        return 1.0 / self.temperature
+
+    def without_dera(self) -> Adaptor:
+        """The same warpers on whatever distribution they are given (what `models.realign` applies to the
+        mixed logits)."""
+        return Adaptor(**{name: getattr(self, name) for name in PARAMETER_ORDER})
 
     # ----------------------------------------------------------------------------------------- computation
     def processors(self) -> list:
@@ -230,11 +269,15 @@ class AdaptedStep(NamedTuple):
     log_probs: torch.Tensor  # log_weights - log_z: the locally normalized adapted distribution
 
 
-#: Every parameter, in the order transformers' generate applies the corresponding warpers (Adaptor's fields).
-PARAMETERS: tuple[Parameter, ...] = tuple(Parameter(f.name, f.default, **f.metadata) for f in fields(Adaptor))
+#: Every parameter, in the order transformers' generate applies the corresponding warpers (Adaptor's fields;
+#: `dera` is not a warper and not among them).
+PARAMETERS: tuple[Parameter, ...] = tuple(Parameter(f.name, f.default, **f.metadata) for f in fields(Adaptor)
+                                          if "warper" in f.metadata)
 PARAMETER_ORDER = tuple(p.name for p in PARAMETERS)
 TRUNCATIONS = tuple(p.name for p in PARAMETERS if p.default is None)
 _BY_NAME = {p.name: p for p in PARAMETERS}
+#: What a spec may name: the warpers' parameters and `dera`.
+SPEC_NAMES = (*PARAMETER_ORDER, "dera")
 
 
 @dataclass(frozen=True)
@@ -322,14 +365,14 @@ def parse(spec: str | Adaptor | Mixture) -> Adaptor | Mixture:
         name, raw = name.strip(), raw.strip()
         if not sep or not name or not raw:
             raise PQError(f"adaptor spec {spec!r}: cannot read {part!r}; expected name=value, e.g. top_p=0.9")
-        if name not in _BY_NAME:
+        if name not in SPEC_NAMES:
             raise PQError(
                 f"adaptor spec {spec!r}: unknown parameter {name!r}; known: ancestral, "
-                f"{', '.join(PARAMETER_ORDER)}"
+                f"{', '.join(SPEC_NAMES)}"
             )
         if name in values:
             raise PQError(f"adaptor spec {spec!r}: parameter {name!r} is given twice")
-        kind = _BY_NAME[name].kind
+        kind = _BY_NAME[name].kind if name in _BY_NAME else float
         try:
             value: float | int = kind(raw)
         except ValueError:
@@ -354,7 +397,7 @@ def parse_grid(specs: list[str], temperatures: list[float] | None = None) -> lis
         crossed = []
         for a in adaptors:
             for t in temperatures:
-                kwargs = {n: getattr(a, n) for n in PARAMETER_ORDER}
+                kwargs = {n: getattr(a, n) for n in SPEC_NAMES}
                 kwargs["temperature"] = t
                 crossed.append(Adaptor(**kwargs))
         adaptors = crossed

@@ -1,0 +1,196 @@
+"""Decoding-time realignment (DeRa, Liu et al., arXiv 2402.02992): the aligned model and its prior decoded in
+lockstep, sampling from the token-level geometric mixture
+
+    pi_lambda(v | y<t) proportional to p+(v | y<t)^lambda * p(v | y<t)^(1 - lambda)
+
+(lambda = 1: the aligned model; 0: the prior; > 1 extrapolates), with the spec's warpers applied on top
+(`dera=0.5,temperature=0.7`). `Realigned(aligned, prior)` is a `LanguageModel` that serves every request:
+those with `dera` through `Lockstep` (one decoding state per model, stepped together), the others through
+the aligned model itself; everything else (tokenizer, decoding, teacher forcing) is the aligned model's.
+
+What each row records, so that the corpus contract holds unchanged (docs/scored-corpus.md):
+- `logq`: log of the sampling distribution (the warpers applied to pi_lambda), as for any adaptor;
+- `logp_aligned`: the aligned model's own T = 1 log-probability of the token (not pi_lambda's), so
+  KL(q || p+) and the "aligned" IMH target read the same column for every configuration;
+- `log_weight`: sum_t log Z_t with the globally normalized weights m(v)/T on the kept support, where
+  m = lambda log p+ + (1 - lambda) log p is *not* renormalized: the global target is then
+  (p+^lambda p^(1-lambda))^(1/T), which for p+ = p exp(r/beta)/Z is the aligned model at beta/lambda
+  (tempered). `Adaptor.adapt` sees log_softmax(m), so log Z_t gains logsumexp(m)/T (`StepLanguageModel.rescore`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+
+from pqtradeoff.errors import PQError
+from pqtradeoff.models.base import SCORE_BATCH, SCORE_BATCH_TOKENS, LanguageModel, SampledRow, SampleRequest
+from pqtradeoff.models.decoding import StepLanguageModel, choose_batch_size, sample_rows
+from pqtradeoff.sampling.adaptors import Adaptor
+
+
+def check_pair(aligned: LanguageModel, prior: LanguageModel) -> None:
+    """Refuse, in one line, a prior that cannot be mixed with the aligned model token by token."""
+    if not isinstance(aligned, StepLanguageModel) or not isinstance(prior, StepLanguageModel):
+        raise PQError("dera needs two step-level models (backend hf or fsa) decoded in lockstep; "
+                      f"got {type(aligned).__name__} and {type(prior).__name__}")
+    if prior.tokenizer_key != aligned.tokenizer_key or prior.vocab_size != aligned.vocab_size:
+        raise PQError(f"dera mixes next-token distributions token by token, so the prior must share the "
+                      f"aligned model's tokenizer: prior {getattr(prior, 'name', '?')!r} tokenizes differently "
+                      f"(vocabulary {prior.vocab_size} vs {aligned.vocab_size})")
+
+
+class _State(NamedTuple):
+    aligned: Any
+    prior: Any
+    aligned_logp: torch.Tensor  # [B, V] the aligned model's log_softmax for the logits just returned
+    log_mass: torch.Tensor  # [B] logsumexp of the unnormalized mixture m
+
+
+class Lockstep(StepLanguageModel):
+    """The step-level model whose logits are m = lambda log p+ + (1 - lambda) log p (float32 or float64 as the
+    models give them), with the aligned model's log-probabilities kept beside them for `rescore`."""
+
+    def __init__(self, aligned: StepLanguageModel, prior: StepLanguageModel, weight: float) -> None:
+        check_pair(aligned, prior)
+        self.aligned, self.prior, self.weight = aligned, prior, float(weight)
+        self.vocab_size, self.eos_token_id = aligned.vocab_size, aligned.eos_token_id
+        self.eos_token_ids, self.tokenizer_key = aligned.eos_token_ids, aligned.tokenizer_key
+        self.max_length = aligned.max_length
+        self.can_join = aligned.can_join and prior.can_join
+        self.name = f"dera({getattr(aligned, 'name', 'aligned')}, {getattr(prior, 'name', 'prior')})"
+
+    # the tokenization is the aligned model's
+    def encode_prompt(self, prompt: str) -> list[int]:
+        return self.aligned.encode_prompt(prompt)
+
+    def empty_context(self) -> list[int]:
+        return self.aligned.empty_context()
+
+    def encode_continuation(self, text: str) -> list[int]:
+        return self.aligned.encode_continuation(text)
+
+    def decode(self, token_ids: list[int]) -> str:
+        return self.aligned.decode(token_ids)
+
+    def _mix(self, aligned_logits: torch.Tensor, prior_logits: torch.Tensor) -> tuple[torch.Tensor, Any]:
+        dtype = torch.promote_types(torch.promote_types(aligned_logits.dtype, prior_logits.dtype), torch.float32)
+        logp_a = torch.log_softmax(aligned_logits.to(dtype), dim=-1)
+        logp_p = torch.log_softmax(prior_logits.to(dtype).to(logp_a.device), dim=-1)
+        if self.weight == 1.0:
+            mixed = logp_a.clone()
+        elif self.weight == 0.0:
+            mixed = logp_p.clone()
+        else:  # a token impossible for either model stays impossible (and -inf * (1 - lambda) is no NaN)
+            both = torch.isfinite(logp_a) & torch.isfinite(logp_p)
+            mixed = torch.where(both, self.weight * logp_a.masked_fill(~both, 0.0)
+                                + (1.0 - self.weight) * logp_p.masked_fill(~both, 0.0),
+                                torch.full_like(logp_a, float("-inf")))
+        return mixed, (logp_a, torch.logsumexp(mixed, dim=-1))
+
+    def start(self, prompts: list[list[int]]) -> tuple[torch.Tensor, _State]:
+        logits_a, state_a = self.aligned.start(prompts)
+        logits_p, state_p = self.prior.start(prompts)
+        mixed, (logp_a, mass) = self._mix(logits_a, logits_p)
+        return mixed, _State(state_a, state_p, logp_a, mass)
+
+    def step(self, state: _State, tokens: torch.Tensor) -> tuple[torch.Tensor, _State]:
+        logits_a, state_a = self.aligned.step(state.aligned, tokens)
+        logits_p, state_p = self.prior.step(state.prior, tokens)
+        mixed, (logp_a, mass) = self._mix(logits_a, logits_p)
+        return mixed, _State(state_a, state_p, logp_a, mass)
+
+    def keep(self, state: _State, rows: torch.Tensor) -> _State:
+        return _State(self.aligned.keep(state.aligned, rows), self.prior.keep(state.prior, rows),
+                      state.aligned_logp[rows], state.log_mass[rows])
+
+    def join(self, state: _State, other: _State) -> _State:
+        return _State(self.aligned.join(state.aligned, other.aligned), self.prior.join(state.prior, other.prior),
+                      torch.cat([state.aligned_logp, other.aligned_logp]),
+                      torch.cat([state.log_mass, other.log_mass]))
+
+    def state_bytes(self, length: int) -> int:
+        return self.aligned.state_bytes(length) + self.prior.state_bytes(length)
+
+    def rescore(self, state: _State, tokens: torch.Tensor, host: np.ndarray, adaptor: Adaptor) -> np.ndarray:
+        """The aligned model's log p+ of each token in place of log pi_lambda's, and log Z_t of the
+        unnormalized mixture weights (+ logsumexp(m)/T)."""
+        host = host.copy()
+        host[2] = state.aligned_logp.gather(-1, tokens.unsqueeze(-1)).squeeze(-1).double().cpu().numpy()
+        host[3] += state.log_mass.double().cpu().numpy() / adaptor.temperature
+        return host
+
+    def continuation_logits(self, prompts: list[list[int]], continuations: list[list[int]]) -> torch.Tensor:
+        mixed, _ = self._mix(self.aligned.continuation_logits(prompts, continuations),
+                             self.prior.continuation_logits(prompts, continuations))
+        return mixed
+
+
+class Realigned(LanguageModel):
+    """The aligned model, able to sample `dera=...` requests with the prior decoded beside it."""
+
+    def __init__(self, aligned: StepLanguageModel, prior: StepLanguageModel) -> None:
+        check_pair(aligned, prior)
+        self.aligned, self.prior = aligned, prior
+        self.vocab_size, self.eos_token_id = aligned.vocab_size, aligned.eos_token_id
+        self.eos_token_ids, self.tokenizer_key = aligned.eos_token_ids, aligned.tokenizer_key
+        self.max_length = aligned.max_length
+        self.name = getattr(aligned, "name", "aligned")
+        self.device = getattr(aligned, "device", "auto")
+
+    def encode_prompt(self, prompt: str) -> list[int]:
+        return self.aligned.encode_prompt(prompt)
+
+    def empty_context(self) -> list[int]:
+        return self.aligned.empty_context()
+
+    def encode_continuation(self, text: str) -> list[int]:
+        return self.aligned.encode_continuation(text)
+
+    def decode(self, token_ids: list[int]) -> str:
+        return self.aligned.decode(token_ids)
+
+    def logprobs(self, prompts: Sequence[list[int]], continuations: Sequence[list[int]], *,
+                 batch_size: int = SCORE_BATCH, max_batch_tokens: int = SCORE_BATCH_TOKENS) -> list[np.ndarray]:
+        return self.aligned.logprobs(prompts, continuations, batch_size=batch_size,
+                                     max_batch_tokens=max_batch_tokens)
+
+    def sample(self, requests: Sequence[SampleRequest], *, batch_size: int | None = None) -> list[SampledRow]:
+        """Each run of consecutive requests with one adaptor: DeRa ones in lockstep, others by the aligned
+        model (a row depends on its request alone, as for every model)."""
+        rows: list[SampledRow] = []
+        start = 0
+        while start < len(requests):
+            first = requests[start]
+            end = start + 1
+            while end < len(requests) and (requests[end].adaptor, requests[end].max_new_tokens) == \
+                    (first.adaptor, first.max_new_tokens):
+                end += 1
+            run = requests[start:end]
+            if isinstance(first.adaptor, Adaptor) and first.adaptor.realigns:
+                model = Lockstep(self.aligned, self.prior, first.adaptor.dera)
+                prompts = [list(r.prompt_token_ids) for r in run]
+                keys = np.array([r.key for r in run], dtype=np.uint64)
+                batch = batch_size or choose_batch_size(model, max(len(p) for p in prompts)
+                                                        + first.max_new_tokens)
+                with torch.inference_mode():
+                    rows += sample_rows(model, first.adaptor, prompts, keys, first.max_new_tokens, batch)
+            else:
+                rows += self.aligned.sample(run, batch_size=batch_size)
+            start = end
+        return rows
+
+
+def with_prior(aligned: LanguageModel, prior: LanguageModel | None, adaptors: Sequence[Any]) -> LanguageModel:
+    """The model `generate` samples from: the aligned model, or `Realigned` when a `dera` adaptor is in the
+    grid (refused in one line without a prior or with another tokenizer)."""
+    realigning = [a for a in adaptors if isinstance(a, Adaptor) and a.realigns]
+    if not realigning:
+        return aligned
+    if prior is None:
+        raise PQError(f"adaptor {realigning[0]} (DeRa) needs the prior at generation time: give the prior "
+                      "(generate --prior, or [prior] in the experiment)")
+    return Realigned(aligned, prior)  # type: ignore[arg-type]
