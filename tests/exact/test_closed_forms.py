@@ -205,7 +205,8 @@ def test_expectations_after_a_prompt(bigram2):
 
 # ----------------------------------------------------------------------------------------- adaptors
 SPECS = ["ancestral", "temperature=0.5", "temperature=1.5", "top_k=1", "top_k=2", "top_p=0.7",
-         "temperature=0.75,top_p=0.9", "typical_p=0.5", "eta_cutoff=0.2", "min_p=0.3", "epsilon_cutoff=0.15"]
+         "temperature=0.75,top_p=0.9", "typical_p=0.5", "eta_cutoff=0.2", "min_p=0.3", "epsilon_cutoff=0.15",
+         "top_n_sigma=0.8", "temperature=1.5,top_n_sigma=1.0,top_k=2"]
 CYCLIC = [("bigram2", "ancestral"), ("bigram2", "temperature=0.5"), ("trigram2", "temperature=0.75,top_k=1"),
           ("unigram2", "temperature=1.25")]
 
@@ -394,3 +395,57 @@ def test_adapted_sampling_through_the_interface_matches_local_expectations():
     for values, target in ((lp, result.mean_log_prior), (r, result.mean_reward)):
         se = values.std(ddof=1) / math.sqrt(n)
         assert abs(values.mean() - target) < 5 * se
+
+
+# ----------------------------------------------------------------------------------------- DeRa
+def dera_weights(alignment, adaptor, local: bool):
+    """weight_fn for `dera`: m = lambda log p+ + (1 - lambda) log p read from the two models' own tables at
+    the live states, the spec's warpers on m, and for the global law the unnormalized m/T."""
+    lam = adaptor.dera
+    warpers = adaptor.without_dera()
+
+    def fn(logits, states):
+        a, p = alignment.aligned.log_probs[states], alignment.prior.log_probs[states]
+        with np.errstate(invalid="ignore"):  # a token impossible for either model stays impossible
+            m = np.where(np.isfinite(a) & np.isfinite(p), lam * a + (1 - lam) * p, -np.inf)
+        step = warpers.adapt(torch.from_numpy(m))
+        mass = logsumexp(m, axis=-1) / adaptor.temperature
+        log_z = step.log_z.squeeze(-1).double().numpy() + mass
+        if local:
+            return step.log_probs.double().numpy(), log_z
+        return step.log_weights.double().numpy() + mass[:, None], log_z
+    return fn
+
+
+@pytest.mark.parametrize("spec", ["dera=0.5", "dera=1.5", "dera=0.0", "temperature=0.75,dera=0.5,top_k=2"])
+@pytest.mark.parametrize("local", [True, False])
+def test_dera_matches_enumeration(bounded3, spec, local):
+    adaptor = parse(spec)
+    strings, log_z = enumerate_strings(bounded3, dera_weights(bounded3, adaptor, local))
+    result = (closed_forms.local_expectations if local else closed_forms.global_expectations)(bounded3, adaptor)
+    brute = brute_expectations(strings, log_z, log_weight=True)
+    if local:
+        brute["log_normalizer"] = 0.0
+    assert_matches(result, brute, 1e-6, 1e-6)
+
+
+@pytest.mark.parametrize("lam", [0.25, 0.5, 2.0])
+def test_global_dera_is_the_aligned_model_at_beta_over_lambda(trigram2, lam):
+    """p+^lambda p^(1-lambda) = p exp(lambda r / beta) / Z^lambda: DeRa's global target is fsa.align(p, r,
+    beta / lambda), a different computation (its own backward values and local normalization)."""
+    dera = closed_forms.global_expectations(trigram2, parse(f"dera={lam}"))
+    realigned = align(trigram2.prior, trigram2.reward, trigram2.beta / lam)
+    direct = aligned_expectations(realigned)
+    for name in ("mean_log_prior", "mean_reward", "entropy", "mean_length"):
+        assert getattr(dera, name) == pytest.approx(getattr(direct, name), rel=1e-9, abs=1e-9), name
+    # ... while the locally normalized mixture (what sampling gives) is another law
+    local = closed_forms.local_expectations(trigram2, parse(f"dera={lam}"))
+    assert abs(local.mean_reward - direct.mean_reward) > 1e-4
+
+
+def test_dera_one_and_zero_are_the_aligned_model_and_the_prior(bigram2):
+    one = closed_forms.local_expectations(bigram2, parse("dera=1.0"))
+    zero = closed_forms.local_expectations(bigram2, parse("dera=0.0"))
+    assert one.mean_reward == pytest.approx(aligned_expectations(bigram2).mean_reward, abs=1e-12)
+    assert one.mean_log_weight == pytest.approx(0.0, abs=1e-12)
+    assert zero.mean_log_prior == pytest.approx(prior_expectations(bigram2).mean_log_prior, abs=1e-12)
