@@ -246,10 +246,24 @@ class GenerateSettings(Section):
     """`generate`: sample corpora from the aligned model under an adaptor grid."""
 
     model: ModelSpec
+    prior: ModelSpec | None = Field(None, description="The prior, decoded beside the aligned model for the "
+                                                      "dera=LAMBDA adaptors (DeRa; same tokenizer).")
     prompts: PromptSettings
     sampling: SamplingSettings
     compute: ComputeSettings = ComputeSettings()
     executor: ExecutorSettings = ExecutorSettings()
+
+    @model_validator(mode="after")
+    def _dera_needs_the_prior(self) -> GenerateSettings:
+        from pqtradeoff.sampling.adaptors import realigning as dera_configs
+
+        realigning = dera_configs(self.sampling.grid())
+        if realigning and self.prior is None:
+            raise ValueError(f"adaptor {realigning[0]} (DeRa) needs the prior at generation time: give the "
+                             "prior (generate --prior, or [models.prior] in the experiment)")
+        if realigning and self.executor.kind != "local":
+            raise ValueError(f"adaptor {realigning[0]} (DeRa) runs on the local executor only for now")
+        return self
 
 
 class ScoreSettings(Section):
@@ -420,7 +434,11 @@ class ExperimentSettings(Section):
         model = aligned or self.models.aligned
         if model is None:
             raise PQError("the aligned model is made by [align]: run the experiment (pqtradeoff run)")
-        return GenerateSettings(model=model, prompts=self.prompts, sampling=self.sampling,
+        from pqtradeoff.sampling.adaptors import realigning
+
+        realigns = bool(realigning(self.sampling.grid()))
+        return GenerateSettings(model=model, prior=self.models.prior if realigns else None,
+                                prompts=self.prompts, sampling=self.sampling,
                                 compute=self.compute, executor=self.executor)
 
     def score_settings(self) -> ScoreSettings:

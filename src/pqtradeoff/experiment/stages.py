@@ -152,8 +152,10 @@ def generate_record_settings(settings: GenerateSettings, prompts: list[tuple[int
     digest = hashlib.sha256("\n".join(f"{i}\t{t}" for i, t in prompts).encode()).hexdigest()
     values = settings.model_dump(mode="json")
     values["prompts"]["file"] = str(Path(settings.prompts.file).resolve())
-    model = models.model_sha256(settings.model)
-    return values | {"prompts_sha256": digest, "inputs_sha256": {"model": model}}
+    inputs = {"model": models.model_sha256(settings.model)}
+    if settings.prior is not None:
+        inputs["prior"] = models.model_sha256(settings.prior)
+    return values | {"prompts_sha256": digest, "inputs_sha256": inputs}
 
 
 GENERATE_POLICY = resume_policy(GenerateSettings) | {"prompts_sha256": "grow"}
@@ -173,6 +175,10 @@ def run_generate(settings: GenerateSettings, out: Path, models: ModelCache | Non
     check_executor(settings.executor)
     _quiet_transformers(settings.compute.progress)
     lm = models.planner(settings.model, p.template, p.chat_template, settings.executor)
+    if settings.prior is not None:
+        from pqtradeoff.models.realign import with_prior  # lazy: torch
+
+        lm = with_prior(lm, models.causal(settings.prior, p.template, p.chat_template), settings.sampling.grid())
 
     from pqtradeoff.pipeline.generate import PromptRecord, generate_corpus  # lazy: torch
 

@@ -29,7 +29,7 @@ import torch
 from pqtradeoff.errors import PQError
 from pqtradeoff.models.base import SCORE_BATCH, SCORE_BATCH_TOKENS, LanguageModel, SampledRow, SampleRequest
 from pqtradeoff.models.decoding import StepLanguageModel, choose_batch_size, sample_rows
-from pqtradeoff.sampling.adaptors import Adaptor
+from pqtradeoff.sampling.adaptors import Adaptor, realigning
 
 
 def check_pair(aligned: LanguageModel, prior: LanguageModel) -> None:
@@ -187,10 +187,10 @@ class Realigned(LanguageModel):
 def with_prior(aligned: LanguageModel, prior: LanguageModel | None, adaptors: Sequence[Any]) -> LanguageModel:
     """The model `generate` samples from: the aligned model, or `Realigned` when a `dera` adaptor is in the
     grid (refused in one line without a prior or with another tokenizer)."""
-    realigning = [a for a in adaptors if isinstance(a, Adaptor) and a.realigns]
-    if not realigning:
+    dera = realigning(list(adaptors))
+    if not dera:
         return aligned
     if prior is None:
-        raise PQError(f"adaptor {realigning[0]} (DeRa) needs the prior at generation time: give the prior "
+        raise PQError(f"adaptor {dera[0]} (DeRa) needs the prior at generation time: give the prior "
                       "(generate --prior, or [prior] in the experiment)")
     return Realigned(aligned, prior)  # type: ignore[arg-type]

@@ -325,6 +325,16 @@ class Mixture:
         return np.searchsorted(edges, np.asarray(uniforms, dtype=np.float64), side="right")
 
 
+def realigning(configs: list[Any]) -> list[Adaptor]:
+    """The configurations (mixture components included) that set `dera`: they need the prior to sample."""
+    out = []
+    for c in configs:
+        for a in (c.components if isinstance(c, Mixture) else (c,)):
+            if isinstance(a, Adaptor) and a.dera is not None:
+                out.append(a)
+    return out
+
+
 def parse_mixture(spec: str) -> Mixture:
     """`mix(w1:spec1|w2:spec2|...)` -> Mixture; a one-line PQError names what cannot be read."""
     inner = spec.strip()[len("mix("):]
