@@ -28,8 +28,10 @@ from pqtradeoff.models.automata import WeightedAutomaton, transition_matrix
 from pqtradeoff.sampling.adaptors import Adaptor, parse_grid
 
 DEFAULT_FAMILIES = ("ancestral", "top_k=3", "top_k=6", "top_p=0.9", "top_p=0.95", "typical_p=0.9",
-                    "eta_cutoff=0.0009")
+                    "eta_cutoff=0.0009", "top_n_sigma=1.0")
 DEFAULT_TEMPERATURES = (0.5, 0.75, 1.0, 1.25, 1.5)
+#: DeRa's lambdas, each sampled at T = 1 (`dera=LAMBDA`): its global target is the aligned model at beta/lambda.
+DEFAULT_DERA = (0.25, 0.5, 0.75, 1.25)
 
 
 class DemoSettings(BaseModel):
@@ -53,6 +55,9 @@ class DemoSettings(BaseModel):
         None, description="estimate the prior from this text file instead (one string a line)")
     families: list[str] = Field(default_factory=lambda: list(DEFAULT_FAMILIES))
     temperatures: list[float] = Field(default_factory=lambda: list(DEFAULT_TEMPERATURES))
+    dera: list[float] = Field(default_factory=lambda: list(DEFAULT_DERA),
+                              description="DeRa lambdas, each a configuration dera=LAMBDA at T = 1 (the prior "
+                                          "decoded beside the aligned model)")
     num_generations: int = Field(2000, ge=2, description="strings sampled per configuration")
     max_new_tokens: int = Field(200, ge=1)
     batch_size: int = Field(2000, ge=1)
@@ -181,6 +186,7 @@ def exact_values(
         "exact_local_mean_log_prior": local.mean_log_prior,
         "exact_local_mean_reward": local.mean_reward,
         "exact_local_entropy": local.entropy,
+        "exact_kl_aligned": local.kl_aligned,
     }
     return values, None
 
@@ -263,9 +269,14 @@ def _run(out_dir: Path, settings: DemoSettings, progress: bool) -> tuple[Summary
                          source={"demo": record, "scored_dir": str(scored)},
                          extra={"identity_max_abs_error": identity_error, "log_z": models.alignment.log_z})
     summary = run_analysis(table, out_dir, analysis, inputs)
+    if settings.target == "global":
+        summary.extra["power_sampling"] = power_sampling_check(models.alignment, summary,
+                                                               settings.max_new_tokens)
+        summary.extra["dera"] = dera_check(models, summary, settings.max_new_tokens)
     if lines:
         summary.extra["typical_corpora"] = typical_corpora(out_dir, summary, kept, lines, beta,
                                                            settings.figure_format)
+    if settings.target == "global" or lines:
         write_json(out_dir / "summary.json", summary.to_json())
     timings["analyze_s"] = time.perf_counter() - t
     return summary, timings
@@ -274,7 +285,9 @@ def _run(out_dir: Path, settings: DemoSettings, progress: bool) -> tuple[Summary
 def _exact_grid(models: Any, settings: DemoSettings) -> tuple[list[Adaptor], dict[str, Any], dict[str, str]]:
     """The grid's configurations that normalize (with their exact values) and why the others were skipped."""
     kept, exact_by_config, skipped = [], {}, {}
-    for a in parse_grid(settings.families, settings.temperatures):
+    grid = parse_grid(settings.families, settings.temperatures)
+    grid += [a for a in parse_grid([f"dera={lam!r}" for lam in settings.dera]) if str(a) not in map(str, grid)]
+    for a in grid:
         values, reason = exact_values(models.alignment, a, settings.target, settings.min_ess_fraction,
                                       max_length=settings.max_new_tokens)
         if values is None:
@@ -293,9 +306,12 @@ def _sample_and_score(models: Any, kept: list[Adaptor], settings: DemoSettings, 
     from pqtradeoff.pipeline.generate import PromptRecord, generate_corpus  # lazy: torch
     from pqtradeoff.pipeline.score import score_corpus  # lazy: torch
 
+    from pqtradeoff.models.realign import with_prior  # lazy: torch
+
     t = time.perf_counter()
     prompt = PromptRecord(0, "", models.aligned.encode_prompt(""))
-    corpus = generate_corpus(models.aligned, [prompt], kept, num_generations=settings.num_generations,
+    sampler = with_prior(models.aligned, models.prior, kept)  # the prior decodes beside it for dera=...
+    corpus = generate_corpus(sampler, [prompt], kept, num_generations=settings.num_generations,
                              max_new_tokens=settings.max_new_tokens, seed=settings.seed,
                              batch_size=settings.batch_size, out_dir=out_dir / "corpus",
                              sample_block=settings.num_generations,
@@ -318,6 +334,65 @@ def _identity_error(table: pd.DataFrame, models: Any, max_new_tokens: int) -> fl
     if not finished.any():
         raise PQError(f"no sampled string finished within max_new_tokens={max_new_tokens}: raise it")
     return float(np.abs(residual[finished]).max())
+
+
+def _z(estimate: float, se: float, exact: float) -> float:
+    return (estimate - exact) / se if se > 0 else (0.0 if estimate == exact else float("inf"))
+
+
+def power_sampling_check(alignment: Any, summary: Summary, max_length: int) -> list[dict[str, Any]]:
+    """The global target of an untruncated `temperature=T` is power sampling p+^alpha, alpha = 1/T (Karan &
+    Du, arXiv 2510.14901): its exact means, from the law with weights alpha * log p+ (no adaptor code), beside
+    the IMH means (z-scores) and the global-adaptor closed form (their difference, 0 up to rounding)."""
+    out = []
+    for c in summary.configs:
+        if c.power_alpha is None or not c.exact:
+            continue
+        alpha = c.power_alpha
+        law = closed_forms.law_expectations(alignment, alpha * alignment.aligned.log_probs, f"power {alpha:g}",
+                                            None, (), max_length)
+        if not law.normalizes:
+            continue
+        out.append({
+            "adaptor": c.adaptor, "alpha": alpha, "exact_mean_reward": law.mean_reward,
+            "exact_mean_log_prior": law.mean_log_prior,
+            "z_reward": _z(c.reward.mean, c.reward.se, law.mean_reward),
+            "z_log_prior": _z(c.log_prior.mean, c.log_prior.se, law.mean_log_prior),
+            "closed_form_difference": max(abs(law.mean_reward - c.exact["exact_mean_reward"]),
+                                          abs(law.mean_log_prior - c.exact["exact_mean_log_prior"])),
+        })
+    return out
+
+
+def dera_check(models: Any, summary: Summary, max_length: int) -> list[dict[str, Any]]:
+    """DeRa's global target p+^lambda p^(1-lambda) is the aligned model at beta/lambda: for each untruncated
+    `dera=lambda` at T = 1, the exact means of `fsa.align(prior, reward, beta/lambda)` (its own backward
+    solve), the IMH means' z-scores against them, and their difference from the DeRa closed form."""
+    from pqtradeoff.models import fsa  # lazy: torch
+
+    out = []
+    beta = models.alignment.beta
+    for c in summary.configs:
+        a = parse_grid([c.adaptor])[0]
+        if a.dera is None or a.truncates or a.temperature != 1.0 or not c.exact or a.dera == 0.0:
+            continue
+        entry: dict[str, Any] = {"adaptor": c.adaptor, "lambda": a.dera, "beta_over_lambda": beta / a.dera}
+        try:
+            realigned = fsa.align(models.prior, models.reward, beta / a.dera)
+        except PQError as err:
+            out.append(entry | {"skipped": str(err)})
+            continue
+        law = closed_forms.law_expectations(realigned, realigned.aligned.log_probs, "aligned", None, (),
+                                            max_length)
+        out.append(entry | {
+            "exact_mean_reward": law.mean_reward, "exact_mean_log_prior": law.mean_log_prior,
+            "z_reward": _z(c.reward.mean, c.reward.se, law.mean_reward),
+            "z_log_prior": _z(c.log_prior.mean, c.log_prior.se, law.mean_log_prior),
+            "closed_form_difference": max(abs(law.mean_reward - c.exact["exact_mean_reward"]),
+                                          abs(law.mean_log_prior - c.exact["exact_mean_log_prior"])),
+            "skipped": None,
+        })
+    return out
 
 
 #: Typicality of a corpus of p_T: |mean(-log p_T) - H(p_T)| < TYPICAL_EPSILON nats (the demo's corpora are

@@ -223,7 +223,10 @@ def test_local_adapted_matches_enumeration(name, spec, request):
     result = closed_forms.local_expectations(al, adaptor)
     brute = brute_expectations(strings, log_z, log_weight=True)
     brute["log_normalizer"] = 0.0
+    brute["mean_log_q"] = float(np.exp(strings["logw"] - log_z) @ strings["logw"])  # the KL axis
     assert_matches(result, brute, 1e-5, 1e-5)
+    assert result.kl_aligned == pytest.approx(brute["mean_log_q"] - brute["mean_log_aligned"], abs=1e-5)
+    assert result.kl_aligned >= -1e-9 and (adaptor.is_identity or result.kl_aligned > 1e-6)
     assert result.adaptor == str(adaptor)
 
 

@@ -237,6 +237,7 @@ def analyze_config(
             corpus_mean_sd=float(np.std(means[name], ddof=1)) if settings.corpora > 1 else None,
         )
     importance_ess = imh.importance_ess(log_w)
+    kl, kl_se = _local_mean_and_se(rows[Col.LOGQ].to_numpy(float) - rows[Col.LOGP_ALIGNED].to_numpy(float))
     result = ConfigResult(
         adaptor=adaptor, family=spec.family, temperature=spec.temperature, n_strings=n, n_zero_weight=zero,
         acceptance_rate=chain.acceptance_rate, chain_steps=chain.steps,
@@ -245,8 +246,18 @@ def analyze_config(
         reliable=importance_ess >= settings.min_importance_ess,
         string_level=stats.correlations(values["log_prior"], values["reward"], settings.confidence),
         corpus_level=stats.correlations(means["log_prior"], means["reward"], settings.confidence),
+        kl_aligned=kl, kl_aligned_se=kl_se,
+        power_alpha=power_alpha(spec),
     )
     return result, means
+
+
+def power_alpha(spec: adaptors.Adaptor) -> float | None:
+    """alpha = 1/T where the global target of `spec` is power sampling p+^alpha (an untruncated temperature
+    on the aligned model alone); None for every other configuration."""
+    if spec.truncates or spec.realigns:
+        return None
+    return spec.power
 
 
 def analyze_configs(groups: Mapping[str, pd.DataFrame], settings: AnalysisSettings

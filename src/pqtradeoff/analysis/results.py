@@ -67,6 +67,9 @@ class ConfigResult:
     reliable: bool  # importance_ess >= settings.min_importance_ess
     string_level: Correlation  # over this config's strings
     corpus_level: Correlation  # over this config's bootstrapped corpora
+    kl_aligned: float | None = None  # KL(q || p+) = E_q[logq - logp_aligned] over the sampled strings (nats)
+    kl_aligned_se: float | None = None  # its standard error, sd / sqrt(n)
+    power_alpha: float | None = None  # 1/T for an untruncated temperature: its global target is p+^alpha
     n_rows: int = 0  # rows read for this config
     n_dropped: int = 0  # n_rows - n_strings
     dropped_why: dict[str, int] = field(default_factory=dict)  # reason -> rows
@@ -97,6 +100,7 @@ class ConfigResult:
         for name in SERIES_NAMES:
             values = asdict(self.series(name))
             out |= {pattern.format(name): values[attr] for attr, pattern in SERIES_JSON.items()}
+        out |= {"kl_aligned": self.kl_aligned, "kl_aligned_se": self.kl_aligned_se, "power_alpha": self.power_alpha}
         out |= {
             "reliable": self.reliable, "string_level": self.string_level.to_json(),
             "corpus_level": self.corpus_level.to_json(), "n_rows": self.n_rows, "n_dropped": self.n_dropped,

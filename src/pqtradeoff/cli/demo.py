@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import typer
 
@@ -27,6 +27,8 @@ def demo(
                                      "default: the paper-like grid"),
     temperature: list[float] = typer.Option(None, "--temperature", help="temperatures (repeatable); "
                                             "default 0.5 0.75 1.0 1.25 1.5"),
+    dera: list[float] = typer.Option(None, "--dera", help="DeRa lambda, sampled at T = 1 (repeatable); "
+                                     "default 0.25 0.5 0.75 1.25"),
     num_generations: int | None = typer.Option(None, "--num-generations", help="strings per configuration"),
     max_new_tokens: int | None = typer.Option(None, "--max-new-tokens"),
     target: str | None = typer.Option(None, help="IMH target: global | aligned | none"),
@@ -52,6 +54,7 @@ def demo(
         num_generations=num_generations, max_new_tokens=max_new_tokens, target=target, imh_steps=imh_steps,
         corpora=corpora, corpus_size=corpus_size, figure_format=figure_format,
         families=list(family) if family else None, temperatures=list(temperature) if temperature else None,
+        dera=list(dera) if dera else None,
     )
     # the defaults are DemoSettings' own (one source): only what the user wrote is passed
     settings = make_settings(**{k: v for k, v in given.items() if v is not None})
@@ -82,7 +85,26 @@ def _print_summary(summary: Summary, timings: dict[str, float], out: Path) -> No
     if a.defined and a.beta_hat is not None:
         console.print(f"alignment: effective beta {a.beta_hat:.6g} (nominal {a.nominal_beta:g}), within-prompt r "
                       f"{a.within_prompt_r:.6f}")
+    _print_checks(console, summary)
     console.print(f"{len(summary.skipped)} configurations skipped (reasons in summary.json and the report)")
     console.print(f"identity max abs error: {summary.extra['identity_max_abs_error']:.2e}")
     console.print(f"time: {sum(timings.values()):.1f} s ({', '.join(f'{n} {v:.1f}' for n, v in timings.items())})")
     console.print(f"report: {out / 'report.html'}")
+
+
+def _print_checks(console: Any, summary: Summary) -> None:
+    """The KL axis, power sampling and DeRa against their closed forms, one line each."""
+    kl = [(c.kl_aligned - c.exact["exact_kl_aligned"]) / c.kl_aligned_se for c in summary.configs
+          if c.kl_aligned_se and c.exact.get("exact_kl_aligned") is not None]
+    if kl:
+        console.print(f"KL(q || p+): {sum(abs(z) < 4 for z in kl)} of {len(kl)} within 4 s.e. of exact")
+    power = summary.extra.get("power_sampling") or []
+    if power:
+        console.print("power sampling p+^alpha (T = 1/alpha), z reward/log prior: "
+                      + ", ".join(f"alpha {e['alpha']:.3g} {e['z_reward']:+.1f}/{e['z_log_prior']:+.1f}"
+                                  for e in power))
+    dera = [e for e in summary.extra.get("dera") or [] if e.get("skipped") is None]
+    if dera:
+        console.print("DeRa = p+ at beta/lambda, z reward/log prior: "
+                      + ", ".join(f"lambda {e['lambda']:g} {e['z_reward']:+.1f}/{e['z_log_prior']:+.1f}"
+                                  for e in dera))

@@ -232,6 +232,14 @@ class ExactResult:
     mean_length: float | None = None
     mean_log_weight: float | None = None
     ess_fraction: float | None = None
+    mean_log_q: float | None = None  # E[sum_t log q(y_t)] under this law, for local laws (the KL axis)
+
+    @property
+    def kl_aligned(self) -> float | None:
+        """KL(q || p+) = E_q[log q - log p+] for a locally normalized law q (None otherwise)."""
+        if self.mean_log_q is None or self.mean_log_aligned is None:
+            return None
+        return self.mean_log_q - self.mean_log_aligned
 
 
 def expectations(
@@ -256,10 +264,12 @@ def law_expectations(
     max_length: int | None,
     log_step_z: np.ndarray | None = None,
     log_proposal: np.ndarray | None = None,
+    log_q: np.ndarray | None = None,
 ) -> ExactResult:
     """Expectations under the law W(y)/Z with per-step log weights `log_weights` [S, V] on the aligned model's
     automaton, named `distribution`. `log_step_z` (log Z_t per state) adds E[sum_t log Z_t]; `log_proposal`
-    adds the importance-sampling efficiency of proposals from that locally normalized model."""
+    adds the importance-sampling efficiency of proposals from that locally normalized model; `log_q` adds
+    E[sum_t log q] (the law's own log-probabilities, for KL(q || p+))."""
     model = alignment.aligned
     wa = WeightedAutomaton(model.next_state, log_weights, model.eos_token_id)
     start = model.state_after(prompt_ids)
@@ -268,6 +278,8 @@ def law_expectations(
         "reward": alignment.reward.phi,
         "log_aligned": model.log_probs,
     }
+    if log_q is not None:
+        tables["log_q"] = log_q
     if log_step_z is not None:
         tables["log_weight"] = np.broadcast_to(log_step_z[:, None], log_weights.shape)
     counts, values = expectations(wa, start, tables, max_length)
@@ -288,6 +300,7 @@ def law_expectations(
         mean_length=values["length"],
         mean_log_weight=values.get("log_weight"),
         ess_fraction=ess,
+        mean_log_q=values.get("log_q"),
     )
 
 
@@ -299,7 +312,8 @@ def local_expectations(
     `generate` samples). It may fail to terminate (e.g. a truncation that removes EOS everywhere)."""
     adaptor = parse(adaptor)
     t = adapted_tables(alignment.aligned, adaptor, alignment.prior)
-    return law_expectations(alignment, t.log_probs, "local", adaptor, prompt_ids, max_length, t.log_z)
+    return law_expectations(alignment, t.log_probs, "local", adaptor, prompt_ids, max_length, t.log_z,
+                            log_q=t.log_probs)
 
 
 def global_expectations(
