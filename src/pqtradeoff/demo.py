@@ -203,21 +203,33 @@ def cut_probability(alignment: Any, adaptor: Adaptor, max_length: int) -> float:
     return float((start @ np.linalg.matrix_power(q, max_length)).sum())
 
 
+def line_label(adaptor: Adaptor) -> str:
+    """The label of an adaptor's exact trade-off line (`tradeoff_lines`)."""
+    if adaptor.dera is not None:
+        return f"exact line, dera={adaptor.dera:g}"
+    return f"exact line, T={adaptor.temperature:g}"
+
+
 def tradeoff_lines(alignment: Any, adaptors: list[Adaptor], beta: float) -> list[dict[str, Any]]:
-    """Exact trade-off lines mean r = -beta * mean log p + c for the untruncated global adaptors.
+    """Exact trade-off lines mean r = -beta' * mean log p + c for the untruncated global adaptors.
 
     For p_T proportional to p+^(1/T), log p_T(y) = (log p(y) + r(y)/beta - log Z)/T - log Z_T; a typical
-    corpus has mean log p_T close to -H(p_T), so mean log p + mean r / beta = T (log Z_T - H(p_T)) + log Z.
+    corpus has mean log p_T close to -H(p_T), so mean log p + mean r / beta = T (log Z_T - H(p_T)) + log Z:
+    slope -beta. For DeRa (`dera=lambda`, T = 1) the global law is p exp(lambda r/beta) / const, so
+    mean log p + lambda mean r / beta = lambda log Z + log Z_lambda - H: the line of slope -beta/lambda.
     """
     lines = []
     for a in adaptors:
-        if a.truncates:
+        if a.truncates or (a.dera is not None and (a.temperature != 1.0 or a.dera == 0.0)):
             continue
         g = closed_forms.global_expectations(alignment, a)
         if not g.normalizes:
             continue
-        c = a.temperature * (g.log_normalizer - g.entropy) + alignment.log_z
-        lines.append({"slope": -beta, "intercept": beta * c, "label": f"exact line, T={a.temperature:g}"})
+        if a.dera is None:
+            slope, c = beta, a.temperature * (g.log_normalizer - g.entropy) + alignment.log_z
+        else:
+            slope, c = beta / a.dera, a.dera * alignment.log_z + g.log_normalizer - g.entropy
+        lines.append({"slope": -slope, "intercept": slope * c, "label": line_label(a)})
     return lines
 
 
@@ -415,21 +427,23 @@ def typical_corpora(out_dir: Path, summary: Summary, kept: list[Adaptor], lines:
     out: dict[str, dict[str, float]] = {}
     panels = []
     for a in kept:
-        line = by_label.get(f"exact line, T={a.temperature:g}")
+        line = by_label.get(line_label(a))
         if a.truncates or line is None or str(a) not in results:
             continue
         rows = corpora[corpora[Col.ADAPTOR] == str(a)]
         x, y = rows["mean_log_prior"].to_numpy(float), rows["mean_reward"].to_numpy(float)
-        deviation = (x + y / beta - line["intercept"] / beta) / a.temperature
+        slope = -line["slope"]  # beta, or beta/lambda for DeRa
+        deviation = (x + y / slope - line["intercept"] / slope) / a.temperature
         typical = np.abs(deviation) < TYPICAL_EPSILON
         c = results[str(a)]
         out[str(a)] = {
             "epsilon": TYPICAL_EPSILON, "corpora": int(len(rows)), "typical": int(typical.sum()),
             "mean_deviation": float(deviation.mean()),
-            "deviation_se": float((c.log_prior.se + c.reward.se / beta) / a.temperature),
+            "deviation_se": float((c.log_prior.se + c.reward.se / slope) / a.temperature),
         }
         panels.append({"x": x, "y": y, "typical": typical, "slope": line["slope"],
                        "intercept": line["intercept"], "temperature": a.temperature,
+                       "title": f"DeRa λ = {a.dera:g}" if a.dera is not None else f"T = {a.temperature:g}",
                        "epsilon": TYPICAL_EPSILON})
     if panels and summary.settings.plots:
         name = f"typical_corpora.{figure_format}"

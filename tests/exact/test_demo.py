@@ -15,8 +15,8 @@ from pqtradeoff.demo import make_settings, run_demo
 from pqtradeoff.errors import PQError
 from pqtradeoff.io import to_json
 
-SMALL = dict(families=["ancestral", "top_k=3", "top_p=0.9", "eta_cutoff=0.0009"],
-             temperatures=[0.5, 1.0, 1.5],
+SMALL = dict(families=["ancestral", "top_k=3", "top_p=0.9", "eta_cutoff=0.0009", "top_n_sigma=1.0"],
+             temperatures=[0.5, 1.0, 1.5], dera=[0.5, 1.25],
              num_generations=600, batch_size=600, imh_steps=20_000, corpora=200, corpus_size=600)
 
 
@@ -35,7 +35,7 @@ def test_outputs_and_exact_fields(small_demo):
     table = pd.read_parquet(out / "scored")
     assert {"logp_prior", "reward", "logq", "logp_aligned", "log_weight"} <= set(table.columns)
     assert summary.extra["identity_max_abs_error"] < 1e-4
-    assert len(summary.configs) + len(summary.skipped) == 12
+    assert len(summary.configs) + len(summary.skipped) == 17
     for c in summary.configs:
         for key in ("exact_mean_log_prior", "exact_mean_reward", "exact_entropy",
                     "exact_local_mean_log_prior", "exact_local_mean_reward", "exact_local_entropy"):
@@ -152,7 +152,7 @@ def _z_scores(summary: Summary) -> list[float]:
 
 def test_standard_errors_cover_the_exact_values_across_seeds(tmp_path):
     """Coverage, not one lucky seed: about 95% of |z| should be below 2 if the errors are honest."""
-    tiny = dict(families=["ancestral", "top_k=3"], temperatures=[0.5, 1.0], num_generations=400,
+    tiny = dict(families=["ancestral", "top_k=3"], temperatures=[0.5, 1.0], dera=[], num_generations=400,
                 batch_size=400,
                 imh_steps=8000, corpora=20, corpus_size=100)
     z = []
@@ -166,7 +166,7 @@ def test_standard_errors_cover_the_exact_values_across_seeds(tmp_path):
 
 def test_exact_values_condition_on_finishing_within_the_token_limit(tmp_path):
     """Strings cut at --max-new-tokens are dropped by the analysis; the exact values must match that law."""
-    tiny = dict(families=["ancestral", "top_k=3"], temperatures=[0.5, 1.0], num_generations=600,
+    tiny = dict(families=["ancestral", "top_k=3"], temperatures=[0.5, 1.0], dera=[], num_generations=600,
                 batch_size=600,
                 imh_steps=8000, corpora=20, corpus_size=100, max_new_tokens=4)
     settings = make_settings(**tiny)
@@ -210,9 +210,46 @@ def test_typical_corpora_lie_on_the_exact_lines(small_demo):
     forms), within the IMH standard errors; the typical ones are drawn and counted."""
     out, summary = small_demo
     typical = summary.extra["typical_corpora"]
-    assert set(typical) == {"temperature=0.5", "temperature=1.0"}  # T = 1.5 does not normalize here
+    # T = 1.5 does not normalize here; DeRa's lines have slope -beta/lambda
+    assert set(typical) == {"temperature=0.5", "temperature=1.0", "temperature=1.0,dera=0.5",
+                            "temperature=1.0,dera=1.25"}
+    slopes = {line.label: line.slope for line in summary.exact_lines}
+    assert slopes["exact line, dera=0.5"] == pytest.approx(-2.0) and slopes["exact line, T=1"] == -1.0
     for adaptor, t in typical.items():
         assert abs(t["mean_deviation"]) < 4 * t["deviation_se"], (adaptor, t)
         assert 0 < t["typical"] <= t["corpora"] == 200
     assert (out / "typical_corpora.png").is_file()
     assert json.loads((out / "summary.json").read_text())["typical_corpora"] == typical
+
+
+def test_dera_global_means_lie_on_the_aligned_model_at_beta_over_lambda(small_demo):
+    """dera=lambda's IMH (global) means against fsa.align(prior, reward, beta/lambda)'s exact means."""
+    _, summary = small_demo
+    entries = {e["lambda"]: e for e in summary.extra["dera"]}
+    assert set(entries) == {0.5, 1.25}
+    for lam, e in entries.items():
+        assert e["skipped"] is None and e["beta_over_lambda"] == pytest.approx(1.0 / lam)
+        assert e["closed_form_difference"] < 1e-9  # two closed forms: the mixture automaton, the re-alignment
+        assert abs(e["z_reward"]) < 4 and abs(e["z_log_prior"]) < 4, e
+    # the two lambdas land at different places on the plane: more reward, less prior likelihood at 1.25
+    assert entries[1.25]["exact_mean_reward"] > entries[0.5]["exact_mean_reward"]
+
+
+def test_power_sampling_is_the_global_temperature_target(small_demo):
+    _, summary = small_demo
+    entries = {e["adaptor"]: e for e in summary.extra["power_sampling"]}
+    assert {"temperature=0.5", "temperature=1.0"} <= set(entries)  # T = 1.5 does not normalize here
+    for e in entries.values():
+        assert e["closed_form_difference"] < 1e-9 and abs(e["z_reward"]) < 4 and abs(e["z_log_prior"]) < 4
+    powers = {c.adaptor: c.power_alpha for c in summary.configs}
+    assert powers["temperature=0.5"] == 2.0 and powers["temperature=0.5,top_k=3"] is None
+
+
+def test_kl_axis_against_its_closed_form(small_demo):
+    _, summary = small_demo
+    z = [(c.kl_aligned - c.exact["exact_kl_aligned"]) / c.kl_aligned_se for c in summary.configs
+         if c.kl_aligned_se]
+    assert len(z) == len(summary.configs) - 1  # ancestral at T = 1: q = p+, KL 0 exactly, se 0
+    assert np.mean(np.abs(z) < 4) >= 0.9
+    plain = next(c for c in summary.configs if c.adaptor == "temperature=1.0")
+    assert plain.kl_aligned == 0.0 and abs(plain.exact["exact_kl_aligned"]) < 1e-12

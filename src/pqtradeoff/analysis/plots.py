@@ -415,9 +415,9 @@ def toy_corpus_scatter(means: Any, summary: dict[str, Any], path: Path) -> None:
 
 
 def typical_corpora(panels: list[dict[str, Any]], path: Path) -> None:
-    """One panel per untruncated global adaptor p_T: its bootstrapped corpora, the typical ones
-    (|mean −log p_T − H(p_T)| < ε) highlighted, and its exact line mean r = −β·mean log p + β·c_T, on which a
-    typical corpus lies (the paper's toy figure, for the demo's exact automata)."""
+    """One panel per untruncated global adaptor p_T (and DeRa's p_lambda): its bootstrapped corpora, the
+    typical ones (|mean −log p_T − H(p_T)| < ε) highlighted, and its exact line mean r = −β·mean log p + β·c_T
+    (slope −β/λ for DeRa), on which a typical corpus lies (the paper's toy figure, for the demo's automata)."""
     fig = bare_figure(4.3 * len(panels), 3.9, left=0.75, top=0.45, wspace=0.4)
     axes = np.atleast_1d(fig.subplots(1, len(panels)))
     for ax, p in zip(axes, panels, strict=True):
@@ -425,8 +425,9 @@ def typical_corpora(panels: list[dict[str, Any]], path: Path) -> None:
         ax.scatter(x[~typ], y[~typ], s=5, color="0.7", linewidths=0, label=f"atypical ({int((~typ).sum())})")
         ax.scatter(x[typ], y[typ], s=7, color="tab:red", linewidths=0, label=f"typical ({int(typ.sum())})")
         xs = np.linspace(x.min(), x.max(), 2)
-        ax.plot(xs, p["slope"] * xs + p["intercept"], color="black", lw=1, label="exact line, slope −β")
-        _fixed_label(ax, f"T = {p['temperature']:g}, ε = {p['epsilon']:g}", "corpus mean log prior",
+        ax.plot(xs, p["slope"] * xs + p["intercept"], color="black", lw=1,
+                label=f"exact line, slope {p['slope']:.3g}")
+        _fixed_label(ax, f"{p['title']}, ε = {p['epsilon']:g}", "corpus mean log prior",
                      "corpus mean reward")
         ax.legend(fontsize=LEGEND_FONT, loc="best")
     save_bare(fig, path)
