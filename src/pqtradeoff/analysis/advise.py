@@ -81,6 +81,7 @@ class Advice:
     excluded: dict[str, str]  # adaptor -> why it is left out (no sampled strings)
     direction: str | None = None  # where (from the data) to look when the target is out of reach
     notes: list[str] = field(default_factory=list)
+    kl_plane: list[dict[str, Any]] = field(default_factory=list)  # every sampled config: KL(q || p+), reward
 
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)
@@ -117,6 +118,18 @@ def points_from_summary(summary: dict[str, Any]) -> tuple[list[Point], dict[str,
     if not points:
         raise PQError("summary.json lists no configuration with sampled strings: nothing to advise on")
     return points, excluded
+
+
+def kl_plane(summary: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each sampled configuration on the reward-vs-KL plane: KL(q || p+) and its local mean reward, with
+    standard errors (summaries written before the KL axis have none: left out)."""
+    rows = []
+    for c in [*summary.get("configs", []), *summary.get("skipped", [])]:
+        if c.get("kl_aligned") is None:
+            continue
+        rows.append({"adaptor": c["adaptor"], "kl_aligned": c["kl_aligned"], "kl_aligned_se": c["kl_aligned_se"],
+                     "mean_reward": c["local_mean_reward"], "mean_reward_se": c["local_mean_reward_se"]})
+    return rows
 
 
 def read_summary(analysis_dir: str | Path) -> dict[str, Any]:
@@ -227,6 +240,7 @@ def advise(summary: dict[str, Any], min_reward: float | None = None, max_prior_l
     base = {
         "confidence": confidence, "frontier": [points[i].adaptor for i in reversed(hull)],
         "imh_skipped_used": [p.adaptor for p in points if p.imh_skipped], "excluded": excluded,
+        "kl_plane": kl_plane(summary),
     }
     if min_reward is not None:
         target = {"kind": "min_reward", "value": float(min_reward)}

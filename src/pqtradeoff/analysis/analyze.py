@@ -289,7 +289,8 @@ def skipped_with_local_means(adaptor: str, reason: str, rows: pd.DataFrame | Non
         return SkippedConfig(adaptor, reason)
     reward, reward_se = _local_mean_and_se(rows[Col.REWARD].to_numpy(float))
     log_prior, log_prior_se = _local_mean_and_se(rows[Col.LOGP_PRIOR].to_numpy(float))
-    return SkippedConfig(adaptor, reason, len(rows), reward, reward_se, log_prior, log_prior_se)
+    kl, kl_se = _local_mean_and_se(rows[Col.LOGQ].to_numpy(float) - rows[Col.LOGP_ALIGNED].to_numpy(float))
+    return SkippedConfig(adaptor, reason, len(rows), reward, reward_se, log_prior, log_prior_se, kl, kl_se)
 
 
 # --------------------------------------------------------------------------------------- exact comparison

@@ -311,6 +311,27 @@ def hull(summary: Summary, path: Path) -> str:
                    "mean log prior (local, uncorrected)", "mean reward (local, uncorrected)", path)
 
 
+def reward_vs_kl(summary: Summary, path: Path) -> str:
+    """The plane the best-of-N literature uses: each sampled configuration's mean reward against its KL
+    divergence from the aligned model, KL(q || p+) = E_q[log q - log p+], both over its own strings (what
+    sampling it gives), +-1 s.e.; beside the paper's plane (mean log prior), not instead of it."""
+    configs = [c for c in summary.configs if c.kl_aligned is not None]
+    families = sorted({c.family for c in configs})
+    colour = _palette(families)
+    marker = _markers(list({c.temperature for c in configs}))
+    fig, ax = _subplots((8.6, 5))
+    for c in configs:
+        ax.errorbar(c.kl_aligned, c.reward.local_mean, xerr=c.kl_aligned_se or 0.0, yerr=c.reward.local_mean_se or 0.0,
+                    color=colour[c.family], marker=marker[c.temperature], ms=6, lw=0.8, mfc="none")
+    if any(c.exact.get("exact_kl_aligned") is not None for c in configs):
+        ax.scatter([c.exact["exact_kl_aligned"] for c in configs if "exact_kl_aligned" in c.exact],
+                   [c.exact["exact_local_mean_reward"] for c in configs if "exact_kl_aligned" in c.exact],
+                   marker="*", s=40, color="black", zorder=3, label="exact (closed form)")
+    _legend_keys(ax, families, colour, marker)
+    return _finish(fig, ax, "Reward against KL from the aligned model (local means ± 1 s.e.)",
+                   "KL(q ‖ p₊) = E_q[log q − log p₊] (nats)", "mean reward (local)", path)
+
+
 def draw_all(data: pd.DataFrame, corpora: pd.DataFrame, summary: Summary, out_dir: Path,
              aligned: AlignmentData | None = None, fmt: str = "png") -> dict[str, str]:
     """Draw the figures into out_dir as `fmt` files (png, pdf or svg); return {figure: file name}."""
@@ -320,6 +341,7 @@ def draw_all(data: pd.DataFrame, corpora: pd.DataFrame, summary: Summary, out_di
         "corpus_level": corpus_level(corpora, summary, out_dir / f"corpus_level.{fmt}"),
         "frontier": frontier(summary, out_dir / f"frontier.{fmt}"),
         "hull": hull(summary, out_dir / f"hull.{fmt}"),
+        "reward_vs_kl": reward_vs_kl(summary, out_dir / f"reward_vs_kl.{fmt}"),
     } | ({"alignment": alignment(aligned, summary, out_dir / f"alignment.{fmt}")} if aligned is not None else {})
 
 

@@ -259,7 +259,14 @@ def context(s: Summary, out_dir: Path) -> dict[str, Any]:
             "alignment": figure(out_dir, figs.get("alignment"), "d against r, both minus their prompt's mean; black: "
                                 "fit; red dashed: the nominal beta (analyze --beta)."),
             "hull": figure(out_dir, figs.get("hull"), "Local means ± 1 s.e.; black: the upper-right hull boundary."),
+            "reward_vs_kl": figure(out_dir, figs.get("reward_vs_kl"), "Local mean reward against KL(q ‖ p₊), ± 1 "
+                                   "s.e.; stars: exact values where the producer knows them."),
         },
+        "kl_rows": [[c.adaptor, f"{number(c.kl_aligned)} ± {number(c.kl_aligned_se)}",
+                     number(c.exact.get("exact_kl_aligned")) if "exact_kl_aligned" in c.exact else "",
+                     number(c.reward.local_mean),
+                     f"p₊^{c.power_alpha:.3g}" if c.power_alpha is not None else ""]
+                    for c in sorted(s.configs, key=lambda c: c.kl_aligned or 0.0)],
     }
 
 

@@ -126,6 +126,8 @@ class SkippedConfig:
     local_mean_reward_se: float | None = None
     local_mean_log_prior: float | None = None
     local_mean_log_prior_se: float | None = None
+    kl_aligned: float | None = None  # KL(q || p+) over its strings, as for an analysed config
+    kl_aligned_se: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
