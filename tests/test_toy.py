@@ -259,3 +259,36 @@ def test_toy_run_imports_neither_scipy_nor_pyplot(tmp_path) -> None:
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
     assert all((tmp_path / name).stat().st_size > 1000 for name in toy.FIGURES)
+
+
+def test_best_of_n_agrees_with_its_closed_form() -> None:
+    """Best-of-N and soft best-of-N over candidates from p+ (the paper's toy): Monte Carlo within 4 s.e. of the
+    finite closed form at N = 2, 4, 16; reward grows with N; hard best-of-N's KL stays below log N - (N-1)/N."""
+    _, _, summary = toy.simulate(toy.ToySettings(n_corpora=10, corpus_size=1000))
+    entries = summary["best_of_n"]
+    assert [(e["n"], e["soft"]) for e in entries] == [(n, s) for n in (2, 4, 16) for s in (None, 1.0)]
+    for e in entries:
+        assert abs(e["mean_reward"] - e["exact_mean_reward"]) < 4 * e["mean_reward_se"], e
+        assert e["exact_mean_reward"] > summary["base_mean_reward"]
+    hard = [e for e in entries if e["soft"] is None]
+    assert [e["exact_mean_reward"] for e in hard] == sorted(e["exact_mean_reward"] for e in hard)
+    assert all(0 < e["exact_kl_aligned"] <= e["kl_bound"] + 1e-12 for e in hard)
+    soft = [e for e in entries if e["soft"] is not None]
+    assert all(s["exact_mean_reward"] < h["exact_mean_reward"] for s, h in zip(soft, hard, strict=True))
+
+
+def test_best_of_n_leaves_the_papers_numbers_alone() -> None:
+    """Its draws come from their own stream: the corpora and their statistics do not move."""
+    with_bon = toy.simulate(toy.ToySettings(n_corpora=50, corpus_size=1000))[2]
+    without = toy.simulate(toy.ToySettings(n_corpora=50, corpus_size=1000, best_of_n=()))[2]
+    assert without["best_of_n"] == []
+    assert {k: v for k, v in with_bon.items() if k != "best_of_n"} == \
+        {k: v for k, v in without.items() if k != "best_of_n"}
+
+
+@pytest.mark.parametrize(("field", "value", "message"), [("best_of_n", (0,), "best_of_n=0"),
+                                                         ("soft_lambda", -1.0, "lambda=-1.0"),
+                                                         ("best_of_n", [2], "give a tuple")])
+def test_bad_best_of_n_settings_are_one_line(field, value, message) -> None:
+    with pytest.raises(PQError, match=message):
+        toy.ToySettings(**{field: value})

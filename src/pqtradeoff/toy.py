@@ -29,6 +29,7 @@ import numpy as np
 from pqtradeoff.analysis import stats
 from pqtradeoff.errors import PQError
 from pqtradeoff.io import lock_folder, run_record, write_json
+from pqtradeoff.sampling.best_of_n import Selection, finite_summary
 
 SUMMARY = "summary.json"
 FIGURES = ("distributions.png", "string_scatter.png", "corpus_scatter.png")
@@ -46,6 +47,9 @@ class ToySettings:
     corpus_size: int = 100_000
     epsilon: float = 0.001
     seed: int = 42
+    best_of_n: tuple[int, ...] = (2, 4, 16)  # N of the best-of-N and soft best-of-N checks (() for none)
+    soft_lambda: float = 1.0  # soft best-of-N's temperature lambda
+    bon_rows: int = 20_000  # kept strings sampled per best-of-N configuration
 
     def __post_init__(self) -> None:
         for name in ("n_strings", "n_corpora", "corpus_size"):
@@ -62,6 +66,12 @@ class ToySettings:
             raise PQError(f"noise={self.noise!r} is out of range: need a finite number >= 0")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
             raise PQError(f"seed={self.seed!r} is out of range: need an integer >= 0")
+        if not isinstance(self.best_of_n, tuple):
+            raise PQError(f"best_of_n={self.best_of_n!r}: give a tuple of integers N >= 1")
+        for n in self.best_of_n:
+            Selection(n, self.soft_lambda)  # one line naming best_of_n or lambda
+        if isinstance(self.bon_rows, bool) or not isinstance(self.bon_rows, int) or self.bon_rows < 2:
+            raise PQError(f"bon_rows={self.bon_rows!r} is out of range: need an integer >= 2")
 
 
 @dataclass(frozen=True)
@@ -104,6 +114,35 @@ def streams(seed: int) -> tuple[np.random.Generator, np.random.Generator]:
     Separate streams keep the model fixed when only the corpus settings change."""
     model_seq, corpus_seq = np.random.SeedSequence(seed).spawn(2)
     return np.random.default_rng(model_seq), np.random.default_rng(corpus_seq)
+
+
+def best_of_n_stream(seed: int) -> np.random.Generator:
+    """The best-of-N checks' own stream: the third child of the seed (the first two are `streams`')."""
+    return np.random.default_rng(np.random.SeedSequence(seed).spawn(3)[2])
+
+
+def best_of_n_checks(settings: ToySettings, model: ToyModel) -> list[dict[str, Any]]:
+    """Best-of-N and soft best-of-N over candidates drawn from p+ (the aligned model), scored by the reward:
+    the Monte Carlo mean reward of `bon_rows` kept strings (N candidates each, one batched draw) against the
+    closed form (`sampling.best_of_n.finite_law`), with the exact KL(pi || p+) and the bound log N - (N-1)/N."""
+    rng = best_of_n_stream(settings.seed)
+    out = []
+    for n in settings.best_of_n:
+        for soft in (None, settings.soft_lambda):
+            selection = Selection(n, soft)
+            candidates = rng.choice(len(model.posterior), size=(settings.bon_rows, n), p=model.posterior)
+            kept = candidates[np.arange(settings.bon_rows),
+                              selection.choose(model.reward[candidates], rng.random(settings.bon_rows))]
+            rewards = model.reward[kept]
+            exact = finite_summary(model.posterior, model.reward, selection)
+            se = float(rewards.std(ddof=1) / math.sqrt(len(rewards)))
+            out.append({"n": n, "soft": soft, "mean_reward": float(rewards.mean()), "mean_reward_se": se,
+                        "exact_mean_reward": exact["exact_mean_reward"],
+                        "z": (float(rewards.mean()) - exact["exact_mean_reward"]) / se if se > 0 else 0.0,
+                        "mean_log_prior": float(model.log_prior[kept].mean()),
+                        "exact_kl_aligned": exact["exact_kl"],
+                        "kl_bound": exact["kl_bound"] if soft is None else None})
+    return out
 
 
 def make_model(settings: ToySettings, rng: np.random.Generator) -> ToyModel:
@@ -191,7 +230,10 @@ def simulate(settings: ToySettings) -> tuple[ToyModel, CorpusMeans, dict[str, An
     model = make_model(settings, model_rng)
     counts = draw_counts(model.posterior, settings.n_corpora, settings.corpus_size, corpus_rng)
     means = measure_corpora(model, counts, settings.epsilon)
-    return model, means, summarize(settings, model, means)
+    summary = summarize(settings, model, means)
+    summary["base_mean_reward"] = float(model.posterior @ model.reward)
+    summary["best_of_n"] = best_of_n_checks(settings, model)
+    return model, means, summary
 
 
 def figure_names(fmt: str = "png") -> tuple[str, ...]:
