@@ -60,3 +60,21 @@ def aligned_expectations(al: Alignment, *, prompt_ids: Sequence[int] = (),
                          max_length: int | None = None) -> closed_forms.ExactResult:
     """Expectations under the aligned model p+ (ancestral sampling at temperature 1)."""
     return closed_forms.law_expectations(al, al.aligned.log_probs, "aligned", None, prompt_ids, max_length)
+
+
+def bounded_prior(n_words: int = 3, depth: int = 4, seed: int = 0) -> FiniteStateLM:
+    """States (position, last word); EOS has probability 1 at position `depth`."""
+    rng = np.random.default_rng(seed)
+    states = [(0, -1)] + [(i, w) for i in range(1, depth + 1) for w in range(n_words)]
+    index = {st: k for k, st in enumerate(states)}
+    next_state = np.zeros((len(states), n_words + 1), dtype=np.int64)
+    probs = np.zeros((len(states), n_words + 1))
+    for k, (i, _) in enumerate(states):
+        if i == depth:
+            next_state[k, :n_words] = k
+            probs[k, n_words] = 1.0
+            continue
+        next_state[k, :n_words] = [index[(i + 1, w)] for w in range(n_words)]
+        probs[k] = rng.dirichlet(np.full(n_words + 1, 0.8))
+    with np.errstate(divide="ignore"):
+        return FiniteStateLM([f"w{i}" for i in range(n_words)], next_state, np.log(probs))

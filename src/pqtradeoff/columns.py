@@ -25,6 +25,8 @@ class Col:
     LOGP_ALIGNED = "logp_aligned"
     LOG_WEIGHT = "log_weight"
     COMPONENT = "component"
+    BON_REWARDS = "bon_rewards"  # best-of-N rows: every candidate's reward, in candidate order
+    BON_KEPT = "bon_kept"  # best-of-N rows: the kept candidate's index among them
     TOKEN_LOGQ = "token_logq"
     TOKEN_LOGP_ALIGNED = "token_logp_aligned"
     TOKEN_LOG_Z = "token_log_z"

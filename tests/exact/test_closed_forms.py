@@ -19,7 +19,7 @@ from pqtradeoff.exact import closed_forms
 from pqtradeoff.models.fsa import FiniteStateLM, TransitionReward, align, random_ngram
 from pqtradeoff.sampling.adaptors import parse
 
-from automata_helpers import aligned_expectations, prior_expectations, sample
+from automata_helpers import aligned_expectations, bounded_prior, prior_expectations, sample
 
 TAIL = 1e-12
 
@@ -31,24 +31,6 @@ TAIL = 1e-12
 def with_random_reward(prior: FiniteStateLM, seed: int, scale: float = 0.5, beta: float = 1.5):
     rng = np.random.default_rng(seed + 100)
     return align(prior, TransitionReward(prior, rng.normal(0.0, scale, prior.log_probs.shape)), beta)
-
-
-def bounded_prior(n_words: int = 3, depth: int = 4, seed: int = 0) -> FiniteStateLM:
-    """States (position, last word); EOS has probability 1 at position `depth`."""
-    rng = np.random.default_rng(seed)
-    states = [(0, -1)] + [(i, w) for i in range(1, depth + 1) for w in range(n_words)]
-    index = {st: k for k, st in enumerate(states)}
-    next_state = np.zeros((len(states), n_words + 1), dtype=np.int64)
-    probs = np.zeros((len(states), n_words + 1))
-    for k, (i, _) in enumerate(states):
-        if i == depth:
-            next_state[k, :n_words] = k
-            probs[k, n_words] = 1.0
-            continue
-        next_state[k, :n_words] = [index[(i + 1, w)] for w in range(n_words)]
-        probs[k] = rng.dirichlet(np.full(n_words + 1, 0.8))
-    with np.errstate(divide="ignore"):
-        return FiniteStateLM([f"w{i}" for i in range(n_words)], next_state, np.log(probs))
 
 
 @pytest.fixture(scope="module")

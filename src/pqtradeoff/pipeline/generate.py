@@ -35,8 +35,9 @@ from pqtradeoff.errors import PQError
 from pqtradeoff.io import StageResult, progress_bar
 from pqtradeoff.models.base import LanguageModel, SampledRow, SampleRequest
 from pqtradeoff.pipeline.corpus import GENERATED_SCHEMA, begin_run, write_shard
-from pqtradeoff.sampling.adaptors import Adaptor, Mixture
-from pqtradeoff.sampling.sampler import mixture_components, row_keys
+from pqtradeoff.sampling.adaptors import Adaptor, BestOfN, Mixture
+from pqtradeoff.sampling.sampler import (BEST_OF_N_STEP, candidate_keys, mixture_components, row_keys,
+                                        step_uniforms)
 
 TOKEN_COLUMNS = pa.schema([
     (Col.TOKEN_LOGQ, pa.list_(pa.float64())),
@@ -114,6 +115,7 @@ def plan_shards(
 def rows_to_table(
     model: LanguageModel, adaptor: Adaptor | Mixture, rows: list[tuple[PromptRecord, int]],
     sampled: list[SampledRow], save_token_logprobs: bool, components: np.ndarray | None = None,
+    candidates: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> pa.Table:
     columns: dict[str, list] = {
         Col.PROMPT_ID: [p.prompt_id for p, _ in rows],
@@ -132,6 +134,11 @@ def rows_to_table(
     if components is not None:  # a mixture: which component sampled each row
         columns[Col.COMPONENT] = [int(c) for c in components]
         schema = pa.schema([*GENERATED_SCHEMA, (Col.COMPONENT, pa.int64())])
+    if candidates is not None:  # best-of-N: every candidate's reward and which one was kept
+        rewards, kept = candidates
+        columns[Col.BON_REWARDS] = [list(map(float, r)) for r in rewards]
+        columns[Col.BON_KEPT] = [int(k) for k in kept]
+        schema = pa.schema([*schema, (Col.BON_REWARDS, pa.list_(pa.float64())), (Col.BON_KEPT, pa.int64())])
     if save_token_logprobs:
         columns[Col.TOKEN_LOGQ] = [r.token_logq for r in sampled]
         columns[Col.TOKEN_LOGP_ALIGNED] = [r.token_logp_aligned for r in sampled]
@@ -162,8 +169,11 @@ class ShardSampler:
     batch_size: int | None
     save_token_logprobs: bool
     out_dir: Path
+    reward: Any = None  # best-of-N's reward (a `pipeline.rewards.Reward`), called on the candidates
 
     def __call__(self, model: LanguageModel, shard: Shard) -> tuple[int, int]:
+        if isinstance(shard.adaptor, BestOfN):
+            return self._best_of_n(model, shard)
         requests = shard_requests(shard, self.seed, self.max_new_tokens)
         components = None
         if isinstance(shard.adaptor, Mixture):  # sample component by component, then restore the row order
@@ -178,6 +188,26 @@ class ShardSampler:
         table = rows_to_table(model, shard.adaptor, shard.rows, sampled, self.save_token_logprobs, components)
         write_shard(table, self.out_dir / shard.name)
         return len(sampled), sum(len(r.token_ids) for r in sampled)
+
+
+    def _best_of_n(self, model: LanguageModel, shard: Shard) -> tuple[int, int]:
+        """N candidates per row from the base adaptor in one decode of N * rows, each scored by the reward,
+        one kept per row by the selection (from the row's own stream); every candidate's reward recorded."""
+        bon: BestOfN = shard.adaptor  # type: ignore[assignment]
+        n = bon.selection.n
+        rows = shard_requests(shard, self.seed, self.max_new_tokens)
+        keys = np.array([r.key for r in rows], dtype=np.uint64)
+        requests = [SampleRequest(r.prompt_token_ids, bon.base, int(k), r.max_new_tokens)
+                    for r, k in zip([r for r in rows for _ in range(n)], candidate_keys(keys, n), strict=True)]
+        sampled = model.sample(requests, batch_size=self.batch_size)
+        pairs = [pair for pair in shard.rows for _ in range(n)]
+        table = rows_to_table(model, bon.base, pairs, sampled, False).to_pandas()
+        rewards = np.asarray(self.reward(table), dtype=np.float64).reshape(len(rows), n)
+        kept = bon.selection.choose(rewards, step_uniforms(keys, BEST_OF_N_STEP))
+        chosen = [sampled[i * n + int(k)] for i, k in enumerate(kept)]
+        out = rows_to_table(model, bon, shard.rows, chosen, self.save_token_logprobs, candidates=(rewards, kept))
+        write_shard(out, self.out_dir / shard.name)
+        return len(chosen), sum(len(r.token_ids) for r in sampled)
 
 
 #: Resume policy of the keys `generate_corpus` adds to the caller's settings (see `resume.resume_policy`).
@@ -216,6 +246,22 @@ def _check_request(model: LanguageModel, prompts: list[PromptRecord], adaptors: 
                 )
 
 
+def check_best_of_n(adaptors: list[Any], reward: Any, executor: Any) -> None:
+    """Refuse, in one line, a best-of-N configuration that cannot rank its candidates here."""
+    bon = [a for a in adaptors if isinstance(a, BestOfN)]
+    if not bon:
+        return
+    if reward is None:
+        raise PQError(f"adaptor {bon[0]} (best-of-N) ranks its candidates by the reward at generation time: "
+                      "give the reward (generate --reward KIND / --reward-model, or [reward] in the experiment)")
+    needs = [c for c in reward.columns if c not in GENERATED_SCHEMA.names]
+    if needs:
+        raise PQError(f"adaptor {bon[0]} (best-of-N): reward {reward.name!r} reads {', '.join(needs)}, which "
+                      "only the score stage adds; rank by a reward of the text (vader, a reward model, python:)")
+    if executor is not None and executor.kind != "local":
+        raise PQError(f"adaptor {bon[0]} (best-of-N) runs on the local executor only for now")
+
+
 def generate_corpus(
     model: LanguageModel,
     prompts: list[PromptRecord],
@@ -234,6 +280,7 @@ def generate_corpus(
     policy: dict[str, str] | None = None,
     executor: Any = None,
     load_model: Callable[[], LanguageModel] | None = None,
+    reward: Any = None,
 ) -> GenerateResult:
     """Sample `num_generations` continuations per prompt under each adaptor into a sharded Parquet corpus.
 
@@ -249,9 +296,11 @@ def generate_corpus(
     `executor` (`ExecutorSettings`; None: local) chooses where shards are sampled: here, one after
     another, or by a pool of Ray actors that each build their own replica with `load_model()` and write the
     same files (`executor.map_shards`). Planning, the resume check and superseding happen here either way.
+    `reward` (a `pipeline.rewards.Reward`) ranks the candidates of the best-of-N configurations.
     """
     _check_request(model, prompts, adaptors, num_generations=num_generations, max_new_tokens=max_new_tokens,
                    seed=seed, batch_size=batch_size, prompt_block=prompt_block, sample_block=sample_block)
+    check_best_of_n(adaptors, reward, executor)
     out_dir = Path(out_dir)
     resolved = dict(settings) | {
         "adaptors": [str(a) for a in adaptors], "num_generations": num_generations,
@@ -265,7 +314,7 @@ def generate_corpus(
                            {s.name for s in shards})
     todo = [s for s in shards if not (out_dir / s.name).exists()]
     total_rows = sum(len(s.rows) for s in todo)
-    work = ShardSampler(seed, max_new_tokens, batch_size, save_token_logprobs, out_dir)
+    work = ShardSampler(seed, max_new_tokens, batch_size, save_token_logprobs, out_dir, reward)
     began = time.perf_counter()
     with progress_bar(progress, total_rows, "generate") as advance:
         from pqtradeoff.pipeline.executor import run_shards  # lazy: startup

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from pqtradeoff.errors import PQError
+from pqtradeoff.sampling.best_of_n import Selection
 
 if TYPE_CHECKING:
     import torch
@@ -325,10 +326,79 @@ class Mixture:
         return np.searchsorted(edges, np.asarray(uniforms, dtype=np.float64), side="right")
 
 
+@dataclass(frozen=True)
+class BestOfN:
+    """N candidates from an adaptor, one kept by the study's reward (`sampling.best_of_n`).
+
+    Spec: the adaptor's spec plus `best_of_n=N` (keep the best) or `soft_best_of_n=N,lambda=L` (keep candidate
+    i with probability proportional to exp(r_i / L)), e.g. `temperature=0.7,best_of_n=8`. Its law has no
+    per-token log q: the analysis reports it by its sample means (as a mixture's), never IMH-corrects it.
+    """
+
+    base: Adaptor
+    selection: Selection
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.base, Adaptor):
+            raise PQError(f"{self.selection}: best-of-N wraps one adaptor spec, not {self.base!s}")
+
+    def __str__(self) -> str:
+        return f"{self.base},{self.selection}"
+
+    @property
+    def family(self) -> str:
+        return str(self.selection) if self.base.family == "ancestral" else f"{self.base.family},{self.selection}"
+
+    @property
+    def temperature(self) -> float:
+        return self.base.temperature
+
+    @property
+    def realigns(self) -> bool:
+        return self.base.realigns
+
+
+#: Spec keys that make a `BestOfN` (not adaptor parameters).
+SELECTION_KEYS = ("best_of_n", "soft_best_of_n", "lambda")
+
+
+def _split_selection(spec: str, text: str) -> tuple[str, Selection | None]:
+    """The spec without its best-of-N keys, and the `Selection` they make (None: there are none)."""
+    keep, found = [], {}
+    for part in text.split(","):
+        name, sep, raw = part.partition("=")
+        if sep and name.strip() in SELECTION_KEYS:
+            if name.strip() in found:
+                raise PQError(f"adaptor spec {spec!r}: parameter {name.strip()!r} is given twice")
+            found[name.strip()] = raw.strip()
+        else:
+            keep.append(part)
+    if not found:
+        return text, None
+    if "best_of_n" in found and "soft_best_of_n" in found:
+        raise PQError(f"adaptor spec {spec!r}: give best_of_n=N or soft_best_of_n=N,lambda=L, not both")
+    if "soft_best_of_n" in found and "lambda" not in found:
+        raise PQError(f"adaptor spec {spec!r}: soft_best_of_n needs lambda=L (its temperature, > 0)")
+    if "lambda" in found and "soft_best_of_n" not in found:
+        raise PQError(f"adaptor spec {spec!r}: lambda=L applies to soft_best_of_n=N only")
+    key = "best_of_n" if "best_of_n" in found else "soft_best_of_n"
+    raw = found[key]
+    if not raw.isascii() or not raw.isdigit():
+        raise PQError(f"adaptor spec {spec!r}: {key}={raw!r} is not an integer")
+    soft = None
+    if "lambda" in found:
+        try:
+            soft = float(found["lambda"])
+        except ValueError:
+            raise PQError(f"adaptor spec {spec!r}: lambda={found['lambda']!r} is not a number") from None
+    return ",".join(keep) or "ancestral", Selection(int(raw), soft)
+
+
 def realigning(configs: list[Any]) -> list[Adaptor]:
     """The configurations (mixture components included) that set `dera`: they need the prior to sample."""
     out = []
     for c in configs:
+        c = c.base if isinstance(c, BestOfN) else c
         for a in (c.components if isinstance(c, Mixture) else (c,)):
             if isinstance(a, Adaptor) and a.dera is not None:
                 out.append(a)
@@ -354,16 +424,21 @@ def parse_mixture(spec: str) -> Mixture:
     return Mixture(tuple(weights), tuple(components))
 
 
-def parse(spec: str | Adaptor | Mixture) -> Adaptor | Mixture:
-    """Parse a spec string such as `ancestral` or `temperature=0.75,top_p=0.95` into an `Adaptor` (or a
-    `mix(...)` spec into a `Mixture`)."""
-    if isinstance(spec, (Adaptor, Mixture)):
+def parse(spec: str | Adaptor | Mixture | BestOfN) -> Adaptor | Mixture | BestOfN:
+    """Parse a spec string such as `ancestral` or `temperature=0.75,top_p=0.95` into an `Adaptor` (a
+    `mix(...)` spec into a `Mixture`, one with `best_of_n=N` into a `BestOfN`)."""
+    if isinstance(spec, (Adaptor, Mixture, BestOfN)):
         return spec
     if not isinstance(spec, str) or not spec.strip():
         raise PQError(f"adaptor spec {spec!r} is empty: use e.g. 'ancestral' or 'temperature=0.7,top_p=0.9'")
     text = spec.strip()
     if text.startswith("mix("):
+        if any(f"{k}=" in text for k in SELECTION_KEYS):
+            raise PQError(f"adaptor spec {spec!r}: best-of-N wraps one adaptor, not a mixture")
         return parse_mixture(text)
+    base, selection = _split_selection(spec, text)
+    if selection is not None:
+        return BestOfN(parse(base), selection)  # type: ignore[arg-type]
     if text == "ancestral":
         return Adaptor()
     values: dict[str, float | int] = {}
@@ -398,6 +473,7 @@ def parse_grid(specs: list[str], temperatures: list[float] | None = None) -> lis
     adaptors = [parse(s) for s in specs]
     if temperatures:
         for spec, a in zip(specs, adaptors, strict=True):
+            a = a.base if isinstance(a, BestOfN) else a
             if isinstance(a, Mixture):
                 raise PQError(f"adaptor spec {spec!r} is a mixture: give it under adaptors, not families "
                               "(its components set their own temperatures)")
@@ -406,10 +482,12 @@ def parse_grid(specs: list[str], temperatures: list[float] | None = None) -> lis
                               "too: give the spec without its temperature")
         crossed = []
         for a in adaptors:
+            base = a.base if isinstance(a, BestOfN) else a
             for t in temperatures:
-                kwargs = {n: getattr(a, n) for n in SPEC_NAMES}
+                kwargs = {n: getattr(base, n) for n in SPEC_NAMES}
                 kwargs["temperature"] = t
-                crossed.append(Adaptor(**kwargs))
+                hot = Adaptor(**kwargs)
+                crossed.append(BestOfN(hot, a.selection) if isinstance(a, BestOfN) else hot)
         adaptors = crossed
     seen: set[str] = set()
     unique = []

@@ -60,6 +60,17 @@ def step_uniforms(keys: np.ndarray, step: int | np.ndarray) -> np.ndarray:
 MIXTURE_STEP = 2**31 - 1
 
 
+#: The step counter of the uniform that picks a best-of-N row's kept candidate (below MIXTURE_STEP: unreached).
+BEST_OF_N_STEP = 2**31 - 2
+
+
+def candidate_keys(keys: np.ndarray, n: int) -> np.ndarray:
+    """[rows * n] keys of each row's N best-of-N candidates, row after row: each candidate its own stream,
+    derived from the row's key alone (so a row's candidates depend neither on its batch nor on resuming)."""
+    keys = np.asarray(keys, dtype=np.uint64)
+    return _mix64(np.repeat(keys, n) ^ _mix64(np.tile(np.arange(1, n + 1, dtype=np.uint64), len(keys))))
+
+
 def mixture_components(mixture: Mixture, keys: np.ndarray) -> np.ndarray:
     """Each row's component: chosen with the mixture's probabilities from the row's own stream (a counter no
     sampling step reaches: steps are < max_new_tokens <= 1e6), so it depends on the row alone."""
