@@ -91,3 +91,29 @@ def test_best_of_n_without_a_reward_is_one_line(finite, tmp_path):
         generate_corpus(al.aligned, [prompt], [parse("best_of_n=2")], num_generations=2, max_new_tokens=4,
                         seed=0, batch_size=None, out_dir=tmp_path, settings={}, progress=False)
     assert not any(tmp_path.iterdir())
+
+
+def test_analysis_reports_best_of_n_by_its_sample_means(finite, tmp_path):
+    from pqtradeoff.analysis.advise import advise
+    from pqtradeoff.analysis.analyze import make_settings, run_analysis
+    from pqtradeoff.pipeline.score import score_corpus
+
+    al, reward = finite
+    prompt = PromptRecord(0, "", al.aligned.encode_prompt(""))
+    generate_corpus(al.aligned, [prompt], [parse("ancestral"), parse("best_of_n=4")], num_generations=500,
+                    max_new_tokens=8, seed=0, batch_size=None, out_dir=tmp_path / "corpus", settings={},
+                    sample_block=500, progress=False, reward=reward)
+    scored = score_corpus(tmp_path / "corpus", tmp_path / "scored", prior=al.prior, reward=reward,
+                          settings={}, progress=False).out_dir
+    table = pd.read_parquet(scored)
+    summary = run_analysis(table, tmp_path / "analysis",
+                           make_settings(corpora=20, corpus_size=50, imh_steps=2000, seed=0, plots=False))
+    assert [c.adaptor for c in summary.configs] == ["temperature=1.0"]
+    (bon,) = summary.skipped
+    rows = table[table["adaptor"] == "temperature=1.0,best_of_n=4"]
+    assert bon.adaptor == "temperature=1.0,best_of_n=4" and "best-of-N" in bon.reason
+    assert bon.local_mean_reward == pytest.approx(rows["reward"].mean())
+    assert bon.kl_aligned is None and bon.kl_bound_base == pytest.approx(math.log(4) - 0.75)
+    assert bon.local_mean_reward > summary.configs[0].reward.local_mean
+    advice = advise(summary.to_json(), min_reward=float(bon.local_mean_reward))
+    assert advice.imh_skipped_used == ["temperature=1.0,best_of_n=4"]

@@ -206,6 +206,8 @@ def analyze_config(
     if isinstance(spec, adaptors.Mixture):
         raise PQError("a mixture of adaptors: its pool's plain means are what sampling it gives (used by "
                       "`advise`); the IMH analysis corrects its components, sampled as configurations of their own")
+    if isinstance(spec, adaptors.BestOfN):
+        raise PQError(BEST_OF_N_REASON)
     log_w = imh.log_importance_weights(
         settings.target, rows[Col.LOG_WEIGHT].to_numpy(float), rows[Col.LOGP_ALIGNED].to_numpy(float),
         rows[Col.LOGQ].to_numpy(float),
@@ -283,14 +285,29 @@ def analyze_configs(groups: Mapping[str, pd.DataFrame], settings: AnalysisSettin
         return dict(zip(groups, pool.map(one, groups), strict=True))
 
 
+#: Why a best-of-N configuration is reported by its sample means.
+BEST_OF_N_REASON = ("best-of-N: its law has no per-token log q (a kept row's logq is its candidate's under the "
+                    "base adaptor), so the IMH correction does not apply; reported by its sample means "
+                    "(local_mean_*), which are what sampling it gives")
+
+
 def skipped_with_local_means(adaptor: str, reason: str, rows: pd.DataFrame | None) -> SkippedConfig:
-    """A skipped config; its usable strings' plain means are kept (sampling that adaptor still gives them)."""
+    """A skipped config; its usable strings' plain means are kept (sampling that adaptor still gives them).
+    A best-of-N configuration gets no KL estimate (its logq is not its law's) but its analytic bound."""
+    spec = adaptors.parse(adaptor)
+    bound = None
+    if isinstance(spec, adaptors.BestOfN) and spec.selection.soft is None:
+        n = spec.selection.n
+        bound = float(np.log(n) - (n - 1) / n)
     if rows is None or rows.empty:
-        return SkippedConfig(adaptor, reason)
+        return SkippedConfig(adaptor, reason, kl_bound_base=bound)
     reward, reward_se = _local_mean_and_se(rows[Col.REWARD].to_numpy(float))
     log_prior, log_prior_se = _local_mean_and_se(rows[Col.LOGP_PRIOR].to_numpy(float))
-    kl, kl_se = _local_mean_and_se(rows[Col.LOGQ].to_numpy(float) - rows[Col.LOGP_ALIGNED].to_numpy(float))
-    return SkippedConfig(adaptor, reason, len(rows), reward, reward_se, log_prior, log_prior_se, kl, kl_se)
+    kl, kl_se = None, None
+    if not isinstance(spec, adaptors.BestOfN):
+        kl, kl_se = _local_mean_and_se(rows[Col.LOGQ].to_numpy(float) - rows[Col.LOGP_ALIGNED].to_numpy(float))
+    return SkippedConfig(adaptor, reason, len(rows), reward, reward_se, log_prior, log_prior_se, kl, kl_se,
+                         bound)
 
 
 # --------------------------------------------------------------------------------------- exact comparison

@@ -17,6 +17,7 @@ from pqtradeoff.experiment.settings import GenerateSettings
 FLAGS = {
     "--model": "model.name", "--gguf-file": "model.gguf_file", "--backend": "model.backend",
     "--device": "model.device", "--dtype": "model.dtype", "--prior": "prior.name",
+    "--reward": "reward.kind", "--reward-model": "reward_model.name", "--label": "reward.label",
     "--prompts": "prompts.file", "--prompt-field": "prompts.field", "--template": "prompts.template",
     "--chat-template": "prompts.chat_template", "--num-prompts": "prompts.num_prompts",
     "--prompt-seed": "prompts.prompt_seed", "--max-prompt-chars": "prompts.max_chars",
@@ -46,6 +47,6 @@ settings_command(app, "generate", GenerateSettings, FLAGS, _generate,
                  trailing=[option("out", ..., "--out",
                                   help="Output folder (rerun the same command to resume; "
                                                             "a grown grid adds only the new shards).")],
-                 overrides={"--executor": None, "--prior": None},  # unset: local, or ray when --ray-address is given
+                 overrides={"--executor": None, "--prior": None, "--reward": None, "--reward-model": None},  # unset: local, or ray when --ray-address is given
                  help="Sample continuations from an aligned model, recording logq, logp_aligned and "
                       "log_weight per string.")

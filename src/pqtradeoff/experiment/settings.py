@@ -248,6 +248,10 @@ class GenerateSettings(Section):
     model: ModelSpec
     prior: ModelSpec | None = Field(None, description="The prior, decoded beside the aligned model for the "
                                                       "dera=LAMBDA adaptors (DeRa; same tokenizer).")
+    reward: RewardSettings | None = Field(None, description="The reward that ranks best-of-N candidates "
+                                                            "(best_of_n=N adaptors); a reward of the text.")
+    reward_model: ModelSpec | None = Field(None, description="Its sequence-classification model (reward "
+                                                             "kind 'model').")
     prompts: PromptSettings
     sampling: SamplingSettings
     compute: ComputeSettings = ComputeSettings()
@@ -263,7 +267,24 @@ class GenerateSettings(Section):
                              "prior (generate --prior, or [models.prior] in the experiment)")
         if realigning and self.executor.kind != "local":
             raise ValueError(f"adaptor {realigning[0]} (DeRa) runs on the local executor only for now")
+        from pqtradeoff.sampling.adaptors import BestOfN
+
+        ranked = [a for a in self.sampling.grid() if isinstance(a, BestOfN)]
+        if ranked and self.reward is None:
+            raise ValueError(f"adaptor {ranked[0]} (best-of-N) ranks its candidates by the reward at "
+                             "generation time: give the reward (generate --reward KIND / --reward-model, or "
+                             "[reward] in the experiment)")
+        if self.reward is not None and self.reward.kind == "model" and self.reward_model is None:
+            raise ValueError("reward kind 'model' needs the reward model (--reward-model)")
         return self
+
+    @model_validator(mode="before")
+    @classmethod
+    def _reward_model_means_kind_model(cls, values: Any) -> Any:
+        """A reward model and no reward kind means kind 'model' (as for `score`)."""
+        if isinstance(values, dict) and values.get("reward_model") is not None and values.get("reward") is None:
+            values = dict(values) | {"reward": {"kind": "model"}}
+        return values
 
 
 class ScoreSettings(Section):
@@ -436,8 +457,13 @@ class ExperimentSettings(Section):
             raise PQError("the aligned model is made by [align]: run the experiment (pqtradeoff run)")
         from pqtradeoff.sampling.adaptors import realigning
 
+        from pqtradeoff.sampling.adaptors import BestOfN
+
         realigns = bool(realigning(self.sampling.grid()))
+        ranks = any(isinstance(a, BestOfN) for a in self.sampling.grid())
         return GenerateSettings(model=model, prior=self.models.prior if realigns else None,
+                                reward=self.reward if ranks else None,
+                                reward_model=self.models.reward if ranks and self.reward.kind == "model" else None,
                                 prompts=self.prompts, sampling=self.sampling,
                                 compute=self.compute, executor=self.executor)
 

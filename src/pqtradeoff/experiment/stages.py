@@ -155,6 +155,10 @@ def generate_record_settings(settings: GenerateSettings, prompts: list[tuple[int
     inputs = {"model": models.model_sha256(settings.model)}
     if settings.prior is not None:
         inputs["prior"] = models.model_sha256(settings.prior)
+    if settings.reward is not None:
+        from pqtradeoff.pipeline.digests import reward_sha256  # lazy: hashing
+
+        inputs["reward"] = reward_sha256(settings.reward, settings.reward_model)
     return values | {"prompts_sha256": digest, "inputs_sha256": inputs}
 
 
@@ -188,12 +192,21 @@ def run_generate(settings: GenerateSettings, out: Path, models: ModelCache | Non
         longest = max(len(r.token_ids) for r in records) + settings.sampling.max_new_tokens
         batch = max(1, min(batch or 10**9, settings.compute.max_batch_tokens // longest))
     s = settings.sampling
+    ranker = None
+    if settings.reward is not None:  # best-of-N's reward
+        if settings.reward.kind == "model":
+            ranker = models.reward_model(settings.reward_model, p.template, p.chat_template, settings.reward.label,
+                                         SCORE_BATCH)
+        else:
+            from pqtradeoff.pipeline.rewards import make_reward  # lazy: numpy
+
+            ranker = make_reward(settings.reward.kind, beta=settings.reward.beta)
     return generate_corpus(lm, records, s.grid(), num_generations=s.num_generations,
                            max_new_tokens=s.max_new_tokens,
                            seed=s.seed, batch_size=batch, out_dir=out, settings=recorded,
                            save_token_logprobs=s.save_token_logprobs, progress=settings.compute.progress,
                            prompt_block=s.prompt_block, sample_block=s.sample_block, policy=GENERATE_POLICY,
-                           executor=settings.executor,
+                           executor=settings.executor, reward=ranker,
                            load_model=CausalLoader(settings.model, p.template, p.chat_template))
 
 
