@@ -15,9 +15,15 @@ from pqtradeoff.cli.options import option, settings_command
 from pqtradeoff.experiment.settings import GenerateSettings
 
 FLAGS = {
-    "--model": "model.name", "--gguf-file": "model.gguf_file", "--backend": "model.backend",
-    "--device": "model.device", "--dtype": "model.dtype", "--prior": "prior.name",
-    "--reward": "reward.kind", "--reward-model": "reward_model.name", "--label": "reward.label",
+    "--model": "model.name", "--gguf-file": "model.gguf_file",
+    "--backend": "model.backend", "--device": "model.device", "--dtype": "model.dtype",
+    "--prior-backend": "prior.backend", "--prior-device": "prior.device", "--prior-dtype": "prior.dtype",
+    "--reward-model-backend": "reward_model.backend", "--reward-model-device": "reward_model.device",
+    "--reward-model-dtype": "reward_model.dtype",
+    "--prior": "prior.name", "--prior-gguf-file": "prior.gguf_file",
+    "--reward": "reward.kind", "--reward-model": "reward_model.name",
+    "--reward-model-gguf-file": "reward_model.gguf_file", "--beta": "reward.beta", "--label": "reward.label",
+    "--prior-context": "reward.prior_context",
     "--prompts": "prompts.file", "--prompt-field": "prompts.field", "--template": "prompts.template",
     "--chat-template": "prompts.chat_template", "--num-prompts": "prompts.num_prompts",
     "--prompt-seed": "prompts.prompt_seed", "--max-prompt-chars": "prompts.max_chars",
@@ -47,6 +53,9 @@ settings_command(app, "generate", GenerateSettings, FLAGS, _generate,
                  trailing=[option("out", ..., "--out",
                                   help="Output folder (rerun the same command to resume; "
                                                             "a grown grid adds only the new shards).")],
-                 overrides={"--executor": None, "--prior": None, "--reward": None, "--reward-model": None},  # unset: local, or ray when --ray-address is given
+                 overrides={"--executor": None, "--prior": None, "--reward": None, "--reward-model": None,
+                            "--prior-context": None, "--prior-backend": None, "--prior-device": None,
+                            "--prior-dtype": None, "--reward-model-backend": None, "--reward-model-device": None,
+                            "--reward-model-dtype": None},  # unset: local, or ray when --ray-address is given
                  help="Sample continuations from an aligned model, recording logq, logp_aligned and "
                       "log_weight per string.")

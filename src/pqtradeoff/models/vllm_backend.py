@@ -83,7 +83,7 @@ import numpy as np
 from pqtradeoff.errors import PQError
 from pqtradeoff.models.base import SCORE_BATCH, SCORE_BATCH_TOKENS, SampledRow, SampleRequest
 from pqtradeoff.models.hf import HFTokenization
-from pqtradeoff.sampling.adaptors import TRUNCATIONS, Adaptor, parse
+from pqtradeoff.sampling.adaptors import TRUNCATIONS, Adaptor, BestOfN, parse
 
 VLLM_VERSION = "0.33.0"
 EXTRA_HINT = 'pip install -e ".[vllm]" (the pqtradeoff[vllm] extra, vllm==0.33.0, on a machine with a GPU)'
@@ -115,6 +115,8 @@ VLLM_TRUNCATIONS = ("top_k", "top_p", "min_p")
 def refusal(adaptor: Adaptor | str) -> str | None:
     """Why vLLM cannot reproduce this adaptor exactly as transformers applies it, or None when it can."""
     a = parse(adaptor)
+    if isinstance(a, BestOfN):  # its candidates are the base adaptor's rows
+        return refusal(a.base)
     if isinstance(a, Adaptor) and a.dera is not None:
         return f"the vllm backend decodes one model, and {a} (DeRa) decodes the prior beside it"
     missing = [n for n in TRUNCATIONS if getattr(a, n) is not None and n not in VLLM_TRUNCATIONS]
