@@ -262,8 +262,9 @@ def test_toy_run_imports_neither_scipy_nor_pyplot(tmp_path) -> None:
 
 
 def test_best_of_n_agrees_with_its_closed_form() -> None:
-    """Best-of-N and soft best-of-N over candidates from p+ (the paper's toy): Monte Carlo within 4 s.e. of the
-    finite closed form at N = 2, 4, 16; reward grows with N; hard best-of-N's KL stays below log N - (N-1)/N."""
+    """Best-of-N and soft best-of-N over candidates from p+ (the paper's toy): Monte Carlo within 4 s.e.
+    of the finite closed form at N = 2, 4, 16; reward grows with N; hard best-of-N's KL stays below
+    log N - (N-1)/N."""
     _, _, summary = toy.simulate(toy.ToySettings(n_corpora=10, corpus_size=1000))
     entries = summary["best_of_n"]
     assert [(e["n"], e["soft"]) for e in entries] == [(n, s) for n in (2, 4, 16) for s in (None, 1.0)]

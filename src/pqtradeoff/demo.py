@@ -30,7 +30,7 @@ from pqtradeoff.sampling.adaptors import Adaptor, parse_grid
 DEFAULT_FAMILIES = ("ancestral", "top_k=3", "top_k=6", "top_p=0.9", "top_p=0.95", "typical_p=0.9",
                     "eta_cutoff=0.0009", "top_n_sigma=1.0")
 DEFAULT_TEMPERATURES = (0.5, 0.75, 1.0, 1.25, 1.5)
-#: DeRa's lambdas, each sampled at T = 1 (`dera=LAMBDA`): its global target is the aligned model at beta/lambda.
+#: DeRa's lambdas, each sampled at T = 1 (`dera=LAMBDA`): its global target is p+ at beta/lambda.
 DEFAULT_DERA = (0.25, 0.5, 0.75, 1.25)
 
 
@@ -56,8 +56,8 @@ class DemoSettings(BaseModel):
     families: list[str] = Field(default_factory=lambda: list(DEFAULT_FAMILIES))
     temperatures: list[float] = Field(default_factory=lambda: list(DEFAULT_TEMPERATURES))
     dera: list[float] = Field(default_factory=lambda: list(DEFAULT_DERA),
-                              description="DeRa lambdas, each a configuration dera=LAMBDA at T = 1 (the prior "
-                                          "decoded beside the aligned model)")
+                              description="DeRa lambdas, each a configuration dera=LAMBDA at T = 1 (the "
+                                          "prior decoded beside the aligned model)")
     num_generations: int = Field(2000, ge=2, description="strings sampled per configuration")
     max_new_tokens: int = Field(200, ge=1)
     batch_size: int = Field(2000, ge=1)
@@ -298,7 +298,8 @@ def _exact_grid(models: Any, settings: DemoSettings) -> tuple[list[Adaptor], dic
     """The grid's configurations that normalize (with their exact values) and why the others were skipped."""
     kept, exact_by_config, skipped = [], {}, {}
     grid = parse_grid(settings.families, settings.temperatures)
-    grid += [a for a in parse_grid([f"dera={lam!r}" for lam in settings.dera]) if str(a) not in map(str, grid)]
+    dera = parse_grid([f"dera={lam!r}" for lam in settings.dera])
+    grid += [a for a in dera if str(a) not in map(str, grid)]
     for a in grid:
         values, reason = exact_values(models.alignment, a, settings.target, settings.min_ess_fraction,
                                       max_length=settings.max_new_tokens)
@@ -315,10 +316,9 @@ def _exact_grid(models: Any, settings: DemoSettings) -> tuple[list[Adaptor], dic
 def _sample_and_score(models: Any, kept: list[Adaptor], settings: DemoSettings, record: dict[str, Any],
                       out_dir: Path, progress: bool, timings: dict[str, float]) -> Path:
     """The pipeline's own `generate` and `score` stages on the exact models: the scored corpus's folder."""
+    from pqtradeoff.models.realign import with_prior  # lazy: torch
     from pqtradeoff.pipeline.generate import PromptRecord, generate_corpus  # lazy: torch
     from pqtradeoff.pipeline.score import score_corpus  # lazy: torch
-
-    from pqtradeoff.models.realign import with_prior  # lazy: torch
 
     t = time.perf_counter()
     prompt = PromptRecord(0, "", models.aligned.encode_prompt(""))
@@ -361,8 +361,8 @@ def power_sampling_check(alignment: Any, summary: Summary, max_length: int) -> l
         if c.power_alpha is None or not c.exact:
             continue
         alpha = c.power_alpha
-        law = closed_forms.law_expectations(alignment, alpha * alignment.aligned.log_probs, f"power {alpha:g}",
-                                            None, (), max_length)
+        law = closed_forms.law_expectations(alignment, alpha * alignment.aligned.log_probs,
+                                            f"power {alpha:g}", None, (), max_length)
         if not law.normalizes:
             continue
         out.append({

@@ -124,7 +124,8 @@ def best_of_n_stream(seed: int) -> np.random.Generator:
 def best_of_n_checks(settings: ToySettings, model: ToyModel) -> list[dict[str, Any]]:
     """Best-of-N and soft best-of-N over candidates drawn from p+ (the aligned model), scored by the reward:
     the Monte Carlo mean reward of `bon_rows` kept strings (N candidates each, one batched draw) against the
-    closed form (`sampling.best_of_n.finite_law`), with the exact KL(pi || p+) and the bound log N - (N-1)/N."""
+    closed form (`sampling.best_of_n.finite_law`), with the exact KL(pi || p+) and the bound
+    log N - (N-1)/N."""
     rng = best_of_n_stream(settings.seed)
     out = []
     for n in settings.best_of_n:

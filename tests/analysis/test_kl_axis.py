@@ -1,4 +1,4 @@
-"""The KL axis: KL(q || p+) = E_q[logq - logp_aligned] per configuration (exact values: tests/exact/test_demo),
+"""The KL axis: KL(q || p+) = E_q[logq - logp_aligned] per configuration (exact: tests/exact/test_demo),
 in summary.json, the report, its figure and `advise --json`; power sampling labelled."""
 
 from __future__ import annotations

@@ -407,7 +407,8 @@ def dera_weights(alignment, adaptor, local: bool):
 def test_dera_matches_enumeration(bounded3, spec, local):
     adaptor = parse(spec)
     strings, log_z = enumerate_strings(bounded3, dera_weights(bounded3, adaptor, local))
-    result = (closed_forms.local_expectations if local else closed_forms.global_expectations)(bounded3, adaptor)
+    law = closed_forms.local_expectations if local else closed_forms.global_expectations
+    result = law(bounded3, adaptor)
     brute = brute_expectations(strings, log_z, log_weight=True)
     if local:
         brute["log_normalizer"] = 0.0

@@ -27,7 +27,8 @@ def requests(prompts, spec, n, max_new_tokens, seed=0):
     adaptor = parse(spec)
     pid = np.repeat(np.arange(len(prompts)), n)
     keys = row_keys(seed, pid, np.tile(np.arange(n), len(prompts)), adaptor)
-    return [SampleRequest(list(prompts[p]), adaptor, int(k), max_new_tokens) for p, k in zip(pid, keys, strict=True)]
+    return [SampleRequest(list(prompts[p]), adaptor, int(k), max_new_tokens)
+            for p, k in zip(pid, keys, strict=True)]
 
 
 @pytest.fixture(scope="module")

@@ -51,7 +51,8 @@ def run(finite, tmp_path, spec, n=4000, seed=0, batch_size=None):
     return pd.read_parquet(tmp_path)
 
 
-@pytest.mark.parametrize("spec", ["best_of_n=4", "soft_best_of_n=4,lambda=0.5", "temperature=0.7,best_of_n=2"])
+@pytest.mark.parametrize("spec", ["best_of_n=4", "soft_best_of_n=4,lambda=0.5",
+                                  "temperature=0.7,best_of_n=2"])
 def test_kept_strings_follow_the_closed_form(finite, tmp_path, spec):
     al, reward = finite
     bon = parse(spec)

@@ -14,7 +14,7 @@ from pqtradeoff.sampling.best_of_n import Selection, finite_law, finite_summary
 
 
 def enumerated_law(p, r, n, soft):
-    """Sum over all len(p)^n candidate tuples of their probability times each candidate's chance to be kept."""
+    """Sum over all len(p)^n candidate tuples: their probability times each candidate's chance to stay."""
     law = np.zeros(len(p))
     for tup in itertools.product(range(len(p)), repeat=n):
         prob = math.prod(p[i] for i in tup)
@@ -45,7 +45,8 @@ def test_closed_forms_equal_enumeration(n, soft):
 def test_soft_limits_are_best_of_n_and_the_base_law():
     rng = np.random.default_rng(0)
     p, r = rng.dirichlet(np.ones(30)), rng.permutation(np.linspace(0.0, 3.0, 30))  # gaps of 0.1
-    np.testing.assert_allclose(finite_law(p, r, Selection(4, 0.006)), finite_law(p, r, Selection(4)), atol=1e-6)
+    np.testing.assert_allclose(finite_law(p, r, Selection(4, 0.006)), finite_law(p, r, Selection(4)),
+                               atol=1e-6)
     np.testing.assert_allclose(finite_law(p, r, Selection(4, 1e4)), p, rtol=1e-3)
     with pytest.raises(PQError, match="lambda=0.001 is too small for the finite closed form"):
         finite_law(p, r, Selection(4, 0.001))

@@ -127,7 +127,8 @@ def kl_plane(summary: dict[str, Any]) -> list[dict[str, Any]]:
     for c in [*summary.get("configs", []), *summary.get("skipped", [])]:
         if c.get("kl_aligned") is None:
             continue
-        rows.append({"adaptor": c["adaptor"], "kl_aligned": c["kl_aligned"], "kl_aligned_se": c["kl_aligned_se"],
+        rows.append({"adaptor": c["adaptor"], "kl_aligned": c["kl_aligned"],
+                     "kl_aligned_se": c["kl_aligned_se"],
                      "mean_reward": c["local_mean_reward"], "mean_reward_se": c["local_mean_reward_se"]})
     return rows
 

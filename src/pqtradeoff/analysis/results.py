@@ -100,7 +100,8 @@ class ConfigResult:
         for name in SERIES_NAMES:
             values = asdict(self.series(name))
             out |= {pattern.format(name): values[attr] for attr, pattern in SERIES_JSON.items()}
-        out |= {"kl_aligned": self.kl_aligned, "kl_aligned_se": self.kl_aligned_se, "power_alpha": self.power_alpha}
+        out |= {"kl_aligned": self.kl_aligned, "kl_aligned_se": self.kl_aligned_se,
+                "power_alpha": self.power_alpha}
         out |= {
             "reliable": self.reliable, "string_level": self.string_level.to_json(),
             "corpus_level": self.corpus_level.to_json(), "n_rows": self.n_rows, "n_dropped": self.n_dropped,

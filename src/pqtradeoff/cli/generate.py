@@ -53,9 +53,10 @@ settings_command(app, "generate", GenerateSettings, FLAGS, _generate,
                  trailing=[option("out", ..., "--out",
                                   help="Output folder (rerun the same command to resume; "
                                                             "a grown grid adds only the new shards).")],
+                 # unset: --executor is local, or ray when --ray-address is given; the others are unset
                  overrides={"--executor": None, "--prior": None, "--reward": None, "--reward-model": None,
                             "--prior-context": None, "--prior-backend": None, "--prior-device": None,
-                            "--prior-dtype": None, "--reward-model-backend": None, "--reward-model-device": None,
-                            "--reward-model-dtype": None},  # unset: local, or ray when --ray-address is given
+                            "--prior-dtype": None, "--reward-model-backend": None,
+                            "--reward-model-device": None, "--reward-model-dtype": None},
                  help="Sample continuations from an aligned model, recording logq, logp_aligned and "
                       "log_weight per string.")

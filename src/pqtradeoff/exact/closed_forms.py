@@ -183,7 +183,8 @@ def realigned_log_weights(model: FiniteStateLM, prior: FiniteStateLM | None, wei
     if weight == 0.0:
         return prior.log_probs
     both = np.isfinite(model.log_probs) & np.isfinite(prior.log_probs)
-    mixed = weight * np.where(both, model.log_probs, 0.0) + (1.0 - weight) * np.where(both, prior.log_probs, 0.0)
+    mixed = (weight * np.where(both, model.log_probs, 0.0)
+             + (1.0 - weight) * np.where(both, prior.log_probs, 0.0))
     return np.where(both, mixed, -np.inf)
 
 

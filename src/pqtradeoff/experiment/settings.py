@@ -282,7 +282,8 @@ class GenerateSettings(Section):
     @classmethod
     def _reward_model_means_kind_model(cls, values: Any) -> Any:
         """A reward model and no reward kind means kind 'model' (as for `score`)."""
-        if isinstance(values, dict) and values.get("reward_model") is not None and values.get("reward") is None:
+        if isinstance(values, dict) and values.get("reward_model") is not None \
+                and values.get("reward") is None:
             values = dict(values) | {"reward": {"kind": "model"}}
         return values
 
@@ -455,15 +456,14 @@ class ExperimentSettings(Section):
         model = aligned or self.models.aligned
         if model is None:
             raise PQError("the aligned model is made by [align]: run the experiment (pqtradeoff run)")
-        from pqtradeoff.sampling.adaptors import realigning
-
-        from pqtradeoff.sampling.adaptors import BestOfN
+        from pqtradeoff.sampling.adaptors import BestOfN, realigning
 
         realigns = bool(realigning(self.sampling.grid()))
         ranks = any(isinstance(a, BestOfN) for a in self.sampling.grid())
         return GenerateSettings(model=model, prior=self.models.prior if realigns else None,
                                 reward=self.reward if ranks else None,
-                                reward_model=self.models.reward if ranks and self.reward.kind == "model" else None,
+                                reward_model=(self.models.reward if ranks and self.reward.kind == "model"
+                                              else None),
                                 prompts=self.prompts, sampling=self.sampling,
                                 compute=self.compute, executor=self.executor)
 

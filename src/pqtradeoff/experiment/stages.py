@@ -182,7 +182,8 @@ def run_generate(settings: GenerateSettings, out: Path, models: ModelCache | Non
     if settings.prior is not None:
         from pqtradeoff.models.realign import with_prior  # lazy: torch
 
-        lm = with_prior(lm, models.causal(settings.prior, p.template, p.chat_template), settings.sampling.grid())
+        prior = models.causal(settings.prior, p.template, p.chat_template)
+        lm = with_prior(lm, prior, settings.sampling.grid())
 
     from pqtradeoff.pipeline.generate import PromptRecord, generate_corpus  # lazy: torch
 
@@ -195,8 +196,8 @@ def run_generate(settings: GenerateSettings, out: Path, models: ModelCache | Non
     ranker = None
     if settings.reward is not None:  # best-of-N's reward
         if settings.reward.kind == "model":
-            ranker = models.reward_model(settings.reward_model, p.template, p.chat_template, settings.reward.label,
-                                         SCORE_BATCH)
+            ranker = models.reward_model(settings.reward_model, p.template, p.chat_template,
+                                         settings.reward.label, SCORE_BATCH)
         else:
             from pqtradeoff.pipeline.rewards import make_reward  # lazy: numpy
 

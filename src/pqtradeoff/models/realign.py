@@ -15,7 +15,8 @@ What each row records, so that the corpus contract holds unchanged (docs/scored-
 - `log_weight`: sum_t log Z_t with the globally normalized weights m(v)/T on the kept support, where
   m = lambda log p+ + (1 - lambda) log p is *not* renormalized: the global target is then
   (p+^lambda p^(1-lambda))^(1/T), which for p+ = p exp(r/beta)/Z is the aligned model at beta/lambda
-  (tempered). `Adaptor.adapt` sees log_softmax(m), so log Z_t gains logsumexp(m)/T (`StepLanguageModel.rescore`).
+  (tempered). `Adaptor.adapt` sees log_softmax(m), so log Z_t gains logsumexp(m)/T
+  (`StepLanguageModel.rescore`).
 """
 
 from __future__ import annotations
@@ -39,7 +40,8 @@ def check_pair(aligned: LanguageModel, prior: LanguageModel) -> None:
                       f"got {type(aligned).__name__} and {type(prior).__name__}")
     if prior.tokenizer_key != aligned.tokenizer_key or prior.vocab_size != aligned.vocab_size:
         raise PQError(f"dera mixes next-token distributions token by token, so the prior must share the "
-                      f"aligned model's tokenizer: prior {getattr(prior, 'name', '?')!r} tokenizes differently "
+                      f"aligned model's tokenizer: prior {getattr(prior, 'name', '?')!r} tokenizes "
+                      f"differently "
                       f"(vocabulary {prior.vocab_size} vs {aligned.vocab_size})")
 
 
@@ -77,7 +79,8 @@ class Lockstep(StepLanguageModel):
         return self.aligned.decode(token_ids)
 
     def _mix(self, aligned_logits: torch.Tensor, prior_logits: torch.Tensor) -> tuple[torch.Tensor, Any]:
-        dtype = torch.promote_types(torch.promote_types(aligned_logits.dtype, prior_logits.dtype), torch.float32)
+        dtype = torch.promote_types(aligned_logits.dtype, prior_logits.dtype)
+        dtype = torch.promote_types(dtype, torch.float32)
         logp_a = torch.log_softmax(aligned_logits.to(dtype), dim=-1)
         logp_p = torch.log_softmax(prior_logits.to(dtype).to(logp_a.device), dim=-1)
         if self.weight == 1.0:
@@ -108,7 +111,8 @@ class Lockstep(StepLanguageModel):
                       state.aligned_logp[rows], state.log_mass[rows])
 
     def join(self, state: _State, other: _State) -> _State:
-        return _State(self.aligned.join(state.aligned, other.aligned), self.prior.join(state.prior, other.prior),
+        return _State(self.aligned.join(state.aligned, other.aligned),
+                      self.prior.join(state.prior, other.prior),
                       torch.cat([state.aligned_logp, other.aligned_logp]),
                       torch.cat([state.log_mass, other.log_mass]))
 
@@ -154,7 +158,8 @@ class Realigned(LanguageModel):
         return self.aligned.decode(token_ids)
 
     def logprobs(self, prompts: Sequence[list[int]], continuations: Sequence[list[int]], *,
-                 batch_size: int = SCORE_BATCH, max_batch_tokens: int = SCORE_BATCH_TOKENS) -> list[np.ndarray]:
+                 batch_size: int = SCORE_BATCH,
+                 max_batch_tokens: int = SCORE_BATCH_TOKENS) -> list[np.ndarray]:
         return self.aligned.logprobs(prompts, continuations, batch_size=batch_size,
                                      max_batch_tokens=max_batch_tokens)
 

@@ -36,8 +36,13 @@ from pqtradeoff.io import StageResult, progress_bar
 from pqtradeoff.models.base import LanguageModel, SampledRow, SampleRequest
 from pqtradeoff.pipeline.corpus import GENERATED_SCHEMA, begin_run, write_shard
 from pqtradeoff.sampling.adaptors import Adaptor, BestOfN, Mixture
-from pqtradeoff.sampling.sampler import (BEST_OF_N_STEP, candidate_keys, mixture_components, row_keys,
-                                        step_uniforms)
+from pqtradeoff.sampling.sampler import (
+    BEST_OF_N_STEP,
+    candidate_keys,
+    mixture_components,
+    row_keys,
+    step_uniforms,
+)
 
 TOKEN_COLUMNS = pa.schema([
     (Col.TOKEN_LOGQ, pa.list_(pa.float64())),
@@ -198,14 +203,16 @@ class ShardSampler:
         rows = shard_requests(shard, self.seed, self.max_new_tokens)
         keys = np.array([r.key for r in rows], dtype=np.uint64)
         requests = [SampleRequest(r.prompt_token_ids, bon.base, int(k), r.max_new_tokens)
-                    for r, k in zip([r for r in rows for _ in range(n)], candidate_keys(keys, n), strict=True)]
+                    for r, k in zip([r for r in rows for _ in range(n)], candidate_keys(keys, n),
+                                    strict=True)]
         sampled = model.sample(requests, batch_size=self.batch_size)
         pairs = [pair for pair in shard.rows for _ in range(n)]
         table = rows_to_table(model, bon.base, pairs, sampled, False).to_pandas()
         rewards = np.asarray(self.reward(table), dtype=np.float64).reshape(len(rows), n)
         kept = bon.selection.choose(rewards, step_uniforms(keys, BEST_OF_N_STEP))
         chosen = [sampled[i * n + int(k)] for i, k in enumerate(kept)]
-        out = rows_to_table(model, bon, shard.rows, chosen, self.save_token_logprobs, candidates=(rewards, kept))
+        out = rows_to_table(model, bon, shard.rows, chosen, self.save_token_logprobs,
+                            candidates=(rewards, kept))
         write_shard(out, self.out_dir / shard.name)
         return len(chosen), sum(len(r.token_ids) for r in sampled)
 
@@ -253,11 +260,13 @@ def check_best_of_n(adaptors: list[Any], reward: Any, executor: Any) -> None:
         return
     if reward is None:
         raise PQError(f"adaptor {bon[0]} (best-of-N) ranks its candidates by the reward at generation time: "
-                      "give the reward (generate --reward KIND / --reward-model, or [reward] in the experiment)")
+                      "give the reward (generate --reward KIND / --reward-model, or [reward] in the "
+                      "experiment)")
     needs = [c for c in reward.columns if c not in GENERATED_SCHEMA.names]
     if needs:
         raise PQError(f"adaptor {bon[0]} (best-of-N): reward {reward.name!r} reads {', '.join(needs)}, which "
-                      "only the score stage adds; rank by a reward of the text (vader, a reward model, python:)")
+                      "only the score stage adds; rank by a reward of the text (vader, a reward model, "
+                      "python:)")
     if executor is not None and executor.kind != "local":
         raise PQError(f"adaptor {bon[0]} (best-of-N) runs on the local executor only for now")
 

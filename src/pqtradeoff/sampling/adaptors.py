@@ -164,7 +164,8 @@ class Adaptor:
         """The adaptor without its temperature: `ancestral`, `top_k=30`, `top_p=0.9,min_p=0.05`, `dera=0.5`,
         ..."""
         parts = [f"dera={self.dera!r}"] if self.dera is not None else []
-        parts += [f"{name}={getattr(self, name)!r}" for name in TRUNCATIONS if getattr(self, name) is not None]
+        parts += [f"{name}={getattr(self, name)!r}" for name in TRUNCATIONS
+                  if getattr(self, name) is not None]
         return ",".join(parts) if parts else "ancestral"
 
     @property
@@ -347,7 +348,9 @@ class BestOfN:
 
     @property
     def family(self) -> str:
-        return str(self.selection) if self.base.family == "ancestral" else f"{self.base.family},{self.selection}"
+        if self.base.family == "ancestral":
+            return str(self.selection)
+        return f"{self.base.family},{self.selection}"
 
     @property
     def temperature(self) -> float:

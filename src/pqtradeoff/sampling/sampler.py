@@ -60,7 +60,7 @@ def step_uniforms(keys: np.ndarray, step: int | np.ndarray) -> np.ndarray:
 MIXTURE_STEP = 2**31 - 1
 
 
-#: The step counter of the uniform that picks a best-of-N row's kept candidate (below MIXTURE_STEP: unreached).
+#: The step counter of the uniform that picks a best-of-N row's kept candidate (no sampling step reaches it).
 BEST_OF_N_STEP = 2**31 - 2
 
 

@@ -22,7 +22,7 @@ from pqtradeoff.errors import PQError
 
 
 class TopNSigmaLogitsWarper:
-    """Sets to `filter_value` every score below `max - n * sigma` of its row (sigma over the finite scores)."""
+    """Sets to `filter_value` every score below `max - n * sigma` of its row (sigma: the finite scores')."""
 
     def __init__(self, n: float, filter_value: float = -float("inf")) -> None:
         if isinstance(n, bool) or not isinstance(n, (int, float)) or not math.isfinite(n) or n <= 0:
