@@ -37,20 +37,8 @@ class StepLanguageModel(LanguageModel):
         (a shard is one run); `batch_size=None` takes `choose_batch_size` for the run's longest
         prompt + max_new_tokens, so the batch, and the rows, depend on the run alone."""
         rows: list[SampledRow] = []
-        start = 0
-        while start < len(requests):
-            first = requests[start]
-            end = start + 1
-            while end < len(requests) and (requests[end].adaptor, requests[end].max_new_tokens) == \
-                    (first.adaptor, first.max_new_tokens):
-                end += 1
-            run = requests[start:end]
-            prompts = [list(r.prompt_token_ids) for r in run]
-            keys = np.array([r.key for r in run], dtype=np.uint64)
-            batch = batch_size or choose_batch_size(self, max(len(p) for p in prompts) + first.max_new_tokens)
-            with torch.inference_mode():
-                rows += sample_rows(self, first.adaptor, prompts, keys, first.max_new_tokens, batch)
-            start = end
+        for run in runs_of(requests):
+            rows += sample_run(self, run, batch_size)
         return rows
 
     def logprobs(self, prompts: Sequence[list[int]], continuations: Sequence[list[int]], *,
@@ -102,6 +90,31 @@ class StepLanguageModel(LanguageModel):
         the logits that predict `continuations[b][t]` given the prompt and `continuations[b][:t]`. Positions
         past a row's length are padding and must be ignored by the caller. Results must not depend on the
         batch's other rows or on padding (up to float rounding)."""
+
+
+def runs_of(requests: Sequence[SampleRequest]) -> list[Sequence[SampleRequest]]:
+    """The runs of consecutive requests with the same adaptor and length limit (a shard is one run)."""
+    out, start = [], 0
+    while start < len(requests):
+        first, end = requests[start], start + 1
+        while end < len(requests) and (requests[end].adaptor, requests[end].max_new_tokens) == \
+                (first.adaptor, first.max_new_tokens):
+            end += 1
+        out.append(requests[start:end])
+        start = end
+    return out
+
+
+def sample_run(model: StepLanguageModel, run: Sequence[SampleRequest], batch_size: int | None
+               ) -> list[SampledRow]:
+    """`sample_rows` on one run; `batch_size=None` takes `choose_batch_size` for its longest prompt +
+    max_new_tokens."""
+    first = run[0]
+    prompts = [list(r.prompt_token_ids) for r in run]
+    keys = np.array([r.key for r in run], dtype=np.uint64)
+    batch = batch_size or choose_batch_size(model, max(len(p) for p in prompts) + first.max_new_tokens)
+    with torch.inference_mode():
+        return sample_rows(model, first.adaptor, prompts, keys, first.max_new_tokens, batch)
 
 
 class _Record:

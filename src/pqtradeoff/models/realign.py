@@ -29,7 +29,7 @@ import torch
 
 from pqtradeoff.errors import PQError
 from pqtradeoff.models.base import SCORE_BATCH, SCORE_BATCH_TOKENS, LanguageModel, SampledRow, SampleRequest
-from pqtradeoff.models.decoding import StepLanguageModel, choose_batch_size, sample_rows
+from pqtradeoff.models.decoding import StepLanguageModel, runs_of, sample_run
 from pqtradeoff.sampling.adaptors import Adaptor, realigning
 
 
@@ -45,27 +45,16 @@ def check_pair(aligned: LanguageModel, prior: LanguageModel) -> None:
                       f"(vocabulary {prior.vocab_size} vs {aligned.vocab_size})")
 
 
-class _State(NamedTuple):
-    aligned: Any
-    prior: Any
-    aligned_logp: torch.Tensor  # [B, V] the aligned model's log_softmax for the logits just returned
-    log_mass: torch.Tensor  # [B] logsumexp of the unnormalized mixture m
+class _AlignedTokenization:
+    """Tokenization, decoding and the model facts are the aligned model's (`self.aligned`)."""
 
+    aligned: StepLanguageModel
 
-class Lockstep(StepLanguageModel):
-    """The step-level model whose logits are m = lambda log p+ + (1 - lambda) log p (float32 or float64 as the
-    models give them), with the aligned model's log-probabilities kept beside them for `rescore`."""
-
-    def __init__(self, aligned: StepLanguageModel, prior: StepLanguageModel, weight: float) -> None:
-        check_pair(aligned, prior)
-        self.aligned, self.prior, self.weight = aligned, prior, float(weight)
+    def _take_facts(self, aligned: StepLanguageModel) -> None:
         self.vocab_size, self.eos_token_id = aligned.vocab_size, aligned.eos_token_id
         self.eos_token_ids, self.tokenizer_key = aligned.eos_token_ids, aligned.tokenizer_key
         self.max_length = aligned.max_length
-        self.can_join = aligned.can_join and prior.can_join
-        self.name = f"dera({getattr(aligned, 'name', 'aligned')}, {getattr(prior, 'name', 'prior')})"
 
-    # the tokenization is the aligned model's
     def encode_prompt(self, prompt: str) -> list[int]:
         return self.aligned.encode_prompt(prompt)
 
@@ -77,6 +66,25 @@ class Lockstep(StepLanguageModel):
 
     def decode(self, token_ids: list[int]) -> str:
         return self.aligned.decode(token_ids)
+
+
+class _State(NamedTuple):
+    aligned: Any
+    prior: Any
+    aligned_logp: torch.Tensor  # [B, V] the aligned model's log_softmax for the logits just returned
+    log_mass: torch.Tensor  # [B] logsumexp of the unnormalized mixture m
+
+
+class Lockstep(_AlignedTokenization, StepLanguageModel):
+    """The step-level model whose logits are m = lambda log p+ + (1 - lambda) log p (float32 or float64 as the
+    models give them), with the aligned model's log-probabilities kept beside them for `rescore`."""
+
+    def __init__(self, aligned: StepLanguageModel, prior: StepLanguageModel, weight: float) -> None:
+        check_pair(aligned, prior)
+        self.aligned, self.prior, self.weight = aligned, prior, float(weight)
+        self._take_facts(aligned)
+        self.can_join = aligned.can_join and prior.can_join
+        self.name = f"dera({getattr(aligned, 'name', 'aligned')}, {getattr(prior, 'name', 'prior')})"
 
     def _mix(self, aligned_logits: torch.Tensor, prior_logits: torch.Tensor) -> tuple[torch.Tensor, Any]:
         dtype = torch.promote_types(aligned_logits.dtype, prior_logits.dtype)
@@ -133,29 +141,15 @@ class Lockstep(StepLanguageModel):
         return mixed
 
 
-class Realigned(LanguageModel):
+class Realigned(_AlignedTokenization, LanguageModel):
     """The aligned model, able to sample `dera=...` requests with the prior decoded beside it."""
 
     def __init__(self, aligned: StepLanguageModel, prior: StepLanguageModel) -> None:
         check_pair(aligned, prior)
         self.aligned, self.prior = aligned, prior
-        self.vocab_size, self.eos_token_id = aligned.vocab_size, aligned.eos_token_id
-        self.eos_token_ids, self.tokenizer_key = aligned.eos_token_ids, aligned.tokenizer_key
-        self.max_length = aligned.max_length
+        self._take_facts(aligned)
         self.name = getattr(aligned, "name", "aligned")
         self.device = getattr(aligned, "device", "auto")
-
-    def encode_prompt(self, prompt: str) -> list[int]:
-        return self.aligned.encode_prompt(prompt)
-
-    def empty_context(self) -> list[int]:
-        return self.aligned.empty_context()
-
-    def encode_continuation(self, text: str) -> list[int]:
-        return self.aligned.encode_continuation(text)
-
-    def decode(self, token_ids: list[int]) -> str:
-        return self.aligned.decode(token_ids)
 
     def logprobs(self, prompts: Sequence[list[int]], continuations: Sequence[list[int]], *,
                  batch_size: int = SCORE_BATCH,
@@ -167,25 +161,12 @@ class Realigned(LanguageModel):
         """Each run of consecutive requests with one adaptor: DeRa ones in lockstep, others by the aligned
         model (a row depends on its request alone, as for every model)."""
         rows: list[SampledRow] = []
-        start = 0
-        while start < len(requests):
-            first = requests[start]
-            end = start + 1
-            while end < len(requests) and (requests[end].adaptor, requests[end].max_new_tokens) == \
-                    (first.adaptor, first.max_new_tokens):
-                end += 1
-            run = requests[start:end]
-            if isinstance(first.adaptor, Adaptor) and first.adaptor.realigns:
-                model = Lockstep(self.aligned, self.prior, first.adaptor.dera)
-                prompts = [list(r.prompt_token_ids) for r in run]
-                keys = np.array([r.key for r in run], dtype=np.uint64)
-                batch = batch_size or choose_batch_size(model, max(len(p) for p in prompts)
-                                                        + first.max_new_tokens)
-                with torch.inference_mode():
-                    rows += sample_rows(model, first.adaptor, prompts, keys, first.max_new_tokens, batch)
+        for run in runs_of(requests):
+            first = run[0].adaptor
+            if isinstance(first, Adaptor) and first.realigns:
+                rows += sample_run(Lockstep(self.aligned, self.prior, first.dera), run, batch_size)
             else:
                 rows += self.aligned.sample(run, batch_size=batch_size)
-            start = end
         return rows
 
 
