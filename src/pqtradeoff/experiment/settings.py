@@ -259,21 +259,21 @@ class GenerateSettings(Section):
 
     @model_validator(mode="after")
     def _dera_needs_the_prior(self) -> GenerateSettings:
-        from pqtradeoff.sampling.adaptors import realigning as dera_configs
+        """Before any model loads: DeRa needs the prior, best-of-N the reward (the library checks again, for
+        callers of `generate_corpus` itself), both the local executor."""
+        from pqtradeoff.sampling.adaptors import BestOfN, realigning
 
-        realigning = dera_configs(self.sampling.grid())
-        if realigning and self.prior is None:
-            raise ValueError(f"adaptor {realigning[0]} (DeRa) needs the prior at generation time: give the "
-                             "prior (generate --prior, or [models.prior] in the experiment)")
-        if realigning and self.executor.kind != "local":
-            raise ValueError(f"adaptor {realigning[0]} (DeRa) runs on the local executor only for now")
-        from pqtradeoff.sampling.adaptors import BestOfN
-
-        ranked = [a for a in self.sampling.grid() if isinstance(a, BestOfN)]
-        if ranked and self.reward is None:
-            raise ValueError(f"adaptor {ranked[0]} (best-of-N) ranks its candidates by the reward at "
-                             "generation time: give the reward (generate --reward KIND / --reward-model, or "
-                             "[reward] in the experiment)")
+        grid = self.sampling.grid()
+        for needs, configs, what, how in (
+                ("DeRa", realigning(grid), self.prior, "needs the prior at generation time: give the prior "
+                 "(generate --prior, or [models.prior] in the experiment)"),
+                ("best-of-N", [a for a in grid if isinstance(a, BestOfN)], self.reward,
+                 "ranks its candidates by the reward at generation time: give the reward (generate --reward "
+                 "KIND / --reward-model, or [reward] in the experiment)")):
+            if configs and what is None:
+                raise ValueError(f"adaptor {configs[0]} ({needs}) {how}")
+            if configs and self.executor.kind != "local":
+                raise ValueError(f"adaptor {configs[0]} ({needs}) runs on the local executor only for now")
         if self.reward is not None and self.reward.kind == "model" and self.reward_model is None:
             raise ValueError("reward kind 'model' needs the reward model (--reward-model)")
         return self
@@ -458,8 +458,9 @@ class ExperimentSettings(Section):
             raise PQError("the aligned model is made by [align]: run the experiment (pqtradeoff run)")
         from pqtradeoff.sampling.adaptors import BestOfN, realigning
 
-        realigns = bool(realigning(self.sampling.grid()))
-        ranks = any(isinstance(a, BestOfN) for a in self.sampling.grid())
+        grid = self.sampling.grid()
+        realigns = bool(realigning(grid))
+        ranks = any(isinstance(a, BestOfN) for a in grid)
         return GenerateSettings(model=model, prior=self.models.prior if realigns else None,
                                 reward=self.reward if ranks else None,
                                 reward_model=(self.models.reward if ranks and self.reward.kind == "model"
