@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from pqtradeoff.analysis.analyze import ExtraInputs, run_analysis
+from pqtradeoff.analysis.analyze import ExtraInputs, run_analysis, z_score
 from pqtradeoff.analysis.analyze import make_settings as analysis_settings
 from pqtradeoff.analysis.imh import Target
 from pqtradeoff.analysis.results import Summary
@@ -348,10 +348,6 @@ def _identity_error(table: pd.DataFrame, models: Any, max_new_tokens: int) -> fl
     return float(np.abs(residual[finished]).max())
 
 
-def _z(estimate: float, se: float, exact: float) -> float:
-    return (estimate - exact) / se if se > 0 else (0.0 if estimate == exact else float("inf"))
-
-
 def power_sampling_check(alignment: Any, summary: Summary, max_length: int) -> list[dict[str, Any]]:
     """The global target of an untruncated `temperature=T` is power sampling p+^alpha, alpha = 1/T (Karan &
     Du, arXiv 2510.14901): its exact means, from the law with weights alpha * log p+ (no adaptor code), beside
@@ -368,8 +364,8 @@ def power_sampling_check(alignment: Any, summary: Summary, max_length: int) -> l
         out.append({
             "adaptor": c.adaptor, "alpha": alpha, "exact_mean_reward": law.mean_reward,
             "exact_mean_log_prior": law.mean_log_prior,
-            "z_reward": _z(c.reward.mean, c.reward.se, law.mean_reward),
-            "z_log_prior": _z(c.log_prior.mean, c.log_prior.se, law.mean_log_prior),
+            "z_reward": z_score(c.reward.mean, c.reward.se, law.mean_reward),
+            "z_log_prior": z_score(c.log_prior.mean, c.log_prior.se, law.mean_log_prior),
             "closed_form_difference": max(abs(law.mean_reward - c.exact["exact_mean_reward"]),
                                           abs(law.mean_log_prior - c.exact["exact_mean_log_prior"])),
         })
@@ -398,8 +394,8 @@ def dera_check(models: Any, summary: Summary, max_length: int) -> list[dict[str,
                                             max_length)
         out.append(entry | {
             "exact_mean_reward": law.mean_reward, "exact_mean_log_prior": law.mean_log_prior,
-            "z_reward": _z(c.reward.mean, c.reward.se, law.mean_reward),
-            "z_log_prior": _z(c.log_prior.mean, c.log_prior.se, law.mean_log_prior),
+            "z_reward": z_score(c.reward.mean, c.reward.se, law.mean_reward),
+            "z_log_prior": z_score(c.log_prior.mean, c.log_prior.se, law.mean_log_prior),
             "closed_form_difference": max(abs(law.mean_reward - c.exact["exact_mean_reward"]),
                                           abs(law.mean_log_prior - c.exact["exact_mean_log_prior"])),
             "skipped": None,

@@ -319,9 +319,14 @@ def _compare_exact(result: ConfigResult) -> dict[str, float] | None:
         if exact is None:
             continue
         s = result.series(name)
-        diff = s.mean - exact
-        out[f"z_{name}"] = diff / s.se if s.se > 0 else (0.0 if diff == 0 else float("inf"))
+        out[f"z_{name}"] = z_score(s.mean, s.se, exact)
     return out or None
+
+
+def z_score(estimate: float, se: float, exact: float) -> float:
+    """(estimate - exact) / se; with se 0: 0 when they are equal, else inf."""
+    diff = estimate - exact
+    return diff / se if se > 0 else (0.0 if diff == 0 else float("inf"))
 
 
 def _canonical_keys(mapping: Mapping[str, Any] | None) -> dict[str, Any]:
