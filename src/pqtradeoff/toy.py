@@ -124,8 +124,8 @@ def best_of_n_stream(seed: int) -> np.random.Generator:
 def best_of_n_checks(settings: ToySettings, model: ToyModel) -> list[dict[str, Any]]:
     """Best-of-N and soft best-of-N over candidates drawn from p+ (the aligned model), scored by the reward:
     the Monte Carlo mean reward of `bon_rows` kept strings (N candidates each, one batched draw) against the
-    closed form (`sampling.best_of_n.finite_law`), with the exact KL(pi || p+) and the bound
-    log N - (N-1)/N."""
+    closed form (`sampling.best_of_n.finite_law`), with the exact KL(pi || p+), the bound log N - (N-1)/N
+    and Beirami et al.'s estimate from the best string's mass (best-of-N only)."""
     rng = best_of_n_stream(settings.seed)
     out = []
     for n in settings.best_of_n:
@@ -142,7 +142,8 @@ def best_of_n_checks(settings: ToySettings, model: ToyModel) -> list[dict[str, A
                         "z": (float(rewards.mean()) - exact["exact_mean_reward"]) / se if se > 0 else 0.0,
                         "mean_log_prior": float(model.log_prior[kept].mean()),
                         "exact_kl_aligned": exact["exact_kl"],
-                        "kl_bound": exact["kl_bound"] if soft is None else None})
+                        "kl_bound": exact["kl_bound"] if soft is None else None,
+                        "kl_estimate": exact["kl_estimate"]})
     return out
 
 

@@ -16,7 +16,7 @@ from pqtradeoff.errors import PQError
 from pqtradeoff.models.fsa import TransitionReward, align
 from pqtradeoff.pipeline.generate import PromptRecord, generate_corpus
 from pqtradeoff.sampling.adaptors import parse
-from pqtradeoff.sampling.best_of_n import finite_law
+from pqtradeoff.sampling.best_of_n import finite_law, kl_estimate
 
 from automata_helpers import bounded_prior
 
@@ -115,6 +115,9 @@ def test_analysis_reports_best_of_n_by_its_sample_means(finite, tmp_path):
     assert bon.adaptor == "temperature=1.0,best_of_n=4" and "best-of-N" in bon.reason
     assert bon.local_mean_reward == pytest.approx(rows["reward"].mean())
     assert bon.kl_aligned is None and bon.kl_bound_base == pytest.approx(math.log(4) - 0.75)
+    per_row = kl_estimate(4, np.exp(rows["logq"].to_numpy(float)))  # the kept string's base probability
+    assert bon.kl_base_estimate == pytest.approx(per_row.mean())
+    assert 0 < bon.kl_base_estimate < bon.kl_bound_base  # these strings have mass: below the bound
     assert bon.local_mean_reward > summary.configs[0].reward.local_mean
     advice = advise(summary.to_json(), min_reward=float(bon.local_mean_reward))
     assert advice.imh_skipped_used == ["temperature=1.0,best_of_n=4"]

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from pqtradeoff.errors import PQError
-from pqtradeoff.sampling.best_of_n import Selection, finite_law, finite_summary
+from pqtradeoff.sampling.best_of_n import Selection, finite_law, finite_summary, kl_bound, kl_estimate
 
 
 def enumerated_law(p, r, n, soft):
@@ -79,3 +79,23 @@ def test_choose_keeps_the_best_or_draws_softly():
 def test_bad_selections_are_one_line(args, message):
     with pytest.raises(PQError, match=message):
         Selection(*args)
+
+
+@pytest.mark.parametrize("n", [2, 4, 16])
+@pytest.mark.parametrize("eps", [1e-6, 0.01, 0.2, 0.7, 0.99])
+def test_kl_estimate_is_the_kl_of_a_best_outcome_with_mass_over_a_continuum(n, eps):
+    """Beirami et al.'s estimate against the exact KL of the closed form (`finite_law`) on the law it models:
+    the best outcome of mass eps, the rest spread over 200,000 distinct rewards (a near-continuum)."""
+    many = 200_000
+    probs = np.concatenate([[eps], np.full(many, (1 - eps) / many)])
+    rewards = np.concatenate([[many + 1.0], np.arange(many, dtype=float)])
+    exact = finite_summary(probs, rewards, Selection(n))
+    assert exact["kl_estimate"] == pytest.approx(float(kl_estimate(n, eps)))
+    assert float(kl_estimate(n, eps)) == pytest.approx(exact["exact_kl"], rel=1e-6, abs=1e-9)
+    assert exact["exact_kl"] <= kl_bound(n) + 1e-12
+
+
+def test_kl_estimate_limits():
+    assert kl_estimate(8, 1.0) == pytest.approx(0.0, abs=1e-12)  # one outcome: best-of-N is the base law
+    assert kl_estimate(8, 1e-300) == pytest.approx(kl_bound(8))  # no mass anywhere: the bound
+    assert kl_estimate(1, 0.3) == pytest.approx(0.0, abs=1e-12)  # N = 1 is the base sampler

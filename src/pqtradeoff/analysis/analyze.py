@@ -46,7 +46,7 @@ from pqtradeoff.columns import EXTRA_REWARD_PREFIX, ROW_KEY, Col, extra_reward_c
 from pqtradeoff.errors import PQError, validated
 from pqtradeoff.io import check_output_folder, clear_owned, lock_folder, run_record, write_json
 from pqtradeoff.pipeline.corpus import ANALYSIS_COLUMNS, RUN_RECORD, read_corpus, write_shard
-from pqtradeoff.sampling import adaptors
+from pqtradeoff.sampling import adaptors, best_of_n
 
 #: Columns whose values must be finite for a row to be used (the quantities analysed).
 VALUE_COLUMNS = (Col.REWARD, Col.LOGP_PRIOR)
@@ -293,21 +293,25 @@ BEST_OF_N_REASON = ("best-of-N: its law has no per-token log q (a kept row's log
 
 def skipped_with_local_means(adaptor: str, reason: str, rows: pd.DataFrame | None) -> SkippedConfig:
     """A skipped config; its usable strings' plain means are kept (sampling that adaptor still gives them).
-    A best-of-N configuration gets no KL estimate (its logq is not its law's) but its analytic bound."""
+    A best-of-N configuration gets no KL(q || p+) (its logq is not its law's) but, for hard best-of-N, the
+    analytic bound on KL(best-of-N || base) and Beirami et al.'s estimate of it: per row, the KL of best-of-N
+    when the best outcome's base mass is the kept string's base probability exp(logq), averaged over rows
+    (a plug-in: the kept string is the best the row saw; it tends to the bound as that mass vanishes)."""
     spec = adaptors.parse(adaptor)
-    bound = None
-    if isinstance(spec, adaptors.BestOfN) and spec.selection.soft is None:
-        n = spec.selection.n
-        bound = float(np.log(n) - (n - 1) / n)
+    hard = isinstance(spec, adaptors.BestOfN) and spec.selection.soft is None
+    bound = best_of_n.kl_bound(spec.selection.n) if hard else None
     if rows is None or rows.empty:
         return SkippedConfig(adaptor, reason, kl_bound_base=bound)
     reward, reward_se = _local_mean_and_se(rows[Col.REWARD].to_numpy(float))
     log_prior, log_prior_se = _local_mean_and_se(rows[Col.LOGP_PRIOR].to_numpy(float))
-    kl, kl_se = None, None
+    kl, kl_se, estimate, estimate_se = None, None, None, None
     if not isinstance(spec, adaptors.BestOfN):
         kl, kl_se = _local_mean_and_se(rows[Col.LOGQ].to_numpy(float) - rows[Col.LOGP_ALIGNED].to_numpy(float))
+    elif hard:
+        estimate, estimate_se = _local_mean_and_se(
+            best_of_n.kl_estimate(spec.selection.n, np.exp(rows[Col.LOGQ].to_numpy(float))))
     return SkippedConfig(adaptor, reason, len(rows), reward, reward_se, log_prior, log_prior_se, kl, kl_se,
-                         bound)
+                         bound, estimate, estimate_se)
 
 
 # --------------------------------------------------------------------------------------- exact comparison

@@ -129,8 +129,11 @@ class SkippedConfig:
     local_mean_log_prior_se: float | None = None
     kl_aligned: float | None = None  # KL(q || p+) over its strings, as for an analysed config
     kl_aligned_se: float | None = None
-    # best-of-N: log N - (N-1)/N, Beirami et al.'s upper bound on KL(best-of-N || its base sampler)
+    # best-of-N: log N - (N-1)/N, Beirami et al.'s upper bound on KL(best-of-N || its base sampler), and
+    # their estimate (`sampling.best_of_n.kl_estimate`) per row with eps = the kept string's base probability
     kl_bound_base: float | None = None
+    kl_base_estimate: float | None = None
+    kl_base_estimate_se: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

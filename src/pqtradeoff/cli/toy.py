@@ -51,5 +51,6 @@ def toy(
         name = f"best-of-{e['n']}" if e["soft"] is None else f"soft best-of-{e['n']} (lambda {e['soft']:g})"
         typer.echo(f"{name:26s} mean reward {e['mean_reward']:.4f} ± {e['mean_reward_se']:.4f}, exact "
                    f"{e['exact_mean_reward']:.4f}; KL(pi || p+) {e['exact_kl_aligned']:.4f}"
-                   + (f" <= log N - (N-1)/N = {e['kl_bound']:.4f}" if e["kl_bound"] is not None else ""))
+                   + (f" <= log N - (N-1)/N = {e['kl_bound']:.4f} (estimate from the best string's mass "
+                      f"{e['kl_estimate']:.4f})" if e["kl_bound"] is not None else ""))
     typer.echo(f"wrote {out / toy_lib.SUMMARY}")

@@ -423,6 +423,9 @@ class ExperimentSettings(Section):
     reward: RewardSettings
     rewards: dict[str, RewardSettings] = Field(default_factory=dict, description="Further rewards "
                                                "([rewards.NAME]): one column reward_NAME each.")
+    best_of_n_reward: str | None = Field(None, description="The reward that ranks best-of-N candidates: "
+                                                           "NAME of [rewards.NAME] (default: the primary "
+                                                           "[reward]). It must read only the text.")
     analysis: AnalysisSettings = AnalysisSettings()
     align: AlignSection | None = Field(None, description="Make the aligned model from the prior with DPO "
                                                          "(OUT/aligned/) instead of naming one.")
@@ -435,6 +438,9 @@ class ExperimentSettings(Section):
             raise ValueError("give exactly one of [models.aligned] (an aligned model) or [align] (make it "
                              "from the prior)" if self.align is None else
                              "[align] makes the aligned model: leave [models.aligned] out")
+        if self.best_of_n_reward is not None and self.best_of_n_reward not in self.rewards:
+            raise ValueError(f"best_of_n_reward={self.best_of_n_reward!r} names no [rewards.NAME] table "
+                             f"(have: {', '.join(self.rewards) or 'none'})")
         if self.align is not None:
             if self.models.prior is None:
                 raise ValueError("[align] needs the prior it aligns: give [models.prior]")
@@ -461,9 +467,10 @@ class ExperimentSettings(Section):
         grid = self.sampling.grid()
         realigns = bool(realigning(grid))
         ranks = any(isinstance(a, BestOfN) for a in grid)
+        ranker = self.rewards[self.best_of_n_reward] if self.best_of_n_reward is not None else self.reward
         return GenerateSettings(model=model, prior=self.models.prior if realigns else None,
-                                reward=self.reward if ranks else None,
-                                reward_model=(self.models.reward if ranks and self.reward.kind == "model"
+                                reward=ranker if ranks else None,
+                                reward_model=(self.models.reward if ranks and ranker.kind == "model"
                                               else None),
                                 prompts=self.prompts, sampling=self.sampling,
                                 compute=self.compute, executor=self.executor)

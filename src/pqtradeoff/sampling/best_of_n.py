@@ -14,7 +14,16 @@ base sampler is a finite distribution (the toy's), the oracle the Monte Carlo is
               = N p(y) w_y int_0^inf exp(-t w_y) M(t)^(N-1) dt,  M(t) = E[exp(-t w)] (1/x = int e^(-tx) dt),
 
 the integral by the trapezoid rule on a logarithmic grid in t (smooth and decaying at both ends: its error is
-below 1e-10 here; tests compare it with enumeration over all N-tuples). numpy only.
+below 1e-10 here; tests compare it with enumeration over all N-tuples).
+
+KL(best-of-N || base) is at most log N - (N - 1)/N (`kl_bound`), which is the KL only when no outcome has
+mass. `kl_estimate` is the estimator Beirami et al. propose for the case where one outcome has mass eps: the
+KL of best-of-N over a base law made of the best outcome (mass eps) and a continuum below it,
+
+    (1 - eps)^N (log N + (N - 1) log(1 - eps) - (N - 1)/N) + (1 - (1 - eps)^N) log((1 - (1 - eps)^N) / eps),
+
+exact for that law (the continuum's part is int_0^(1-eps) N u^(N-1) log(N u^(N-1)) du), -> the bound as
+eps -> 0 and -> 0 as eps -> 1. numpy only.
 """
 
 from __future__ import annotations
@@ -61,6 +70,21 @@ class Selection:
         return np.minimum(picked, self.n - 1)
 
 
+def kl_bound(n: int) -> float:
+    """log N - (N - 1)/N: an upper bound on KL(best-of-N || base) (Beirami et al., Theorem 1)."""
+    return math.log(n) - (n - 1) / n
+
+
+def kl_estimate(n: int, eps: np.ndarray | float) -> np.ndarray:
+    """Beirami et al.'s estimate of KL(best-of-N || base) when the best outcome has base mass `eps` (see the
+    module): elementwise over an array of eps in (0, 1]."""
+    e = np.clip(np.asarray(eps, dtype=np.float64), 1e-300, 1.0)
+    miss = np.exp(n * np.log1p(-np.minimum(e, 1 - 1e-16)))  # (1 - eps)^N, no catastrophic rounding
+    hit = -np.expm1(n * np.log1p(-np.minimum(e, 1 - 1e-16)))  # 1 - (1 - eps)^N
+    body = miss * (math.log(n) + (n - 1) * np.log1p(-np.minimum(e, 1 - 1e-16)) - (n - 1) / n)
+    return np.maximum(body + hit * (np.log(hit) - np.log(e)), 0.0)
+
+
 #: Largest (max r - min r) / lambda the soft closed form takes: exp(-600) is still a normal float64.
 MAX_SOFT_SPREAD = 600.0
 
@@ -102,13 +126,17 @@ def finite_law(probs: np.ndarray, rewards: np.ndarray, selection: Selection, gri
 
 def finite_summary(probs: np.ndarray, rewards: np.ndarray, selection: Selection) -> dict[str, float]:
     """Exact mean reward and KL(pi || p) of the kept string, with best-of-N's analytic bound
-    log N - (N - 1)/N on that KL (Beirami et al.: an upper bound, tight only without ties)."""
+    log N - (N - 1)/N on that KL (Beirami et al.: an upper bound, tight only without ties) and their estimate
+    from the best outcome's mass (best-of-N only)."""
     pi = finite_law(probs, rewards, selection)
     p = np.asarray(probs, dtype=np.float64)
+    r = np.asarray(rewards, dtype=np.float64)
     kept = pi > 0
     return {
         "exact_mean_reward": float(pi @ np.asarray(rewards, dtype=np.float64)),
         "exact_kl": float(np.sum(pi[kept] * (np.log(pi[kept]) - np.log(p[kept])))),
-        "kl_bound": math.log(selection.n) - (selection.n - 1) / selection.n,
+        "kl_bound": kl_bound(selection.n),
+        "kl_estimate": (float(kl_estimate(selection.n, p[r == r[p > 0].max()].sum()))
+                        if selection.soft is None else None),
         "exact_mass": float(pi.sum()),
     }
