@@ -36,3 +36,12 @@ def test_generation_roofline_runs_on_a_tiny_model(tiny_hf, tmp_path):
     for line in ("roofline:", "best: ours at batch", "teacher-forced scoring", "time split of ours"):
         assert line in out, out
     assert figure.stat().st_size > 1000
+
+
+def test_inference_alignment_runs_on_a_tiny_model(tiny_hf):
+    done = run(str(BENCHMARKS / "inference_alignment.py"), "--model", str(tiny_hf.llama), "--prompts", "2",
+               "--new-tokens", "4")
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = done.stdout
+    for line in ("GEMM peak", "temperature=1.0,best_of_n=4", "temperature=1.0,dera=0.5", "best-of-4 costs"):
+        assert line in out, out

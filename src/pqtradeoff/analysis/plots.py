@@ -203,6 +203,24 @@ def _beta_lines(ax: Any, corpora: pd.DataFrame, summary: Summary) -> None:
             "through each configuration")
 
 
+def _sample_means(ax: Any, summary: Summary) -> None:
+    """Best-of-N configurations (skipped by the IMH analysis: their law has no per-token log q): their plain
+    sample means +-1 s.e. as grey squares, each named, on the same plane (not IMH-corrected)."""
+    from pqtradeoff.sampling.adaptors import BestOfN, parse  # lazy: the figures' import stays light
+
+    shown = [s for s in summary.skipped if s.local_mean_reward is not None and s.local_mean_log_prior is not None
+             and isinstance(parse(s.adaptor), BestOfN)]
+    for s in shown:
+        ax.errorbar(s.local_mean_log_prior, s.local_mean_reward, xerr=s.local_mean_log_prior_se or 0.0,
+                    yerr=s.local_mean_reward_se or 0.0, marker="s", ms=6, lw=0.8, color="tab:grey",
+                    mec="black", zorder=4)
+        ax.annotate(s.adaptor, (s.local_mean_log_prior, s.local_mean_reward), fontsize=6, xytext=(4, 4),
+                    textcoords="offset points", zorder=4)
+    if shown:
+        ax.plot([], [], "s", color="tab:grey", mec="black",
+                label="best-of-N: sample means ± 1 s.e. (not IMH-corrected)")
+
+
 def corpus_level(corpora: pd.DataFrame, summary: Summary, path: Path) -> str:
     """Corpora: mean reward against mean log prior; colour = family, shade = temperature; each config's centre
     ringed; the pooled least-squares line; exact points and lines when the producer supplied them."""
@@ -228,6 +246,7 @@ def corpus_level(corpora: pd.DataFrame, summary: Summary, path: Path) -> str:
                 label=f"pooled fit: ρ = {_fmt(c.spearman)}, r = {_fmt(c.pearson)}")
     _exact_stars(ax, configs)
     _beta_lines(ax, corpora, summary)
+    _sample_means(ax, summary)
     xlim, ylim = ax.get_xlim(), ax.get_ylim()  # the data's view: exact lines are clipped to it
     for i, line in enumerate(summary.exact_lines):
         grid = np.array(xlim)
