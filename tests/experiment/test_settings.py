@@ -118,3 +118,22 @@ def test_fixed_changes_see_a_section_that_was_none_and_ignore_settings_a_side_ne
     new = {"prior": {"name": "m", "dtype": "float32"}, "reward": {"kind": "vader"}, "added_later": 1}
     assert fixed_changes(old, new, {}) == [("prior.dtype", None, "float32"), ("prior.name", None, "m")]
     assert fixed_changes(new, new | {"compute": {"batch_size": 4}}, {"compute": "free"}) == []
+
+
+def test_best_of_n_reward_names_a_further_reward(tmp_path):
+    """best_of_n_reward picks the reward that ranks best-of-N candidates; a missing table is one line."""
+    from pqtradeoff.experiment.config import example_config, load_experiment
+
+    text = example_config("smollm2-dpo-vader")
+    path = tmp_path / "a.toml"
+    path.write_text(text, encoding="utf-8")
+    settings = load_experiment(path)
+    made = settings.generate_settings(aligned=settings.models.prior)
+    assert made.reward is not None and made.reward.kind == "vader"  # not the primary (dpo)
+    assert made.prior == settings.models.prior  # the grid has DeRa
+    path.write_text(text.replace('best_of_n_reward = "vader"', 'best_of_n_reward = "sentiment"'),
+                    encoding="utf-8")
+    with pytest.raises(PQError, match=r"best_of_n_reward='sentiment' names no \[rewards.NAME\] table \(have: "
+                                      r"vader\)") as err:
+        load_experiment(path)
+    assert "\n" not in str(err.value)
