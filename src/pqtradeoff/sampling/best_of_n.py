@@ -17,8 +17,9 @@ the integral by the trapezoid rule on a logarithmic grid in t (smooth and decayi
 below 1e-10 here; tests compare it with enumeration over all N-tuples).
 
 KL(best-of-N || base) is at most log N - (N - 1)/N (`kl_bound`), which is the KL only when no outcome has
-mass. `kl_estimate` is the estimator Beirami et al. propose for the case where one outcome has mass eps: the
-KL of best-of-N over a base law made of the best outcome (mass eps) and a continuum below it,
+mass. `kl_estimate` is the KL for the case Beirami et al.'s proposed estimator addresses, one outcome with
+mass eps (derived here, not copied: the KL of best-of-N over a base law made of the best outcome, mass eps,
+and a continuum below it),
 
     (1 - eps)^N (log N + (N - 1) log(1 - eps) - (N - 1)/N) + (1 - (1 - eps)^N) log((1 - (1 - eps)^N) / eps),
 
@@ -79,9 +80,9 @@ def kl_estimate(n: int, eps: np.ndarray | float) -> np.ndarray:
     """Beirami et al.'s estimate of KL(best-of-N || base) when the best outcome has base mass `eps` (see the
     module): elementwise over an array of eps in (0, 1]."""
     e = np.clip(np.asarray(eps, dtype=np.float64), 1e-300, 1.0)
-    miss = np.exp(n * np.log1p(-np.minimum(e, 1 - 1e-16)))  # (1 - eps)^N, no catastrophic rounding
-    hit = -np.expm1(n * np.log1p(-np.minimum(e, 1 - 1e-16)))  # 1 - (1 - eps)^N
-    body = miss * (math.log(n) + (n - 1) * np.log1p(-np.minimum(e, 1 - 1e-16)) - (n - 1) / n)
+    log_rest = np.log1p(-np.minimum(e, 1 - 1e-16))  # log(1 - eps), no catastrophic rounding
+    hit = -np.expm1(n * log_rest)  # 1 - (1 - eps)^N
+    body = np.exp(n * log_rest) * (math.log(n) + (n - 1) * log_rest - (n - 1) / n)
     return np.maximum(body + hit * (np.log(hit) - np.log(e)), 0.0)
 
 
@@ -133,7 +134,7 @@ def finite_summary(probs: np.ndarray, rewards: np.ndarray, selection: Selection)
     r = np.asarray(rewards, dtype=np.float64)
     kept = pi > 0
     return {
-        "exact_mean_reward": float(pi @ np.asarray(rewards, dtype=np.float64)),
+        "exact_mean_reward": float(pi @ r),
         "exact_kl": float(np.sum(pi[kept] * (np.log(pi[kept]) - np.log(p[kept])))),
         "kl_bound": kl_bound(selection.n),
         "kl_estimate": (float(kl_estimate(selection.n, p[r == r[p > 0].max()].sum()))
