@@ -35,6 +35,9 @@ class Col:
     REWARD = "reward"
     PRIOR_TOKENIZATION = "prior_tokenization"
     PRIOR_CONTEXT = "prior_context"
+    # written by `score --what-if`: per string, one value per adaptor of the scoring run's `what_if_adaptors`
+    WHAT_IF_LOGQ = "what_if_logq"  # log q_a(y) under the aligned model, teacher-forced
+    WHAT_IF_LOG_WEIGHT = "what_if_log_weight"  # sum_t log Z_t under adaptor a
 
 
 #: The key of a row: one sampled string. A repeated key is a copied row, never a second independent string.

@@ -32,6 +32,11 @@ DEFAULT_FAMILIES = ("ancestral", "top_k=3", "top_k=6", "top_p=0.9", "top_p=0.95"
 DEFAULT_TEMPERATURES = (0.5, 0.75, 1.0, 1.25, 1.5)
 #: DeRa's lambdas, each sampled at T = 1 (`dera=LAMBDA`): its global target is p+ at beta/lambda.
 DEFAULT_DERA = (0.25, 0.5, 0.75, 1.25)
+#: What-if adaptors, none of them in the default grid: estimated from the pooled corpus, never sampled, and
+#: checked against their closed forms.
+DEFAULT_WHAT_IF = ("temperature=0.55:1.45:0.1", "temperature=0.6:1.4:0.2,top_k=4",
+                   "temperature=0.6:1.4:0.2,top_p=0.85", "temperature=0.6:1.4:0.2,top_k=5",
+                   "temperature=0.6:1.4:0.2,top_p=0.8")
 
 
 class DemoSettings(BaseModel):
@@ -58,6 +63,9 @@ class DemoSettings(BaseModel):
     dera: list[float] = Field(default_factory=lambda: list(DEFAULT_DERA),
                               description="DeRa lambdas, each a configuration dera=LAMBDA at T = 1 (the "
                                           "prior decoded beside the aligned model)")
+    what_if: list[str] = Field(default_factory=lambda: list(DEFAULT_WHAT_IF),
+                               description="what-if adaptors (ranges start:stop:step allowed), estimated "
+                                           "from the pooled corpus and compared with their closed forms")
     num_generations: int = Field(2000, ge=2, description="strings sampled per configuration")
     max_new_tokens: int = Field(200, ge=1)
     batch_size: int = Field(2000, ge=1)
@@ -256,9 +264,11 @@ def _run(out_dir: Path, settings: DemoSettings, progress: bool) -> tuple[Summary
     t = time.perf_counter()
     models = build_models(settings)
     kept, exact_by_config, skipped = _exact_grid(models, settings)
+    what_if, what_if_exact, what_if_dropped = _exact_what_if(models, settings, kept)
+    exact_by_config |= what_if_exact
     timings["models_and_exact_s"] = time.perf_counter() - t
     record = settings.model_dump(mode="json", exclude={"figure_format"})  # the format changes no sample
-    scored = _sample_and_score(models, kept, settings, record, out_dir, progress, timings)
+    scored = _sample_and_score(models, kept, settings, record, out_dir, progress, timings, what_if)
     table = pd.read_parquet(scored)
     identity_error = _identity_error(table, models, settings.max_new_tokens)
 
@@ -277,9 +287,16 @@ def _run(out_dir: Path, settings: DemoSettings, progress: bool) -> tuple[Summary
                                  corpora=settings.corpora,
                                  corpus_size=settings.corpus_size, seed=settings.seed, beta=beta,
                                  figure_format=settings.figure_format)
+    if what_if_dropped:
+        notes.append("what-if adaptors without a usable closed form, left out: "
+                     + "; ".join(f"{a} ({why})" for a, why in what_if_dropped.items()))
+    from pqtradeoff.pipeline.corpus import run_settings
+
+    carried = run_settings(scored).get("what_if_adaptors") or None
     inputs = ExtraInputs(exact=exact_by_config, exact_lines=lines, notes=notes, skipped=skipped,
                          source={"demo": record, "scored_dir": str(scored)},
-                         extra={"identity_max_abs_error": identity_error, "log_z": models.alignment.log_z})
+                         extra={"identity_max_abs_error": identity_error, "log_z": models.alignment.log_z},
+                         what_if_adaptors=carried)
     summary = run_analysis(table, out_dir, analysis, inputs)
     if settings.target == "global":
         summary.extra["power_sampling"] = power_sampling_check(models.alignment, summary,
@@ -313,8 +330,30 @@ def _exact_grid(models: Any, settings: DemoSettings) -> tuple[list[Adaptor], dic
     return kept, exact_by_config, skipped
 
 
+def _exact_what_if(models: Any, settings: DemoSettings, kept: list[Adaptor]
+                   ) -> tuple[list[Adaptor], dict[str, Any], dict[str, str]]:
+    """The what-if adaptors with their exact values (those without a usable closed form, and the sampled
+    ones, are left out of the list: the sampled ones are teacher-forced anyway)."""
+    from pqtradeoff.sampling.adaptors import expand_what_if
+
+    sampled = {str(a) for a in kept}
+    out, exact, dropped = [], {}, {}
+    for a in expand_what_if(settings.what_if):
+        if str(a) in sampled:
+            continue
+        values, reason = exact_values(models.alignment, a, settings.target, settings.min_ess_fraction,
+                                      max_length=settings.max_new_tokens)
+        if values is None:
+            dropped[str(a)] = reason
+        else:
+            out.append(a)
+            exact[str(a)] = values
+    return out, exact, dropped
+
+
 def _sample_and_score(models: Any, kept: list[Adaptor], settings: DemoSettings, record: dict[str, Any],
-                      out_dir: Path, progress: bool, timings: dict[str, float]) -> Path:
+                      out_dir: Path, progress: bool, timings: dict[str, float],
+                      what_if: list[Adaptor] | None = None) -> Path:
     """The pipeline's own `generate` and `score` stages on the exact models: the scored corpus's folder."""
     from pqtradeoff.models.realign import with_prior  # lazy: torch
     from pqtradeoff.pipeline.generate import PromptRecord, generate_corpus  # lazy: torch
@@ -333,7 +372,8 @@ def _sample_and_score(models: Any, kept: list[Adaptor], settings: DemoSettings, 
     t = time.perf_counter()
     scored = score_corpus(corpus, out_dir / "scored", prior=models.prior, reward=models.reward,
                           batch_size=settings.batch_size, max_batch_tokens=settings.batch_size * 64,
-                          settings={"prior": models.prior.name, "demo": record}, progress=progress).out_dir
+                          settings={"prior": models.prior.name, "demo": record}, progress=progress,
+                          aligned=models.aligned if what_if else None, what_if=what_if or ()).out_dir
     timings["score_s"] = time.perf_counter() - t
     return scored
 

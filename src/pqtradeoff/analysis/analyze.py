@@ -31,6 +31,8 @@ import pandas as pd
 import pyarrow as pa
 
 from pqtradeoff.analysis import imh, stats
+from pqtradeoff.analysis import length as length_analysis
+from pqtradeoff.analysis import what_if as what_if_analysis
 from pqtradeoff.analysis.fidelity import AlignmentData, AlignmentFit, fit_alignment
 from pqtradeoff.analysis.results import (
     ConfigResult,
@@ -56,6 +58,8 @@ WEIGHT_COLUMNS = {"global": (Col.LOG_WEIGHT,), "aligned": (Col.LOGP_ALIGNED, Col
 SERIES = {"reward": Col.REWARD, "log_prior": Col.LOGP_PRIOR}
 #: String columns `analyze_dir` reads (other string and list columns, texts and tokens, are never needed).
 STRING_COLUMNS = (Col.ADAPTOR, Col.PRIOR_CONTEXT)
+#: The list columns `analyze_dir` keeps (the what-if estimates read them).
+WHAT_IF_COLUMNS = (Col.WHAT_IF_LOGQ, Col.WHAT_IF_LOG_WEIGHT)
 #: Configurations analysed at once, at most (each holds a few ~30 MB count chunks; see `analyze_configs`).
 MAX_WORKERS = 4
 
@@ -356,6 +360,8 @@ class ExtraInputs:
       the analysis skips itself.
     - `source`: the producer's run record (the scored corpus's `_run.json`), stored for provenance.
     - `extra`: top-level fields added to summary.json (e.g. the demo's `identity_max_abs_error`).
+    - `what_if_adaptors`: the adaptors of the corpus's `what_if_logq` / `what_if_log_weight` columns, in
+      order (`what_if_adaptors` of the scoring run's `_run.json`); `exact` may key them too.
     """
 
     exact: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -364,6 +370,7 @@ class ExtraInputs:
     skipped: dict[str, str] = field(default_factory=dict)
     source: dict[str, Any] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    what_if_adaptors: list[str] | None = None  # the adaptors of the what-if columns, in order (score's record)
 
     def __post_init__(self) -> None:
         self.exact_lines = [ExactLine(**line) if isinstance(line, dict) else line for line in self.exact_lines]
@@ -415,6 +422,10 @@ def _per_config(table: pd.DataFrame, data: pd.DataFrame, input_report: InputRepo
         result.dropped_why = input_report.dropped_by_config.get(adaptor, {})
         result.exact = dict(exact.get(adaptor, {}))
         result.exact_comparison = _compare_exact(result)
+        lengths = length_analysis.config_length(rows, what_if_analysis.LENGTH)
+        result.mean_length = lengths.mean_length
+        result.mean_log_prior_per_token = lengths.mean_log_prior_per_token
+        result.partial_spearman_given_length = lengths.partial_spearman_given_length
         configs.append(result)
         corpus_frames.append(pd.DataFrame({
             "adaptor": adaptor, "family": result.family, "temperature": result.temperature,
@@ -423,7 +434,7 @@ def _per_config(table: pd.DataFrame, data: pd.DataFrame, input_report: InputRepo
         }))
     if not configs:
         raise PQError("no configuration could be analysed: " + "; ".join(s.reason for s in skipped))
-    unmatched = sorted(set(exact) - {c.adaptor for c in configs})
+    unmatched = sorted(set(exact) - {c.adaptor for c in configs} - set(inputs.what_if_adaptors or ()))
     if unmatched:
         messages.append(f"exact values were given for configuration(s) not analysed: {', '.join(unmatched)}")
     return _PerConfig(configs, skipped, pd.concat(corpus_frames, ignore_index=True), messages)
@@ -471,6 +482,32 @@ def _alignment(data: pd.DataFrame, settings: AnalysisSettings, inputs: ExtraInpu
     return fit_alignment(data, inputs.source, settings.confidence, rng, nominal_beta=settings.beta)
 
 
+def _what_if(table: pd.DataFrame, data: pd.DataFrame, per: _PerConfig, settings: AnalysisSettings,
+             inputs: ExtraInputs) -> list[what_if_analysis.WhatIfResult]:
+    """Step 3c: the what-if estimates, when the corpus carries teacher-forced columns (or some are asked for)."""
+    carried = inputs.what_if_adaptors
+    if not carried:
+        if settings.what_if:
+            raise PQError("what_if needs the scored corpus's teacher-forced columns, and it has none: score it "
+                          "with `pqtradeoff score ... --aligned MODEL --what-if SPEC` (in a run, "
+                          "[analysis] what_if adds them)")
+        return []
+    counts = _canonical_adaptors(table[Col.ADAPTOR]).value_counts()
+    sampled = {a: int(counts[a]) for a in carried if a in counts.index}
+    results = what_if_analysis.what_if_estimates(data, carried, sampled, settings)
+    exact = _canonical_keys(inputs.exact)
+    for r in results:
+        r.exact = dict(exact.get(r.adaptor, {}))
+        z = {}
+        for name in SERIES:
+            for prefix, key in (("", f"exact_mean_{name}"), ("local_", f"exact_local_mean_{name}")):
+                value, se = getattr(r, f"{prefix}mean_{name}"), getattr(r, f"{prefix}mean_{name}_se")
+                if r.exact.get(key) is not None and value is not None and se is not None:
+                    z[f"z_{prefix}{name}"] = z_score(value, se, r.exact[key])
+        r.exact_comparison = z or None
+    return results
+
+
 def _write(summary: Summary, data: pd.DataFrame, corpora: pd.DataFrame, aligned: AlignmentData | None,
            out_dir: Path) -> None:
     """Step 4: corpora.parquet, the figures, summary.json, _run.json and report.html, each atomically."""
@@ -505,12 +542,17 @@ def run_analysis(
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise PQError(f"out={str(out_dir)!r} exists and is not a directory")
+    if what_if_analysis.LENGTH not in table.columns and Col.TOKEN_IDS in table.columns:
+        table = table.assign(**{what_if_analysis.LENGTH: table[Col.TOKEN_IDS].map(len).astype(np.int64)})
     data, input_report = clean_table(table, settings)
     if data.empty:
         raise PQError("no usable rows: every row was dropped (" + "; ".join(input_report.warnings) + ")")
     per = _per_config(table, data, input_report, settings, inputs)
     across = _across_configs(data, per, settings)
     alignment, aligned = _alignment(data, settings, inputs)
+    what_if = _what_if(table, data, per, settings, inputs)
+    lengths = length_analysis.length_report(data, [c.adaptor for c in per.configs], what_if_analysis.LENGTH,
+                                            settings.confidence)
     summary = Summary(
         settings=settings,
         seeds={"seed": settings.seed, "per_config": "numpy SeedSequence([seed, sha256(adaptor)[:16]]), spawned into chain and corpora streams"},
@@ -520,7 +562,7 @@ def run_analysis(
         tradeoff=across.tradeoff, alignment=alignment, exact_lines=list(inputs.exact_lines), source_run=inputs.source,
         run=run_record("analyze", settings.model_dump(mode="json")),
         outputs={"summary": "summary.json", "corpora": "corpora.parquet", "report": "report.html", "figures": {}},
-        extra=dict(inputs.extra),
+        extra=dict(inputs.extra), what_if=what_if, length=lengths,
     )
     _write(summary, data, per.corpora, aligned, out_dir)
     return summary
@@ -552,8 +594,13 @@ def analyze_dir(scored_dir: str | Path, out_dir: str | Path, settings: AnalysisS
         pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_string(t) or pa.types.is_large_string(t)
         for t in table.schema.types
     )
-    keep = [c for c, skip in zip(table.column_names, nested, strict=True) if c in STRING_COLUMNS or not skip]
+    keep = [c for c, skip in zip(table.column_names, nested, strict=True)
+            if c in STRING_COLUMNS or c in WHAT_IF_COLUMNS or not skip]
     frame = table.select(keep).to_pandas()  # token lists and texts are never needed here
+    if Col.TOKEN_IDS in table.column_names:
+        import pyarrow.compute as pc
+
+        frame[what_if_analysis.LENGTH] = pc.list_value_length(table.column(Col.TOKEN_IDS)).to_numpy()
     record_path = Path(scored_dir) / RUN_RECORD
     source = None
     if record_path.is_file():
@@ -561,9 +608,22 @@ def analyze_dir(scored_dir: str | Path, out_dir: str | Path, settings: AnalysisS
             source = json.loads(record_path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as err:
             raise PQError(f"{str(record_path)!r} is not valid JSON: {err.msg} at line {err.lineno}") from None
-    further = further_reward_analyses(frame, Path(out_dir), settings, source)
+    carried = carried_what_if(source, frame)
+    further = further_reward_analyses(frame, Path(out_dir), settings, source, carried)
     return run_analysis(frame, out_dir, settings,
-                        ExtraInputs(source=source, extra={"rewards": further} if further else {}))
+                        ExtraInputs(source=source, extra={"rewards": further} if further else {},
+                                    what_if_adaptors=carried))
+
+
+def carried_what_if(source: dict[str, Any] | None, frame: pd.DataFrame) -> list[str] | None:
+    """The adaptors of the corpus's what-if columns (its scoring run's `what_if_adaptors`), or None."""
+    names = ((source or {}).get("settings") or {}).get("what_if_adaptors")
+    present = all(c in frame.columns for c in WHAT_IF_COLUMNS)
+    if not names or not present:
+        return None
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise PQError("the scoring run's _run.json names its what_if_adaptors oddly: score the corpus again")
+    return [str(adaptors.parse(n)) for n in names]
 
 
 #: Where the analysis of each further reward (`reward_<name>`) is written, under the analysis folder.
@@ -571,7 +631,8 @@ REWARDS_FOLDER = "rewards"
 
 
 def further_reward_analyses(frame: pd.DataFrame, out_dir: Path, settings: AnalysisSettings,
-                            source: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
+                            source: dict[str, Any] | None, carried: list[str] | None = None
+                            ) -> dict[str, dict[str, Any]]:
     """Analyse each further reward column `reward_<name>` as if it were the reward: the whole analysis (the
     same rows, seeds and settings, so it equals analysing a corpus whose `reward` is that column), written to
     `out_dir/rewards/<name>/`; returns its headline numbers per name, for the main summary."""
@@ -588,7 +649,7 @@ def further_reward_analyses(frame: pd.DataFrame, out_dir: Path, settings: Analys
         if not pd.api.types.is_float_dtype(kind):
             raise PQError(f"column {column!r} is stored as {kind}; need floating-point numbers")
         table = frame.drop(columns=columns).assign(**{Col.REWARD: frame[column].to_numpy()})
-        sub = run_analysis(table, folder / name, settings, ExtraInputs(source=source))
+        sub = run_analysis(table, folder / name, settings, ExtraInputs(source=source, what_if_adaptors=carried))
         found[name] = headline(sub, f"{REWARDS_FOLDER}/{name}")
     return found
 

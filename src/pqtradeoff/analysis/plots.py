@@ -221,14 +221,125 @@ def _sample_means(ax: Any, summary: Summary) -> None:
                 label="best-of-N: sample means ± 1 s.e. (not IMH-corrected)")
 
 
+def what_if_curves(summary: Summary) -> dict[str, list[Any]]:
+    """Family -> its estimated what-if entries (sampled ones included), by temperature: the sweeps drawn as
+    curves (families with at least two points)."""
+    curves: dict[str, list[Any]] = {}
+    for w in summary.what_if:
+        if w.skipped is None and w.mean_reward is not None:
+            curves.setdefault(w.family, []).append(w)
+    return {f: sorted(ws, key=lambda w: w.temperature) for f, ws in sorted(curves.items()) if len(ws) >= 2}
+
+
+def _draw_what_if(ax: Any, summary: Summary, colour: dict[str, Any]) -> None:
+    """Each family's what-if sweep as a curve of its corrected means (by temperature) with a band of +-1 s.e.
+    in reward; sampled configurations' own points on it are drawn by the caller."""
+    curves = what_if_curves(summary)
+    for family, ws in curves.items():
+        x = np.array([w.mean_log_prior for w in ws])
+        y = np.array([w.mean_reward for w in ws])
+        se = np.array([w.mean_reward_se for w in ws])
+        c = colour.get(family, "tab:grey")
+        ax.plot(x, y, color=c, lw=1.2, alpha=0.9, zorder=2)
+        ax.fill_between(x, y - se, y + se, color=c, alpha=0.18, lw=0, zorder=1)
+        ax.scatter(x, y, s=6, color=c, zorder=2)
+        ax.annotate(f"T {ws[0].temperature:g}", (x[0], y[0]), fontsize=6, xytext=(3, -8),
+                    textcoords="offset points", color=c)
+        ax.annotate(f"T {ws[-1].temperature:g}", (x[-1], y[-1]), fontsize=6, xytext=(3, 3),
+                    textcoords="offset points", color=c)
+    if curves:
+        ax.plot([], [], color="black", lw=1.2, label="what-if sweep (from the pool, not sampled) ± 1 s.e.")
+
+
+def _families(summary: Summary) -> list[str]:
+    return sorted({c.family for c in summary.configs} | set(what_if_curves(summary)))
+
+
+def what_if(summary: Summary, path: Path) -> str:
+    """The what-if sweeps on the corpus-level plane: a curve per family by temperature (corrected means,
+    band +-1 s.e.), the sampled configurations' own IMH means +-1 s.e. as ringed points."""
+    families = _families(summary)
+    colour = _palette(families)
+    fig, ax = _subplots((8.6, 5))
+    _draw_what_if(ax, summary, colour)
+    for c in summary.configs:
+        ax.errorbar(c.log_prior.mean, c.reward.mean, xerr=c.log_prior.se, yerr=c.reward.se, marker="o", ms=5,
+                    lw=0.8, color=colour[c.family], mec="black", zorder=3)
+    ax.plot([], [], "o", color="grey", mec="black", label="sampled configuration (IMH mean ± 1 s.e.)")
+    exact = [w.exact for w in summary.what_if if not w.sampled and w.exact.get("exact_mean_reward") is not None]
+    if exact:
+        ax.scatter([e["exact_mean_log_prior"] for e in exact], [e["exact_mean_reward"] for e in exact],
+                   marker="*", s=50, facecolor="none", edgecolor="black", lw=0.6, zorder=4,
+                   label="exact expectations of the what-if adaptors")
+    for f in families:
+        ax.scatter([], [], color=colour[f], marker="o", s=20, label=f)
+    return _finish(fig, ax, "What if: every adaptor's means estimated from the pooled corpus",
+                   "mean log prior probability", "mean reward", path)
+
+
+def length(summary: Summary, path: Path) -> str:
+    """Is it just length? Left: each configuration's mean reward and mean log prior against its mean length.
+    Right: within each length stratum, the configurations' local means and the stratum's trade-off line."""
+    import matplotlib.pyplot as plt
+
+    configs = [c for c in summary.configs if c.mean_length is not None]
+    families = sorted({c.family for c in configs})
+    colour = _palette(families)
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.4))
+    for c in configs:
+        axes[0].scatter(c.mean_length, c.log_prior.local_mean, color=colour[c.family], s=18)
+    axes[0].set_xlabel("mean length (tokens)")
+    axes[0].set_ylabel("local mean log prior")
+    twin = axes[0].twinx()
+    for c in configs:
+        twin.scatter(c.mean_length, c.reward.local_mean, color=colour[c.family], s=18, marker="x")
+    twin.set_ylabel("local mean reward (x)")
+    axes[0].set_title("by configuration: o log prior, x reward", loc="left", fontsize=9)
+    rep = summary.length
+    styles = ("-", "--", "-.", ":")
+    for i, s in enumerate(rep.strata if rep is not None else []):
+        if s.slope is None:
+            continue
+        axes[1].plot([], [], ls=styles[i % 4], color="black",
+                     label=f"{s.lo}-{s.hi} tokens: slope {s.slope:+.3g} ({s.n_configs} configs)")
+    for f in families:
+        axes[1].scatter([], [], color=colour[f], s=18, label=f)
+    if rep is not None and rep.defined:
+        axes[1].set_title(f"within length strata; the trade-off {rep.verdict} holding length fixed",
+                          loc="left", fontsize=9)
+    axes[1].set_xlabel("local mean log prior (within stratum)")
+    axes[1].set_ylabel("local mean reward (within stratum)")
+    _strata_points(axes[1], summary, colour, styles)
+    axes[1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def _strata_points(ax: Any, summary: Summary, colour: dict[str, Any], styles: tuple[str, ...]) -> None:
+    """Each length stratum's configuration means (`LengthReport.strata[*].means`) and their line."""
+    from pqtradeoff.sampling.adaptors import parse  # lazy: the figures' import stays light
+
+    for i, stratum in enumerate(summary.length.strata if summary.length is not None else []):
+        xs = [m["mean_log_prior"] for m in stratum.means]
+        ys = [m["mean_reward"] for m in stratum.means]
+        for m in stratum.means:
+            ax.scatter(m["mean_log_prior"], m["mean_reward"], s=14,
+                       color=colour.get(parse(m["adaptor"]).family, "grey"))
+        if len(xs) >= 2 and np.ptp(xs) > 0:
+            slope, intercept = np.polyfit(xs, ys, 1)
+            grid = np.array([min(xs), max(xs)])
+            ax.plot(grid, slope * grid + intercept, ls=styles[i % 4], color="black", lw=0.9)
+
+
 def corpus_level(corpora: pd.DataFrame, summary: Summary, path: Path) -> str:
     """Corpora: mean reward against mean log prior; colour = family, shade = temperature; each config's centre
     ringed; the pooled least-squares line; exact points and lines when the producer supplied them."""
     configs = summary.configs
-    families = sorted({c.family for c in configs})
+    families = _families(summary)
     colour = _palette(families)
     shade = _shades([c.temperature for c in configs])
     fig, ax = _subplots((8.6, 5))
+    _draw_what_if(ax, summary, colour)
     shown = _subsample(corpora)
     for (fam, temp), rows in shown.groupby(["family", "temperature"], sort=True):
         ax.scatter(rows["mean_log_prior"], rows["mean_reward"], s=5, alpha=0.3, color=_shade(colour[fam], shade[temp]),
@@ -361,7 +472,10 @@ def draw_all(data: pd.DataFrame, corpora: pd.DataFrame, summary: Summary, out_di
         "frontier": frontier(summary, out_dir / f"frontier.{fmt}"),
         "hull": hull(summary, out_dir / f"hull.{fmt}"),
         "reward_vs_kl": reward_vs_kl(summary, out_dir / f"reward_vs_kl.{fmt}"),
-    } | ({"alignment": alignment(aligned, summary, out_dir / f"alignment.{fmt}")} if aligned is not None else {})
+    } | ({"alignment": alignment(aligned, summary, out_dir / f"alignment.{fmt}")} if aligned is not None else {}) \
+      | ({"what_if": what_if(summary, out_dir / f"what_if.{fmt}")} if what_if_curves(summary) else {}) \
+      | ({"length": length(summary, out_dir / f"length.{fmt}")}
+         if summary.length is not None and summary.length.defined else {})
 
 
 # ------------------------------------------------------------------------------------------- toy figures

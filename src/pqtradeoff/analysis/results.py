@@ -16,6 +16,8 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from pqtradeoff.analysis.fidelity import AlignmentFit
+from pqtradeoff.analysis.length import LengthReport
+from pqtradeoff.analysis.what_if import WhatIfResult
 from pqtradeoff.analysis.stats import Correlation, TradeoffFit
 
 if TYPE_CHECKING:
@@ -76,6 +78,9 @@ class ConfigResult:
     exact: dict[str, Any] = field(default_factory=dict)  # exact_* values given by the producer (demo)
     exact_comparison: dict[str, float] | None = None  # z_reward, z_log_prior against exact_mean_*
     on_frontier: bool = False  # Pareto-optimal among the configs' IMH means
+    mean_length: float | None = None  # tokens per sampled string, EOS included (None: no token_ids)
+    mean_log_prior_per_token: float | None = None  # sum of log prior / sum of tokens, sampled strings
+    partial_spearman_given_length: float | None = None  # reward vs log prior given length, strings
 
     def series(self, name: str) -> SeriesEstimate:
         """The `reward` or `log_prior` series by name."""
@@ -101,7 +106,9 @@ class ConfigResult:
             values = asdict(self.series(name))
             out |= {pattern.format(name): values[attr] for attr, pattern in SERIES_JSON.items()}
         out |= {"kl_aligned": self.kl_aligned, "kl_aligned_se": self.kl_aligned_se,
-                "power_alpha": self.power_alpha}
+                "power_alpha": self.power_alpha, "mean_length": self.mean_length,
+                "mean_log_prior_per_token": self.mean_log_prior_per_token,
+                "partial_spearman_given_length": self.partial_spearman_given_length}
         out |= {
             "reliable": self.reliable, "string_level": self.string_level.to_json(),
             "corpus_level": self.corpus_level.to_json(), "n_rows": self.n_rows, "n_dropped": self.n_dropped,
@@ -192,6 +199,8 @@ class Summary:
     outputs: dict[str, Any]  # file names written (figures: name -> file)
     extra: dict[str, Any] = field(default_factory=dict)  # producer's top-level fields (demo: identity error)
     command: str = "analyze"
+    what_if: list[WhatIfResult] = field(default_factory=list)  # what-if estimates (analysis.what_if)
+    length: LengthReport | None = None  # the trade-off with length accounted for (analysis.length)
 
     def to_json(self) -> dict[str, Any]:
         """summary.json: the same fields, in the same order, as before the results were typed."""
@@ -202,6 +211,8 @@ class Summary:
             "string_level": self.string_level.to_json(), "corpus_level": self.corpus_level.to_json(),
             "config_level": self.config_level.to_json(), "tradeoff": self.tradeoff.to_json(),
             "alignment": self.alignment.to_json(),
+            "what_if": [w.to_json() for w in self.what_if],
+            "length": self.length.to_json() if self.length is not None else None,
             "exact_lines": [line.to_json() for line in self.exact_lines], "source_run": self.source_run,
             "run": self.run, "outputs": self.outputs,
         }

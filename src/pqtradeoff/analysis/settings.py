@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 Target = Literal["global", "aligned", "none"]
 
@@ -36,3 +36,23 @@ class AnalysisSettings(BaseModel):
                                description="Nominal KL strength the aligned model was trained with: drawn on "
                                            "the alignment panel and compared with the fitted beta (unset: "
                                            "not drawn).")
+    what_if: list[str] = Field(
+        default_factory=list,
+        description="What-if adaptors estimated from the pooled corpus without sampling them (specs; a "
+                    "parameter may be a range start:stop:step, e.g. temperature=0.5:1.5:0.05,top_p=0.9). "
+                    "The scored corpus must carry their teacher-forced columns (score --what-if); in a run "
+                    "the score stage adds them. Empty: every what-if adaptor the corpus carries.")
+    what_if_min_ess: float = Field(100.0, ge=1.0, description="Skip a what-if adaptor whose importance "
+                                                              "weights over the pool have an ESS below this.")
+
+    @field_validator("what_if")
+    @classmethod
+    def _what_if(cls, specs: list[str]) -> list[str]:
+        from pqtradeoff.errors import PQError
+        from pqtradeoff.sampling.adaptors import expand_what_if
+
+        try:
+            expand_what_if(specs)
+        except PQError as err:
+            raise ValueError(str(err)) from None
+        return specs

@@ -29,6 +29,8 @@ def demo(
                                             "default 0.5 0.75 1.0 1.25 1.5"),
     dera: list[float] = typer.Option(None, "--dera", help="DeRa lambda, sampled at T = 1 (repeatable); "
                                      "default 0.25 0.5 0.75 1.25"),
+    what_if: list[str] = typer.Option(None, "--what-if", help="what-if adaptor, estimated from the pool "
+                                      "without sampling (repeatable; ranges start:stop:step allowed)"),
     num_generations: int | None = typer.Option(None, "--num-generations", help="strings per configuration"),
     max_new_tokens: int | None = typer.Option(None, "--max-new-tokens"),
     target: str | None = typer.Option(None, help="IMH target: global | aligned | none"),
@@ -54,7 +56,7 @@ def demo(
         num_generations=num_generations, max_new_tokens=max_new_tokens, target=target, imh_steps=imh_steps,
         corpora=corpora, corpus_size=corpus_size, figure_format=figure_format,
         families=list(family) if family else None, temperatures=list(temperature) if temperature else None,
-        dera=list(dera) if dera else None,
+        dera=list(dera) if dera else None, what_if=list(what_if) if what_if else None,
     )
     # the defaults are DemoSettings' own (one source): only what the user wrote is passed
     settings = make_settings(**{k: v for k, v in given.items() if v is not None})
@@ -103,8 +105,24 @@ def _print_checks(console: Any, summary: Summary) -> None:
         console.print("power sampling p+^alpha (T = 1/alpha), z reward/log prior: "
                       + ", ".join(f"alpha {e['alpha']:.3g} {e['z_reward']:+.1f}/{e['z_log_prior']:+.1f}"
                                   for e in power))
+    _print_what_if(console, summary)
     dera = [e for e in summary.extra.get("dera") or [] if e.get("skipped") is None]
     if dera:
         console.print("DeRa = p+ at beta/lambda, z reward/log prior: "
                       + ", ".join(f"lambda {e['lambda']:g} {e['z_reward']:+.1f}/{e['z_log_prior']:+.1f}"
                                   for e in dera))
+
+
+def _print_what_if(console: Any, summary: Summary) -> None:
+    """The what-if estimates (never sampled) against their closed forms, in one line."""
+    new = [w for w in summary.what_if if not w.sampled]
+    checked = [w for w in new if w.exact_comparison]
+    if not new:
+        return
+    within = sum(all(abs(z) < 4 for z in w.exact_comparison.values()) for w in checked)
+    ess = sorted(w.ess for w in new if w.ess is not None)
+    sampled = [w for w in summary.what_if if w.sampled and w.skipped is None]
+    console.print(f"what-if (never sampled, from the pool): {within} of {len(checked)} within 4 s.e. of exact "
+                  f"on all four means, {sum(w.skipped is not None for w in new)} skipped; ESS "
+                  + (f"{ess[0]:.0f} to {ess[-1]:.0f} (median {ess[len(ess) // 2]:.0f})" if ess else "n/a")
+                  + f"; {len(sampled)} sampled configurations re-estimated from the pool")

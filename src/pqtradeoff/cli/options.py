@@ -104,7 +104,7 @@ def nested_values(flags: dict[str, Paths], values: dict[str, Any]) -> dict[str, 
     return nested
 
 
-_MODEL_SECTIONS = {"model", "prior", "reward_model"}
+_MODEL_SECTIONS = {"model", "prior", "reward_model", "aligned"}
 
 
 def _is_model_section(key: str) -> bool:

@@ -18,10 +18,12 @@ from pqtradeoff.experiment.settings import ScoreSettings
 FLAGS = {
     "--prior": "prior.name", "--prior-gguf-file": "prior.gguf_file",
     "--reward-model": "reward_model.name", "--reward-model-gguf-file": "reward_model.gguf_file",
-    "--backend": ("prior.backend", "reward_model.backend"),
-    "--device": ("prior.device", "reward_model.device"), "--dtype": ("prior.dtype", "reward_model.dtype"),
+    "--backend": ("prior.backend", "reward_model.backend", "aligned.backend"),
+    "--device": ("prior.device", "reward_model.device", "aligned.device"),
+    "--dtype": ("prior.dtype", "reward_model.dtype", "aligned.dtype"),
     "--reward": "reward.kind", "--beta": "reward.beta", "--label": "reward.label",
     "--prior-context": "reward.prior_context",
+    "--aligned": "aligned.name", "--aligned-gguf-file": "aligned.gguf_file", "--what-if": "what_if",
     "--batch-size": "compute.batch_size", "--max-batch-tokens": "compute.max_batch_tokens",
     "--progress": "compute.progress",
     "--executor": "executor.kind", "--ray-address": "executor.ray_address", "--actors": "executor.actors",
@@ -66,7 +68,7 @@ settings_command(app, "score", ScoreSettings, FLAGS, _score,
                            option("extra_reward", None, "--extra-reward", annotation=list[str] | None,
                                   help="A further reward NAME=KIND (repeatable; KIND as --reward, not a "
                                        "reward model): one column reward_NAME each.")],
-                 overrides={"--prior": None, "--reward-model": None, "--reward": None,
+                 overrides={"--aligned": None, "--prior": None, "--reward-model": None, "--reward": None,
                             "--executor": None},  # unset: local, or ray when --ray-address is given
                  help="Score a generated corpus: log-probability under the prior and the reward of every "
                       "string.")

@@ -103,8 +103,8 @@ def run_experiment(settings: ExperimentSettings, out: str | Path) -> ExperimentR
     log.info("generate: %s: %s", stages[-1].status, gen.describe())
 
     t = time.perf_counter()
-    _reset_if_changed(scored, settings, models)
-    sc = run_score(settings.score_settings(), corpus, scored, models)
+    _reset_if_changed(scored, settings, models, aligned)
+    sc = run_score(settings.score_settings(aligned), corpus, scored, models)
     stages.append(StageReport("score", _status(sc.written, sc.shards), time.perf_counter() - t, sc.describe(),
                               sc.to_json()))
     log.info("score: %s: %s", stages[-1].status, sc.describe())
@@ -150,13 +150,14 @@ def _align(settings: ExperimentSettings, out: Path, models: ModelCache) -> tuple
     return ModelSpec(name=str(folder.resolve()), device=prior.device, dtype=prior.dtype), report
 
 
-def _reset_if_changed(scored: Path, settings: ExperimentSettings, models: ModelCache) -> None:
+def _reset_if_changed(scored: Path, settings: ExperimentSettings, models: ModelCache,
+                      aligned: ModelSpec | None = None) -> None:
     """In a run the config is the truth: a changed reward or prior (in name or in content) rescoring
     everything, rather than refusing."""
     old = run_settings(scored) if scored.is_dir() else {}
     if not old:
         return
-    new = score_record_settings(settings.score_settings(), scored.parent / STAGE_DIRS["generate"], models)
+    new = score_record_settings(settings.score_settings(aligned), scored.parent / STAGE_DIRS["generate"], models)
     changes = fixed_changes(old, new, SCORE_POLICY)
     if changes:
         log.info("score: settings changed (%s): scoring again", describe_changes(changes))

@@ -298,8 +298,25 @@ class ScoreSettings(Section):
     rewards: dict[str, RewardSettings] = Field(
         default_factory=dict, description="Further rewards by name, one column `reward_<name>` each beside "
                                           "the primary `reward` (any kind but 'model').")
+    aligned: ModelSpec | None = Field(None, description="The aligned model that sampled the corpus: "
+                                                         "teacher-forced under every what-if adaptor.")
+    what_if: list[str] = Field(default_factory=list,
+                               description="What-if adaptors (specs; ranges start:stop:step allowed): each "
+                                           "string's log q and log weight under each of them and under every "
+                                           "sampled configuration, from the aligned model (needs aligned).")
     compute: ComputeSettings = ComputeSettings()
     executor: ExecutorSettings = ExecutorSettings()
+
+    @field_validator("what_if")
+    @classmethod
+    def _what_if(cls, specs: list[str]) -> list[str]:
+        from pqtradeoff.sampling.adaptors import expand_what_if
+
+        try:
+            expand_what_if(specs)
+        except PQError as err:
+            raise ValueError(str(err)) from None
+        return specs
 
     @field_validator("rewards")
     @classmethod
@@ -334,6 +351,9 @@ class ScoreSettings(Section):
         if self.reward.kind != "model" and self.reward_model is not None:
             raise ValueError(f"a reward model was given but the reward kind is {self.reward.kind!r}: "
                              "give exactly one of a reward model or another reward kind")
+        if self.what_if and self.aligned is None:
+            raise ValueError("what_if needs the aligned model that sampled the corpus (--aligned): every "
+                             "string is teacher-forced under it")
         return self
 
 
@@ -475,9 +495,16 @@ class ExperimentSettings(Section):
                                 prompts=self.prompts, sampling=self.sampling,
                                 compute=self.compute, executor=self.executor)
 
-    def score_settings(self) -> ScoreSettings:
+    def score_settings(self, aligned: ModelSpec | None = None) -> ScoreSettings:
+        """`score` of the study; with `[analysis] what_if`, the aligned model (`models.aligned`, or
+        `aligned`: what [align] made) teacher-forces every string under the what-if adaptors."""
+        what_if = list(self.analysis.what_if)
+        model = aligned or self.models.aligned
+        if what_if and model is None:
+            model = ModelSpec(name="(made by [align])")  # replaced by the run with the aligned model's folder
         return ScoreSettings(prior=self.models.prior, reward_model=self.models.reward, reward=self.reward,
-                             rewards=self.rewards, compute=self.compute, executor=self.executor)
+                             rewards=self.rewards, aligned=model if what_if else None, what_if=what_if,
+                             compute=self.compute, executor=self.executor)
 
 
 # ----------------------------------------------------------------------------------------- resume policy

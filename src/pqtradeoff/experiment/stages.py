@@ -220,6 +220,7 @@ def score_record_settings(settings: ScoreSettings, corpus: Path, models: ModelCa
     """What `score` records (and compares on resume): the settings, the corpus folder, and the digests of the
     prior's files and of what the reward's name stands for (`digests.reward_sha256`)."""
     digests = {"prior": models.model_sha256(settings.prior),
+               **({"aligned": models.model_sha256(settings.aligned)} if settings.what_if else {}),
                "reward": reward_sha256(settings.reward, settings.reward_model),
                **({"rewards": {n: reward_sha256(r) for n, r in settings.rewards.items()}}
                   if settings.rewards else {})}
@@ -267,6 +268,13 @@ def run_score(settings: ScoreSettings, corpus: Path, out: Path, models: ModelCac
 
     recorded |= {"prompt_template": template, "chat_template": chat, "prior_chat_template": prior_chat,
                  "reward_chat_template": reward_chat}
+    aligned, what_if = None, []
+    if settings.what_if:
+        from pqtradeoff.sampling.adaptors import expand_what_if
+
+        assert settings.aligned is not None  # checked by ScoreSettings
+        what_if = expand_what_if(settings.what_if)
+        aligned = models.causal(settings.aligned, template, chat)
     prior_loader = (None if settings.prior is None
                     else CausalLoader(settings.prior, template, bool(prior_chat)))
     load = ScoreModelsLoader(prior_loader, r, settings.reward_model, template, bool(reward_chat), batch,
@@ -275,7 +283,7 @@ def run_score(settings: ScoreSettings, corpus: Path, out: Path, models: ModelCac
                         prior_context=r.prior_context, batch_size=batch,
                         max_batch_tokens=settings.compute.max_batch_tokens or score_batch_tokens(lm),
                         settings=recorded, progress=settings.compute.progress, policy=SCORE_POLICY,
-                        executor=settings.executor, load_models=load)
+                        executor=settings.executor, load_models=load, aligned=aligned, what_if=what_if)
 
 
 def with_chat_fallback(build, chat: bool, what: str):

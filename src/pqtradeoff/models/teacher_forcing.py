@@ -82,3 +82,61 @@ def plain_continuation_logprobs(
         for r, i in enumerate(batch):
             out[i] = logp[r, : len(conts[r])].copy()
     return out
+
+
+def adaptor_scores(
+    model: LanguageModel, prompts: list[list[int]], continuations: list[list[int]], adaptors: list, *,
+    batch_size: int = SCORE_BATCH, max_batch_tokens: int = SCORE_BATCH_TOKENS,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each continuation's log q_a(y) and log weight sum_t log Z_t under every adaptor `a`, teacher-forced:
+    two float64 arrays [rows, adaptors].
+
+    One forward pass of `model` per batch serves every adaptor: its logits are turned into log-probabilities
+    once, and each adaptor then applies its temperature and its support (`Adaptor.support`, transformers' own
+    warpers, so the tokens kept are those sampling keeps) to the same tensor. log q_a is -inf where a token
+    lies outside a's support. For the configuration that sampled a string these equal its recorded `logq`
+    and `log_weight` up to the float rounding of a full forward pass against the incremental one.
+    """
+    n, k = len(continuations), len(adaptors)
+    logq, log_weight = np.zeros((n, k)), np.zeros((n, k))
+    lengths = [max(len(c), 1) for c in continuations]
+    for batch in length_batches(list(range(n)), lengths, batch_size, max_batch_tokens):
+        conts = [continuations[i] for i in batch]
+        if max(len(c) for c in conts) == 0:
+            continue
+        with torch.inference_mode():
+            logits = model.continuation_logits([prompts[i] for i in batch], conts)
+            rows = torch.cat([torch.full((len(c),), r, dtype=torch.long) for r, c in enumerate(conts)])
+            cols = torch.cat([torch.arange(len(c)) for c in conts])
+            flat = logits[rows.to(logits.device), cols.to(logits.device)]  # [positions, V]: no padding
+            targets = torch.tensor([t for c in conts for t in c], dtype=torch.long, device=flat.device)
+            q, z = _per_position(flat, targets, adaptors)
+        index = rows.numpy()
+        for j in range(k):
+            logq[batch, j] = np.bincount(index, weights=q[:, j], minlength=len(batch))
+            log_weight[batch, j] = np.bincount(index, weights=z[:, j], minlength=len(batch))
+        # bincount adds -inf and finite to -inf, and -inf + inf never occurs (weights are <= 0 or finite)
+    return logq, log_weight
+
+
+def _per_position(logits: torch.Tensor, targets: torch.Tensor, adaptors: list) -> tuple[np.ndarray, np.ndarray]:
+    """Per position [P] and adaptor: log q_a(target) and log Z_t, float64 (computed in float64 for float64
+    logits, float32 otherwise, as sampling computes them)."""
+    dtype = torch.promote_types(logits.dtype, torch.float32)
+    work = logits.to(dtype)
+    logp = torch.log_softmax(work, dim=-1)
+    picked = logp.gather(-1, targets[:, None]).squeeze(-1)
+    q = np.empty((len(targets), len(adaptors)))
+    z = np.empty((len(targets), len(adaptors)))
+    for j, a in enumerate(adaptors):
+        if a.is_identity:
+            q[:, j], z[:, j] = picked.double().cpu().numpy(), 0.0
+            continue
+        weights = logp / a.temperature
+        if a.truncates:
+            weights.masked_fill_(~a.support(work, fast_top_p=True), float("-inf"))
+        log_z = torch.logsumexp(weights, dim=-1)
+        kept = weights.gather(-1, targets[:, None]).squeeze(-1)
+        q[:, j] = (kept - log_z).double().cpu().numpy()
+        z[:, j] = log_z.double().cpu().numpy()
+    return q, z

@@ -17,9 +17,10 @@ skips the shards already scored from byte-identical corpus shards and scores the
 
 from __future__ import annotations
 
+import json
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -69,7 +70,9 @@ def prior_inputs(
 
 #: Resume policy of the keys `score_corpus` records beside the caller's settings: the corpus may grow (more
 #: shards to score) and batching never changes which rows are written.
-SCORE_POLICY = {"generate_settings": "free", "batch_size": "free", "max_batch_tokens": "free"}
+#: `what_if_adaptors` grows with the grid; each shard records its own list and is scored again when it differs.
+SCORE_POLICY = {"generate_settings": "free", "batch_size": "free", "max_batch_tokens": "free",
+                "what_if_adaptors": "free"}
 
 
 def score_corpus(
@@ -87,6 +90,8 @@ def score_corpus(
     policy: dict[str, str] | None = None,
     executor: Any = None,
     load_models: Any = None,
+    aligned: LanguageModel | None = None,
+    what_if: Sequence[Any] = (),
 ) -> ScoreResult:
     """Add `logp_prior` and `reward` to every shard of `corpus_dir`, writing the scored corpus to `out_dir`.
 
@@ -99,6 +104,12 @@ def score_corpus(
 
     `executor` (`ExecutorSettings`; None: local) chooses where shards are scored: here, or by a pool
     of Ray actors that each build their own `(prior, reward)` with `load_models()` and write the same files.
+
+    `what_if` (adaptors; with `aligned`, the model that sampled the corpus) adds two list columns per string,
+    `what_if_logq` and `what_if_log_weight`: its log q and log weight under every plain configuration the
+    corpus sampled and every what-if adaptor, in the order recorded as `what_if_adaptors` in `_run.json`
+    (one teacher-forced pass of `aligned` per batch for all of them: `teacher_forcing.adaptor_scores`).
+    The analysis estimates each what-if adaptor's means from the pooled corpus with them.
     """
     corpus_dir, out_dir = Path(corpus_dir), Path(out_dir)
     if prior_context not in PRIOR_CONTEXTS:
@@ -123,20 +134,58 @@ def score_corpus(
         "prior_tokenization": None if prior is None else ("token_ids" if same_tokenizer else "retokenized"),
         "generate_settings": corpus_settings,
     }
+    teacher_forced = what_if_adaptors(files, what_if) if what_if else []
+    if teacher_forced:
+        if aligned is None:
+            raise PQError("what-if adaptors need the aligned model that sampled the corpus (--aligned) to "
+                          "teacher-force every string under each of them")
+        if not hasattr(aligned, "continuation_logits"):
+            raise PQError(f"what-if scoring teacher-forces the aligned model through its logits: the "
+                          f"{type(aligned).__name__} backend gives none (use the hf backend)")
+        if executor is not None and getattr(executor, "kind", "local") != "local":
+            raise PQError("what-if scoring runs on the local executor only: drop --what-if or use "
+                          "--executor local")
+        if aligned_key is not None and aligned.tokenizer_key != aligned_key:
+            raise PQError(f"--aligned tokenizes differently from the model that sampled the corpus "
+                          f"({aligned.tokenizer_key!r} vs {aligned_key!r}): give the corpus's own model")
+        resolved["what_if_adaptors"] = [str(a) for a in teacher_forced]
     superseded = begin_run(out_dir, "score", resolved, SCORE_POLICY | (policy or {}), {f.name for f in files})
 
-    todo = [f for f in files if scored_from(out_dir / f.name) != file_sha256(f)]
+    wanted = [str(a) for a in teacher_forced] or None
+    todo = [f for f in files if scored_from(out_dir / f.name) != file_sha256(f)
+            or what_if_of(out_dir / f.name) != wanted]
     total = sum(_num_rows(f) for f in todo)
     began = time.perf_counter()
-    work = ShardScorer(prior_context, same_tokenizer, batch_size, max_batch_tokens, out_dir)
+    work = ShardScorer(prior_context, same_tokenizer, batch_size, max_batch_tokens, out_dir,
+                       tuple(teacher_forced))
     with progress_bar(progress, total, "score") as advance:
         from pqtradeoff.pipeline.executor import run_shards  # lazy: startup
 
-        tokens = run_shards("score", work, (prior, rewards), load_models, todo, executor, out_dir,
+        tokens = run_shards("score", work, (prior, rewards, aligned), load_models, todo, executor, out_dir,
                             str(getattr(prior, "device", "auto")), advance)
     _write_report(out_dir)
     return ScoreResult(out_dir, len(files), len(todo), len(files) - len(todo), superseded, total, tokens,
                        time.perf_counter() - began)
+
+
+def what_if_adaptors(files: Sequence[Path], what_if: Sequence[Any]) -> list[Any]:
+    """The adaptors `score --what-if` teacher-forces: every plain configuration the corpus sampled (they
+    make the pool's proposal; mixtures, best-of-N and DeRa rows stay out of it), in canonical order, then the
+    what-if adaptors not among them."""
+    from pqtradeoff.sampling.adaptors import Adaptor, parse
+
+    sampled: dict[str, Any] = {}
+    for f in files:
+        for spec in pq.read_table(f, columns=[Col.ADAPTOR]).column(0).unique().to_pylist():
+            try:
+                a = parse(spec)
+            except PQError as err:
+                raise PQError(f"shard {f.name!r}: {err}") from None
+            if isinstance(a, Adaptor) and not a.realigns:
+                sampled.setdefault(str(a), a)
+    out = [sampled[k] for k in sorted(sampled)]
+    out += [a for a in what_if if str(a) not in sampled]
+    return out
 
 
 def reward_columns(reward: Reward, extra: Mapping[str, Reward] | None = None) -> dict[str, Reward]:
@@ -169,10 +218,11 @@ class ShardScorer:
     batch_size: int
     max_batch_tokens: int
     out_dir: Path
+    what_if: tuple[Any, ...] = ()
 
-    def __call__(self, models: tuple[LanguageModel | None, Reward | dict[str, Reward]], path: Path
-                 ) -> tuple[int, int]:
-        prior, rewards = models
+    def __call__(self, models: tuple[Any, ...], path: Path) -> tuple[int, int]:
+        prior, rewards = models[0], models[1]
+        aligned = models[2] if len(models) > 2 else None
         rewards = rewards if isinstance(rewards, dict) else reward_columns(rewards)
         prior_context, same_tokenizer, out_dir = self.prior_context, self.same_tokenizer, self.out_dir
         tokens = 0
@@ -193,6 +243,18 @@ class ShardScorer:
             df[Col.PRIOR_CONTEXT] = prior_context
         elif Col.LOGP_PRIOR not in df.columns:
             raise PQError(f"shard {path.name!r} has no logp_prior column and no --prior was given")
+        df = df.drop(columns=[c for c in (Col.WHAT_IF_LOGQ, Col.WHAT_IF_LOG_WEIGHT) if c in df.columns])
+        if self.what_if:
+            from pqtradeoff.models.teacher_forcing import adaptor_scores  # lazy: torch
+
+            prompts = [list(map(int, ids)) for ids in df[Col.PROMPT_TOKEN_IDS]]
+            conts = [list(map(int, ids)) for ids in df[Col.TOKEN_IDS]]
+            logq, log_weight = adaptor_scores(aligned, prompts, conts, list(self.what_if),
+                                              batch_size=self.batch_size,
+                                              max_batch_tokens=self.max_batch_tokens)
+            df[Col.WHAT_IF_LOGQ] = list(logq)
+            df[Col.WHAT_IF_LOG_WEIGHT] = list(log_weight)
+            tokens += sum(len(c) for c in conts)
         df = df.drop(columns=[c for c in extra_reward_columns(df.columns) if c not in rewards])
         for column, reward in rewards.items():
             df[column] = self._reward_values(reward, df, path.name, scored_prior=prior is not None)
@@ -203,6 +265,8 @@ class ShardScorer:
                             key.replace("_", " "))
         scored = pa.Table.from_pandas(df, preserve_index=False)
         meta = (scored.schema.metadata or {}) | {SOURCE_KEY: bytes_sha256(data).encode()}
+        if self.what_if:
+            meta[WHAT_IF_KEY] = json.dumps([str(a) for a in self.what_if]).encode()
         write_shard(scored.replace_schema_metadata(meta), out_dir / path.name)
         return len(df), tokens
 
@@ -225,6 +289,8 @@ class ShardScorer:
 
 #: The key of a scored shard's Parquet metadata that holds the SHA-256 of the corpus shard it was scored from.
 SOURCE_KEY = b"pqtradeoff.source_sha256"
+#: The key of a scored shard's Parquet metadata that names the adaptors of its what-if columns, in order.
+WHAT_IF_KEY = b"pqtradeoff.what_if_adaptors"
 
 
 def scored_from(path: Path) -> str | None:
@@ -236,6 +302,16 @@ def scored_from(path: Path) -> str | None:
         return None
     value = meta.get(SOURCE_KEY)
     return value.decode() if value else None
+
+
+def what_if_of(path: Path) -> list[str] | None:
+    """The adaptors of a scored shard's what-if columns, in order (None: it has none or is unreadable)."""
+    try:
+        meta = pq.read_schema(path).metadata or {}
+    except (OSError, pa.ArrowException):
+        return None
+    value = meta.get(WHAT_IF_KEY)
+    return json.loads(value) if value else None
 
 
 def _num_rows(path: Path) -> int:

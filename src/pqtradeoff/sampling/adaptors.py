@@ -499,3 +499,85 @@ def parse_grid(specs: list[str], temperatures: list[float] | None = None) -> lis
             seen.add(str(a))
             unique.append(a)
     return unique
+
+
+# ------------------------------------------------------------------------------------------ what-if specs
+#: The separator of a range value in a what-if spec: `temperature=0.5:1.5:0.05` is 0.5, 0.55, ..., 1.5.
+RANGE_SEPARATOR = ":"
+#: Most adaptors one what-if list may expand to (each is a column of every scored string).
+MAX_WHAT_IF = 1000
+
+
+def _range_values(spec: str, name: str, raw: str) -> list[str]:
+    """`start:stop:step` -> the values start, start + step, ... up to stop (included when it lands on the
+    grid, to 1e-9 of a step), written with at most 12 significant digits (0.55, never 0.5500000000000001)."""
+    parts = raw.split(RANGE_SEPARATOR)
+    if len(parts) != 3:
+        kind = _BY_NAME[name].kind
+        example = "10:50:10" if kind is int else "0.5:1.5:0.05"
+        raise PQError(f"what-if spec {spec!r}: {name}={raw!r} is not a range start:stop:step, e.g. "
+                      f"{name}={example}")
+    kind = _BY_NAME[name].kind
+    numbers = []
+    for part in parts:
+        part = part.strip()
+        if not part.isascii():
+            raise PQError(f"what-if spec {spec!r}: {name}={raw!r}: {part!r} is not a number")
+        try:
+            numbers.append(kind(part))
+        except ValueError:
+            what = "an integer" if kind is int else "a number"
+            raise PQError(f"what-if spec {spec!r}: {name}={raw!r}: {part!r} is not {what}") from None
+    start, stop, step = numbers
+    if not all(math.isfinite(v) for v in numbers) or step <= 0:
+        raise PQError(f"what-if spec {spec!r}: {name}={raw!r}: need finite start and stop and a step > 0")
+    if stop < start:
+        raise PQError(f"what-if spec {spec!r}: {name}={raw!r} is an empty range (stop {stop!r} < start "
+                      f"{start!r})")
+    count = int(math.floor((stop - start) / step + 1e-9)) + 1
+    if count > MAX_WHAT_IF:
+        raise PQError(f"what-if spec {spec!r}: {name}={raw!r} has {count} values: at most {MAX_WHAT_IF}")
+    if kind is int:
+        return [str(start + i * step) for i in range(count)]
+    return [repr(float(f"{start + i * step:.12g}")) for i in range(count)]
+
+
+def expand_what_if(specs: list[str]) -> list[Adaptor]:
+    """Every adaptor a what-if list names: each spec is one adaptor, or a sweep where any parameter is a range
+    `start:stop:step` (several ranges in one spec cross), e.g. `temperature=0.5:1.5:0.05,top_p=0.9`.
+    Duplicates are dropped, first mention kept. A what-if adaptor is one plain adaptor: no mixture, best-of-N
+    or DeRa (their laws are not a per-token q the aligned model's logits alone give). One-line PQError on a
+    malformed or empty sweep."""
+    import itertools
+
+    out: list[Adaptor] = []
+    seen: set[str] = set()
+    for spec in specs:
+        if not isinstance(spec, str) or not spec.strip():
+            raise PQError(f"what-if spec {spec!r} is empty: use e.g. 'temperature=0.5:1.5:0.1,top_p=0.9'")
+        text = spec.strip()
+        if text.startswith("mix(") or any(f"{k}=" in text for k in (*SELECTION_KEYS, "dera")):
+            raise PQError(f"what-if spec {spec!r}: a what-if adaptor is one plain adaptor (temperature and "
+                          "truncations): mixtures, best-of-N and DeRa have no per-token q from the aligned "
+                          "model alone")
+        choices: list[list[str]] = []
+        for part in text.split(","):
+            name, sep, raw = part.partition("=")
+            if sep and RANGE_SEPARATOR in raw:
+                name = name.strip()
+                if name not in _BY_NAME:
+                    raise PQError(f"what-if spec {spec!r}: unknown parameter {name!r}; known: "
+                                  f"{', '.join(PARAMETER_ORDER)}")
+                choices.append([f"{name}={v}" for v in _range_values(spec, name, raw)])
+            else:
+                choices.append([part])
+        for combo in itertools.product(*choices):
+            a = parse(",".join(combo))
+            if not isinstance(a, Adaptor):  # pragma: no cover - refused above
+                raise PQError(f"what-if spec {spec!r} is not one plain adaptor")
+            if str(a) not in seen:
+                seen.add(str(a))
+                out.append(a)
+                if len(out) > MAX_WHAT_IF:
+                    raise PQError(f"what-if list expands to more than {MAX_WHAT_IF} adaptors")
+    return out

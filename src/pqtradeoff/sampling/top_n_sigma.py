@@ -35,7 +35,16 @@ class TopNSigmaLogitsWarper:
         count = finite.sum(-1, keepdim=True)
         values = scores.masked_fill(~finite, 0.0)
         mean = values.sum(-1, keepdim=True) / count.clamp(min=1)
-        squares = ((values - mean) * finite).square().sum(-1, keepdim=True)
+        deviations = (values - mean) * finite
+        squares = deviations.square().sum(-1, keepdim=True)
         sigma = (squares / (count - 1).clamp(min=1)).sqrt()
+        info = torch.finfo(scores.dtype)
+        tiny = squares < info.tiny / info.eps  # squares underflowed (logits within ~1e-150 of each other)
+        if bool(tiny.any()):
+            scale = deviations.abs().amax(-1, keepdim=True)
+            scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+            scaled = scale * ((deviations / scale).square().sum(-1, keepdim=True)
+                              / (count - 1).clamp(min=1)).sqrt()
+            sigma = torch.where(tiny, scaled, sigma)
         top = scores.max(dim=-1, keepdim=True).values
         return scores.masked_fill(scores < top - self.n * sigma, self.filter_value)
