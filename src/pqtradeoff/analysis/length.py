@@ -125,7 +125,8 @@ def length_report(data: pd.DataFrame, adaptors: Sequence[str], length_column: st
     out.spearman_reward_log_prior = _spearman(prior, reward)
     out.partial_spearman_given_length = partial_spearman(reward, prior, n)
     if out.partial_spearman_given_length is not None and len(used) > 5:
-        out.partial_spearman_given_length_ci = _fisher(out.partial_spearman_given_length, len(used), confidence)
+        out.partial_spearman_given_length_ci = _fisher(out.partial_spearman_given_length, len(used),
+                                                       confidence)
     groups = dict(tuple(used.groupby(Col.ADAPTOR, sort=True)))
     means = pd.DataFrame({a: {"reward": g[Col.REWARD].mean(), "log_prior": g[Col.LOGP_PRIOR].mean(),
                               "length": g[length_column].mean()} for a, g in groups.items()}).T
@@ -211,12 +212,15 @@ def _paragraph(r: LengthReport) -> str:
     def ci(pair: list[float] | None) -> str:
         return f" [{pair[0]:+.3g}, {pair[1]:+.3g}]" if pair else ""
 
-    strata = ", ".join(f"{s.lo}-{s.hi} tokens: {num(s.slope, '+.3g')}" for s in r.strata if s.slope is not None)
+    strata = ", ".join(f"{s.lo}-{s.hi} tokens: {num(s.slope, '+.3g')}"
+                       for s in r.strata if s.slope is not None)
     text = (f"Length. Over {r.n_strings} strings, length correlates with log prior at Spearman "
-            f"{num(r.spearman_length_log_prior)} and with reward at {num(r.spearman_length_reward)}; reward and "
+            f"{num(r.spearman_length_log_prior)} and with reward at {num(r.spearman_length_reward)}; "
+            "reward and "
             f"log prior correlate at {num(r.spearman_reward_log_prior)}, and at "
             f"{num(r.partial_spearman_given_length)}{ci(r.partial_spearman_given_length_ci)} given length "
-            f"(partial Spearman). Across configurations, the slope of the local mean reward on the local mean "
+            "(partial Spearman). Across configurations, the slope of the local mean reward on the local "
+            "mean "
             f"log prior is {num(r.local_slope, '+.4g')}{ci(r.local_slope_ci)}; with mean length as a "
             f"covariate it is {num(r.covariate_slope, '+.4g')}{ci(r.covariate_slope_ci)}")
     text += f"; within length strata ({strata})." if strata else "."

@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING, Any
 
 from pqtradeoff.analysis.fidelity import AlignmentFit
 from pqtradeoff.analysis.length import LengthReport
-from pqtradeoff.analysis.what_if import WhatIfResult
 from pqtradeoff.analysis.stats import Correlation, TradeoffFit
+from pqtradeoff.analysis.what_if import WhatIfResult
 
 if TYPE_CHECKING:
     from pqtradeoff.analysis.settings import AnalysisSettings

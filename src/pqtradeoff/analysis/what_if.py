@@ -194,6 +194,7 @@ def _matrix(column: pd.Series, width: int) -> np.ndarray:
     arrays = [np.asarray(v, dtype=np.float64) for v in column]
     bad = next((i for i, v in enumerate(arrays) if v.shape != (width,)), None)
     if bad is not None:
-        raise PQError(f"column {column.name!r}: row {bad} holds {arrays[bad].shape[0]} values, but the scoring "
+        raise PQError(f"column {column.name!r}: row {bad} holds {arrays[bad].shape[0]} values, but the "
+                      "scoring "
                       f"run names {width} what-if adaptors: score the corpus again")
     return np.stack(arrays) if arrays else np.zeros((0, width))

@@ -157,7 +157,8 @@ def _reset_if_changed(scored: Path, settings: ExperimentSettings, models: ModelC
     old = run_settings(scored) if scored.is_dir() else {}
     if not old:
         return
-    new = score_record_settings(settings.score_settings(aligned), scored.parent / STAGE_DIRS["generate"], models)
+    new = score_record_settings(settings.score_settings(aligned), scored.parent / STAGE_DIRS["generate"],
+                                models)
     changes = fixed_changes(old, new, SCORE_POLICY)
     if changes:
         log.info("score: settings changed (%s): scoring again", describe_changes(changes))

@@ -119,7 +119,8 @@ def adaptor_scores(
     return logq, log_weight
 
 
-def _per_position(logits: torch.Tensor, targets: torch.Tensor, adaptors: list) -> tuple[np.ndarray, np.ndarray]:
+def _per_position(logits: torch.Tensor, targets: torch.Tensor, adaptors: list
+                  ) -> tuple[np.ndarray, np.ndarray]:
     """Per position [P] and adaptor: log q_a(target) and log Z_t, float64 (computed in float64 for float64
     logits, float32 otherwise, as sampling computes them)."""
     dtype = torch.promote_types(logits.dtype, torch.float32)

@@ -70,7 +70,8 @@ def prior_inputs(
 
 #: Resume policy of the keys `score_corpus` records beside the caller's settings: the corpus may grow (more
 #: shards to score) and batching never changes which rows are written.
-#: `what_if_adaptors` grows with the grid; each shard records its own list and is scored again when it differs.
+#: `what_if_adaptors` grows with the grid; each shard records its own list and is scored again when it
+#: differs.
 SCORE_POLICY = {"generate_settings": "free", "batch_size": "free", "max_batch_tokens": "free",
                 "what_if_adaptors": "free"}
 
