@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import pytest
 
-from pqtradeoff.analysis.advise import advise, efficient_hull
+from pqtradeoff.analysis.advise import advise, describe, efficient_hull
 from pqtradeoff.errors import PQError
 
 from scored_helpers import make_scored
@@ -152,3 +152,32 @@ def test_advice_on_a_real_analysis_uses_local_means_of_every_sampled_config(tmp_
     # nothing reachable that meets the target keeps more prior log-probability than the choice
     assert all(means.loc[a, "logp_prior"] <= prior + 1e-9 for a in means.index
                if means.loc[a, "reward"] >= middle)
+
+
+def what_if_entry(adaptor: str, reward: float, log_prior: float, sampled=False, skipped=None) -> dict:
+    from pqtradeoff.sampling.adaptors import parse
+
+    a = parse(adaptor)
+    return {"adaptor": adaptor, "family": a.family, "temperature": a.temperature, "sampled": sampled,
+            "skipped": skipped, "local_mean_reward": reward, "local_mean_reward_se": 0.01,
+            "local_mean_log_prior": log_prior, "local_mean_log_prior_se": 0.02, "local_ess": 500.0}
+
+
+def test_what_if_curves_answer_per_family_and_say_they_are_estimates():
+    s = summary() | {"what_if": [
+        what_if_entry("temperature=0.8,top_p=0.9", 1.0, -5.0),
+        what_if_entry("temperature=0.9,top_p=0.9", 2.1, -6.0),
+        what_if_entry("temperature=1.1,top_p=0.9", 2.6, -7.0),
+        what_if_entry("temperature=1.2,top_p=0.9", 9.0, -1.0, skipped="ESS 3 < 100"),  # never used
+        what_if_entry("temperature=1.0", 2.5, -6.2, sampled=True),  # a sampled one: its own point already
+        what_if_entry("temperature=0.6,top_k=3", 0.5, -3.0)]}
+    advice = advise(s, min_reward=2.0)
+    by = {w["family"]: w for w in advice.what_if}
+    assert set(by) == {"top_p=0.9", "top_k=3"}
+    assert by["top_p=0.9"]["adaptor"] == "temperature=0.9,top_p=0.9"  # the cheapest reaching 2.0
+    assert not by["top_k=3"]["meets"]
+    text = "\n".join(describe(advice))
+    assert "not sampled" in text and "temperature=0.9,top_p=0.9 (mean reward 2.1" in text
+    loss = advise(s, max_prior_loss=2.0, reference="temperature=1.0")  # the reference's -5.0: >= -7.0
+    assert {w["family"]: w["adaptor"] for w in loss.what_if if w["meets"]} == {
+        "top_p=0.9": "temperature=1.1,top_p=0.9", "top_k=3": "temperature=0.6,top_k=3"}

@@ -82,6 +82,9 @@ class Advice:
     direction: str | None = None  # where (from the data) to look when the target is out of reach
     notes: list[str] = field(default_factory=list)
     kl_plane: list[dict[str, Any]] = field(default_factory=list)  # every sampled config: KL(q || p+), reward
+    # per family, the what-if adaptor (estimated from the pool, never sampled) that meets the target at the
+    # least cost: adaptor, temperature, local means +- s.e., ESS (summary.json's `what_if`)
+    what_if: list[dict[str, Any]] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)
@@ -255,12 +258,41 @@ def advise(summary: dict[str, Any], min_reward: float | None = None, max_prior_l
         target = {"kind": "max_prior_loss", "value": float(max_prior_loss), "reference": ref,
                   "min_mean_log_prior": threshold}
         choice, single = _for_max_prior_loss(points, hull, x, y, threshold, crit)
+    base["what_if"] = what_if_answers(summary, target)
     if choice is None:
         best = points[hull[0]]
         return Advice(target, reachable=False, choice=None, best_single=None, indistinguishable=[],
                       direction=_direction(points, best), **base)
     return Advice(target, reachable=True, choice=choice, best_single=single,
                   indistinguishable=_indistinguishable(points, choice, crit), **base)
+
+
+def what_if_answers(summary: dict[str, Any], target: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per family, the never-sampled what-if adaptor that meets `target` on its local means (what sampling
+    it would give) at the least cost: the most mean log prior for a reward target, the most reward for a
+    prior-loss target. Estimates from the pool, not sampled points."""
+    by_family: dict[str, list[dict[str, Any]]] = {}
+    for w in summary.get("what_if") or []:
+        if w.get("sampled") or w.get("skipped") is not None or w.get("local_mean_reward") is None:
+            continue
+        by_family.setdefault(w["family"], []).append(w)
+    out = []
+    for family, entries in sorted(by_family.items()):
+        if target["kind"] == "min_reward":
+            meets = [w for w in entries if w["local_mean_reward"] >= target["value"]]
+            best = max(meets, key=lambda w: w["local_mean_log_prior"]) if meets else None
+        else:
+            meets = [w for w in entries if w["local_mean_log_prior"] >= target["min_mean_log_prior"]]
+            best = max(meets, key=lambda w: w["local_mean_reward"]) if meets else None
+        temps = sorted(w["temperature"] for w in entries)
+        row = {"family": family, "swept": [temps[0], temps[-1]], "points": len(entries),
+               "meets": best is not None}
+        if best is not None:
+            row |= {k: best[k] for k in ("adaptor", "temperature", "local_mean_reward",
+                                         "local_mean_reward_se", "local_mean_log_prior",
+                                         "local_mean_log_prior_se", "local_ess")}
+        out.append(row)
+    return out
 
 
 def _for_min_reward(points: list[Point], hull: list[int], x: np.ndarray, y: np.ndarray, level: float,
@@ -334,6 +366,16 @@ def describe(advice: Advice) -> list[str]:
         lines.append("statistically indistinguishable from the choice: "
                      + (", ".join(advice.indistinguishable) or "none"))
     lines.append("frontier (upper-right hull, mean log prior high to low): " + ", ".join(advice.frontier))
+    if advice.what_if:
+        lines.append("what-if curves (estimated from the pooled corpus, not sampled: sample it to confirm):")
+        for w in advice.what_if:
+            swept = f"T {w['swept'][0]:g}-{w['swept'][1]:g}, {w['points']} points"
+            if not w["meets"]:
+                lines.append(f"  {w['family']}: none of its swept adaptors meets it ({swept})")
+                continue
+            lines.append(f"  {w['family']}: {w['adaptor']} (mean reward {w['local_mean_reward']:.4g} ± "
+                         f"{w['local_mean_reward_se']:.2g}, mean log prior {w['local_mean_log_prior']:.4g} ± "
+                         f"{w['local_mean_log_prior_se']:.2g}, ESS {w['local_ess']:.0f}; {swept})")
     if advice.imh_skipped_used:
         lines.append("included through their local means although the IMH analysis skipped them: "
                      + ", ".join(advice.imh_skipped_used))

@@ -210,6 +210,20 @@ def further_reward_rows(rewards: dict[str, Any]) -> list[list[str]]:
     return rows
 
 
+def _pm(value: float | None, se: float | None) -> str:
+    return "" if value is None else f"{number(value)} ± {number(se)}"
+
+
+def what_if_exact_words(s: Summary) -> str | None:
+    """How the never-sampled what-if estimates compare with exact values, where the producer knows them."""
+    checked = [w for w in s.what_if if not w.sampled and w.exact_comparison]
+    if not checked:
+        return None
+    within = sum(all(abs(z) < 4 for z in w.exact_comparison.values()) for w in checked)
+    return (f"Against their closed forms: {within} of {len(checked)} never-sampled adaptors have all four means "
+            "(corrected and local, reward and log prior) within 4 standard errors of the exact values.")
+
+
 def context(s: Summary, out_dir: Path) -> dict[str, Any]:
     """Everything the template shows, as plain values and pre-formatted strings."""
     figs = s.outputs.get("figures", {})
@@ -261,7 +275,22 @@ def context(s: Summary, out_dir: Path) -> dict[str, Any]:
             "hull": figure(out_dir, figs.get("hull"), "Local means ± 1 s.e.; black: the upper-right hull boundary."),
             "reward_vs_kl": figure(out_dir, figs.get("reward_vs_kl"), "Local mean reward against KL(q ‖ p₊), ± 1 "
                                    "s.e.; stars: exact values where the producer knows them."),
+            "what_if": figure(out_dir, figs.get("what_if"), "Each family's what-if sweep by temperature (corrected "
+                              "means from the pool, band ± 1 s.e. in reward); ringed points: the sampled "
+                              "configurations' own IMH means."),
+            "length": figure(out_dir, figs.get("length"), "Left: each configuration's local mean log prior (o) and "
+                             "reward (x) against its mean length. Right: within each length stratum, the "
+                             "configurations' local means and the stratum's trade-off line."),
         },
+        "what_if_rows": [[w.adaptor, w.sampled, _pm(w.mean_reward, w.mean_reward_se),
+                          _pm(w.mean_log_prior, w.mean_log_prior_se),
+                          _pm(w.local_mean_reward, w.local_mean_reward_se),
+                          _pm(w.local_mean_log_prior, w.local_mean_log_prior_se),
+                          number(w.ess, 4) if w.ess is not None else "", w.skipped or ""] for w in s.what_if],
+        "what_if_exact": what_if_exact_words(s),
+        "length": s.length if s.length is not None and s.length.defined else None,
+        "length_rows": [[c.adaptor, number(c.mean_length), number(c.mean_log_prior_per_token),
+                         number(c.partial_spearman_given_length)] for c in s.configs],
         "kl_rows": [[c.adaptor, f"{number(c.kl_aligned)} ± {number(c.kl_aligned_se)}",
                      number(c.exact.get("exact_kl_aligned")) if "exact_kl_aligned" in c.exact else "",
                      number(c.reward.local_mean),
