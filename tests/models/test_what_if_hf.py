@@ -52,7 +52,12 @@ def score(models, corpus, out, what_if, batch_size=8):
                         batch_size=batch_size).out_dir
 
 
-def test_teacher_forced_scores_equal_the_recorded_ones_for_any_batching(models, tmp_path):
+@pytest.mark.parametrize("kernel", ["plain", "fast"])
+def test_teacher_forced_scores_equal_the_recorded_ones_for_any_batching(models, tmp_path, monkeypatch, kernel):
+    from pqtradeoff.sampling import adaptor_scores
+
+    if kernel == "fast":  # the tiny vocabulary would take the plain path: force the shared-pass kernel
+        monkeypatch.setattr(adaptor_scores, "MIN_VOCAB", 1)
     corpus = sample(models[0], tmp_path / "c", SPECS, 3)
     a = pd.read_parquet(score(models, corpus, tmp_path / "s1", ["temperature=0.9"], batch_size=1))
     b = pd.read_parquet(score(models, corpus, tmp_path / "s8", ["temperature=0.9"], batch_size=8))

@@ -470,6 +470,16 @@ class HFModel(HFTokenization, StepLanguageModel):
         return shared_prompt_logprobs(self, prompts, continuations, batch_size=batch_size,
                                       max_batch_tokens=max_batch_tokens)
 
+    def fast_head_scores(self, prompts: list[list[int]], continuations: list[list[int]], head: Any, *,
+                         batch_size: int, max_batch_tokens: int) -> list[np.ndarray] | None:
+        """Each row's `head(logits, targets)` scores [length, k] of its continuation positions, computed as
+        `fast_logprobs` computes (prompts once, the head on the scored positions only, in blocks): what the
+        what-if pass (`teacher_forcing.adaptor_scores`) runs; None where this model does not allow it."""
+        from pqtradeoff.models.hf_scoring import shared_prompt_logprobs
+
+        return shared_prompt_logprobs(self, prompts, continuations, batch_size=batch_size,
+                                      max_batch_tokens=max_batch_tokens, head=head)
+
     def __repr__(self) -> str:
         return f"HFModel({self.name!r}, device={self.device.type!r}, dtype={str(self.dtype)[6:]!r})"
 

@@ -136,6 +136,29 @@ def head_logprobs(parts: ScoringParts, hidden: torch.Tensor, targets: torch.Tens
     return out
 
 
+#: Positions whose full logits `head_scores` makes at once (a [rows, V] float32 block).
+HEAD_SCORE_ROWS = 64
+
+
+def head_scores(parts: ScoringParts, hidden: torch.Tensor, targets: torch.Tensor, head: Any) -> np.ndarray:
+    """`head(logits, targets)` (a numpy array [rows, k]) over hidden states [N, H], `HEAD_SCORE_ROWS`
+    positions at a time: each block's full logits [rows, V] (float32; float64 for a float64 model) made by the
+    output head, handed to `head`, and dropped."""
+    dtype = torch.promote_types(parts.weight.dtype, torch.float32)
+    out = []
+    for s in range(0, hidden.shape[0], HEAD_SCORE_ROWS):
+        logits = torch.nn.functional.linear(hidden[s:s + HEAD_SCORE_ROWS], parts.weight, parts.bias).to(dtype)
+        out.append(head(logits, targets[s:s + HEAD_SCORE_ROWS]))
+    return np.concatenate(out) if out else np.zeros((0, 0))
+
+
+def _reduce(parts: ScoringParts, hidden: torch.Tensor, targets: torch.Tensor, head: Any) -> np.ndarray:
+    """log p of the targets (`head_logprobs`), or `head`'s scores of the full logits (`head_scores`)."""
+    if head is None:
+        return head_logprobs(parts, hidden, targets).double().cpu().numpy()
+    return head_scores(parts, hidden, targets, head)
+
+
 def prompt_windows(prompts: list[tuple[int, ...]], budget: int) -> list[list[int]]:
     """Consecutive runs of distinct prompts (indices) whose count x longest length stays within `budget`
     tokens (a longer prompt alone)."""
@@ -223,7 +246,7 @@ def prompt_states(lm: HFModel, parts: ScoringParts, prompts: list[tuple[int, ...
 
 
 def score_batch(lm: HFModel, parts: ScoringParts, states: PromptStates, slots: list[int],
-                prompt_lengths: list[int], conts: list[list[int]]) -> list[np.ndarray]:
+                prompt_lengths: list[int], conts: list[list[int]], head: Any = None) -> list[np.ndarray]:
     """Per-token log-probabilities of `conts` (each non-empty), row r behind prompt state `slots[r]`."""
     device, b = lm.device, len(conts)
     index = torch.tensor(slots, device=device)
@@ -248,15 +271,16 @@ def score_batch(lm: HFModel, parts: ScoringParts, states: PromptStates, slots: l
     else:
         hidden = first_hidden
     keep = torch.arange(width, device=device).view(1, -1) < lengths.view(-1, 1)
-    logp = head_logprobs(parts, hidden[keep], targets[keep]).double().cpu().numpy()
+    logp = _reduce(parts, hidden[keep], targets[keep], head)
     return np.split(logp, np.cumsum([len(x) for x in conts])[:-1])
 
 
 @torch.inference_mode()
 def shared_prompt_logprobs(lm: HFModel, prompts: list[list[int]], continuations: list[list[int]], *,
-                           batch_size: int, max_batch_tokens: int) -> list[np.ndarray] | None:
+                           batch_size: int, max_batch_tokens: int, head: Any = None) -> list[np.ndarray] | None:
     """`teacher_forcing.continuation_logprobs` with shared prompt states (see the module); None where the model
-    does not allow the fast path (`fast_scoring_parts`)."""
+    does not allow the fast path (`fast_scoring_parts`). With `head` (logits [rows, V], targets [rows] ->
+    numpy [rows, k]), each row's [length, k] scores of its positions' full logits instead (`head_scores`)."""
     if len(prompts) != len(continuations):
         raise PQError(f"{len(prompts)} prompts but {len(continuations)} continuations")
     if any(len(p) == 0 for p in prompts):
@@ -270,7 +294,7 @@ def shared_prompt_logprobs(lm: HFModel, prompts: list[list[int]], continuations:
         rows = [i for i, c in enumerate(continuations) if c]
         for batch in length_batches(rows, lengths, batch_size, max_batch_tokens):
             logps = score_batch_unshared(lm, parts, [prompts[i] for i in batch],
-                                         [continuations[i] for i in batch])
+                                         [continuations[i] for i in batch], head)
             _place(out, batch, logps)
         return out
     groups = rows_by_prompt(prompts, continuations)
@@ -280,7 +304,7 @@ def shared_prompt_logprobs(lm: HFModel, prompts: list[list[int]], continuations:
         slot_of = {i: slot for slot, w in enumerate(window) for i in groups[distinct[w]]}
         for batch in length_batches(list(slot_of), lengths, batch_size, max_batch_tokens):
             logps = score_batch(lm, parts, states, [slot_of[i] for i in batch],
-                                [len(prompts[i]) for i in batch], [continuations[i] for i in batch])
+                                [len(prompts[i]) for i in batch], [continuations[i] for i in batch], head)
             _place(out, batch, logps)
     return out
 
@@ -299,8 +323,8 @@ def _place(out: list[np.ndarray], rows: list[int], logps: list[np.ndarray]) -> N
         out[i] = lp
 
 
-def score_batch_unshared(lm: HFModel, parts: ScoringParts, prompts: list[list[int]], conts: list[list[int]]
-                         ) -> list[np.ndarray]:
+def score_batch_unshared(lm: HFModel, parts: ScoringParts, prompts: list[list[int]], conts: list[list[int]],
+                         head: Any = None) -> list[np.ndarray]:
     """`score_batch` without prompt states: one pass over [left-padded prompt | right-padded continuation],
     as `HFModel.continuation_logits` lays it out, its last T hidden states through `head_logprobs`."""
     device = lm.device
@@ -310,5 +334,5 @@ def score_batch_unshared(lm: HFModel, parts: ScoringParts, prompts: list[list[in
     hidden = parts.base(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask)).last_hidden_state
     targets, _ = right_pad(conts, 0, device, width)
     keep = torch.arange(width, device=device).view(1, -1) < lengths.view(-1, 1)
-    logp = head_logprobs(parts, hidden[:, -width:][keep], targets[keep]).double().cpu().numpy()
+    logp = _reduce(parts, hidden[:, -width:][keep], targets[keep], head)
     return np.split(logp, np.cumsum([len(x) for x in conts])[:-1])

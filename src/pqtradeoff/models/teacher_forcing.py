@@ -91,53 +91,39 @@ def adaptor_scores(
     """Each continuation's log q_a(y) and log weight sum_t log Z_t under every adaptor `a`, teacher-forced:
     two float64 arrays [rows, adaptors].
 
-    One forward pass of `model` per batch serves every adaptor: its logits are turned into log-probabilities
-    once, and each adaptor then applies its temperature and its support (`Adaptor.support`, transformers' own
-    warpers, so the tokens kept are those sampling keeps) to the same tensor. log q_a is -inf where a token
+    One forward pass of `model` per batch serves every adaptor (`sampling.adaptor_scores.AdaptorScorer` on
+    its logits: each adaptor about one pass over the vocabulary, kept sets decided as transformers' warpers
+    decide them). A model with `fast_head_scores` (`HFModel`: prompts run once, the LM head in blocks of
+    positions) computes the logits its own way under the same batching limits. log q_a is -inf where a token
     lies outside a's support. For the configuration that sampled a string these equal its recorded `logq`
-    and `log_weight` up to the float rounding of a full forward pass against the incremental one.
+    and `log_weight` up to float rounding (a full forward pass against the incremental one).
     """
+    from pqtradeoff.sampling.adaptor_scores import AdaptorScorer  # lazy: numpy kernels
+
+    scorer = AdaptorScorer(adaptors)
     n, k = len(continuations), len(adaptors)
     logq, log_weight = np.zeros((n, k)), np.zeros((n, k))
-    lengths = [max(len(c), 1) for c in continuations]
-    for batch in length_batches(list(range(n)), lengths, batch_size, max_batch_tokens):
-        conts = [continuations[i] for i in batch]
-        if max(len(c) for c in conts) == 0:
-            continue
-        with torch.inference_mode():
-            logits = model.continuation_logits([prompts[i] for i in batch], conts)
-            rows = torch.cat([torch.full((len(c),), r, dtype=torch.long) for r, c in enumerate(conts)])
-            cols = torch.cat([torch.arange(len(c)) for c in conts])
-            flat = logits[rows.to(logits.device), cols.to(logits.device)]  # [positions, V]: no padding
-            targets = torch.tensor([t for c in conts for t in c], dtype=torch.long, device=flat.device)
-            q, z = _per_position(flat, targets, adaptors)
-        index = rows.numpy()
-        for j in range(k):
-            logq[batch, j] = np.bincount(index, weights=q[:, j], minlength=len(batch))
-            log_weight[batch, j] = np.bincount(index, weights=z[:, j], minlength=len(batch))
-        # bincount adds -inf and finite to -inf, and -inf + inf never occurs (weights are <= 0 or finite)
+    fast = getattr(model, "fast_head_scores", None)
+    per_row = None
+    if fast is not None:
+        per_row = fast(prompts, continuations, lambda logits, targets: np.hstack(scorer(logits, targets)),
+                       batch_size=batch_size, max_batch_tokens=max_batch_tokens)
+    if per_row is None:
+        per_row = [np.zeros((0, 2 * k)) for _ in continuations]
+        lengths = [max(len(c), 1) for c in continuations]
+        for batch in length_batches(list(range(n)), lengths, batch_size, max_batch_tokens):
+            conts = [continuations[i] for i in batch]
+            if max(len(c) for c in conts) == 0:
+                continue
+            with torch.inference_mode():
+                logits = model.continuation_logits([prompts[i] for i in batch], conts)
+                rows = torch.cat([torch.full((len(c),), r, dtype=torch.long) for r, c in enumerate(conts)])
+                cols = torch.cat([torch.arange(len(c)) for c in conts])
+                flat = logits[rows.to(logits.device), cols.to(logits.device)]  # [positions, V]: no padding
+                targets = torch.tensor([t for c in conts for t in c], dtype=torch.long, device=flat.device)
+                scores = np.hstack(scorer(flat, targets))
+            for r, part in zip(batch, np.split(scores, np.cumsum([len(c) for c in conts])[:-1]), strict=True):
+                per_row[r] = part
+    for i, scores in enumerate(per_row):
+        logq[i], log_weight[i] = scores[:, :k].sum(axis=0), scores[:, k:].sum(axis=0)
     return logq, log_weight
-
-
-def _per_position(logits: torch.Tensor, targets: torch.Tensor, adaptors: list
-                  ) -> tuple[np.ndarray, np.ndarray]:
-    """Per position [P] and adaptor: log q_a(target) and log Z_t, float64 (computed in float64 for float64
-    logits, float32 otherwise, as sampling computes them)."""
-    dtype = torch.promote_types(logits.dtype, torch.float32)
-    work = logits.to(dtype)
-    logp = torch.log_softmax(work, dim=-1)
-    picked = logp.gather(-1, targets[:, None]).squeeze(-1)
-    q = np.empty((len(targets), len(adaptors)))
-    z = np.empty((len(targets), len(adaptors)))
-    for j, a in enumerate(adaptors):
-        if a.is_identity:
-            q[:, j], z[:, j] = picked.double().cpu().numpy(), 0.0
-            continue
-        weights = logp / a.temperature
-        if a.truncates:
-            weights.masked_fill_(~a.support(work, fast_top_p=True), float("-inf"))
-        log_z = torch.logsumexp(weights, dim=-1)
-        kept = weights.gather(-1, targets[:, None]).squeeze(-1)
-        q[:, j] = (kept - log_z).double().cpu().numpy()
-        z[:, j] = log_z.double().cpu().numpy()
-    return q, z
