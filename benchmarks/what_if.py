@@ -94,7 +94,8 @@ def main() -> None:
     peak = max(peak_before, gemm_peak())
     roofline = peak / (2 * params)
     print(f"model: {args.model}, {params / 1e6:.1f}M matmul parameters; {args.rows} rows, "
-          f"{tokens / args.rows:.1f} continuation tokens on average; batch {batch} rows / {batch_tokens} tokens; "
+          f"{tokens / args.rows:.1f} continuation tokens on average; batch {batch} rows / {batch_tokens} "
+          "tokens; "
           f"{torch.get_num_threads()} thread(s)")
     print(f"GEMM peak (2048^3 float32): {peak / 1e9:.1f} GFLOP/s -> roofline {roofline:.0f} tokens/s")
     for name, seconds in best.items():
@@ -108,7 +109,8 @@ def main() -> None:
         added = time.perf_counter() - start - pass_s
         print(f"  {spec:40s} {len(group):3d} adaptor(s) add {added / pass_s:6.1%} of the pass "
               f"({added / pass_s / len(group):6.1%} each)")
-    print(f"the pass runs at {score_s / pass_s:.0%} of scoring's speed, {tokens / pass_s / roofline:.1%} of the "
+    print(f"the pass runs at {score_s / pass_s:.0%} of scoring's speed, {tokens / pass_s / roofline:.1%} of "
+          "the "
           f"roofline (goal >= 75%: {'met' if tokens / pass_s / roofline >= 0.75 else 'NOT met'}); "
           f"{len(what_if)} adaptors add {all_s / pass_s - 1:.0%} on top of it "
           f"(goal <= 50%: {'met' if all_s / pass_s - 1 <= 0.5 else 'NOT met'})")

@@ -45,3 +45,14 @@ def test_inference_alignment_runs_on_a_tiny_model(tiny_hf):
     out = done.stdout
     for line in ("GEMM peak", "temperature=1.0,best_of_n=4", "temperature=1.0,dera=0.5", "best-of-4 costs"):
         assert line in out, out
+
+
+def test_what_if_runs_on_a_tiny_model(tiny_hf):
+    done = run(str(BENCHMARKS / "what_if.py"), "--model", str(tiny_hf.llama), "--rows", "8", "--new-tokens",
+               "4", "--repeats", "1", "--adaptors", "temperature=0.8:1.2:0.2", "top_p=0.9", "top_k=3",
+               "typical_p=0.9")
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = done.stdout
+    for line in ("GEMM peak", "scoring (the prior's path)", "pass, 6 what-if adaptors", "the pass runs at",
+                 "typical_p=0.9"):
+        assert line in out, out

@@ -53,7 +53,8 @@ def score(models, corpus, out, what_if, batch_size=8):
 
 
 @pytest.mark.parametrize("kernel", ["plain", "fast"])
-def test_teacher_forced_scores_equal_the_recorded_ones_for_any_batching(models, tmp_path, monkeypatch, kernel):
+def test_teacher_forced_scores_equal_the_recorded_ones_for_any_batching(models, tmp_path, monkeypatch,
+                                                                       kernel):
     from pqtradeoff.sampling import adaptor_scores
 
     if kernel == "fast":  # the tiny vocabulary would take the plain path: force the shared-pass kernel

@@ -221,26 +221,27 @@ def _sample_means(ax: Any, summary: Summary) -> None:
                 label="best-of-N: sample means ± 1 s.e. (not IMH-corrected)")
 
 
-def what_if_curves(summary: Summary) -> dict[str, list[Any]]:
+def what_if_curves(summary: Summary, local: bool = False) -> dict[str, list[Any]]:
     """Family -> its estimated what-if entries (sampled ones included), by temperature: the sweeps drawn as
-    curves (families with at least two points)."""
+    curves (families with at least two points), of the corrected means or (`local`) of the local ones."""
     curves: dict[str, list[Any]] = {}
     for w in summary.what_if:
-        if w.skipped is None and w.mean_reward is not None:
+        if w.skipped is None and (w.local_mean_reward if local else w.mean_reward) is not None:
             curves.setdefault(w.family, []).append(w)
     return {f: sorted(ws, key=lambda w: w.temperature) for f, ws in sorted(curves.items()) if len(ws) >= 2}
 
 
-def _draw_what_if(ax: Any, summary: Summary, colour: dict[str, Any]) -> None:
-    """Each family's what-if sweep as a curve of its corrected means (by temperature) with a band of +-1 s.e.
-    in reward; sampled configurations' own points on it are drawn by the caller."""
-    curves = what_if_curves(summary)
+def _draw_what_if(ax: Any, summary: Summary, colour: dict[str, Any], local: bool = False) -> None:
+    """Each family's what-if sweep as a curve of its corrected (or `local`, dashed) means by temperature with a
+    band of +-1 s.e. in reward; sampled configurations' own points on it are drawn by the caller."""
+    curves = what_if_curves(summary, local)
+    prefix = "local_" if local else ""
     for family, ws in curves.items():
-        x = np.array([w.mean_log_prior for w in ws])
-        y = np.array([w.mean_reward for w in ws])
-        se = np.array([w.mean_reward_se for w in ws])
+        x = np.array([getattr(w, f"{prefix}mean_log_prior") for w in ws])
+        y = np.array([getattr(w, f"{prefix}mean_reward") for w in ws])
+        se = np.array([getattr(w, f"{prefix}mean_reward_se") for w in ws])
         c = colour.get(family, "tab:grey")
-        ax.plot(x, y, color=c, lw=1.2, alpha=0.9, zorder=2)
+        ax.plot(x, y, color=c, lw=1.2, alpha=0.9, zorder=2, ls="--" if local else "-")
         ax.fill_between(x, y - se, y + se, color=c, alpha=0.18, lw=0, zorder=1)
         ax.scatter(x, y, s=6, color=c, zorder=2)
         ax.annotate(f"T {ws[0].temperature:g}", (x[0], y[0]), fontsize=6, xytext=(3, -8),
@@ -248,24 +249,33 @@ def _draw_what_if(ax: Any, summary: Summary, colour: dict[str, Any]) -> None:
         ax.annotate(f"T {ws[-1].temperature:g}", (x[-1], y[-1]), fontsize=6, xytext=(3, 3),
                     textcoords="offset points", color=c)
     if curves:
-        ax.plot([], [], color="black", lw=1.2, label="what-if sweep (from the pool, not sampled) ± 1 s.e.")
+        ax.plot([], [], color="black", lw=1.2, ls="--" if local else "-",
+                label=("what-if sweep, local q (what sampling gives)" if local else
+                       "what-if sweep (from the pool, not sampled)") + " ± 1 s.e.")
 
 
 def _families(summary: Summary) -> list[str]:
-    return sorted({c.family for c in summary.configs} | set(what_if_curves(summary)))
+    return sorted({c.family for c in summary.configs} | set(what_if_curves(summary))
+                  | set(what_if_curves(summary, local=True)))
 
 
 def what_if(summary: Summary, path: Path) -> str:
-    """The what-if sweeps on the corpus-level plane: a curve per family by temperature (corrected means,
-    band +-1 s.e.), the sampled configurations' own IMH means +-1 s.e. as ringed points."""
+    """The what-if sweeps on the corpus-level plane: a curve per family by temperature (corrected means solid,
+    local means dashed, bands +-1 s.e.), the sampled configurations' own IMH means (filled) and local means
+    (hollow) +-1 s.e. on them."""
     families = _families(summary)
     colour = _palette(families)
     fig, ax = _subplots((8.6, 5))
     _draw_what_if(ax, summary, colour)
+    _draw_what_if(ax, summary, colour, local=True)
     for c in summary.configs:
         ax.errorbar(c.log_prior.mean, c.reward.mean, xerr=c.log_prior.se, yerr=c.reward.se, marker="o", ms=5,
                     lw=0.8, color=colour[c.family], mec="black", zorder=3)
-    ax.plot([], [], "o", color="grey", mec="black", label="sampled configuration (IMH mean ± 1 s.e.)")
+        ax.errorbar(c.log_prior.local_mean, c.reward.local_mean, xerr=c.log_prior.local_mean_se or 0.0,
+                    yerr=c.reward.local_mean_se or 0.0, marker="o", ms=5, lw=0.6, color=colour[c.family],
+                    mfc="white", zorder=3)
+    ax.plot([], [], "o", color="grey", mec="black", label="sampled configuration: IMH mean ± 1 s.e.")
+    ax.plot([], [], "o", color="grey", mfc="white", label="sampled configuration: local mean ± 1 s.e.")
     exact = [w.exact for w in summary.what_if if not w.sampled and w.exact.get("exact_mean_reward") is not None]
     if exact:
         ax.scatter([e["exact_mean_log_prior"] for e in exact], [e["exact_mean_reward"] for e in exact],
@@ -473,7 +483,8 @@ def draw_all(data: pd.DataFrame, corpora: pd.DataFrame, summary: Summary, out_di
         "hull": hull(summary, out_dir / f"hull.{fmt}"),
         "reward_vs_kl": reward_vs_kl(summary, out_dir / f"reward_vs_kl.{fmt}"),
     } | ({"alignment": alignment(aligned, summary, out_dir / f"alignment.{fmt}")} if aligned is not None else {}) \
-      | ({"what_if": what_if(summary, out_dir / f"what_if.{fmt}")} if what_if_curves(summary) else {}) \
+      | ({"what_if": what_if(summary, out_dir / f"what_if.{fmt}")}
+         if what_if_curves(summary) or what_if_curves(summary, local=True) else {}) \
       | ({"length": length(summary, out_dir / f"length.{fmt}")}
          if summary.length is not None and summary.length.defined else {})
 

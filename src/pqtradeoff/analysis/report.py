@@ -275,9 +275,10 @@ def context(s: Summary, out_dir: Path) -> dict[str, Any]:
             "hull": figure(out_dir, figs.get("hull"), "Local means ± 1 s.e.; black: the upper-right hull boundary."),
             "reward_vs_kl": figure(out_dir, figs.get("reward_vs_kl"), "Local mean reward against KL(q ‖ p₊), ± 1 "
                                    "s.e.; stars: exact values where the producer knows them."),
-            "what_if": figure(out_dir, figs.get("what_if"), "Each family's what-if sweep by temperature (corrected "
-                              "means from the pool, band ± 1 s.e. in reward); ringed points: the sampled "
-                              "configurations' own IMH means."),
+            "what_if": figure(out_dir, figs.get("what_if"), "Each family's what-if sweep by temperature, from the "
+                              "pool (solid: corrected means; dashed: local means, what sampling gives; bands ± 1 "
+                              "s.e. in reward); filled and hollow points: the sampled configurations' own IMH and "
+                              "local means."),
             "length": figure(out_dir, figs.get("length"), "Left: each configuration's local mean log prior (o) and "
                              "reward (x) against its mean length. Right: within each length stratum, the "
                              "configurations' local means and the stratum's trade-off line."),
@@ -286,7 +287,8 @@ def context(s: Summary, out_dir: Path) -> dict[str, Any]:
                           _pm(w.mean_log_prior, w.mean_log_prior_se),
                           _pm(w.local_mean_reward, w.local_mean_reward_se),
                           _pm(w.local_mean_log_prior, w.local_mean_log_prior_se),
-                          number(w.ess, 4) if w.ess is not None else "", w.skipped or ""] for w in s.what_if],
+                          number(w.ess, 4) if w.ess is not None else "",
+                          w.skipped or w.skipped_target or ""] for w in s.what_if],
         "what_if_exact": what_if_exact_words(s),
         "length": s.length if s.length is not None and s.length.defined else None,
         "length_rows": [[c.adaptor, number(c.mean_length), number(c.mean_log_prior_per_token),

@@ -13,8 +13,10 @@ pool is then an importance sample for every adaptor whose support it covers:
   which conditions on finishing exactly as the direct estimates do;
 - standard errors by the delta method, sqrt(sum_i wbar_i^2 (x_i - mean)^2), and Kish's ESS.
 
-An adaptor whose support no sampled configuration can be shown to cover (`covers`) or whose ESS is below
-`what_if_min_ess` is skipped with its reason, never given a number. numpy only, like the rest of the analysis.
+An adaptor whose support no sampled configuration can be shown to cover (`covers`) or whose local ESS is below
+`what_if_min_ess` is skipped with its reason, never given a number; one whose corrected target's ESS is below
+it keeps its local estimates (what sampling it would give) and says why the corrected ones are missing
+(`skipped_target`). numpy only, like the rest of the analysis.
 """
 
 from __future__ import annotations
@@ -46,7 +48,8 @@ class WhatIfResult:
     temperature: float
     sampled: bool  # a configuration of the pool itself (its direct estimates are in `configs`)
     n_pool: int  # strings of the pool (all sampled configurations, usable rows)
-    skipped: str | None = None  # why there is no estimate (None: estimated)
+    skipped: str | None = None  # why there is no estimate at all (None: estimated)
+    skipped_target: str | None = None  # why the corrected target has none (its local q_a estimate may stand)
     ess: float | None = None  # Kish's ESS of the weights towards the corrected target
     local_ess: float | None = None  # ... towards the local adaptor q_a
     mean_reward: float | None = None  # the corrected target's (global: p_a) mean reward
@@ -168,19 +171,24 @@ def what_if_estimates(data: pd.DataFrame, carried: Sequence[str], sampled_counts
             continue
         _, _, result.local_ess = snis(local, values["reward"])
         _, _, result.ess = snis(target, values["reward"])
-        if min(result.ess, result.local_ess) < settings.what_if_min_ess:
-            result.skipped = (f"importance-sampling ESS {min(result.ess, result.local_ess):.3g} < "
-                              f"what_if_min_ess={settings.what_if_min_ess:g}: the pool holds too few strings "
-                              "it would produce")
+        if result.local_ess < settings.what_if_min_ess:
+            result.skipped = (f"importance-sampling ESS {result.local_ess:.3g} < what_if_min_ess="
+                              f"{settings.what_if_min_ess:g}: the pool holds too few strings it would "
+                              "produce")
             out.append(result)
             continue
+        if result.ess < settings.what_if_min_ess:
+            result.skipped_target = (f"the {settings.target} target's importance-sampling ESS "
+                                     f"{result.ess:.3g} < what_if_min_ess={settings.what_if_min_ess:g}: only "
+                                     "what sampling it would give (local_*) is estimated")
         for name, x in values.items():
-            mean, se, _ = snis(target, x)
             local_mean, local_se, _ = snis(local, x)
-            setattr(result, f"mean_{name}", mean)
-            setattr(result, f"mean_{name}_se", se)
             setattr(result, f"local_mean_{name}", local_mean)
             setattr(result, f"local_mean_{name}_se", local_se)
+            if result.skipped_target is None:
+                mean, se, _ = snis(target, x)
+                setattr(result, f"mean_{name}", mean)
+                setattr(result, f"mean_{name}_se", se)
         if length is not None:
             result.mean_length = snis(local, length)[0]
         kept = np.isfinite(logq[:, j])

@@ -36,6 +36,8 @@ def _analyze(settings: AnalysisSettings, scored_dir: Path, out: Path) -> None:
     typer.echo(describe_alignment(summary.alignment))
     for name, h in (summary.extra.get("rewards") or {}).items():
         typer.echo(describe_further_reward(name, h))
+    for line in describe_what_if_and_length(summary.to_json()):
+        typer.echo(line)
 
 
 def describe_further_reward(name: str, h: dict) -> str:
@@ -54,6 +56,35 @@ def describe_further_reward(name: str, h: dict) -> str:
     return (f"reward {name}: trade-off slope {num(h['tradeoff_slope'])}, Spearman string-level "
             f"{num(h['string_level']['spearman'])} / corpus-level {num(h['corpus_level']['spearman'])}, "
             f"{fit} ({h['report']})")
+
+
+VERDICTS = {"survives": "the trade-off survives holding length fixed",
+            "does not survive": "the trade-off does not survive holding length fixed",
+            "cannot tell": "whether the trade-off survives holding length fixed cannot be told"}
+
+
+def describe_what_if_and_length(summary: dict) -> list[str]:
+    """Lines on the what-if estimates (how many, how many skipped, the ESS range) and the length verdict."""
+    lines = []
+    entries = [w for w in summary.get("what_if") or [] if not w["sampled"]]
+    if entries:
+        both = [w for w in entries if w["skipped"] is None and w["skipped_target"] is None]
+        local = [w for w in entries if w["skipped"] is None and w["skipped_target"] is not None]
+        ess = sorted(w["local_ess"] for w in entries if w["skipped"] is None)
+        span = f"; local ESS {ess[0]:.0f} to {ess[-1]:.0f}" if ess else ""
+        lines.append(f"what-if (never sampled, from the pool): {len(entries)} adaptor(s), {len(both)} "
+                     f"estimated, {len(local)} only locally (the corrected target's ESS too low), "
+                     f"{len(entries) - len(both) - len(local)} skipped{span} (what_if.png, summary.json)")
+    length = summary.get("length") or {}
+    if length.get("defined"):
+        def num(x):
+            return "n/a" if x is None else f"{x:+.3g}"
+
+        lines.append(f"length: partial Spearman (reward, log prior | length) "
+                     f"{num(length['partial_spearman_given_length'])}; slope across configurations "
+                     f"{num(length['local_slope'])}, holding mean length fixed "
+                     f"{num(length['covariate_slope'])}: {VERDICTS[length['verdict']]}")
+    return lines
 
 
 def describe_alignment(a) -> str:

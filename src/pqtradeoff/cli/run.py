@@ -65,10 +65,12 @@ def _print_results(summary: dict) -> None:
                    f"{a['within_prompt_r']:+.3f}")
     elif a:
         typer.echo(f"alignment: not fitted: {a.get('reason') or a.get('note')}")
-    from pqtradeoff.cli.analyze import describe_further_reward
+    from pqtradeoff.cli.analyze import describe_further_reward, describe_what_if_and_length
 
     for name, h in (summary.get("rewards") or {}).items():
         typer.echo(describe_further_reward(name, h))
+    for line in describe_what_if_and_length(summary):
+        typer.echo(line)
     if summary["skipped"]:
         typer.echo(f"{len(summary['skipped'])} configuration(s) skipped (reasons in summary.json and the "
                    "report)")

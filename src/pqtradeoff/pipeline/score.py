@@ -255,7 +255,6 @@ class ShardScorer:
                                               max_batch_tokens=self.max_batch_tokens)
             df[Col.WHAT_IF_LOGQ] = list(logq)
             df[Col.WHAT_IF_LOG_WEIGHT] = list(log_weight)
-            tokens += sum(len(c) for c in conts)
         df = df.drop(columns=[c for c in extra_reward_columns(df.columns) if c not in rewards])
         for column, reward in rewards.items():
             df[column] = self._reward_values(reward, df, path.name, scored_prior=prior is not None)
