@@ -288,40 +288,40 @@ def what_if(summary: Summary, path: Path) -> str:
 
 
 def length(summary: Summary, path: Path) -> str:
-    """Is it just length? Left: each configuration's mean reward and mean log prior against its mean length.
-    Right: within each length stratum, the configurations' local means and the stratum's trade-off line."""
-    import matplotlib.pyplot as plt
+    """Is it just length? Left, middle: each configuration's local mean log prior and mean reward against its
+    mean length. Right: within each length stratum, the configurations' local means and the stratum's
+    trade-off line."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure  # no pyplot, as `_subplots`
 
     configs = [c for c in summary.configs if c.mean_length is not None]
     families = sorted({c.family for c in configs})
     colour = _palette(families)
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.4))
+    fig = Figure(figsize=(13, 4.0))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, 3)
     for c in configs:
         axes[0].scatter(c.mean_length, c.log_prior.local_mean, color=colour[c.family], s=18)
-    axes[0].set_xlabel("mean length (tokens)")
-    axes[0].set_ylabel("local mean log prior")
-    twin = axes[0].twinx()
-    for c in configs:
-        twin.scatter(c.mean_length, c.reward.local_mean, color=colour[c.family], s=18, marker="x")
-    twin.set_ylabel("local mean reward (x)")
-    axes[0].set_title("by configuration: o log prior, x reward", loc="left", fontsize=9)
+        axes[1].scatter(c.mean_length, c.reward.local_mean, color=colour[c.family], s=18)
+    for ax, what in zip(axes[:2], ("local mean log prior", "local mean reward"), strict=True):
+        ax.set_xlabel("mean length (tokens)")
+        ax.set_ylabel(what)
     rep = summary.length
+    axes[0].set_title("by configuration", loc="left", fontsize=9)
     styles = ("-", "--", "-.", ":")
     for i, s in enumerate(rep.strata if rep is not None else []):
-        if s.slope is None:
-            continue
-        axes[1].plot([], [], ls=styles[i % 4], color="black",
-                     label=f"{s.lo}-{s.hi} tokens: slope {s.slope:+.3g} ({s.n_configs} configs)")
+        if s.slope is not None:
+            axes[2].plot([], [], ls=styles[i % 4], color="black",
+                         label=f"{s.lo}-{s.hi} tokens: slope {s.slope:+.3g} ({s.n_configs} configs)")
     for f in families:
-        axes[1].scatter([], [], color=colour[f], s=18, label=f)
+        axes[2].scatter([], [], color=colour[f], s=18, label=f)
     if rep is not None and rep.defined:
-        axes[1].set_title(f"within length strata; the trade-off {rep.verdict} holding length fixed",
-                          loc="left", fontsize=9)
-    axes[1].set_xlabel("local mean log prior (within stratum)")
-    axes[1].set_ylabel("local mean reward (within stratum)")
-    _strata_points(axes[1], summary, colour, styles)
-    axes[1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
-    fig.tight_layout()
+        axes[2].set_title(f"within length strata: the trade-off {rep.verdict}", loc="left", fontsize=9)
+    axes[2].set_xlabel("local mean log prior (within stratum)")
+    axes[2].set_ylabel("local mean reward (within stratum)")
+    _strata_points(axes[2], summary, colour, styles)
+    axes[2].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
+    fig.subplots_adjust(left=0.06, right=0.8, bottom=0.13, top=0.92, wspace=0.32)
     return _save(fig, path)
 
 

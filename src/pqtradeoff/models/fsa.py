@@ -306,12 +306,21 @@ class FiniteStateLM(StepLanguageModel):
             raise PQError(f"{len(prompts)} prompts for {len(continuations)} continuations")
         width = max((len(c) for c in continuations), default=0)
         final = self.n_states
+        lengths = np.array([len(c) for c in continuations], dtype=np.int64)
+        tokens = np.zeros((len(prompts), width), dtype=np.int64)
+        for b, c in enumerate(continuations):
+            tokens[b, :len(c)] = c
+        inside = np.arange(width)[None, :] < lengths[:, None]
+        bad = inside & ((tokens < 0) | (tokens >= self.vocab_size))
+        if bad.any():
+            raise PQError(f"continuation token id {int(tokens[bad][0])} is out of range: need "
+                          f"0..{self.vocab_size - 1}")
         states = np.full((len(prompts), width), final, dtype=np.int64)
-        for b, (p, c) in enumerate(zip(prompts, continuations, strict=True)):
-            s = self.state_after(p)
-            for t, tok in enumerate(self._check_ids(c, "continuation")):
-                states[b, t] = s
-                s = int(self._steps[s, tok])
+        current = np.array([self.state_after(p) for p in prompts], dtype=np.int64)
+        for t in range(width):  # one step of every row at once: the walk is vectorized over rows
+            live = inside[:, t]
+            states[live, t] = current[live]
+            current = np.where(live, self._steps[current, tokens[:, t]], current)
         return self._logits[torch.from_numpy(states)]
 
 

@@ -105,25 +105,28 @@ def adaptor_scores(
     logq, log_weight = np.zeros((n, k)), np.zeros((n, k))
     fast = getattr(model, "fast_head_scores", None)
     per_row = None
-    if fast is not None:
+    if fast is not None and n:
         per_row = fast(prompts, continuations, lambda logits, targets: np.hstack(scorer(logits, targets)),
                        batch_size=batch_size, max_batch_tokens=max_batch_tokens)
-    if per_row is None:
-        per_row = [np.zeros((0, 2 * k)) for _ in continuations]
-        lengths = [max(len(c), 1) for c in continuations]
-        for batch in length_batches(list(range(n)), lengths, batch_size, max_batch_tokens):
-            conts = [continuations[i] for i in batch]
-            if max(len(c) for c in conts) == 0:
-                continue
-            with torch.inference_mode():
-                logits = model.continuation_logits([prompts[i] for i in batch], conts)
-                rows = torch.cat([torch.full((len(c),), r, dtype=torch.long) for r, c in enumerate(conts)])
-                cols = torch.cat([torch.arange(len(c)) for c in conts])
-                flat = logits[rows.to(logits.device), cols.to(logits.device)]  # [positions, V]: no padding
-                targets = torch.tensor([t for c in conts for t in c], dtype=torch.long, device=flat.device)
-                scores = np.hstack(scorer(flat, targets))
-            for r, part in zip(batch, np.split(scores, np.cumsum([len(c) for c in conts])[:-1]), strict=True):
-                per_row[r] = part
-    for i, scores in enumerate(per_row):
-        logq[i], log_weight[i] = scores[:, :k].sum(axis=0), scores[:, k:].sum(axis=0)
+    if per_row is not None:
+        for i, scores in enumerate(per_row):
+            logq[i], log_weight[i] = scores[:, :k].sum(axis=0), scores[:, k:].sum(axis=0)
+        return logq, log_weight
+    lengths = [max(len(c), 1) for c in continuations]
+    for batch in length_batches(list(range(n)), lengths, batch_size, max_batch_tokens):
+        conts = [continuations[i] for i in batch]
+        sizes = np.array([len(c) for c in conts])
+        if sizes.max() == 0:
+            continue
+        with torch.inference_mode():
+            logits = model.continuation_logits([prompts[i] for i in batch], conts)
+            rows = np.repeat(np.arange(len(conts)), sizes)
+            cols = np.arange(len(rows)) - np.repeat(np.cumsum(sizes) - sizes, sizes)
+            index = (torch.from_numpy(rows).to(logits.device), torch.from_numpy(cols).to(logits.device))
+            flat = logits[index]  # [positions, V]: no padding
+            targets = torch.tensor([t for c in conts for t in c], dtype=torch.long, device=flat.device)
+            q, z = scorer(flat, targets)
+        for j in range(k):  # sums per row in float64; -inf stays -inf (no +inf ever occurs)
+            logq[batch, j] = np.bincount(rows, weights=q[:, j], minlength=len(batch))
+            log_weight[batch, j] = np.bincount(rows, weights=z[:, j], minlength=len(batch))
     return logq, log_weight
