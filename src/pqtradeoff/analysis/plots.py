@@ -48,6 +48,8 @@ MAX_SCATTER = 20_000
 #: Above this many strings the string-level panel shows their density (hexagonal bins), not single points.
 HEXBIN_ABOVE = 5_000
 LEGEND_FONT = 8
+#: Legend entries one column holds in a 5-inch figure; more go in two columns.
+LEGEND_ROWS = 22
 
 
 def save_metadata(fmt: str) -> dict[str, Any]:
@@ -101,9 +103,13 @@ def _fmt(value: float | None, spec: str = "+.3f") -> str:
 
 
 def _outside_legend(fig: Any, ax: Any, **kwargs: Any) -> None:
-    """The legend to the right of the axes, in readable type (the data keep the whole panel)."""
+    """The legend to the right of the axes, in readable type (the data keep the whole panel); a long one in
+    two columns, so that it fits the figure's height."""
+    entries = len(ax.get_legend_handles_labels()[0])
+    if entries > LEGEND_ROWS:  # the second column widens the figure, not narrows the panel
+        fig.set_size_inches(fig.get_figwidth() + 3.2, fig.get_figheight())
     ax.legend(fontsize=LEGEND_FONT, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0,
-              frameon=False, **kwargs)
+              frameon=False, ncol=2 if entries > LEGEND_ROWS else 1, **kwargs)
 
 
 def _temperature_key(ax: Any, shade: dict[float, float]) -> None:
