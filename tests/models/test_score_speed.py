@@ -112,9 +112,9 @@ def test_batches_and_windows_stay_within_their_budgets(lm, monkeypatch):
     batches, windows = [], []
     score_batch, prompt_states = hf_scoring.score_batch, hf_scoring.prompt_states
 
-    def spy_batch(lm_, parts, states, slots, lengths, cs):
+    def spy_batch(lm_, parts, states, slots, lengths, cs, head=None):
         batches.append((len(cs), max(map(len, cs))))
-        return score_batch(lm_, parts, states, slots, lengths, cs)
+        return score_batch(lm_, parts, states, slots, lengths, cs, head)
 
     def spy_states(lm_, parts, ps, budget):
         windows.append((len(ps), max(map(len, ps))))
