@@ -18,7 +18,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy import stats as scipy_stats
 
 from pqtradeoff.analysis import stats
 from pqtradeoff.columns import Col
@@ -76,9 +75,11 @@ class LengthReport:
 
 def partial_spearman(x: np.ndarray, y: np.ndarray, z: np.ndarray) -> float | None:
     """Spearman correlation of x and y given z: the partial Pearson correlation of their ranks."""
+    from scipy.stats import rankdata  # lazy: the toy imports the results' types, not scipy
+
     if len(x) < 4:
         return None
-    rx, ry, rz = (scipy_stats.rankdata(v) for v in (x, y, z))
+    rx, ry, rz = (rankdata(v) for v in (x, y, z))
     r = np.corrcoef(np.vstack([rx, ry, rz]))
     if not np.all(np.isfinite(r)):
         return None
@@ -89,9 +90,11 @@ def partial_spearman(x: np.ndarray, y: np.ndarray, z: np.ndarray) -> float | Non
 
 
 def _spearman(x: np.ndarray, y: np.ndarray) -> float | None:
+    from scipy.stats import spearmanr  # lazy, as above
+
     if len(x) < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
         return None
-    return float(scipy_stats.spearmanr(x, y).statistic)
+    return float(spearmanr(x, y).statistic)
 
 
 def config_length(rows: pd.DataFrame, length_column: str) -> ConfigLength:
