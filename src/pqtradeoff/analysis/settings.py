@@ -48,11 +48,6 @@ class AnalysisSettings(BaseModel):
     @field_validator("what_if")
     @classmethod
     def _what_if(cls, specs: list[str]) -> list[str]:
-        from pqtradeoff.errors import PQError
-        from pqtradeoff.sampling.adaptors import expand_what_if
+        from pqtradeoff.sampling.adaptors import check_what_if
 
-        try:
-            expand_what_if(specs)
-        except PQError as err:
-            raise ValueError(str(err)) from None
-        return specs
+        return check_what_if(specs)

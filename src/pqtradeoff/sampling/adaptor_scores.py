@@ -169,13 +169,19 @@ def _from_top(a: Adaptor, decide, values: torch.Tensor, shared: _Shared, rows: n
     cand_logp = values.double().numpy() - shared.lse1[rows, None]
     inside = np.arange(values.shape[1])[None, :] < count[:, None]
     scaled = np.where(inside, cand_logp / a.temperature, -np.inf)
-    top = scaled[:, :1]
+    return _write(a, shared, rows, ~unsure, kept, scaled, q, z)
+
+
+def _write(a: Adaptor, shared: _Shared, rows: np.ndarray, sure: np.ndarray, kept: np.ndarray,
+           scaled: np.ndarray, q: np.ndarray, z: np.ndarray) -> np.ndarray:
+    """log Z = logsumexp of the kept tokens' log p / T (`scaled`, -inf elsewhere) and log q of the target
+    (-inf when not kept), written for the `sure` ones of `rows`; returns the others."""
+    top = scaled.max(axis=1, keepdims=True)
     log_z = top[:, 0] + np.log(np.exp(scaled - top).sum(axis=1))
-    sure = ~unsure
     done = rows[sure]
     z[done] = log_z[sure]
     q[done] = np.where(kept[sure], shared.logp_t[done] / a.temperature - log_z[sure], -np.inf)
-    return rows[unsure]
+    return rows[~sure]
 
 
 def _sorted_top_p(a: Adaptor, shared: _Shared, rows: np.ndarray, q: np.ndarray, z: np.ndarray) -> np.ndarray:
@@ -195,13 +201,7 @@ def _sorted_top_p(a: Adaptor, shared: _Shared, rows: np.ndarray, q: np.ndarray, 
     nucleus = values[:, -width:].double().numpy() - shared.lse1[rows, None] / a.temperature  # log p / T
     scaled = np.where(np.arange(values.shape[1] - width, values.shape[1])[None, :] >= cut.numpy(), nucleus,
                       -np.inf)
-    top = scaled[:, -1:]
-    log_z = top[:, 0] + np.log(np.exp(scaled - top).sum(axis=1))
-    sure = ~tie
-    done = rows[sure]
-    z[done] = log_z[sure]
-    q[done] = np.where(kept[sure], shared.logp_t[done] / a.temperature - log_z[sure], -np.inf)
-    return rows[tie]
+    return _write(a, shared, rows, ~tie, kept, scaled, q, z)
 
 
 def _top_k(a: Adaptor, values: torch.Tensor, x_t: torch.Tensor, m: np.ndarray, log_s: np.ndarray

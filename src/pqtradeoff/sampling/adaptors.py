@@ -542,6 +542,16 @@ def _range_values(spec: str, name: str, raw: str) -> list[str]:
     return [repr(float(f"{start + i * step:.12g}")) for i in range(count)]
 
 
+def check_what_if(specs: list[str]) -> list[str]:
+    """A settings model's validator of a what-if list: the specs unchanged, or ValueError with the one line
+    `expand_what_if` gives."""
+    try:
+        expand_what_if(specs)
+    except PQError as err:
+        raise ValueError(str(err)) from None
+    return specs
+
+
 def expand_what_if(specs: list[str]) -> list[Adaptor]:
     """Every adaptor a what-if list names: each spec is one adaptor, or a sweep where any parameter is a range
     `start:stop:step` (several ranges in one spec cross), e.g. `temperature=0.5:1.5:0.05,top_p=0.9`.
