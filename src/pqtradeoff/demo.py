@@ -311,20 +311,27 @@ def _run(out_dir: Path, settings: DemoSettings, progress: bool) -> tuple[Summary
     return summary, timings
 
 
-def _exact_grid(models: Any, settings: DemoSettings) -> tuple[list[Adaptor], dict[str, Any], dict[str, str]]:
-    """The grid's configurations that normalize (with their exact values) and why the others were skipped."""
-    kept, exact_by_config, skipped = [], {}, {}
-    grid = parse_grid(settings.families, settings.temperatures)
-    dera = parse_grid([f"dera={lam!r}" for lam in settings.dera])
-    grid += [a for a in dera if str(a) not in map(str, grid)]
-    for a in grid:
+def _with_exact(models: Any, settings: DemoSettings, adaptors: list[Adaptor]
+                ) -> tuple[list[Adaptor], dict[str, Any], dict[str, str]]:
+    """The adaptors with a usable closed form (with their exact values), and why the others have none."""
+    kept, exact, reasons = [], {}, {}
+    for a in adaptors:
         values, reason = exact_values(models.alignment, a, settings.target, settings.min_ess_fraction,
                                       max_length=settings.max_new_tokens)
         if values is None:
-            skipped[str(a)] = reason
+            reasons[str(a)] = reason
         else:
             kept.append(a)
-            exact_by_config[str(a)] = values
+            exact[str(a)] = values
+    return kept, exact, reasons
+
+
+def _exact_grid(models: Any, settings: DemoSettings) -> tuple[list[Adaptor], dict[str, Any], dict[str, str]]:
+    """The grid's configurations that normalize (with their exact values) and why the others were skipped."""
+    grid = parse_grid(settings.families, settings.temperatures)
+    dera = parse_grid([f"dera={lam!r}" for lam in settings.dera])
+    grid += [a for a in dera if str(a) not in map(str, grid)]
+    kept, exact_by_config, skipped = _with_exact(models, settings, grid)
     if not kept:
         raise PQError("no adaptor configuration normalizes: nothing to sample; see --family / --temperature")
     return kept, exact_by_config, skipped
@@ -337,18 +344,8 @@ def _exact_what_if(models: Any, settings: DemoSettings, kept: list[Adaptor]
     from pqtradeoff.sampling.adaptors import expand_what_if
 
     sampled = {str(a) for a in kept}
-    out, exact, dropped = [], {}, {}
-    for a in expand_what_if(settings.what_if):
-        if str(a) in sampled:
-            continue
-        values, reason = exact_values(models.alignment, a, settings.target, settings.min_ess_fraction,
-                                      max_length=settings.max_new_tokens)
-        if values is None:
-            dropped[str(a)] = reason
-        else:
-            out.append(a)
-            exact[str(a)] = values
-    return out, exact, dropped
+    what_if = [a for a in expand_what_if(settings.what_if) if str(a) not in sampled]
+    return _with_exact(models, settings, what_if)
 
 
 def _sample_and_score(models: Any, kept: list[Adaptor], settings: DemoSettings, record: dict[str, Any],

@@ -22,7 +22,7 @@ import os
 import warnings
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -422,10 +422,8 @@ def _per_config(table: pd.DataFrame, data: pd.DataFrame, input_report: InputRepo
         result.dropped_why = input_report.dropped_by_config.get(adaptor, {})
         result.exact = dict(exact.get(adaptor, {}))
         result.exact_comparison = _compare_exact(result)
-        lengths = length_analysis.config_length(rows, what_if_analysis.LENGTH)
-        result.mean_length = lengths.mean_length
-        result.mean_log_prior_per_token = lengths.mean_log_prior_per_token
-        result.partial_spearman_given_length = lengths.partial_spearman_given_length
+        for key, value in asdict(length_analysis.config_length(rows, length_analysis.LENGTH)).items():
+            setattr(result, key, value)  # mean_length, mean_log_prior_per_token, partial_spearman_...
         configs.append(result)
         corpus_frames.append(pd.DataFrame({
             "adaptor": adaptor, "family": result.family, "temperature": result.temperature,
@@ -482,8 +480,7 @@ def _alignment(data: pd.DataFrame, settings: AnalysisSettings, inputs: ExtraInpu
     return fit_alignment(data, inputs.source, settings.confidence, rng, nominal_beta=settings.beta)
 
 
-def _what_if(table: pd.DataFrame, data: pd.DataFrame, per: _PerConfig, settings: AnalysisSettings,
-             inputs: ExtraInputs) -> list[what_if_analysis.WhatIfResult]:
+def _what_if(table: pd.DataFrame, data: pd.DataFrame, settings: AnalysisSettings, inputs: ExtraInputs) -> list[what_if_analysis.WhatIfResult]:
     """Step 3c: the what-if estimates, when the corpus carries teacher-forced columns (or some are asked for)."""
     carried = inputs.what_if_adaptors
     if not carried:
@@ -542,16 +539,16 @@ def run_analysis(
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise PQError(f"out={str(out_dir)!r} exists and is not a directory")
-    if what_if_analysis.LENGTH not in table.columns and Col.TOKEN_IDS in table.columns:
-        table = table.assign(**{what_if_analysis.LENGTH: table[Col.TOKEN_IDS].map(len).astype(np.int64)})
+    if length_analysis.LENGTH not in table.columns and Col.TOKEN_IDS in table.columns:
+        table = table.assign(**{length_analysis.LENGTH: table[Col.TOKEN_IDS].map(len).astype(np.int64)})
     data, input_report = clean_table(table, settings)
     if data.empty:
         raise PQError("no usable rows: every row was dropped (" + "; ".join(input_report.warnings) + ")")
     per = _per_config(table, data, input_report, settings, inputs)
     across = _across_configs(data, per, settings)
     alignment, aligned = _alignment(data, settings, inputs)
-    what_if = _what_if(table, data, per, settings, inputs)
-    lengths = length_analysis.length_report(data, [c.adaptor for c in per.configs], what_if_analysis.LENGTH,
+    what_if = _what_if(table, data, settings, inputs)
+    lengths = length_analysis.length_report(data, [c.adaptor for c in per.configs], length_analysis.LENGTH,
                                             settings.confidence)
     summary = Summary(
         settings=settings,
@@ -600,7 +597,7 @@ def analyze_dir(scored_dir: str | Path, out_dir: str | Path, settings: AnalysisS
     if Col.TOKEN_IDS in table.column_names:
         import pyarrow.compute as pc
 
-        frame[what_if_analysis.LENGTH] = pc.list_value_length(table.column(Col.TOKEN_IDS)).to_numpy()
+        frame[length_analysis.LENGTH] = pc.list_value_length(table.column(Col.TOKEN_IDS)).to_numpy()
     record_path = Path(scored_dir) / RUN_RECORD
     source = None
     if record_path.is_file():

@@ -22,6 +22,8 @@ import pandas as pd
 from pqtradeoff.analysis import stats
 from pqtradeoff.columns import Col
 
+#: The analysis's own per-string length column (tokens, EOS included), derived from `token_ids`.
+LENGTH = "n_tokens"
 #: Fewest strings of a configuration in a length stratum for its mean to enter that stratum's fit.
 MIN_STRATUM_STRINGS = 10
 #: Length strata: pooled quantiles (quartiles; fewer where lengths repeat).

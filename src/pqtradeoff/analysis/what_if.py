@@ -28,15 +28,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from pqtradeoff.analysis.length import LENGTH
 from pqtradeoff.analysis.settings import AnalysisSettings
 from pqtradeoff.columns import Col
 from pqtradeoff.errors import PQError
-from pqtradeoff.sampling.adaptors import Adaptor, expand_what_if, parse
+from pqtradeoff.sampling.adaptors import TRUNCATIONS, Adaptor, expand_what_if, parse
 
 #: The series a what-if entry estimates, with the column each reads (`length` is added by the analysis).
 SERIES = {"reward": Col.REWARD, "log_prior": Col.LOGP_PRIOR}
-#: The analysis's own per-string length column (tokens, EOS included), derived from `token_ids`.
-LENGTH = "n_tokens"
 
 
 @dataclass
@@ -83,10 +82,8 @@ def covers(sampled: Adaptor, target: Adaptor) -> bool:
         return True
     if str(sampled) == str(target):
         return True
-    on = {n for n in ("top_n_sigma", "top_k", "top_p", "min_p", "typical_p", "epsilon_cutoff", "eta_cutoff")
-          if getattr(sampled, n) is not None}
-    target_on = {n for n in ("top_n_sigma", "top_k", "top_p", "min_p", "typical_p", "epsilon_cutoff",
-                             "eta_cutoff") if getattr(target, n) is not None}
+    on = {n for n in TRUNCATIONS if getattr(sampled, n) is not None}
+    target_on = {n for n in TRUNCATIONS if getattr(target, n) is not None}
     if on == target_on == {"top_k"}:
         return sampled.top_k >= target.top_k
     if on == target_on == {"top_p"}:

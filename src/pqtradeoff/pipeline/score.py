@@ -293,24 +293,24 @@ SOURCE_KEY = b"pqtradeoff.source_sha256"
 WHAT_IF_KEY = b"pqtradeoff.what_if_adaptors"
 
 
+def _shard_metadata(path: Path) -> dict[bytes, bytes]:
+    """A scored shard's Parquet key-value metadata ({}: absent or unreadable)."""
+    try:
+        return pq.read_schema(path).metadata or {}
+    except (OSError, pa.ArrowException):
+        return {}
+
+
 def scored_from(path: Path) -> str | None:
     """The digest of the corpus shard that a scored shard was made from (None: absent, unreadable, or written
     without one, e.g. by hand): a rerun scores again every shard whose source is not byte-identical now."""
-    try:
-        meta = pq.read_schema(path).metadata or {}
-    except (OSError, pa.ArrowException):
-        return None
-    value = meta.get(SOURCE_KEY)
+    value = _shard_metadata(path).get(SOURCE_KEY)
     return value.decode() if value else None
 
 
 def what_if_of(path: Path) -> list[str] | None:
     """The adaptors of a scored shard's what-if columns, in order (None: it has none or is unreadable)."""
-    try:
-        meta = pq.read_schema(path).metadata or {}
-    except (OSError, pa.ArrowException):
-        return None
-    value = meta.get(WHAT_IF_KEY)
+    value = _shard_metadata(path).get(WHAT_IF_KEY)
     return json.loads(value) if value else None
 
 

@@ -31,7 +31,6 @@ through `Adaptor.adapt`'s computation unchanged.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import numpy as np
 import torch
@@ -108,20 +107,13 @@ class AdaptorScorer:
                 q[:, j] = shared.logp_t / a.temperature - z[:, j]
             elif kind in ("top_k", "top_p"):
                 self.decided += len(rows)
-                todo = rows
                 # the top CANDIDATES, then (top-p) the whole sorted row: each row is decided at the first
                 # stage that can, and by the warper itself only where none can (ties at the cut)
-                stages = (CANDIDATES, None) if kind == "top_p" else (CANDIDATES,)
-                for width in stages:
-                    if not todo.size:
-                        break
-                    if width is None:
-                        self.sorted_rows += len(todo)
-                        todo = _sorted_top_p(a, shared, todo, q[:, j], z[:, j])
-                        continue
-                    values = shared.top(width, todo)
-                    decide = _top_k if kind == "top_k" else _top_p
-                    todo = _from_top(a, decide, values, shared, todo, q[:, j], z[:, j])
+                decide = _top_k if kind == "top_k" else _top_p
+                todo = _from_top(a, decide, shared.candidates(), shared, rows, q[:, j], z[:, j])
+                if kind == "top_p" and todo.size:
+                    self.sorted_rows += len(todo)
+                    todo = _sorted_top_p(a, shared, todo, q[:, j], z[:, j])
                 self.handed_over += len(todo)
                 if todo.size:
                     fq, fz = plain_scores(x[todo], t[todo], [a])
@@ -140,23 +132,23 @@ class _Shared:
         self.x, self.t, self.m, self.lse1, self.log_s = x, t, m, lse1, log_s
         self.x_t = x.gather(1, t[:, None])
         self.logp_t: np.ndarray = np.empty(0)
-        self._top: dict[int, torch.Tensor] = {}
-        self._sorted: dict[Any, torch.Tensor] = {}
+        self._candidates: torch.Tensor | None = None
+        self._sorted: dict[int, torch.Tensor] = {}
 
-    def top(self, width: int, rows: np.ndarray) -> torch.Tensor:
-        """The `width` largest logits of `rows`, descending (one topk for the whole block, kept)."""
-        width = min(width, self.x.shape[1])
-        if width not in self._top:
-            self._top[width] = torch.topk(self.x, width, dim=1).values
-        return self._top[width][torch.from_numpy(rows)]
+    def candidates(self) -> torch.Tensor:
+        """Every row's `CANDIDATES` largest logits, descending (one topk for the block, kept)."""
+        if self._candidates is None:
+            self._candidates = torch.topk(self.x, min(CANDIDATES, self.x.shape[1]), dim=1).values
+        return self._candidates
 
     def ascending(self, rows: np.ndarray) -> torch.Tensor:
-        """Whole rows sorted ascending (numpy's sort of the values alone, as `nucleus.sorted_values`)."""
-        missing = [r for r in rows.tolist() if ("all", r) not in self._sorted]
+        """Whole rows sorted ascending (numpy's sort of the values alone, as `nucleus.sorted_values`), each
+        sorted once and kept for every top-p adaptor of the block."""
+        missing = [r for r in rows.tolist() if r not in self._sorted]
         if missing:
             block = torch.from_numpy(np.sort(self.x[missing].numpy(), axis=-1))
-            self._sorted.update({("all", r): v for r, v in zip(missing, block, strict=True)})
-        return torch.stack([self._sorted[("all", r)] for r in rows.tolist()])
+            self._sorted.update(zip(missing, block, strict=True))
+        return torch.stack([self._sorted[r] for r in rows.tolist()])
 
 
 def _from_top(a: Adaptor, decide, values: torch.Tensor, shared: _Shared, rows: np.ndarray, q: np.ndarray,
@@ -250,42 +242,27 @@ def repeated_rows_scores(logits: torch.Tensor, targets: torch.Tensor, adaptors: 
     unique, inverse = torch.unique(logits, dim=0, return_inverse=True)
     if unique.shape[0] * 2 > logits.shape[0]:
         return plain_scores(logits, targets, adaptors)
-    work = unique.to(torch.promote_types(unique.dtype, torch.float32))
-    logp = torch.log_softmax(work, dim=-1)
-    q = np.empty((len(targets), len(adaptors)))
-    z = np.empty((len(targets), len(adaptors)))
-    for j, a in enumerate(adaptors):
-        if a.is_identity:
-            q[:, j], z[:, j] = logp[inverse, targets].double().cpu().numpy(), 0.0
-            continue
-        weights = logp / a.temperature
-        if a.truncates:
-            weights.masked_fill_(~a.support(work, fast_top_p=True), float("-inf"))
-        log_z = torch.logsumexp(weights, dim=-1)
-        q[:, j] = (weights[inverse, targets] - log_z[inverse]).double().cpu().numpy()
-        z[:, j] = log_z[inverse].double().cpu().numpy()
-    return q, z
+    return plain_scores(unique, targets, adaptors, rows=inverse)
 
 
-def plain_scores(logits: torch.Tensor, targets: torch.Tensor, adaptors: Sequence[Adaptor]
-                 ) -> tuple[np.ndarray, np.ndarray]:
+def plain_scores(logits: torch.Tensor, targets: torch.Tensor, adaptors: Sequence[Adaptor],
+                 rows: torch.Tensor | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Per position and adaptor, log q(target) and log Z_t by `Adaptor.adapt`'s own computation: the
     log-softmax, the weights log p / T on the support transformers' warpers keep, their log-sum-exp (float64
-    for float64 logits, float32 otherwise)."""
+    for float64 logits, float32 otherwise). Position p reads row `rows[p]` of `logits` (default: row p)."""
+    rows = torch.arange(len(targets), device=logits.device) if rows is None else rows
     work = logits.to(torch.promote_types(logits.dtype, torch.float32))
     logp = torch.log_softmax(work, dim=-1)
-    picked = logp.gather(-1, targets[:, None]).squeeze(-1)
     q = np.empty((len(targets), len(adaptors)))
     z = np.empty((len(targets), len(adaptors)))
     for j, a in enumerate(adaptors):
         if a.is_identity:
-            q[:, j], z[:, j] = picked.double().cpu().numpy(), 0.0
+            q[:, j], z[:, j] = logp[rows, targets].double().cpu().numpy(), 0.0
             continue
         weights = logp / a.temperature
         if a.truncates:
             weights.masked_fill_(~a.support(work, fast_top_p=True), float("-inf"))
         log_z = torch.logsumexp(weights, dim=-1)
-        kept = weights.gather(-1, targets[:, None]).squeeze(-1)
-        q[:, j] = (kept - log_z).double().cpu().numpy()
-        z[:, j] = log_z.double().cpu().numpy()
+        q[:, j] = (weights[rows, targets] - log_z[rows]).double().cpu().numpy()
+        z[:, j] = log_z[rows].double().cpu().numpy()
     return q, z
