@@ -19,7 +19,7 @@ from typing import Any, ClassVar
 from pqtradeoff.errors import PQError
 
 TRACKED_PACKAGES = (
-    "pqtradeoff", "numpy", "scipy", "pandas", "pyarrow", "pydantic", "matplotlib",
+    "pqtradeoff", "numpy", "scipy", "pandas", "pyarrow", "pydantic", "matplotlib", "plotly",
     "torch", "transformers", "tokenizers", "vadersentiment",
 )
 

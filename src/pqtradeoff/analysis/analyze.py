@@ -58,6 +58,8 @@ WEIGHT_COLUMNS = {"global": (Col.LOG_WEIGHT,), "aligned": (Col.LOGP_ALIGNED, Col
 SERIES = {"reward": Col.REWARD, "log_prior": Col.LOGP_PRIOR}
 #: String columns `analyze_dir` reads (other string and list columns, texts and tokens, are never needed).
 STRING_COLUMNS = (Col.ADAPTOR, Col.PRIOR_CONTEXT)
+#: Texts `analyze_dir` keeps as Arrow-backed columns (no Python strings): the report's explorer shows a few.
+TEXT_COLUMNS = (Col.PROMPT, Col.TEXT)
 #: The list columns `analyze_dir` keeps (the what-if estimates read them).
 WHAT_IF_COLUMNS = (Col.WHAT_IF_LOGQ, Col.WHAT_IF_LOG_WEIGHT)
 #: Configurations analysed at once, at most (each holds a few ~30 MB count chunks; see `analyze_configs`).
@@ -522,7 +524,7 @@ def _write(summary: Summary, data: pd.DataFrame, corpora: pd.DataFrame, aligned:
                                                     summary.settings.figure_format)
     write_json(out_dir / "summary.json", summary.to_json())
     write_json(out_dir / RUN_RECORD, summary.run)
-    report.write_report(summary, out_dir)
+    report.write_report(summary, out_dir, data)
 
 
 def run_analysis(
@@ -593,7 +595,11 @@ def analyze_dir(scored_dir: str | Path, out_dir: str | Path, settings: AnalysisS
     )
     keep = [c for c, skip in zip(table.column_names, nested, strict=True)
             if c in STRING_COLUMNS or c in WHAT_IF_COLUMNS or not skip]
-    frame = table.select(keep).to_pandas()  # token lists and texts are never needed here
+    frame = table.select(keep).to_pandas()  # token lists are never needed here
+    for name in TEXT_COLUMNS:  # texts: only the explorer's few strings are ever read (Arrow buffers, not copies)
+        if name in table.column_names and (pa.types.is_string(table.schema.field(name).type)
+                                          or pa.types.is_large_string(table.schema.field(name).type)):
+            frame[name] = pd.Series(pd.arrays.ArrowExtensionArray(table.column(name)), index=frame.index)
     if Col.TOKEN_IDS in table.column_names:
         import pyarrow.compute as pc
 

@@ -15,6 +15,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 from markupsafe import Markup, escape
 
 from pqtradeoff.analysis.results import Summary
@@ -309,13 +310,36 @@ def _environment() -> Any:
                               lstrip_blocks=True)
 
 
-def render(summary: Summary, out_dir: Path) -> str:
-    """The report as one HTML string (figures read from out_dir and embedded)."""
-    return _environment().get_template("report.html.j2").render(context(summary, Path(out_dir)))
+def explorer_block(summary: Summary, out_dir: Path, data: pd.DataFrame, budget: int) -> dict[str, Any]:
+    """The explorer's scripts (plotly.js, its data within `budget` bytes, the page script) and what it embeds,
+    for the template."""
+    from pqtradeoff.analysis import explorer
+
+    values = explorer.explorer_data(data, summary.to_json(), out_dir, budget)
+    return {"plotly": Markup(explorer.plotly_js()), "data": Markup(explorer.dumps(values)),
+            "script": Markup(explorer.page_script()), "limits": values["limits"], "rewards": values["rewards"],
+            "page_limit_mb": explorer.PAGE_LIMIT_MB, "hex_across": explorer.HEX_ACROSS}
 
 
-def write_report(summary: Summary, out_dir: str | Path) -> Path:
+def render(summary: Summary, out_dir: Path, data: pd.DataFrame | None = None) -> str:
+    """The report as one HTML string (figures read from out_dir and embedded); with the rows the analysis
+    used (`data`) and `settings.interactive`, the explorer too, its data sized so that the page stays under
+    `explorer.PAGE_LIMIT_MB`."""
+    from pqtradeoff.analysis import explorer
+
+    template = _environment().get_template("report.html.j2")
+    values = context(summary, Path(out_dir)) | {"explorer": None}
+    static = template.render(values)
+    if data is None or data.empty or not summary.settings.interactive:
+        return static
+    budget = (explorer.PAGE_LIMIT_MB * 10**6 - len(static.encode("utf-8")) - len(explorer.plotly_js())
+              - len(explorer.page_script()) - explorer.PAGE_MARGIN)
+    values["explorer"] = explorer_block(summary, Path(out_dir), data, budget)
+    return template.render(values)
+
+
+def write_report(summary: Summary, out_dir: str | Path, data: pd.DataFrame | None = None) -> Path:
     """Write report.html atomically into out_dir."""
     out_dir = Path(out_dir)
-    text = render(summary, out_dir)
+    text = render(summary, out_dir, data)
     return atomic_write(out_dir / "report.html", lambda tmp: tmp.write_text(text, encoding="utf-8"))

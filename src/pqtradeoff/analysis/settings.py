@@ -29,6 +29,9 @@ class AnalysisSettings(BaseModel):
     min_importance_ess: float = Field(10.0, ge=1.0, description="Flag configs whose pool importance-sampling "
                                                                 "ESS is below this.")
     plots: bool = Field(True, description="Draw the figures.")
+    interactive: bool = Field(True, description="Add the explorer to report.html: the trade-off plane and "
+                              "the string-level panel, interactive (plotly embedded: ~5 MB more), with a "
+                              "bounded sample of strings behind every point.")
     figure_format: Literal["png", "pdf", "svg"] = Field(
         "png", description="File format of the figures (pdf and svg are vector; the report embeds png and "
         "svg).")
