@@ -149,7 +149,8 @@ def test_report_in_headless_chromium(hostile_report, tmp_path):
     console = [line for line in run.stderr.splitlines() if "CONSOLE" in line and "probed.html" in line]
     assert result["errors"] == [] and console == [], (result["errors"], console)
     assert result["images"] >= 4 and result["undisplayed"] == [], result
-    assert result["scripts"] == 1 and result["pwned"] == 0 and not result["bold_injected"], result
+    # the probe, and the explorer's three: plotly.js, its data (application/json) and its own script
+    assert result["scripts"] == 4 and result["pwned"] == 0 and not result["bold_injected"], result
     assert result["hostile_shown"], "the hostile note should read as text"
     assert result["wide_tables"] == 0, "a table wider than the page without a scroll box"
 

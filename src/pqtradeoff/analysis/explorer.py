@@ -355,10 +355,20 @@ def explorer_data(data: pd.DataFrame, summary_json: dict[str, Any], out_dir: Pat
                        "hex_plot_px": list(HEX_PLOT_PX)},
             "has_text": Col.TEXT in data.columns,
             "confidence": confidence, "z": NormalDist().inv_cdf(0.5 + confidence / 2),
+            "colours": palette(sorted({r["family"] for r in records})),
         }
         if len(dumps(result).encode("utf-8")) <= budget:
             break
     return result
+
+
+def palette(families: list[str]) -> dict[str, str]:
+    """family -> colour, as the static figures colour them (`plots._palette`: tab10, or tab20 past 10)."""
+    import matplotlib
+    from matplotlib.colors import to_hex
+
+    cmap = matplotlib.colormaps["tab10" if len(families) <= 10 else "tab20"]
+    return {f: to_hex(cmap(i % cmap.N)) for i, f in enumerate(families)}
 
 
 def dumps(value: Any) -> str:

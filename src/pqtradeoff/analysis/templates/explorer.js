@@ -7,11 +7,9 @@
   const DATA = JSON.parse(document.getElementById('pq-explorer-data').textContent);
   const S = DATA.strings;
   const C = DATA.configs;
-  const PALETTE = ['#1f77b4', '#ff7f0e', '#2ca02c', '#d62728', '#9467bd', '#8c564b', '#e377c2', '#7f7f7f',
-    '#bcbd22', '#17becf'];
-  const families = [...new Set(C.map(c => c.family))];
+  const colour = DATA.colours;  // the static figures' colours (matplotlib's tab10, or tab20 past 10 families)
+  const families = Object.keys(colour);
   const temperatures = [...new Set(C.map(c => c.temperature))].sort((a, b) => a - b);
-  const colour = Object.fromEntries(families.map((f, i) => [f, PALETTE[i % PALETTE.length]]));
   const state = {
     plane: 'imh', reward: DATA.rewards[0], families: new Set(families), temperatures: new Set(temperatures),
     whatIf: true, cloud: true, sort: {key: null, dir: 1},
