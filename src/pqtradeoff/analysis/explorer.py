@@ -185,6 +185,7 @@ def _config_records(summaries: dict[str, dict[str, Any]]) -> list[dict[str, Any]
         if "family" not in rec:
             spec = adaptors.parse(rec["adaptor"])
             rec["family"], rec["temperature"] = spec.family, spec.temperature
+        rec["temperature"] = _round(rec["temperature"])  # None: no single temperature (a mixture)
     return records
 
 

@@ -9,7 +9,8 @@
   const C = DATA.configs;
   const colour = DATA.colours;  // the static figures' colours (matplotlib's tab10, or tab20 past 10 families)
   const families = Object.keys(colour);
-  const temperatures = [...new Set(C.map(c => c.temperature))].sort((a, b) => a - b);
+  // null: no single temperature (a mixture of adaptors), listed last
+  const temperatures = [...new Set(C.map(c => c.temperature))].sort((a, b) => (a === null) - (b === null) || a - b);
   const state = {
     plane: 'imh', reward: DATA.rewards[0], families: new Set(families), temperatures: new Set(temperatures),
     whatIf: true, cloud: true, sort: {key: null, dir: 1},
@@ -337,7 +338,7 @@
     box.appendChild(line2);
     const line3 = el('div', {class: 'pq-row'});
     line3.appendChild(el('b', {}, 'temperatures: '));
-    for (const t of temperatures) checkbox(line3, 'T = ' + t, true, v => { v ? state.temperatures.add(t) : state.temperatures.delete(t); redraw(); }, {'data-temperature': String(t)});
+    for (const t of temperatures) checkbox(line3, t === null ? 'mixed T' : 'T = ' + t, true, v => { v ? state.temperatures.add(t) : state.temperatures.delete(t); redraw(); }, {'data-temperature': String(t)});
     box.appendChild(line3);
   }
   function redraw() { drawTable(); return drawPlane(); }
