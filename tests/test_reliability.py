@@ -87,7 +87,8 @@ def _case_setup(tmp: Path, case: str) -> tuple[list[str], str, Path]:
     c = _Case(tmp, out, scored, a, g)
     command = case.partition("/")[0]
     builder = {"analyze": _analyze_case, "demo": _demo_toy_case, "toy": _demo_toy_case,
-               "generate": _generate_case, "score": _score_case, "run": _run_case}[command]
+               "generate": _generate_case, "score": _score_case, "run": _run_case,
+               "prompts": _prompts_case, "config": _config_case}[command]
     return builder(c, case)
 
 
@@ -161,6 +162,10 @@ def _analyze_case(c: _Case, case: str) -> tuple[list[str], str, Path]:
         return [*a, "--out", str(out), "--confidence", "1.5"], "confidence=1.5", out
     if case == "analyze/zero-corpora":
         return [*a, "--out", str(out), "--corpora", "0"], "corpora=0", out
+    if case == "analyze/what-if-without-columns":
+        return [*a, "--out", str(out), "--what-if", "temperature=0.8"], "teacher-forced columns", out
+    if case == "analyze/what-if-full-width-digit":
+        return [*a, "--out", str(out), "--what-if", "temperature=０.8"], "is not a number", out
     if case == "analyze/bad-adaptor-spec":
         frame = make_scored(n=20)
         frame.loc[0, "adaptor"] = "banana=3"
@@ -214,6 +219,18 @@ def _generate_case(c: _Case, case: str) -> tuple[list[str], str, Path]:
     if case == "generate/bad-adaptor":
         g[g.index("--adaptor") + 1] = "top_k=-3"
         return [*g, "--out", str(out)], "top_k", out
+    if case in ("generate/full-width-digit-adaptor", "generate/underscore-digits-adaptor",
+                "generate/nan-top-p", "generate/inf-temperature", "generate/full-width-mixture-weight"):
+        spec = {"generate/full-width-digit-adaptor": "top_k=３",
+                "generate/underscore-digits-adaptor": "top_k=1_0",
+                "generate/nan-top-p": "top_p=nan", "generate/inf-temperature": "temperature=inf",
+                "generate/full-width-mixture-weight": "mix(０.5:top_k=3|0.5:top_k=4)"}[case]
+        g[g.index("--adaptor") + 1] = spec
+        return [*g, "--out", str(out)], "not", out
+    if case == "generate/num-prompts-beyond-the-file":
+        return [*g, "--num-prompts", "5", "--prompt-seed", "0", "--out", str(out)], "more than the 2", out
+    if case == "generate/max-prompt-chars-keeps-none":
+        return [*g, "--max-prompt-chars", "1", "--out", str(out)], "max_chars=1", out
     raise AssertionError(case)
 
 
@@ -267,6 +284,198 @@ def _run_case(c: _Case, case: str) -> tuple[list[str], str, Path]:
     raise AssertionError(case)
 
 
+def _datasets_folder(folder: Path, texts: list[str]) -> Path:
+    """A `datasets.save_to_disk` folder (one Arrow stream file and its state.json), written with pyarrow."""
+    folder.mkdir()
+    table = pa.table({"prompt": texts})
+    with pa.ipc.new_stream(str(folder / "data-00000-of-00001.arrow"), table.schema) as writer:
+        writer.write_table(table)
+    files = [{"filename": "data-00000-of-00001.arrow"}]
+    (folder / "state.json").write_text(json.dumps({"_data_files": files}))
+    (folder / "dataset_info.json").write_text("{}")
+    return folder
+
+
+def _prompts_source(tmp: Path, kind: str) -> tuple[Path, str]:
+    """A bad prompts source of one kind, and a phrase of its one-line error."""
+    import socket
+
+    if kind == "fifo":
+        os.mkfifo(tmp / "pipe.jsonl")  # never written to: reading it would block forever
+        return tmp / "pipe.jsonl", "is a FIFO"
+    if kind == "socket":
+        path = tmp / "s.jsonl"
+        sock = socket.socket(socket.AF_UNIX)
+        sock.bind(str(path))
+        return path, "is a socket"
+    if kind == "device":
+        (tmp / "dev.jsonl").symlink_to("/dev/zero")  # endless, behind a link
+        return tmp / "dev.jsonl", "is a device"
+    if kind == "folder-holding-a-fifo":
+        (tmp / "pf").mkdir()
+        os.mkfifo(tmp / "pf" / "part.parquet")
+        return tmp / "pf", "is a FIFO"
+    files = {
+        "empty-jsonl": ("p.jsonl", b"", "holds no prompts"),
+        "jsonl-bad-line": ("p.jsonl", b'{"prompt": "a"}\n{"prompt": \n', "line 2: not valid JSON"),
+        "jsonl-not-an-object": ("p.jsonl", b'["a"]\n', "expected a JSON object"),
+        "jsonl-no-field": ("p.jsonl", b'{"text": "a"}\n', "no field 'prompt'"),
+        "jsonl-not-utf8": ("p.jsonl", b'{"prompt": "a"}\n{"prompt": "\xff"}\n', "line 2: not UTF-8"),
+        "jsonl-number-not-text": ("p.jsonl", b'{"prompt": 3}\n', "is int, not text"),
+        "jsonl-null": ("p.jsonl", b'{"prompt": null}\n', "has no value"),
+        "empty-prompt": ("p.jsonl", b'{"prompt": "a"}\n{"prompt": ""}\n', "row 1 field 'prompt' is empty"),
+        "whitespace-prompt": ("p.jsonl", b'{"prompt": " \\n\\t "}\n', "is only whitespace"),
+        "repeated-prompt": ("p.jsonl", b'{"prompt": "a"}\n{"prompt": "b"}\n{"prompt": "a"}\n',
+                            "row 2 repeats row 0"),
+        "csv-malformed": ("p.csv", b'prompt\n"unclosed\n', "malformed CSV"),
+        "csv-no-field": ("p.csv", b"text\na\n", "no field 'prompt'"),
+        "csv-empty": ("p.csv", b"", "holds no prompts"),
+        "csv-empty-cell": ("p.csv", b'prompt\na\n""\n', "is empty"),
+        "parquet-truncated": ("p.parquet", b"PAR1\x00\x01", "not a readable Parquet file"),
+        "unknown-suffix": ("p.txt", b"hello\n", "unknown format '.txt'"),
+        "arrow-garbage": ("p.arrow", b"not arrow at all", "not a readable Arrow file"),
+    }
+    if kind in files:
+        name, data, needle = files[kind]
+        (tmp / name).write_bytes(data)
+        return tmp / name, needle
+    if kind == "parquet-no-field":
+        pq.write_table(pa.table({"text": ["a"]}), tmp / "p.parquet")
+        return tmp / "p.parquet", "no field 'prompt'"
+    if kind == "folder-without-parquet":
+        (tmp / "pf").mkdir()
+        (tmp / "pf" / "notes.txt").write_text("x")
+        return tmp / "pf", "holds no Parquet files"
+    folder = _datasets_folder(tmp / "ds", ["a", "b"])
+    if kind == "datasets-corrupt-state":
+        (folder / "state.json").write_text('{"_data_files": [')
+        return folder, "is not valid JSON"
+    if kind == "datasets-state-not-an-object":
+        (folder / "state.json").write_text("[1]")
+        return folder, "is not a JSON object"
+    if kind == "datasets-no-data-files":
+        (folder / "state.json").write_text("{}")
+        return folder, "lists no data files"
+    if kind == "datasets-incomplete":
+        (folder / "data-00000-of-00001.arrow").unlink()
+        return folder, "is incomplete"
+    if kind == "datasets-truncated-arrow":
+        data = folder / "data-00000-of-00001.arrow"
+        data.write_bytes(data.read_bytes()[:40])
+        return folder, "not a readable Arrow file"
+    if kind == "datasets-dict":
+        (folder / "state.json").unlink()
+        os.rename(folder, tmp / "train")
+        folder.mkdir()
+        os.rename(tmp / "train", folder / "train")
+        (folder / "dataset_dict.json").write_text(json.dumps({"splits": ["train"]}))
+        return folder, "is a DatasetDict with several splits (train)"
+    if kind == "datasets-dict-corrupt":
+        (folder / "dataset_dict.json").write_text("{spl")
+        return folder, "dataset_dict.json' is not valid JSON"
+    raise AssertionError(kind)
+
+
+def _prompts_case(c: _Case, case: str) -> tuple[list[str], str, Path]:
+    """A bad prompts source given to `generate` (checked before any model loads)."""
+    g = list(c.generate_argv)
+    path, needle = _prompts_source(c.tmp, case.partition("/")[2])
+    g[g.index("--prompts") + 1] = str(path)
+    return [*g, "--out", str(c.out)], needle, c.out
+
+
+#: A complete experiment file (models that do not exist are never reached: the file is refused first).
+CONFIG = """[models.aligned]
+name = "{tmp}/aligned"
+[models.prior]
+name = "{tmp}/prior"
+[prompts]
+file = "{tmp}/p.jsonl"
+chat_template = true
+[sampling]
+families = ["ancestral", "top_k=30"]
+temperatures = [0.7, 1.0]
+num_generations = 2
+max_new_tokens = 8
+seed = 42
+[reward]
+kind = "vader"
+[analysis]
+imh_steps = 2000
+seed = 0
+"""
+
+#: case -> (old text, new text, a phrase of the error).
+CONFIG_EDITS = {
+    "seed-is-a-date": ("seed = 42", "seed = 2026-12-06", "sampling.seed: expected an integer, got a date"),
+    "seed-is-a-time": ("seed = 42", "seed = 12:30:00", "got a time of day"),
+    "seed-is-a-date-time": ("seed = 42", "seed = 2026-12-06T10:00:00", "got a date and time"),
+    "count-is-a-boolean": ("num_generations = 2", "num_generations = true",
+                           "line 11: sampling.num_generations: expected an integer, got the boolean true"),
+    "count-is-text": ("num_generations = 2", 'num_generations = "2"',
+                      "got the text '2'; write it without quotes"),
+    "count-is-a-decimal": ("imh_steps = 2000", "imh_steps = 2e3", "got the decimal number 2000.0"),
+    "temperature-is-text": ("temperatures = [0.7, 1.0]", 'temperatures = ["0.7"]',
+                            "line 10: sampling.temperatures.0: expected a number, got the text '0.7'"),
+    "flag-is-an-integer": ("chat_template = true", "chat_template = 1",
+                           "expected true or false, got the integer 1"),
+    "flag-is-text": ("chat_template = true", 'chat_template = "yes"', "expected true or false"),
+    "list-is-text": ('families = ["ancestral", "top_k=30"]', 'families = "top_k=30"',
+                     "sampling.families: expected a list"),
+    "name-is-a-number": ('kind = "vader"', "kind = 3", "expected text"),
+    "section-is-a-value": ("[reward]\nkind = \"vader\"", "reward = 3", "reward"),
+    "full-width-digit-in-a-spec": ('"top_k=30"', '"top_k=３0"', "is not an integer (ASCII digits"),
+    "underscore-digits-in-a-spec": ('"top_k=30"', '"top_k=3_0"', "is not an integer"),
+    "nan-in-a-spec": ('"top_k=30"', '"top_p=nan"', "is not a number"),
+    "what-if-full-width": ("seed = 0", 'seed = 0\nwhat_if = ["temperature=０.5:1.0:0.1"]', "is not a number"),
+    "what-if-empty-range": ("seed = 0", 'seed = 0\nwhat_if = ["temperature=1.0:0.5:0.1"]', "empty range"),
+    "negative-seed": ("seed = 42", "seed = -1", "sampling.seed=-1"),
+    "seed-beyond-64-bits": ("seed = 42", "seed = 9223372036854775808", "seed"),
+    "unknown-nested-key": ("seed = 42", "seed = 42\nsed = 1", "unknown key 'sampling.sed'"),
+    "duplicate-key": ("seed = 42", "seed = 42\nseed = 43", "not valid TOML"),
+    "not-toml": ("[reward]", "[reward", "not valid TOML"),
+    "prompts-file-missing": ('file = "{tmp}/p.jsonl"', 'file = "{tmp}/none.jsonl"', "none.jsonl"),
+    "prompts-file-a-fifo": ('file = "{tmp}/p.jsonl"', 'file = "{tmp}/pipe.jsonl"', "is a FIFO"),
+}
+
+
+def _config_case(c: _Case, case: str) -> tuple[list[str], str, Path]:
+    """A bad experiment file given to `run`."""
+    tmp, out, kind = c.tmp, c.out, case.partition("/")[2]
+    write_prompts(tmp / "p.jsonl", ["hi", "there"])
+    config = tmp / "c.toml"
+    if kind == "not-utf8":
+        config.write_bytes(CONFIG.format(tmp=tmp).encode() + b"# caf\xe9\n")
+        return ["run", str(config), "--out", str(out)], "line 19: not UTF-8 text", out
+    if kind == "empty-file":
+        config.write_text("")
+        return ["run", str(config), "--out", str(out)], "models is required", out
+    if kind == "config-is-a-folder":
+        (tmp / "cfg").mkdir()
+        return ["run", str(tmp / "cfg"), "--out", str(out)], "is not a file", out
+    if kind == "config-is-a-fifo":
+        os.mkfifo(tmp / "c.toml")
+        return ["run", str(tmp / "c.toml"), "--out", str(out)], "is not a file", out
+    old, new, needle = CONFIG_EDITS[kind]
+    if kind == "prompts-file-a-fifo":
+        os.mkfifo(tmp / "pipe.jsonl")
+    text = CONFIG.format(tmp=tmp)
+    old, new = old.format(tmp=tmp), new.format(tmp=tmp)
+    assert old in text, old
+    config.write_text(text.replace(old, new, 1), encoding="utf-8")
+    return ["run", str(config), "--out", str(out)], needle, out
+
+
+PROMPT_SOURCES = [
+    "fifo", "socket", "device", "folder-holding-a-fifo", "empty-jsonl", "jsonl-bad-line",
+    "jsonl-not-an-object", "jsonl-no-field", "jsonl-not-utf8", "jsonl-number-not-text", "jsonl-null",
+    "empty-prompt", "whitespace-prompt", "repeated-prompt", "csv-malformed", "csv-no-field", "csv-empty",
+    "csv-empty-cell", "parquet-truncated", "parquet-no-field", "unknown-suffix", "arrow-garbage",
+    "folder-without-parquet", "datasets-corrupt-state", "datasets-state-not-an-object",
+    "datasets-no-data-files", "datasets-incomplete", "datasets-truncated-arrow", "datasets-dict",
+    "datasets-dict-corrupt",
+]
+
 CASES = [
     "analyze/scored-dir-missing",
     "analyze/out-is-the-scored-dir",
@@ -317,6 +526,18 @@ CASES = [
     "score/python-reward-raises",
     "run/config-missing",
     "run/incomplete-config",
+    "analyze/what-if-without-columns",
+    "analyze/what-if-full-width-digit",
+    "generate/full-width-digit-adaptor",
+    "generate/underscore-digits-adaptor",
+    "generate/nan-top-p",
+    "generate/inf-temperature",
+    "generate/full-width-mixture-weight",
+    "generate/num-prompts-beyond-the-file",
+    "generate/max-prompt-chars-keeps-none",
+    *(f"prompts/{kind}" for kind in PROMPT_SOURCES),
+    *(f"config/{kind}" for kind in (*CONFIG_EDITS, "not-utf8", "empty-file", "config-is-a-folder",
+                                    "config-is-a-fifo")),
 ]
 
 
@@ -327,6 +548,20 @@ FAILS_AFTER_START = {"score/python-reward-raises"}
 
 @pytest.mark.parametrize("case", CASES)
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, monkeypatch, capsys, case):
+    import signal
+
+    def hung(*_):
+        raise AssertionError(f"{case}: no answer in 60 s (a read that blocks?)")
+
+    signal.signal(signal.SIGALRM, hung)
+    signal.alarm(60)  # a FIFO or a device read would block forever: fail instead
+    try:
+        _check_case(tmp_path, monkeypatch, capsys, case)
+    finally:
+        signal.alarm(0)
+
+
+def _check_case(tmp_path, monkeypatch, capsys, case):
     args, needle, out = _case_setup(tmp_path, case)
     monkeypatch.syspath_prepend(str(tmp_path))  # python:MODULE rewards written into tmp_path
     before = _snapshot(out)

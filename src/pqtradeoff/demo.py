@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -56,7 +56,7 @@ class DemoSettings(BaseModel):
     rarity: float = Field(0.8, ge=0.0,
                           description="reward per nat of word rarity: phi = rarity * (top - log p)")
     word_cost: float = Field(1.0, description="rarity reward's cost of each word (EOS costs nothing)")
-    text: Path | None = Field(
+    text: Annotated[Path, Field(strict=False)] | None = Field(
         None, description="estimate the prior from this text file instead (one string a line)")
     families: list[str] = Field(default_factory=lambda: list(DEFAULT_FAMILIES))
     temperatures: list[float] = Field(default_factory=lambda: list(DEFAULT_TEMPERATURES))

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from pqtradeoff.errors import PQError
 from pqtradeoff.pipeline.prompts import load_prompts, subsample
 
-TEXTS = ['hello, "world"', "NA", "multi\nline prompt", "", "x" * 300, "ünïcödé ✓"]
+TEXTS = ['hello, "world"', "NA", "multi\nline prompt", " leading space", "x" * 300, "ünïcödé ✓"]
 
 
 def write_jsonl(path, records, blank_after=None):
@@ -146,3 +146,17 @@ def test_seeded_draw_properties(n, data, seed):
     if k < n:
         assert set(drawn) <= set(subsample(rows, k + 1, seed))
     assert subsample(rows, n, seed) == rows
+
+
+def test_repeated_prompts_are_refused_unless_kept_on_purpose(tmp_path):
+    path = write_jsonl(tmp_path / "p.jsonl", [{"prompt": t} for t in ("a", "b", "a", "c")])
+    with pytest.raises(PQError, match=r"row 2 repeats row 0 \('a'\)"):
+        load_prompts(path)
+    assert load_prompts(path, allow_duplicates=True) == [(0, "a"), (1, "b"), (2, "a"), (3, "c")]
+
+
+@pytest.mark.parametrize("text", ["", " ", "\n\t "])
+def test_empty_and_whitespace_prompts_are_refused_by_row(tmp_path, text):
+    path = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "a"}, {"prompt": text}])
+    with pytest.raises(PQError, match="row 1 field 'prompt' is (empty|only whitespace)"):
+        load_prompts(path)

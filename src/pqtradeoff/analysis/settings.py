@@ -16,7 +16,7 @@ Target = Literal["global", "aligned", "none"]
 class AnalysisSettings(BaseModel):
     """Everything that changes the analysis's numbers; recorded in summary.json."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)  # as every section of `experiment.settings`
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)  # as `experiment.settings` sections
 
     target: Target = Field("global", description="IMH target: global (globally normalized adaptor), aligned, "
                                                  "or none (no correction).")

@@ -19,6 +19,7 @@ FLAGS = {
     "--prompts": "prompts.file", "--prompt-field": "prompts.field", "--template": "prompts.template",
     "--chat-template": "prompts.chat_template", "--num-prompts": "prompts.num_prompts",
     "--prompt-seed": "prompts.prompt_seed", "--max-prompt-chars": "prompts.max_chars",
+    "--allow-duplicate-prompts": "prompts.allow_duplicates",
     "--reward": "reward.kind", "--reward-beta": "reward.beta", "--label": "reward.label",
     "--prior-context": "reward.prior_context",
     "--reward-model": "reward_model.name", "--reward-model-gguf-file": "reward_model.gguf_file",

@@ -27,6 +27,7 @@ FLAGS = {
     "--prompts": "prompts.file", "--prompt-field": "prompts.field", "--template": "prompts.template",
     "--chat-template": "prompts.chat_template", "--num-prompts": "prompts.num_prompts",
     "--prompt-seed": "prompts.prompt_seed", "--max-prompt-chars": "prompts.max_chars",
+    "--allow-duplicate-prompts": "prompts.allow_duplicates",
     "--adaptor": "sampling.adaptors", "--family": "sampling.families",
     "--temperature": "sampling.temperatures",
     "--num-generations": "sampling.num_generations", "--max-new-tokens": "sampling.max_new_tokens",

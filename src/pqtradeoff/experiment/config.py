@@ -8,6 +8,7 @@ line. Relative paths in the file (the prompts file, local model folders) are rel
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import re
@@ -33,7 +34,12 @@ def load_experiment(path: str | Path) -> ExperimentSettings:
     if not path.is_file():
         raise PQError(f"config {str(path)!r} does not exist" if not path.exists() else
                       f"config {str(path)!r} is not a file")
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        line = path.read_bytes()[: err.start].count(b"\n") + 1
+        raise PQError(f"{path} line {line}: not UTF-8 text (byte {err.object[err.start]:#04x} at offset "
+                      f"{err.start}); save the file as UTF-8") from None
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
@@ -43,7 +49,7 @@ def load_experiment(path: str | Path) -> ExperimentSettings:
         return ExperimentSettings(**raw)
     except ValidationError as err:
         first = err.errors()[0]
-        key = ".".join(str(p) for p in first["loc"])
+        key = ".".join(str(p) for p in first["loc"] if not isinstance(p, int))  # an item: its list's line
         line = _line_of(text, key)
         where = f"{path}{f' line {line}' if line else ''}: "
         raise PQError(validation_message(err, where)) from None
@@ -51,7 +57,7 @@ def load_experiment(path: str | Path) -> ExperimentSettings:
 
 def _resolve_paths(raw: dict[str, Any], base: Path) -> dict[str, Any]:
     """Make the prompts file and local model folders relative to the config file's folder."""
-    raw = json.loads(json.dumps(raw))  # a deep copy of plain data
+    raw = copy.deepcopy(raw)  # TOML values may be dates and times: the settings refuse them by name
     prompts = raw.get("prompts")
     if (isinstance(prompts, dict) and isinstance(prompts.get("file"), str)
             and not Path(prompts["file"]).is_absolute()):

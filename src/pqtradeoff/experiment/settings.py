@@ -19,7 +19,7 @@ fast.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -36,12 +36,16 @@ PROMPT_SLOT = "{prompt}"
 
 FREE = {"resume": "free"}
 GROW = {"resume": "grow"}
+#: A path setting: text is read as a path (the one coercion strict settings allow).
+FilePath = Annotated[Path, Field(strict=False)]
 
 
 class Section(BaseModel):
-    """A block of settings: unknown keys are refused, values are checked, instances are immutable."""
+    """A block of settings: unknown keys are refused, values are checked, instances are immutable, and no
+    value is coerced (strict: `true` is not 1, "2" is not 2, a date is not a seed; an integer may stand for
+    a float). Paths are the one exception: a TOML file and a command line give them as text (`FilePath`)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
 # ------------------------------------------------------------------------------------------------ models
@@ -79,7 +83,7 @@ class ModelSpec(Section):
 class PromptSettings(Section):
     """Which prompts, and how the aligned model sees them."""
 
-    file: Path = Field(description="JSONL, CSV, Parquet file/folder or datasets folder of prompts.")
+    file: FilePath = Field(description="JSONL, CSV, Parquet file/folder or datasets folder of prompts.")
     field: str = Field("prompt", description="Column/field holding the prompt text.")
     template: str | None = Field(None, description="Prompt format with a {prompt} slot, e.g. "
                                                    "'Human: {prompt} Assistant:'.")
@@ -93,6 +97,9 @@ class PromptSettings(Section):
     max_chars: int | None = Field(
         None, ge=1, json_schema_extra=GROW,
         description="Keep prompts of at most this many characters (before drawing).")
+    allow_duplicates: bool = Field(False, json_schema_extra=GROW,
+                                   description="Keep a prompt that repeats an earlier one (each copy its own "
+                                               "prompt id); default: refused, naming both rows.")
 
     @model_validator(mode="after")
     def _check(self) -> PromptSettings:

@@ -172,7 +172,8 @@ def run_generate(settings: GenerateSettings, out: Path, models: ModelCache | Non
     p = settings.prompts
     out = check_out(out)
     rows = load_prompts(p.file, field=p.field, num_prompts=p.num_prompts, prompt_seed=p.prompt_seed,
-                        max_chars=p.max_chars)
+                        max_chars=p.max_chars,
+                        allow_duplicates=p.allow_duplicates)
     models = models or ModelCache()
     recorded = generate_record_settings(settings, rows, models)
     check_resumable(out, {"settings": recorded}, GENERATE_POLICY)  # before minutes of model loading
@@ -350,7 +351,8 @@ def align_inputs(settings: AlignSettings, models: ModelCache) -> dict[str, Any]:
 
     p = settings.prompts
     rows = load_prompts(p.file, field=p.field, num_prompts=p.num_prompts, prompt_seed=p.prompt_seed,
-                        max_chars=p.max_chars)
+                        max_chars=p.max_chars,
+                        allow_duplicates=p.allow_duplicates)
     values = settings.model_dump(mode="json", exclude={"compute"})
     values["prompts"]["file"] = str(Path(p.file).resolve())
     versions = {}

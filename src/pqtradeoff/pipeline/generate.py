@@ -237,10 +237,15 @@ def _check_request(model: LanguageModel, prompts: list[PromptRecord], adaptors: 
                              ("sample_block", sample_block, 1)):
         if value is None and name == "batch_size":
             continue
-        if not isinstance(value, int) or value < low:
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise PQError(f"{name}={value!r} is out of range: need an integer >= {low}")
     if not prompts:
         raise PQError("prompts is empty: nothing to generate")
+    seen: set[int] = set()
+    for p in prompts:
+        if p.prompt_id in seen:  # its rows would repeat another's (prompt_id, sample_id, adaptor) keys
+            raise PQError(f"prompt_id {p.prompt_id} is given twice: every prompt needs its own id")
+        seen.add(p.prompt_id)
     if not adaptors:
         raise PQError("no adaptor given: pass at least one --adaptor")
     if model.max_length is not None:

@@ -7,12 +7,18 @@ them drawn with `prompt_seed` - the same rows `datasets.Dataset.shuffle(seed).se
 (numpy's `default_rng(seed).permutation`), returned in file order.
 
 Bad input - a malformed JSONL line (reported with its line number), an empty file, a missing field, a value
-that is not text - raises a one-line PQError. Reading a `datasets` folder needs only pyarrow.
+that is not text, an empty or whitespace-only prompt, a prompt that repeats an earlier one (unless
+`allow_duplicates`), a corrupt or incomplete `datasets` folder or one holding several splits - raises a
+one-line PQError. Anything that is not a regular file or a folder (a FIFO, a device, a socket, also behind a
+link) is refused before it is opened, so a pipe that never ends cannot hang the run. Reading a `datasets`
+folder needs only pyarrow.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +38,7 @@ def load_prompts(
     num_prompts: int | None = None,
     prompt_seed: int | None = None,
     max_chars: int | None = None,
+    allow_duplicates: bool = False,
 ) -> list[tuple[int, str]]:
     """Read the prompts of `path`, filter by length, subsample; see the module docstring."""
     path = Path(path)
@@ -41,6 +48,14 @@ def load_prompts(
     if not values:
         raise PQError(f"prompts file {str(path)!r} holds no prompts")
     rows = [(i, check_text(path, field, i, v)) for i, v in enumerate(values)]
+    if not allow_duplicates:
+        first: dict[str, int] = {}
+        for i, text in rows:
+            if text in first:
+                raise PQError(f"prompts file {str(path)!r}: row {i} repeats row {first[text]} "
+                              f"({text[:40]!r}): a repeated prompt counts twice in every mean; remove it, or "
+                              "keep the copies with allow_duplicates (--allow-duplicate-prompts)")
+            first[text] = i
     if max_chars is not None:
         if max_chars < 1:
             raise PQError(f"max_chars={max_chars!r} is out of range: need an integer >= 1")
@@ -75,7 +90,26 @@ def check_text(path: Path, field: str, index: int, value: object) -> str:
     if not isinstance(value, str):
         raise PQError(f"prompts file {str(path)!r}: row {index} field {field!r} is {type(value).__name__}, "
                       "not text")
+    if not value.strip():
+        raise PQError(f"prompts file {str(path)!r}: row {index} field {field!r} is "
+                      f"{'empty' if not value else 'only whitespace'}: give every row a prompt (the template "
+                      "alone is no prompt)")
     return value
+
+
+def regular(path: Path, what: str = "prompts file") -> Path:
+    """`path` when it is a regular file (after links); a one-line PQError, before opening it, otherwise."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise PQError(f"{what} {str(path)!r} does not exist") from None
+    except OSError as err:
+        raise PQError(f"{what} {str(path)!r} cannot be read ({err.strerror})") from None
+    if not stat.S_ISREG(mode):
+        kind = ("a FIFO (named pipe)" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode)
+                else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "not a regular file")
+        raise PQError(f"{what} {str(path)!r} is {kind}: give a regular file or a folder")
+    return path
 
 
 # ------------------------------------------------------------------------------------------------ readers
@@ -83,6 +117,7 @@ def read_field(path: Path, field: str) -> list[object]:
     """The values of column `field`, in file order, from any supported format."""
     if path.is_dir():
         return read_folder(path, field)
+    regular(path)
     suffix = path.suffix.lower()
     if suffix in (".jsonl", ".json"):
         return read_jsonl(path, field)
@@ -136,6 +171,7 @@ def read_csv(path: Path, field: str) -> list[object]:
 def read_parquet(files: list[Path], field: str) -> list[object]:
     values: list[object] = []
     for f in files:
+        regular(f)
         try:
             names = pq.read_schema(f).names
             values += column(f, field, names,
@@ -151,13 +187,15 @@ def read_arrow(files: list[Path], field: str) -> list[object]:
     """Arrow IPC files as `datasets` writes them (stream format), or the IPC file format."""
     values: list[object] = []
     for f in files:
+        regular(f)
         try:
             table = pa.ipc.open_stream(f).read_all()
-        except pa.ArrowInvalid:
+        except (pa.ArrowInvalid, OSError):
             try:
                 table = pa.ipc.open_file(f).read_all()
-            except pa.ArrowInvalid:
-                raise PQError(f"prompts file {str(f)!r} is not an Arrow file") from None
+            except (pa.ArrowInvalid, OSError):
+                raise PQError(f"prompts file {str(f)!r} is not a readable Arrow file (truncated or of "
+                              "another kind)") from None
         values += column(f, field, table.column_names, lambda t=table: t.column(field).to_pylist())
     return values
 
@@ -165,18 +203,43 @@ def read_arrow(files: list[Path], field: str) -> list[object]:
 def read_folder(path: Path, field: str) -> list[object]:
     """A `datasets.save_to_disk` folder (state.json lists its Arrow files) or a folder of Parquet files."""
     if (path / "dataset_dict.json").exists():
-        splits = json.loads((path / "dataset_dict.json").read_text(encoding="utf-8")).get("splits", [])
-        raise PQError(f"prompts folder {str(path)!r} holds several splits ({', '.join(splits)}): "
-                      f"pass one of them, e.g. {str(path / (splits[0] if splits else 'test'))!r}")
+        record = _json_record(path / "dataset_dict.json")
+        splits = record.get("splits") if isinstance(record.get("splits"), list) else []
+        splits = [str(s) for s in splits] or sorted(p.name for p in path.iterdir() if p.is_dir())
+        raise PQError(f"prompts folder {str(path)!r} is a DatasetDict with several splits "
+                      f"({', '.join(splits) or 'none listed'}): pass one of them, e.g. "
+                      f"{str(path / (splits[0] if splits else 'test'))!r}")
     state = path / "state.json"
     if state.exists():
-        files = [path / d["filename"]
-                 for d in json.loads(state.read_text(encoding="utf-8")).get("_data_files", [])]
+        entries = _json_record(state).get("_data_files")
+        if not isinstance(entries, list) or not entries or not all(
+                isinstance(d, dict) and isinstance(d.get("filename"), str) for d in entries):
+            raise PQError(f"prompts folder {str(state)!r} lists no data files (_data_files): not a complete "
+                          "datasets folder; save it again with Dataset.save_to_disk")
+        files = [path / d["filename"] for d in entries]
+        missing = [f for f in files if not f.exists()]
+        if missing:
+            raise PQError(f"prompts folder {str(path)!r} is incomplete: {missing[0].name!r}, listed in "
+                          f"state.json, is missing ({len(missing)} of {len(files)} data files)")
         return read_arrow(files, field)
     parquet = sorted(p for p in path.rglob("*.parquet") if not p.name.startswith((".", "_")))
     if not parquet:
         raise PQError(f"prompts folder {str(path)!r} holds no Parquet files and no datasets state.json")
     return read_parquet(parquet, field)
+
+
+def _json_record(path: Path) -> dict:
+    """A datasets folder's JSON record (state.json, dataset_dict.json) as a dict; PQError if unreadable."""
+    regular(path)
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise PQError(f"prompts folder file {str(path)!r} is not valid JSON ({first_line(err)}): the "
+                      "datasets folder is corrupt") from None
+    if not isinstance(record, dict):
+        raise PQError(f"prompts folder file {str(path)!r} is not a JSON object: the datasets folder is "
+                      "corrupt")
+    return record
 
 
 def column(path: Path, field: str, names: list[str], get) -> list[object]:

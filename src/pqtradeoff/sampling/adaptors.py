@@ -24,6 +24,7 @@ This module imports torch and transformers lazily, so the analysis side can pars
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -390,10 +391,9 @@ def _split_selection(spec: str, text: str) -> tuple[str, Selection | None]:
         raise PQError(f"adaptor spec {spec!r}: {key}={raw!r} is not an integer")
     soft = None
     if "lambda" in found:
-        try:
-            soft = float(found["lambda"])
-        except ValueError:
-            raise PQError(f"adaptor spec {spec!r}: lambda={found['lambda']!r} is not a number") from None
+        soft = spec_number(found["lambda"], float)
+        if soft is None:
+            raise PQError(f"adaptor spec {spec!r}: lambda={found['lambda']!r} is not a number")
     return ",".join(keep) or "ancestral", Selection(int(raw), soft)
 
 
@@ -416,15 +416,27 @@ def parse_mixture(spec: str) -> Mixture:
     weights, components = [], []
     for part in inner[:-1].split("|"):
         weight, sep, component = part.partition(":")
-        try:
-            weights.append(float(weight))
-        except ValueError:
+        number = spec_number(weight.strip(), float)
+        if number is not None:
+            weights.append(number)
+        else:
             raise PQError(f"adaptor spec {spec!r}: {part!r} is not probability:spec, e.g. "
                           "0.3:top_k=30") from None
         if not sep or component.strip().startswith("mix("):
             raise PQError(f"adaptor spec {spec!r}: {part!r} is not probability:spec (no nested mixtures)")
         components.append(parse(component))
     return Mixture(tuple(weights), tuple(components))
+
+
+_INTEGER = re.compile(r"[+-]?[0-9]+")
+_FLOAT = re.compile(r"[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+)?")
+
+
+def spec_number(raw: str, kind: type) -> int | float | None:
+    """A spec's number as written in ASCII (`30`, `0.95`, `1e-4`); None for anything else - Python's own
+    int() and float() would also read full-width or other Unicode digits, `1_000`, `inf` and `nan`."""
+    pattern = _INTEGER if kind is int else _FLOAT
+    return kind(raw) if pattern.fullmatch(raw) else None
 
 
 def parse(spec: str | Adaptor | Mixture | BestOfN) -> Adaptor | Mixture | BestOfN:
@@ -461,11 +473,11 @@ def parse(spec: str | Adaptor | Mixture | BestOfN) -> Adaptor | Mixture | BestOf
         if name in values:
             raise PQError(f"adaptor spec {spec!r}: parameter {name!r} is given twice")
         kind = _BY_NAME[name].kind if name in _BY_NAME else float
-        try:
-            value: float | int = kind(raw)
-        except ValueError:
+        value = spec_number(raw, kind)
+        if value is None:
             kind = "an integer" if kind is int else "a number"
-            raise PQError(f"adaptor spec {spec!r}: {name}={raw!r} is not {kind}") from None
+            raise PQError(f"adaptor spec {spec!r}: {name}={raw!r} is not {kind} (ASCII digits, e.g. 30 or "
+                          "0.95)")
         values[name] = value
     return Adaptor(**values)  # type: ignore[arg-type]
 
@@ -520,14 +532,11 @@ def _range_values(spec: str, name: str, raw: str) -> list[str]:
     kind = _BY_NAME[name].kind
     numbers = []
     for part in parts:
-        part = part.strip()
-        if not part.isascii():
-            raise PQError(f"what-if spec {spec!r}: {name}={raw!r}: {part!r} is not a number")
-        try:
-            numbers.append(kind(part))
-        except ValueError:
+        number = spec_number(part.strip(), kind)
+        if number is None:
             what = "an integer" if kind is int else "a number"
-            raise PQError(f"what-if spec {spec!r}: {name}={raw!r}: {part!r} is not {what}") from None
+            raise PQError(f"what-if spec {spec!r}: {name}={raw!r}: {part.strip()!r} is not {what}")
+        numbers.append(number)
     start, stop, step = numbers
     if not all(math.isfinite(v) for v in numbers) or step <= 0:
         raise PQError(f"what-if spec {spec!r}: {name}={raw!r}: need finite start and stop and a step > 0")
