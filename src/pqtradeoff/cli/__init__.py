@@ -7,6 +7,7 @@ transformers, matplotlib) are imported inside the commands, so `pqtradeoff toy` 
 from __future__ import annotations
 
 import logging
+import signal
 import sys
 
 import typer
@@ -69,15 +70,43 @@ def _console_logging() -> None:
     logger.propagate = False
 
 
+class Interrupted(BaseException):
+    """Ctrl-C (SIGINT). Not a KeyboardInterrupt, which click turns into its own exit before `main` sees it,
+    and not an Exception, which library code may catch."""
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise Interrupted
+
+
 def main() -> None:
     """Console-script entry point: bad input becomes `error: <one line>` and exit code 2, never a
     traceback."""
     _console_logging()
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():  # only the main thread takes signals
+        _main()
+        return
+    previous = signal.signal(signal.SIGINT, _interrupt)
+    try:
+        _main()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _main() -> None:
     try:
         app()
     except PQError as err:
         typer.echo(f"error: {err}", err=True)
         sys.exit(2)
+    except (Interrupted, KeyboardInterrupt):
+        # Every file is written aside and renamed into place: what exists is complete, what was being written
+        # is gone. Rerunning the same command resumes from the complete shards.
+        typer.echo("interrupted: every file written so far is complete and kept (shards, models, figures), "
+                   "nothing is half-written; run the same command again to resume", err=True)
+        sys.exit(130)
     except RuntimeError as err:
         if type(err).__name__ != "OutOfMemoryError":  # torch.cuda.OutOfMemoryError, without importing torch
             raise

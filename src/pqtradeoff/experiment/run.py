@@ -34,7 +34,7 @@ from pqtradeoff.experiment.stages import (
     run_score,
     score_record_settings,
 )
-from pqtradeoff.io import check_out, package_versions, run_record, write_json
+from pqtradeoff.io import check_out, lock_folder, package_versions, run_record, write_json
 from pqtradeoff.pipeline.corpus import run_settings
 from pqtradeoff.pipeline.digests import shard_digests
 from pqtradeoff.pipeline.resume import describe_changes, fixed_changes
@@ -84,6 +84,8 @@ def run_experiment(settings: ExperimentSettings, out: str | Path) -> ExperimentR
     says what it did on the package logger (info)."""
     began = time.perf_counter()
     out = check_out(out)
+    out.mkdir(parents=True, exist_ok=True)
+    lock_folder(out, "run")  # one `run` per folder: a second is refused before it loads a model
     models = ModelCache()
     stages: list[StageReport] = []
     corpus, scored, analysis = (out / STAGE_DIRS[s] for s in ("generate", "score", "analyze"))
