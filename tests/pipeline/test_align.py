@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -18,7 +19,7 @@ import torch
 
 from pqtradeoff.columns import Col
 from pqtradeoff.errors import PQError
-from pqtradeoff.pipeline.align import PAIRS, preference_pairs, staging_folder
+from pqtradeoff.pipeline.align import PAIRS, TRAIN_LOG, preference_pairs, staging_folder
 
 from cli_helpers import cli, write_prompts
 
@@ -244,3 +245,52 @@ corpus_size = 8
     assert len(moved) == 1 and (moved[0].parent / "corpus").is_dir()
     record = json.loads((tmp / "run" / "aligned" / "_run.json").read_text())
     assert record["settings"]["training"]["beta"] == 0.25
+
+
+def _untimed(value):
+    """A JSON value without TRL's wall-time fields (train_runtime, *_per_second), which no rerun repeats."""
+    timed = ("runtime", "per_second")
+    if isinstance(value, dict):
+        return {k: _untimed(v) for k, v in value.items() if not any(t in k for t in timed)}
+    return [_untimed(v) for v in value] if isinstance(value, list) else value
+
+
+def _align_files(folder: Path) -> dict[str, bytes]:
+    """The model folder's files, its two JSON logs without wall-time fields."""
+    files = {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()
+             and p.name != ".pqtradeoff.lock"}
+    for name in (TRAIN_LOG, "_run.json"):
+        files[name] = json.dumps(_untimed(json.loads(files[name]))).encode()
+    return files
+
+
+def test_sigkill_at_three_points_then_rerun_gives_the_same_model_byte_for_byte(setup, monkeypatch, capsys):
+    """Killed while the candidates are sampled, early in training and late in training, each time rerun:
+    the final folder equals an uninterrupted run's (weights, tokenizer, pairs, candidates, records)."""
+    tiny, prompts, tmp = setup
+    out = tmp / "model"
+    args = [str(a) for a in align_args(tiny.llama, prompts, out, "--epochs", 60)]
+    argv = [sys.executable, "-m", "pqtradeoff", *args]
+    src = Path(__file__).resolve().parents[2] / "src"
+    env = os.environ | {"PYTHONPATH": os.pathsep.join([str(tmp), str(src)]), "OMP_NUM_THREADS": "1"}
+    whole = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600)
+    assert whole.returncode == 0, whole.stderr
+    reference = _align_files(out)
+    shutil.rmtree(out)
+    staging = staging_folder(out)
+    trainer = staging / "_trainer"
+    points = [(lambda: any((staging / "candidates").rglob("*.parquet")), 0.0), (trainer.exists, 0.3),
+              (trainer.exists, 3.0)]
+    for ready, delay in points:
+        proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 300
+        while not ready() and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.01)
+        time.sleep(delay)
+        assert proc.poll() is None, "align finished before the kill point"
+        proc.kill()
+        proc.wait()
+        assert not out.exists()  # never half a model where the model goes
+    rerun = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr
+    assert _align_files(out) == reference and not staging.exists()
