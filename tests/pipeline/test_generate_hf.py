@@ -238,7 +238,8 @@ def test_cli_score_bad_inputs(tiny_hf, corpus, tmp_path, monkeypatch, capsys):
 # ---------------------------------------------------------------------------------------------- resume
 def test_kill_9_then_rerun_is_byte_identical_to_an_uninterrupted_run(tiny_hf, tmp_path, monkeypatch, capsys):
     prompts = write_prompts(tmp_path / "p.jsonl",
-                            [f"hello world {w}" for w in "the a cat dog sat ran".split()] * 2)
+                            [f"hello world {w} {k}" for k in range(2) for w in "the a cat dog sat ran".split()
+                             ])
     specs = ["ancestral", "top_k=5", "temperature=0.5,top_p=0.9", "typical_p=0.8"]
     common = ["generate", "--model", tiny_hf.llama, "--prompts", prompts, "--num-generations", 2,
               "--max-new-tokens", 16, "--seed", 5, "--batch-size", 4, "--device", "cpu", "--no-progress"]

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from pqtradeoff.analysis.analyze import analyze_dir
+from pqtradeoff.errors import PQError
 from pqtradeoff.experiment.settings import ExperimentSettings, ModelSpec
 from pqtradeoff.experiment.stages import (
     SCORE_POLICY,
@@ -84,8 +85,19 @@ def run_experiment(settings: ExperimentSettings, out: str | Path) -> ExperimentR
     says what it did on the package logger (info)."""
     began = time.perf_counter()
     out = check_out(out)
+    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
-    lock_folder(out, "run")  # one `run` per folder: a second is refused before it loads a model
+    lock = lock_folder(out, "run")  # one `run` per folder: a second is refused before it loads a model
+    try:
+        return _run_stages(settings, out, began)
+    except PQError:
+        if created and [p.name for p in out.iterdir()] == [lock.name]:  # refused before it wrote anything
+            lock.unlink(missing_ok=True)
+            out.rmdir()
+        raise
+
+
+def _run_stages(settings: ExperimentSettings, out: Path, began: float) -> ExperimentResult:
     models = ModelCache()
     stages: list[StageReport] = []
     corpus, scored, analysis = (out / STAGE_DIRS[s] for s in ("generate", "score", "analyze"))
