@@ -62,12 +62,17 @@ def _shards(folder: Path) -> int:
     return len(list(folder.glob("*.parquet"))) if folder.is_dir() else 0
 
 
-def _kill_when(config: Path, out: Path, env: dict[str, str], ready, delay: float = 0.0) -> None:
-    """Start the run, SIGKILL it once `ready()` holds (after `delay` s); fail if it ended first."""
-    proc = _start(config, out, env)
+def _wait(proc: subprocess.Popen, ready) -> None:
+    """Poll until `ready()` holds or the process ends (at most 5 minutes)."""
     deadline = time.monotonic() + 300
     while not ready() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.01)
+
+
+def _kill_when(config: Path, out: Path, env: dict[str, str], ready, delay: float = 0.0) -> None:
+    """Start the run, SIGKILL it once `ready()` holds (after `delay` s); fail if it ended first."""
+    proc = _start(config, out, env)
+    _wait(proc, ready)
     time.sleep(delay)
     assert proc.poll() is None, f"the run ended before the kill point: {proc.communicate()[1][-2000:]}"
     proc.send_signal(signal.SIGKILL)
@@ -104,9 +109,7 @@ def test_sigint_says_what_is_kept_exits_130_and_leaves_nothing_half_written(expe
     tmp, config, env = experiment
     out = tmp / "interrupted"
     proc = _start(config, out, env)
-    deadline = time.monotonic() + 300
-    while _shards(out / "scored") < 2 and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.01)
+    _wait(proc, lambda: _shards(out / "scored") >= 2)
     assert proc.poll() is None
     proc.send_signal(signal.SIGINT)  # Ctrl-C
     _, err = proc.communicate(timeout=120)
@@ -125,9 +128,7 @@ def test_a_second_run_on_the_same_folder_is_refused_in_one_line(experiment):
     tmp, config, env = experiment
     out = tmp / "shared"
     first = _start(config, out, env)
-    deadline = time.monotonic() + 300
-    while _shards(out / "corpus") < 1 and first.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.01)
+    _wait(first, lambda: _shards(out / "corpus") >= 1)
     second = _run(config, out, env)
     lines = second.stderr.strip().splitlines()
     assert second.returncode == 2 and len(lines) == 1, second.stderr
