@@ -250,3 +250,20 @@ def test_blocked_inverse_cdf_equals_the_plain_running_sum(vocab):
         # a uniform within rounding of 1 may pick another of the last tokens, never one outside the support
         extreme = sample_inverse_cdf(log_probs, torch.full((64,), 1 - 2**-53, dtype=torch.float64))
         assert bool(torch.isfinite(log_probs.gather(-1, extreme.unsqueeze(-1))).all())
+
+
+@pytest.mark.parametrize("kw, message", [({"num_generations": True}, "num_generations=True"),
+                                         ({"seed": True}, "seed=True")])
+def test_a_boolean_is_not_a_count(tmp_path, kw, message):
+    with pytest.raises(PQError, match=message):
+        _generate(tmp_path / "c", BigramModel(), **kw)
+
+
+def test_two_prompts_with_one_id_are_refused_before_anything_is_written(tmp_path):
+    model = BigramModel()
+    prompts = [PromptRecord(0, t, model.encode_prompt(t)) for t in ("w1", "w2")]
+    with pytest.raises(PQError, match="prompt_id 0 is given twice"):
+        generate_corpus(model, prompts, [adaptors.parse("ancestral")], out_dir=tmp_path / "c",
+                        num_generations=2, max_new_tokens=3, seed=0, batch_size=2,
+                        settings={"model": "bigram"}, progress=False)
+    assert not (tmp_path / "c").exists()
