@@ -121,8 +121,8 @@ def volatile(text: str) -> str:
     """`text` with what changes from run to run masked: wall times, rates, memory, shares of the time."""
     text = re.sub(r"time: .*?(?=report:|\Z)", "time: <…> ", text, flags=re.S)
     text = re.sub(r"\d[\d,.]* tokens/s", "<…> tokens/s", text)
-    return re.sub(r"(?m)^(  (?:align|generate|score|analyze)\s+(?:ran|reused|partly reused)\s+)[\d.]+ s\s+"
-                  r"[\d.]+ %", r"\1<…>", text)
+    return re.sub(r"(?m)^(  (?:align|generate|score|analyze)\s+(?:ran|reused|partly reused))\s+[\d.]+ s\s+"
+                  r"[\d.]+ %", r"\1 <…>", text)  # the times' column width too
 
 
 # ------------------------------------------------------------------------------------------------ running
