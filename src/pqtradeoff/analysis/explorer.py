@@ -40,6 +40,7 @@ import pandas as pd
 from pqtradeoff.analysis import imh
 from pqtradeoff.analysis.length import LENGTH
 from pqtradeoff.columns import EXTRA_REWARD_PREFIX, Col, extra_reward_columns
+from pqtradeoff.sampling import adaptors
 
 #: Strings per configuration drawn at random (seeded), and strings at each end (highest / lowest reward per
 #: reward, least likely under the prior).
@@ -118,6 +119,12 @@ def _clouds(out_dir: Path, summaries: dict[str, dict[str, Any]], seed: int) -> d
     return out
 
 
+def _reward_means(entry: dict[str, Any], corrected: bool = True) -> dict[str, Any]:
+    """A summary entry's corrected (`imh`) and sampled (`local`) mean reward, each [mean, s.e.]."""
+    return {"imh": _pair(entry["mean_reward"], entry["mean_reward_se"]) if corrected else None,
+            "local": _pair(entry["local_mean_reward"], entry["local_mean_reward_se"])}
+
+
 def _config_records(summaries: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     """One record per configuration the page can show: analysed, skipped, and what-if estimates."""
     main = summaries["reward"]
@@ -140,8 +147,7 @@ def _config_records(summaries: dict[str, dict[str, Any]]) -> list[dict[str, Any]
         for name in summaries:
             r = by_reward[name].get(c["adaptor"])
             if r is not None:
-                rec["rewards"][name] = {"imh": _pair(r["mean_reward"], r["mean_reward_se"]),
-                                        "local": _pair(r["local_mean_reward"], r["local_mean_reward_se"])}
+                rec["rewards"][name] = _reward_means(r)
         records.append(rec)
     for k in main["skipped"]:
         rec = {"adaptor": k["adaptor"], "kind": "skipped", "reason": k["reason"], "n": k["n_strings"],
@@ -150,8 +156,7 @@ def _config_records(summaries: dict[str, dict[str, Any]]) -> list[dict[str, Any]
         for name in summaries:
             r = skipped_by_reward[name].get(k["adaptor"])
             if r is not None:
-                rec["rewards"][name] = {"imh": None,
-                                        "local": _pair(r["local_mean_reward"], r["local_mean_reward_se"])}
+                rec["rewards"][name] = _reward_means(r, corrected=False)
         records.append(rec)
     analysed = {c["adaptor"] for c in main["configs"]}
     for w in main.get("what_if") or []:
@@ -176,11 +181,8 @@ def _config_records(summaries: dict[str, dict[str, Any]]) -> list[dict[str, Any]
                "pool_ess": _round(w["ess"]), "local_ess": _round(w["local_ess"]), "rewards": {}}
         for name, p in pool.items():
             if p is not None:
-                rec["rewards"][name] = {"imh": _pair(p["mean_reward"], p["mean_reward_se"]),
-                                        "local": _pair(p["local_mean_reward"], p["local_mean_reward_se"])}
+                rec["rewards"][name] = _reward_means(p)
         records.append(rec)
-    from pqtradeoff.sampling import adaptors  # the spec's family and temperature, for skipped configs
-
     for rec in records:
         if "family" not in rec:
             spec = adaptors.parse(rec["adaptor"])
