@@ -132,6 +132,27 @@ def test_hf_rows_are_the_same_as_one_at_a_time(tiny_lm, spec):
         assert_same_rows(got, want, atol=1e-5)
 
 
+@pytest.mark.usefixtures("one_thread")
+def test_prefill_in_length_groups_gives_the_same_rows(tiny_lm, monkeypatch):
+    """Prompts of many lengths prefilled in groups of similar length (joined, then put back in order): the
+    same tokens and scores as one at a time."""
+    from pqtradeoff.models import hf
+
+    monkeypatch.setitem(hf.PREFILL_GROUP_TOKENS, "cpu", 6)
+    a = adaptors.parse("temperature=1.3,top_p=0.8")
+    words = "hello world tell me a story about the moon please why".split()
+    rng = np.random.default_rng(4)
+    texts = [" ".join(rng.choice(words, size=int(rng.integers(0, 12)))) for _ in range(16)]
+    prompts = [tiny_lm.encode_prompt(t) for t in texts]
+    shared = tiny_lm._shared_prefix(prompts)
+    assert len(hf.length_groups([len(p) - shared for p in prompts], 6)) > 2
+    keys = row_keys(3, np.arange(16), np.zeros(16, dtype=np.int64), a)
+    want = one_at_a_time(tiny_lm, a, prompts, keys, 6)
+    with torch.inference_mode():
+        got = sample_rows(tiny_lm, a, prompts, keys, max_new_tokens=6, batch_size=16)
+    assert_same_rows(got, want, atol=1e-5)
+
+
 # ------------------------------------------------------------------------------------------ batch size
 def test_choose_batch_size_fits_the_budget(tiny_hf):
     lm = HFModel(str(tiny_hf.llama), device="cpu")

@@ -205,3 +205,18 @@ def test_reward_model_warns_when_it_cuts_a_long_text(tiny_hf, pq_log):
     scores = rm(batch)
     assert np.isfinite(scores).all() and rm.truncated == 1
     assert any("1 of 2 texts are longer than its context" in r.getMessage() for r in pq_log.records)
+
+
+def test_length_groups_cut_sorted_rows_into_groups_of_enough_tokens():
+    from pqtradeoff.models.hf_layout import length_groups
+
+    lengths = [5, 30, 6, 29, 7, 31, 8, 28, 4]
+    groups = length_groups(lengths, 40)
+    assert sorted(np.concatenate(groups).tolist()) == list(range(9))
+    assert [[lengths[i] for i in g] for g in groups] == [[4, 5, 6, 7], [8, 28], [29, 30], [31]]
+    padded = sum(max(lengths[i] for i in g) * len(g) for g in groups)
+    assert padded < 0.7 * max(lengths) * len(lengths)  # against padding every row to the longest
+    flat = [lengths[i] for g in groups for i in g]
+    assert flat == sorted(lengths)  # groups follow the sorted order
+    assert [g.tolist() for g in length_groups([10, 10, 11, 10], 5)] == [[0, 1, 2, 3]]  # little padding: one
+    assert [g.tolist() for g in length_groups([], 5)] == [[]]

@@ -3,6 +3,7 @@ common prefix of prompts, shared by decoding (`models.hf`) and fast scoring (`mo
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 
@@ -65,3 +66,30 @@ def pad_left(x: torch.Tensor, width: int, dim: int) -> torch.Tensor:
     shape = list(x.shape)
     shape[dim] = missing
     return torch.cat([x.new_zeros(shape), x], dim=dim)
+
+
+def length_groups(lengths: list[int], min_tokens: int, max_waste: float = 0.1) -> list[np.ndarray]:
+    """Row indices grouped for prefill: sorted by length and cut into consecutive groups, each closed once it
+    holds `min_tokens` real tokens, or at least half that when the next row would pad it by more than
+    `max_waste` of its positions. One group (all rows, in order) when the whole batch pads no more than
+    that."""
+    lengths_np = np.asarray(lengths, dtype=np.int64)
+    if lengths_np.size == 0 or lengths_np.max() * lengths_np.size <= (1 + max_waste) * lengths_np.sum():
+        return [np.arange(lengths_np.size)]
+    order = np.argsort(lengths_np, kind="stable")
+    groups, start, tokens = [], 0, 0
+    for i, row in enumerate(order):
+        n, length = i - start, int(lengths_np[row])
+        if n and tokens >= min_tokens // 2 and length * (n + 1) > (1 + max_waste) * (tokens + length):
+            groups.append(order[start:i])
+            start, tokens = i, 0
+        tokens += length
+        if tokens >= min_tokens:
+            groups.append(order[start:i + 1])
+            start, tokens = i + 1, 0
+    if start < order.size:  # the rest: its own group if large enough, else the last group's tail
+        if groups and tokens < min_tokens // 2:
+            groups[-1] = np.concatenate([groups[-1], order[start:]])
+        else:
+            groups.append(order[start:])
+    return groups

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from pqtradeoff.errors import PQError
+from pqtradeoff.sampling import truncated
 from pqtradeoff.sampling.adaptors import Adaptor, Mixture
 
 # ------------------------------------------------------------------------------------------------ randomness
@@ -138,8 +139,24 @@ def sample_step(adaptor: Adaptor, logits: torch.Tensor, keys: np.ndarray, steps:
                 ) -> tuple[torch.Tensor, np.ndarray]:
     """One sampling step for rows with these keys at these steps: the tokens (on the logits' device) and, on
     the host, [token, log q, log p, log Z] per row (float64; one device-to-host copy per step)."""
+    uniforms = step_uniforms(keys, steps)
+    if truncated.applies(adaptor, logits):  # a truncating adaptor on the CPU: computed on its kept tokens
+        kept = truncated.kept_tokens(adaptor, logits)
+        host = np.empty((4, logits.shape[0]))
+        rows, decided = truncated.sample_kept(adaptor, logits, kept, uniforms)
+        host[:, rows] = decided
+        if kept.todo.size:  # rows the candidates cannot decide: the dense computation
+            rest = torch.from_numpy(kept.todo)
+            host[:, kept.todo] = _dense_step(adaptor, logits[rest], uniforms[kept.todo])[1]
+        return torch.from_numpy(host[0].astype(np.int64)), host
+    return _dense_step(adaptor, logits, uniforms)
+
+
+def _dense_step(adaptor: Adaptor, logits: torch.Tensor, uniforms: np.ndarray
+                ) -> tuple[torch.Tensor, np.ndarray]:
+    """`sample_step` over the whole vocabulary: `Adaptor.adapt`, then the inverse CDF."""
     step = adaptor.adapt(logits)
-    u = torch.from_numpy(step_uniforms(keys, steps)).to(logits.device)
+    u = torch.from_numpy(uniforms).to(logits.device)
     tokens = sample_inverse_cdf(step.log_probs, u)
     index = tokens.unsqueeze(-1)
     picked = torch.stack([tokens.double(), step.log_probs.gather(-1, index).squeeze(-1).double(),

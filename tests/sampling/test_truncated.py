@@ -1,0 +1,108 @@
+"""The kept-token sampling step against the dense one and against transformers' warpers' own supports."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from test_nucleus import lm_like
+
+from pqtradeoff.errors import PQError
+from pqtradeoff.sampling import sampler, truncated
+from pqtradeoff.sampling.adaptors import parse
+
+GRID = ["top_k=30", "top_k=50", "top_p=0.9", "top_p=0.95", "typical_p=0.9", "eta_cutoff=0.0009",
+        "epsilon_cutoff=0.0003", "min_p=0.05", "top_k=1", "top_p=0.3", "typical_p=0.2"]
+TEMPERATURES = [1.0, 0.5, 0.75, 1.5]
+
+
+def logits_batch(seed: int, vocab: int = 2000) -> torch.Tensor:
+    """LM-like rows, peaked and flat, some on a grid (many exact ties), some with -inf entries, one NaN."""
+    rows = [lm_like(24, vocab, seed), 3 * lm_like(8, vocab, seed + 1), 0.3 * lm_like(8, vocab, seed + 2),
+            lm_like(8, vocab, seed + 3, step=0.05), lm_like(4, vocab, seed + 4, step=1.0)]
+    masked = lm_like(4, vocab, seed + 5)
+    masked[:, ::3] = float("-inf")
+    nan = lm_like(1, vocab, seed + 6)
+    nan[0, 5] = float("nan")
+    return torch.cat([*rows, masked, nan]).contiguous()
+
+
+def kept_sets(adaptor, logits) -> dict[int, set[int]]:
+    kept = truncated.kept_tokens(adaptor, logits)
+    out = {}
+    for rows, indices, counts in kept.parts:
+        for r, idx, c in zip(rows.tolist(), indices.tolist(), counts.tolist(), strict=True):
+            out[r] = set(idx[:c])
+    assert not set(out) & set(kept.todo.tolist())
+    assert set(out) | set(kept.todo.tolist()) == set(range(logits.shape[0]))
+    return out
+
+
+def warper_sets(adaptor, logits) -> list[set[int]]:
+    support = adaptor.support(logits)
+    return [set(torch.nonzero(row).squeeze(-1).tolist()) for row in support]
+
+
+@pytest.mark.parametrize("temperature", TEMPERATURES)
+@pytest.mark.parametrize("spec", GRID)
+def test_kept_tokens_are_the_warpers_support(spec, temperature):
+    adaptor = parse(f"temperature={temperature},{spec}" if temperature != 1.0 else spec)
+    logits = logits_batch(7)
+    ours, theirs = kept_sets(adaptor, logits), warper_sets(adaptor, logits[:-1])  # eta's warper refuses NaN
+    for r, kept in ours.items():
+        assert kept == theirs[r], (spec, temperature, r)
+    assert logits.shape[0] - 1 not in ours  # the NaN row goes to the dense path
+
+
+@pytest.mark.parametrize("spec", [*GRID, "temperature=0.8,top_k=40", "temperature=0.75,top_p=0.95"])
+def test_sampling_step_equals_the_dense_step(spec):
+    """Same tokens; log p the same number; log q and log Z the same up to float32 summation order."""
+    adaptor = parse(spec)
+    logits = logits_batch(11)[:-1]  # the NaN row: below
+    keys = sampler.row_keys(0, np.arange(logits.shape[0]), np.zeros(logits.shape[0], dtype=np.int64), spec)
+    for step in range(3):
+        tokens, host = sampler.sample_step(adaptor, logits, keys, step)
+        dense_tokens, dense = sampler._dense_step(adaptor, logits, sampler.step_uniforms(keys, step))
+        assert torch.equal(tokens, dense_tokens)
+        assert np.array_equal(host[0], dense[0]) and np.array_equal(host[2], dense[2])
+        np.testing.assert_allclose(host[[1, 3]], dense[[1, 3]], rtol=0, atol=2e-6)
+
+
+def test_a_nan_row_is_refused_as_on_the_dense_path():
+    logits = logits_batch(3)
+    keys = np.arange(logits.shape[0], dtype=np.uint64)
+    with pytest.raises(PQError, match="NaN or infinite logits"):
+        sampler.sample_step(parse("top_p=0.9"), logits, keys, 0)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.integers(0, 2**31 - 1), st.sampled_from(["top_p", "typical_p"]), st.floats(0.01, 0.995),
+       st.sampled_from([1.0, 0.6, 1.3]), st.sampled_from([None, 0.05, 1e-3]))
+def test_nucleus_cuts_equal_the_warpers(seed, name, mass, temperature, step):
+    spec = f"{name}={mass!r}"
+    adaptor = parse(f"temperature={temperature},{spec}" if temperature != 1.0 else spec)
+    logits = lm_like(12, 1500, seed, step)
+    theirs = warper_sets(adaptor, logits)
+    for r, kept in kept_sets(adaptor, logits).items():
+        assert kept == theirs[r]
+
+
+@pytest.mark.parametrize("spec", ["top_k=30", "top_p=0.95", "typical_p=0.9", "eta_cutoff=0.0009"])
+def test_lm_like_rows_are_decided_on_their_candidates(spec):
+    """The fast path is taken: on untied LM-like rows at most one row in ten goes to the dense path."""
+    logits = torch.cat([lm_like(40, 4000, 3), 2 * lm_like(40, 4000, 4)])
+    assert truncated.kept_tokens(parse(spec), logits).todo.size <= 8
+
+
+def test_which_adaptors_and_logits_take_the_path():
+    x = lm_like(4, 2000, 0)
+    assert truncated.applies(parse("top_p=0.9"), x)
+    assert not truncated.applies(parse("ancestral"), x)
+    assert not truncated.applies(parse("temperature=0.7"), x)
+    assert not truncated.applies(parse("top_k=40,top_p=0.9"), x)  # two truncations: dense
+    assert not truncated.applies(parse("top_k=5000"), x)
+    assert not truncated.applies(parse("top_p=0.9"), x.double())
+    assert not truncated.applies(parse("top_p=0.9"), x[:, :500])
+    assert not truncated.applies(parse("top_p=0.9"), x[:0])
