@@ -13,11 +13,11 @@ adapted log-probabilities, the inverse-CDF draw - runs on the kept tokens only:
 - typical: the shifted scores |-log p - H| computed with the warper's own operations, its cut from the most
   typical candidates' cumulative mass; every token at or below the cut's shifted score is kept, as the
   warper keeps it;
-- min-p, epsilon, eta: the warper's own mask (a threshold on the probability, so the kept tokens are the
-  row's largest scores), then the same compact draw.
+- min-p, epsilon, eta: a threshold on the log-probability (eta's from the entropy), so the kept tokens are
+  the row's largest scores; a row with a token within `LOG_MARGIN` of its threshold goes to the warper.
 
 Exactness: the kept set is the warper's. A cumulative mass within `MARGIN` of p at the cut (the warper's
-float32 softmax and cumsum agree with our float64 sums to ~6e-7), a nucleus that reaches past the candidates
+float32 softmax and cumsum agree with our float64 sums to < 1e-6), a nucleus that reaches past the candidates
 (`STAGES`: 256, then 4,096 for the rows that need more), a tie at the cut, or a NaN sends the row to
 `Adaptor.adapt` and the dense sampler. The recorded log p is the same number (the full log-softmax), the
 weights are the same numbers (log p / T), log Z is a log-sum-exp over the same terms in another order
@@ -38,10 +38,14 @@ from pqtradeoff.sampling.adaptors import TRUNCATIONS, Adaptor
 
 #: Candidates per row at each stage; a row no stage can decide is adapted densely.
 STAGES = (256, 4096)
-#: A top-p or typical cut whose cumulative mass lies within this of the target is decided densely: 16x the
-#: largest difference measured between the warper's float32 cumulative probabilities and ours (6.2e-7, real
-#: SmolLM2 logits at temperatures 0.5-3, where the cumulative mass is 0.01-0.2; tests/sampling).
-MARGIN = 1e-5
+#: A top-p or typical cut whose cumulative mass lies within this of the target is decided densely: 3x the
+#: largest difference measured between the warper's float32 cumulative probabilities and float64 ones built
+#: on a float32 log-sum-exp (6.2e-7; ours is float64), 8x the largest error of the warper's softmax
+#: normalization (2.4e-7), on real SmolLM2 logits at temperatures 0.5-4.
+MARGIN = 2e-6
+#: A min-p, epsilon or eta row with a log-probability within this of its threshold is decided by the warper
+#: (our threshold and log-probabilities agree with the warper's to ~2e-6 relative: its float32 entropy sum).
+LOG_MARGIN = 2e-5
 #: Below this vocabulary size the dense path is as cheap.
 MIN_VOCAB = 1024
 #: The families decided here; any other adaptor, or two truncations at once, stays dense.
@@ -84,8 +88,7 @@ def kept_tokens(adaptor: Adaptor, logits: torch.Tensor) -> Kept:
     path."""
     scores = logits / adaptor.temperature if adaptor.temperature != 1.0 else logits
     # a row with a NaN or +inf, or with nothing finite, is the warper's to decide (-inf entries are fine)
-    bad = (torch.isnan(scores) | torch.isposinf(scores)).any(-1)
-    usable = (~bad & torch.isfinite(scores).any(-1)).numpy()
+    usable = torch.isfinite(scores.amax(-1)).numpy()  # amax is NaN with a NaN, inf with +inf, -inf if all are
     kept = Kept(scores.shape[0])
     kept.todo = np.flatnonzero(usable)
     _decide(adaptor, scores, kept)
@@ -122,11 +125,12 @@ def _decide(adaptor: Adaptor, scores: torch.Tensor, kept: Kept) -> None:
 
 
 def _log_sum_exp(scores: torch.Tensor) -> np.ndarray:
-    """Each row's log-sum-exp in float64 (the exponentials summed in float64 around the row maximum), so
-    that the candidates' probabilities are accurate to ~1e-7, well inside `MARGIN`."""
+    """Each row's log-sum-exp in float64: max + log(sum(exp(x - max))), so that it carries only the float32
+    sum's relative error (measured <= 2.4e-7 on real rows), not float32's rounding of a large log-sum-exp:
+    the candidates' probabilities are then accurate well inside `MARGIN`."""
     top = scores.amax(-1, keepdim=True)
-    total = torch.exp(scores - top).sum(-1, dtype=torch.float64)
-    return (top.squeeze(-1).double() + total.log()).numpy()
+    total = torch.sub(scores, top).exp_().sum(-1)
+    return (top.squeeze(-1).double() + total.double().log()).numpy()
 
 
 def _top_k(k: int, scores: torch.Tensor, rows: np.ndarray, kept: Kept) -> None:
@@ -153,19 +157,20 @@ def _top_p(p: float, scores: torch.Tensor, lse: np.ndarray, width: int, rows: np
 
 
 def _shifted_scores(scores: torch.Tensor) -> torch.Tensor:
-    """TypicalLogitsWarper's |-log p - H| with its own operations (so the same float32 numbers)."""
+    """TypicalLogitsWarper's |-log p - H|, the same float32 numbers (its operations, in place where it
+    allocates)."""
     normalized = torch.nn.functional.log_softmax(scores, dim=-1)
-    p = torch.exp(normalized)
-    ent = -(normalized * p).nansum(-1, keepdim=True)
-    return torch.abs((-normalized) - ent)
+    work = torch.exp(normalized)
+    ent = -work.mul_(normalized).nansum(-1, keepdim=True)
+    return torch.neg(normalized, out=work).sub_(ent).abs_()
 
 
 def _typical(mass: float, scores: torch.Tensor, shifted: torch.Tensor, lse: np.ndarray, width: int,
              rows: np.ndarray, kept: Kept) -> None:
     """TypicalLogitsWarper from the most typical candidates: the cut is the first position whose cumulative
     mass reaches `mass`; every token whose shifted score is <= the cut's is kept."""
-    neg, indices = torch.topk(-shifted, width, dim=-1)
-    s = (-neg).numpy()  # ascending shifted scores
+    values, indices = torch.topk(shifted, width, dim=-1, largest=False)
+    s = values.numpy()  # ascending shifted scores
     logp = scores.gather(-1, indices).double().numpy() - lse[:, None]
     cumulative = np.cumsum(np.exp(logp), axis=1)
     cut = (cumulative < mass).sum(axis=1)
@@ -180,23 +185,37 @@ def _typical(mass: float, scores: torch.Tensor, shifted: torch.Tensor, lse: np.n
 
 
 def _threshold(adaptor: Adaptor, scores: torch.Tensor, kept: Kept) -> None:
-    """min-p, epsilon, eta: the warper's own mask (a threshold on the probability, which never decreases
-    with the score, so the kept tokens are the row's largest scores), compacted by `torch.topk`, the rows
-    grouped by how many they keep."""
+    """min-p, epsilon, eta: a threshold on the probability, log p >= log t per row, the most likely token
+    always kept. The threshold is the warper's formula computed here (eta's entropy with the typical warper's
+    operations); a row with a log-probability within `LOG_MARGIN` of it is left to the warper. The kept
+    tokens are the row's largest scores (the probability never decreases with the score): `torch.topk`,
+    the rows grouped by how many they keep."""
     rows = kept.todo
     if not rows.size:
         return
-    (warper,) = [p for p in adaptor.processors() if type(p).__name__ != "TemperatureLogitsWarper"]
     part = _take(scores, rows)
-    counts = (warper(None, part) > float("-inf")).sum(-1).numpy()
+    normalized = torch.nn.functional.log_softmax(part, dim=-1)
+    if adaptor.min_p is not None:
+        log_t = np.log(adaptor.min_p) + normalized.amax(-1).double().numpy()
+    elif adaptor.epsilon_cutoff is not None:
+        log_t = np.full(len(rows), np.log(adaptor.epsilon_cutoff))
+    else:
+        work = torch.exp(normalized)
+        entropy = -work.mul_(normalized).nansum(-1).double().numpy()
+        eps = adaptor.eta_cutoff
+        log_t = np.log(np.minimum(eps, np.sqrt(eps) * np.exp(-entropy)))
+    threshold = torch.from_numpy(log_t.astype(np.float32))[:, None]
+    counts = np.maximum((normalized >= threshold).sum(-1).numpy(), 1)
+    near = ((normalized - threshold).abs_() < LOG_MARGIN).any(-1).numpy()
+    sure = ~near
     bounds = [0, *STAGES, part.shape[-1]]
     for low, high in zip(bounds, bounds[1:], strict=False):
-        group = np.flatnonzero((counts > low) & (counts <= high))
+        group = np.flatnonzero(sure & (counts > low) & (counts <= high))
         if group.size:
             width = int(counts[group].max())
             indices = torch.topk(_take(part, group), width, dim=-1).indices
             kept.parts.append((rows[group], indices, counts[group]))
-    kept.todo = rows[:0]
+    kept.todo = rows[near]
 
 
 def _take(t: torch.Tensor, rows: np.ndarray) -> torch.Tensor:

@@ -1,0 +1,126 @@
+"""The yardsticks every speed benchmark divides by, measured in the same run, and the timing helpers.
+
+- the machine's GEMM **peak**: a 2048 x 2048 x 2048 product (`gemm_peak`), the fastest a dense product runs
+  here - the README's headline divides by it;
+- the **model-shape rate**: F.linear over the model's own weight matrices at 256-512 rows (`gemm_rate`), what
+  its thin products (576 wide for SmolLM2-135M) can reach at best: a ratio against it shows the rest of a
+  step's cost (attention, norms, Python), a ratio against the peak shows all of it.
+
+A roofline in tokens/s is rate / (2 x P), P = the matmul parameters (`matmul_weights`: every linear layer of
+the decoder blocks plus the LM head; the input embedding is a lookup and norms are not matmuls).
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def gemm_peak(repeats: int = 3, size: int = 2048, dtype: torch.dtype = torch.float32,
+              device: str | torch.device = "cpu") -> float:
+    """FLOP/s of a size^3 product (best of `repeats`, after one warm-up)."""
+    device = torch.device(device)
+    a = torch.randn(size, size, device=device).to(dtype)
+    b = torch.randn(size, size, device=device).to(dtype)
+    best = float("inf")
+    for _ in range(repeats + 1):
+        sync(device)
+        start = time.perf_counter()
+        torch.mm(a, b)
+        sync(device)
+        best = min(best, time.perf_counter() - start)
+    return 2 * size ** 3 / best
+
+
+def matmul_weights(lm) -> list[torch.Tensor]:
+    """Every weight matrix a token is multiplied by: the blocks' linear layers and the LM head."""
+    head = lm.model.get_output_embeddings()
+    layers = [m.weight for m in lm.model.modules() if isinstance(m, torch.nn.Linear) and m is not head]
+    return layers + [head.weight]
+
+
+def gemm_rate(weights: list[torch.Tensor], rows: int, repeats: int) -> float:
+    """FLOP/s of F.linear over the model's weight shapes at `rows` rows (best of `repeats` passes)."""
+    x = {w.shape[1]: torch.randn(rows, w.shape[1], dtype=w.dtype, device=w.device) for w in weights}
+    flops = sum(2 * rows * w.numel() for w in weights)
+    best = float("inf")
+    with torch.inference_mode():
+        for _ in range(repeats + 1):  # the first pass warms up
+            sync(weights[0].device)
+            start = time.perf_counter()
+            for w in weights:
+                torch.nn.functional.linear(x[w.shape[1]], w)
+            sync(weights[0].device)
+            best = min(best, time.perf_counter() - start)
+    return flops / best
+
+
+class Yardsticks:
+    """The GEMM peak and the model-shape rate, each measured now and again at `.measure()` (the higher of
+    the two is used, so ratios are lower bounds)."""
+
+    def __init__(self, lm, dtype: torch.dtype = torch.float32) -> None:
+        self.weights = matmul_weights(lm)
+        self.params = sum(w.numel() for w in self.weights)
+        self.dtype, self.device = dtype, lm.device
+        self.peaks: list[float] = []
+        self.shape_rates: list[float] = []
+        self.measure()
+
+    def measure(self) -> None:
+        self.peaks.append(gemm_peak(dtype=self.dtype, device=self.device))
+        self.shape_rates.append(max(gemm_rate(self.weights, m, 3) for m in (256, 512)))
+
+    @property
+    def peak(self) -> float:
+        return max(self.peaks)
+
+    @property
+    def shape_rate(self) -> float:
+        return max(self.shape_rates)
+
+    def roofline(self, rate: float) -> float:
+        """Tokens/s at `rate` FLOP/s."""
+        return rate / (2 * self.params)
+
+    def describe(self) -> str:
+        peaks = " / ".join(f"{p / 1e9:.1f}" for p in self.peaks)
+        shapes = " / ".join(f"{r / 1e9:.1f}" for r in self.shape_rates)
+        return (f"GEMM peak (2048^3): {peaks} GFLOP/s -> roofline {self.roofline(self.peak):.0f} tokens/s; "
+                f"model-shape rate (256-512 rows): {shapes} GFLOP/s -> {self.roofline(self.shape_rate):.0f} "
+                f"tokens/s (P = {self.params / 1e6:.1f}M matmul parameters; before / after, the higher used)")
+
+    def ratios(self, tokens_per_s: float) -> str:
+        return (f"{100 * tokens_per_s / self.roofline(self.peak):.1f}% of the peak roofline, "
+                f"{100 * tokens_per_s / self.roofline(self.shape_rate):.1f}% of the model-shape one")
+
+
+class Timed:
+    """Wraps a callable and adds its wall time (device synchronized) to `totals[name]`; a timed call made
+    inside another one (a prefill that joins its groups) counts for the outer one only."""
+
+    depth: dict[int, int] = {}
+
+    def __init__(self, fn, name: str, totals: dict[str, float], device: torch.device) -> None:
+        self.fn, self.name, self.totals, self.device = fn, name, totals, device
+
+    def __call__(self, *args, **kwargs):
+        key = id(self.totals)
+        if Timed.depth.get(key):
+            return self.fn(*args, **kwargs)
+        Timed.depth[key] = 1
+        try:
+            sync(self.device)
+            start = time.perf_counter()
+            result = self.fn(*args, **kwargs)
+            sync(self.device)
+            self.totals[self.name] += time.perf_counter() - start
+        finally:
+            Timed.depth[key] = 0
+        return result

