@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 
 import torch
+from roofline import gemm_peak
 
 from pqtradeoff.models.hf import HFModel
 from pqtradeoff.models.realign import with_prior
@@ -47,17 +48,6 @@ INSTRUCTIONS = [
     "Say something about the last film you watched.",
     "What makes a good friend?",
 ]
-
-
-def gemm_peak(repeats: int = 3, size: int = 2048) -> float:
-    """FLOP/s of a size^3 float32 product on the CPU (best of `repeats`, after one warm-up)."""
-    a, b = torch.randn(size, size), torch.randn(size, size)
-    best = float("inf")
-    for _ in range(repeats + 1):
-        start = time.perf_counter()
-        torch.mm(a, b)
-        best = min(best, time.perf_counter() - start)
-    return 2 * size ** 3 / best
 
 
 def matmul_parameters(lm: HFModel) -> int:

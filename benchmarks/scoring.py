@@ -27,7 +27,8 @@ import time
 
 import numpy as np
 import torch
-from generation_roofline import INSTRUCTIONS, gemm_rate, matmul_weights
+from generation_roofline import INSTRUCTIONS
+from roofline import gemm_peak, gemm_rate, matmul_weights
 
 from pqtradeoff.models.base import SCORE_BATCH, SCORE_BATCH_TOKENS, score_batch_tokens
 from pqtradeoff.models.hf import HFModel
@@ -84,6 +85,7 @@ def main() -> None:
     params = sum(w.numel() for w in weights)
     rate_before = max(gemm_rate(weights, m, 3) for m in (256, 512))
     cpu_before = max(cpu_gemm_rate(weights, m, 3) for m in (256, 512))
+    peak_before = gemm_peak(dtype=lm.dtype, device=lm.device)
 
     def pairs(text: str) -> list[tuple[int, int]]:
         return [tuple(int(x) for x in p.split(":")) for p in text.split(",")]  # type: ignore[misc]
@@ -118,12 +120,16 @@ def main() -> None:
     cpu_after = max(cpu_gemm_rate(weights, m, 3) for m in (256, 512))
     rate, cpu_rate = max(rate_before, rate_after), max(cpu_before, cpu_after)
     roofline, cpu_roofline = rate / (2 * params), cpu_rate / (2 * params)
+    peak = max(peak_before, gemm_peak(dtype=lm.dtype, device=lm.device))
+    peak_roofline = peak / (2 * params)
     print(f"\nGEMM rate {rate / 1e9:.1f} GFLOP/s (before {rate_before / 1e9:.1f}, after "
           f"{rate_after / 1e9:.1f}) over {params / 1e6:.1f}M matmul parameters: roofline {roofline:.0f} "
-          f"continuation tokens/s; in CPU time {cpu_rate / 1e9:.1f} GFLOP/s, roofline {cpu_roofline:.0f}")
+          f"continuation tokens/s; in CPU time {cpu_rate / 1e9:.1f} GFLOP/s, roofline {cpu_roofline:.0f}; "
+          f"GEMM peak (2048^3) {peak / 1e9:.1f} GFLOP/s, peak roofline {peak_roofline:.0f}")
     for label, r, r_cpu, rest in lines:
-        print(f"{label}: {r:6.1f} tokens/s = {100 * r / roofline:5.1f}% of the roofline (CPU time: "
-              f"{100 * r_cpu / cpu_roofline:5.1f}%){rest}")
+        print(f"{label}: {r:6.1f} tokens/s = {100 * r / roofline:5.1f}% of the roofline, "
+              f"{100 * r / peak_roofline:5.1f}% of the peak one (CPU time: {100 * r_cpu / cpu_roofline:5.1f}%)"
+              f"{rest}")
 
 
 if __name__ == "__main__":

@@ -31,8 +31,8 @@ from pathlib import Path
 
 import pandas as pd
 import torch
-from generation_roofline import INSTRUCTIONS, matmul_weights
-from inference_alignment import gemm_peak
+from generation_roofline import INSTRUCTIONS
+from roofline import gemm_peak, matmul_weights
 
 from pqtradeoff.models.base import SCORE_BATCH, score_batch_tokens
 from pqtradeoff.models.hf import HFModel

@@ -121,6 +121,11 @@ def report(name: str, results: dict[str, dict[str, float]], sticks: Yardsticks, 
           f"of the GEMM peak; decoding alone (total - prefill): "
           f"{100 * t['tokens'] / (t['total'] - t['prefill']) / sticks.roofline(sticks.peak):.1f}% of the "
           f"peak roofline")
+    decode = 2 * sticks.params * t["tokens"]
+    print(f"  every matmul FLOP, prefill and decoding ({(prefill + decode) / 1e9:.0f} GFLOP): "
+          f"{100 * (prefill + decode) / t['total'] / sticks.peak:.1f}% of the peak; at the peak this run "
+          f"would take {(prefill + decode) / sticks.peak:.1f} s, so its prefill caps generation at "
+          f"{100 * decode / (prefill + decode):.0f}% of the peak roofline")
 
 
 def check(lm: HFModel, prompts: list[list[int]], specs: list[str], max_new_tokens: int) -> None:
@@ -171,7 +176,8 @@ def main() -> None:
         long = [lm.encode_prompt(p) for p in long_string_prompts(args.long_rows)]
         workloads[f"long strings ({len(long)} strings, 4 per prompt, <= {args.new_tokens} tokens, default "
                   "batch)"] = (long, None)
-    run(lm, short[:16], "top_p=0.95", 4, None)  # warm-up: first calls allocate and pick kernels
+    for spec in ("ancestral", "top_p=0.95"):  # warm-up: first calls allocate and pick kernels at full size
+        run(lm, short, spec, 4, None)
     results: dict[str, dict[str, dict[str, float]]] = {}
     rows_of: dict[str, list[SampledRow]] = {}
     for name, (prompts, batch) in workloads.items():
