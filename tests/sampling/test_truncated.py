@@ -11,7 +11,7 @@ from test_nucleus import lm_like
 
 from pqtradeoff.errors import PQError
 from pqtradeoff.sampling import sampler, truncated
-from pqtradeoff.sampling.adaptors import parse
+from pqtradeoff.sampling.adaptors import Adaptor, parse
 
 GRID = ["top_k=30", "top_k=50", "top_p=0.9", "top_p=0.95", "typical_p=0.9", "eta_cutoff=0.0009",
         "epsilon_cutoff=0.0003", "min_p=0.05", "top_k=1", "top_p=0.3", "typical_p=0.2"]
@@ -89,11 +89,13 @@ def test_nucleus_cuts_equal_the_warpers(seed, name, mass, temperature, step):
         assert kept == theirs[r]
 
 
-@pytest.mark.parametrize("spec", ["top_k=30", "top_p=0.95", "typical_p=0.9", "eta_cutoff=0.0009"])
-def test_lm_like_rows_are_decided_on_their_candidates(spec):
-    """The fast path is taken: on untied LM-like rows at most one row in ten goes to the dense path."""
+@pytest.mark.parametrize(("spec", "most"), [("top_k=30", 8), ("top_p=0.95", 8), ("eta_cutoff=0.0009", 8),
+                                            ("typical_p=0.9", 27)])
+def test_lm_like_rows_are_decided_on_their_candidates(spec, most):
+    """The fast path is taken: on untied LM-like rows at most one row in ten goes to the dense path (typical,
+    with its wider margin, one in three)."""
     logits = torch.cat([lm_like(40, 4000, 3), 2 * lm_like(40, 4000, 4)])
-    assert truncated.kept_tokens(parse(spec), logits).todo.size <= 8
+    assert truncated.kept_tokens(parse(spec), logits).todo.size <= most
 
 
 def test_which_adaptors_and_logits_take_the_path():
@@ -106,3 +108,25 @@ def test_which_adaptors_and_logits_take_the_path():
     assert not truncated.applies(parse("top_p=0.9"), x.double())
     assert not truncated.applies(parse("top_p=0.9"), x[:, :500])
     assert not truncated.applies(parse("top_p=0.9"), x[:0])
+
+
+def tiny_tail_row(seed: int = 0) -> torch.Tensor:
+    """300 likely tokens and 48,852 each too small to survive float32 addition to their partial sums: the
+    typical warper, normalizing in the order of its shifted scores (the tail last), drops their 4.9e-5 of
+    mass, so its cumulative probabilities run that much above the exact ones."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.full((49152,), -14.5) + 0.1 * torch.rand(49152, generator=g)
+    x[:300] = torch.randn(300, generator=g)
+    return x[None]
+
+
+def test_typical_leaves_a_cut_the_warpers_rounding_can_move_to_the_warper(monkeypatch):
+    x = tiny_tail_row()
+    shifted = truncated._shifted_scores(x)
+    order = torch.sort(shifted, -1).indices
+    exact = np.cumsum(torch.softmax(x.double(), -1).gather(-1, order)[0].numpy())
+    adaptor = Adaptor(typical_p=float(exact[150] + 1e-5))  # the exact cut and the warper's differ
+    theirs = warper_sets(adaptor, x)[0]
+    assert kept_sets(adaptor, x).get(0, theirs) == theirs  # decided alike, or left to the warper
+    monkeypatch.setattr(truncated, "TYPICAL_MARGIN", 2e-6)  # a margin below the warper's error: wrong
+    assert kept_sets(adaptor, x)[0] != theirs

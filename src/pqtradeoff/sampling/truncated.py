@@ -17,7 +17,8 @@ adapted log-probabilities, the inverse-CDF draw - runs on the kept tokens only:
   the row's largest scores; a row with a token within `LOG_MARGIN` of its threshold goes to the warper.
 
 Exactness: the kept set is the warper's. A cumulative mass within `MARGIN` of p at the cut (the warper's
-float32 softmax and cumsum agree with our float64 sums to < 1e-6), a nucleus that reaches past the candidates
+float32 softmax and cumsum agree with our float64 sums to < 1e-6; typical's, normalized in another order, to
+~2e-5: `TYPICAL_MARGIN`), a nucleus that reaches past the candidates
 (`STAGES`: 256, then 4,096 for the rows that need more), a tie at the cut, or a NaN sends the row to
 `Adaptor.adapt` and the dense sampler. The recorded log p is the same number (the full log-softmax), the
 weights are the same numbers (log p / T), log Z is a log-sum-exp over the same terms in another order
@@ -43,6 +44,11 @@ STAGES = (256, 4096)
 #: on a float32 log-sum-exp (6.2e-7; ours is float64), 8x the largest error of the warper's softmax
 #: normalization (2.4e-7), on real SmolLM2 logits at temperatures 0.5-4.
 MARGIN = 2e-6
+#: The same for typical: its warper normalizes the probabilities in the order of the shifted scores, the
+#: least likely tokens last, where float32 summation drops them (measured up to 1.6e-5 off on real SmolLM2
+#: rows at temperatures 0.5-4; tests/sampling/test_truncated.py builds a row where it is 4.9e-5). 12x the
+#: measured error, and above the bound for a 16-lane sum of a 49,152-entry row (V x 2^-24 / 16 = 1.8e-4).
+TYPICAL_MARGIN = 2e-4
 #: A min-p, epsilon or eta row with a log-probability within this of its threshold is decided by the warper
 #: (our threshold and log-probabilities agree with the warper's to ~2e-6 relative: its float32 entropy sum).
 LOG_MARGIN = 2e-5
@@ -178,8 +184,8 @@ def _typical(mass: float, scores: torch.Tensor, shifted: torch.Tensor, lse: np.n
     inside = cut < width - 1
     cut_c = np.minimum(cut, width - 2)
     counts = (s <= s[index, cut_c][:, None]).sum(axis=1)  # a prefix: s ascends
-    sure = (inside & (np.abs(cumulative[index, cut_c] - mass) >= MARGIN)
-            & ((cut_c == 0) | (np.abs(cumulative[index, np.maximum(cut_c - 1, 0)] - mass) >= MARGIN))
+    sure = (inside & (np.abs(cumulative[index, cut_c] - mass) >= TYPICAL_MARGIN)
+            & ((cut_c == 0) | (np.abs(cumulative[index, np.maximum(cut_c - 1, 0)] - mass) >= TYPICAL_MARGIN))
             & (s[index, -1] > s[index, cut_c]))  # nothing outside the candidates ties with the cut
     kept.add(rows, indices, counts, sure)
 
