@@ -124,3 +124,20 @@ class Timed:
         finally:
             Timed.depth[key] = 0
         return result
+
+
+def main() -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Print this machine's GEMM peak (the yardstick of the other "
+                                     "speed benchmarks): " + (__doc__ or "").split("\n")[0])
+    parser.add_argument("--dtype", default="float32", help="float32 | bfloat16")
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args()
+    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[args.dtype]
+    print(f"GEMM peak (2048^3, {args.dtype}, {args.device}, {torch.get_num_threads()} threads): "
+          f"{gemm_peak(dtype=dtype, device=args.device) / 1e9:.1f} GFLOP/s")
+
+
+if __name__ == "__main__":
+    main()
