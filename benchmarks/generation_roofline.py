@@ -40,12 +40,11 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 import torch
-from roofline import Timed, gemm_peak, gemm_rate, matmul_weights, sync
+from roofline import gemm_peak, gemm_rate, matmul_weights, sync, timed_decoding
 
 from pqtradeoff.models import decoding
 from pqtradeoff.models.base import SCORE_BATCH, SampledRow, score_batch_tokens
@@ -125,33 +124,15 @@ def ours(
 ) -> tuple[dict[str, float], list[SampledRow]]:
     """Run `sample_rows` with its model calls, adaptor and sampler timed; returns the seconds spent in each
     (and in all, `total`) and the rows."""
-    totals: dict[str, float] = defaultdict(float)
-    model_calls = {name: getattr(lm, name) for name in ("start", "step", "keep", "join")}
-    step_fn = decoding.sample_step
-    try:
-        for name, fn in model_calls.items():
-            setattr(lm, name, Timed(fn, "prefill" if name == "start" else name, totals, lm.device))
-        decoding.sample_step = Timed(step_fn, "sampling", totals, lm.device)
-        keys = token_sampler.row_keys(
-            0, np.arange(len(prompts)), np.zeros(len(prompts), dtype=np.int64), spec
-        )  # one per row
+    keys = token_sampler.row_keys(0, np.arange(len(prompts)), np.zeros(len(prompts), dtype=np.int64), spec)
+    with timed_decoding(lm) as totals:
         sync(lm.device)
         start = time.perf_counter()
         with torch.inference_mode():
-            rows = decoding.sample_rows(
-                lm,
-                parse(spec),
-                [p.token_ids for p in prompts],
-                keys,
-                new_tokens,
-                batch,
-            )
+            rows = decoding.sample_rows(lm, parse(spec), [p.token_ids for p in prompts], keys, new_tokens,
+                                        batch)
         sync(lm.device)
         totals["total"] = time.perf_counter() - start
-    finally:
-        for name in model_calls:
-            delattr(lm, name)
-        decoding.sample_step = step_fn
     totals["tokens"] = sum(len(r.token_ids) for r in rows)
     return totals, rows
 

@@ -13,6 +13,9 @@ the decoder blocks plus the LM head; the input embedding is a lookup and norms a
 from __future__ import annotations
 
 import time
+from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 
@@ -124,6 +127,26 @@ class Timed:
         finally:
             Timed.depth[key] = 0
         return result
+
+
+@contextmanager
+def timed_decoding(lm, sample_name: str = "sampling") -> Iterator[dict[str, float]]:
+    """Inside: `lm`'s start (as "prefill"), step, keep and join and the decoding loop's sampling step (as
+    `sample_name`) add their wall times to the dict yielded; restored on the way out."""
+    from pqtradeoff.models import decoding  # lazy: keeps --help of the other scripts light
+
+    totals: dict[str, float] = defaultdict(float)
+    calls = {name: getattr(lm, name) for name in ("start", "step", "keep", "join")}
+    step_fn = decoding.sample_step
+    try:
+        for name, fn in calls.items():
+            setattr(lm, name, Timed(fn, "prefill" if name == "start" else name, totals, lm.device))
+        decoding.sample_step = Timed(step_fn, sample_name, totals, lm.device)
+        yield totals
+    finally:
+        for name in calls:
+            delattr(lm, name)
+        decoding.sample_step = step_fn
 
 
 def main() -> None:

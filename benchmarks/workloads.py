@@ -27,12 +27,11 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from collections import defaultdict
 
 import numpy as np
 import torch
 from generation_roofline import INSTRUCTIONS
-from roofline import Timed, Yardsticks
+from roofline import Yardsticks, timed_decoding
 
 from pqtradeoff.models import decoding
 from pqtradeoff.models.base import SampledRow, SampleRequest
@@ -71,20 +70,10 @@ def run(lm: HFModel, prompts: list[list[int]], spec: str, max_new_tokens: int, b
     adaptor = parse(spec)
     keys = sampler.row_keys(0, np.arange(len(prompts)), np.zeros(len(prompts), dtype=np.int64), adaptor)
     requests = [SampleRequest(p, adaptor, int(k), max_new_tokens) for p, k in zip(prompts, keys, strict=True)]
-    totals: dict[str, float] = defaultdict(float)
-    calls = {name: getattr(lm, name) for name in ("start", "step", "keep", "join")}
-    step_fn = decoding.sample_step
-    try:
-        for name, fn in calls.items():
-            setattr(lm, name, Timed(fn, "prefill" if name == "start" else name, totals, lm.device))
-        decoding.sample_step = Timed(step_fn, "sample", totals, lm.device)
+    with timed_decoding(lm, "sample") as totals:
         start = time.perf_counter()
         rows = lm.sample(requests, batch_size=batch)
         totals["total"] = time.perf_counter() - start
-    finally:
-        for name in calls:
-            delattr(lm, name)
-        decoding.sample_step = step_fn
     totals["tokens"] = sum(len(r.token_ids) for r in rows)
     return totals, rows
 

@@ -109,10 +109,7 @@ def _decide(adaptor: Adaptor, scores: torch.Tensor, kept: Kept) -> None:
         _threshold(adaptor, scores, kept)
         return
     if name in ("top_p", "typical_p"):
-        lse = _log_sum_exp(_take(scores, kept.todo))
-        lse_all = np.zeros(scores.shape[0])
-        lse_all[kept.todo] = lse
-        lse = lse_all
+        lse = _log_sum_exp(scores)  # every row (unusable ones' values are never read)
     if name == "typical_p":
         shifted = _shifted_scores(scores)
     for k in STAGES:
