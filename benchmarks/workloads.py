@@ -20,6 +20,7 @@ vocabulary) for each truncating adaptor and compares tokens and scores.
     python benchmarks/workloads.py                 # both workloads, 8 adaptors (~10 min on 2 cores)
     python benchmarks/workloads.py --quick         # short answers only, ancestral + top_k=50 + top_p=0.95
     python benchmarks/workloads.py --check         # also: the kept-token path against the dense one
+    python benchmarks/workloads.py --adaptor typical_p=0.9   # ancestral and this adaptor only
 """
 
 from __future__ import annotations
@@ -148,6 +149,8 @@ def main() -> None:
     parser.add_argument("--long-rows", type=int, default=256, help="strings of the long-string workload")
     parser.add_argument("--quick", action="store_true", help="short answers; ancestral, top_k=50, top_p=0.95")
     parser.add_argument("--check", action="store_true", help="compare with the dense adaptor path")
+    parser.add_argument("--adaptor", action="append", metavar="SPEC",
+                        help="only this adaptor (repeatable; ancestral always runs, as the baseline)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -158,6 +161,8 @@ def main() -> None:
     sticks = Yardsticks(lm, lm.dtype)
     print(f"model: {args.model} on {lm.device.type} ({args.dtype}), torch threads {torch.get_num_threads()}")
     specs = ["ancestral", "top_k=50", "top_p=0.95"] if args.quick else ["ancestral", *GRID]
+    if args.adaptor:
+        specs = ["ancestral", *[a for a in args.adaptor if parse(a) != parse("ancestral")]]
     short = [lm.encode_prompt(p) for p in short_answer_prompts()]
     workloads = {f"short answers ({len(short)} prompts, 1 generation each, <= {args.new_tokens} tokens, "
                  "default batch)": (short, None)}

@@ -90,10 +90,10 @@ def test_nucleus_cuts_equal_the_warpers(seed, name, mass, temperature, step):
 
 
 @pytest.mark.parametrize(("spec", "most"), [("top_k=30", 8), ("top_p=0.95", 8), ("eta_cutoff=0.0009", 8),
-                                            ("typical_p=0.9", 27)])
+                                            ("typical_p=0.9", 0)])
 def test_lm_like_rows_are_decided_on_their_candidates(spec, most):
-    """The fast path is taken: on untied LM-like rows at most one row in ten goes to the dense path (typical,
-    with its wider margin, one in three)."""
+    """The fast path is taken: on untied LM-like rows at most one row in ten goes to the dense path (typical:
+    none, its margin rows are cut on the sorted row)."""
     logits = torch.cat([lm_like(40, 4000, 3), 2 * lm_like(40, 4000, 4)])
     assert truncated.kept_tokens(parse(spec), logits).todo.size <= most
 
@@ -122,11 +122,54 @@ def tiny_tail_row(seed: int = 0) -> torch.Tensor:
 
 def test_typical_leaves_a_cut_the_warpers_rounding_can_move_to_the_warper(monkeypatch):
     x = tiny_tail_row()
-    shifted = truncated._shifted_scores(x)
+    shifted = truncated._shifted_scores(x)[0]
     order = torch.sort(shifted, -1).indices
     exact = np.cumsum(torch.softmax(x.double(), -1).gather(-1, order)[0].numpy())
     adaptor = Adaptor(typical_p=float(exact[150] + 1e-5))  # the exact cut and the warper's differ
     theirs = warper_sets(adaptor, x)[0]
-    assert kept_sets(adaptor, x).get(0, theirs) == theirs  # decided alike, or left to the warper
-    monkeypatch.setattr(truncated, "TYPICAL_MARGIN", 2e-6)  # a margin below the warper's error: wrong
+    assert kept_sets(adaptor, x)[0] == theirs  # within the margin: cut on the sorted row, as the warper cuts
+    monkeypatch.setattr(truncated, "typical_margin", lambda vocab: 2e-6)  # below the warper's error: wrong
     assert kept_sets(adaptor, x)[0] != theirs
+
+
+@pytest.mark.parametrize("temperature", TEMPERATURES)
+@pytest.mark.parametrize("mass", [0.9, 0.2, 0.999])
+def test_typical_cut_on_the_sorted_row_is_the_warpers(monkeypatch, temperature, mass):
+    """Every row through `_typical_sorted` (the margin made 1, as on a CPU of unknown vector width): peaked,
+    flat, tied on a grid, masked rows, and the tiny-tail row whose warper cut float64 would place elsewhere;
+    rows sorted as a subset of the batch."""
+    monkeypatch.setattr(truncated, "typical_margin", lambda vocab: 1.0)
+    adaptor = parse(f"temperature={temperature},typical_p={mass}" if temperature != 1.0 else
+                    f"typical_p={mass}")
+    logits = logits_batch(5, vocab=49152)[:-1]
+    logits = torch.cat([logits, tiny_tail_row(1)]).contiguous()
+    ours, theirs = kept_sets(adaptor, logits), warper_sets(adaptor, logits)
+    assert set(ours) == set(range(logits.shape[0]))  # nothing left to the dense path
+    for r, kept in ours.items():
+        assert kept == theirs[r], r
+    tokens, host = sampler.sample_step(adaptor, logits, np.arange(logits.shape[0], dtype=np.uint64), 0)
+    dense_tokens, dense = sampler._dense_step(adaptor, logits, sampler.step_uniforms(
+        np.arange(logits.shape[0], dtype=np.uint64), 0))
+    assert torch.equal(tokens, dense_tokens)
+    np.testing.assert_allclose(host[[1, 3]], dense[[1, 3]], rtol=0, atol=2e-6)
+
+
+def test_typical_margin_bounds_the_warpers_normalization(monkeypatch):
+    """The margin is the bound on the warper's float32 normalizer over its sorted row, ceil(V / lanes) x
+    2^-24 (+ MARGIN), and it covers the warper's cumulative masses against float64 ones on the tiny-tail row
+    (its error 4.9e-5) and on LM-like rows; a CPU of unknown vector width counts one lane."""
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
+    assert truncated.typical_margin(49152) == truncated.MARGIN + 3072 * 2.0**-24
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
+    assert truncated.typical_margin(49152) == truncated.MARGIN + 6144 * 2.0**-24
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "DEFAULT")
+    assert truncated.typical_margin(1000) == truncated.MARGIN + 1000 * 2.0**-24
+    monkeypatch.undo()
+    rows = torch.cat([tiny_tail_row(2), lm_like(6, 49152, 9), 2 * lm_like(6, 49152, 10)])
+    order = torch.sort(truncated._shifted_scores(rows)[0], -1).indices
+    ordered = rows.gather(-1, order)
+    warper = ordered.softmax(-1).cumsum(-1).double()
+    exact = ordered.double().softmax(-1).cumsum(-1)
+    error = (warper - exact).abs().amax(-1)
+    assert float(error[0]) > 1e-5  # the tail's loss shows
+    assert float(error.max()) < truncated.typical_margin(49152)

@@ -12,19 +12,20 @@ adapted log-probabilities, the inverse-CDF draw - runs on the kept tokens only:
   ascending order > 1 - p, written from the top), in float64 from the candidates' probabilities;
 - typical: the shifted scores |-log p - H| computed with the warper's own operations, its cut from the most
   typical candidates' cumulative mass; every token at or below the cut's shifted score is kept, as the
-  warper keeps it;
+  warper keeps it. A row whose cut lies within `typical_margin` (about one row in five of real ones) or past
+  the candidates is cut as the warper cuts it, by its own sort, softmax and cumsum of the row
+  (`_typical_sorted`), without the warper's masked copies and the dense draw;
 - min-p, epsilon, eta: a threshold on the log-probability (eta's from the entropy), so the kept tokens are
   the row's largest scores; a row with a token within `LOG_MARGIN` of its threshold goes to the warper.
 
 Exactness: the kept set is the warper's. A cumulative mass within `MARGIN` of p at the cut (the warper's
-float32 softmax and cumsum agree with our float64 sums to < 1e-6; typical's, normalized in another order, to
-~2e-5: `TYPICAL_MARGIN`), a nucleus that reaches past the candidates
+float32 softmax and cumsum agree with our float64 sums to < 1e-6), a nucleus that reaches past the candidates
 (`STAGES`: 256, then 4,096 for the rows that need more), a tie at the cut, or a NaN sends the row to
-`Adaptor.adapt` and the dense sampler. The recorded log p is the same number (the full log-softmax), the
-weights are the same numbers (log p / T), log Z is a log-sum-exp over the same terms in another order
-(float32, equal to ~1 ulp), and the draw is the same inverse CDF in vocabulary order over the same
-probabilities (float64 sums in another order): a token can differ only where its uniform falls within ~1e-7
-of a CDF step, as between batch sizes (docs/reliability.md).
+`Adaptor.adapt` and the dense sampler (typical's such rows: to its sorted cut, above). The recorded log p is
+the same number (the full log-softmax), the weights are the same numbers (log p / T), log Z is a log-sum-exp
+over the same terms in another order (float32, equal to ~1 ulp), and the draw is the same inverse CDF in
+vocabulary order over the same probabilities (float64 sums in another order): a token can differ only where
+its uniform falls within ~1e-7 of a CDF step, as between batch sizes (docs/reliability.md).
 
 Used by `sampler.sample_step` on CPU float32 logits with at least `MIN_VOCAB` entries; other devices and
 dtypes keep the dense computation.
@@ -44,11 +45,17 @@ STAGES = (256, 4096)
 #: on a float32 log-sum-exp (6.2e-7; ours is float64), 8x the largest error of the warper's softmax
 #: normalization (2.4e-7), on real SmolLM2 logits at temperatures 0.5-4.
 MARGIN = 2e-6
-#: The same for typical: its warper normalizes the probabilities in the order of the shifted scores, the
+#: The same for typical, whose warper normalizes the probabilities in the order of the shifted scores, the
 #: least likely tokens last, where float32 summation drops them (measured up to 1.6e-5 off on real SmolLM2
-#: rows at temperatures 0.5-4; tests/sampling/test_truncated.py builds a row where it is 4.9e-5). 12x the
-#: measured error, and above the bound for a 16-lane sum of a 49,152-entry row (V x 2^-24 / 16 = 1.8e-4).
-TYPICAL_MARGIN = 2e-4
+#: rows at temperatures 0.5-4; tests/sampling/test_truncated.py builds a row where it is 4.9e-5): torch's
+#: softmax sums a row in one accumulator of `lanes` float32 lanes (the i-th entry into lane i mod lanes), and
+#: each addition errs by at most 2^-24 of its lane's sum, so the normalizer errs by at most
+#: ceil(V / lanes) x 2^-24 of the total (1.8e-4 for 49,152 entries and AVX-512's 16 lanes), plus `MARGIN`
+#: for the rest. Rows inside it are cut on the sorted row, exactly; a CPU whose vector width is not known
+#: here counts one lane (every row is sorted: slower, as exact). The bound over the row's own probabilities,
+#: the sum of min(p, 2^-24), is looser on real rows (median 5.5e-4 at temperature 1).
+TYPICAL_LANES = {"AVX512": 16, "AVX2": 8}
+
 #: A min-p, epsilon or eta row with a log-probability within this of its threshold is decided by the warper
 #: (our threshold and log-probabilities agree with the warper's to ~2e-6 relative: its float32 entropy sum).
 LOG_MARGIN = 2e-5
@@ -56,6 +63,12 @@ LOG_MARGIN = 2e-5
 MIN_VOCAB = 1024
 #: The families decided here; any other adaptor, or two truncations at once, stays dense.
 FAMILIES = ("top_k", "top_p", "typical_p", "min_p", "epsilon_cutoff", "eta_cutoff")
+
+
+def typical_margin(vocab: int) -> float:
+    """The cumulative-mass margin inside which a typical row is cut on its sorted row (see above)."""
+    lanes = TYPICAL_LANES.get(torch.backends.cpu.get_cpu_capability(), 1)
+    return MARGIN + -(-vocab // lanes) * 2.0 ** -24
 
 
 def family(adaptor: Adaptor) -> str | None:
@@ -81,6 +94,7 @@ class Kept:
     def __init__(self, rows: int) -> None:
         self.parts: list[tuple[np.ndarray, torch.Tensor, np.ndarray]] = []  # (rows, indices [r, K], counts)
         self.todo = np.arange(rows)
+        self.logp: torch.Tensor | None = None  # log_softmax of the logits, where deciding computed it
 
     def add(self, rows: np.ndarray, indices: torch.Tensor, counts: np.ndarray, sure: np.ndarray) -> None:
         """Record the `sure` rows of `rows` (candidates `indices`, the first `counts` kept); the rest stay."""
@@ -111,7 +125,10 @@ def _decide(adaptor: Adaptor, scores: torch.Tensor, kept: Kept) -> None:
     if name in ("top_p", "typical_p"):
         lse = _log_sum_exp(scores)  # every row (unusable ones' values are never read)
     if name == "typical_p":
-        shifted = _shifted_scores(scores)
+        shifted, normalized = _shifted_scores(scores)
+        if adaptor.temperature == 1.0:  # the scores are the logits: sample_kept's log p, computed once
+            kept.logp = normalized
+    near: list[np.ndarray] = []  # typical rows whose cut the candidates place within the margin
     for k in STAGES:
         rows = kept.todo
         if not rows.size:
@@ -123,8 +140,11 @@ def _decide(adaptor: Adaptor, scores: torch.Tensor, kept: Kept) -> None:
         if name == "top_p":
             _top_p(adaptor.top_p, _take(scores, rows), lse[rows], width, rows, kept)
         else:
-            _typical(adaptor.typical_p, _take(scores, rows), _take(shifted, rows), lse[rows], width, rows,
-                     kept)
+            near.append(_typical(adaptor.typical_p, _take(scores, rows), _take(shifted, rows), lse[rows],
+                                 width, rows, kept))
+    if name == "typical_p":  # near the margin or past the candidates: the warper's own cut, row sorted
+        kept.todo = np.sort(np.concatenate([*near, kept.todo]))
+        _typical_sorted(adaptor.typical_p, scores, shifted, kept)
 
 
 def _log_sum_exp(scores: torch.Tensor) -> np.ndarray:
@@ -159,32 +179,54 @@ def _top_p(p: float, scores: torch.Tensor, lse: np.ndarray, width: int, rows: np
     kept.add(rows, indices, counts, sure)
 
 
-def _shifted_scores(scores: torch.Tensor) -> torch.Tensor:
+def _shifted_scores(scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """TypicalLogitsWarper's |-log p - H|, the same float32 numbers (its operations, in place where it
-    allocates)."""
+    allocates), and the log-softmax it starts from."""
     normalized = torch.nn.functional.log_softmax(scores, dim=-1)
     work = torch.exp(normalized)
     ent = -work.mul_(normalized).nansum(-1, keepdim=True)
-    return torch.neg(normalized, out=work).sub_(ent).abs_()
+    return torch.neg(normalized, out=work).sub_(ent).abs_(), normalized
 
 
 def _typical(mass: float, scores: torch.Tensor, shifted: torch.Tensor, lse: np.ndarray, width: int,
-             rows: np.ndarray, kept: Kept) -> None:
+             rows: np.ndarray, kept: Kept) -> np.ndarray:
     """TypicalLogitsWarper from the most typical candidates: the cut is the first position whose cumulative
-    mass reaches `mass`; every token whose shifted score is <= the cut's is kept."""
+    mass reaches `mass`; every token whose shifted score is <= the cut's is kept. Rows whose cut lies past
+    the candidates stay in `kept.todo` (the next stage); those within `typical_margin` of `mass` at the cut
+    are returned (for `_typical_sorted`: more candidates would not move them away from it)."""
     values, indices = torch.topk(shifted, width, dim=-1, largest=False)
     s = values.numpy()  # ascending shifted scores
     logp = scores.gather(-1, indices).double().numpy() - lse[:, None]
     cumulative = np.cumsum(np.exp(logp), axis=1)
     cut = (cumulative < mass).sum(axis=1)
     index = np.arange(len(rows))
-    inside = cut < width - 1
     cut_c = np.minimum(cut, width - 2)
+    # inside: the cut and every token tied with it are among the candidates
+    inside = (cut < width - 1) & (s[index, -1] > s[index, cut_c])
     counts = (s <= s[index, cut_c][:, None]).sum(axis=1)  # a prefix: s ascends
-    sure = (inside & (np.abs(cumulative[index, cut_c] - mass) >= TYPICAL_MARGIN)
-            & ((cut_c == 0) | (np.abs(cumulative[index, np.maximum(cut_c - 1, 0)] - mass) >= TYPICAL_MARGIN))
-            & (s[index, -1] > s[index, cut_c]))  # nothing outside the candidates ties with the cut
-    kept.add(rows, indices, counts, sure)
+    margin = typical_margin(scores.shape[-1])
+    clear = ((np.abs(cumulative[index, cut_c] - mass) >= margin)
+             & ((cut_c == 0) | (np.abs(cumulative[index, np.maximum(cut_c - 1, 0)] - mass) >= margin)))
+    kept.add(rows, indices, counts, inside & clear)
+    kept.todo = rows[~inside]
+    return rows[inside & ~clear]
+
+
+def _typical_sorted(mass: float, scores: torch.Tensor, shifted: torch.Tensor, kept: Kept) -> None:
+    """TypicalLogitsWarper's cut for the rows `kept.todo`, computed as the warper computes it: its sort of
+    the shifted scores, the scores in that order, its softmax and cumsum over the row - the same calls on the
+    same float32 numbers (each row is sorted and normalized on its own), so the same cut wherever the
+    warper's rounding puts it. What this saves over the warper is its masked copies of the row and the dense
+    draw; the sort itself stays."""
+    rows = kept.todo
+    if not rows.size:
+        return
+    part = _take(scores, rows)
+    keys, order = torch.sort(_take(shifted, rows), dim=-1)
+    cumulative = part.gather(-1, order).softmax(dim=-1).cumsum(dim=-1)
+    last = (cumulative < mass).sum(dim=-1).clamp_(max=part.shape[-1] - 1)
+    counts = (keys <= keys.gather(-1, last[:, None])).sum(dim=-1).numpy()  # a prefix: keys ascend
+    kept.add(rows, order, counts, np.ones(len(rows), dtype=bool))
 
 
 def _threshold(adaptor: Adaptor, scores: torch.Tensor, kept: Kept) -> None:
@@ -198,6 +240,8 @@ def _threshold(adaptor: Adaptor, scores: torch.Tensor, kept: Kept) -> None:
         return
     part = _take(scores, rows)
     normalized = torch.nn.functional.log_softmax(part, dim=-1)
+    if adaptor.temperature == 1.0 and part is scores:  # the logits, every row: sample_kept's log p
+        kept.logp = normalized
     if adaptor.min_p is not None:
         log_t = np.log(adaptor.min_p) + normalized.amax(-1).double().numpy()
     elif adaptor.epsilon_cutoff is not None:
@@ -248,7 +292,8 @@ def sample_kept(adaptor: Adaptor, logits: torch.Tensor, kept: Kept, uniforms: np
         start += len(r)
     tokens = torch.sort(tokens, dim=-1).values  # vocabulary order, the padding (= vocab) last
     valid = tokens < vocab
-    logp = torch.log_softmax(logits, dim=-1)  # the same numbers as the dense path's
+    # the same numbers as the dense path's (typical's decision computed them, on the same logits)
+    logp = kept.logp if kept.logp is not None else torch.log_softmax(logits, dim=-1)
     flat = torch.from_numpy(rows)[:, None] * vocab + tokens.clamp(max=vocab - 1)
     gathered = logp.view(-1)[flat]
     weights = gathered / adaptor.temperature if adaptor.temperature != 1.0 else gathered
