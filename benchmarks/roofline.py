@@ -4,7 +4,9 @@
   here - the README's headline divides by it;
 - the **model-shape rate**: F.linear over the model's own weight matrices at 256-512 rows (`gemm_rate`), what
   its thin products (576 wide for SmolLM2-135M) can reach at best: a ratio against it shows the rest of a
-  step's cost (attention, norms, Python), a ratio against the peak shows all of it.
+  step's cost (attention, norms, Python), a ratio against the peak shows all of it;
+- the **memory rate** (`memory_rate`): one read of a 1 GiB tensor, the floor of a step with few rows (it
+  reads every weight once, whatever the rows).
 
 A roofline in tokens/s is rate / (2 x P), P = the matmul parameters (`matmul_weights`: every linear layer of
 the decoder blocks plus the LM head; the input embedding is a lookup and norms are not matmuls).
@@ -39,6 +41,21 @@ def gemm_peak(repeats: int = 3, size: int = 2048, dtype: torch.dtype = torch.flo
         sync(device)
         best = min(best, time.perf_counter() - start)
     return 2 * size ** 3 / best
+
+
+def memory_rate(gib: float = 1.0, repeats: int = 3, device: str | torch.device = "cpu") -> float:
+    """Bytes/s of reading a float32 tensor of `gib` GiB once (a sum; best of `repeats`, after a warm-up): the
+    floor of a step that reads every weight for a handful of rows."""
+    device = torch.device(device)
+    x = torch.ones(int(gib * 2**30) // 4, device=device)
+    best = float("inf")
+    for _ in range(repeats + 1):
+        sync(device)
+        start = time.perf_counter()
+        x.sum()
+        sync(device)
+        best = min(best, time.perf_counter() - start)
+    return x.numel() * 4 / best
 
 
 def matmul_weights(lm) -> list[torch.Tensor]:

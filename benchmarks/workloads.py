@@ -14,6 +14,9 @@ model-shape roofline (`roofline.Yardsticks`, both measured before and after in t
 ancestral sampling's tokens/s in the same run (goal: >= 0.85 for every truncating adaptor), and the sampling
 step's (adaptor + draw) share of a decoding step (goal: <= 10%). The time split: model steps, prefill (with
 its own FLOP rate: the distinct prompt positions it ran, against the peak), keep/join, the sampling step.
+Then a model step at 1-256 rows, each against its limit: one read of the weights at the machine's memory
+rate (`roofline.memory_rate`) or the rows' FLOPs at the GEMM peak, whichever is longer - what a step costs
+when the batch has drained.
 `--check` reruns the short-answer workload with the dense adaptor path (`Adaptor.adapt` over the whole
 vocabulary) for each truncating adaptor and compares tokens and scores.
 
@@ -32,7 +35,7 @@ import time
 import numpy as np
 import torch
 from generation_roofline import INSTRUCTIONS
-from roofline import Yardsticks, timed_decoding
+from roofline import Yardsticks, matmul_weights, memory_rate, timed_decoding
 
 from pqtradeoff.models import decoding
 from pqtradeoff.models.base import SampledRow, SampleRequest
@@ -87,6 +90,35 @@ def prefill_flops(lm: HFModel, prompts: list[list[int]], params: int) -> float:
     shared = lm._shared_prefix([list(p) for p in distinct])
     positions = sum(len(p) - shared for p in distinct) + shared
     return 2 * (params - head) * positions + 2 * head * len(distinct)
+
+
+def step_sweep(lm: HFModel, prompts: list[list[int]], sizes: tuple[int, ...] = (1, 4, 16, 64, 256)
+               ) -> dict[int, float]:
+    """Seconds of one model step at each batch size (the first `size` prompts, after 8 steps of decoding;
+    the mean of 3 timed steps)."""
+    out = {}
+    with torch.inference_mode():
+        for size in sizes:
+            logits, state = lm.start(prompts[:size])
+            for i in range(11):
+                if i == 8:
+                    start = time.perf_counter()
+                logits, state = lm.step(state, logits.argmax(-1))
+            out[size] = (time.perf_counter() - start) / 3
+    return out
+
+
+def step_report(sweep: dict[int, float], sticks: Yardsticks, memory: float, weight_bytes: float) -> None:
+    """Each batch size's step against its limit: reading every weight once at the memory rate, or the rows'
+    matmul FLOPs at the GEMM peak, whichever is longer."""
+    floor = weight_bytes / memory
+    print(f"\na model step by batch size (chat prompts of ~37 tokens, after 8 steps), against max(weights "
+          f"read once at the memory rate = {1e3 * floor:.1f} ms ({weight_bytes / 1e6:.0f} MB at "
+          f"{memory / 1e9:.1f} GB/s), rows x 2P at the GEMM peak):")
+    for size, seconds in sweep.items():
+        limit = max(floor, size * 2 * sticks.params / sticks.peak)
+        print(f"  {size:4d} rows: {1e3 * seconds:7.1f} ms = {seconds / limit:4.1f}x its limit "
+              f"({1e3 * limit:.1f} ms), {size / seconds:6.1f} tokens/s")
 
 
 def report(name: str, results: dict[str, dict[str, float]], sticks: Yardsticks, prefill: float) -> None:
@@ -183,12 +215,16 @@ def main() -> None:
             print(f"  {name.split(' (')[0]}, {spec}: {t['tokens'] / t['total']:.1f} tokens/s", flush=True)
     sticks.measure()
     print(sticks.describe())
+    memory = memory_rate()
+    weight_bytes = sum(w.numel() * w.element_size() for w in matmul_weights(lm))
+    sweep = step_sweep(lm, [lm.encode_prompt(p) for p in long_string_prompts(256, 1)])
     for name, (prompts, _) in workloads.items():
         batch = decoding.choose_batch_size(lm, max(len(p) for p in prompts) + args.new_tokens)
         lengths = [len(r.token_ids) for r in rows_of[name]]
         print(f"\n[{name}: batch {batch}; strings of {np.mean(lengths):.1f} tokens on average (at most "
               f"{max(lengths)}), prompts of {np.mean([len(p) for p in prompts]):.1f}]")
         report(name, results[name], sticks, prefill_flops(lm, prompts, sticks.params))
+    step_report(sweep, sticks, memory, weight_bytes)
     if args.check:
         check(lm, short, [s for s in specs if s != "ancestral"], args.new_tokens)
 

@@ -173,3 +173,16 @@ def test_typical_margin_bounds_the_warpers_normalization(monkeypatch):
     error = (warper - exact).abs().amax(-1)
     assert float(error[0]) > 1e-5  # the tail's loss shows
     assert float(error.max()) < truncated.typical_margin(49152)
+
+
+def test_a_row_below_the_epsilon_cutoff_keeps_its_tied_most_likely_tokens():
+    """No token reaches the cutoff: the warper keeps every token at the largest score (its
+    min_tokens_to_keep, ties included); so does the kept-token path. (eta's threshold is at most
+    sqrt(eps) x exp(-H) <= the largest probability, and min-p's is a fraction of it: never empty.)"""
+    x = torch.zeros(2, 5000)
+    x[0, [7, 100, 4000]] = 1.0  # three tied maxima, each with probability 5.4e-4 < 0.001
+    x[1, 5] = 1.0
+    adaptor = parse("epsilon_cutoff=0.001")
+    ours, theirs = kept_sets(adaptor, x), warper_sets(adaptor, x)
+    assert ours[0] == theirs[0] == {7, 100, 4000}
+    assert ours[1] == theirs[1] == {5}

@@ -233,8 +233,9 @@ def _threshold(adaptor: Adaptor, scores: torch.Tensor, kept: Kept) -> None:
     """min-p, epsilon, eta: a threshold on the probability, log p >= log t per row, the most likely token
     always kept. The threshold is the warper's formula computed here (eta's entropy with the typical warper's
     operations); a row with a log-probability within `LOG_MARGIN` of it is left to the warper. The kept
-    tokens are the row's largest scores (the probability never decreases with the score): `torch.topk`,
-    the rows grouped by how many they keep."""
+    tokens are read off the mask in vocabulary order (`nonzero`: one pass, where `torch.topk` of a wide
+    support cost more than the rest of the step); a row with no token at the threshold keeps its tokens at
+    the largest score, ties included, as the warpers' `min_tokens_to_keep` does."""
     rows = kept.todo
     if not rows.size:
         return
@@ -252,16 +253,21 @@ def _threshold(adaptor: Adaptor, scores: torch.Tensor, kept: Kept) -> None:
         eps = adaptor.eta_cutoff
         log_t = np.log(np.minimum(eps, np.sqrt(eps) * np.exp(-entropy)))
     threshold = torch.from_numpy(log_t.astype(np.float32))[:, None]
-    counts = np.maximum((normalized >= threshold).sum(-1).numpy(), 1)
+    keep = normalized >= threshold
+    empty = ~keep.any(-1)
+    if bool(empty.any()):  # nothing reaches it: the warper keeps the tokens at the largest score
+        keep[empty] = part[empty] == part[empty].amax(-1, keepdim=True)
+    counts = keep.sum(-1).numpy()
     near = ((normalized - threshold).abs_() < LOG_MARGIN).any(-1).numpy()
-    sure = ~near
-    bounds = [0, *STAGES, part.shape[-1]]
-    for low, high in zip(bounds, bounds[1:], strict=False):
-        group = np.flatnonzero(sure & (counts > low) & (counts <= high))
-        if group.size:
-            width = int(counts[group].max())
-            indices = torch.topk(_take(part, group), width, dim=-1).indices
-            kept.parts.append((rows[group], indices, counts[group]))
+    sure = np.flatnonzero(~near)
+    if sure.size:
+        where = _take(keep, sure).nonzero()  # (row, token), row-major: each row's tokens in vocabulary order
+        c = counts[sure]
+        starts = torch.from_numpy(np.cumsum(c) - c)
+        rank = torch.arange(where.shape[0]) - starts[where[:, 0]]
+        indices = torch.zeros((sure.size, int(c.max())), dtype=torch.long)
+        indices[where[:, 0], rank] = where[:, 1]
+        kept.parts.append((rows[sure], indices, c))
     kept.todo = rows[near]
 
 
