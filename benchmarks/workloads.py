@@ -35,7 +35,7 @@ import time
 import numpy as np
 import torch
 from generation_roofline import INSTRUCTIONS
-from roofline import Yardsticks, matmul_weights, memory_rate, timed_decoding
+from roofline import Yardsticks, memory_rate, timed_decoding
 
 from pqtradeoff.models import decoding
 from pqtradeoff.models.base import SampledRow, SampleRequest
@@ -100,9 +100,10 @@ def step_sweep(lm: HFModel, prompts: list[list[int]], sizes: tuple[int, ...] = (
     with torch.inference_mode():
         for size in sizes:
             logits, state = lm.start(prompts[:size])
-            for i in range(11):
-                if i == 8:
-                    start = time.perf_counter()
+            for _ in range(8):
+                logits, state = lm.step(state, logits.argmax(-1))
+            start = time.perf_counter()
+            for _ in range(3):
                 logits, state = lm.step(state, logits.argmax(-1))
             out[size] = (time.perf_counter() - start) / 3
     return out
@@ -215,8 +216,8 @@ def main() -> None:
             print(f"  {name.split(' (')[0]}, {spec}: {t['tokens'] / t['total']:.1f} tokens/s", flush=True)
     sticks.measure()
     print(sticks.describe())
-    memory = memory_rate()
-    weight_bytes = sum(w.numel() * w.element_size() for w in matmul_weights(lm))
+    memory = memory_rate(device=lm.device)
+    weight_bytes = sum(w.numel() * w.element_size() for w in sticks.weights)
     sweep = step_sweep(lm, [lm.encode_prompt(p) for p in long_string_prompts(256, 1)])
     for name, (prompts, _) in workloads.items():
         batch = decoding.choose_batch_size(lm, max(len(p) for p in prompts) + args.new_tokens)

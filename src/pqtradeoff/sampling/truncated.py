@@ -298,7 +298,7 @@ def sample_kept(adaptor: Adaptor, logits: torch.Tensor, kept: Kept, uniforms: np
         start += len(r)
     tokens = torch.sort(tokens, dim=-1).values  # vocabulary order, the padding (= vocab) last
     valid = tokens < vocab
-    # the same numbers as the dense path's (typical's decision computed them, on the same logits)
+    # the same numbers as the dense path's (deciding may have computed them already, on the same logits)
     logp = kept.logp if kept.logp is not None else torch.log_softmax(logits, dim=-1)
     flat = torch.from_numpy(rows)[:, None] * vocab + tokens.clamp(max=vocab - 1)
     gathered = logp.view(-1)[flat]
