@@ -14,9 +14,11 @@ model-shape roofline (`roofline.Yardsticks`, both measured before and after in t
 ancestral sampling's tokens/s in the same run (goal: >= 0.85 for every truncating adaptor), and the sampling
 step's (adaptor + draw) share of a decoding step (goal: <= 10%). The time split: model steps, prefill (with
 its own FLOP rate: the distinct prompt positions it ran, against the peak), keep/join, the sampling step.
-Then a model step at 1-256 rows, each against its limit: one read of the weights at the machine's memory
-rate (`roofline.memory_rate`) or the rows' FLOPs at the GEMM peak, whichever is longer - what a step costs
-when the batch has drained.
+Then the short answers under the whole grid in one batch (`generate`'s `pack_adaptors`: each prompt under
+every adaptor in turn, one `lm.sample` call) against the same grid adaptor by adaptor (the runs above), with
+their tokens compared. Then a model step at 1-256 rows, each against its limit: one read of the weights at
+the machine's memory rate (`roofline.memory_rate`) or the rows' FLOPs at the GEMM peak, whichever is
+longer - what a step costs when the batch has drained.
 `--check` reruns the short-answer workload with the dense adaptor path (`Adaptor.adapt` over the whole
 vocabulary) for each truncating adaptor and compares tokens and scores.
 
@@ -80,6 +82,45 @@ def run(lm: HFModel, prompts: list[list[int]], spec: str, max_new_tokens: int, b
         totals["total"] = time.perf_counter() - start
     totals["tokens"] = sum(len(r.token_ids) for r in rows)
     return totals, rows
+
+
+def run_packed(lm: HFModel, prompts: list[list[int]], specs: list[str], max_new_tokens: int
+               ) -> tuple[dict[str, float], dict[str, list[SampledRow]]]:
+    """The grid in one `lm.sample` call, as `generate` packs a block's shards (`pack_adaptors`): each prompt
+    under every adaptor in turn, the rows keyed as `run` keys them (so each row's tokens are `run`'s)."""
+    adaptors = [parse(spec) for spec in specs]
+    keys = [sampler.row_keys(0, np.arange(len(prompts)), np.zeros(len(prompts), dtype=np.int64), a)
+            for a in adaptors]
+    requests = [SampleRequest(p, a, int(k[i]), max_new_tokens) for i, p in enumerate(prompts)
+                for a, k in zip(adaptors, keys, strict=True)]
+    with timed_decoding(lm, "sample") as totals:
+        start = time.perf_counter()
+        rows = lm.sample(requests)
+        totals["total"] = time.perf_counter() - start
+    totals["tokens"] = sum(len(r.token_ids) for r in rows)
+    return totals, {spec: rows[j::len(specs)] for j, spec in enumerate(specs)}
+
+
+def packed_report(alone: dict[str, dict[str, float]], packed: dict[str, float], sticks: Yardsticks,
+                  rows_alone: dict[str, list[SampledRow]], rows_packed: dict[str, list[SampledRow]]) -> None:
+    """The grid decoded adaptor by adaptor (the runs above, summed) against the grid in one batch."""
+    tokens, seconds = sum(t["tokens"] for t in alone.values()), sum(t["total"] for t in alone.values())
+    peak = sticks.roofline(sticks.peak)
+    print(f"\nthe grid of {len(alone)} adaptors over the short answers ({tokens} tokens):")
+    print(f"  adaptor by adaptor: {seconds:6.1f} s, {tokens / seconds:6.1f} tokens/s = "
+          f"{100 * tokens / seconds / peak:.1f}% of the peak roofline")
+    rate = packed["tokens"] / packed["total"]
+    split = ", ".join(f"{k} {100 * packed[k] / packed['total']:.1f}%" for k in ("step", "prefill", "keep",
+                                                                                 "join", "sample"))
+    print(f"  in one batch:       {packed['total']:6.1f} s, {rate:6.1f} tokens/s = "
+          f"{100 * rate / peak:.1f}% of the peak roofline, {rate * seconds / tokens:.2f}x adaptor by adaptor"
+          f"   ({split})")
+    pairs = [(a, b) for spec in alone for a, b in zip(rows_alone[spec], rows_packed[spec], strict=True)]
+    same = [(a, b) for a, b in pairs if a.token_ids == b.token_ids]
+    err = max(abs(a.logq - b.logq) + abs(a.log_weight - b.log_weight) + abs(a.logp_aligned - b.logp_aligned)
+              for a, b in same)
+    print(f"  the same tokens in {len(same)}/{len(pairs)} strings; largest summed "
+          f"|difference| of logq, log_weight, logp_aligned over them: {err:.1e} nats")
 
 
 def prefill_flops(lm: HFModel, prompts: list[list[int]], params: int) -> float:
@@ -206,14 +247,17 @@ def main() -> None:
     for spec in ("ancestral", "top_p=0.95"):  # warm-up: first calls allocate and pick kernels at full size
         run(lm, short, spec, 4, None)
     results: dict[str, dict[str, dict[str, float]]] = {}
-    rows_of: dict[str, list[SampledRow]] = {}
+    rows_of: dict[str, dict[str, list[SampledRow]]] = {}
     for name, (prompts, batch) in workloads.items():
-        results[name] = {}
+        results[name], rows_of[name] = {}, {}
         for spec in specs:
-            results[name][spec], rows = run(lm, prompts, spec, args.new_tokens, batch)
-            rows_of[name] = rows
+            results[name][spec], rows_of[name][spec] = run(lm, prompts, spec, args.new_tokens, batch)
             t = results[name][spec]
             print(f"  {name.split(' (')[0]}, {spec}: {t['tokens'] / t['total']:.1f} tokens/s", flush=True)
+    short_name = next(iter(workloads))
+    packed, packed_rows = run_packed(lm, short, specs, args.new_tokens)
+    print(f"  short answers, the grid in one batch: {packed['tokens'] / packed['total']:.1f} tokens/s",
+          flush=True)
     sticks.measure()
     print(sticks.describe())
     memory = memory_rate(device=lm.device)
@@ -221,10 +265,11 @@ def main() -> None:
     sweep = step_sweep(lm, [lm.encode_prompt(p) for p in long_string_prompts(256, 1)])
     for name, (prompts, _) in workloads.items():
         batch = decoding.choose_batch_size(lm, max(len(p) for p in prompts) + args.new_tokens)
-        lengths = [len(r.token_ids) for r in rows_of[name]]
+        lengths = [len(r.token_ids) for r in rows_of[name]["ancestral"]]
         print(f"\n[{name}: batch {batch}; strings of {np.mean(lengths):.1f} tokens on average (at most "
               f"{max(lengths)}), prompts of {np.mean([len(p) for p in prompts]):.1f}]")
         report(name, results[name], sticks, prefill_flops(lm, prompts, sticks.params))
+    packed_report(results[short_name], packed, sticks, rows_of[short_name], packed_rows)
     step_report(sweep, sticks, memory, weight_bytes)
     if args.check:
         check(lm, short, [s for s in specs if s != "ancestral"], args.new_tokens)

@@ -97,3 +97,18 @@ def test_check_resumable_allows_same_or_new_settings_and_refuses_changed_ones(tm
         check_resumable(tmp_path, {"settings": {"seed": 1, "model": "gpt2"}})
     message = str(info.value)
     assert "\n" not in message and "seed: 0 -> 1" in message and "model" not in message
+
+
+def test_atomic_write_all_writes_every_file_or_none(tmp_path):
+    from pqtradeoff.io import atomic_write_all
+
+    def fail(tmp):
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        atomic_write_all([(tmp_path / "a.txt", lambda t: t.write_text("a")), (tmp_path / "b.txt", fail)])
+    assert list(tmp_path.iterdir()) == []  # the first file was written, but never renamed into place
+    paths = atomic_write_all([(tmp_path / "a.txt", lambda t: t.write_text("a")),
+                              (tmp_path / "b.txt", lambda t: t.write_text("b"))])
+    assert [p.read_text() for p in paths] == ["a", "b"] and sorted(p.name for p in tmp_path.iterdir()) == \
+        ["a.txt", "b.txt"]

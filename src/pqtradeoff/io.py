@@ -9,7 +9,7 @@ import os
 import platform
 import sys
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import metadata
@@ -47,22 +47,33 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
     A reader (or a resumed run) therefore sees either the whole file or none of it. The temporary name
     starts with '.', which pyarrow's dataset discovery ignores.
     """
-    path = Path(path)
+    return atomic_write_all([(path, write)])[0]
+
+
+def atomic_write_all(writes: Sequence[tuple[str | Path, Callable[[Path], None]]]) -> list[Path]:
+    """`atomic_write` of several files, every one written before the first is renamed into place: files
+    computed together appear together (only a kill between the renames, microseconds apart, splits them)."""
+    temps: list[tuple[Path, Path]] = []
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except (FileExistsError, NotADirectoryError):
-        raise PQError(f"cannot write {str(path)!r}: {str(path.parent)!r} is a file, not a folder") from None
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
-    try:
-        write(tmp_path)
-        os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual permissions
-        os.replace(tmp_path, path)
+        for path, write in writes:
+            path = Path(path)
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+            except (FileExistsError, NotADirectoryError):
+                raise PQError(f"cannot write {str(path)!r}: {str(path.parent)!r} is a file, not a folder"
+                              ) from None
+            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+            os.close(fd)
+            temps.append((Path(tmp), path))
+            write(Path(tmp))
+            os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual permissions
+        for tmp_path, path in temps:
+            os.replace(tmp_path, path)
     finally:
-        if tmp_path.exists():
-            tmp_path.unlink()
-    return path
+        for tmp_path, _ in temps:
+            if tmp_path.exists():
+                tmp_path.unlink()
+    return [path for _, path in temps]
 
 
 #: The lock file a writing process holds in its output folder (hidden: Parquet readers skip it).

@@ -201,3 +201,30 @@ def test_generate_corpus_without_batch_size_chooses_per_shard(tmp_path):
         ).out_dir
         for f in explicit.glob("*.parquet"):
             assert f.read_bytes() == (auto / f.name).read_bytes()
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_hf_rows_under_a_mix_of_adaptors_are_each_rows_own(tiny_lm):
+    """A batch mixing adaptors (a packed grid) samples each row by its own adaptor: each row is the row
+    `sample_batch` gives it alone under that adaptor (same tokens, scores to float rounding)."""
+    grid = [adaptors.parse(s) for s in [*SPECS, "typical_p=0.8", "min_p=0.1"]]
+    words = "hello world tell me a story about the moon please why".split()
+    rng = np.random.default_rng(3)
+    texts = [" ".join(rng.choice(words, size=int(rng.integers(0, 9)))) for _ in range(6)]
+    rows = [(t, a) for t in texts for a in grid]  # each prompt under every adaptor, as generate packs them
+    prompts = [tiny_lm.encode_prompt(t) for t, _ in rows]
+    keys = np.array([row_keys(5, np.array([i]), np.zeros(1, dtype=np.int64), a)[0]
+                     for i, (_, a) in enumerate(rows)], dtype=np.uint64)
+    want = [sample_batch(tiny_lm, a, [p], keys[i:i + 1], 7)[0] for i, (p, (_, a)) in enumerate(
+        zip(prompts, rows, strict=True))]
+    assert_cases_covered(want, 7)
+    with torch.inference_mode():
+        got = sample_rows(tiny_lm, [a for _, a in rows], prompts, keys, max_new_tokens=7, batch_size=8)
+    assert_same_rows(got, want, atol=1e-5)
+
+
+def test_one_adaptor_per_row_or_one_for_all():
+    model = BigramModel(vocab_size=6, seed=3)
+    a = adaptors.parse("top_k=2")
+    with pytest.raises(PQError, match="adaptors has 2 entries for 3 rows"):
+        sample_rows(model, [a, a], [[model.bos]] * 3, np.arange(3, dtype=np.uint64), 4, batch_size=2)

@@ -158,7 +158,12 @@ def test_ray_generate_and_score_equal_the_local_executor(
     )
     assert code == 0, err
     assert names(tmp_path / "corpus") == names(corpus) and len(names(corpus)) == len(SPECS) * 2 * 3
-    assert sorted(s["name"] for s in statuses) == names(corpus)  # every shard came from an actor
+    # every unit came from an actor: a block of rows under the grid's 4 adaptors is one group (pack_adaptors),
+    # 3 prompt blocks x 2 sample ids of them, covering every row
+    units = len(statuses)
+    assert units == 3 * 2 and all(s["name"].endswith(f"+{len(SPECS) - 1}") for s in statuses)
+    assert {s["name"].rsplit("+", 1)[0] for s in statuses} <= set(names(corpus))
+    assert sum(s["rows"] for s in statuses) == len(read(corpus))
     assert len({s["pid"] for s in statuses}) == 2  # two replicas, in two processes other than this one
     assert all(s["pid"] != os.getpid() for s in statuses)
     assert_same_rows(read(tmp_path / "corpus"), read(corpus), ["logq", "logp_aligned", "log_weight"])
@@ -172,7 +177,7 @@ def test_ray_generate_and_score_equal_the_local_executor(
     )
     assert code == 0, err
     assert names(tmp_path / "scored") == names(scored)
-    assert sorted(s["name"] for s in statuses[len(names(corpus)) :]) == names(scored)
+    assert sorted(s["name"] for s in statuses[units:]) == names(scored)
     assert_same_rows(read(tmp_path / "scored"), read(scored), ["logp_prior", "reward"])
     assert (tmp_path / "scored" / "_score_report.json").is_file()
 
@@ -201,7 +206,8 @@ def test_a_run_stopped_mid_way_resumes_under_ray(
 
 
 class FailingLoader:
-    """Loads the aligned model; its `sample` raises on one adaptor (as a GPU running out of memory would)."""
+    """Loads the aligned model; its `sample` raises on one adaptor's rows (as a GPU running out of memory
+    would)."""
 
     def __init__(self, path: str, fail_on: str) -> None:
         self.path, self.fail_on = path, fail_on
@@ -213,7 +219,7 @@ class FailingLoader:
         sample, fail_on = model.sample, self.fail_on
 
         def failing(requests, **kw):
-            if str(requests[0].adaptor) == fail_on:
+            if any(str(r.adaptor) == fail_on for r in requests):  # its shards, or a group holding one
                 raise RuntimeError("CUDA out of memory (simulated)\nsecond line of the error")
             return sample(requests, **kw)
 

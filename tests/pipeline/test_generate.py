@@ -267,3 +267,59 @@ def test_two_prompts_with_one_id_are_refused_before_anything_is_written(tmp_path
                         num_generations=2, max_new_tokens=3, seed=0, batch_size=2,
                         settings={"model": "bigram"}, progress=False)
     assert not (tmp_path / "c").exists()
+
+
+def test_pack_shards_joins_a_block_of_rows_under_every_packable_adaptor():
+    from pqtradeoff.pipeline.generate import ShardGroup, pack_shards, plan_shards
+
+    model = BigramModel(seed=1)
+    grid = [adaptors.parse(s) for s in ["ancestral", "best_of_n=2", "top_k=2", "dera=0.5",
+                                        "mix(0.5:top_k=2|0.5:ancestral)"]]
+    shards = list(plan_shards(_prompts(model), grid, num_generations=2, prompt_block=2))
+    units = pack_shards(shards)
+    groups = [u for u in units if isinstance(u, ShardGroup)]
+    alone = [u for u in units if not isinstance(u, ShardGroup)]
+    names = [s.name for g in groups for s in g.shards] + [s.name for s in alone]
+    assert sorted(names) == sorted(s.name for s in shards)  # every shard, once
+    assert len(groups) == 2 * 2  # prompt blocks x sample ids
+    for g in groups:  # ancestral, top-k and the mixture; best-of-N and DeRa decode alone
+        assert [str(s.adaptor) for s in g.shards] == [str(grid[0]), str(grid[2]), str(grid[4])]
+        assert all(s.rows == g.shards[0].rows for s in g.shards)
+    assert sorted(str(s.adaptor) for s in alone) == sorted([str(grid[1])] * 4 + [str(grid[3])] * 4)
+    assert pack_shards(shards[:1]) == shards[:1]  # a shard alone is not a group
+
+
+def test_pack_shards_splits_a_block_past_pack_rows_evenly(monkeypatch):
+    from pqtradeoff.pipeline import generate
+    from pqtradeoff.pipeline.generate import ShardGroup, pack_shards, plan_shards
+
+    model = BigramModel(seed=1)
+    grid = [adaptors.parse(f"top_k={k}") for k in range(1, 8)]
+    shards = list(plan_shards(_prompts(model), grid, num_generations=1, prompt_block=4))  # 7 shards of 3 rows
+    sizes = {}
+    for rows in (1000, 9, 6, 3):
+        monkeypatch.setattr(generate, "PACK_ROWS", rows)
+        units = pack_shards(shards)
+        sizes[rows] = [len(u.shards) if isinstance(u, ShardGroup) else 1 for u in units]
+        assert [s.name for u in units for s in (u.shards if isinstance(u, ShardGroup) else (u,))] == \
+            [s.name for s in shards]  # grid order kept
+    # 21 rows: one group below 9 rows a group; 21 // 9 = 2 groups, 21 // 6 = 3, 21 // 3 = 7 (each alone)
+    assert sizes == {1000: [7], 9: [4, 3], 6: [3, 2, 2], 3: [1] * 7}
+
+
+def test_packed_shards_are_the_files_shard_by_shard_writes(tmp_path, monkeypatch):
+    """The bigram's logits do not depend on the batch (float64, a table), so the files must be byte for byte
+    those of shard by shard, while each block of rows is one `sample` call for the whole grid."""
+    model = BigramModel(seed=4)
+    calls = []
+    sample = model.sample
+    monkeypatch.setattr(model, "sample", lambda requests, **kw: calls.append(
+        {str(r.adaptor) for r in requests}) or sample(requests, **kw))
+    _generate(tmp_path / "packed", model)
+    packed_calls, calls[:] = list(calls), []
+    _generate(tmp_path / "alone", model, pack_adaptors=False)
+    assert _shards(tmp_path / "packed") == _shards(tmp_path / "alone")
+    assert len(packed_calls) == 2 * 4 and all(len(c) == len(SPECS) for c in packed_calls)
+    assert len(calls) == len(SPECS) * 2 * 4 and all(len(c) == 1 for c in calls)
+    with pytest.raises(PQError, match=r"pack_adaptors='yes' is not a boolean"):
+        _generate(tmp_path / "bad", model, pack_adaptors="yes")

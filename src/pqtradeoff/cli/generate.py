@@ -33,6 +33,7 @@ FLAGS = {
     "--num-generations": "sampling.num_generations", "--max-new-tokens": "sampling.max_new_tokens",
     "--seed": "sampling.seed", "--save-token-logprobs": "sampling.save_token_logprobs",
     "--prompt-block": "sampling.prompt_block", "--sample-block": "sampling.sample_block",
+    "--pack-adaptors": "sampling.pack_adaptors",
     "--batch-size": "compute.batch_size", "--max-batch-tokens": "compute.max_batch_tokens",
     "--progress": "compute.progress",
     "--executor": "executor.kind", "--ray-address": "executor.ray_address", "--actors": "executor.actors",

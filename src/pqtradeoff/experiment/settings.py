@@ -137,6 +137,12 @@ class SamplingSettings(Section):
     sample_block: int = Field(1, ge=1, le=1_000_000,
                               description="Sample ids per shard: more rows per shard (larger batches) when "
                                           "num_generations > 1; a partly filled block is redone as it grows.")
+    pack_adaptors: bool = Field(True, json_schema_extra=FREE,
+                                description="Decode the grid's shards of the same prompts together, in one "
+                                            "batch: other adaptors' rows keep it full as short strings end, "
+                                            "and each prompt is prefilled once for all (false: shard by "
+                                            "shard). The same rows either way; their scores' last float bits "
+                                            "depend on the batch.")
 
     @model_validator(mode="after")
     def _check(self) -> SamplingSettings:

@@ -207,7 +207,8 @@ def run_generate(settings: GenerateSettings, out: Path, models: ModelCache | Non
                            max_new_tokens=s.max_new_tokens,
                            seed=s.seed, batch_size=batch, out_dir=out, settings=recorded,
                            save_token_logprobs=s.save_token_logprobs, progress=settings.compute.progress,
-                           prompt_block=s.prompt_block, sample_block=s.sample_block, policy=GENERATE_POLICY,
+                           prompt_block=s.prompt_block, sample_block=s.sample_block,
+                           pack_adaptors=s.pack_adaptors, policy=GENERATE_POLICY,
                            executor=settings.executor, reward=ranker,
                            load_model=CausalLoader(settings.model, p.template, p.chat_template))
 

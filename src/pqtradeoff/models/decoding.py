@@ -33,11 +33,12 @@ class StepLanguageModel(LanguageModel):
     """A model driven token by token; `sample` and `logprobs` are the pipeline's shared implementation."""
 
     def sample(self, requests: Sequence[SampleRequest], *, batch_size: int | None = None) -> list[SampledRow]:
-        """`sample_rows` on each run of consecutive requests with the same adaptor and length limit
-        (a shard is one run); `batch_size=None` takes `choose_batch_size` for the run's longest
-        prompt + max_new_tokens, so the batch, and the rows, depend on the run alone."""
+        """`sample_rows` on each run of consecutive requests with the same length limit, whatever their
+        adaptors (a generate call's shards of one prompt block, a mixture's components: one batch that stays
+        full); `batch_size=None` takes `choose_batch_size` for the run's longest prompt + max_new_tokens, so
+        the batch, and the rows, depend on the run alone."""
         rows: list[SampledRow] = []
-        for run in runs_of(requests):
+        for run in runs_of(requests, by_adaptor=False):
             rows += sample_run(self, run, batch_size)
         return rows
 
@@ -92,13 +93,16 @@ class StepLanguageModel(LanguageModel):
         batch's other rows or on padding (up to float rounding)."""
 
 
-def runs_of(requests: Sequence[SampleRequest]) -> list[Sequence[SampleRequest]]:
-    """The runs of consecutive requests with the same adaptor and length limit (a shard is one run)."""
+def runs_of(requests: Sequence[SampleRequest], *, by_adaptor: bool = True) -> list[Sequence[SampleRequest]]:
+    """The runs of consecutive requests with the same length limit and (`by_adaptor`) the same adaptor."""
+
+    def key(r: SampleRequest) -> tuple:
+        return (r.adaptor, r.max_new_tokens) if by_adaptor else (r.max_new_tokens,)
+
     out, start = [], 0
     while start < len(requests):
-        first, end = requests[start], start + 1
-        while end < len(requests) and (requests[end].adaptor, requests[end].max_new_tokens) == \
-                (first.adaptor, first.max_new_tokens):
+        end = start + 1
+        while end < len(requests) and key(requests[end]) == key(requests[start]):
             end += 1
         out.append(requests[start:end])
         start = end
@@ -107,14 +111,48 @@ def runs_of(requests: Sequence[SampleRequest]) -> list[Sequence[SampleRequest]]:
 
 def sample_run(model: StepLanguageModel, run: Sequence[SampleRequest], batch_size: int | None
                ) -> list[SampledRow]:
-    """`sample_rows` on one run; `batch_size=None` takes `choose_batch_size` for its longest prompt +
-    max_new_tokens."""
+    """`sample_rows` on one run (one length limit; each request's own adaptor); `batch_size=None` takes
+    `choose_batch_size` for its longest prompt + max_new_tokens."""
     first = run[0]
     prompts = [list(r.prompt_token_ids) for r in run]
     keys = np.array([r.key for r in run], dtype=np.uint64)
     batch = batch_size or choose_batch_size(model, max(len(p) for p in prompts) + first.max_new_tokens)
     with torch.inference_mode():
-        return sample_rows(model, first.adaptor, prompts, keys, first.max_new_tokens, batch)
+        return sample_rows(model, [r.adaptor for r in run], prompts, keys, first.max_new_tokens, batch)
+
+
+class RowAdaptors:
+    """Each row's adaptor, as the distinct adaptors and an index into them: a batch may mix a grid's adaptors
+    (every row is sampled by its own), and a step runs each adaptor once, on its rows."""
+
+    def __init__(self, adaptors: Adaptor | Sequence[Adaptor], n: int) -> None:
+        if isinstance(adaptors, Adaptor):
+            adaptors = [adaptors] * n
+        if len(adaptors) != n:
+            raise PQError(f"adaptors has {len(adaptors)} entries for {n} rows: need one adaptor per row")
+        distinct: dict[Adaptor, int] = {}
+        self.which = np.array([distinct.setdefault(a, len(distinct)) for a in adaptors], dtype=np.int64)
+        self.distinct = list(distinct)
+
+    def step(self, model: StepLanguageModel, state: Any, logits: torch.Tensor, rows: np.ndarray,
+             keys: np.ndarray, steps: int | np.ndarray) -> tuple[torch.Tensor, np.ndarray]:
+        """`sample_step` and `model.rescore` for the batch's rows (`rows`: their indices into this object),
+        each under its own adaptor; returns the tokens (on the logits' device) and the host array."""
+        if len(self.distinct) == 1:
+            tokens, host = sample_step(self.distinct[0], logits, keys, steps)
+            return tokens, model.rescore(state, tokens, host, self.distinct[0])
+        which = self.which[rows]
+        steps = np.broadcast_to(np.asarray(steps), which.shape)
+        groups = [(self.distinct[a], np.flatnonzero(which == a)) for a in np.unique(which)]
+        tokens = torch.empty(which.size, dtype=torch.long, device=logits.device)
+        host = np.empty((4, which.size))
+        for adaptor, at in groups:
+            index = torch.from_numpy(at).to(logits.device)
+            tokens[index], host[:, at] = sample_step(adaptor, logits[index], keys[at], steps[at])
+        rescored = host.copy()
+        for adaptor, at in groups:  # a rescore may depend on the adaptor (DeRa's T): each group its own
+            rescored[:, at] = model.rescore(state, tokens, host, adaptor)[:, at]
+        return tokens, rescored
 
 
 class _Record:
@@ -143,22 +181,24 @@ class _Record:
 
 
 def sample_batch(
-    model: StepLanguageModel, adaptor: Adaptor, prompts: list[list[int]], keys: np.ndarray,
+    model: StepLanguageModel, adaptor: Adaptor | Sequence[Adaptor], prompts: list[list[int]],
+    keys: np.ndarray,
     max_new_tokens: int
 ) -> list[SampledRow]:
-    """Sample one continuation per prompt under `adaptor`, recording its three log-scores per step.
+    """Sample one continuation per prompt under `adaptor` (one for all rows, or one per row), recording its
+    three log-scores per step.
 
     `keys` ([B] uint64, see `row_keys`) give each row its own stream of uniforms (`step_uniforms`). Finished
     rows are dropped from the model state (`model.keep`), so their cost stops when they emit EOS.
     """
     n = len(prompts)
     keys = np.asarray(keys, dtype=np.uint64)
+    row_adaptors = RowAdaptors(adaptor, n)
     record = _Record(n, max_new_tokens, model.end_ids())
     logits, state = model.start(prompts)
     active = np.arange(n)
     for t in range(max_new_tokens):
-        tokens, host = sample_step(adaptor, logits, keys[active], t)
-        host = model.rescore(state, tokens, host, adaptor)
+        tokens, host = row_adaptors.step(model, state, logits, active, keys[active], t)
         done_np = record.take(active, host)
         if t == max_new_tokens - 1 or done_np.all():
             break
@@ -173,7 +213,8 @@ def sample_batch(
 
 
 def sample_rows(
-    model: StepLanguageModel, adaptor: Adaptor, prompts: list[list[int]], keys: np.ndarray,
+    model: StepLanguageModel, adaptor: Adaptor | Sequence[Adaptor], prompts: list[list[int]],
+    keys: np.ndarray,
     max_new_tokens: int,
     batch_size: int,
 ) -> list[SampledRow]:
@@ -184,14 +225,17 @@ def sample_rows(
     `sample_batch` on that row alone (its scores up to float rounding: its logits come from other batches).
     Rows with the same prompt are prefilled once (`start_distinct`). Refills wait until 1/8 of the places
     are free, so the cost of a prefill call is shared. A model that cannot join states is sampled batch after
-    batch.
+    batch. `adaptor` is one for every row or one per row: rows under different adaptors decode together
+    (each step samples each adaptor's rows by that adaptor), so a grid over the same prompts keeps the batch
+    full and prefills each prompt once where one adaptor's rows alone would drain.
     """
     n = len(prompts)
     keys = np.asarray(keys, dtype=np.uint64)
+    row_adaptors = RowAdaptors(adaptor, n)
     if not model.can_join:
         return [row for start in range(0, n, batch_size) for row in sample_batch(
-            model, adaptor, prompts[start:start + batch_size], keys[start:start + batch_size],
-            max_new_tokens)]
+            model, [row_adaptors.distinct[a] for a in row_adaptors.which[start:start + batch_size]],
+            prompts[start:start + batch_size], keys[start:start + batch_size], max_new_tokens)]
     record = _Record(n, max_new_tokens, model.end_ids())
     lengths = record.lengths
     refill_at = max(1, batch_size // 8)
@@ -199,8 +243,7 @@ def sample_rows(
     logits, state = start_distinct(model, prompts[:admitted])
     active = np.arange(admitted)
     while active.size:
-        tokens, host = sample_step(adaptor, logits, keys[active], lengths[active])
-        host = model.rescore(state, tokens, host, adaptor)
+        tokens, host = row_adaptors.step(model, state, logits, active, keys[active], lengths[active])
         ended = record.take(active, host)
         alive = fill_from_tail(~ended & (lengths[active] < max_new_tokens))
         if alive.size < active.size:

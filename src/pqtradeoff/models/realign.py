@@ -158,16 +158,20 @@ class Realigned(_AlignedTokenization, LanguageModel):
                                      max_batch_tokens=max_batch_tokens)
 
     def sample(self, requests: Sequence[SampleRequest], *, batch_size: int | None = None) -> list[SampledRow]:
-        """Each run of consecutive requests with one adaptor: DeRa ones in lockstep, others by the aligned
-        model (a row depends on its request alone, as for every model)."""
+        """Each run of consecutive requests with one DeRa adaptor in lockstep with the prior; the requests
+        between them by the aligned model, in one call (a row depends on its request alone, as for every
+        model)."""
         rows: list[SampledRow] = []
+        plain: list[SampleRequest] = []
         for run in runs_of(requests):
             first = run[0].adaptor
             if isinstance(first, Adaptor) and first.realigns:
+                rows += self.aligned.sample(plain, batch_size=batch_size) if plain else []
+                plain = []
                 rows += sample_run(Lockstep(self.aligned, self.prior, first.dera), run, batch_size)
             else:
-                rows += self.aligned.sample(run, batch_size=batch_size)
-        return rows
+                plain += run
+        return rows + (self.aligned.sample(plain, batch_size=batch_size) if plain else [])
 
 
 def with_prior(aligned: LanguageModel, prior: LanguageModel | None, adaptors: Sequence[Any]) -> LanguageModel:

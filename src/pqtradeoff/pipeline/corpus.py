@@ -8,6 +8,7 @@ See docs/scored-corpus.md for the meaning of every column.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 import pyarrow as pa
@@ -15,7 +16,7 @@ import pyarrow.parquet as pq
 
 from pqtradeoff.columns import Col
 from pqtradeoff.errors import PQError, first_line
-from pqtradeoff.io import RUN_RECORD, atomic_write, claim_folder, run_record, write_json
+from pqtradeoff.io import RUN_RECORD, atomic_write, atomic_write_all, claim_folder, run_record, write_json
 from pqtradeoff.pipeline.resume import check_resumable
 
 #: Columns written by `generate` (the corpus before scoring).
@@ -49,6 +50,12 @@ ANALYSIS_COLUMNS = (Col.ADAPTOR, Col.FINISHED, Col.LOGQ, Col.LOGP_ALIGNED, Col.L
 def write_shard(table: pa.Table, path: str | Path) -> Path:
     """Write one shard atomically (temporary file + rename): a shard on disk is always complete."""
     return atomic_write(path, lambda tmp: pq.write_table(table, tmp))
+
+
+def write_shards(tables: Sequence[tuple[pa.Table, str | Path]]) -> list[Path]:
+    """Write shards computed together, each atomically, all before the first appears (`atomic_write_all`):
+    a resumed run finds all of them or none, and so decodes the same shards together again."""
+    return atomic_write_all([(path, lambda tmp, t=table: pq.write_table(t, tmp)) for table, path in tables])
 
 
 def shard_files(directory: str | Path) -> list[Path]:

@@ -8,13 +8,18 @@ For every string, from the same logits that sampled it (no second pass):
 Randomness is keyed by (seed, prompt_id, sample_id, adaptor): each row owns a stream of uniforms and samples
 by inverse CDF on its adapted distribution, so its uniforms depend neither on the batch's other rows nor on
 resuming. The logits do, in their last float32 bits (padding and the kernels' summation order change with the
-batch's shape): across batch sizes `logq`, `logp_aligned` and `log_weight` agree to about 1e-5, not bit for
-bit,
-and a token whose uniform falls within ~1e-7 of a CDF step could differ. The same batch size reproduces the
-same
-bytes; float64 backends (the demo's exact models) are batch-invariant. Work is cut into shards (one
-adaptor, a contiguous block of rows), each written atomically; a rerun
-with the same settings skips the complete shards, so a killed run resumes and ends byte-for-byte equal.
+batch's shape): across batches a token's log-probabilities agree to about 1e-5, not bit for bit (a string's
+sums over 64 tokens to ~1e-3), and a token whose uniform falls that close to a CDF step can differ, and the
+string with it (SmolLM2-135M, 160 short answers, batch 256 against 40: 6 of 160 ancestral strings, none of
+160 under top-p 0.95). The same batch reproduces the same bytes; float64 backends (the demo's exact models)
+are batch-invariant.
+
+Work is cut into shards (one adaptor, a contiguous block of rows), each written atomically; a rerun with the
+same settings skips the complete shards, so a killed run resumes and ends byte-for-byte equal. The shards of
+one block of rows under the grid's adaptors are decoded together, in groups of at least `PACK_ROWS` rows
+where the block has them (`pack_shards`: one batch that stays full as short strings end, each prompt
+prefilled once), and a group's files appear together, so a resumed run decodes the same shards together
+again.
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ from pqtradeoff.columns import Col
 from pqtradeoff.errors import PQError
 from pqtradeoff.io import StageResult, progress_bar
 from pqtradeoff.models.base import LanguageModel, SampledRow, SampleRequest
-from pqtradeoff.pipeline.corpus import GENERATED_SCHEMA, begin_run, write_shard
+from pqtradeoff.pipeline.corpus import GENERATED_SCHEMA, begin_run, write_shard, write_shards
 from pqtradeoff.sampling.adaptors import Adaptor, BestOfN, Mixture
 from pqtradeoff.sampling.sampler import (
     BEST_OF_N_STEP,
@@ -117,6 +122,63 @@ def plan_shards(
                             [(r, s) for r in records for s in samples])
 
 
+@dataclass(frozen=True)
+class ShardGroup:
+    """Shards with the same rows under different adaptors, decoded in one batch and written together
+    (`pack_shards`): as one adaptor's short strings end, the others' rows keep the batch full, and each
+    prompt is prefilled once for all of them."""
+
+    shards: tuple[Shard, ...]
+
+    @property
+    def name(self) -> str:
+        """The first shard's name and how many follow (what the executors check against the plan)."""
+        return f"{self.shards[0].name}+{len(self.shards) - 1}"
+
+
+def packable(adaptor: Any) -> bool:
+    """Whether a shard under `adaptor` decodes with others: not best-of-N (its candidates and their reward
+    are its own), not DeRa (its rows run in lockstep with the prior, a run of their own)."""
+    if isinstance(adaptor, BestOfN):
+        return False
+    components = adaptor.components if isinstance(adaptor, Mixture) else (adaptor,)
+    return not any(getattr(c, "realigns", False) for c in components)
+
+
+#: Rows a `ShardGroup` gathers before it is split (where a block's shards under the grid hold more): four
+#: full default batches (`decoding.MAX_DEFAULT_BATCH`), so the drain at a group's end is a small part of it,
+#: while shards that already hold as many rows stay units of their own (one per Ray actor on a cluster).
+PACK_ROWS = 1024
+
+
+def pack_shards(shards: list[Shard]) -> list[Shard | ShardGroup]:
+    """The units of work of `shards`: the packable shards with the same rows (one prompt block, one sample
+    block) joined into groups of at least `PACK_ROWS` rows where they have them (as many groups as whole
+    `PACK_ROWS`, as even as can be, in grid order), placed where the first of them comes; a shard alone stays
+    a Shard."""
+    same_rows: dict[tuple, list[Shard]] = {}
+    order: list[Any] = []
+    for shard in shards:
+        if not packable(shard.adaptor):
+            order.append(shard)
+            continue
+        key = tuple((p.prompt_id, s) for p, s in shard.rows)
+        if key not in same_rows:
+            same_rows[key] = []
+            order.append(same_rows[key])
+        same_rows[key].append(shard)
+    units: list[Shard | ShardGroup] = []
+    for item in order:
+        if isinstance(item, Shard):
+            units.append(item)
+            continue
+        parts = max(1, min(len(item), len(item) * len(item[0].rows) // PACK_ROWS))
+        for chunk in np.array_split(np.arange(len(item)), parts):
+            members = tuple(item[i] for i in chunk)
+            units.append(members[0] if len(members) == 1 else ShardGroup(members))
+    return units
+
+
 def rows_to_table(
     model: LanguageModel, adaptor: Adaptor | Mixture, rows: list[tuple[PromptRecord, int]],
     sampled: list[SampledRow], save_token_logprobs: bool, components: np.ndarray | None = None,
@@ -176,7 +238,9 @@ class ShardSampler:
     out_dir: Path
     reward: Any = None  # best-of-N's reward (a `pipeline.rewards.Reward`), called on the candidates
 
-    def __call__(self, model: LanguageModel, shard: Shard) -> tuple[int, int]:
+    def __call__(self, model: LanguageModel, shard: Shard | ShardGroup) -> tuple[int, int]:
+        if isinstance(shard, ShardGroup):
+            return self._group(model, shard)
         if isinstance(shard.adaptor, BestOfN):
             return self._best_of_n(model, shard)
         requests = shard_requests(shard, self.seed, self.max_new_tokens)
@@ -194,6 +258,23 @@ class ShardSampler:
         write_shard(table, self.out_dir / shard.name)
         return len(sampled), sum(len(r.token_ids) for r in sampled)
 
+    def _group(self, model: LanguageModel, group: ShardGroup) -> tuple[int, int]:
+        """The group's shards in one `model.sample` call, row by row (each row under every adaptor in turn,
+        so a prompt's rows are admitted, and prefilled, together), then every file written together."""
+        per_shard = [shard_requests(s, self.seed, self.max_new_tokens) for s in group.shards]
+        k = len(per_shard)
+        sampled = model.sample([r for row in zip(*per_shard, strict=True) for r in row],
+                               batch_size=self.batch_size)
+        tables = []
+        for j, (shard, requests) in enumerate(zip(group.shards, per_shard, strict=True)):
+            components = None
+            if isinstance(shard.adaptor, Mixture):
+                components = np.array([shard.adaptor.components.index(r.adaptor) for r in requests])
+            table = rows_to_table(model, shard.adaptor, shard.rows, sampled[j::k], self.save_token_logprobs,
+                                  components)
+            tables.append((table, self.out_dir / shard.name))
+        write_shards(tables)
+        return len(sampled), sum(len(r.token_ids) for r in sampled)
 
     def _best_of_n(self, model: LanguageModel, shard: Shard) -> tuple[int, int]:
         """N candidates per row from the base adaptor in one decode of N * rows, each scored by the reward,
@@ -218,7 +299,8 @@ class ShardSampler:
 
 
 #: Resume policy of the keys `generate_corpus` adds to the caller's settings (see `resume.resume_policy`).
-CORPUS_POLICY = {"adaptors": "grow", "num_generations": "grow", "num_prompts": "grow", "batch_size": "free"}
+CORPUS_POLICY = {"adaptors": "grow", "num_generations": "grow", "num_prompts": "grow", "batch_size": "free",
+                 "pack_adaptors": "free"}
 
 
 class GenerateResult(StageResult):
@@ -291,6 +373,7 @@ def generate_corpus(
     progress: bool = True,
     prompt_block: int = 1024,
     sample_block: int = 1,
+    pack_adaptors: bool = True,
     policy: dict[str, str] | None = None,
     executor: Any = None,
     load_model: Callable[[], LanguageModel] | None = None,
@@ -305,7 +388,11 @@ def generate_corpus(
     `_superseded/`, so the folder ends as a fresh run of the new settings would leave it. Any other change is
     refused, naming the settings that differ. `batch_size=None` lets the model choose each shard's batch
     (`StepLanguageModel.sample`: from that shard's longest prompt + `max_new_tokens`), so a shard's rows
-    depend on that shard alone (not on other prompts).
+    depend on that shard alone (not on other prompts). `pack_adaptors` decodes the missing shards of one block
+    of rows together, in groups of at least `PACK_ROWS` rows (`pack_shards`): their rows are the same either
+    way, and their
+    scores' last float bits depend on which shards were decoded together (all of a block's in a fresh run;
+    a grown grid's new ones among themselves), as they depend on `batch_size`.
 
     `executor` (`ExecutorSettings`; None: local) chooses where shards are sampled: here, one after
     another, or by a pool of Ray actors that each build their own replica with `load_model()` and write the
@@ -314,12 +401,14 @@ def generate_corpus(
     """
     _check_request(model, prompts, adaptors, num_generations=num_generations, max_new_tokens=max_new_tokens,
                    seed=seed, batch_size=batch_size, prompt_block=prompt_block, sample_block=sample_block)
+    if not isinstance(pack_adaptors, bool):
+        raise PQError(f"pack_adaptors={pack_adaptors!r} is not a boolean: give true or false")
     check_best_of_n(adaptors, reward, executor)
     out_dir = Path(out_dir)
     resolved = dict(settings) | {
         "adaptors": [str(a) for a in adaptors], "num_generations": num_generations,
         "max_new_tokens": max_new_tokens, "seed": seed, "batch_size": batch_size,
-        "prompt_block": prompt_block, "sample_block": sample_block,
+        "prompt_block": prompt_block, "sample_block": sample_block, "pack_adaptors": pack_adaptors,
         "save_token_logprobs": save_token_logprobs, "tokenizer_key": model.tokenizer_key,
         "eos_token_ids": list(model.end_ids()), "num_prompts": len(prompts),
     }
@@ -328,12 +417,13 @@ def generate_corpus(
                            {s.name for s in shards})
     todo = [s for s in shards if not (out_dir / s.name).exists()]
     total_rows = sum(len(s.rows) for s in todo)
+    units = pack_shards(todo) if pack_adaptors else todo
     work = ShardSampler(seed, max_new_tokens, batch_size, save_token_logprobs, out_dir, reward)
     began = time.perf_counter()
     with progress_bar(progress, total_rows, "generate") as advance:
         from pqtradeoff.pipeline.executor import run_shards  # lazy: startup
 
-        tokens = run_shards("generate", work, model, load_model, todo, executor, out_dir,
+        tokens = run_shards("generate", work, model, load_model, units, executor, out_dir,
                             str(getattr(model, "device", "auto")), advance)
     return GenerateResult(out_dir, len(shards), len(todo), len(shards) - len(todo), superseded, total_rows,
                           tokens, time.perf_counter() - began)
