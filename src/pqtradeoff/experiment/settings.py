@@ -141,8 +141,9 @@ class SamplingSettings(Section):
                                 description="Decode the grid's shards of the same prompts together, in one "
                                             "batch: other adaptors' rows keep it full as short strings end, "
                                             "and each prompt is prefilled once for all (false: shard by "
-                                            "shard). The same rows either way; their scores' last float bits "
-                                            "depend on the batch.")
+                                            "shard). The same rows either way; as with batch_size, float32 "
+                                            "logits move in their last bits with the batch, and so do the "
+                                            "scores' last digits and, rarely, a token near a CDF step.")
 
     @model_validator(mode="after")
     def _check(self) -> SamplingSettings:

@@ -390,9 +390,8 @@ def generate_corpus(
     (`StepLanguageModel.sample`: from that shard's longest prompt + `max_new_tokens`), so a shard's rows
     depend on that shard alone (not on other prompts). `pack_adaptors` decodes the missing shards of one block
     of rows together, in groups of at least `PACK_ROWS` rows (`pack_shards`): their rows are the same either
-    way, and their
-    scores' last float bits depend on which shards were decoded together (all of a block's in a fresh run;
-    a grown grid's new ones among themselves), as they depend on `batch_size`.
+    way, and their scores' last float bits depend on which shards were decoded together (all of a block's in
+    a fresh run; a grown grid's new ones among themselves), as they depend on `batch_size`.
 
     `executor` (`ExecutorSettings`; None: local) chooses where shards are sampled: here, one after
     another, or by a pool of Ray actors that each build their own replica with `load_model()` and write the
