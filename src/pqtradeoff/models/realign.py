@@ -29,7 +29,7 @@ import torch
 
 from pqtradeoff.errors import PQError
 from pqtradeoff.models.base import SCORE_BATCH, SCORE_BATCH_TOKENS, LanguageModel, SampledRow, SampleRequest
-from pqtradeoff.models.decoding import StepLanguageModel, runs_of, sample_run
+from pqtradeoff.models.decoding import StepLanguageModel, sample_run
 from pqtradeoff.sampling.adaptors import Adaptor, realigning
 
 
@@ -158,20 +158,21 @@ class Realigned(_AlignedTokenization, LanguageModel):
                                      max_batch_tokens=max_batch_tokens)
 
     def sample(self, requests: Sequence[SampleRequest], *, batch_size: int | None = None) -> list[SampledRow]:
-        """Each run of consecutive requests with one DeRa adaptor in lockstep with the prior; the requests
-        between them by the aligned model, in one call (a row depends on its request alone, as for every
-        model)."""
-        rows: list[SampledRow] = []
-        plain: list[SampleRequest] = []
-        for run in runs_of(requests):
-            first = run[0].adaptor
-            if isinstance(first, Adaptor) and first.realigns:
-                rows += self.aligned.sample(plain, batch_size=batch_size) if plain else []
-                plain = []
-                rows += sample_run(Lockstep(self.aligned, self.prior, first.dera), run, batch_size)
-            else:
-                plain += run
-        return rows + (self.aligned.sample(plain, batch_size=batch_size) if plain else [])
+        """The requests of each DeRa adaptor (and length limit) in lockstep with the prior, wherever they
+        stand in `requests`; all the others by the aligned model, in one call; rows in request order (a row
+        depends on its request alone, as for every model)."""
+        rows: list[SampledRow | None] = [None] * len(requests)
+        runs: dict[Any, list[int]] = {}
+        for i, r in enumerate(requests):
+            realigns = isinstance(r.adaptor, Adaptor) and r.adaptor.realigns
+            runs.setdefault((r.adaptor, r.max_new_tokens) if realigns else None, []).append(i)
+        for key, at in runs.items():
+            run = [requests[i] for i in at]
+            sampled = (self.aligned.sample(run, batch_size=batch_size) if key is None else
+                       sample_run(Lockstep(self.aligned, self.prior, key[0].dera), run, batch_size))
+            for i, row in zip(at, sampled, strict=True):
+                rows[i] = row
+        return rows  # type: ignore[return-value]
 
 
 def with_prior(aligned: LanguageModel, prior: LanguageModel | None, adaptors: Sequence[Any]) -> LanguageModel:

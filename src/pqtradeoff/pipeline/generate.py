@@ -239,36 +239,22 @@ class ShardSampler:
     reward: Any = None  # best-of-N's reward (a `pipeline.rewards.Reward`), called on the candidates
 
     def __call__(self, model: LanguageModel, shard: Shard | ShardGroup) -> tuple[int, int]:
-        if isinstance(shard, ShardGroup):
-            return self._group(model, shard)
-        if isinstance(shard.adaptor, BestOfN):
+        if isinstance(shard, Shard) and isinstance(shard.adaptor, BestOfN):
             return self._best_of_n(model, shard)
-        requests = shard_requests(shard, self.seed, self.max_new_tokens)
-        components = None
-        if isinstance(shard.adaptor, Mixture):  # sample component by component, then restore the row order
-            components = np.array([shard.adaptor.components.index(r.adaptor) for r in requests])
-            order = np.argsort(components, kind="stable")
-            by_component = model.sample([requests[i] for i in order], batch_size=self.batch_size)
-            sampled: list[SampledRow] = [None] * len(requests)  # type: ignore[list-item]
-            for i, row in zip(order, by_component, strict=True):
-                sampled[i] = row
-        else:
-            sampled = model.sample(requests, batch_size=self.batch_size)
-        table = rows_to_table(model, shard.adaptor, shard.rows, sampled, self.save_token_logprobs, components)
-        write_shard(table, self.out_dir / shard.name)
-        return len(sampled), sum(len(r.token_ids) for r in sampled)
+        return self._sample(model, shard.shards if isinstance(shard, ShardGroup) else (shard,))
 
-    def _group(self, model: LanguageModel, group: ShardGroup) -> tuple[int, int]:
-        """The group's shards in one `model.sample` call, row by row (each row under every adaptor in turn,
-        so a prompt's rows are admitted, and prefilled, together), then every file written together."""
-        per_shard = [shard_requests(s, self.seed, self.max_new_tokens) for s in group.shards]
+    def _sample(self, model: LanguageModel, shards: tuple[Shard, ...]) -> tuple[int, int]:
+        """The shards in one `model.sample` call, row by row (each row under every shard's adaptor in turn,
+        so a prompt's rows are admitted, and prefilled, together; a mixture's rows each under its component),
+        then every file written together."""
+        per_shard = [shard_requests(s, self.seed, self.max_new_tokens) for s in shards]
         k = len(per_shard)
         sampled = model.sample([r for row in zip(*per_shard, strict=True) for r in row],
                                batch_size=self.batch_size)
         tables = []
-        for j, (shard, requests) in enumerate(zip(group.shards, per_shard, strict=True)):
+        for j, (shard, requests) in enumerate(zip(shards, per_shard, strict=True)):
             components = None
-            if isinstance(shard.adaptor, Mixture):
+            if isinstance(shard.adaptor, Mixture):  # which component sampled each row
                 components = np.array([shard.adaptor.components.index(r.adaptor) for r in requests])
             table = rows_to_table(model, shard.adaptor, shard.rows, sampled[j::k], self.save_token_logprobs,
                                   components)
