@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from scipy import stats as sps
 
@@ -317,6 +317,7 @@ def test_correlations_equal_scipy_stats(n, coupling, ties, seed, confidence):
 @settings(max_examples=60, deadline=None)
 @given(n=st.integers(2, 60), slope=st.floats(-5, 5), noise=st.floats(0, 3), seed=st.integers(0, 2**32 - 1),
        confidence=st.floats(0.5, 0.999))
+@example(n=3, slope=1.0, noise=5e-324, seed=0, confidence=0.5)  # the case CI found
 def test_linregress_and_quantiles_equal_scipy_stats(n, slope, noise, seed, confidence):
     """`linregress` and the quantiles (scipy.special) against scipy.stats.linregress, t.ppf and norm.ppf."""
     rng = np.random.default_rng(seed)
