@@ -1,8 +1,10 @@
 """The yardsticks every speed benchmark divides by, measured in the same run, and the timing helpers.
 
 - the machine's GEMM **peak**: a 2048 x 2048 x 2048 product (`gemm_peak`), the fastest a dense product runs
-  here - the README's headline divides by it;
-- the **model-shape rate**: F.linear over the model's own weight matrices at 256-512 rows (`gemm_rate`), what
+  here, through whichever of torch's own product (MKL's sgemm on a CPU) and oneDNN's (`models/onednn.py`, what
+  the models run on a CPU in float32) is faster - the README's headline divides by it;
+- the **model-shape rate**: a linear over the model's own weight matrices at 256-512 rows (`gemm_rate`, the
+  faster of the two kernels), what
   its thin products (576 wide for SmolLM2-135M) can reach at best: a ratio against it shows the rest of a
   step's cost (attention, norms, Python), a ratio against the peak shows all of it;
 - the **memory rate** (`memory_rate`): one read of a 1 GiB tensor, the floor of a step with few rows (it
@@ -16,7 +18,7 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import torch
@@ -27,20 +29,38 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def gemm_peak(repeats: int = 3, size: int = 2048, dtype: torch.dtype = torch.float32,
-              device: str | torch.device = "cpu") -> float:
-    """FLOP/s of a size^3 product (best of `repeats`, after one warm-up)."""
+def linears() -> dict[str, Callable[..., torch.Tensor]]:
+    """The kernels a linear layer can run on: torch's own `F.linear` and `onednn.linear` (the same where
+    oneDNN does not apply: a GPU, bfloat16)."""
+    from pqtradeoff.models import onednn  # lazy: keeps --help light
+
+    return {"torch": torch.nn.functional.linear, "onednn": onednn.linear}
+
+
+def gemm_peaks(repeats: int = 3, size: int = 2048, dtype: torch.dtype = torch.float32,
+               device: str | torch.device = "cpu") -> dict[str, float]:
+    """FLOP/s of a size^3 product through each of `linears()` (best of `repeats`, after one warm-up)."""
     device = torch.device(device)
     a = torch.randn(size, size, device=device).to(dtype)
     b = torch.randn(size, size, device=device).to(dtype)
-    best = float("inf")
-    for _ in range(repeats + 1):
-        sync(device)
-        start = time.perf_counter()
-        torch.mm(a, b)
-        sync(device)
-        best = min(best, time.perf_counter() - start)
-    return 2 * size ** 3 / best
+    out = {}
+    with torch.inference_mode():
+        for name, fn in linears().items():
+            best = float("inf")
+            for _ in range(repeats + 1):
+                sync(device)
+                start = time.perf_counter()
+                fn(a, b)
+                sync(device)
+                best = min(best, time.perf_counter() - start)
+            out[name] = 2 * size ** 3 / best
+    return out
+
+
+def gemm_peak(repeats: int = 3, size: int = 2048, dtype: torch.dtype = torch.float32,
+              device: str | torch.device = "cpu") -> float:
+    """FLOP/s of a size^3 product through the faster kernel (`gemm_peaks`)."""
+    return max(gemm_peaks(repeats, size, dtype, device).values())
 
 
 def memory_rate(gib: float = 1.0, repeats: int = 3, device: str | torch.device = "cpu") -> float:
@@ -66,18 +86,20 @@ def matmul_weights(lm) -> list[torch.Tensor]:
 
 
 def gemm_rate(weights: list[torch.Tensor], rows: int, repeats: int) -> float:
-    """FLOP/s of F.linear over the model's weight shapes at `rows` rows (best of `repeats` passes)."""
+    """FLOP/s of a linear over the model's weight shapes at `rows` rows (best of `repeats` passes, the faster
+    of `linears()`)."""
     x = {w.shape[1]: torch.randn(rows, w.shape[1], dtype=w.dtype, device=w.device) for w in weights}
     flops = sum(2 * rows * w.numel() for w in weights)
     best = float("inf")
     with torch.inference_mode():
-        for _ in range(repeats + 1):  # the first pass warms up
-            sync(weights[0].device)
-            start = time.perf_counter()
-            for w in weights:
-                torch.nn.functional.linear(x[w.shape[1]], w)
-            sync(weights[0].device)
-            best = min(best, time.perf_counter() - start)
+        for fn in linears().values():
+            for _ in range(repeats + 1):  # the first pass warms up
+                sync(weights[0].device)
+                start = time.perf_counter()
+                for w in weights:
+                    fn(x[w.shape[1]], w)
+                sync(weights[0].device)
+                best = min(best, time.perf_counter() - start)
     return flops / best
 
 
@@ -90,11 +112,14 @@ class Yardsticks:
         self.params = sum(w.numel() for w in self.weights)
         self.dtype, self.device = dtype, lm.device
         self.peaks: list[float] = []
+        self.torch_peaks: list[float] = []  # torch's own product alone (MKL's sgemm on a CPU)
         self.shape_rates: list[float] = []
         self.measure()
 
     def measure(self) -> None:
-        self.peaks.append(gemm_peak(dtype=self.dtype, device=self.device))
+        peaks = gemm_peaks(dtype=self.dtype, device=self.device)
+        self.torch_peaks.append(peaks["torch"])
+        self.peaks.append(max(peaks.values()))
         self.shape_rates.append(max(gemm_rate(self.weights, m, 3) for m in (256, 512)))
 
     @property
@@ -112,7 +137,9 @@ class Yardsticks:
     def describe(self) -> str:
         peaks = " / ".join(f"{p / 1e9:.1f}" for p in self.peaks)
         shapes = " / ".join(f"{r / 1e9:.1f}" for r in self.shape_rates)
-        return (f"GEMM peak (2048^3): {peaks} GFLOP/s -> roofline {self.roofline(self.peak):.0f} tokens/s; "
+        torch_peaks = " / ".join(f"{p / 1e9:.1f}" for p in self.torch_peaks)
+        return (f"GEMM peak (2048^3, the faster of torch.mm and oneDNN): {peaks} GFLOP/s (torch.mm alone "
+                f"{torch_peaks}) -> roofline {self.roofline(self.peak):.0f} tokens/s; "
                 f"model-shape rate (256-512 rows): {shapes} GFLOP/s -> {self.roofline(self.shape_rate):.0f} "
                 f"tokens/s (P = {self.params / 1e6:.1f}M matmul parameters; before / after, the higher used)")
 
@@ -175,8 +202,9 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[args.dtype]
+    peaks = gemm_peaks(dtype=dtype, device=args.device)
     print(f"GEMM peak (2048^3, {args.dtype}, {args.device}, {torch.get_num_threads()} threads): "
-          f"{gemm_peak(dtype=dtype, device=args.device) / 1e9:.1f} GFLOP/s")
+          + ", ".join(f"{name} {rate / 1e9:.1f}" for name, rate in peaks.items()) + " GFLOP/s")
 
 
 if __name__ == "__main__":

@@ -39,7 +39,7 @@ import torch
 from generation_roofline import INSTRUCTIONS
 from roofline import Yardsticks, memory_rate, timed_decoding
 
-from pqtradeoff.models import decoding
+from pqtradeoff.models import decoding, onednn
 from pqtradeoff.models.base import SampledRow, SampleRequest
 from pqtradeoff.models.hf import HFModel
 from pqtradeoff.sampling import sampler, truncated
@@ -163,6 +163,25 @@ def step_report(sweep: dict[int, float], sticks: Yardsticks, memory: float, weig
               f"({1e3 * limit:.1f} ms), {size / seconds:6.1f} tokens/s")
 
 
+def kernel_report(fast: dict[str, float], slow: dict[str, float], fast_rows: list[SampledRow],
+                  slow_rows: list[SampledRow], sweep: dict[int, float], torch_sweep: dict[int, float],
+                  sticks: Yardsticks, switched: int) -> None:
+    """oneDNN's linear (the models' default on a CPU in float32) against torch's own, in this run."""
+    peak = sticks.roofline(sticks.peak)
+    print(f"\nthe {switched} linear layers through oneDNN (the default) against torch's own F.linear:")
+    print(f"  GEMM 2048^3: oneDNN {max(sticks.peaks) / 1e9:.1f} GFLOP/s, torch.mm "
+          f"{max(sticks.torch_peaks) / 1e9:.1f} GFLOP/s")
+    for name, t in (("oneDNN", fast), ("torch", slow)):
+        rate = t["tokens"] / t["total"]
+        print(f"  short answers, ancestral, {name:6s}: {rate:6.1f} tokens/s = {100 * rate / peak:.1f}% of "
+              "the peak roofline")
+    rate = (fast["tokens"] / fast["total"]) / (slow["tokens"] / slow["total"])
+    same = sum(a.token_ids == b.token_ids for a, b in zip(fast_rows, slow_rows, strict=True))
+    print(f"  oneDNN / torch: {rate:.2f}x tokens/s; the same tokens in {same}/{len(fast_rows)} strings")
+    print("  a model step: " + ", ".join(f"{size} rows {torch_sweep[size] / sweep[size]:.2f}x"
+                                         for size in sweep))
+
+
 def report(name: str, results: dict[str, dict[str, float]], sticks: Yardsticks, prefill: float) -> None:
     base = results["ancestral"]["tokens"] / results["ancestral"]["total"]
     print(f"\n{name}:")
@@ -258,11 +277,16 @@ def main() -> None:
     packed, packed_rows = run_packed(lm, short, specs, args.new_tokens)
     print(f"  short answers, the grid in one batch: {packed['tokens'] / packed['total']:.1f} tokens/s",
           flush=True)
+    switched = onednn.use_torch(lm.model)  # the baseline: torch's own linear (MKL's sgemm on a CPU)
+    baseline, baseline_rows = run(lm, short, "ancestral", args.new_tokens, None)
+    step_prompts = [lm.encode_prompt(p) for p in long_string_prompts(256, 1)]
+    torch_sweep = step_sweep(lm, step_prompts)
+    onednn.use_onednn(lm.model)
     sticks.measure()
     print(sticks.describe())
     memory = memory_rate(device=lm.device)
     weight_bytes = sum(w.numel() * w.element_size() for w in sticks.weights)
-    sweep = step_sweep(lm, [lm.encode_prompt(p) for p in long_string_prompts(256, 1)])
+    sweep = step_sweep(lm, step_prompts)
     for name, (prompts, _) in workloads.items():
         batch = decoding.choose_batch_size(lm, max(len(p) for p in prompts) + args.new_tokens)
         lengths = [len(r.token_ids) for r in rows_of[name]["ancestral"]]
@@ -271,6 +295,8 @@ def main() -> None:
         report(name, results[name], sticks, prefill_flops(lm, prompts, sticks.params))
     packed_report(results[short_name], packed, sticks, rows_of[short_name], packed_rows)
     step_report(sweep, sticks, memory, weight_bytes)
+    kernel_report(results[short_name]["ancestral"], baseline, rows_of[short_name]["ancestral"], baseline_rows,
+                  sweep, torch_sweep, sticks, switched)
     if args.check:
         check(lm, short, [s for s in specs if s != "ancestral"], args.new_tokens)
 

@@ -30,7 +30,7 @@ import torch
 
 from pqtradeoff.columns import Col
 from pqtradeoff.errors import PQError, first_line
-from pqtradeoff.models import sources
+from pqtradeoff.models import onednn, sources
 from pqtradeoff.models.base import SCORE_BATCH
 from pqtradeoff.models.decoding import StepLanguageModel
 from pqtradeoff.models.hf_layout import (
@@ -293,6 +293,7 @@ class HFModel(HFTokenization, StepLanguageModel):
             raise PQError(f"--chat-template: the tokenizer of {self.name!r} has no chat template; use "
                           "--template")
         self.model = model.to(self.device).eval()
+        onednn.use_onednn(self.model)  # float32 on the CPU: oneDNN's GEMM (see models/onednn.py)
         self._params = _forward_parameters(self.model)
         self._cache_arg = "cache" if "cache" in self._params else "past_key_values"
         self._keep_arg = next((n for n in ("logits_to_keep", "num_logits_to_keep") if n in self._params),
@@ -551,6 +552,7 @@ class HFRewardModel:
         if chat_template and not getattr(self.tokenizer, "chat_template", None):
             raise PQError(f"the tokenizer of reward model {self.path!r} has no chat template")
         self.model = model.to(self.device).eval()
+        onednn.use_onednn(self.model)
         num_labels = int(self.model.config.num_labels)
         if label is None and num_labels != 1:
             raise PQError(f"reward model {self.path!r} has {num_labels} labels: say which one is the reward")

@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from pqtradeoff.errors import PQError
+from pqtradeoff.models import onednn
 from pqtradeoff.models.hf_layout import (
     common_prefix,
     left_pad,
@@ -105,7 +106,7 @@ def _probe(lm: HFModel, parts: ScoringParts) -> bool:
     positions = torch.arange(ids.shape[1], device=lm.device).view(1, -1)
     want = lm.model(input_ids=ids, attention_mask=mask, position_ids=positions).logits.float()
     hidden = parts.base(input_ids=ids, attention_mask=mask, position_ids=positions).last_hidden_state
-    got = torch.nn.functional.linear(hidden, parts.weight, parts.bias).float()
+    got = onednn.linear(hidden, parts.weight, parts.bias).float()
     scale = float(want.abs().max()) + 1e-6
     return want.shape == got.shape and bool((want - got).abs().max() <= 1e-5 * max(1.0, scale))
 
@@ -126,7 +127,7 @@ def head_logprobs(parts: ScoringParts, hidden: torch.Tensor, targets: torch.Tens
         for lo in range(0, vocab, VOCAB_BLOCK):
             hi = min(lo + VOCAB_BLOCK, vocab)
             bias = None if parts.bias is None else parts.bias[lo:hi]
-            logits = torch.nn.functional.linear(h, parts.weight[lo:hi], bias).to(dtype)
+            logits = onednn.linear(h, parts.weight[lo:hi], bias).to(dtype)
             inside = (t >= lo) & (t < hi)
             got = logits.gather(1, (t - lo).clamp(0, hi - lo - 1).unsqueeze(1)).squeeze(1)
             picked = torch.where(inside, got, picked)
@@ -147,7 +148,7 @@ def head_scores(parts: ScoringParts, hidden: torch.Tensor, targets: torch.Tensor
     dtype = torch.promote_types(parts.weight.dtype, torch.float32)
     out = []
     for s in range(0, hidden.shape[0], HEAD_SCORE_ROWS):
-        logits = torch.nn.functional.linear(hidden[s:s + HEAD_SCORE_ROWS], parts.weight, parts.bias).to(dtype)
+        logits = onednn.linear(hidden[s:s + HEAD_SCORE_ROWS], parts.weight, parts.bias).to(dtype)
         out.append(head(logits, targets[s:s + HEAD_SCORE_ROWS]))
     return np.concatenate(out) if out else np.zeros((0, 0))
 
