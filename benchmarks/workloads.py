@@ -182,7 +182,21 @@ def kernel_report(fast: dict[str, float], slow: dict[str, float], fast_rows: lis
                                          for size in sweep))
 
 
-def report(name: str, results: dict[str, dict[str, float]], sticks: Yardsticks, prefill: float) -> None:
+def workload_limit(lengths: list[int], prefill: float, sticks: Yardsticks, floor: float
+                   ) -> tuple[float, float]:
+    """Seconds (prefill, decoding) this workload needs at best here: the prefill's FLOPs at the GEMM peak,
+    then one step per token after each string's first (the prefill's logits give it), every row in the batch
+    from the start, each step at max(`floor` = the weights read once at the memory rate, its rows x 2P at
+    the peak). A lower bound for any schedule that prefills a row before decoding it and decodes one token
+    per step (ours, transformers'): a string of L tokens needs L - 1 steps after its prefill."""
+    steps = np.asarray(lengths) - 1
+    active = [(steps > t).sum() for t in range(int(steps.max(initial=0)))]
+    decoding = sum(max(floor, rows * 2 * sticks.params / sticks.peak) for rows in active)
+    return prefill / sticks.peak, decoding
+
+
+def report(name: str, results: dict[str, dict[str, float]], sticks: Yardsticks, prefill: float,
+           limit: tuple[float, float]) -> None:
     base = results["ancestral"]["tokens"] / results["ancestral"]["total"]
     print(f"\n{name}:")
     print(f"  {'adaptor':28s} {'tokens':>6s} {'tok/s':>6s} {'% peak':>7s} {'% shape':>7s} {'/ anc.':>6s} "
@@ -204,6 +218,13 @@ def report(name: str, results: dict[str, dict[str, float]], sticks: Yardsticks, 
           f"of the GEMM peak; decoding alone (total - prefill): "
           f"{100 * t['tokens'] / (t['total'] - t['prefill']) / sticks.roofline(sticks.peak):.1f}% of the "
           f"peak roofline")
+    best = t["tokens"] / sum(limit)
+    rate = t["tokens"] / t["total"]
+    print(f"  this workload's own limit here (its ancestral strings' lengths): prefill at the peak "
+          f"{limit[0]:.2f} s + one step per token at max(weights read once, rows x 2P at the peak) "
+          f"{limit[1]:.2f} s = "
+          f"{best:.1f} tokens/s = {100 * best / sticks.roofline(sticks.peak):.1f}% of the peak roofline; "
+          f"ancestral reaches {100 * rate / best:.1f}% of this limit")
     decode = 2 * sticks.params * t["tokens"]
     print(f"  every matmul FLOP, prefill and decoding ({(prefill + decode) / 1e9:.0f} GFLOP): "
           f"{100 * (prefill + decode) / t['total'] / sticks.peak:.1f}% of the peak; at the peak this run "
@@ -292,7 +313,9 @@ def main() -> None:
         lengths = [len(r.token_ids) for r in rows_of[name]["ancestral"]]
         print(f"\n[{name}: batch {batch}; strings of {np.mean(lengths):.1f} tokens on average (at most "
               f"{max(lengths)}), prompts of {np.mean([len(p) for p in prompts]):.1f}]")
-        report(name, results[name], sticks, prefill_flops(lm, prompts, sticks.params))
+        flops = prefill_flops(lm, prompts, sticks.params)
+        report(name, results[name], sticks, flops,
+               workload_limit(lengths, flops, sticks, weight_bytes / memory))
     packed_report(results[short_name], packed, sticks, rows_of[short_name], packed_rows)
     step_report(sweep, sticks, memory, weight_bytes)
     kernel_report(results[short_name]["ancestral"], baseline, rows_of[short_name]["ancestral"], baseline_rows,
