@@ -47,7 +47,8 @@ def fresh(rng: np.random.Generator, rows: int, width: int) -> torch.Tensor:
 
 
 @settings(max_examples=60, deadline=None)
-@given(seed=st.integers(0, 2**32 - 1), ops=st.lists(st.sampled_from(["step", "keep", "expand", "join"]),
+@given(seed=st.integers(0, 2**32 - 1), ops=st.lists(st.sampled_from(["step", "keep", "expand", "join",
+                                                                    "reserve"]),
                                                      min_size=1, max_size=25))
 def test_buffer_layer_matches_concatenation(seed, ops):
     rng = np.random.default_rng(seed)
@@ -79,7 +80,24 @@ def test_buffer_layer_matches_concatenation(seed, ops):
             other.update(block, block + 0.5)
             layer.append(other.keys, other.values)
             ref.rows += [block[b, :, block.shape[2] - int(n_):] for b, n_ in enumerate(lengths)]
+        elif op == "reserve":  # room made ahead of joins: the live block unchanged
+            layer.reserve(n + int(rng.integers(0, 4)), layer.get_seq_length() + int(rng.integers(0, 4)))
         ref.check(layer)
+
+
+def test_reserve_lets_joins_write_in_place():
+    layer = BufferLayer()
+    block = torch.ones(2, HEADS, 3, DIM)
+    layer.update(block, block)
+    layer.reserve(2 + 3 + 4, 6)  # two joins to come: 3 rows 6 wide, 4 rows 5 wide
+    storage = layer.buf_k.data_ptr()
+    for rows, width in ((3, 6), (4, 5)):
+        more = torch.full((rows, HEADS, width, DIM), 2.0)
+        layer.append(more, more)
+        assert layer.buf_k.data_ptr() == storage
+    assert layer.keys.shape == (9, HEADS, 6, DIM)
+    assert torch.equal(layer.keys[:2, :, 3:], block) and bool((layer.keys[:2, :, :3] == 0).all())
+    assert bool((layer.keys[2:5] == 2).all()) and bool((layer.keys[5:, :, :1] == 0).all())
 
 
 def test_keep_copies_only_the_rows_that_move():

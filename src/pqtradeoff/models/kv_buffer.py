@@ -128,6 +128,16 @@ class BufferLayer(DynamicLayer):
             self.rows, self.first, self.end = n, 0, width
         self._publish()
 
+    def reserve(self, rows: int, width: int) -> None:
+        """Room for `rows` live rows and a live block `width` columns wide, so the `append`s that follow (a
+        prefill's length groups joined one by one) write into place instead of reallocating at each."""
+        live = self.end - self.first
+        front = max(width - live, 0)
+        if front > self.first or rows > self.buf_k.shape[0]:
+            columns = max(self.buf_k.shape[2], _round_up(front + self.buf_k.shape[2] - self.first))
+            self._reshape(max(rows, self.buf_k.shape[0]), columns, front)
+            self._publish()
+
     def append(self, keys: torch.Tensor, values: torch.Tensor) -> None:
         """Rows [k, heads, width, dim] added after the live rows, right-aligned to the live columns."""
         k, width = keys.shape[0], keys.shape[2]
