@@ -3,6 +3,7 @@
     python scripts/readme.py                  # run every transcript's command, rewrite README.md and docs/img
     python scripts/readme.py demo advise      # only these
     python scripts/readme.py --check demo     # run, and say whether README.md still shows what it prints
+    python scripts/readme.py --keep runs-readme dpo   # run in runs-readme/ and keep what it wrote
 
 Each transcript sits in README.md between `<!-- transcript NAME -->` and `<!-- /transcript -->`
 (invisible when rendered): a fenced block holding what `pqtradeoff ARGV` prints in a scratch folder (so
@@ -158,7 +159,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("names", nargs="*", help=f"transcripts (default all: {', '.join(TRANSCRIPTS)})")
     parser.add_argument("--check", action="store_true", help="compare with README.md, change nothing")
+    parser.add_argument("--keep", type=Path, metavar="DIR",
+                        help="run in DIR (new or empty) and keep it: a run's summary.json")
     args = parser.parse_args()
+    if args.keep is not None and args.keep.exists() and any(args.keep.iterdir()):
+        raise SystemExit(f"--keep {args.keep}: the folder is not empty")
     names = args.names or list(TRANSCRIPTS)
     unknown = [n for n in names if n not in TRANSCRIPTS]
     if unknown:
@@ -169,7 +174,8 @@ def main() -> None:
         order += [m for m in (needs, n) if m and m not in order]
     stale = []
     with tempfile.TemporaryDirectory(prefix="pqtradeoff-readme-") as tmp:
-        scratch = Path(tmp)
+        scratch = Path(tmp) if args.keep is None else args.keep.resolve()
+        scratch.mkdir(parents=True, exist_ok=True)
         for n in order:
             t = TRANSCRIPTS[n]
             print(f"{n}: pqtradeoff {' '.join(t.argv)} (about {t.minutes:g} min)", flush=True)
