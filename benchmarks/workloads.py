@@ -19,6 +19,11 @@ every adaptor in turn, one `lm.sample` call) against the same grid adaptor by ad
 their tokens compared. Then a model step at 1-256 rows, each against its limit: one read of the weights at
 the machine's memory rate (`roofline.memory_rate`) or the rows' FLOPs at the GEMM peak, whichever is
 longer - what a step costs when the batch has drained.
+Each workload's own limit: its prefill's FLOPs at the peak plus one step per generated token after each
+string's first, each at max(weights read once, rows x 2P at the peak), for the lengths ancestral drew
+(`workload_limit`: no prefill-then-decode schedule beats it). Last, the models' float32 linear layers on
+oneDNN (the default, `models/onednn.py`) against torch's own F.linear (MKL's sgemm on a CPU), same run: short
+answers under ancestral sampling, and the step at 1-256 rows.
 `--check` reruns the short-answer workload with the dense adaptor path (`Adaptor.adapt` over the whole
 vocabulary) for each truncating adaptor and compares tokens and scores.
 
