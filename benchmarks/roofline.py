@@ -29,23 +29,27 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def linears() -> dict[str, Callable[..., torch.Tensor]]:
-    """The kernels a linear layer can run on: torch's own `F.linear` and `onednn.linear` (the same where
-    oneDNN does not apply: a GPU, bfloat16)."""
+def linears(x: torch.Tensor, weight: torch.Tensor) -> dict[str, Callable[..., torch.Tensor]]:
+    """The kernels a linear layer of `x` and `weight` can run on: torch's own `F.linear`, and
+    `onednn.linear` where it applies (float32 on a CPU; elsewhere it is F.linear again, not timed twice)."""
     from pqtradeoff.models import onednn  # lazy: keeps --help light
 
-    return {"torch": torch.nn.functional.linear, "onednn": onednn.linear}
+    kernels = {"torch": torch.nn.functional.linear}
+    with torch.inference_mode():
+        if onednn.applies(x, weight):
+            kernels["onednn"] = onednn.linear
+    return kernels
 
 
 def gemm_peaks(repeats: int = 3, size: int = 2048, dtype: torch.dtype = torch.float32,
                device: str | torch.device = "cpu") -> dict[str, float]:
-    """FLOP/s of a size^3 product through each of `linears()` (best of `repeats`, after one warm-up)."""
+    """FLOP/s of a size^3 product through each of `linears` (best of `repeats`, after one warm-up)."""
     device = torch.device(device)
     a = torch.randn(size, size, device=device).to(dtype)
     b = torch.randn(size, size, device=device).to(dtype)
     out = {}
     with torch.inference_mode():
-        for name, fn in linears().items():
+        for name, fn in linears(a, b).items():
             best = float("inf")
             for _ in range(repeats + 1):
                 sync(device)
@@ -87,12 +91,12 @@ def matmul_weights(lm) -> list[torch.Tensor]:
 
 def gemm_rate(weights: list[torch.Tensor], rows: int, repeats: int) -> float:
     """FLOP/s of a linear over the model's weight shapes at `rows` rows (best of `repeats` passes, the faster
-    of `linears()`)."""
+    of `linears`)."""
     x = {w.shape[1]: torch.randn(rows, w.shape[1], dtype=w.dtype, device=w.device) for w in weights}
     flops = sum(2 * rows * w.numel() for w in weights)
     best = float("inf")
     with torch.inference_mode():
-        for fn in linears().values():
+        for fn in linears(x[weights[0].shape[1]], weights[0]).values():
             for _ in range(repeats + 1):  # the first pass warms up
                 sync(weights[0].device)
                 start = time.perf_counter()
@@ -118,7 +122,7 @@ class Yardsticks:
 
     def measure(self) -> None:
         peaks = gemm_peaks(dtype=self.dtype, device=self.device)
-        self.torch_peaks.append(peaks["torch"])
+        self.torch_peaks.append(peaks["torch"])  # always measured
         self.peaks.append(max(peaks.values()))
         self.shape_rates.append(max(gemm_rate(self.weights, m, 3) for m in (256, 512)))
 

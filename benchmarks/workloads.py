@@ -196,8 +196,8 @@ def workload_limit(lengths: list[int], prefill: float, sticks: Yardsticks, floor
     per step (ours, transformers'): a string of L tokens needs L - 1 steps after its prefill."""
     steps = np.asarray(lengths) - 1
     active = [(steps > t).sum() for t in range(int(steps.max(initial=0)))]
-    decoding = sum(max(floor, rows * 2 * sticks.params / sticks.peak) for rows in active)
-    return prefill / sticks.peak, decoding
+    decode = sum(max(floor, rows * 2 * sticks.params / sticks.peak) for rows in active)
+    return prefill / sticks.peak, decode
 
 
 def report(name: str, results: dict[str, dict[str, float]], sticks: Yardsticks, prefill: float,

@@ -383,7 +383,7 @@ class HFModel(HFTokenization, StepLanguageModel):
         if len(groups) == 1:
             return self._start(prompts, shared)
         logits, state = self._start([prompts[i] for i in groups[0]], shared)
-        width = max(len(prompts[i]) for i in np.concatenate(groups))
+        width = max(len(p) for p in prompts)
         for layer in state.cache.layers:  # BufferLayers (can_join): sized once for every group's rows
             layer.reserve(len(prompts), width)
         parts = [logits]

@@ -143,11 +143,7 @@ class BufferLayer(DynamicLayer):
         k, width = keys.shape[0], keys.shape[2]
         live = self.end - self.first
         rows_needed = self.rows + k
-        if width > live and width - live > self.first or rows_needed > self.buf_k.shape[0]:
-            front = max(width - live, 0)
-            rows_cap = max(rows_needed, self.buf_k.shape[0])
-            columns = max(self.buf_k.shape[2], _round_up(front + self.buf_k.shape[2] - self.first))
-            self._reshape(rows_cap, columns, front)
+        self.reserve(rows_needed, width)
         if width > live:
             self.first = self.end - width
         self.buf_k[self.rows:rows_needed, :, self.end - width:self.end] = keys
